@@ -1,0 +1,186 @@
+"""Engine-local state and the functions the supervisor runs on an engine.
+
+The supervisor calls these through a view of one engine:
+
+- :func:`init_engine` once, right after the engine registers: installs the
+  SIGINT handler, pins the GPU, loads the backend, opens the token stream;
+- :func:`run_job` for each job: generates, streams, and turns a
+  ``KeyboardInterrupt`` into an ordinary result carrying the partial output;
+- :func:`ping` as the no-op probe of the escalation ladder;
+- :func:`release_engine` before the engine is stopped.
+
+Every result is plain data (dicts of str/int/float), errors included.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from engines.protocol import Backend, GenParams
+from engines.stream import JobEmitter, TokenStream
+
+log = logging.getLogger("llmsup.engine")
+
+
+@dataclass
+class EngineRuntime:
+    engine_id: int
+    backend: Backend
+    stream: TokenStream | None
+    gpu: str
+    jobs_done: int = 0
+    started_at: float = field(default_factory=time.time)
+
+    def tag(self) -> str:
+        return f"engine={self.engine_id} host={socket.gethostname()} pid={os.getpid()} gpu={self.gpu or 'cpu'}"
+
+
+_RUNTIME: EngineRuntime | None = None
+
+
+def host_key() -> str:
+    """Identifies the machine (hostname + boot id): equal keys mean os.kill reaches the pid."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = "?"
+    return f"{socket.gethostname()}|{boot}"
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def make_backend(config: dict[str, Any]) -> Backend:
+    kind = config.get("backend", "sim")
+    if kind == "sim":
+        from engines.sim import SimBackend
+
+        return SimBackend(token_s=float(config.get("sim_token_s", 0.005)))
+    if kind == "transformers":
+        from engines.transformers_backend import TransformersBackend
+
+        return TransformersBackend(config)
+    if kind == "vllm":
+        from engines.vllm_backend import VLLMBackend
+
+        return VLLMBackend(config)
+    raise ValueError(f"unknown backend {kind!r}")
+
+
+def prepare_environment(config: dict[str, Any]) -> str:
+    """Pin the GPU and keep caches in the run directory; before any CUDA import."""
+    gpu = config.get("gpu")
+    if gpu is None:
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    run_dir = config.get("run_dir")
+    if run_dir:
+        cache = os.path.join(run_dir, "cache")
+        os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(cache, "vllm"))
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache, "torchinductor"))
+        os.environ.setdefault("HF_HOME", os.path.join(cache, "huggingface"))
+        os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(cache, "triton"))
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    return gpu
+
+
+def init_engine(config: dict[str, Any]) -> dict[str, Any]:
+    """Initialise this engine once; later calls only refresh the identity."""
+    global _RUNTIME
+    # An engine started in the background may inherit SIGINT=SIG_IGN, which
+    # would silently disable every interrupt: install Python's handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _RUNTIME is None:
+        gpu = prepare_environment(config)
+        backend = make_backend(config)
+        t0 = time.monotonic()
+        backend.load()
+        stream = TokenStream(config["stream_address"]) if config.get("stream_address") else None
+        _RUNTIME = EngineRuntime(int(config.get("engine_id", -1)), backend, stream, gpu)
+        log.info("%s backend loaded in %.2fs: %s", _RUNTIME.tag(), time.monotonic() - t0, backend.describe())
+    return identity()
+
+
+def identity() -> dict[str, Any]:
+    rt = _RUNTIME
+    return {
+        "pid": os.getpid(),
+        "pgid": os.getpgid(0),
+        "host": socket.gethostname(),
+        "host_key": host_key(),
+        "gpu": rt.gpu if rt else os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "rss_mb": round(rss_mb(), 1),
+        "jobs_done": rt.jobs_done if rt else 0,
+        "backend": rt.backend.describe() if rt else None,
+        "engine_set": os.environ.get("LLMSUP_ENGINE_SET", ""),
+    }
+
+
+def ping() -> int:
+    """The no-op probe: tasks on one engine run in order, so its reply proves the engine is free."""
+    return os.getpid()
+
+
+def run_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one job; interrupts and errors come back as data, never as a broken engine."""
+    rt = _RUNTIME
+    if rt is None:
+        return {"outcome": "error", "error": "engine not initialised", "transient": True, "text": "", "tokens": 0}
+    emitter = JobEmitter(spec["job_id"], rt.stream)
+    params = GenParams.from_dict(spec.get("params", {}))
+    t0 = time.monotonic()
+    try:
+        gen = rt.backend.generate(spec["prompt"], params, emitter)
+        result: dict[str, Any] = {
+            "outcome": "completed",
+            "text": gen.text,
+            "tokens": gen.tokens,
+            "finish_reason": gen.finish_reason,
+            "prompt_tokens": gen.prompt_tokens,
+        }
+    except KeyboardInterrupt:
+        rt.backend.abort()
+        result = {"outcome": "interrupted", "text": emitter.text, "tokens": emitter.count}
+        log.info("%s job=%s interrupted after %d tokens", rt.tag(), spec["job_id"], emitter.count)
+    except Exception as exc:  # carried back as data; the engine stays usable
+        rt.backend.abort()
+        result = {
+            "outcome": "error",
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=20),
+            "transient": bool(getattr(exc, "transient", False)),
+            "text": emitter.text,
+            "tokens": emitter.count,
+        }
+    rt.jobs_done += 1
+    result.update(elapsed_s=time.monotonic() - t0, pid=os.getpid(), rss_mb=round(rss_mb(), 1), jobs_done=rt.jobs_done)
+    return result
+
+
+def release_engine() -> dict[str, Any]:
+    """Free the backend (and its child processes) before this engine is stopped."""
+    global _RUNTIME
+    rt = _RUNTIME
+    if rt is None:
+        return {"released": False, "pid": os.getpid()}
+    _RUNTIME = None
+    rt.backend.release()
+    if rt.stream is not None:
+        rt.stream.close()
+    log.info("%s released", rt.tag())
+    return {"released": True, "pid": os.getpid()}

@@ -1,0 +1,54 @@
+"""Token stream from an engine to the supervisor over a pyzmq PUSH socket.
+
+Each piece of text is one message ``[job_id, seq, text]``. Sends never block:
+if the supervisor is gone or slow past the high-water mark, pieces are
+dropped; the final output always comes back as the task's return value.
+"""
+
+from __future__ import annotations
+
+import zmq
+
+
+class TokenStream:
+    def __init__(self, address: str) -> None:
+        self._ctx = zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.PUSH)
+        self._sock.setsockopt(zmq.SNDHWM, 100_000)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(address)
+        self.address = address
+
+    def send(self, job_id: str, seq: int, text: str) -> None:
+        try:
+            self._sock.send_multipart(
+                [job_id.encode(), str(seq).encode(), text.encode()], flags=zmq.NOBLOCK
+            )
+        except zmq.Again:
+            pass
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class JobEmitter:
+    """Collects one job's text and forwards each piece to the stream."""
+
+    def __init__(self, job_id: str, stream: TokenStream | None) -> None:
+        self.job_id = job_id
+        self.stream = stream
+        self.pieces: list[str] = []
+        self.count = 0  # tokens generated (a token may decode to no text yet)
+
+    def __call__(self, piece: str) -> None:
+        self.count += 1
+        if not piece:
+            return
+        seq = len(self.pieces)
+        self.pieces.append(piece)
+        if self.stream is not None:
+            self.stream.send(self.job_id, seq, piece)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)

@@ -1,0 +1,149 @@
+"""The ``llmsup`` command: serve, submit, status, kill, engines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import httpx
+import typer
+
+from supervisor.discovery import find_admin_token, find_url
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM job supervisor on IPyParallel.")
+
+UrlOpt = Annotated[Optional[str], typer.Option("--url", help="server URL (default: LLMSUP_URL, else the run dir)")]
+RunDirOpt = Annotated[Optional[Path], typer.Option("--run-dir", help="run directory (default: LLMSUP_RUN_DIR or ./.llmsup)")]
+
+
+@app.command()
+def serve(
+    engines: Annotated[Optional[int], typer.Option(help="engines in the local cluster [2]")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="sim | transformers | vllm | auto")] = None,
+    model: Annotated[Optional[str], typer.Option(help="model path or id (default: a tiny local model)")] = None,
+    host: Annotated[Optional[str], typer.Option(help="bind address [127.0.0.1]")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port [8000]")] = None,
+    run_dir: RunDirOpt = None,
+    deadline: Annotated[Optional[float], typer.Option("--deadline", help="default job deadline, seconds")] = None,
+    cluster_file: Annotated[Optional[Path], typer.Option(help="join an existing IPyParallel cluster")] = None,
+    slots_per_engine: Annotated[Optional[int], typer.Option(help="jobs at once per engine")] = None,
+    gpus_per_engine: Annotated[Optional[int], typer.Option(help="GPUs per engine (tensor parallel)")] = None,
+    log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
+) -> None:
+    """Start a local cluster (controller + engines) and the web app; Ctrl-C or SIGTERM stops everything."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from supervisor.settings import Settings
+    from web.app import create_app
+
+    given: dict[str, Any] = {
+        "engines": engines, "backend": backend, "model": model, "host": host, "port": port, "run_dir": run_dir,
+        "deadline_s": deadline, "cluster_file": cluster_file, "slots_per_engine": slots_per_engine,
+        "gpus_per_engine": gpus_per_engine,
+    }
+    try:
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        typer.echo(f"invalid settings:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A shell that started us in the background may have left SIGINT ignored; Ctrl-C must still work.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower(),
+                timeout_graceful_shutdown=5)
+
+
+def _client(url: str | None, run_dir: Path | None, admin: bool = False) -> httpx.Client:
+    headers = {}
+    token = find_admin_token(run_dir=run_dir) if admin else None
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.Client(base_url=find_url(url, run_dir), headers=headers, timeout=30)
+
+
+def _show(resp: httpx.Response) -> Any:
+    if resp.status_code >= 400:
+        try:
+            message = resp.json().get("error", resp.text)
+        except ValueError:
+            message = resp.text
+        typer.echo(f"error {resp.status_code}: {message}", err=True)
+        raise typer.Exit(1)
+    data = resp.json()
+    typer.echo(json.dumps(data, indent=2))
+    return data
+
+
+def _call(fn: Any) -> Any:
+    try:
+        return fn()
+    except httpx.HTTPError as exc:
+        typer.echo(f"cannot reach the server: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def submit(
+    prompt: str,
+    deadline: Annotated[Optional[float], typer.Option("--deadline", help="run-time limit, seconds")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens")] = None,
+    priority: Annotated[int, typer.Option()] = 0,
+    idempotency_key: Annotated[Optional[str], typer.Option("--idempotency-key")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait for the job to end")] = False,
+    url: UrlOpt = None,
+    run_dir: RunDirOpt = None,
+) -> None:
+    """Submit a prompt as a job."""
+    body: dict[str, Any] = {"prompt": prompt, "priority": priority}
+    for key, value in (("deadline_s", deadline), ("max_tokens", max_tokens), ("idempotency_key", idempotency_key)):
+        if value is not None:
+            body[key] = value
+    with _client(url, run_dir) as client:
+        if not wait:
+            _call(lambda: _show(client.post("/v1/jobs", json=body)))
+            return
+        resp = _call(lambda: client.post("/v1/jobs", json=body))
+        if resp.status_code >= 400:
+            _show(resp)
+        job = resp.json()
+        while job["status"] in ("queued", "running"):
+            time.sleep(0.2)
+            job = _call(lambda: client.get(f"/v1/jobs/{job['id']}")).json()
+        typer.echo(json.dumps(job, indent=2))
+        if job["status"] != "succeeded":
+            raise typer.Exit(3)
+
+
+@app.command()
+def status(job_id: Annotated[Optional[str], typer.Argument()] = None, url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
+    """Show one job, or the latest jobs."""
+    with _client(url, run_dir) as client:
+        _call(lambda: _show(client.get(f"/v1/jobs/{job_id}" if job_id else "/v1/jobs")))
+
+
+@app.command()
+def kill(job_id: str, url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
+    """Admin: kill a job (queued: at once; running: interrupt, then escalate)."""
+    with _client(url, run_dir, admin=True) as client:
+        _call(lambda: _show(client.post(f"/admin/jobs/{job_id}/kill")))
+
+
+@app.command()
+def engines(url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
+    """Admin: list the engines and what they run."""
+    with _client(url, run_dir, admin=True) as client:
+        _call(lambda: _show(client.get("/admin/engines")))
+
+
+def main() -> None:
+    app(prog_name="llmsup")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

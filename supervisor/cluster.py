@@ -1,0 +1,114 @@
+"""The IPyParallel cluster: a local one started here, or an existing one joined.
+
+Local clusters run one engine set per engine so each engine can be stopped
+and replaced alone. Nothing here assumes engines are local: engines of a
+joined cluster are known only by what they report about themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+from concurrent.futures import Future
+from typing import Any, Callable
+
+import ipyparallel as ipp
+
+from supervisor.leftovers import ProcessLedger
+from supervisor.settings import Settings
+
+log = logging.getLogger("llmsup.cluster")
+
+
+class ClusterManager:
+    def __init__(self, settings: Settings, ledger: ProcessLedger) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.cluster: ipp.Cluster | None = None
+        self.client: ipp.Client | None = None
+        self._set_ids = itertools.count()
+
+    @property
+    def local(self) -> bool:
+        """True when this process started the cluster (and can start engines)."""
+        return self.cluster is not None
+
+    async def start(self) -> None:
+        ipython_dir = self.settings.ipython_dir.resolve()
+        ipython_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["IPYTHONDIR"] = str(ipython_dir)
+        if self.settings.cluster_file is not None:
+            self.client = ipp.Client(str(self.settings.cluster_file))
+            log.info("joined cluster %s: %d engines", self.settings.cluster_file, len(self.client.ids))
+            return
+        self.cluster = ipp.Cluster(
+            n=0,
+            cluster_id="llmsup",
+            profile_dir=str(ipython_dir / "profile_llmsup"),
+            controller_ip="127.0.0.1",
+            controller_args=[f"--HeartMonitor.period={self.settings.heartbeat_ms}"],
+            shutdown_atexit=False,
+            log_level=logging.WARNING,
+        )
+        await self.cluster.start_controller()
+        controller_pid = getattr(self.cluster.controller, "pid", None)
+        if controller_pid:
+            self.ledger.record("controller", int(controller_pid))
+        self.client = await self.cluster.connect_client()
+        log.info("controller started (pid %s), profile %s", controller_pid, self.cluster.profile_dir)
+
+    def launch_engine(self, gpu: str) -> Callable[[], Any]:
+        """Start one engine in its own set; returns the awaitable start. Local clusters only."""
+        if self.cluster is None:
+            raise RuntimeError("engines can only be started on a local cluster")
+        set_id = f"e{next(self._set_ids)}"
+        env = {"LLMSUP_ENGINE_SET": set_id, "CUDA_VISIBLE_DEVICES": gpu, "IPYTHONDIR": os.environ["IPYTHONDIR"]}
+        return set_id, self.cluster.start_engines(1, engine_set_id=set_id, environment=env)
+
+    async def stop_engine_set(self, set_id: str) -> None:
+        if self.cluster is not None and set_id in self.cluster.engines:
+            try:
+                await self.cluster.stop_engines(set_id)
+            except Exception as exc:  # the set may already be gone; stopping is best effort
+                log.warning("stopping engine set %s: %s", set_id, exc)
+        self.ledger.forget(f"engine:{set_id}")
+
+    def engine_ids(self) -> set[int]:
+        assert self.client is not None
+        return set(self.client.ids)
+
+    def apply(self, engine_id: int, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` on exactly this engine; a concurrent future of its result."""
+        assert self.client is not None
+        return self.client[engine_id].apply_async(fn, *args)
+
+    def send_signal(self, engine_id: int, sig: int) -> Future:
+        """Signal one engine through the controller and its nanny (works for remote engines)."""
+        assert self.client is not None
+        return self.client.send_signal(sig, targets=[engine_id], block=False)
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.cluster is not None:
+            try:
+                await asyncio.wait_for(self.cluster.stop_cluster(), timeout=30)
+            except Exception as exc:  # leftovers are killed by the ledger below
+                log.warning("stopping cluster: %s", exc)
+            self.cluster = None
+
+
+def kill_engine_process(pid: int) -> None:
+    """SIGKILL an engine on this host and every process in its group (children of its task)."""
+    try:
+        pgid = os.getpgid(pid)
+        if pgid == pid and pgid != os.getpgid(0):
+            os.killpg(pgid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

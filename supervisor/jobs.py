@@ -1,0 +1,104 @@
+"""The job record: immutable, replaced whole on every transition."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"  # waiting for an engine slot (also after an engine was lost)
+    RUNNING = "running"  # dispatched to one engine; the watchdog holds its deadline
+    SUCCEEDED = "succeeded"  # generation finished on its own (stop or max_tokens)
+    FAILED = "failed"  # generation raised, or the job ran out of attempts
+    TIMED_OUT = "timed_out"  # stopped at its deadline; partial output kept
+    CANCELLED = "cancelled"  # cancelled by its owner or killed by an admin; partial output kept
+    EXPIRED = "expired"  # waited in the queue past its queue timeout, never ran
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+TERMINAL = frozenset(s for s in JobStatus if s.terminal)
+
+
+@dataclass(frozen=True)
+class EngineRef:
+    """Where a job ran: enough to find the process and its device."""
+
+    id: int
+    host: str
+    pid: int
+    gpu: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "EngineRef | None":
+        return cls(**data) if data else None
+
+
+@dataclass(frozen=True)
+class JobParams:
+    max_tokens: int = 64
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "JobParams":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "stop" in known:
+            known["stop"] = tuple(known["stop"] or ())
+        return cls(**known)
+
+
+def new_job_id() -> str:
+    return "job-" + uuid.uuid4().hex[:16]
+
+
+@dataclass(frozen=True)
+class Job:
+    prompt: str
+    params: JobParams = field(default_factory=JobParams)
+    deadline_s: float = 60.0
+    queue_timeout_s: float = 600.0
+    priority: int = 0
+    idempotency_key: str | None = None
+    owner: str | None = None
+    id: str = field(default_factory=new_job_id)
+    status: JobStatus = JobStatus.QUEUED
+    attempts: int = 0
+    engine: EngineRef | None = None
+    output: str = ""
+    tokens: int = 0
+    finish_reason: str | None = None
+    error: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    not_before: float = 0.0  # earliest dispatch time (retry backoff)
+    lost_engines: tuple[int, ...] = ()  # engines this job was lost on: prefer others
+    seq: int = 0  # insertion order, assigned by the store (FIFO within a priority)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Job":
+        data = dict(data)
+        data["status"] = JobStatus(data["status"])
+        data["params"] = JobParams.from_dict(data.get("params") or {})
+        data["engine"] = EngineRef.from_dict(data.get("engine"))
+        data["lost_engines"] = tuple(data.get("lost_engines") or ())
+        return cls(**data)
+
+    def with_changes(self, **changes: Any) -> "Job":
+        return replace(self, **changes)

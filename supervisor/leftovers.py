@@ -1,0 +1,93 @@
+"""Processes a supervisor started, recorded in the run directory so that a
+supervisor that died without cleaning up (SIGKILL, power loss) never leaves
+its controller and engines running beside a new cluster."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger("llmsup.leftovers")
+
+
+class ProcessLedger:
+    """``<run-dir>/processes.json``: owner pid plus every process group we started."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, dict[str, float | int]] = {}
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"owner": _ident(os.getpid()), "processes": self.entries}))
+        os.replace(tmp, self.path)
+
+    def record(self, name: str, pid: int) -> None:
+        ident = _ident(pid)
+        if ident:
+            self.entries[name] = ident
+            self._write()
+
+    def forget(self, name: str) -> None:
+        if self.entries.pop(name, None) is not None:
+            self._write()
+
+    def claim(self) -> list[str]:
+        """Take the run directory: refuse if a live supervisor owns it, kill what a dead one left."""
+        killed: list[str] = []
+        if self.path.exists():
+            try:
+                data = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                data = {}
+            owner = data.get("owner")
+            if owner and owner.get("pid") != os.getpid() and _alive(owner):
+                raise RuntimeError(f"run directory in use by a running supervisor (pid {owner['pid']})")
+            for name, ident in (data.get("processes") or {}).items():
+                if _alive(ident):
+                    _kill_group(int(ident["pid"]))
+                    killed.append(f"{name}:{ident['pid']}")
+        self.entries = {}
+        self._write()
+        if killed:
+            log.warning("stopped processes left by a previous supervisor: %s", ", ".join(killed))
+        return killed
+
+    def release(self) -> None:
+        self.entries = {}
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _ident(pid: int) -> dict[str, float | int]:
+    try:
+        return {"pid": pid, "create_time": psutil.Process(pid).create_time()}
+    except psutil.Error:
+        return {}
+
+
+def _alive(ident: dict) -> bool:
+    try:
+        proc = psutil.Process(int(ident["pid"]))
+        return abs(proc.create_time() - float(ident["create_time"])) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, KeyError, ValueError, TypeError):
+        return False
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL the process group led by ``pid`` (or the pid alone if it leads none)."""
+    try:
+        pgid = os.getpgid(pid)
+        if pgid == pid and pgid != os.getpgid(0):
+            os.killpg(pgid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,486 @@
+"""The supervisor: accepts jobs, dispatches them to engines, settles their outcomes.
+
+All state changes happen on one asyncio loop. Every transition is written to
+the store before it is acted on (a job is stored ``running`` before its task
+is sent; it is stored terminal before anyone is told).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+import zmq
+import zmq.asyncio
+from ipyparallel import error as ipp_error
+
+from engines import runtime
+from supervisor.cluster import ClusterManager
+from supervisor.engine_manager import EngineManager
+from supervisor.events import EventHub
+from supervisor.jobs import Job, JobParams, JobStatus
+from supervisor.leftovers import ProcessLedger
+from supervisor.metrics import Metrics
+from supervisor.pool import Engine, EnginePool, EngineState
+from supervisor.requests import EngineNotFound, InvalidRequest, JobNotFound, JobRequest, QueueFull, Submitted
+from supervisor.running import RunningJob
+from supervisor.settings import Settings
+from supervisor.store import DuplicateKey, JobStore, SQLiteStore
+from supervisor.transitions import transition
+from supervisor.watchdog import Watchdog
+
+log = logging.getLogger("llmsup.supervisor")
+Q, R = JobStatus.QUEUED, JobStatus.RUNNING
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, store: JobStore | None = None, clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.clock = clock
+        self._store = store
+        self.pool = EnginePool()
+        self.hub = EventHub()
+        self.metrics = Metrics()
+        self.ledger = ProcessLedger(settings.run_dir / "processes.json")
+        self.cluster = ClusterManager(settings, self.ledger)
+        self._running: dict[str, RunningJob] = {}  # job id -> live handle
+        self._by_stream_key: dict[str, RunningJob] = {}
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.started = False
+        self.stream_address = ""
+
+    @property
+    def store(self) -> JobStore:
+        assert self._store is not None, "supervisor not started"
+        return self._store
+
+    # lifecycle -------------------------------------------------------------------
+    async def start(self, wait_for_engines: bool = True) -> None:
+        s = self.settings
+        s.run_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger.claim()
+        if self._store is None:
+            self._store = SQLiteStore(s.db_path)
+        self.recover(self.clock())
+        self._zmq = zmq.asyncio.Context()
+        self._pull = self._zmq.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.RCVHWM, 0)
+        port = self._pull.bind_to_random_port(s.stream_bind)
+        self.stream_address = f"{s.stream_bind}:{port}"
+        await self.cluster.start()
+        engine_config = dict(s.for_engines(), stream_address=self.stream_address)
+        self.engines = EngineManager(
+            s, self.cluster, self.pool, self.ledger, self.metrics, engine_config,
+            on_ready=lambda engine: self._wake.set(), on_lost=self._on_engine_lost,
+        )
+        self.watchdog = Watchdog(
+            s, self.cluster, self.metrics, self._settle_lost_reply, self.engines.kill_and_replace,
+            self.engines.local_key,
+        )
+        for loop_fn in (self._token_loop, self._dispatch_loop, self._health_loop):
+            self._spawn(loop_fn())
+        await self.engines.start(s.engines)
+        self.started = True
+        if wait_for_engines:
+            await self.wait_for_engines(self.engines.expected(), s.engine_start_timeout_s)
+        log.info("supervisor ready: %d engines, backend %s", len(self.pool.serving()), engine_config["backend"])
+
+    async def wait_for_engines(self, n: int, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while len(self.pool.serving()) < n:
+            if time.monotonic() > end:
+                raise TimeoutError(f"only {len(self.pool.serving())} of {n} engines ready after {timeout}s")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        now = self.clock()
+        for run in list(self._running.values()):
+            # at-least-once: whatever was running goes back to the queue (the attempt is counted)
+            self._settle(run, Q, requeue_reason="supervisor stopped", now=now)
+        if hasattr(self, "engines"):
+            await self.engines.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.cluster.stop()
+        self.ledger.claim()  # kill anything the cluster failed to stop
+        self.ledger.release()
+        if hasattr(self, "_pull"):
+            self._pull.close(linger=0)
+            self._zmq.term()
+        self.hub.close_all()
+        if self._store is not None:
+            self._store.close()
+
+    def recover(self, now: float) -> None:
+        """After a restart: queued jobs stay queued; jobs that were running are re-queued."""
+        for job in self.store.list([R], limit=1_000_000):
+            if job.attempts >= self.settings.max_attempts:
+                new = transition(job, JobStatus.FAILED, now, error="supervisor restarted while running; out of attempts")
+            else:
+                new = transition(job, Q, now, error="re-queued: supervisor restarted while it was running")
+            self.store.put(new)
+            log.warning("recovered job=%s: %s", job.id, new.status.value)
+
+    # public API ----------------------------------------------------------------------
+    def submit(self, req: JobRequest) -> Submitted:
+        s = self.settings
+        if req.idempotency_key is not None:
+            existing = self.store.by_key(req.idempotency_key)
+            if existing is not None:
+                return Submitted(self._view(existing), created=False)
+        if not req.prompt:
+            raise InvalidRequest("prompt must not be empty")
+        if len(req.prompt) > s.max_prompt_chars:
+            raise InvalidRequest(f"prompt longer than {s.max_prompt_chars} characters")
+        deadline = req.deadline_s if req.deadline_s is not None else s.deadline_s
+        if not 0 < deadline <= s.max_deadline_s:
+            raise InvalidRequest(f"deadline_s must be in (0, {s.max_deadline_s}]")
+        max_tokens = req.max_tokens if req.max_tokens is not None else s.default_max_tokens
+        if not 1 <= max_tokens <= s.max_tokens_limit:
+            raise InvalidRequest(f"max_tokens must be in [1, {s.max_tokens_limit}]")
+        queued = self.store.counts()[Q]
+        if queued >= s.queue_max:
+            raise QueueFull(s.queue_max, retry_after_s=max(1.0, deadline / 4))
+        try:
+            params = JobParams.from_dict(
+                {**req.extra, "max_tokens": max_tokens, "temperature": req.temperature, "stop": req.stop}
+            )
+        except TypeError as exc:
+            raise InvalidRequest(str(exc)) from None
+        job = Job(
+            prompt=req.prompt, params=params, deadline_s=deadline,
+            queue_timeout_s=req.queue_timeout_s or s.queue_timeout_s, priority=req.priority,
+            idempotency_key=req.idempotency_key, owner=req.owner, created_at=self.clock(),
+        )
+        try:
+            job = self.store.add(job)
+        except DuplicateKey as dup:
+            return Submitted(self._view(dup.existing), created=False)
+        self.metrics.jobs_submitted.inc()
+        self._publish_status(job)
+        self._wake.set()
+        return Submitted(job, created=True)
+
+    def get(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return self._view(job)
+
+    def list(self, statuses: list[JobStatus] | None = None, owner: str | None = None, limit: int = 100,
+             offset: int = 0) -> list[Job]:
+        return [self._view(j) for j in self.store.list(statuses, owner=owner, limit=limit, offset=offset)]
+
+    def cancel(self, job_id: str, note: str = "cancelled by user") -> Job:
+        """Cancel a job: a queued one at once, a running one through the escalation ladder."""
+        job = self.get(job_id)
+        if job.status is Q:
+            new = transition(job, JobStatus.CANCELLED, self.clock(), error=note)
+            self.store.put(new)
+            self._finished(new)
+            return new
+        run = self._running.get(job_id)
+        if run is not None:
+            run.cancel_note = note
+            self.watchdog.interrupt(run, JobStatus.CANCELLED)
+        return job
+
+    def kill(self, job_id: str) -> Job:
+        return self.cancel(job_id, note="killed by admin")
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        job = self.get(job_id)
+        if job.status.terminal:
+            return job
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(fut)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        finally:
+            waiters = self._waiters.get(job_id, [])
+            if fut in waiters:
+                waiters.remove(fut)
+
+    def engine_views(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [self._engine_view(e, now) for e in sorted(self.pool.engines.values(), key=lambda e: e.id)]
+
+    def _engine_view(self, e: Engine, now: float) -> dict[str, Any]:
+        jobs = [{"job_id": jid, "running_s": round(now - t, 3)} for jid, t in e.jobs.items()]
+        return {
+            "id": e.id, "host": e.host, "pid": e.pid, "gpu": e.gpu, "state": e.state.value,
+            "job_id": jobs[0]["job_id"] if jobs else None, "jobs": jobs, "slots": e.slots,
+            "jobs_done": e.jobs_done, "rss_mb": e.rss_mb, "backend": e.backend.get("backend"),
+            "model": e.backend.get("model"), "engine_set": e.set_id, "restarts": e.restarts,
+        }
+
+    def _engine(self, engine_id: int) -> Engine:
+        engine = self.pool.get(engine_id)
+        if engine is None:
+            raise EngineNotFound(engine_id)
+        return engine
+
+    def interrupt_engine(self, engine_id: int) -> list[str]:
+        """Admin: interrupt every job on the engine (they end cancelled)."""
+        engine = self._engine(engine_id)
+        ids = list(engine.jobs)
+        for jid in ids:
+            self.cancel(jid, note=f"interrupted by admin on engine {engine_id}")
+        return ids
+
+    async def restart_engine(self, engine_id: int) -> None:
+        engine = self._engine(engine_id)
+        if engine.jobs:
+            await self.engines.kill_and_replace(engine, "admin_restart")
+        else:
+            await self.engines.recycle(engine, "admin_restart")
+
+    def drain_engine(self, engine_id: int, drain: bool = True) -> None:
+        engine = self._engine(engine_id)
+        if drain and engine.state in (EngineState.IDLE, EngineState.BUSY):
+            engine.state = EngineState.DRAINING
+        elif not drain and engine.state is EngineState.DRAINING:
+            engine.state = EngineState.BUSY if engine.jobs else EngineState.IDLE
+            self._wake.set()
+
+    def ready(self) -> bool:
+        return self.started and bool(self.pool.serving() or any(e.jobs for e in self.pool))
+
+    # dispatch ----------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            self.dispatch_ready(self.clock())
+            try:
+                await asyncio.wait_for(self._wake.wait(), 0.25)
+            except asyncio.TimeoutError:
+                pass
+
+    def dispatch_ready(self, now: float) -> int:
+        """Start as many ready jobs as there are free slots; returns how many started."""
+        free = self.pool.free_slots()
+        if free <= 0 or self._stopping:
+            return 0
+        started = 0
+        for job in self.store.next_queued(now, free):
+            engine = self.pool.pick(job.lost_engines)
+            if engine is None:
+                break
+            self._start(job, engine, now)
+            started += 1
+        return started
+
+    def _start(self, job: Job, engine: Engine, now: float) -> None:
+        job = transition(job, R, now, engine=engine.ref, error=None)
+        self.store.put(job)  # stored as running before the task is sent
+        mono = time.monotonic()
+        run = RunningJob(job, engine, mono)
+        self._running[job.id] = run
+        self._by_stream_key[run.key] = run
+        engine.jobs[job.id] = mono
+        engine.refresh_state()
+        self.metrics.queue_wait.observe(max(0.0, now - job.created_at))
+        spec = {"job_id": run.key, "prompt": job.prompt, "params": _params_dict(job.params)}
+        run.future = asyncio.wrap_future(self.cluster.apply(engine.id, runtime.run_job, spec))
+        run.future.add_done_callback(lambda fut, run=run: self._on_done(run, fut))
+        loop = asyncio.get_running_loop()
+        run.deadline_timer = loop.call_later(job.deadline_s, self.watchdog.interrupt, run, JobStatus.TIMED_OUT)
+        self._publish_status(job)
+
+    # outcomes ----------------------------------------------------------------------
+    def _on_done(self, run: RunningJob, fut: asyncio.Future) -> None:
+        if run.settled.is_set() or fut.cancelled():
+            return
+        exc = fut.exception()
+        reason = run.interrupt_reason or JobStatus.CANCELLED
+        if exc is not None:
+            ename = getattr(exc, "ename", type(exc).__name__)
+            if ename == "KeyboardInterrupt":
+                self._settle(run, reason, text=run.text, tokens=len(run.pieces), error=self._note(run, reason))
+            elif ename == "EngineError" or isinstance(exc, ipp_error.EngineError):
+                if run.killed:
+                    self._settle(run, reason, text=run.text, tokens=len(run.pieces), error=self._note(run, reason))
+                else:
+                    self._spawn(self.engines.handle_lost(run.engine, f"engine died running job {run.job.id}"))
+                    self._lost(run, f"engine {run.engine.id} died: {exc}")
+            else:
+                self._settle(run, JobStatus.FAILED, text=run.text, tokens=len(run.pieces), error=f"{ename}: {exc}")
+            return
+        result: dict[str, Any] = fut.result()
+        engine = run.engine
+        engine.rss_mb = result.get("rss_mb", engine.rss_mb)
+        outcome = result.get("outcome")
+        text, tokens = result.get("text", ""), int(result.get("tokens", 0))
+        if outcome == "completed":
+            self._settle(run, JobStatus.SUCCEEDED, text=text, tokens=tokens, finish_reason=result.get("finish_reason"))
+        elif outcome == "interrupted":
+            if run.interrupt_reason is None:
+                reason, note = JobStatus.CANCELLED, "interrupted from outside the supervisor"
+            else:
+                note = self._note(run, reason)
+            self._settle(run, reason, text=text, tokens=tokens, error=note)
+        elif result.get("transient") and run.job.attempts < self.settings.max_attempts:
+            self._settle(run, Q, requeue_reason=f"transient error: {result.get('error')}")
+        else:
+            self._settle(run, JobStatus.FAILED, text=text, tokens=tokens, error=result.get("error"))
+
+    @staticmethod
+    def _note(run: RunningJob, reason: JobStatus) -> str:
+        if reason is JobStatus.TIMED_OUT:
+            how = "engine killed" if run.killed else "interrupted"
+            return f"deadline of {run.job.deadline_s}s passed ({how})"
+        return run.cancel_note + (" (engine killed)" if run.killed else "")
+
+    def _settle_lost_reply(self, run: RunningJob) -> None:
+        reason = run.interrupt_reason or JobStatus.CANCELLED
+        self._settle(run, reason, text=run.text, tokens=len(run.pieces), error=self._note(run, reason) + "; reply lost")
+
+    def _lost(self, run: RunningJob, why: str) -> None:
+        """The engine died under the job: retry with backoff (elsewhere if possible), or fail."""
+        if run.job.attempts >= self.settings.max_attempts:
+            self._settle(run, JobStatus.FAILED, text=run.text, tokens=len(run.pieces),
+                         error=f"{why}; gave up after {run.job.attempts} attempts")
+        else:
+            self._settle(run, Q, requeue_reason=why, lost_engine=run.engine.id)
+
+    def _on_engine_lost(self, engine: Engine, why: str) -> None:
+        for job_id in list(engine.jobs):
+            run = self._running.get(job_id)
+            if run is None:
+                continue
+            if run.killed or (run.interrupt_reason is not None and "killed" in why):
+                run.killed = True
+                reason = run.interrupt_reason or JobStatus.CANCELLED
+                self._settle(run, reason, text=run.text, tokens=len(run.pieces), error=self._note(run, reason))
+            else:
+                self._lost(run, why)
+
+    def _settle(self, run: RunningJob, status: JobStatus, *, text: str = "", tokens: int = 0,
+                error: str | None = None, finish_reason: str | None = None, requeue_reason: str | None = None,
+                lost_engine: int | None = None, now: float | None = None) -> None:
+        if run.settled.is_set():
+            return
+        now = self.clock() if now is None else now
+        job = run.job
+        if status is Q:
+            backoff = self.settings.retry_backoff_s * (2 ** max(0, job.attempts - 1))
+            lost = job.lost_engines + ((lost_engine,) if lost_engine is not None else ())
+            new = transition(job, Q, now, not_before=now + backoff, error=requeue_reason, lost_engines=lost)
+            self.metrics.requeues.labels("engine_lost" if "engine" in (requeue_reason or "") else "other").inc()
+            asyncio.get_running_loop().call_later(backoff, self._wake.set)
+        else:
+            if status is JobStatus.TIMED_OUT or (status is JobStatus.CANCELLED and finish_reason is None):
+                finish_reason = "deadline" if status is JobStatus.TIMED_OUT else "cancelled"
+            new = transition(job, status, now, output=text, tokens=tokens, error=error, finish_reason=finish_reason)
+        self.store.put(new)  # written before anyone is told
+        run.settled.set()
+        if run.deadline_timer is not None:
+            run.deadline_timer.cancel()
+        self._running.pop(job.id, None)
+        self._by_stream_key.pop(run.key, None)
+        engine = run.engine
+        engine.jobs.pop(job.id, None)
+        mono = time.monotonic()
+        self.metrics.run_time.observe(mono - run.started_mono)
+        if run.interrupt_mono is not None:
+            self.metrics.interrupt_latency.observe(mono - run.interrupt_mono)
+        if run.first_token_mono is not None:
+            self.metrics.ttft.observe(run.first_token_mono - run.started_mono)
+        self.metrics.tokens.inc(tokens)
+        if engine.state is EngineState.INTERRUPTING and not any(
+            self._running[j].interrupt_reason for j in engine.jobs if j in self._running
+        ):
+            engine.state = EngineState.BUSY
+        if engine.state in (EngineState.IDLE, EngineState.BUSY, EngineState.DRAINING):
+            engine.jobs_done += 1
+            engine.refresh_state()
+            self._maybe_recycle(engine)
+        self._finished(new)
+        self._wake.set()
+
+    def _maybe_recycle(self, engine: Engine) -> None:
+        s = self.settings
+        if engine.jobs or self._stopping:
+            return
+        why = None
+        if s.max_jobs_per_engine and engine.jobs_done >= s.max_jobs_per_engine:
+            why = f"{engine.jobs_done} jobs done (max_jobs_per_engine={s.max_jobs_per_engine})"
+        elif s.max_engine_rss_mb and engine.rss_mb > s.max_engine_rss_mb:
+            why = f"RSS {engine.rss_mb:.0f} MB > max_engine_rss_mb={s.max_engine_rss_mb:.0f}"
+        if why:
+            engine.state = EngineState.RESTARTING
+            self._spawn(self.engines.recycle(engine, why))
+
+    def _finished(self, job: Job) -> None:
+        self._publish_status(job)
+        if job.status.terminal:
+            self.metrics.job_outcomes.labels(job.status.value).inc()
+            for fut in self._waiters.pop(job.id, []):
+                if not fut.done():
+                    fut.set_result(job)
+
+    # background loops ----------------------------------------------------------------
+    async def _token_loop(self) -> None:
+        while True:
+            key, seq, text = await self._pull.recv_multipart()
+            run = self._by_stream_key.get(key.decode())
+            if run is not None and run.add_piece(int(seq), text.decode(), time.monotonic()):
+                self.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": int(seq),
+                                              "text": text.decode()})
+
+    async def _health_loop(self) -> None:
+        period = max(0.05, self.settings.heartbeat_ms / 2000)
+        while True:
+            try:
+                self.engines.poll()
+                self.expire_queued(self.clock())
+                self._update_gauges()
+            except Exception:  # one bad tick must not stop supervision
+                log.exception("health tick failed")
+            await asyncio.sleep(period)
+
+    def expire_queued(self, now: float) -> int:
+        expired = 0
+        for job in self.store.list([Q], limit=100_000):
+            if now - job.created_at > job.queue_timeout_s:
+                new = transition(job, JobStatus.EXPIRED, now, error=f"waited more than {job.queue_timeout_s}s in the queue")
+                self.store.put(new)
+                self._finished(new)
+                expired += 1
+        return expired
+
+    def _update_gauges(self) -> None:
+        counts = self.store.counts()
+        self.metrics.queue_depth.set(counts[Q])
+        self.metrics.running.set(len(self._running))
+        for state in EngineState:
+            self.metrics.engines.labels(state.value).set(sum(1 for e in self.pool if e.state is state))
+
+    # helpers -----------------------------------------------------------------------
+    def _view(self, job: Job) -> Job:
+        run = self._running.get(job.id)
+        if run is not None and job.status is R:
+            return job.with_changes(output=run.text, tokens=len(run.pieces))
+        return job
+
+    def _publish_status(self, job: Job) -> None:
+        self.hub.publish(job.id, {"type": "status", "job_id": job.id, "status": job.status.value})
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def _params_dict(params: JobParams) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.__dict__.items()}

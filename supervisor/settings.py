@@ -1,0 +1,82 @@
+"""Settings: CLI flags > environment (``LLMSUP_<NAME>``) > config file > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BackendName = Literal["auto", "sim", "transformers", "vllm"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMSUP_", extra="ignore", validate_default=True)
+
+    # cluster
+    engines: int = Field(2, ge=0, le=512, description="engines to start for a local cluster")
+    backend: BackendName = Field("sim", description="model backend every engine loads")
+    model: str | None = Field(None, description="model path or id; None: a tiny local model")
+    cluster_file: Path | None = Field(None, description="connect to this existing IPyParallel cluster file")
+    heartbeat_ms: int = Field(500, ge=50, le=30_000, description="controller heartbeat period")
+    engine_start_timeout_s: float = Field(180.0, gt=0)
+    gpus_per_engine: int = Field(1, ge=1, le=64)
+    engine_threads: int | None = Field(None, ge=1, le=256, description="torch threads per engine")
+    slots_per_engine: int | None = Field(None, ge=1, le=1024, description="jobs at once per engine")
+    sim_token_s: float = Field(0.005, ge=0, le=60, description="sim backend seconds per token")
+    # jobs
+    deadline_s: float = Field(60.0, gt=0, description="default run-time limit of a job")
+    max_deadline_s: float = Field(3600.0, gt=0)
+    queue_timeout_s: float = Field(600.0, gt=0, description="a queued job expires after this wait")
+    default_max_tokens: int = Field(64, ge=1)
+    max_tokens_limit: int = Field(100_000, ge=1)
+    max_prompt_chars: int = Field(200_000, ge=1)
+    queue_max: int = Field(10_000, ge=1, description="queued jobs accepted before 429")
+    max_attempts: int = Field(3, ge=1, le=100)
+    retry_backoff_s: float = Field(0.2, ge=0, description="first retry delay; doubles per attempt")
+    # watchdog
+    interrupt_grace_s: float = Field(0.5, gt=0, description="SIGINT -> no-op probe")
+    kill_grace_s: float = Field(2.0, gt=0, description="SIGINT -> SIGKILL of the engine")
+    signal_path: Literal["auto", "direct", "ipp"] = Field(
+        "auto", description="auto: os.kill for engines on this host, Client.send_signal for others"
+    )
+    max_jobs_per_engine: int = Field(0, ge=0, description="recycle an engine after N jobs (0: never)")
+    max_engine_rss_mb: float = Field(0, ge=0, description="recycle an engine above this RSS (0: never)")
+    # web
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    run_dir: Path = Field(Path(".llmsup"), description="SQLite store, IPyParallel files, caches, tokens")
+    stream_bind: str = Field("tcp://127.0.0.1", description="where engines send tokens (an address engines reach)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.kill_grace_s < self.interrupt_grace_s:
+            raise ValueError("kill_grace_s must be >= interrupt_grace_s")
+        if self.deadline_s > self.max_deadline_s:
+            raise ValueError("deadline_s must be <= max_deadline_s")
+        return self
+
+    @property
+    def db_path(self) -> Path:
+        return self.run_dir / "jobs.sqlite"
+
+    @property
+    def ipython_dir(self) -> Path:
+        return self.run_dir / "ipython"
+
+    def resolved_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        from supervisor.backends import pick_backend
+
+        return pick_backend()
+
+    def for_engines(self) -> dict[str, Any]:
+        return {
+            "backend": self.resolved_backend(),
+            "model": self.model,
+            "run_dir": str(self.run_dir.resolve()),
+            "threads": self.engine_threads,
+            "sim_token_s": self.sim_token_s,
+        }

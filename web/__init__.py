@@ -1,0 +1,1 @@
+"""llmsup's FastAPI front end."""

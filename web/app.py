@@ -1,0 +1,80 @@
+"""The app factory: FastAPI + a lifespan that owns one Supervisor."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+
+from supervisor import __version__
+from supervisor.service import Supervisor
+from supervisor.settings import Settings
+from web import errors, routes_admin, routes_jobs
+from web.deps import SupervisorDep
+from web.schemas import Health
+
+log = logging.getLogger("llmsup.web")
+
+
+def create_app(settings: Settings | None = None, supervisor: Supervisor | None = None) -> FastAPI:
+    """Build the app. With ``supervisor`` given, its owner starts and stops it; otherwise the lifespan does."""
+    settings = settings or (supervisor.settings if supervisor else Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = supervisor is None
+        sup = supervisor or Supervisor(settings)
+        app.state.supervisor = sup
+        if owned:
+            await sup.start()
+        _write_server_file(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                await sup.stop()
+            _remove_server_file(settings)
+
+    app = FastAPI(title="llmsup", version=__version__, lifespan=lifespan,
+                  description="LLM job supervisor on IPyParallel: deadlines that really free the engine.")
+    errors.install(app)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_admin.router)
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+    async def readyz(sup: SupervisorDep) -> Health:
+        from fastapi.responses import JSONResponse
+
+        n = len(sup.pool.serving())
+        if not sup.ready():
+            return JSONResponse({"status": "not ready", "engines": n}, status_code=503)  # type: ignore[return-value]
+        return Health(status="ready", engines=n)
+
+    return app
+
+
+def _server_file(settings: Settings):  # type: ignore[no-untyped-def]
+    return settings.run_dir / "server.json"
+
+
+def _write_server_file(settings: Settings) -> None:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+    host = f"[{host}]" if ":" in host and host != "::" else ("[::1]" if host == "::" else host)
+    data = {"url": f"http://{host}:{settings.port}", "pid": os.getpid()}
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    _server_file(settings).write_text(json.dumps(data))
+
+
+def _remove_server_file(settings: Settings) -> None:
+    try:
+        _server_file(settings).unlink()
+    except FileNotFoundError:
+        pass

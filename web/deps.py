@@ -1,0 +1,22 @@
+"""FastAPI dependencies (``Annotated`` aliases) shared by the routers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from supervisor.service import Supervisor
+from supervisor.settings import Settings
+
+
+def get_supervisor(request: Request) -> Supervisor:
+    return request.app.state.supervisor
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.supervisor.settings
+
+
+SupervisorDep = Annotated[Supervisor, Depends(get_supervisor)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,109 @@
+"""Request and response schemas of the REST API (requests forbid unknown fields)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from supervisor.jobs import Job, JobStatus
+
+
+def iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z") if ts else None
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Annotated[str, Field(min_length=1, description="text to complete")]
+    max_tokens: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
+    temperature: Annotated[float, Field(ge=0, le=5)] = 0.0
+    stop: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]] | None, Field(max_length=16)] = None
+    deadline_s: Annotated[float | None, Field(gt=0, le=86_400, description="run-time limit in seconds")] = None
+    queue_timeout_s: Annotated[float | None, Field(gt=0, le=86_400)] = None
+    priority: Annotated[int, Field(ge=-1000, le=1000, description="higher runs first")] = 0
+    idempotency_key: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    top_p: Annotated[float | None, Field(gt=0, le=1)] = None
+    top_k: Annotated[int | None, Field(ge=0, le=100_000)] = None
+    seed: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None
+
+
+class EngineRefOut(BaseModel):
+    id: int
+    host: str
+    pid: int
+    gpu: str
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    prompt: str
+    output: str
+    tokens: int
+    attempts: int
+    error: str | None
+    finish_reason: str | None
+    engine: EngineRefOut | None
+    priority: int
+    deadline_s: float
+    queue_timeout_s: float
+    idempotency_key: str | None
+    params: dict[str, Any]
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+    @classmethod
+    def of(cls, job: Job) -> "JobOut":
+        return cls(
+            id=job.id, status=job.status, prompt=job.prompt, output=job.output, tokens=job.tokens,
+            attempts=job.attempts, error=job.error, finish_reason=job.finish_reason,
+            engine=EngineRefOut(**job.engine.__dict__) if job.engine else None, priority=job.priority,
+            deadline_s=job.deadline_s, queue_timeout_s=job.queue_timeout_s, idempotency_key=job.idempotency_key,
+            params={k: (list(v) if isinstance(v, tuple) else v) for k, v in job.params.__dict__.items()},
+            created_at=iso(job.created_at), started_at=iso(job.started_at), finished_at=iso(job.finished_at),
+        )
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    count: int
+
+
+class EngineJobOut(BaseModel):
+    job_id: str
+    running_s: float
+
+
+class EngineOut(BaseModel):
+    id: int
+    host: str
+    pid: int
+    gpu: str
+    state: str
+    job_id: str | None
+    jobs: list[EngineJobOut]
+    slots: int
+    jobs_done: int
+    rss_mb: float
+    backend: str | None
+    model: str | None
+    engine_set: str
+    restarts: int
+
+
+class EngineList(BaseModel):
+    engines: list[EngineOut]
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: Any = None
+
+
+class Health(BaseModel):
+    status: str
+    engines: int = 0
