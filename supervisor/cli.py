@@ -33,13 +33,14 @@ def serve(
     cluster_file: Annotated[Optional[Path], typer.Option(help="join an existing IPyParallel cluster")] = None,
     slots_per_engine: Annotated[Optional[int], typer.Option(help="jobs at once per engine")] = None,
     gpus_per_engine: Annotated[Optional[int], typer.Option(help="GPUs per engine (tensor parallel)")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (or LLMSUP_CONFIG)")] = None,
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
 ) -> None:
     """Start a local cluster (controller + engines) and the web app; Ctrl-C or SIGTERM stops everything."""
     import uvicorn
     from pydantic import ValidationError
 
-    from supervisor.settings import Settings
+    from supervisor.settings import load_settings
     from web.app import create_app
 
     given: dict[str, Any] = {
@@ -48,8 +49,8 @@ def serve(
         "gpus_per_engine": gpus_per_engine,
     }
     try:
-        settings = Settings(**{k: v for k, v in given.items() if v is not None})
-    except ValidationError as exc:
+        settings = load_settings(config, **given)
+    except (ValidationError, ValueError, OSError) as exc:
         typer.echo(f"invalid settings:\n{exc}", err=True)
         raise typer.Exit(2) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

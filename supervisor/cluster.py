@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import signal
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, Callable
 
 import ipyparallel as ipp
@@ -41,9 +43,10 @@ class ClusterManager:
         ipython_dir.mkdir(parents=True, exist_ok=True)
         os.environ["IPYTHONDIR"] = str(ipython_dir)
         if self.settings.cluster_file is not None:
-            self.client = ipp.Client(str(self.settings.cluster_file))
+            self.client = _join(self.settings.cluster_file)
             log.info("joined cluster %s: %d engines", self.settings.cluster_file, len(self.client.ids))
             return
+        _remove_stale_connection_files(ipython_dir / "profile_llmsup")
         self.cluster = ipp.Cluster(
             n=0,
             cluster_id="llmsup",
@@ -100,6 +103,24 @@ class ClusterManager:
             except Exception as exc:  # leftovers are killed by the ledger below
                 log.warning("stopping cluster: %s", exc)
             self.cluster = None
+
+
+def _join(path: Path) -> ipp.Client:
+    """Connect to a running cluster from its cluster file (``cluster-*.json``) or client connection file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"cannot read cluster file {path}: {exc}") from None
+    if "cluster" in data:  # written by ipp.Cluster / ipcluster
+        return ipp.Cluster.from_file(str(path)).connect_client_sync()
+    return ipp.Client(str(path))
+
+
+def _remove_stale_connection_files(profile_dir: Path) -> None:
+    """Files of a controller that died with its supervisor would point a new client at dead ports."""
+    security = profile_dir / "security"
+    for path in [*security.glob("ipcontroller-llmsup-*.json"), security / "cluster-llmsup.json"]:
+        path.unlink(missing_ok=True)
 
 
 def kill_engine_process(pid: int) -> None:

@@ -77,6 +77,7 @@ class Job:
     engine: EngineRef | None = None
     output: str = ""
     tokens: int = 0
+    prompt_tokens: int = 0  # as counted by the backend (0: unknown)
     finish_reason: str | None = None
     error: str | None = None
     created_at: float = 0.0

@@ -321,7 +321,8 @@ class Supervisor:
         outcome = result.get("outcome")
         text, tokens = result.get("text", ""), int(result.get("tokens", 0))
         if outcome == "completed":
-            self._settle(run, JobStatus.SUCCEEDED, text=text, tokens=tokens, finish_reason=result.get("finish_reason"))
+            self._settle(run, JobStatus.SUCCEEDED, text=text, tokens=tokens, finish_reason=result.get("finish_reason"),
+                         prompt_tokens=int(result.get("prompt_tokens") or 0))
         elif outcome == "interrupted":
             if run.interrupt_reason is None:
                 reason, note = JobStatus.CANCELLED, "interrupted from outside the supervisor"
@@ -366,7 +367,7 @@ class Supervisor:
 
     def _settle(self, run: RunningJob, status: JobStatus, *, text: str = "", tokens: int = 0,
                 error: str | None = None, finish_reason: str | None = None, requeue_reason: str | None = None,
-                lost_engine: int | None = None, now: float | None = None) -> None:
+                lost_engine: int | None = None, now: float | None = None, prompt_tokens: int = 0) -> None:
         if run.settled.is_set():
             return
         now = self.clock() if now is None else now
@@ -380,7 +381,8 @@ class Supervisor:
         else:
             if status is JobStatus.TIMED_OUT or (status is JobStatus.CANCELLED and finish_reason is None):
                 finish_reason = "deadline" if status is JobStatus.TIMED_OUT else "cancelled"
-            new = transition(job, status, now, output=text, tokens=tokens, error=error, finish_reason=finish_reason)
+            new = transition(job, status, now, output=text, tokens=tokens, error=error, finish_reason=finish_reason,
+                             prompt_tokens=prompt_tokens)
         self.store.put(new)  # written before anyone is told
         run.settled.set()
         if run.deadline_timer is not None:

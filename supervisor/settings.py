@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BackendName = Literal["auto", "sim", "transformers", "vllm"]
@@ -48,6 +48,19 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     run_dir: Path = Field(Path(".llmsup"), description="SQLite store, IPyParallel files, caches, tokens")
     stream_bind: str = Field("tcp://127.0.0.1", description="where engines send tokens (an address engines reach)")
+    # web: security and limits (issue 4)
+    admin_token: SecretStr | None = Field(
+        None, description="admin bearer token; unset: a new one is generated at start into <run-dir>/admin_token"
+    )
+    api_keys: SecretStr | None = Field(None, description="API keys for job routes, comma-separated 'key' or 'owner:key'")
+    api_keys_file: Path | None = Field(None, description="file of API keys, one 'key' or 'owner:key' a line")
+    require_api_keys: Literal["auto", "on", "off"] = Field(
+        "auto", description="job routes need an API key: auto = only when bound to a non-loopback address"
+    )
+    max_body_bytes: int = Field(2_000_000, ge=1024, description="request bodies above this get 413")
+    cancel_on_disconnect: bool = Field(True, description="OpenAI routes: a client that goes away cancels its job")
+    served_model_name: str | None = Field(None, description="model name on the OpenAI routes (default: model/backend)")
+    sse_ping_s: float = Field(15.0, gt=0, le=300, description="keep-alive comment interval of SSE streams")
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
@@ -80,3 +93,37 @@ class Settings(BaseSettings):
             "threads": self.engine_threads,
             "sim_token_s": self.sim_token_s,
         }
+
+
+def load_settings(config_file: Path | None = None, **given: Any) -> Settings:
+    """Settings from CLI values (``given``, None = not given) > ``LLMSUP_*`` environment > TOML file > defaults.
+
+    The file is ``config_file``, else ``$LLMSUP_CONFIG``; its keys are the setting names
+    (e.g. ``engines = 4``), at the top level or under ``[llmsup]``.
+    """
+    import os
+    import tomllib
+
+    from pydantic_settings import InitSettingsSource, PydanticBaseSettingsSource
+
+    path = config_file or (Path(os.environ["LLMSUP_CONFIG"]) if os.environ.get("LLMSUP_CONFIG") else None)
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        file_values = data.get("llmsup", data)
+        unknown = set(file_values) - set(Settings.model_fields)
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=file_values)
+
+    values = _FromFile(**{k: v for k, v in given.items() if v is not None})
+    return Settings.model_construct(**values.model_dump())

@@ -51,6 +51,8 @@ class JobOut(BaseModel):
     deadline_s: float
     queue_timeout_s: float
     idempotency_key: str | None
+    owner: str | None = None
+    prompt_tokens: int = 0
     params: dict[str, Any]
     created_at: str | None
     started_at: str | None
@@ -63,6 +65,7 @@ class JobOut(BaseModel):
             attempts=job.attempts, error=job.error, finish_reason=job.finish_reason,
             engine=EngineRefOut(**job.engine.__dict__) if job.engine else None, priority=job.priority,
             deadline_s=job.deadline_s, queue_timeout_s=job.queue_timeout_s, idempotency_key=job.idempotency_key,
+            owner=job.owner, prompt_tokens=job.prompt_tokens,
             params={k: (list(v) if isinstance(v, tuple) else v) for k, v in job.params.__dict__.items()},
             created_at=iso(job.created_at), started_at=iso(job.started_at), finished_at=iso(job.finished_at),
         )

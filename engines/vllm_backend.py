@@ -1,0 +1,180 @@
+"""The ``vllm`` backend: ``vllm.LLM`` driven step by step, one request at a time.
+
+``generate`` adds one request to ``llm.llm_engine`` with DELTA outputs and
+steps the engine itself, so every new piece of text reaches ``on_token`` as
+soon as vLLM produces it. Each step runs under :class:`DeferredSigint`, so a
+SIGINT lands between two steps (never inside the scheduler's bookkeeping).
+
+Interrupts: after a ``KeyboardInterrupt`` the request is still alive inside
+EngineCore, and the next request would wait behind it (or hang): :meth:`abort`
+aborts every in-flight request (``LLMEngine.abort_request(..., internal=True)``
+on the output processor's request states), which frees the engine at once.
+
+Release: :meth:`release` shuts EngineCore down (with multiprocessing on, its
+EngineCore and worker processes would otherwise outlive the engine process).
+
+Settings per device: see :mod:`engines.vllm_settings`.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import os
+import time
+from typing import Any
+
+from engines.modelpath import resolve_model
+from engines.protocol import GenParams, Generation, TokenCallback
+from engines.sigdefer import DeferredSigint
+from engines.stopflag import StopFlag
+from engines.vllm_settings import llm_kwargs, vllm_env
+
+log = logging.getLogger("llmsup.engine")
+_REQUEST_IDS = itertools.count()
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.options: dict[str, Any] = dict(config.get("options") or {})
+        self.llm: Any = None
+        self.model_path = ""
+        self.on_gpu = False
+        self.kwargs: dict[str, Any] = {}
+        self.env: dict[str, str] = {}
+        self.load_s = 0.0
+        self._stop = StopFlag()
+        self._set_num_threads: Any = None  # torch's own, which vLLM's CPU worker replaces
+
+    def load(self) -> None:
+        import torch
+
+        t0 = time.monotonic()
+        path, _local = resolve_model(self.config)
+        self.on_gpu = bool(self.config.get("gpu")) and torch.cuda.is_available()
+        self.env = vllm_env(self.options, self.on_gpu, dict(os.environ))
+        os.environ.update(self.env)
+        threads = self.config.get("threads")
+        if threads and not self.on_gpu:
+            os.environ["OMP_NUM_THREADS"] = str(threads)  # vLLM then leaves torch's thread count alone
+            torch.set_num_threads(int(threads))
+        self._set_num_threads = torch.set_num_threads
+        from vllm import LLM
+
+        self.kwargs = llm_kwargs(path, self.options, self.on_gpu, self.config.get("gpu"))
+        self.llm = LLM(**self.kwargs)
+        self.model_path = path
+        self.load_s = time.monotonic() - t0
+        log.info("vllm: loaded %s in %.2fs, env %s, args %s", path, self.load_s, self.env, self.kwargs)
+
+    def request_stop(self) -> None:
+        """Stop the running generation between two steps (any thread); it raises StopRequested."""
+        self._stop.set()
+
+    def _sampling_params(self, params: GenParams) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else 0,
+            seed=params.seed,
+            stop=list(params.stop) or None,
+            ignore_eos=params.ignore_eos,
+            min_tokens=params.min_tokens,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    def generate(self, prompt: str, params: GenParams, on_token: TokenCallback) -> Generation:
+        eng = self.llm.llm_engine
+        self._stop.clear()
+        if eng.output_processor.request_states:
+            log.warning("vllm: %d stale requests in flight (no abort after an interrupt?): aborting them",
+                        len(eng.output_processor.request_states))
+            self.abort()
+        request_id = f"llmsup-{os.getpid()}-{next(_REQUEST_IDS)}"
+        with DeferredSigint():
+            engine_input = self._render(prompt)
+            eng.add_request(request_id, engine_input, self._sampling_params(params))
+        text: list[str] = []
+        tokens = 0
+        while True:
+            self._stop.check()
+            with DeferredSigint():
+                outputs = eng.step()
+            for out in outputs:
+                if out.request_id != request_id:
+                    continue
+                delta = out.outputs[0]
+                count = len(delta.token_ids)
+                for _ in range(count - 1):
+                    on_token("")  # several tokens in one step: one call per token, text with the last
+                if count or delta.text:
+                    on_token(delta.text)
+                tokens += count
+                text.append(delta.text)
+                if out.finished:
+                    reason = delta.finish_reason
+                    if reason not in ("stop", "length"):
+                        raise RuntimeError(f"vLLM ended the request with finish_reason={reason!r}")
+                    prompt_tokens = len(out.prompt_token_ids or ())
+                    return Generation("".join(text), tokens, reason, prompt_tokens)
+
+    def _render(self, prompt: str) -> Any:
+        """The prompt as vLLM's offline API renders it (falls back to the raw string)."""
+        render = getattr(self.llm, "_preprocess_cmpl_one", None)
+        return render(prompt) if render is not None else prompt
+
+    def abort(self) -> None:
+        """Abort every request in flight, so the next generate starts at once."""
+        self._stop.clear()
+        if self.llm is None:
+            return
+        eng = self.llm.llm_engine
+        with DeferredSigint():
+            in_flight = list(eng.output_processor.request_states)
+            if in_flight:
+                eng.abort_request(in_flight, internal=True)
+        if in_flight:
+            log.info("vllm: aborted %d in-flight request(s)", len(in_flight))
+
+    def release(self) -> None:
+        """Shut EngineCore (and its processes, with multiprocessing on) down and free the model."""
+        if self.llm is None:
+            return
+        t0 = time.monotonic()
+        llm, self.llm = self.llm, None
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        finally:
+            del llm
+            gc.collect()
+            self._restore_torch_threads()
+        log.info("vllm: engine core shut down in %.2fs", time.monotonic() - t0)
+
+    def _restore_torch_threads(self) -> None:
+        if self._set_num_threads is not None:
+            import torch
+
+            torch.set_num_threads = self._set_num_threads
+
+    def describe(self) -> dict[str, Any]:
+        from engines.tinymodel import is_tiny_model
+
+        kwargs = {k: v for k, v in self.kwargs.items() if k not in ("model", "tokenizer")}
+        return {
+            "backend": self.name,
+            "model": self.model_path,
+            "tiny_random_model": bool(self.model_path) and is_tiny_model(self.model_path),
+            "device": "cuda" if self.on_gpu else "cpu",
+            "multiprocessing": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "1",
+            "env": dict(self.env),
+            "llm_args": kwargs,
+            "load_s": round(self.load_s, 2),
+        }

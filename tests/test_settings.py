@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from supervisor.settings import Settings, load_settings
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def test_cli_beats_env_beats_file_beats_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "llmsup.toml"
+    cfg.write_text("engines = 5\nport = 9001\ndeadline_s = 12.5\n")
+    monkeypatch.setenv("LLMSUP_PORT", "9002")
+    s = load_settings(cfg, engines=3, host=None)
+    assert (s.engines, s.port, s.deadline_s, s.host) == (3, 9002, 12.5, "127.0.0.1")
+    assert isinstance(s, Settings)
+
+
+def test_file_under_section_and_env_pointer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[llmsup]\nbackend = 'sim'\nmax_attempts = 7\n")
+    monkeypatch.setenv("LLMSUP_CONFIG", str(cfg))
+    assert load_settings().max_attempts == 7
+
+
+def test_invalid_values_are_rejected_with_the_field_named(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="engines"):
+        Settings(engines=-1)
+    with pytest.raises(ValidationError, match="kill_grace_s"):
+        Settings(interrupt_grace_s=2, kill_grace_s=1)
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("enginez = 2\n")
+    with pytest.raises(ValueError, match="enginez"):
+        load_settings(cfg)
+
+
+def test_every_setting_reads_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMSUP_RUN_DIR", "/tmp/elsewhere")
+    monkeypatch.setenv("LLMSUP_ENGINES", "4")
+    s = Settings()
+    assert s.run_dir == Path("/tmp/elsewhere") and s.engines == 4

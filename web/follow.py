@@ -1,0 +1,107 @@
+"""Follow one job live: its state, then its status changes and tokens in the order they happened.
+
+The subscription to the supervisor's event hub is taken *before* the job is read, with no ``await`` in
+between, so no event can fall between the snapshot and the stream. Status changes and tokens are passed on
+in hub order; the stream ends with the job's terminal status change. A new attempt (after an engine was
+lost) restarts the output at token seq 0. A consumer that fell too far behind gets a fresh snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import AsyncIterator, Literal
+
+from supervisor.jobs import Job, JobStatus
+from supervisor.service import Supervisor
+
+
+@dataclass(frozen=True)
+class Update:
+    kind: Literal["job", "status", "token", "ping"]
+    job: Job | None = None  # "job", "status": the job as stored now (output so far included)
+    status: JobStatus | None = None  # "job", "status": the status this update is about
+    seq: int = 0  # "token": index of the piece within the current attempt
+    text: str = ""
+
+
+async def follow(sup: Supervisor, job_id: str, ping_s: float = 15.0) -> AsyncIterator[Update]:
+    """Yield a ``job`` snapshot, then ``status`` / ``token`` updates (and ``ping`` while nothing happens) until
+    a terminal ``status``; raises JobNotFound before yielding anything."""
+    sub = sup.hub.subscribe(job_id)
+    try:
+        job = sup.get(job_id)  # no await since subscribing: nothing is missed
+        yield Update("job", job, job.status)
+        if job.status.terminal:
+            return
+        next_seq = job.tokens if job.status is JobStatus.RUNNING else 0
+        while True:
+            try:
+                ev = await asyncio.wait_for(sub.get(), ping_s)
+            except asyncio.TimeoutError:
+                yield Update("ping")
+                continue
+            if ev is None:
+                if not sub.overflowed:
+                    return  # the supervisor is stopping
+                sub.close()  # fell behind: start over from a fresh snapshot
+                sub = sup.hub.subscribe(job_id)
+                job = sup.get(job_id)
+                next_seq = job.tokens if job.status is JobStatus.RUNNING else 0
+                yield Update("job", job, job.status)
+                if job.status.terminal:
+                    return
+                continue
+            if ev["type"] == "token":
+                if ev["seq"] == next_seq:
+                    next_seq += 1
+                    yield Update("token", seq=ev["seq"], text=ev["text"])
+                continue
+            if ev["type"] != "status":
+                continue
+            status = JobStatus(ev["status"])
+            next_seq = 0  # queued again, or a new attempt started: its tokens count from 0
+            yield Update("status", sup.get(job_id), status)
+            if status.terminal:
+                return
+    finally:
+        sub.close()
+
+
+class TextTracker:
+    """The text a client has been sent of a job's output, across snapshots, tokens and retries.
+
+    Only text that extends what was sent is returned: text of a new attempt is sent only where it goes past
+    what the client already has. The terminal job's output is authoritative (the engine's result can arrive
+    before its last streamed tokens).
+    """
+
+    def __init__(self) -> None:
+        self.sent = ""
+        self.text = ""  # output of the current attempt as known here
+        self.pieces = 0
+        self.final = False
+
+    def update(self, u: Update) -> str:
+        if self.final:
+            return ""
+        if u.kind == "token":
+            if u.seq == self.pieces:
+                self.text += u.text
+                self.pieces += 1
+        elif u.kind in ("job", "status") and u.job is not None:
+            if u.status is not None and u.status.terminal:
+                self.final = True
+                self.text = u.job.output
+            elif u.kind == "job":
+                self.text, self.pieces = u.job.output, u.job.tokens
+            else:  # queued again or a new attempt: its text starts empty
+                self.text, self.pieces = "", 0
+        return self._delta()
+
+    def _delta(self) -> str:
+        if len(self.text) > len(self.sent) and self.text.startswith(self.sent):
+            new = self.text[len(self.sent):]
+            self.sent = self.text
+            return new
+        return ""
