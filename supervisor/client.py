@@ -28,22 +28,39 @@ Joining the IPyParallel cluster itself (``client.cluster()``, then ``%px``) — 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Self
 
 import httpx
 
 from supervisor.client_base import (  # noqa: F401  (re-exported: import the errors from here)
-    TERMINAL, AuthError, BorrowError, Conflict, Endpoint, InvalidRequest, JobFailed, JobTimeout, LlmsupError,
-    NotFound, QueueFull, ServerUnreachable, SSEParser, TextTracker, checked, is_event_stream, submit_body,
+    TERMINAL,
+    AuthError,
+    BorrowError,
+    Conflict,
+    Endpoint,
+    InvalidRequest,
+    JobFailed,
+    JobTimeout,
+    LlmsupError,
+    NotFound,
+    QueueFull,
+    ServerUnreachable,
+    SSEParser,
+    TextTracker,
+    apply_event,
+    checked,
+    is_event_stream,
+    submit_body,
 )
 
 
 class JobHandle:
     """A submitted job. ``status``, ``output`` and ``tokens`` fetch the job again until it has ended."""
 
-    def __init__(self, client: "Client", data: dict[str, Any]) -> None:
+    def __init__(self, client: Client, data: dict[str, Any]) -> None:
         self.client = client
         self.data = data  # the latest snapshot (the job's JSON)
 
@@ -79,11 +96,11 @@ class JobHandle:
     def engine(self) -> dict[str, Any] | None:
         return self._fresh()["engine"]
 
-    def refresh(self) -> "JobHandle":
+    def refresh(self) -> JobHandle:
         self.data = self.client._request("GET", f"/v1/jobs/{self.id}")
         return self
 
-    def wait(self, timeout: float | None = None, check: bool = False) -> "JobHandle":
+    def wait(self, timeout: float | None = None, check: bool = False) -> JobHandle:
         """Block until the job ends (``JobTimeout`` after ``timeout`` s); ``check``: raise ``JobFailed`` unless it succeeded."""
         end = None if timeout is None else time.monotonic() + timeout
         pause = 0.02
@@ -96,12 +113,12 @@ class JobHandle:
             raise JobFailed(f"job {self.id} ended {self.data['status']}: {self.data.get('error')}", self.data)
         return self
 
-    def cancel(self) -> "JobHandle":
+    def cancel(self) -> JobHandle:
         """Cancel: a queued job ends at once; a running one is interrupted (its partial output is kept)."""
         self.data = self.client._request("POST", f"/v1/jobs/{self.id}/cancel")
         return self
 
-    def kill(self) -> "JobHandle":
+    def kill(self) -> JobHandle:
         """Admin kill (needs the admin token)."""
         self.data = self.client.kill(self.id).data
         return self
@@ -109,16 +126,18 @@ class JobHandle:
     def stream(self, timeout: float | None = None, poll_interval: float = 0.1) -> Iterator[str]:
         """Yield the job's text piece by piece as it is generated, until the job ends.
 
-        Uses the server's event stream (``GET /v1/jobs/{id}/events``) when it has one, else polls the job.
-        The pieces add up to the job's final output (text a retried job produced before its engine was lost
-        comes first). ``JobTimeout`` after ``timeout`` seconds.
+        Uses the server's event stream (``GET /v1/jobs/{id}/events``) where it has one, else polls the job.
+        The pieces add up to the final output; a retried job's new attempt is handed out only past what was
+        already given when it repeats it (see ``TextTracker``). ``JobTimeout`` after ``timeout`` seconds.
         """
         end = None if timeout is None else time.monotonic() + timeout
         tracker = TextTracker()
         if not self.done and self.client._sse is not False:
             yield from self._stream_sse(tracker, end)
-        while True:  # polling, and the final snapshot after the event stream
-            piece = tracker.from_job(self.refresh().data)
+        while True:  # polling; or the last word after the event stream
+            if not self.done:
+                self.refresh()
+            piece = tracker.from_job(self.data)
             if piece:
                 yield piece
             if self.done:
@@ -128,11 +147,11 @@ class JobHandle:
             time.sleep(poll_interval)
 
     def _stream_sse(self, tracker: TextTracker, end: float | None) -> Iterator[str]:
-        c = self.client
+        c, path = self.client, f"/v1/jobs/{self.id}/events"
         while end is None or time.monotonic() < end:
             read = 30.0 if end is None else max(0.1, min(30.0, end - time.monotonic()))
             try:
-                with c._http.stream("GET", f"/v1/jobs/{self.id}/events", headers={"Accept": "text/event-stream"},
+                with c._http.stream("GET", path, headers={"Accept": "text/event-stream", **c.endpoint.headers(path)},
                                     timeout=httpx.Timeout(c.timeout, read=read)) as resp:
                     if not is_event_stream(resp):
                         if resp.status_code in (404, 405):
@@ -140,29 +159,21 @@ class JobHandle:
                             c._sse = False
                         return
                     c._sse = True
-                    piece = tracker.from_job(self.refresh().data)  # subscribed first, so nothing falls between
-                    if piece:
-                        yield piece
-                    if self.done:
-                        return
                     parser = SSEParser()
                     for line in resp.iter_lines():
                         event = parser.feed(line)
                         if event is None:
                             continue
-                        if event.get("type") == "token":
-                            piece = tracker.from_token(event)
-                            if piece is None:
-                                piece = tracker.from_job(self.refresh().data)
-                            if piece:
-                                yield piece
-                        elif event.get("type") == "status":
-                            tracker.from_status(event)
-                            if event.get("status") in TERMINAL:
-                                return
-                        if end is not None and time.monotonic() >= end:
+                        piece, job, over = apply_event(tracker, event)
+                        if job is not None:
+                            self.data = job
+                        if piece is None:  # missed tokens: catch up from a snapshot
+                            piece = tracker.from_job(self.refresh().data)
+                        if piece:
+                            yield piece
+                        if over or self.done or (end is not None and time.monotonic() >= end):
                             return
-                    return  # the stream ended: the final snapshot tells the rest
+                    return  # closed without its end: polling finishes
             except httpx.ReadTimeout:
                 piece = tracker.from_job(self.refresh().data)
                 if piece:
@@ -170,9 +181,9 @@ class JobHandle:
                 if self.done:
                     return
             except httpx.TransportError:
-                return  # fall back to polling, which reports an unreachable server
+                return  # polling reports an unreachable server
 
-    def progress(self, timeout: float | None = None, interval: float = 0.2) -> "JobHandle":
+    def progress(self, timeout: float | None = None, interval: float = 0.2) -> JobHandle:
         """Show a live progress bar (tokens so far, time left before the deadline) until the job ends."""
         from supervisor.progress import job_progress
 
@@ -187,8 +198,8 @@ class Client:
     """Synchronous client (httpx). ``url`` / ``run_dir`` / ``admin_token`` default to the environment."""
 
     def __init__(self, url: str | None = None, run_dir: Path | str | None = None, admin_token: str | None = None,
-                 timeout: float = 30.0) -> None:
-        self.endpoint = Endpoint.resolve(url, run_dir, admin_token)
+                 timeout: float = 30.0, api_key: str | None = None) -> None:
+        self.endpoint = Endpoint.resolve(url, run_dir, admin_token, api_key)
         self.timeout = timeout
         self._http = httpx.Client(base_url=self.endpoint.url, timeout=timeout)
         self._sse: bool | None = None  # whether the server has the event stream (None: not tried yet)
@@ -278,7 +289,7 @@ class Client:
         except httpx.TransportError:
             return False
 
-    def wait_ready(self, timeout: float = 60.0) -> "Client":
+    def wait_ready(self, timeout: float = 60.0) -> Client:
         end = time.monotonic() + timeout
         while not self.ready():
             if time.monotonic() >= end:
@@ -307,7 +318,7 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

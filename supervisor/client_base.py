@@ -98,7 +98,14 @@ def error_from(resp: httpx.Response) -> LlmsupError:
             retry_after = None
         return QueueFull(message, 429, detail, retry_after=retry_after)
     if resp.status_code in (401, 403):
-        message += " (admin token: LLMSUP_ADMIN_TOKEN, or <run-dir>/admin_token, or Client(admin_token=...))"
+        try:
+            admin = resp.request.url.path.startswith("/admin")
+        except RuntimeError:  # a response built without its request
+            admin = False
+        if admin:
+            message += " (admin token: Client(admin_token=...), LLMSUP_ADMIN_TOKEN, or <run-dir>/admin_token)"
+        else:
+            message += " (API key: Client(api_key=...), LLMSUP_API_KEY, or <run-dir>/api_key)"
     return _BY_STATUS.get(resp.status_code, LlmsupError)(message, resp.status_code, detail)
 
 
@@ -116,9 +123,11 @@ class Endpoint:
     source: str
     run_dir: Path
     admin_token: str | None  # given explicitly; else looked up at each admin call
+    api_key: str | None = None  # given explicitly; else LLMSUP_API_KEY, else <run-dir>/api_key
 
     @classmethod
-    def resolve(cls, url: str | None, run_dir: Path | str | None, admin_token: str | None) -> "Endpoint":
+    def resolve(cls, url: str | None, run_dir: Path | str | None, admin_token: str | None,
+                api_key: str | None = None) -> Endpoint:
         rdir = Path(run_dir) if run_dir else run_dir_default()
         if url:
             source = "the url argument"
@@ -128,18 +137,31 @@ class Endpoint:
             source = str(rdir / "server.json")
         else:
             source = f"the default (no LLMSUP_URL, no {rdir / 'server.json'})"
-        return cls(find_url(url, rdir), source, rdir, admin_token)
+        return cls(find_url(url, rdir), source, rdir, admin_token, api_key)
 
     def headers(self, path: str) -> dict[str, str]:
-        """The admin token goes to /admin/* only."""
-        if not path.startswith("/admin"):
-            return {}
-        token = find_admin_token(self.admin_token, self.run_dir)
+        """The admin token goes to /admin/* only; the API key (where there is one) to the job routes."""
+        if path.startswith("/admin"):
+            token = find_admin_token(self.admin_token, self.run_dir)
+        else:
+            token = find_api_key(self.api_key, self.run_dir)
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     def unreachable(self, exc: Exception) -> ServerUnreachable:
         return ServerUnreachable(f"cannot reach llmsup at {self.url} (from {self.source}): {exc}; "
                                  "is `llmsup serve` running?")
+
+
+def find_api_key(key: str | None = None, run_dir: Path | str | None = None) -> str | None:
+    """An API key for the job routes (needed only where the server requires keys)."""
+    if key:
+        return key
+    if os.environ.get("LLMSUP_API_KEY"):
+        return os.environ["LLMSUP_API_KEY"]
+    try:
+        return ((Path(run_dir) if run_dir else run_dir_default()) / "api_key").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def submit_body(prompt: str, **fields: Any) -> dict[str, Any]:
@@ -149,7 +171,7 @@ def submit_body(prompt: str, **fields: Any) -> dict[str, Any]:
 def parse_time(value: str | None) -> float | None:
     if not value:
         return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(value).timestamp()
 
 
 def time_left(job: dict[str, Any], now: float) -> float | None:
@@ -186,7 +208,7 @@ class SSEParser:
         if line.startswith(":"):
             return None
         name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
+        value = value.removeprefix(" ")
         if name == "data":
             self._data.append(value)
         elif name == "event":
@@ -195,33 +217,57 @@ class SSEParser:
 
 
 class TextTracker:
-    """Turns job snapshots and token events into new pieces of text, each piece given once.
+    """Turns job snapshots, status changes and token events into new text, each piece given once.
 
-    ``text`` is what was handed out for the current attempt. A job whose engine
-    was lost goes back to the queue and starts over: its new attempt's text then
-    follows what was already handed out.
+    ``sent`` is all text handed out. A job whose engine was lost runs again (a new attempt, its text starting
+    over): the new attempt's text is handed out only past ``sent`` while it repeats it (deterministic
+    generation); if it differs, the new attempt's text is handed out whole, once.
     """
 
     def __init__(self) -> None:
-        self.text = ""
-        self.seq = 0  # next token seq expected from the event stream
+        self.sent = ""
+        self.text = ""  # the current attempt's output as known here
+        self.seq = 0  # next token seq expected from the event stream (per attempt)
+        self.attempts: int | None = None
+        self._new_attempt = False
 
     def _restart(self) -> None:
         self.text, self.seq = "", 0
+        if self.sent:
+            self._new_attempt = True
+
+    def _delta(self) -> str:
+        text, sent = self.text, self.sent
+        if text.startswith(sent):
+            self.sent = text
+            if len(text) > len(sent):
+                self._new_attempt = False
+            return text[len(sent):]
+        if sent.startswith(text):
+            return ""  # a new attempt repeating what was handed out, or a final output cut shorter
+        self.sent = text
+        if self._new_attempt:
+            self._new_attempt = False
+            return text
+        return ""  # the same attempt's final text differs from its streamed pieces: keep what was given
+
+    def _attempt(self, attempts: Any) -> None:
+        if attempts is None:
+            return
+        if self.attempts is not None and int(attempts) != self.attempts:
+            self._restart()
+        self.attempts = int(attempts)
 
     def from_job(self, job: dict[str, Any]) -> str:
-        status, out = job["status"], job.get("output") or ""
-        if status == "queued":
+        self._attempt(job.get("attempts"))
+        if job["status"] == "queued":
             if self.text or self.seq:
                 self._restart()
             return ""
-        if not out.startswith(self.text):
-            self._restart()
-        piece = out[len(self.text):]
-        self.text = out
-        if status == "running":
-            self.seq = max(self.seq, int(job.get("tokens") or 0))
-        return piece
+        self.text = job.get("output") or ""
+        if job["status"] == "running":
+            self.seq = int(job.get("tokens") or 0)
+        return self._delta()
 
     def from_token(self, event: dict[str, Any]) -> str | None:
         """The new text, "" for a piece already handed out, None for a gap (resynchronise from a snapshot)."""
@@ -231,13 +277,28 @@ class TextTracker:
         if seq > self.seq:
             return None
         self.seq += 1
-        text = str(event.get("text", ""))
-        self.text += text
-        return text
+        self.text += str(event.get("text", ""))
+        return self._delta()
 
     def from_status(self, event: dict[str, Any]) -> None:
-        if event.get("status") == "queued" and (self.text or self.seq):
+        """Queued again, or running (a new attempt): the attempt's text and token seq start over."""
+        self._attempt(event.get("attempts"))
+        if event.get("status") in ("queued", "running") and (self.text or self.seq):
             self._restart()
+
+
+def apply_event(tracker: TextTracker, event: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None, bool]:
+    """One event of ``GET /v1/jobs/{id}/events``: (new text, or None for a gap; the job if the event carries
+    it; whether the stream is over). Events: ``job`` (snapshot), ``status``, ``token``, ``end`` (final job)."""
+    kind = event.get("type")
+    if kind in ("job", "end") and "id" in event and "status" in event:
+        job = {k: v for k, v in event.items() if k != "type"}
+        return tracker.from_job(job), job, kind == "end" or job["status"] in TERMINAL
+    if kind == "token":
+        return tracker.from_token(event), None, False
+    if kind == "status":
+        tracker.from_status(event)  # a terminal one is followed by ``end``, or the stream closes
+    return "", None, False
 
 
 def is_event_stream(resp: httpx.Response) -> bool:

@@ -54,7 +54,7 @@ class ClusterManager:
             controller_ip="127.0.0.1",
             controller_args=[f"--HeartMonitor.period={self.settings.heartbeat_ms}"],
             shutdown_atexit=False,
-            log_level=logging.WARNING,
+            log_level=logging.ERROR,  # engine deaths are logged by llmsup itself, with context
         )
         await self.cluster.start_controller()
         controller_pid = getattr(self.cluster.controller, "pid", None)
@@ -92,6 +92,16 @@ class ClusterManager:
         """Signal one engine through the controller and its nanny (works for remote engines)."""
         assert self.client is not None
         return self.client.send_signal(sig, targets=[engine_id], block=False)
+
+    async def shutdown_engines(self, engine_ids: list[int], timeout: float = 5) -> None:
+        """Ask engines to exit cleanly (shutdown_request) instead of a SIGTERM mid-loop."""
+        if self.client is None or not engine_ids:
+            return
+        try:
+            fut = self.client.shutdown(targets=engine_ids, block=False)
+            await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+        except Exception as exc:  # stop_cluster below still stops them
+            log.debug("engine shutdown request: %s", exc)
 
     async def stop(self) -> None:
         if self.client is not None:

@@ -170,18 +170,20 @@ class EngineManager:
             log.warning("%s release failed: %s", engine.tag(), exc)
 
     async def _replace(self, engine: Engine, reason: str) -> None:
+        """Start the replacement at once, while the old engine set is cleaned up."""
         self.metrics.engine_restarts.labels(reason).inc()
         engine.state = EngineState.DEAD
-        if engine.set_id:
-            await self.cluster.stop_engine_set(engine.set_id)
-            if self.is_local(engine):
-                kill_engine_process(engine.pid)  # never leave it running beside its replacement
+        if engine.set_id and self.is_local(engine):
+            kill_engine_process(engine.pid)  # never leave it running beside its replacement
         self.pool.remove(engine.id)
+        steps = []
+        if engine.set_id:
+            steps.append(self.cluster.stop_engine_set(engine.set_id))
         if self.cluster.local and not self._stopping:
-            gpu = self._set_gpu.pop(engine.set_id, engine.gpu)
-            await self.launch(gpu)
+            steps.append(self.launch(self._set_gpu.pop(engine.set_id, engine.gpu)))
         elif not self.cluster.local:
             log.warning("%s gone from a joined cluster: its launcher must replace it", engine.tag())
+        await asyncio.gather(*steps)
 
     _stopping = False
 
@@ -202,5 +204,7 @@ class EngineManager:
             if self.is_local(engine) and engine.set_id:
                 kill_engine_process(engine.pid)
         await asyncio.gather(*(self._release(e, timeout=15) for e in idle))
+        if idle and self.cluster.local:
+            await self.cluster.shutdown_engines([e.id for e in idle])
         for engine in self.pool:
             engine.state = EngineState.DEAD

@@ -44,8 +44,8 @@ def _set_total(bar: Any, total: int) -> None:
     bar.n = n
 
 
-def job_progress(handle: "JobHandle", timeout: float | None = None, interval: float = 0.2,
-                 show: bool = True) -> "JobHandle":
+def job_progress(handle: JobHandle, timeout: float | None = None, interval: float = 0.2,
+                 show: bool = True) -> JobHandle:
     end = None if timeout is None else time.monotonic() + timeout
     job = handle.refresh().data
     total = (job.get("params") or {}).get("max_tokens")
@@ -78,8 +78,8 @@ def _batch_postfix(jobs: list[dict[str, Any]]) -> str:
     return ", ".join(parts)
 
 
-def batch_progress(handles: list["JobHandle"], timeout: float | None = None, interval: float = 0.25,
-                   show: bool = True) -> list["JobHandle"]:
+def batch_progress(handles: list[JobHandle], timeout: float | None = None, interval: float = 0.25,
+                   show: bool = True) -> list[JobHandle]:
     end = None if timeout is None else time.monotonic() + timeout
     bar = _tqdm(total=len(handles), desc="jobs", unit="job", leave=True, disable=not show)
     try:

@@ -298,9 +298,11 @@ class Supervisor:
 
     # outcomes ----------------------------------------------------------------------
     def _on_done(self, run: RunningJob, fut: asyncio.Future) -> None:
-        if run.settled.is_set() or fut.cancelled():
+        if fut.cancelled():
             return
         exc = fut.exception()
+        if run.settled.is_set():
+            return
         reason = run.interrupt_reason or JobStatus.CANCELLED
         if exc is not None:
             ename = getattr(exc, "ename", type(exc).__name__)

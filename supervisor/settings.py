@@ -36,8 +36,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=100)
     retry_backoff_s: float = Field(0.2, ge=0, description="first retry delay; doubles per attempt")
     # watchdog
-    interrupt_grace_s: float = Field(0.5, gt=0, description="SIGINT -> no-op probe")
-    kill_grace_s: float = Field(2.0, gt=0, description="SIGINT -> SIGKILL of the engine")
+    interrupt_grace_s: float = Field(0.25, gt=0, description="SIGINT -> no-op probe")
+    kill_grace_s: float = Field(1.0, gt=0, description="SIGINT -> SIGKILL of the engine")
     signal_path: Literal["auto", "direct", "ipp"] = Field(
         "auto", description="auto: os.kill for engines on this host, Client.send_signal for others"
     )

@@ -1,8 +1,13 @@
-"""Error mapping: caller mistakes become clear 4xx answers, never a 500 with a traceback."""
+"""Error mapping: caller mistakes become clear 4xx answers, never a 500 with a traceback.
+
+Native routes answer ``{"error": message, "detail": ...}``; the OpenAI-compatible routes answer OpenAI's
+shape ``{"error": {"message", "type", "param", "code"}}`` so that OpenAI clients show the message.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,53 +18,91 @@ from supervisor.requests import EngineNotFound, InvalidRequest, JobNotFound, Que
 from supervisor.transitions import InvalidTransition
 
 log = logging.getLogger("llmsup.web")
+OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models")
+OPENAI_TYPES = {
+    401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error",
+}
 
 
-def _error(status: int, message: str, detail: object = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "detail": detail}, status_code=status, headers=headers)
+class OpenAIHTTPError(Exception):
+    """An error of an OpenAI route with its own type / code (e.g. model_not_found, job_failed)."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.headers = status, message, code, param, headers
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+def is_openai(path: str) -> bool:
+    return path.startswith(OPENAI_PATHS)
+
+
+def error_body(path: str, status: int, message: str, detail: Any = None, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    if not is_openai(path):
+        return {"error": message, "detail": detail}
+    kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _error(request: Request, status: int, message: str, detail: object = None, headers: dict[str, str] | None = None,
+           param: str | None = None, code: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(request.url.path, status, message, detail, param, code), status_code=status,
+                        headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     parts = []
+    param = None
     for err in exc.errors()[:5]:
         if err.get("type") == "json_invalid":
-            return "request body is not valid JSON"
+            return "request body is not valid JSON", None
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{where or 'body'}: {err.get('msg')}")
-    return "; ".join(parts) or "invalid request"
+        param = param or where or None
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"unknown field {where!r}")
+        else:
+            parts.append(f"{where or 'body'}: {err.get('msg')}")
+    return "; ".join(parts) or "invalid request", param
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         safe = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()[:20]]
-        return _error(422, _validation_message(exc), safe)
+        message, param = _validation_message(exc)
+        return _error(request, 422, message, safe, param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return _error(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OpenAIHTTPError)
+    async def _openai(request: Request, exc: OpenAIHTTPError) -> JSONResponse:
+        return _error(request, exc.status, exc.message, headers=exc.headers, param=exc.param, code=exc.code)
 
     @app.exception_handler(JobNotFound)
     async def _no_job(request: Request, exc: JobNotFound) -> JSONResponse:
-        return _error(404, str(exc))
+        return _error(request, 404, str(exc))
 
     @app.exception_handler(EngineNotFound)
     async def _no_engine(request: Request, exc: EngineNotFound) -> JSONResponse:
-        return _error(404, str(exc))
+        return _error(request, 404, str(exc))
 
     @app.exception_handler(InvalidRequest)
     async def _bad(request: Request, exc: InvalidRequest) -> JSONResponse:
-        return _error(422, str(exc))
+        return _error(request, 422, str(exc))
 
     @app.exception_handler(InvalidTransition)
     async def _conflict(request: Request, exc: InvalidTransition) -> JSONResponse:
-        return _error(409, str(exc))
+        return _error(request, 409, str(exc))
 
     @app.exception_handler(QueueFull)
     async def _full(request: Request, exc: QueueFull) -> JSONResponse:
-        return _error(429, str(exc), headers={"Retry-After": str(int(exc.retry_after_s + 0.999))})
+        return _error(request, 429, str(exc), headers={"Retry-After": str(int(exc.retry_after_s + 0.999))},
+                      code="queue_full")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, "internal error (logged on the server)")
+        return _error(request, 500, "internal error (logged on the server)")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, Awaitable, Callable
 
+from web.errors import error_body
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -28,7 +30,7 @@ class BodySizeLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._too_large(send)
+            await self._too_large(scope, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -39,7 +41,7 @@ class BodySizeLimit:
             body = message.get("body", b"")
             size += len(body)
             if size > self.max_bytes:
-                await self._too_large(send)
+                await self._too_large(scope, send)
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -55,8 +57,9 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Send) -> None:
-        body = json.dumps({"error": f"request body larger than {self.max_bytes} bytes", "detail": None}).encode()
+    async def _too_large(self, scope: Scope, send: Send) -> None:
+        message = f"request body larger than {self.max_bytes} bytes"
+        body = json.dumps(error_body(scope["path"], 413, message)).encode()
         await send({"type": "http.response.start", "status": 413, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),

@@ -1,39 +1,99 @@
-"""Admin routes: kill a job, list and manage engines."""
+"""Admin routes (bearer admin token): kill jobs, see and manage engines."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import time
+from typing import Annotated, Any
 
+import psutil
+from fastapi import APIRouter, Depends, Query
+
+from supervisor.requests import JobNotFound
+from supervisor.service import Supervisor
+from web.auth import require_admin
 from web.deps import SupervisorDep
-from web.schemas import EngineList, EngineOut, ErrorOut, JobOut
+from web.schemas import EngineActionOut, EngineList, EngineOut, JobOut, StartingEngineOut, errors
 
-router = APIRouter(prefix="/admin", tags=["admin"])
-ERRORS = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+AUTH = (401, 403)
 
 
-@router.post("/jobs/{job_id}/kill", response_model=JobOut, status_code=202, responses=ERRORS)
+def engine_list(sup: Supervisor) -> EngineList:
+    """Engines with what they run, for how long against which deadline, jobs done, RSS and GPU."""
+    engines = []
+    for view in sup.engine_views():
+        view = dict(view)
+        view["busy_s"] = view["jobs"][0]["running_s"] if view["jobs"] else None
+        view["deadline_s"] = None
+        if view["job_id"]:
+            try:
+                view["deadline_s"] = sup.get(view["job_id"]).deadline_s
+            except JobNotFound:
+                pass
+        engine = sup.pool.get(view["id"])
+        if engine is not None and _is_local(sup, engine):
+            view["rss_mb"] = _live_rss_mb(engine.pid, view["rss_mb"])
+        view["uptime_s"] = round(time.time() - engine.started_at, 1) if engine and engine.started_at else None
+        engines.append(EngineOut(**view))
+    manager = getattr(sup, "engines", None)
+    pending = sorted(getattr(manager, "_pending_sets", ()))
+    gpus = getattr(manager, "_set_gpu", {})
+    starting = [StartingEngineOut(engine_set=s, gpu=gpus.get(s, "")) for s in pending]
+    return EngineList(engines=engines, starting=starting)
+
+
+def _is_local(sup: Supervisor, engine: Any) -> bool:
+    manager = getattr(sup, "engines", None)
+    return bool(manager is not None and manager.is_local(engine))
+
+
+def _live_rss_mb(pid: int, fallback: float) -> float:
+    try:
+        return round(psutil.Process(pid).memory_info().rss / (1024 * 1024), 1)
+    except (psutil.Error, OSError):
+        return fallback
+
+
+@router.post("/jobs/{job_id}/kill", response_model=JobOut, status_code=202, responses=errors(*AUTH, 404, 422))
 async def kill_job(job_id: str, sup: SupervisorDep) -> JobOut:
+    """Kill any job: a queued one ends at once, a running one goes through the escalation ladder."""
     return JobOut.of(sup.kill(job_id))
 
 
-@router.get("/engines", response_model=EngineList)
+@router.get("/engines", response_model=EngineList, responses=errors(*AUTH))
 async def list_engines(sup: SupervisorDep) -> EngineList:
-    return EngineList(engines=[EngineOut(**e) for e in sup.engine_views()])
+    return engine_list(sup)
 
 
-@router.post("/engines/{engine_id}/interrupt", responses=ERRORS)
-async def interrupt_engine(engine_id: int, sup: SupervisorDep) -> dict[str, list[str]]:
-    return {"interrupted": sup.interrupt_engine(engine_id)}
+@router.get("/engines/{engine_id}", response_model=EngineOut, responses=errors(*AUTH, 404, 422))
+async def get_engine(engine_id: int, sup: SupervisorDep) -> EngineOut:
+    sup._engine(engine_id)  # 404
+    return next(e for e in engine_list(sup).engines if e.id == engine_id)
 
 
-@router.post("/engines/{engine_id}/restart", status_code=202, responses=ERRORS)
-async def restart_engine(engine_id: int, sup: SupervisorDep) -> dict[str, int]:
-    sup._engine(engine_id)  # 404 before anything starts
+@router.post("/engines/{engine_id}/interrupt", response_model=EngineActionOut, responses=errors(*AUTH, 404, 422))
+async def interrupt_engine(engine_id: int, sup: SupervisorDep) -> EngineActionOut:
+    """Interrupt every job on the engine (they end ``cancelled``); the engine stays and takes the next job."""
+    return EngineActionOut(engine=engine_id, action="interrupt", jobs=sup.interrupt_engine(engine_id))
+
+
+@router.post("/engines/{engine_id}/restart", response_model=EngineActionOut, status_code=202,
+             responses=errors(*AUTH, 404, 422))
+async def restart_engine(engine_id: int, sup: SupervisorDep) -> EngineActionOut:
+    """Replace the engine: a busy one is killed (its jobs end ``cancelled``), an idle one released and stopped."""
+    engine = sup._engine(engine_id)  # 404 before anything starts
+    jobs = list(engine.jobs)
     sup._spawn(sup.restart_engine(engine_id))
-    return {"restarting": engine_id}
+    return EngineActionOut(engine=engine_id, action="restart", jobs=jobs)
 
 
-@router.post("/engines/{engine_id}/drain", responses=ERRORS)
-async def drain_engine(engine_id: int, sup: SupervisorDep, undo: bool = False) -> dict[str, object]:
+@router.post("/engines/{engine_id}/drain", response_model=EngineActionOut, responses=errors(*AUTH, 404, 422))
+async def drain_engine(
+    engine_id: int, sup: SupervisorDep,
+    undo: Annotated[bool, Query(description="take new jobs again")] = False,
+) -> EngineActionOut:
+    """Let the engine finish its jobs and take no new ones (``undo=true`` reverses it)."""
     sup.drain_engine(engine_id, drain=not undo)
-    return {"engine": engine_id, "draining": not undo}
+    engine = sup._engine(engine_id)
+    return EngineActionOut(engine=engine_id, action="undrain" if undo else "drain", jobs=list(engine.jobs),
+                           state=engine.state.value)

@@ -1,53 +1,116 @@
-"""The native jobs API: submit, get, list, cancel."""
+"""The native jobs API: submit, get, list, cancel, and a job's live events (SSE)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, AsyncIterator
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from supervisor.jobs import JobStatus
+from supervisor.jobs import Job, JobStatus
 from supervisor.requests import JobRequest
+from web import sse
+from web.auth import Principal, PrincipalDep, visible
 from web.deps import SupervisorDep
-from web.schemas import ErrorOut, JobCreate, JobList, JobOut
+from web.follow import Update, follow
+from web.schemas import JobCreate, JobList, JobOut, errors
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-ERRORS = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+AUTH = (401,)
 
 
-@router.post("", status_code=202, response_model=JobOut, responses={**ERRORS, 429: {"model": ErrorOut}})
-async def submit_job(body: JobCreate, sup: SupervisorDep, response: Response) -> JobOut:
+def job_out(job: Job, principal: Principal) -> JobOut:
+    out = JobOut.of(job)
+    out.idempotency_key = principal.unscoped_key(job.idempotency_key)
+    return out
+
+
+@router.post("", status_code=202, response_model=JobOut, responses=errors(*AUTH, 413, 422, 429))
+async def submit_job(body: JobCreate, sup: SupervisorDep, principal: PrincipalDep, response: Response) -> JobOut:
     extra = {k: v for k, v in (("top_p", body.top_p), ("top_k", body.top_k), ("seed", body.seed)) if v is not None}
     submitted = sup.submit(
         JobRequest(
             prompt=body.prompt, max_tokens=body.max_tokens, temperature=body.temperature, stop=tuple(body.stop or ()),
             deadline_s=body.deadline_s, queue_timeout_s=body.queue_timeout_s, priority=body.priority,
-            idempotency_key=body.idempotency_key, extra=extra,
+            idempotency_key=principal.scoped_key(body.idempotency_key), owner=principal.owner, extra=extra,
         )
     )
     response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
     if not submitted.created:
         response.headers["Idempotent-Replayed"] = "true"
-    return JobOut.of(submitted.job)
+    return job_out(submitted.job, principal)
 
 
-@router.get("", response_model=JobList, responses=ERRORS)
+@router.get("", response_model=JobList, responses=errors(*AUTH, 422))
 async def list_jobs(
     sup: SupervisorDep,
+    principal: PrincipalDep,
     status: Annotated[list[JobStatus] | None, Query(description="filter by status (repeatable)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> JobList:
-    jobs = sup.list(status or None, limit=limit, offset=offset)
-    return JobList(jobs=[JobOut.of(j) for j in jobs], count=len(jobs))
+    jobs = sup.list(status or None, owner=principal.owner, limit=limit, offset=offset)
+    return JobList(jobs=[job_out(j, principal) for j in jobs], count=len(jobs))
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
-async def get_job(job_id: str, sup: SupervisorDep) -> JobOut:
-    return JobOut.of(sup.get(job_id))
+@router.get("/{job_id}", response_model=JobOut, responses=errors(*AUTH, 404, 422))
+async def get_job(job_id: str, sup: SupervisorDep, principal: PrincipalDep) -> JobOut:
+    return job_out(visible(sup.get(job_id), principal), principal)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, status_code=202, responses=ERRORS)
-async def cancel_job(job_id: str, sup: SupervisorDep) -> JobOut:
+@router.post("/{job_id}/cancel", response_model=JobOut, status_code=202, responses=errors(*AUTH, 404, 422))
+async def cancel_job(job_id: str, sup: SupervisorDep, principal: PrincipalDep) -> JobOut:
     """Cancel: a queued job ends at once; a running one is interrupted (202: poll for the final status)."""
-    return JobOut.of(sup.cancel(job_id))
+    visible(sup.get(job_id), principal)
+    return job_out(sup.cancel(job_id), principal)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=sse.EventStream,
+    responses={200: {**sse.SSE_RESPONSE, "description": "SSE stream"}, **errors(*AUTH, 404, 422)},
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    sup: SupervisorDep,
+    principal: PrincipalDep,
+    cancel_on_disconnect: Annotated[bool, Query(description="cancel the job if this client goes away first")] = False,
+) -> sse.EventStream:
+    """Server-Sent Events of one job, in order, ending when the job is terminal.
+
+    - ``event: job``: the whole job (JSON as ``GET /v1/jobs/{id}``), first, and again if the stream resynchronises;
+    - ``event: status``: ``{"job_id", "status", "attempts", "tokens"}`` on every status change (``queued`` again or
+      ``running`` again means a new attempt, whose tokens restart at seq 0);
+    - ``event: token`` (``id:`` = seq): ``{"job_id", "seq", "text"}``;
+    - ``event: end``: the terminal job; its ``output`` is authoritative (the last tokens may not be streamed).
+
+    Comment lines (``: ping``) keep idle connections alive.
+    """
+    visible(sup.get(job_id), principal)  # 404 before the stream starts
+    updates = follow(sup, job_id, sup.settings.sse_ping_s)
+
+    def on_close(completed: bool) -> None:
+        if cancel_on_disconnect and not completed and not sup.get(job_id).status.terminal:
+            sup.cancel(job_id, note="cancelled: its event stream was closed")
+
+    return sse.EventStream(_job_events(updates, job_id, principal), on_close=on_close, gauge=_gauge(request))
+
+
+async def _job_events(updates: AsyncIterator[Update], job_id: str, principal: Principal) -> AsyncIterator[bytes]:
+    async for u in updates:
+        if u.kind == "ping":
+            yield sse.PING
+        elif u.kind == "token":
+            yield sse.event({"job_id": job_id, "seq": u.seq, "text": u.text}, "token", u.seq)
+        elif u.kind == "job":
+            yield sse.event(job_out(u.job, principal).model_dump(mode="json"), "job")
+        else:
+            yield sse.event({"job_id": job_id, "status": u.status.value, "attempts": u.job.attempts,
+                             "tokens": u.job.tokens}, "status")
+        if u.status is not None and u.status.terminal:
+            yield sse.event(job_out(u.job, principal).model_dump(mode="json"), "end")
+
+
+def _gauge(request: Request):  # type: ignore[no-untyped-def]
+    web_metrics = getattr(request.app.state, "web_metrics", None)
+    return web_metrics.sse_streams if web_metrics is not None else None

@@ -96,10 +96,38 @@ class EngineOut(BaseModel):
     model: str | None
     engine_set: str
     restarts: int
+    busy_s: float | None = None  # how long its current job has run
+    deadline_s: float | None = None  # the current job's deadline
+    uptime_s: float | None = None
+
+
+class StartingEngineOut(BaseModel):
+    engine_set: str
+    gpu: str
 
 
 class EngineList(BaseModel):
     engines: list[EngineOut]
+    starting: list[StartingEngineOut] = []  # launched (e.g. replacing a restarted engine), not registered yet
+
+
+class EngineActionOut(BaseModel):
+    engine: int
+    action: str  # interrupt | restart | drain | undrain
+    jobs: list[str]  # jobs on the engine when asked (interrupted / killed by a restart)
+    state: str | None = None
+    # the names of the first version of these routes, kept
+    interrupted: list[str] | None = None
+    restarting: int | None = None
+    draining: bool | None = None
+
+    def model_post_init(self, _: Any) -> None:
+        if self.action == "interrupt":
+            self.interrupted = self.jobs
+        elif self.action == "restart":
+            self.restarting = self.engine
+        else:
+            self.draining = self.action == "drain"
 
 
 class ErrorOut(BaseModel):
@@ -110,3 +138,27 @@ class ErrorOut(BaseModel):
 class Health(BaseModel):
     status: str
     engines: int = 0
+
+
+ERROR_DESCRIPTIONS = {
+    401: "missing or invalid token / API key",
+    403: "wrong admin token",
+    404: "not found (or not yours)",
+    409: "not allowed in the job's current status",
+    413: "request body too large",
+    422: "invalid request (message in `error`)",
+    429: "queue full: retry after `Retry-After` seconds",
+    500: "the job failed on its engine",
+    503: "not ready, or the job expired in the queue",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for error codes, all answered with :class:`ErrorOut`."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {"model": ErrorOut, "description": ERROR_DESCRIPTIONS[code]}
+        if code == 429:
+            entry["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
+        out[code] = entry
+    return out

@@ -1,0 +1,1 @@
+"""Benchmarks that print tables (medians and p99). Not timed tests."""

@@ -1,0 +1,132 @@
+"""``GET /v1/events``: one live feed of every job and engine, for dashboards (Server-Sent Events).
+
+- ``event: snapshot``: ``{"jobs": [summary], "engines": [...] | null, "starting": [...], "counts": {...}}`` first;
+- ``event: job``: a job summary on each status change, and at most every ``flush_s`` while it streams tokens
+  (``output_tail`` = the last characters of its output);
+- ``event: engines``: ``{"engines", "starting", "counts"}`` every ``engines_every_s`` (``busy_s`` = how long the
+  current job has run, ``deadline_s`` = its deadline).
+
+With API keys on, a key user sees only their own jobs and no engines; the admin token (or keys off) sees all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any, AsyncIterator
+
+from fastapi import APIRouter, Query, Request
+
+from supervisor.jobs import Job, JobStatus
+from supervisor.requests import JobNotFound
+from supervisor.service import Supervisor
+from web import sse
+from web.auth import Principal, PrincipalDep
+from web.deps import SupervisorDep
+from web.routes_admin import engine_list
+from web.schemas import errors, iso
+
+router = APIRouter(tags=["jobs"])
+FLUSH_S = 0.25
+
+
+def summary(job: Job, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    running_s = None
+    if job.started_at:
+        running_s = round((job.finished_at or now) - job.started_at, 3)
+    return {
+        "id": job.id, "status": job.status.value, "prompt": job.prompt[:160], "output_tail": job.output[-240:],
+        "tokens": job.tokens, "attempts": job.attempts, "engine": job.engine.id if job.engine else None,
+        "deadline_s": job.deadline_s, "running_s": running_s, "priority": job.priority, "error": job.error,
+        "finish_reason": job.finish_reason, "owner": job.owner, "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
+    }
+
+
+def _engines(sup: Supervisor, principal: Principal) -> dict[str, Any]:
+    counts = {s.value: n for s, n in sup.store.counts().items()} if principal.sees_all else None
+    if not principal.sees_all:
+        return {"engines": None, "starting": [], "counts": counts}
+    data = engine_list(sup).model_dump(mode="json")
+    return {**data, "counts": counts}
+
+
+@router.get(
+    "/v1/events",
+    response_class=sse.EventStream,
+    responses={200: {**sse.SSE_RESPONSE, "description": "SSE stream (never ends by itself)"}, **errors(401, 422)},
+)
+async def live_events(
+    request: Request,
+    sup: SupervisorDep,
+    principal: PrincipalDep,
+    jobs: Annotated[int, Query(ge=0, le=1000, description="latest jobs in the first snapshot")] = 100,
+    engines_every_s: Annotated[float, Query(ge=0.1, le=60)] = 1.0,
+) -> sse.EventStream:
+    """Live feed of all jobs (yours, with API keys on) and engines: see the module docs for the events."""
+    web_metrics = getattr(request.app.state, "web_metrics", None)
+    return sse.EventStream(_feed(sup, principal, jobs, engines_every_s),
+                           gauge=web_metrics.sse_streams if web_metrics else None)
+
+
+async def _feed(sup: Supervisor, principal: Principal, n_jobs: int, every_s: float) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    owners: dict[str, str | None] = {}
+
+    def mine(job_id: str) -> Job | None:
+        try:
+            job = sup.get(job_id)
+        except JobNotFound:
+            return None
+        owners[job_id] = job.owner
+        return job if principal.can_see(job) else None
+
+    def snapshot() -> bytes:
+        jobs = sup.list(None, owner=principal.owner, limit=n_jobs) if n_jobs else []
+        return sse.event({"jobs": [summary(j) for j in jobs], **_engines(sup, principal)}, "snapshot")
+
+    sub = sup.hub.subscribe(None)
+    try:
+        yield snapshot()
+        dirty: set[str] = set()
+        next_flush = next_tick = loop.time() + every_s
+        while True:
+            wake = min(next_tick, next_flush if dirty else next_tick)
+            try:
+                ev = await asyncio.wait_for(sub.get(), max(0.0, wake - loop.time()))
+            except asyncio.TimeoutError:
+                ev = {"type": "tick"}
+            if ev is None:
+                if not sub.overflowed:
+                    return  # the supervisor is stopping
+                sub.close()
+                sub = sup.hub.subscribe(None)
+                dirty.clear()
+                yield snapshot()
+                continue
+            if ev["type"] == "status":
+                job = mine(ev["job_id"])
+                dirty.discard(ev["job_id"])
+                if job is not None:
+                    yield sse.event(summary(job), "job")
+            elif ev["type"] == "token":
+                jid = ev["job_id"]
+                if principal.sees_all or owners.get(jid, principal.owner) == principal.owner:
+                    if not dirty:
+                        next_flush = loop.time() + FLUSH_S
+                    dirty.add(jid)
+            now = loop.time()
+            if dirty and now >= next_flush:
+                for jid in list(dirty):
+                    job = mine(jid)
+                    if job is not None and job.status is JobStatus.RUNNING:
+                        yield sse.event(summary(job), "job")
+                dirty.clear()
+            if now >= next_tick:
+                next_tick = now + every_s
+                yield sse.event(_engines(sup, principal), "engines") if principal.sees_all else sse.PING
+            if len(owners) > 50_000:
+                owners.clear()
+    finally:
+        sub.close()
