@@ -86,3 +86,32 @@ class StopMatcher:
         """Return ``text`` truncated before the first stop sequence, or None."""
         hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         return text[: min(hits)] if hits else None
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one engine step produced for one request of a batch."""
+
+    key: str
+    text: str  # new text since the last step ("" if the new tokens decode to nothing yet)
+    new_tokens: int
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+
+
+@runtime_checkable
+class BatchBackend(Protocol):
+    """A backend that runs many requests at once (continuous batching).
+
+    A request added while others run joins the batch at the next step.
+    """
+
+    def add_request(self, key: str, prompt: str, params: GenParams) -> None:
+        """Queue a request; it joins the running batch at the next step."""
+
+    def step(self) -> list[StepOutput]:
+        """Advance every active request by one step."""
+
+    def abort_requests(self, keys: list[str]) -> None:
+        """Drop these requests (their slots are free at the next step); the others go on."""

@@ -45,6 +45,13 @@ class EngineRuntime:
 _RUNTIME: EngineRuntime | None = None
 
 
+def current() -> EngineRuntime:
+    """This engine's runtime; raises if :func:`init_engine` has not run."""
+    if _RUNTIME is None:
+        raise RuntimeError("engine not initialised")
+    return _RUNTIME
+
+
 def host_key() -> str:
     """Identifies the machine (hostname + boot id): equal keys mean os.kill reaches the pid."""
     try:
@@ -164,6 +171,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
             "error": f"{type(exc).__name__}: {exc}",
             "traceback": traceback.format_exc(limit=20),
             "transient": bool(getattr(exc, "transient", False)),
+            "engine_dead": bool(getattr(rt.backend, "dead", False)),
             "text": emitter.text,
             "tokens": emitter.count,
         }

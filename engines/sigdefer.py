@@ -17,7 +17,7 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Self
 
 
 class DeferredSigint:
@@ -29,7 +29,7 @@ class DeferredSigint:
     def _hold(self, signum: int, frame: FrameType | None) -> None:
         self.pending = True
 
-    def __enter__(self) -> "DeferredSigint":
+    def __enter__(self) -> Self:
         self.pending = False
         self._active = threading.current_thread() is threading.main_thread()
         if self._active:

@@ -19,7 +19,9 @@ import signal
 import time
 from typing import Any
 
-from engines.protocol import GenParams, Generation, StopMatcher, TokenCallback
+from dataclasses import dataclass
+
+from engines.protocol import GenParams, Generation, StepOutput, StopMatcher, TokenCallback
 
 DIRECTIVE = re.compile(r"\[sim:([a-z-]+)(?:=([0-9.]+))?\]")
 PREFIX_TOKENS = 4  # tokens emitted before a scripted hang or crash
@@ -39,6 +41,7 @@ class SimBackend:
 
     def __init__(self, token_s: float = 0.005) -> None:
         self.token_s = token_s
+        self._batch: dict[str, _SimRequest] = {}
 
     def load(self) -> None:
         return None
@@ -79,11 +82,57 @@ class SimBackend:
     def abort(self) -> None:
         return None
 
+    # batching (engines.batch): each request paced on its own, one token per due step
+    def add_request(self, key: str, prompt: str, params: GenParams) -> None:
+        text, directives = parse_directives(prompt)
+        if "error" in directives:
+            raise RuntimeError("sim: scripted error")
+        limit = 10**12 if "hang" in directives else params.max_tokens
+        token_s = directives.get("slow") or self.token_s
+        self._batch[key] = _SimRequest(text.split() or ["tok"], limit, token_s, time.monotonic() + token_s,
+                                       "crash" in directives)
+
+    def step(self) -> list[StepOutput]:
+        if not self._batch:
+            return []
+        wait = min(r.next_at for r in self._batch.values()) - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, 0.01))
+        now = time.monotonic()
+        outputs = []
+        for key, req in list(self._batch.items()):
+            if req.next_at > now:
+                continue
+            if req.crash and req.done >= PREFIX_TOKENS:
+                os._exit(17)
+            piece = req.words[req.done % len(req.words)] + " "
+            req.done += 1
+            req.next_at += req.token_s
+            finished = req.done >= req.limit
+            if finished:
+                del self._batch[key]
+            outputs.append(StepOutput(key, piece, 1, finished, "length" if finished else None, len(req.words)))
+        return outputs
+
+    def abort_requests(self, keys: list[str]) -> None:
+        for key in keys:
+            self._batch.pop(key, None)
+
     def release(self) -> None:
         _LEAKED.clear()
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": "sim", "token_s": self.token_s}
+
+
+@dataclass
+class _SimRequest:
+    words: list[str]
+    limit: int
+    token_s: float
+    next_at: float
+    crash: bool
+    done: int = 0
 
 
 def _spin_forever() -> None:

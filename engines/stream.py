@@ -27,6 +27,12 @@ class TokenStream:
         except zmq.Again:
             pass
 
+    def send_raw(self, frames: list[bytes]) -> None:
+        try:
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
     def close(self) -> None:
         self._sock.close(linger=0)
 

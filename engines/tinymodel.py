@@ -35,12 +35,12 @@ VOCAB_SIZE = 2000
 SEED = 1234
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 ROLES = ("<|system|>", "<|user|>", "<|assistant|>")
+# No bos_token in the template: the tokenizer adds <|bos|> itself when the rendered prompt is encoded.
 CHAT_TEMPLATE = (
-    "{{ bos_token }}"
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-WORDS = (
+WORDS = (  # noqa: SIM905 (a word list reads better as text)
     "the of and to in is it that was for on are with as be at by this have from or one had not but what all "
     "were when we there can an your which their said if do will each about how up out them then she many some "
     "so these would other into has more her two like him see time could no make than first been its who now "
@@ -153,7 +153,6 @@ def is_tiny_model(directory: str) -> bool:
 def ensure_tiny_model(directory: str) -> str:
     """Build the tiny model at ``directory`` unless it is already there; returns the absolute path."""
     directory = os.path.abspath(directory)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if is_tiny_model(directory):
         return directory
     parent = os.path.dirname(directory)
@@ -174,7 +173,9 @@ def ensure_tiny_model(directory: str) -> str:
             raise
     log.warning(
         "built the tiny local model at %s in %.1fs (%s parameters): its weights are RANDOM, its text is random",
-        directory, info["build_s"], info["parameters"],
+        directory,
+        info["build_s"],
+        info["parameters"],
     )
     return directory
 

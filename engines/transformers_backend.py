@@ -21,7 +21,7 @@ from typing import Any
 
 from engines.detokenize import TextAssembler
 from engines.modelpath import resolve_model
-from engines.protocol import GenParams, Generation, TokenCallback
+from engines.protocol import Generation, GenParams, TokenCallback
 from engines.sampling import make_generator, pick_next
 from engines.stopflag import StopFlag
 
@@ -48,7 +48,9 @@ class TransformersBackend:
     def load(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # engine logs: no tqdm bars
         t0 = time.monotonic()
         path, local = resolve_model(self.config)
         use_gpu = bool(self.config.get("gpu")) and torch.cuda.is_available()
@@ -68,8 +70,14 @@ class TransformersBackend:
         self.eos_ids = [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
         self.max_len = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
         self.load_s = time.monotonic() - t0
-        log.info("transformers: loaded %s on %s (%s, %d threads) in %.2fs",
-                 path, self.device, self.dtype, self.threads, self.load_s)
+        log.info(
+            "transformers: loaded %s on %s (%s, %d threads) in %.2fs",
+            path,
+            self.device,
+            self.dtype,
+            self.threads,
+            self.load_s,
+        )
 
     def request_stop(self) -> None:
         """Stop the running generation between two tokens (any thread); it raises StopRequested."""

@@ -26,13 +26,19 @@ import time
 from typing import Any
 
 from engines.modelpath import resolve_model
-from engines.protocol import GenParams, Generation, TokenCallback
+from engines.protocol import Generation, GenParams, TokenCallback
 from engines.sigdefer import DeferredSigint
 from engines.stopflag import StopFlag
 from engines.vllm_settings import llm_kwargs, vllm_env
 
 log = logging.getLogger("llmsup.engine")
 _REQUEST_IDS = itertools.count()
+
+
+class EngineDead(RuntimeError):
+    """vLLM's EngineCore is gone (e.g. a SIGINT to the whole process group): this engine must be replaced."""
+
+    transient = True  # the job itself is fine: retry it on another engine
 
 
 class VLLMBackend:
@@ -47,6 +53,7 @@ class VLLMBackend:
         self.kwargs: dict[str, Any] = {}
         self.env: dict[str, str] = {}
         self.load_s = 0.0
+        self.dead = False
         self._stop = StopFlag()
         self._set_num_threads: Any = None  # torch's own, which vLLM's CPU worker replaces
 
@@ -83,7 +90,7 @@ class VLLMBackend:
             max_tokens=params.max_tokens,
             temperature=params.temperature,
             top_p=params.top_p,
-            top_k=params.top_k if params.top_k > 0 else 0,
+            top_k=max(0, params.top_k),
             seed=params.seed,
             stop=list(params.stop) or None,
             ignore_eos=params.ignore_eos,
@@ -92,11 +99,22 @@ class VLLMBackend:
         )
 
     def generate(self, prompt: str, params: GenParams, on_token: TokenCallback) -> Generation:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            return self._generate(prompt, params, on_token)
+        except EngineDeadError as exc:
+            self.dead = True
+            raise EngineDead("vLLM EngineCore died; restart this engine") from exc
+
+    def _generate(self, prompt: str, params: GenParams, on_token: TokenCallback) -> Generation:
         eng = self.llm.llm_engine
         self._stop.clear()
         if eng.output_processor.request_states:
-            log.warning("vllm: %d stale requests in flight (no abort after an interrupt?): aborting them",
-                        len(eng.output_processor.request_states))
+            log.warning(
+                "vllm: %d stale requests in flight (no abort after an interrupt?): aborting them",
+                len(eng.output_processor.request_states),
+            )
             self.abort()
         request_id = f"llmsup-{os.getpid()}-{next(_REQUEST_IDS)}"
         with DeferredSigint():
@@ -108,6 +126,8 @@ class VLLMBackend:
             self._stop.check()
             with DeferredSigint():
                 outputs = eng.step()
+            if not outputs and not eng.has_unfinished_requests():
+                raise RuntimeError(f"vLLM request {request_id} vanished (aborted from elsewhere?)")
             for out in outputs:
                 if out.request_id != request_id:
                     continue
@@ -139,8 +159,12 @@ class VLLMBackend:
         eng = self.llm.llm_engine
         with DeferredSigint():
             in_flight = list(eng.output_processor.request_states)
-            if in_flight:
-                eng.abort_request(in_flight, internal=True)
+            try:
+                if in_flight:
+                    eng.abort_request(in_flight, internal=True)
+            except Exception as exc:  # noqa: BLE001 (best effort: a dead EngineCore cannot take it; KeyboardInterrupt passes)
+                log.warning("vllm: abort of %d request(s) failed: %s: %s", len(in_flight), type(exc).__name__, exc)
+                return
         if in_flight:
             log.info("vllm: aborted %d in-flight request(s)", len(in_flight))
 
@@ -177,4 +201,5 @@ class VLLMBackend:
             "env": dict(self.env),
             "llm_args": kwargs,
             "load_s": round(self.load_s, 2),
+            "dead": self.dead,
         }

@@ -35,7 +35,8 @@ from typing import Any, Self
 
 import httpx
 
-from supervisor.client_base import (  # noqa: F401  (re-exported: import the errors from here)
+from supervisor.client_async import AsyncClient, AsyncJobHandle
+from supervisor.client_base import (
     TERMINAL,
     AuthError,
     BorrowError,
@@ -55,6 +56,11 @@ from supervisor.client_base import (  # noqa: F401  (re-exported: import the err
     is_event_stream,
     submit_body,
 )
+
+__all__ = [
+    "AsyncClient", "AsyncJobHandle", "AuthError", "BorrowError", "Client", "Conflict", "InvalidRequest", "JobFailed",
+    "JobHandle", "JobTimeout", "LlmsupError", "NotFound", "QueueFull", "ServerUnreachable", "wait_all",
+]
 
 
 class JobHandle:
@@ -304,6 +310,12 @@ class Client:
         from supervisor.notebook_cluster import connect_cluster
 
         return connect_cluster(self.run_dir, **kwargs)
+
+    def sync_cluster(self, rc: Any, timeout: float = 30.0) -> list[int]:
+        """Wait until ``rc`` (from :meth:`cluster`) sees the engines the supervisor lists (e.g. after a restart)."""
+        from supervisor.notebook_cluster import sync_cluster
+
+        return sync_cluster(self, rc, timeout)
 
     @contextmanager
     def borrow_engine(self, engine_id: int | None = None, timeout: float = 60.0, rc: Any = None,

@@ -8,7 +8,8 @@ import signal
 import time
 from typing import Any, Awaitable, Callable
 
-from engines import placement, runtime
+from engines import batch, placement, runtime
+from supervisor.batching import ControlChannel
 from supervisor.cluster import ClusterManager, kill_engine_process
 from supervisor.leftovers import ProcessLedger
 from supervisor.metrics import Metrics
@@ -28,7 +29,8 @@ class EngineManager:
         metrics: Metrics,
         engine_config: dict[str, Any],
         on_ready: Callable[[Engine], None],
-        on_lost: Callable[[Engine, str], None],
+        on_lost: Callable[[Engine, str, bool], None],
+        control: ControlChannel | None = None,
     ) -> None:
         self.settings = settings
         self.cluster = cluster
@@ -44,7 +46,9 @@ class EngineManager:
         self._known: set[int] = set()
         self._tasks: set[asyncio.Task] = set()
         self._pending_sets: set[str] = set()
-        self.slots = settings.slots_per_engine or 1
+        self.control = control
+        self.slots = settings.slots_per_engine or default_slots(engine_config.get("backend", "sim"))
+        self.batched = self.slots > 1
 
     # launching ---------------------------------------------------------------
     def plan(self, n: int) -> list[str]:
@@ -92,6 +96,7 @@ class EngineManager:
             engine = Engine(
                 id=eid, host=ident["host"], host_key=ident["host_key"], pid=ident["pid"], pgid=ident["pgid"],
                 gpu=gpu, set_id=set_id if set_id in self._set_gpu else "", slots=self.slots, started_at=time.time(),
+                batched=self.batched,
             )
             self.pool.add(engine)
             self._pending_sets.discard(set_id)
@@ -114,9 +119,30 @@ class EngineManager:
             return
         engine.backend = ident.get("backend") or {}
         engine.rss_mb = ident.get("rss_mb", 0.0)
-        engine.state = EngineState.IDLE
-        log.info("%s ready in %.2fs (%s)", engine.tag(), time.monotonic() - t0, engine.backend.get("backend"))
-        self.on_ready(engine)
+        log.info("%s loaded in %.2fs (%s)", engine.tag(), time.monotonic() - t0, engine.backend.get("backend"))
+        if engine.batched:
+            self._start_serving(engine)  # ready when its loop says hello
+        else:
+            self.mark_ready(engine)
+
+    def mark_ready(self, engine: Engine) -> None:
+        if engine.state is EngineState.STARTING:
+            engine.state = EngineState.IDLE
+            engine.last_beat = time.monotonic()
+            self.on_ready(engine)
+
+    def _start_serving(self, engine: Engine) -> None:
+        assert self.control is not None
+        config = {"identity": engine.id, "control_address": self.control.address,
+                  "test_hooks": self.settings.engine_test_hooks}
+        engine.serving = asyncio.wrap_future(self.cluster.apply(engine.id, batch.serve, config))
+        engine.serving.add_done_callback(lambda fut, engine=engine: self._serving_ended(engine, fut))
+
+    def _serving_ended(self, engine: Engine, fut: asyncio.Future) -> None:
+        why = "serving loop returned" if not fut.cancelled() and fut.exception() is None else (
+            f"serving loop failed: {fut.exception() if not fut.cancelled() else 'cancelled'}")
+        if engine.state not in (EngineState.RESTARTING, EngineState.DEAD) and not self._stopping:
+            self._spawn(self.handle_lost(engine, why))
 
     def _gpu_for(self, ident: dict[str, Any], set_id: str) -> str:
         if set_id in self._set_gpu:
@@ -134,7 +160,7 @@ class EngineManager:
             return
         log.warning("%s lost: %s", engine.tag(), reason)
         engine.state = EngineState.DEAD
-        self.on_lost(engine, reason)
+        self.on_lost(engine, reason, False)
         await self._replace(engine, "lost")
 
     # kill, replace, recycle ----------------------------------------------------
@@ -153,7 +179,7 @@ class EngineManager:
                 await asyncio.wait_for(asyncio.wrap_future(self.cluster.send_signal(engine.id, signal.SIGKILL)), 10)
             except Exception as exc:  # remote kill failed: the heartbeat will find it
                 log.error("%s remote SIGKILL failed: %s", engine.tag(), exc)
-        self.on_lost(engine, f"engine killed ({reason})")
+        self.on_lost(engine, f"engine killed ({reason})", True)
         await self._replace(engine, reason)
 
     async def recycle(self, engine: Engine, reason: str) -> None:
@@ -164,6 +190,12 @@ class EngineManager:
         await self._replace(engine, reason)
 
     async def _release(self, engine: Engine, timeout: float = 30) -> None:
+        if engine.serving is not None and not engine.serving.done() and self.control is not None:
+            self.control.send(engine.id, {"op": "stop"})  # the serving loop answers what it holds, then returns
+            try:
+                await asyncio.wait_for(asyncio.shield(engine.serving), timeout)
+            except Exception as exc:  # release below still runs; stop kills if it must
+                log.warning("%s serving loop did not stop: %s", engine.tag(), exc)
         try:
             await asyncio.wait_for(asyncio.wrap_future(self.cluster.apply(engine.id, runtime.release_engine)), timeout)
         except Exception as exc:  # the stop below still runs; kill if it must
@@ -208,3 +240,8 @@ class EngineManager:
             await self.cluster.shutdown_engines([e.id for e in idle])
         for engine in self.pool:
             engine.state = EngineState.DEAD
+
+
+def default_slots(backend: str) -> int:
+    """Jobs at once per engine when not set: vLLM fills a batch, the others run one job at a time."""
+    return 32 if backend == "vllm" else 1

@@ -61,7 +61,22 @@ def connect_cluster(run_dir: Path | str | None = None, url_file: Path | str | No
             "(LLMSUP_RUN_DIR), or a copy of its ipcontroller-llmsup-client.json passed as url_file=")
     if not url_file:
         kwargs.setdefault("profile_dir", str(profile_dir(run_dir)))  # not ~/.ipython
-    return ipp.Client(url_file=str(path), **kwargs)
+    return ipp.Client(str(path), **kwargs)
+
+
+def sync_cluster(client: Client, rc: Any, timeout: float = 30.0) -> list[int]:
+    """Wait until the cluster client ``rc`` sees exactly the engines the supervisor lists; their ids.
+
+    Registration and unregistration reach each IPyParallel client on its own, a moment apart.
+    """
+    end = time.monotonic() + timeout
+    while True:
+        want = {e["id"] for e in client.engines()}
+        if set(rc.ids) == want:
+            return sorted(want)
+        if time.monotonic() >= end:
+            raise BorrowError(f"cluster client sees engines {rc.ids}, the supervisor {sorted(want)}")
+        time.sleep(POLL_S)
 
 
 def _pick(engines: dict[int, dict[str, Any]]) -> int | None:

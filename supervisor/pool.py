@@ -39,6 +39,10 @@ class Engine:
     backend: dict[str, Any] = field(default_factory=dict)
     started_at: float = 0.0  # wall clock
     restarts: int = 0
+    batched: bool = False  # runs engines.batch.serve: jobs go over the control channel
+    serving: Any = None  # the batched serving task's future
+    last_beat: float = 0.0  # monotonic time of the serving loop's last heartbeat
+    sigint_at: float | None = None  # monotonic time of the last SIGINT (batched: one per episode)
 
     @property
     def ref(self) -> EngineRef:

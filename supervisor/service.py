@@ -8,15 +8,16 @@ is sent; it is stored terminal before anyone is told).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any, Callable
 
 import zmq
 import zmq.asyncio
-from ipyparallel import error as ipp_error
-
 from engines import runtime
+from supervisor import outcomes
+from supervisor.batching import ControlChannel
 from supervisor.cluster import ClusterManager
 from supervisor.engine_manager import EngineManager
 from supervisor.events import EventHub
@@ -25,6 +26,7 @@ from supervisor.leftovers import ProcessLedger
 from supervisor.metrics import Metrics
 from supervisor.pool import Engine, EnginePool, EngineState
 from supervisor.requests import EngineNotFound, InvalidRequest, JobNotFound, JobRequest, QueueFull, Submitted
+from supervisor.outcomes import Settlement
 from supervisor.running import RunningJob
 from supervisor.settings import Settings
 from supervisor.store import DuplicateKey, JobStore, SQLiteStore
@@ -72,18 +74,20 @@ class Supervisor:
         self._pull.setsockopt(zmq.RCVHWM, 0)
         port = self._pull.bind_to_random_port(s.stream_bind)
         self.stream_address = f"{s.stream_bind}:{port}"
+        self.control = ControlChannel(self._zmq, s.stream_bind)
         await self.cluster.start()
         engine_config = dict(s.for_engines(), stream_address=self.stream_address)
         self.engines = EngineManager(
             s, self.cluster, self.pool, self.ledger, self.metrics, engine_config,
-            on_ready=lambda engine: self._wake.set(), on_lost=self._on_engine_lost,
+            on_ready=lambda engine: self._wake.set(), on_lost=self._on_engine_lost, control=self.control,
         )
         self.watchdog = Watchdog(
             s, self.cluster, self.metrics, self._settle_lost_reply, self.engines.kill_and_replace,
-            self.engines.local_key,
+            self.engines.local_key, send_abort=self._send_abort,
         )
-        for loop_fn in (self._token_loop, self._dispatch_loop, self._health_loop):
-            self._spawn(loop_fn())
+        for coro in (self._token_loop(), self._dispatch_loop(), self._health_loop(),
+                     self.control.receive(self._on_hello)):
+            self._spawn(coro)
         await self.engines.start(s.engines)
         self.started = True
         if wait_for_engines:
@@ -104,7 +108,7 @@ class Supervisor:
         now = self.clock()
         for run in list(self._running.values()):
             # at-least-once: whatever was running goes back to the queue (the attempt is counted)
-            self._settle(run, Q, requeue_reason="supervisor stopped", now=now)
+            self._settle(run, Settlement(Q, requeue_reason="supervisor stopped"), now=now)
         if hasattr(self, "engines"):
             await self.engines.stop()
         for task in list(self._tasks):
@@ -115,6 +119,7 @@ class Supervisor:
         self.ledger.release()
         if hasattr(self, "_pull"):
             self._pull.close(linger=0)
+            self.control.close()
             self._zmq.term()
         self.hub.close_all()
         if self._store is not None:
@@ -290,9 +295,16 @@ class Supervisor:
         engine.refresh_state()
         self.metrics.queue_wait.observe(max(0.0, now - job.created_at))
         spec = {"job_id": run.key, "prompt": job.prompt, "params": _params_dict(job.params)}
-        run.future = asyncio.wrap_future(self.cluster.apply(engine.id, runtime.run_job, spec))
-        run.future.add_done_callback(lambda fut, run=run: self._on_done(run, fut))
         loop = asyncio.get_running_loop()
+        if engine.batched:
+            run.future = loop.create_future()  # resolved by the engine's "done" message
+            msg = {"op": "submit", "key": run.key, "prompt": job.prompt, "params": spec["params"],
+                   "deadline_s": job.deadline_s}
+            if not self.control.send(engine.id, msg):
+                run.future.set_exception(RuntimeError(f"engine {engine.id} not reachable on its control channel"))
+        else:
+            run.future = asyncio.wrap_future(self.cluster.apply(engine.id, runtime.run_job, spec))
+        run.future.add_done_callback(lambda fut, run=run: self._on_done(run, fut))
         run.deadline_timer = loop.call_later(job.deadline_s, self.watchdog.interrupt, run, JobStatus.TIMED_OUT)
         self._publish_status(job)
 
@@ -303,88 +315,68 @@ class Supervisor:
         exc = fut.exception()
         if run.settled.is_set():
             return
-        reason = run.interrupt_reason or JobStatus.CANCELLED
+        max_attempts = self.settings.max_attempts
         if exc is not None:
-            ename = getattr(exc, "ename", type(exc).__name__)
-            if ename == "KeyboardInterrupt":
-                self._settle(run, reason, text=run.text, tokens=len(run.pieces), error=self._note(run, reason))
-            elif ename == "EngineError" or isinstance(exc, ipp_error.EngineError):
-                if run.killed:
-                    self._settle(run, reason, text=run.text, tokens=len(run.pieces), error=self._note(run, reason))
-                else:
-                    self._spawn(self.engines.handle_lost(run.engine, f"engine died running job {run.job.id}"))
-                    self._lost(run, f"engine {run.engine.id} died: {exc}")
+            if isinstance(exc, RuntimeError) and "control channel" in str(exc):
+                settlement = outcomes.lost(run, str(exc), max_attempts, charge=False)
             else:
-                self._settle(run, JobStatus.FAILED, text=run.text, tokens=len(run.pieces), error=f"{ename}: {exc}")
-            return
-        result: dict[str, Any] = fut.result()
-        engine = run.engine
-        engine.rss_mb = result.get("rss_mb", engine.rss_mb)
-        outcome = result.get("outcome")
-        text, tokens = result.get("text", ""), int(result.get("tokens", 0))
-        if outcome == "completed":
-            self._settle(run, JobStatus.SUCCEEDED, text=text, tokens=tokens, finish_reason=result.get("finish_reason"),
-                         prompt_tokens=int(result.get("prompt_tokens") or 0))
-        elif outcome == "interrupted":
-            if run.interrupt_reason is None:
-                reason, note = JobStatus.CANCELLED, "interrupted from outside the supervisor"
-            else:
-                note = self._note(run, reason)
-            self._settle(run, reason, text=text, tokens=tokens, error=note)
-        elif result.get("transient") and run.job.attempts < self.settings.max_attempts:
-            self._settle(run, Q, requeue_reason=f"transient error: {result.get('error')}")
+                settlement = outcomes.from_exception(exc, run, max_attempts)
         else:
-            self._settle(run, JobStatus.FAILED, text=text, tokens=tokens, error=result.get("error"))
-
-    @staticmethod
-    def _note(run: RunningJob, reason: JobStatus) -> str:
-        if reason is JobStatus.TIMED_OUT:
-            how = "engine killed" if run.killed else "interrupted"
-            return f"deadline of {run.job.deadline_s}s passed ({how})"
-        return run.cancel_note + (" (engine killed)" if run.killed else "")
+            result: dict[str, Any] = fut.result()
+            run.engine.rss_mb = result.get("rss_mb", run.engine.rss_mb)
+            settlement = outcomes.from_result(result, run, max_attempts)
+        if settlement.engine_lost and run.engine.state not in (EngineState.RESTARTING, EngineState.DEAD):
+            self._spawn(self.engines.handle_lost(run.engine, f"engine lost running job {run.job.id}"))
+        self._settle(run, settlement)
 
     def _settle_lost_reply(self, run: RunningJob) -> None:
-        reason = run.interrupt_reason or JobStatus.CANCELLED
-        self._settle(run, reason, text=run.text, tokens=len(run.pieces), error=self._note(run, reason) + "; reply lost")
+        self._settle(run, outcomes.partial(run, run.interrupt_reason or JobStatus.CANCELLED, "; reply lost"))
 
-    def _lost(self, run: RunningJob, why: str) -> None:
-        """The engine died under the job: retry with backoff (elsewhere if possible), or fail."""
-        if run.job.attempts >= self.settings.max_attempts:
-            self._settle(run, JobStatus.FAILED, text=run.text, tokens=len(run.pieces),
-                         error=f"{why}; gave up after {run.job.attempts} attempts")
-        else:
-            self._settle(run, Q, requeue_reason=why, lost_engine=run.engine.id)
+    def _send_abort(self, run: RunningJob) -> None:
+        self.control.send(run.engine.id, {"op": "abort", "key": run.key, "reason": "cancelled"})
 
-    def _on_engine_lost(self, engine: Engine, why: str) -> None:
+    def _on_hello(self, engine_id: int, msg: dict[str, Any]) -> None:
+        engine = self.pool.get(engine_id)
+        if engine is not None and engine.batched:
+            self.engines.mark_ready(engine)
+
+    def _on_engine_lost(self, engine: Engine, why: str, killed: bool) -> None:
+        """Settle every job the engine held: due ones with their partial output, the others back to the queue."""
+        now = time.monotonic()
         for job_id in list(engine.jobs):
             run = self._running.get(job_id)
             if run is None:
                 continue
-            if run.killed or (run.interrupt_reason is not None and "killed" in why):
+            overdue = now - run.started_mono >= run.job.deadline_s
+            if run.killed or (killed and (run.interrupt_reason is not None or overdue)):
                 run.killed = True
-                reason = run.interrupt_reason or JobStatus.CANCELLED
-                self._settle(run, reason, text=run.text, tokens=len(run.pieces), error=self._note(run, reason))
+                self._settle(run, outcomes.partial(run, run.interrupt_reason or JobStatus.TIMED_OUT))
             else:
-                self._lost(run, why)
+                # a batch neighbour of a job the watchdog had to kill is not charged an attempt
+                self._settle(run, outcomes.lost(run, why, self.settings.max_attempts, charge=not killed))
 
-    def _settle(self, run: RunningJob, status: JobStatus, *, text: str = "", tokens: int = 0,
-                error: str | None = None, finish_reason: str | None = None, requeue_reason: str | None = None,
-                lost_engine: int | None = None, now: float | None = None, prompt_tokens: int = 0) -> None:
+    def _settle(self, run: RunningJob, st: Settlement, now: float | None = None) -> None:
+        """The one place a running job's record changes: stored first, then acted on."""
         if run.settled.is_set():
             return
         now = self.clock() if now is None else now
         job = run.job
-        if status is Q:
-            backoff = self.settings.retry_backoff_s * (2 ** max(0, job.attempts - 1))
-            lost = job.lost_engines + ((lost_engine,) if lost_engine is not None else ())
-            new = transition(job, Q, now, not_before=now + backoff, error=requeue_reason, lost_engines=lost)
-            self.metrics.requeues.labels("engine_lost" if "engine" in (requeue_reason or "") else "other").inc()
+        if st.status is Q:
+            backoff = self.settings.retry_backoff_s * (2 ** max(0, job.attempts - 1)) if st.charge_attempt else 0.0
+            lost = job.lost_engines + ((run.engine.id,) if st.engine_lost else ())
+            attempts = job.attempts if st.charge_attempt else job.attempts - 1
+            new = transition(job, Q, now, not_before=now + backoff, error=st.requeue_reason, lost_engines=lost,
+                             attempts=attempts)
+            self.metrics.requeues.labels("engine_lost" if st.engine_lost else "other").inc()
             asyncio.get_running_loop().call_later(backoff, self._wake.set)
         else:
-            if status is JobStatus.TIMED_OUT or (status is JobStatus.CANCELLED and finish_reason is None):
-                finish_reason = "deadline" if status is JobStatus.TIMED_OUT else "cancelled"
-            new = transition(job, status, now, output=text, tokens=tokens, error=error, finish_reason=finish_reason,
-                             prompt_tokens=prompt_tokens)
+            finish_reason = st.finish_reason
+            if st.status is JobStatus.TIMED_OUT:
+                finish_reason = "deadline"
+            elif st.status is JobStatus.CANCELLED:
+                finish_reason = "cancelled"
+            new = transition(job, st.status, now, output=st.text, tokens=st.tokens, error=st.error,
+                             finish_reason=finish_reason, prompt_tokens=st.prompt_tokens)
         self.store.put(new)  # written before anyone is told
         run.settled.set()
         if run.deadline_timer is not None:
@@ -399,7 +391,7 @@ class Supervisor:
             self.metrics.interrupt_latency.observe(mono - run.interrupt_mono)
         if run.first_token_mono is not None:
             self.metrics.ttft.observe(run.first_token_mono - run.started_mono)
-        self.metrics.tokens.inc(tokens)
+        self.metrics.tokens.inc(st.tokens)
         if engine.state is EngineState.INTERRUPTING and not any(
             self._running[j].interrupt_reason for j in engine.jobs if j in self._running
         ):
@@ -412,17 +404,22 @@ class Supervisor:
         self._wake.set()
 
     def _maybe_recycle(self, engine: Engine) -> None:
+        """Recycle between jobs (a busy batched engine drains first, then recycles when empty)."""
         s = self.settings
-        if engine.jobs or self._stopping:
+        if self._stopping:
             return
         why = None
         if s.max_jobs_per_engine and engine.jobs_done >= s.max_jobs_per_engine:
             why = f"{engine.jobs_done} jobs done (max_jobs_per_engine={s.max_jobs_per_engine})"
         elif s.max_engine_rss_mb and engine.rss_mb > s.max_engine_rss_mb:
             why = f"RSS {engine.rss_mb:.0f} MB > max_engine_rss_mb={s.max_engine_rss_mb:.0f}"
-        if why:
-            engine.state = EngineState.RESTARTING
-            self._spawn(self.engines.recycle(engine, why))
+        if why is None:
+            return
+        if engine.jobs:
+            engine.state = EngineState.DRAINING
+            return
+        engine.state = EngineState.RESTARTING
+        self._spawn(self.engines.recycle(engine, why))
 
     def _finished(self, job: Job) -> None:
         self._publish_status(job)
@@ -434,12 +431,29 @@ class Supervisor:
 
     # background loops ----------------------------------------------------------------
     async def _token_loop(self) -> None:
+        """Engines' token stream: [key, seq, text] pieces; [key, "done", result]; ["", "beat", info]."""
         while True:
-            key, seq, text = await self._pull.recv_multipart()
+            key, kind, payload = await self._pull.recv_multipart()
+            if not key:
+                if kind == b"beat":
+                    self._on_beat(payload)
+                continue
             run = self._by_stream_key.get(key.decode())
-            if run is not None and run.add_piece(int(seq), text.decode(), time.monotonic()):
-                self.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": int(seq),
-                                              "text": text.decode()})
+            if run is None:
+                continue
+            if kind == b"done":
+                if run.future is not None and not run.future.done():
+                    run.future.set_result(json.loads(payload))
+            elif run.add_piece(int(kind), payload.decode(), time.monotonic()):
+                self.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": int(kind),
+                                              "text": payload.decode()})
+
+    def _on_beat(self, payload: bytes) -> None:
+        info = json.loads(payload)
+        engine = self.pool.get(int(info.get("engine_id", -1)))
+        if engine is not None:
+            engine.last_beat = time.monotonic()
+            engine.rss_mb = info.get("rss_mb", engine.rss_mb)
 
     async def _health_loop(self) -> None:
         period = max(0.05, self.settings.heartbeat_ms / 2000)

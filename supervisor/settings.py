@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     gpus_per_engine: int = Field(1, ge=1, le=64)
     engine_threads: int | None = Field(None, ge=1, le=256, description="torch threads per engine")
     slots_per_engine: int | None = Field(None, ge=1, le=1024, description="jobs at once per engine")
+    engine_test_hooks: bool = Field(False, description="honour [llmsup:stall] test directives in batched engines")
     sim_token_s: float = Field(0.005, ge=0, le=60, description="sim backend seconds per token")
     # jobs
     deadline_s: float = Field(60.0, gt=0, description="default run-time limit of a job")

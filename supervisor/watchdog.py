@@ -34,6 +34,7 @@ log = logging.getLogger("llmsup.watchdog")
 
 SettleLost = Callable[[RunningJob], None]
 KillEngine = Callable[[Engine, str], Awaitable[None]]
+SendAbort = Callable[[RunningJob], None]
 
 
 class Watchdog:
@@ -45,6 +46,7 @@ class Watchdog:
         settle_lost_reply: SettleLost,
         kill_engine: KillEngine,
         local_host_key: str,
+        send_abort: SendAbort,
     ) -> None:
         self.settings = settings
         self.cluster = cluster
@@ -52,6 +54,7 @@ class Watchdog:
         self.settle_lost_reply = settle_lost_reply
         self.kill_engine = kill_engine
         self.local_host_key = local_host_key
+        self.send_abort = send_abort
 
     def interrupt(self, run: RunningJob, reason: JobStatus) -> bool:
         """Start the ladder for this job; False if it is settled or already being interrupted."""
@@ -59,6 +62,9 @@ class Watchdog:
             return False
         run.interrupt_reason = reason
         run.interrupt_mono = time.monotonic()
+        if run.engine.batched:
+            run.escalation = asyncio.ensure_future(self._batched_ladder(run))
+            return True
         if run.engine.state in (EngineState.IDLE, EngineState.BUSY, EngineState.DRAINING):
             run.engine.state = EngineState.INTERRUPTING
         run.escalation = asyncio.ensure_future(self._ladder(run))
@@ -120,6 +126,24 @@ class Watchdog:
         self._log(run, "sigkill", f"no reply or probe within {settings.kill_grace_s}s")
         run.killed = True
         await self.kill_engine(run.engine, "sigint_failed")
+
+    async def _batched_ladder(self, run: RunningJob) -> None:
+        """A job on a batched engine: the engine settles it itself (its own deadline, or an abort
+        message); SIGINT if it has not within ``interrupt_grace_s``; SIGKILL at ``kill_grace_s``."""
+        settings, engine = self.settings, run.engine
+        t0 = time.monotonic()
+        if run.interrupt_reason is JobStatus.CANCELLED:
+            self.send_abort(run)
+        if await _wait(run.settled, settings.interrupt_grace_s):
+            return
+        if engine.sigint_at is None or t0 - engine.sigint_at > settings.kill_grace_s:
+            engine.sigint_at = time.monotonic()  # one SIGINT per episode, whatever the number of due jobs
+            await self._sigint(run)
+        if await _wait(run.settled, settings.kill_grace_s - (time.monotonic() - t0)):
+            return
+        self._log(run, "sigkill", f"batched engine did not settle the job within {settings.kill_grace_s}s")
+        run.killed = True
+        await self.kill_engine(engine, "sigint_failed")
 
 
 def _consume(fut: asyncio.Future) -> None:

@@ -1,6 +1,9 @@
 """Session fixtures for tests that need the tiny local model (import them into a test module).
 
-    from fixtures_models import tiny_model, backend_config  # noqa: F401
+    from fixtures_models import backend_config, models_run_dir_fixture, tiny_model_fixture  # noqa: F401
+
+(The functions are named ``*_fixture`` and registered under their fixture names,
+so that a test's ``tiny_model`` parameter does not shadow an imported name.)
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
-@pytest.fixture(scope="session")
-def models_run_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+@pytest.fixture(scope="session", name="models_run_dir")
+def models_run_dir_fixture(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """A run directory shared by the session (caches, models)."""
     return tmp_path_factory.mktemp("llmsup-run")
 
 
-@pytest.fixture(scope="session")
-def tiny_model(models_run_dir: pathlib.Path) -> str:
+@pytest.fixture(scope="session", name="tiny_model")
+def tiny_model_fixture(models_run_dir: pathlib.Path) -> str:
     """The tiny random Llama, built once per session; returns its directory."""
     t0 = time.monotonic()
     path = ensure_tiny_model(str(models_run_dir / "models" / "tiny-llama"))

@@ -39,7 +39,7 @@ class Server:
     def __init__(self, run_dir: Path, ignore_sigint: bool = False, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = dict(os.environ, LLMSUP_HEARTBEAT_MS="200", LLMSUP_SIM_TOKEN_S="0.002", **env)
+        full_env = dict(os.environ, LLMSUP_HEARTBEAT_MS="200", LLMSUP_SIM_TOKEN_S="0.002", LLMSUP_BACKEND="sim", **env)
         preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
         self.log = open(run_dir.parent / f"serve-{self.port}.log", "w")
         self.proc = subprocess.Popen(

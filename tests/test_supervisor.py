@@ -72,7 +72,7 @@ async def test_crashing_job_is_retried_elsewhere_then_fails(sup: Supervisor) -> 
     job = await sup.wait(job.id, 60)
     watcher.cancel()
     assert job.status is S.FAILED and job.attempts == 3
-    assert "died" in job.error and "gave up after 3 attempts" in job.error
+    assert "died" in job.error and "gave up after 3 attempts" in job.error, job.error
     assert len(seen) == 3 and seen[0] != seen[1]  # the retry went to another engine
     await sup.wait_for_engines(2, 30)
     ok = await sup.wait(submit(sup, "still fine").id, 20)

@@ -13,8 +13,11 @@ from fastapi import FastAPI
 from supervisor import __version__
 from supervisor.service import Supervisor
 from supervisor.settings import Settings
-from web import errors, routes_admin, routes_jobs
+from web import dashboard, errors, live, metrics, routes_admin, routes_jobs, routes_openai
+from web.auth import Auth
 from web.deps import SupervisorDep
+from web.limits import BodySizeLimit
+from web.metrics import HTTPMetrics, WebMetrics
 from web.schemas import Health
 
 log = logging.getLogger("llmsup.web")
@@ -29,8 +32,15 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
         owned = supervisor is None
         sup = supervisor or Supervisor(settings)
         app.state.supervisor = sup
+        app.state.web_metrics = WebMetrics.of(sup.metrics.registry)
         if owned:
-            await sup.start()
+            await sup.start()  # first: it refuses a run directory that a live supervisor owns
+        try:
+            app.state.auth = Auth.from_settings(settings)
+        except Exception:
+            if owned:
+                await sup.stop()
+            raise
         _write_server_file(settings)
         try:
             yield
@@ -42,8 +52,10 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
     app = FastAPI(title="llmsup", version=__version__, lifespan=lifespan,
                   description="LLM job supervisor on IPyParallel: deadlines that really free the engine.")
     errors.install(app)
-    app.include_router(routes_jobs.router)
-    app.include_router(routes_admin.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HTTPMetrics)
+    for module in (routes_jobs, live, routes_openai, routes_admin, metrics, dashboard):
+        app.include_router(module.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

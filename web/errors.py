@@ -59,10 +59,11 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
             return "request body is not valid JSON", None
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         param = param or where or None
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
             parts.append(f"unknown field {where!r}")
         else:
-            parts.append(f"{where or 'body'}: {err.get('msg')}")
+            parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts) or "invalid request", param
 
 

@@ -37,8 +37,9 @@ async def follow(sup: Supervisor, job_id: str, ping_s: float = 15.0) -> AsyncIte
         next_seq = job.tokens if job.status is JobStatus.RUNNING else 0
         while True:
             try:
-                ev = await asyncio.wait_for(sub.get(), ping_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(ping_s):  # (wait_for can swallow a cancel in Python 3.11)
+                    ev = await sub.get()
+            except TimeoutError:
                 yield Update("ping")
                 continue
             if ev is None:

@@ -94,8 +94,9 @@ async def _feed(sup: Supervisor, principal: Principal, n_jobs: int, every_s: flo
         while True:
             wake = min(next_tick, next_flush if dirty else next_tick)
             try:
-                ev = await asyncio.wait_for(sub.get(), max(0.0, wake - loop.time()))
-            except asyncio.TimeoutError:
+                async with asyncio.timeout_at(wake):  # (wait_for can swallow a cancel in Python 3.11)
+                    ev = await sub.get()
+            except TimeoutError:
                 ev = {"type": "tick"}
             if ev is None:
                 if not sub.overflowed:

@@ -42,11 +42,12 @@ class EventStream(Response):
         on_close: Callable[[bool], Any] | None = None,
         headers: dict[str, str] | None = None,
         gauge: Any = None,
+        status_code: int = 200,
     ) -> None:
         self.chunks = chunks
         self.on_close = on_close
         self.gauge = gauge
-        self.status_code = 200
+        self.status_code = status_code
         self.background = None
         self.init_headers({**SSE_HEADERS, **(headers or {})})
 
@@ -72,8 +73,10 @@ class EventStream(Response):
         try:
             await asyncio.wait({producer, listener}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (producer, listener):
-                task.cancel()
+            listener.cancel()
+            while not producer.done():  # insist: a cancel can be swallowed by code below us
+                producer.cancel()
+                await asyncio.wait({producer}, timeout=0.5)
             await asyncio.gather(producer, listener, return_exceptions=True)
             aclose = getattr(self.chunks, "aclose", None)
             if aclose is not None:

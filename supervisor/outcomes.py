@@ -1,0 +1,81 @@
+"""How an engine's answer (or silence) becomes a job's final status: pure functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ipyparallel import error as ipp_error
+
+from supervisor.jobs import JobStatus
+from supervisor.running import RunningJob
+
+Q = JobStatus.QUEUED
+
+
+@dataclass(frozen=True)
+class Settlement:
+    status: JobStatus  # QUEUED means: back to the queue
+    text: str = ""
+    tokens: int = 0
+    error: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    requeue_reason: str | None = None
+    charge_attempt: bool = True  # False: the retry does not count against max_attempts
+    engine_lost: bool = False  # the engine is gone: replace it
+
+
+def note(run: RunningJob, reason: JobStatus) -> str:
+    if reason is JobStatus.TIMED_OUT:
+        how = "engine killed" if run.killed else "interrupted"
+        return f"deadline of {run.job.deadline_s}s passed ({how})"
+    return run.cancel_note + (" (engine killed)" if run.killed else "")
+
+
+def partial(run: RunningJob, reason: JobStatus, suffix: str = "") -> Settlement:
+    """Settle with what the job streamed so far."""
+    return Settlement(reason, run.text, len(run.pieces), note(run, reason) + suffix)
+
+
+def lost(run: RunningJob, why: str, max_attempts: int, charge: bool = True) -> Settlement:
+    """The engine went away under the job: retry (elsewhere) or fail when out of attempts."""
+    losses = len(run.job.lost_engines) + 1
+    if (charge and run.job.attempts >= max_attempts) or losses > 2 * max_attempts:
+        return Settlement(JobStatus.FAILED, run.text, len(run.pieces),
+                          f"{why}; gave up after {run.job.attempts} attempts ({losses} engines lost)",
+                          engine_lost=True)
+    return Settlement(Q, requeue_reason=why, charge_attempt=charge, engine_lost=True)
+
+
+def from_exception(exc: BaseException, run: RunningJob, max_attempts: int) -> Settlement:
+    reason = run.interrupt_reason or JobStatus.CANCELLED
+    ename = getattr(exc, "ename", type(exc).__name__)
+    if ename == "KeyboardInterrupt":
+        return partial(run, reason)
+    if ename == "EngineError" or isinstance(exc, ipp_error.EngineError):
+        if run.killed:
+            return partial(run, reason)
+        return lost(run, f"engine {run.engine.id} died: {exc}", max_attempts)
+    return Settlement(JobStatus.FAILED, run.text, len(run.pieces), f"{ename}: {exc}")
+
+
+def from_result(result: dict[str, Any], run: RunningJob, max_attempts: int) -> Settlement:
+    text, tokens = result.get("text", ""), int(result.get("tokens", 0))
+    outcome = result.get("outcome")
+    if outcome == "completed":
+        return Settlement(JobStatus.SUCCEEDED, text, tokens, None, result.get("finish_reason"),
+                          int(result.get("prompt_tokens") or 0))
+    if outcome == "interrupted":
+        engine_reason = result.get("reason")
+        if engine_reason == "stopped":  # a batched engine was stopped under the job: run it again
+            return Settlement(Q, requeue_reason="engine stopped", charge_attempt=False)
+        if engine_reason == "deadline":
+            return Settlement(JobStatus.TIMED_OUT, text, tokens, note(run, JobStatus.TIMED_OUT))
+        if run.interrupt_reason is None:
+            return Settlement(JobStatus.CANCELLED, text, tokens, "interrupted from outside the supervisor")
+        return Settlement(run.interrupt_reason, text, tokens, note(run, run.interrupt_reason))
+    if result.get("transient") and run.job.attempts < max_attempts:
+        return Settlement(Q, requeue_reason=f"transient error: {result.get('error')}",
+                          engine_lost=bool(result.get("engine_dead")))
+    return Settlement(JobStatus.FAILED, text, tokens, result.get("error"))

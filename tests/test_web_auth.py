@@ -1,0 +1,143 @@
+"""Admin token and API keys: 401/403 on every admin route, owner isolation, the generated token file."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import stat
+from pathlib import Path
+from typing import Iterator
+
+import openai
+import pytest
+
+from supervisor.settings import Settings
+from web import auth
+from web.app import create_app
+from webfixtures import Server, job_status, serve, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+ALICE, BOB = {"Authorization": "Bearer key-alice"}, {"Authorization": "Bearer key-bob"}
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from serve(tmp_path_factory, "keyed", require_api_keys="on", api_keys="alice:key-alice,bob:key-bob")
+
+
+def admin_routes() -> list[tuple[str, str]]:
+    """Every admin route of the app's own OpenAPI spec, with example path parameters."""
+    spec = create_app(Settings(run_dir=Path("/nonexistent"))).openapi()
+    routes = []
+    for path, ops in spec["paths"].items():
+        if path.startswith("/admin"):
+            concrete = path.replace("{job_id}", "job-none").replace("{engine_id}", "999")
+            routes.extend((method.upper(), concrete) for method in ops)
+    return routes
+
+
+def test_the_admin_route_list_is_complete() -> None:
+    found = {p for _, p in admin_routes()}
+    assert {"/admin/engines", "/admin/jobs/job-none/kill", "/admin/engines/999/restart"} <= found
+    assert len(admin_routes()) >= 6
+
+
+@pytest.mark.parametrize("method, path", admin_routes())
+def test_every_admin_route_needs_the_admin_token(keyed: Server, method: str, path: str) -> None:
+    with keyed.client() as c:
+        missing = c.request(method, path)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert c.request(method, path, headers={"Authorization": "Bearer wrong"}).status_code == 403
+        assert c.request(method, path, headers=ALICE).status_code == 403  # an API key is not the admin token
+        assert c.request(method, path, headers={"Authorization": "Basic abc"}).status_code == 401
+        ok = c.request(method, path, headers=keyed.admin)
+        assert ok.status_code in (200, 202, 404), ok.text  # 404: the example job / engine does not exist
+
+
+def test_job_routes_need_a_key(keyed: Server) -> None:
+    with keyed.client() as c:
+        assert c.get("/v1/jobs").status_code == 401
+        assert c.get("/v1/jobs", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert c.post("/v1/jobs", json={"prompt": "x"}).status_code == 401
+        assert c.get("/v1/events").status_code == 401
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200
+
+
+def test_users_see_and_cancel_only_their_own_jobs(keyed: Server) -> None:
+    with keyed.client() as c:
+        mine = c.post("/v1/jobs", headers=ALICE, json={"prompt": "alice [sim:hang]", "deadline_s": 20}).json()
+        assert mine["owner"] == "alice"
+        jid = mine["id"]
+        assert c.get(f"/v1/jobs/{jid}", headers=BOB).status_code == 404
+        assert c.post(f"/v1/jobs/{jid}/cancel", headers=BOB).status_code == 404
+        assert c.get(f"/v1/jobs/{jid}/events", headers=BOB).status_code == 404
+        assert jid not in [j["id"] for j in c.get("/v1/jobs", headers=BOB).json()["jobs"]]
+        assert jid in [j["id"] for j in c.get("/v1/jobs", headers=ALICE).json()["jobs"]]
+        assert jid in [j["id"] for j in c.get("/v1/jobs", headers=keyed.admin).json()["jobs"]]  # admin sees all
+        assert job_status(c, jid, BOB).get("status") is None
+        assert c.post(f"/v1/jobs/{jid}/cancel", headers=ALICE).status_code == 202
+        wait_for(lambda: job_status(c, jid, ALICE)["status"] == "cancelled", what="alice's cancel")
+
+
+def test_idempotency_keys_are_per_user(keyed: Server) -> None:
+    with keyed.client() as c:
+        body = {"prompt": "same", "max_tokens": 1, "idempotency_key": "k1"}
+        a1 = c.post("/v1/jobs", headers=ALICE, json=body).json()
+        b1 = c.post("/v1/jobs", headers=BOB, json=body).json()
+        a2 = c.post("/v1/jobs", headers=ALICE, json=body)
+        assert a1["id"] != b1["id"]  # bob does not get alice's job
+        assert a2.json()["id"] == a1["id"] and a2.headers.get("idempotent-replayed") == "true"
+        assert a1["idempotency_key"] == b1["idempotency_key"] == "k1"
+
+
+def test_openai_sdk_with_api_keys(keyed: Server) -> None:
+    with openai.OpenAI(base_url=keyed.url + "/v1", api_key="key-bob", max_retries=0) as bob:
+        resp = bob.completions.create(model="sim", prompt="hi", max_tokens=2)
+        job_id = resp.model_extra["llmsup"]["job_id"]
+    with keyed.client() as c:
+        assert job_status(c, job_id, BOB)["owner"] == "bob"
+        assert c.get(f"/v1/jobs/{job_id}", headers=ALICE).status_code == 404
+    with openai.OpenAI(base_url=keyed.url + "/v1", api_key="wrong", max_retries=0) as bad:
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+
+
+def test_generated_admin_token_file(keyed: Server) -> None:
+    path = keyed.run_dir / "admin_token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(keyed.admin_token) >= 32
+    assert re.search(r"admin token written to .*admin_token", keyed.live.log_path.read_text())
+    with keyed.client() as c:
+        assert c.get("/admin/engines", headers=keyed.admin).status_code == 200
+
+
+# unit level ------------------------------------------------------------------------------------
+
+
+def test_keys_default_off_on_loopback_and_on_elsewhere(tmp_path: Path) -> None:
+    local = auth.Auth.from_settings(Settings(run_dir=tmp_path / "a", host="127.0.0.1"))
+    assert not local.keys_required
+    wide = auth.Auth.from_settings(Settings(run_dir=tmp_path / "b", host="0.0.0.0"))
+    assert wide.keys_required
+    key_file = tmp_path / "b" / "api_key"  # none configured: one is generated, readable by its owner only
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert wide.owner_of(key_file.read_text().strip()) == "default"
+    assert auth.is_loopback("::1") and auth.is_loopback("localhost") and not auth.is_loopback("10.0.0.1")
+
+
+def test_configured_admin_token_is_used_and_not_written(tmp_path: Path) -> None:
+    a = auth.Auth.from_settings(Settings(run_dir=tmp_path, admin_token="s3cret-token"))
+    assert a.is_admin("s3cret-token") and not a.is_admin("s3cret-tokeN") and not a.is_admin(None)
+    assert not (tmp_path / "admin_token").exists()
+
+
+def test_comparisons_are_constant_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+    a = auth.Auth(admin_token="adm", keys=auth.parse_keys("alice:k1, k2\nbob:k3"), keys_required=True)
+    assert a.owner_of("k1") == "alice" and a.owner_of("k3") == "bob" and a.owner_of("k2").startswith("key-")
+    assert len(calls) == 9  # every key compared, even after a match
+    assert all(len(x) == len(y) == 32 for x, y in calls)  # digests: the length of a secret does not leak
+    assert a.is_admin("adm") and len(calls) == 10

@@ -1,0 +1,170 @@
+"""The OpenAI-compatible routes, driven by the official ``openai`` SDK against a real ``llmsup serve``."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from webfixtures import Server, job_status, server, wait_for  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def oai(server: Server) -> openai.OpenAI:  # noqa: F811
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60) as client:
+        yield client
+
+
+def llmsup_info(obj: object) -> dict:
+    extra = getattr(obj, "model_extra", None) or {}
+    return extra["llmsup"]
+
+
+def test_models(oai: openai.OpenAI) -> None:
+    assert [m.id for m in oai.models.list()] == ["sim"]
+
+
+def test_completion_usage_and_finish_reasons(oai: openai.OpenAI, server: Server) -> None:  # noqa: F811
+    resp = oai.completions.create(model="sim", prompt="alpha beta gamma", max_tokens=5)
+    choice = resp.choices[0]
+    assert choice.text == "alpha beta gamma alpha beta "
+    assert choice.finish_reason == "length"
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens, resp.usage.total_tokens) == (3, 5, 8)
+    info = llmsup_info(resp)
+    assert info["status"] == "succeeded" and info["deadline_s"] == 30  # the server default
+    assert resp.id == f"cmpl-{info['job_id']}"
+
+    stopped = oai.completions.create(model="sim", prompt="alpha beta gamma", max_tokens=10, stop=["gamma"])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].text == "alpha beta "
+
+    echoed = oai.completions.create(model="sim", prompt="one two", max_tokens=2, echo=True)
+    assert echoed.choices[0].text == "one twoone two "
+
+
+def test_chat_completion(oai: openai.OpenAI) -> None:
+    resp = oai.chat.completions.create(
+        model="sim", max_tokens=4,
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
+    )
+    msg = resp.choices[0].message
+    assert msg.role == "assistant"
+    assert msg.content == "System: be brief User: "  # the sim backend repeats the prompt's words
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.usage.completion_tokens == 4
+    assert resp.object == "chat.completion"
+
+
+def test_completion_stream_matches_the_job(oai: openai.OpenAI, server: Server) -> None:  # noqa: F811
+    stream = oai.completions.create(
+        model="sim", prompt="a b c [sim:slow=0.01]", max_tokens=12, stream=True, stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].choices[0].finish_reason == "length"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+    info = llmsup_info(finals[0])
+    with server.client() as c:
+        job = job_status(c, info["job_id"])
+    assert "".join(texts) == job["output"] == "a b c a b c a b c a b c "
+    assert sum(1 for t in texts if t) >= 2  # it really streamed, piece by piece
+
+
+def test_chat_stream(oai: openai.OpenAI) -> None:
+    stream = oai.chat.completions.create(
+        model="sim", max_tokens=6, stream=True, messages=[{"role": "user", "content": "x y [sim:slow=0.005]"}],
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == "length"
+    content = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert content == "User: x y Assistant: User: x "
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+
+
+def test_deadline_stops_a_runaway_with_a_clear_reason(oai: openai.OpenAI) -> None:
+    resp = oai.completions.create(model="sim", prompt="spin [sim:hang]", max_tokens=100, extra_body={"timeout": 1})
+    assert resp.choices[0].finish_reason == "timeout"
+    info = llmsup_info(resp)
+    assert info["status"] == "timed_out" and info["deadline_s"] == 1
+    assert "deadline" in info["error"]
+    assert resp.choices[0].text.startswith("spin")  # partial output kept
+
+    chunks = list(oai.chat.completions.create(
+        model="sim", stream=True, max_tokens=100, messages=[{"role": "user", "content": "[sim:hang]"}],
+        extra_body={"deadline_s": 1},
+    ))
+    assert chunks[-1].choices[0].finish_reason == "timeout"
+    assert llmsup_info(chunks[-1])["status"] == "timed_out"
+
+
+def test_vllm_extension_fields_reach_the_job(oai: openai.OpenAI, server: Server) -> None:  # noqa: F811
+    resp = oai.completions.create(
+        model="sim", prompt="p", max_tokens=3, seed=7, top_p=0.9,
+        extra_body={"top_k": 5, "ignore_eos": True, "min_tokens": 2, "priority": -3, "repetition_penalty": 1.0},
+    )
+    with server.client() as c:
+        job = job_status(c, llmsup_info(resp)["job_id"])
+    expected = {"seed": 7, "top_p": 0.9, "top_k": 5, "ignore_eos": True, "min_tokens": 2, "max_tokens": 3}
+    assert {k: job["params"][k] for k in expected} == expected
+    assert job["priority"] == 3  # vLLM: lower runs first; llmsup: higher runs first
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"n": 2}, "n=2"),
+        ({"logprobs": 2}, "logprobs"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"extra_body": {"use_beam_search": True}}, "use_beam_search"),
+        ({"extra_body": {"guided_json": {}}}, "unknown field 'guided_json'"),
+        ({"extra_body": {"timeout": -1}}, "timeout"),
+        ({"extra_body": {"deadline_s": 1, "timeout": 2}}, "not both"),
+        ({"max_tokens": 10_000_000}, "max_tokens"),
+    ],
+)
+def test_unsupported_fields_are_a_clear_422(oai: openai.OpenAI, kwargs: dict, needle: str) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as err:
+        oai.completions.create(model="sim", prompt="x", **{"max_tokens": 2, **kwargs})
+    assert needle in err.value.message
+
+
+def test_unknown_model_is_404(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as err:
+        oai.completions.create(model="gpt-nothing", prompt="x", max_tokens=1)
+    assert err.value.code == "model_not_found"
+
+
+def test_failed_job_is_a_500_with_the_job_error(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.InternalServerError) as err:
+        oai.completions.create(model="sim", prompt="[sim:error]", max_tokens=1)
+    assert err.value.code == "job_failed" and "scripted error" in err.value.message
+
+
+def test_stream_disconnect_cancels_the_job(server: Server) -> None:  # noqa: F811
+    with server.client() as c:
+        body = {"model": "sim", "prompt": "runaway [sim:hang]", "max_tokens": 50, "stream": True, "timeout": 60}
+        with c.stream("POST", "/v1/completions", json=body) as resp:
+            job_id = resp.headers["x-llmsup-job-id"]
+            lines = resp.iter_lines()
+            assert next(lines).startswith("data: ")  # first chunk read, then the client goes away
+        job = wait_for(lambda: (j := job_status(c, job_id))["status"] in ("cancelled",) and j, 15, what="cancel")
+        assert "client disconnected" in job["error"]
+
+
+def test_non_stream_disconnect_cancels_the_job(server: Server) -> None:  # noqa: F811
+    with server.client() as c:
+        before = {j["id"] for j in c.get("/v1/jobs", params={"limit": 1000}).json()["jobs"]}
+        with pytest.raises(httpx.ReadTimeout):
+            c.post("/v1/chat/completions", timeout=1.0, json={
+                "messages": [{"role": "user", "content": "[sim:hang]"}], "max_tokens": 50, "timeout": 60})
+
+        def cancelled() -> dict | None:
+            new = [j for j in c.get("/v1/jobs", params={"limit": 1000}).json()["jobs"] if j["id"] not in before]
+            return new[0] if new and new[0]["status"] == "cancelled" else None
+
+        job = wait_for(cancelled, 15, what="the abandoned job to be cancelled")
+        assert "client disconnected" in job["error"]

@@ -1,0 +1,126 @@
+"""Server-Sent Events: one job's events in order, the global feed, and streams that end with their client."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Iterator
+
+import httpx
+import pytest
+
+from webfixtures import Server, job_status, server, wait_for  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
+    """(event name, JSON data) for each SSE message; comment lines are skipped."""
+    name, data = "message", []
+    for line in lines:
+        if line == "":
+            if data:
+                yield name, json.loads("\n".join(data))
+            name, data = "message", []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+
+
+def open_streams(c: httpx.Client) -> float:
+    text = c.get("/metrics").text
+    return float(re.search(r"^llmsup_sse_streams (\S+)$", text, re.M).group(1))
+
+
+def test_job_events_in_order_from_queued_to_succeeded(server: Server) -> None:  # noqa: F811
+    with server.client() as c:
+        # drained engines hold the job in the queue, so the stream sees every status change
+        for e in c.get("/admin/engines", headers=server.admin).json()["engines"]:
+            c.post(f"/admin/engines/{e['id']}/drain", headers=server.admin).raise_for_status()
+        try:
+            job = c.post("/v1/jobs", json={"prompt": "one two three [sim:slow=0.01]", "max_tokens": 15}).json()
+            events = []
+            with c.stream("GET", f"/v1/jobs/{job['id']}/events") as resp:
+                assert resp.headers["content-type"].startswith("text/event-stream")
+                stream = sse_events(resp.iter_lines())
+                events.append(next(stream))
+                assert events[0][0] == "job" and events[0][1]["status"] == "queued"
+                for e in c.get("/admin/engines", headers=server.admin).json()["engines"]:
+                    c.post(f"/admin/engines/{e['id']}/drain", params={"undo": True}, headers=server.admin)
+                events.extend(stream)
+        finally:
+            for e in c.get("/admin/engines", headers=server.admin).json()["engines"]:
+                c.post(f"/admin/engines/{e['id']}/drain", params={"undo": True}, headers=server.admin)
+    names = [n for n, _ in events]
+    statuses = [d["status"] for n, d in events if n == "status"]
+    assert statuses == ["running", "succeeded"]
+    assert names[-1] == "end" and names[-2] == "status"
+    tokens = [d for n, d in events if n == "token"]
+    assert names.index("status") < names.index("token")  # running is announced before the first token
+    assert [t["seq"] for t in tokens] == list(range(len(tokens)))  # in order, none missing
+    final = events[-1][1]
+    assert final["status"] == "succeeded" and final["tokens"] == 15
+    assert final["output"].startswith("".join(t["text"] for t in tokens))  # the result may beat the last tokens
+    assert len(tokens) >= 10
+
+
+def test_events_of_a_finished_job_and_of_an_unknown_one(server: Server) -> None:  # noqa: F811
+    with server.client() as c:
+        job = c.post("/v1/jobs", json={"prompt": "quick", "max_tokens": 2}).json()
+        wait_for(lambda: job_status(c, job["id"])["status"] == "succeeded", what="job done")
+        with c.stream("GET", f"/v1/jobs/{job['id']}/events") as resp:
+            events = list(sse_events(resp.iter_lines()))
+        assert [n for n, _ in events] == ["job", "end"]
+        assert events[-1][1]["output"] == "quick quick "
+        missing = c.get("/v1/jobs/job-nope/events")
+        assert missing.status_code == 404 and "job-nope" in missing.json()["error"]
+
+
+def test_a_stream_ends_with_its_client_and_leaves_the_job_alone(server: Server) -> None:  # noqa: F811
+    with server.client() as c:
+        base = open_streams(c)
+        job = c.post("/v1/jobs", json={"prompt": "silent [sim:hang]", "max_tokens": 50, "deadline_s": 30}).json()
+        with httpx.Client(base_url=server.url, timeout=30) as viewer:
+            with viewer.stream("GET", f"/v1/jobs/{job['id']}/events") as resp:
+                lines = resp.iter_lines()  # (dropping a half-read iterator closes the connection)
+                next(lines)
+                wait_for(lambda: open_streams(c) == base + 1, 10, what="stream counted")
+        # the job produces nothing now: only the server noticing the disconnect can end the stream
+        wait_for(lambda: open_streams(c) == base, 5, what="stream gone with its client")
+        assert job_status(c, job["id"])["status"] == "running"  # a plain viewer does not cancel
+        c.post(f"/admin/jobs/{job['id']}/kill", headers=server.admin).raise_for_status()
+        wait_for(lambda: job_status(c, job["id"])["status"] == "cancelled", what="killed")
+
+
+def test_cancel_on_disconnect_option(server: Server) -> None:  # noqa: F811
+    with server.client() as c:
+        job = c.post("/v1/jobs", json={"prompt": "[sim:hang]", "max_tokens": 50, "deadline_s": 30}).json()
+        with c.stream("GET", f"/v1/jobs/{job['id']}/events", params={"cancel_on_disconnect": True}) as resp:
+            next(resp.iter_lines())
+        done = wait_for(lambda: (j := job_status(c, job["id"]))["status"] == "cancelled" and j, 10, what="cancel")
+        assert "event stream was closed" in done["error"]
+
+
+def test_global_feed(server: Server) -> None:  # noqa: F811
+    with server.client() as c:
+        with c.stream("GET", "/v1/events", params={"engines_every_s": 0.2}) as resp:
+            stream = sse_events(resp.iter_lines())
+            name, snap = next(stream)
+            assert name == "snapshot" and isinstance(snap["jobs"], list)
+            assert len(snap["engines"]) == 2 and {"state", "job_id", "jobs_done", "busy_s"} <= set(snap["engines"][0])
+            job = c.post("/v1/jobs", json={"prompt": "feed me [sim:slow=0.01]", "max_tokens": 30}).json()
+            seen, engines_events = [], 0
+            for name, data in stream:
+                if name == "engines":
+                    engines_events += 1
+                elif name == "job" and data["id"] == job["id"]:
+                    seen.append(data)
+                    if data["status"] == "succeeded":
+                        break
+    statuses = [d["status"] for d in seen]
+    assert statuses[0] == "queued" and statuses[-1] == "succeeded" and "running" in statuses
+    assert seen[-1]["output_tail"].startswith("feed me")
+    assert engines_events >= 1

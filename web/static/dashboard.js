@@ -1,0 +1,204 @@
+// llmsup dashboard: reads the live feed GET /v1/events (SSE over fetch, so it can send a bearer token),
+// renders engines and jobs, and calls the admin routes with the admin token it asks for.
+"use strict";
+
+const MAX_ROWS = 300;
+const jobs = new Map();          // id -> summary (+ _at: performance.now() when running_s was received)
+let engines = [], starting = [], enginesAt = 0;
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v; else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(c ?? ""));
+  return node;
+}
+
+function say(text) { $("message").textContent = text || ""; }
+
+// --- tokens ---------------------------------------------------------------------------------
+function adminToken(ask) {
+  let token = sessionStorage.getItem("llmsup_admin_token");
+  if (!token && ask) {
+    token = window.prompt("Admin token (from LLMSUP_ADMIN_TOKEN or <run-dir>/admin_token):");
+    if (token) sessionStorage.setItem("llmsup_admin_token", token.trim());
+  }
+  return token ? token.trim() : null;
+}
+
+function feedToken() {
+  return sessionStorage.getItem("llmsup_admin_token") || sessionStorage.getItem("llmsup_api_key");
+}
+
+async function admin(method, path, what) {
+  const token = adminToken(true);
+  if (!token) { say("admin token needed for: " + what); return; }
+  const resp = await fetch(path, { method, headers: { Authorization: "Bearer " + token } });
+  if (resp.status === 401 || resp.status === 403) {
+    sessionStorage.removeItem("llmsup_admin_token");
+    say("admin token rejected (" + resp.status + "): " + what);
+    return;
+  }
+  const body = await resp.json().catch(() => ({}));
+  say(resp.ok ? "" : what + " failed: " + (body.error || resp.status));
+  if (resp.ok) restartFeed();  // engines may be shown now that an admin token is known
+}
+
+// --- live feed ----------------------------------------------------------------------------------
+let feedAbort = null, feedUsing = null;
+
+function restartFeed() {  // reconnect with the admin token once it is known: engines become visible
+  if (feedAbort && feedToken() !== feedUsing) feedAbort.abort();
+}
+
+async function feed() {
+  for (let delay = 500; ; delay = Math.min(delay * 2, 5000)) {
+    feedAbort = new AbortController();
+    try {
+      const token = feedToken();
+      feedUsing = token;
+      const resp = await fetch("/v1/events", {
+        headers: token ? { Authorization: "Bearer " + token } : {}, signal: feedAbort.signal,
+      });
+      if (resp.status === 401) {
+        const key = window.prompt("This server needs an API key (or the admin token) to show jobs:");
+        if (key) sessionStorage.setItem("llmsup_api_key", key.trim());
+        continue;
+      }
+      if (!resp.ok) throw new Error("HTTP " + resp.status);
+      setConn(true);
+      delay = 500;
+      const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value.replace(/\r\n/g, "\n");
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          handle(buffer.slice(0, cut));
+          buffer = buffer.slice(cut + 2);
+        }
+      }
+    } catch (err) {
+      if (err.name !== "AbortError") say("live feed: " + err.message);
+    }
+    setConn(false);
+    await new Promise((r) => setTimeout(r, delay));
+  }
+}
+
+function setConn(up) {
+  $("conn").className = up ? "live" : "down";
+  $("conn").textContent = up ? "live" : "reconnecting…";
+}
+
+function handle(block) {
+  let name = "message", data = "";
+  for (const line of block.split("\n")) {
+    if (line.startsWith(":")) continue;
+    const i = line.indexOf(":");
+    const field = i < 0 ? line : line.slice(0, i), value = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
+    if (field === "event") name = value; else if (field === "data") data += (data ? "\n" : "") + value;
+  }
+  if (!data) return;
+  const msg = JSON.parse(data);
+  const now = performance.now();
+  if (name === "snapshot") {
+    jobs.clear();
+    for (const j of msg.jobs) jobs.set(j.id, { ...j, _at: now });
+    setEngines(msg, now);
+  } else if (name === "job") {
+    jobs.set(msg.id, { ...msg, _at: now });
+    while (jobs.size > MAX_ROWS) jobs.delete(jobs.keys().next().value);
+  } else if (name === "engines") {
+    setEngines(msg, now);
+  }
+  scheduleRender();
+}
+
+let renderPending = false;
+function scheduleRender() {  // at most one rebuild per frame, however many events arrive
+  if (renderPending) return;
+  renderPending = true;
+  requestAnimationFrame(() => { renderPending = false; render(); });
+}
+
+function setEngines(msg, now) {
+  if (msg.engines) { engines = msg.engines; starting = msg.starting || []; enginesAt = now; }
+  if (msg.counts) $("counts").replaceChildren(...["queued", "running", "succeeded", "timed_out", "cancelled", "failed"]
+    .map((s) => el("span", {}, s + " " + (msg.counts[s] || 0))));
+}
+
+// --- rendering ------------------------------------------------------------------------------------
+function secs(x) { return x == null ? "" : x.toFixed(1) + " s"; }
+
+function jobElapsed(j, now) {
+  if (j.running_s == null) return null;
+  return j.status === "running" ? j.running_s + (now - j._at) / 1000 : j.running_s;
+}
+
+function render() {
+  const now = performance.now();
+  const cards = engines.map((e) => {
+    const busy = e.busy_s == null ? null : e.busy_s + (now - enginesAt) / 1000;
+    const pct = busy != null && e.deadline_s ? Math.min(100, (100 * busy) / e.deadline_s) : 0;
+    return el("div", { class: "card engine", "data-engine-id": e.id, "data-state": e.state },
+      el("div", { class: "title" }, "engine " + e.id, el("span", { class: "state " + e.state }, e.state)),
+      el("div", { class: "kv" }, "job ", el("b", { class: "engine-job" }, e.job_id || "—")),
+      el("div", { class: "kv" }, "elapsed ",
+        elapsedSpan(busy, true, now),
+        e.deadline_s ? " / " + secs(e.deadline_s) : ""),
+      el("div", { class: "bar" }, el("div", { class: pct >= 100 ? "late" : "", style: "width:" + pct + "%" })),
+      el("div", { class: "kv" }, "jobs done ", el("b", { class: "jobs-done" }, String(e.jobs_done)),
+        " · RSS ", el("b", {}, Math.round(e.rss_mb) + " MB"), " · GPU ", el("b", {}, e.gpu || "cpu")),
+      el("div", { class: "kv" }, "pid " + e.pid + " · " + e.host + " · restarts " + e.restarts),
+      el("div", {}, el("button", { class: "restart", onclick: () => admin("POST",
+        "/admin/engines/" + e.id + "/restart", "restart engine " + e.id) }, "restart engine")));
+  });
+  const pending = starting.map((s) => el("div", { class: "card engine", "data-state": "starting" },
+    el("div", { class: "title" }, "engine set " + s.engine_set, el("span", { class: "state starting" }, "starting")),
+    el("div", { class: "kv" }, "GPU " + (s.gpu || "cpu"))));
+  if (cards.length || pending.length) $("engines").replaceChildren(...cards, ...pending);
+
+  const filter = $("filter").value;
+  const rows = [...jobs.values()].reverse().filter((j) => !filter || j.status === filter ||
+    (filter === "finished" && !["queued", "running"].includes(j.status))).map((j) => {
+    const elapsed = jobElapsed(j, now);
+    const live = j.status === "queued" || j.status === "running";
+    return el("tr", { "data-job-id": j.id, "data-status": j.status },
+      el("td", { class: "text" }, j.id),
+      el("td", { class: "status " + j.status }, j.status),
+      el("td", {}, j.engine == null ? "" : String(j.engine)),
+      el("td", {}, elapsedSpan(elapsed, j.status === "running", now), " / " + secs(j.deadline_s)),
+      el("td", {}, String(j.tokens)),
+      el("td", { class: "text", title: j.prompt }, j.prompt),
+      el("td", { class: "text", title: j.error || j.output_tail }, j.error ? "[" + j.error + "] " + j.output_tail
+        : j.output_tail),
+      el("td", {}, live ? el("button", { class: "kill", onclick: () => admin("POST",
+        "/admin/jobs/" + encodeURIComponent(j.id) + "/kill", "kill " + j.id) }, "kill") : ""));
+  });
+  $("jobs").replaceChildren(...rows);
+}
+
+function tick() {  // elapsed times grow between events without rebuilding the page
+  const now = performance.now();
+  for (const span of document.querySelectorAll(".elapsed[data-live]")) {
+    const value = Number(span.dataset.base) + (now - Number(span.dataset.at)) / 1000;
+    span.dataset.elapsed = value.toFixed(2);
+    span.textContent = secs(value);
+  }
+}
+
+function elapsedSpan(value, live, now) {
+  const attrs = { class: "elapsed", "data-elapsed": value == null ? "" : value.toFixed(2) };
+  if (live && value != null) Object.assign(attrs, { "data-live": "1", "data-base": value, "data-at": now });
+  return el("b", attrs, secs(value));
+}
+
+$("filter").addEventListener("change", render);
+setInterval(tick, 200);
+feed();
