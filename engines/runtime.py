@@ -135,7 +135,21 @@ def identity() -> dict[str, Any]:
         "jobs_done": rt.jobs_done if rt else 0,
         "backend": rt.backend.describe() if rt else None,
         "engine_set": os.environ.get("LLMSUP_ENGINE_SET", ""),
+        "nanny_pid": nanny_pid(),
     }
+
+
+def nanny_pid() -> int | None:
+    """The IPyParallel nanny watching this engine (a child in its own session), if any."""
+    try:
+        import psutil
+
+        for child in psutil.Process().children():
+            if "ipyparallel.engine.nanny" in " ".join(child.cmdline()):
+                return child.pid
+    except Exception:  # psutil missing or the child gone: nothing to report
+        return None
+    return None
 
 
 def ping() -> int:

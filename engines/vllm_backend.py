@@ -39,6 +39,7 @@ class EngineDead(RuntimeError):
     """vLLM's EngineCore is gone (e.g. a SIGINT to the whole process group): this engine must be replaced."""
 
     transient = True  # the job itself is fine: retry it on another engine
+    engine_dead = True  # this engine cannot serve again: recycle it
 
 
 class VLLMBackend:

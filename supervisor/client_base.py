@@ -128,7 +128,7 @@ class Endpoint:
     @classmethod
     def resolve(cls, url: str | None, run_dir: Path | str | None, admin_token: str | None,
                 api_key: str | None = None) -> Endpoint:
-        rdir = Path(run_dir) if run_dir else run_dir_default()
+        rdir = (Path(run_dir) if run_dir else run_dir_default()).resolve()  # cwd may change later
         if url:
             source = "the url argument"
         elif os.environ.get("LLMSUP_URL"):

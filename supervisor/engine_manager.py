@@ -102,6 +102,8 @@ class EngineManager:
             self._pending_sets.discard(set_id)
             if engine.set_id:
                 self.ledger.record(f"engine:{set_id}", engine.pid)
+                if ident.get("nanny_pid"):  # its own session: stopping the engine's group misses it
+                    self.ledger.record(f"nanny:{set_id}", int(ident["nanny_pid"]))
             t0 = time.monotonic()
             ident = await asyncio.wait_for(
                 asyncio.wrap_future(self.cluster.apply(eid, runtime.init_engine, config)),
@@ -210,12 +212,16 @@ class EngineManager:
         self.pool.remove(engine.id)
         steps = []
         if engine.set_id:
-            steps.append(self.cluster.stop_engine_set(engine.set_id))
+            steps.append(self._stop_set(engine.set_id))
         if self.cluster.local and not self._stopping:
             steps.append(self.launch(self._set_gpu.pop(engine.set_id, engine.gpu)))
         elif not self.cluster.local:
             log.warning("%s gone from a joined cluster: its launcher must replace it", engine.tag())
         await asyncio.gather(*steps)
+
+    async def _stop_set(self, set_id: str) -> None:
+        await self.cluster.stop_engine_set(set_id)
+        self.ledger.kill(f"nanny:{set_id}")  # a nanny can hang in zmq term after its engine died
 
     _stopping = False
 

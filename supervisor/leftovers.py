@@ -37,6 +37,13 @@ class ProcessLedger:
         if self.entries.pop(name, None) is not None:
             self._write()
 
+    def kill(self, name: str) -> None:
+        """Kill a recorded process (if it is still the same process) and forget it."""
+        ident = self.entries.get(name)
+        if ident and _alive(ident):
+            _kill_group(int(ident["pid"]))
+        self.forget(name)
+
     def claim(self) -> list[str]:
         """Take the run directory: refuse if a live supervisor owns it, kill what a dead one left."""
         killed: list[str] = []

@@ -39,8 +39,11 @@ SERVER_ENV = {
 # zmq ``Context.term()`` (ipyparallel/engine/nanny.py, sockets with LINGER -1 and messages for a dead peer). It
 # runs in a session of its own, outside the server's process group and its ledger. Such survivors are
 # SIGKILLed and reported as a warning; any other survivor fails the test.
-TOLERATED_LEFTOVERS = ("ipyparallel.engine.nanny",)
+TOLERATED_LEFTOVERS: tuple[str, ...] = ()
 START_TIMEOUT_S = 90.0
+# the installed console script, as a user runs it (else the module, e.g. before `pip install -e .`)
+_SCRIPT = Path(sys.executable).with_name("llmsup")
+LLMSUP = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "supervisor.cli"]
 STOP_TIMEOUT_S = 30.0
 
 
@@ -108,7 +111,7 @@ def start_server(base: Path, engines: int = 2, env: dict[str, str] | None = None
     for attempt in range(3):  # a free port can be taken by someone else before the server binds it
         port = free_port()
         log_path = base / f"server-{attempt}.log"
-        cmd = [sys.executable, "-m", "supervisor.cli", "serve", "--engines", str(engines), "--backend", "sim",
+        cmd = [*LLMSUP, "serve", "--engines", str(engines), "--backend", "sim",
                "--host", "127.0.0.1", "--port", str(port), "--run-dir", str(run_dir)]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, cwd=base, env=full_env, stdin=subprocess.DEVNULL, stdout=log,

@@ -91,9 +91,12 @@ def run_notebook(path: Path, env: dict[str, str], kernel_dir: Path, home: Path) 
     km.connection_file = str(home / "kernel-connection.json")
     km.start_kernel(env=env, cwd=str(home))  # cwd without a .llmsup: the environment must find the server
     kernel = psutil.Process(km.provisioner.process.pid)
+    client = NotebookClient(nb, km=km, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL, allow_errors=False)
     try:
-        NotebookClient(nb, km=km, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL, allow_errors=False).execute()
+        client.execute()
     finally:
+        if client.kc is not None:  # the client does not own km: its channels are ours to close
+            client.kc.stop_channels()
         km.shutdown_kernel(now=False)
         try:
             kernel.wait(timeout=15)

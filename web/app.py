@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from supervisor import __version__
 from supervisor.service import Supervisor
 from supervisor.settings import Settings
-from web import dashboard, errors, live, metrics, routes_admin, routes_jobs, routes_openai
+from web import dashboard, errors, live, metrics, openapi, routes_admin, routes_jobs, routes_openai
 from web.auth import Auth
 from web.deps import SupervisorDep
 from web.limits import BodySizeLimit
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
     app.add_middleware(HTTPMetrics)
     for module in (routes_jobs, live, routes_openai, routes_admin, metrics, dashboard):
         app.include_router(module.router)
+    openapi.install(app, settings)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from supervisor.requests import EngineNotFound, InvalidRequest, JobNotFound, QueueFull
 from supervisor.transitions import InvalidTransition
@@ -67,6 +68,15 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return "; ".join(parts) or "invalid request", param
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match is not Match.NONE and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -76,7 +86,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # e.g. not UTF-8
+            return _error(request, 422, "request body is not valid JSON")
+        if exc.status_code == 405:  # one route answers per method: list every method of the path
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return _error(request, exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(OpenAIHTTPError)
     async def _openai(request: Request, exc: OpenAIHTTPError) -> JSONResponse:

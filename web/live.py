@@ -55,7 +55,8 @@ def _engines(sup: Supervisor, principal: Principal) -> dict[str, Any]:
 @router.get(
     "/v1/events",
     response_class=sse.EventStream,
-    responses={200: {**sse.SSE_RESPONSE, "description": "SSE stream (never ends by itself)"}, **errors(401, 422)},
+    responses={200: sse.sse_response("SSE stream (never ends by itself)", ["snapshot", "job", "engines"]),
+               **errors(401, 422, stream=True)},
 )
 async def live_events(
     request: Request,

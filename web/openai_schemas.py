@@ -13,11 +13,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from web.schemas import JSONModel
+
 PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def only(*values: Any, **schema: Any) -> Any:
+    """A field llmsup accepts only at its neutral value(s): said in the OpenAPI schema, checked in ``_check``."""
+    extra = dict(schema) if schema else {"enum": [*values, None]}
+    return Field(None, json_schema_extra=extra, description="accepted for compatibility; only the neutral value")
+
+
+class StreamOptions(JSONModel):
     include_usage: bool = False
 
 
@@ -41,41 +48,41 @@ NEUTRAL: dict[str, tuple[Any, str]] = {
     "spaces_between_special_tokens": (lambda v: v is True, "true"),
     "tools": (lambda v: not v, "null/[]"),
     "tool_choice": (lambda v: v == "none", "null/\"none\""),
-    "response_format": (lambda v: v.get("type") == "text", '{"type": "text"}'),
     "chat_template": (lambda v: False, "null (the server's template is used)"),
     "chat_template_kwargs": (lambda v: not v, "null/{}"),
     "continue_final_message": (lambda v: v is False, "false"),
 }
 
 
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Sampling(JSONModel):
+    model_config = ConfigDict(extra="forbid", strict=True,
+                              json_schema_extra={"not": {"required": ["deadline_s", "timeout"]}})
 
     model: Annotated[str | None, Field(max_length=256, description="a served model (GET /v1/models)")] = None
     max_tokens: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
     temperature: Annotated[float | None, Field(ge=0, le=2)] = None
     top_p: Annotated[float | None, Field(gt=0, le=1)] = None
     stop: str | Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=16)] | None = None
-    seed: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None
+    seed: Annotated[int | None, Field(ge=0, le=2**53 - 1)] = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: Annotated[str | None, Field(max_length=256, description="recorded nowhere; accepted for compatibility")] = None
-    n: Annotated[int | None, Field(ge=1, le=128)] = None
-    presence_penalty: Annotated[float | None, Field(ge=-2, le=2)] = None
-    frequency_penalty: Annotated[float | None, Field(ge=-2, le=2)] = None
-    logit_bias: dict[str, float] | None = None
+    n: Annotated[int | None, only(1)]
+    presence_penalty: Annotated[float | None, only(0)]
+    frequency_penalty: Annotated[float | None, only(0)]
+    logit_bias: Annotated[dict[str, float] | None, only(maxProperties=0)]
     # vLLM extensions
     top_k: Annotated[int | None, Field(ge=-1, le=100_000, description="-1 or 0: disabled")] = None
-    min_p: Annotated[float | None, Field(ge=0, le=1)] = None
-    repetition_penalty: Annotated[float | None, Field(gt=0, le=10)] = None
-    length_penalty: float | None = None
+    min_p: Annotated[float | None, only(0)]
+    repetition_penalty: Annotated[float | None, only(1)]
+    length_penalty: Annotated[float | None, only(1)]
     ignore_eos: bool | None = None
     min_tokens: Annotated[int | None, Field(ge=0, le=1_000_000)] = None
-    stop_token_ids: Annotated[list[int] | None, Field(max_length=64)] = None
-    use_beam_search: bool | None = None
-    include_stop_str_in_output: bool | None = None
-    skip_special_tokens: bool | None = None
-    spaces_between_special_tokens: bool | None = None
+    stop_token_ids: Annotated[list[int] | None, only(maxItems=0)]
+    use_beam_search: Annotated[bool | None, only(False)]
+    include_stop_str_in_output: Annotated[bool | None, only(False)]
+    skip_special_tokens: Annotated[bool | None, only(True)]
+    spaces_between_special_tokens: Annotated[bool | None, only(True)]
     priority: Annotated[int | None, Field(ge=-1000, le=1000, description="vLLM's meaning: lower runs first")] = None
     # llmsup extensions
     deadline_s: Annotated[PositiveSeconds | None, Field(description="llmsup: run-time limit in seconds")] = None
@@ -88,7 +95,7 @@ class _Sampling(BaseModel):
             value = getattr(self, name, None)
             if value is not None and not ok(value):
                 raise ValueError(f"{name}={value!r} is not supported by llmsup (only {allowed})")
-        if self.deadline_s is not None and self.timeout is not None and self.deadline_s != self.timeout:
+        if {"deadline_s", "timeout"} <= self.model_fields_set:
             raise ValueError("give deadline_s or timeout, not both")
         return self
 
@@ -115,27 +122,25 @@ class _Sampling(BaseModel):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
-        description="one prompt (a list of exactly one string is accepted too)"
-    )
+    prompt: Annotated[str, Field(min_length=1)] | Annotated[
+        list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=1)
+    ] = Field(description="one prompt (a list of exactly one string is accepted too)")
     echo: bool | None = None
-    suffix: str | None = None
-    best_of: Annotated[int | None, Field(ge=1, le=128)] = None
-    logprobs: Annotated[int | None, Field(ge=0, le=20)] = None
+    suffix: Annotated[str | None, only("")]
+    best_of: Annotated[int | None, only(1)]
+    logprobs: Annotated[int | None, only(0)]
 
     @property
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TextPart(JSONModel):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ChatMessage(JSONModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: Annotated[str | None, Field(max_length=256)] = None
@@ -149,25 +154,33 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+class ResponseFormat(JSONModel):
+    type: Literal["text"]
+
+
 class ChatCompletionRequest(_Sampling):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"allOf": [
+        {"not": {"required": ["deadline_s", "timeout"]}}, {"not": {"required": ["max_tokens", "max_completion_tokens"]}},
+    ]})
+
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=1000)]
     max_completion_tokens: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
-    logprobs: bool | None = None
-    top_logprobs: Annotated[int | None, Field(ge=0, le=20)] = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    logprobs: Annotated[bool | None, only(False)]
+    top_logprobs: Annotated[int | None, only(0)]
+    tools: Annotated[list[dict[str, Any]] | None, only(maxItems=0)]
+    tool_choice: Annotated[str | dict[str, Any] | None, only("none")]
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
     add_generation_prompt: bool = True
-    continue_final_message: bool | None = None
-    chat_template: str | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
+    continue_final_message: Annotated[bool | None, only(False)]
+    chat_template: Annotated[str | None, only()]
+    chat_template_kwargs: Annotated[dict[str, Any] | None, only(maxProperties=0)]
 
     @model_validator(mode="after")
     def _tokens(self) -> "ChatCompletionRequest":
+        if {"max_tokens", "max_completion_tokens"} <= self.model_fields_set:
+            raise ValueError("give max_tokens or max_completion_tokens, not both")
         if self.max_completion_tokens is not None:
-            if self.max_tokens is not None and self.max_tokens != self.max_completion_tokens:
-                raise ValueError("give max_tokens or max_completion_tokens, not both")
             self.max_tokens = self.max_completion_tokens
         return self
 

@@ -67,7 +67,8 @@ async def cancel_job(job_id: str, sup: SupervisorDep, principal: PrincipalDep) -
 @router.get(
     "/{job_id}/events",
     response_class=sse.EventStream,
-    responses={200: {**sse.SSE_RESPONSE, "description": "SSE stream"}, **errors(*AUTH, 404, 422)},
+    responses={200: sse.sse_response("SSE stream of the job", ["job", "status", "token", "end"]),
+               **errors(*AUTH, 404, 422, stream=True)},
 )
 async def job_events(
     job_id: str,

@@ -38,6 +38,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 ERRORS = _errors(401, 404, 413, 422, 429, 500, 503)
+STREAM_OR_JSON = sse.sse_response("JSON, or with stream=true SSE chunks (JSON) ending with `data: [DONE]`",
+                                  json_data=False)
 
 
 def served_models(sup: Supervisor) -> list[str]:
@@ -56,7 +58,7 @@ async def list_models(sup: SupervisorDep, principal: PrincipalDep) -> ModelList:
 
 @router.post(
     "/completions", response_model=CompletionResponse,
-    responses={200: {**sse.SSE_RESPONSE, "description": "JSON, or SSE chunks with stream=true"}, **ERRORS},
+    responses={200: STREAM_OR_JSON, **ERRORS},
 )
 async def completions(body: CompletionRequest, request: Request, sup: SupervisorDep, principal: PrincipalDep,
                       response: Response) -> Any:
@@ -79,7 +81,7 @@ async def completions(body: CompletionRequest, request: Request, sup: Supervisor
 
 @router.post(
     "/chat/completions", response_model=ChatCompletionResponse,
-    responses={200: {**sse.SSE_RESPONSE, "description": "JSON, or SSE chunks with stream=true"}, **ERRORS},
+    responses={200: STREAM_OR_JSON, **ERRORS},
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request, sup: SupervisorDep,
                            principal: PrincipalDep, response: Response) -> Any:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import typing
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from supervisor.jobs import Job, JobStatus
 
@@ -14,9 +15,31 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z") if ts else None
 
 
-class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _is_int_field(annotation: Any) -> bool:
+    args = typing.get_args(annotation) or (annotation,)
+    return int in args and float not in args and bool not in args
 
+
+class JSONModel(BaseModel):
+    """A request body checked as JSON Schema would: strict types (no "3" for 3, no true for 1), unknown fields
+    refused, and an integral number such as ``3.0`` taken as the integer it is (JSON has one number type)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_numbers(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fixed = dict(data)
+        for name, field in cls.model_fields.items():
+            value = fixed.get(name)
+            if isinstance(value, float) and value.is_integer() and _is_int_field(field.annotation):
+                fixed[name] = int(value)
+        return fixed
+
+
+class JobCreate(JSONModel):
     prompt: Annotated[str, Field(min_length=1, description="text to complete")]
     max_tokens: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
     temperature: Annotated[float, Field(ge=0, le=5)] = 0.0
@@ -27,7 +50,7 @@ class JobCreate(BaseModel):
     idempotency_key: Annotated[str | None, Field(min_length=1, max_length=200)] = None
     top_p: Annotated[float | None, Field(gt=0, le=1)] = None
     top_k: Annotated[int | None, Field(ge=0, le=100_000)] = None
-    seed: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None
+    seed: Annotated[int | None, Field(ge=0, le=2**53 - 1)] = None
 
 
 class EngineRefOut(BaseModel):
@@ -153,11 +176,18 @@ ERROR_DESCRIPTIONS = {
 }
 
 
-def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for error codes, all answered with :class:`ErrorOut`."""
+def errors(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for error codes, all answered with :class:`ErrorOut` as JSON.
+
+    ``stream``: for routes whose own response is not JSON (FastAPI would file a ``model`` under the route's
+    media type), the JSON content is spelled out.
+    """
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
         entry: dict[str, Any] = {"model": ErrorOut, "description": ERROR_DESCRIPTIONS[code]}
+        if stream:
+            entry = {"description": ERROR_DESCRIPTIONS[code],
+                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
         if code == 429:
             entry["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
         out[code] = entry

@@ -18,7 +18,20 @@ from starlette.types import Receive, Scope, Send
 log = logging.getLogger("llmsup.web.sse")
 PING = b": ping\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-SSE_RESPONSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
+
+
+def sse_response(description: str, events: list[str] | None = None, json_data: bool = True) -> dict[str, Any]:
+    """OpenAPI (3.1) ``responses`` entry of an SSE stream: ``schema`` describes one event."""
+    data: dict[str, Any] = {"type": "string"}
+    if json_data:
+        data["contentMediaType"] = "application/json"
+    event: dict[str, Any] = {"type": "string"}
+    if events:
+        event["enum"] = events
+    schema = {"type": "object", "required": ["data"], "properties": {
+        "event": event, "data": data, "id": {"type": "string"}, "retry": {"type": "integer"},
+    }}
+    return {"description": description, "content": {"text/event-stream": {"schema": schema}}}
 
 
 def event(data: Any, name: str | None = None, event_id: str | int | None = None) -> bytes:
