@@ -185,7 +185,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
             "error": f"{type(exc).__name__}: {exc}",
             "traceback": traceback.format_exc(limit=20),
             "transient": bool(getattr(exc, "transient", False)),
-            "engine_dead": bool(getattr(rt.backend, "dead", False)),
+            "engine_dead": bool(getattr(exc, "engine_dead", False) or getattr(rt.backend, "dead", False)),
             "text": emitter.text,
             "tokens": emitter.count,
         }

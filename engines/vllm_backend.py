@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from engines.modelpath import resolve_model
-from engines.protocol import Generation, GenParams, TokenCallback
+from engines.protocol import Generation, GenParams, StepOutput, TokenCallback
 from engines.sigdefer import DeferredSigint
 from engines.stopflag import StopFlag
 from engines.vllm_settings import llm_kwargs, vllm_env
@@ -168,6 +168,40 @@ class VLLMBackend:
                 return
         if in_flight:
             log.info("vllm: aborted %d in-flight request(s)", len(in_flight))
+
+    # batching (engines.batch): continuous batching in one LLMEngine ---------------------------
+    def add_request(self, key: str, prompt: str, params: GenParams) -> None:
+        """Queue a request under the job's key; it joins the running batch at the next step."""
+        eng = self.llm.llm_engine
+        eng.add_request(key, self._render(prompt), self._sampling_params(params))
+
+    def step(self) -> list[StepOutput]:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            outputs = self.llm.llm_engine.step()
+        except EngineDeadError as exc:
+            self.dead = True
+            raise EngineDead("vLLM EngineCore died; restart this engine") from exc
+        steps = []
+        for out in outputs:
+            delta = out.outputs[0]
+            reason = delta.finish_reason if out.finished else None
+            if out.finished and reason not in ("stop", "length"):
+                reason = "stop"
+            steps.append(StepOutput(out.request_id, delta.text, len(delta.token_ids), out.finished, reason,
+                                    len(out.prompt_token_ids or ())))
+        return steps
+
+    def abort_requests(self, keys: list[str]) -> None:
+        """Abort these requests alone (external ids); the rest of the batch goes on."""
+        if self.llm is None or not keys:
+            return
+        eng = self.llm.llm_engine
+        live = [k for k in keys if k in eng.output_processor.external_req_ids] if hasattr(
+            eng.output_processor, "external_req_ids") else keys
+        if live:
+            eng.abort_request(live, internal=False)
 
     def release(self) -> None:
         """Shut EngineCore (and its processes, with multiprocessing on) down and free the model."""

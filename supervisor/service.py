@@ -53,6 +53,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._owns_run_dir = False
         self.started = False
         self.stream_address = ""
 
@@ -63,9 +64,18 @@ class Supervisor:
 
     # lifecycle -------------------------------------------------------------------
     async def start(self, wait_for_engines: bool = True) -> None:
+        """Start everything; if any step fails, whatever was started is stopped before the error propagates."""
+        try:
+            await self._start_all(wait_for_engines)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_all(self, wait_for_engines: bool) -> None:
         s = self.settings
         s.run_dir.mkdir(parents=True, exist_ok=True)
-        self.ledger.claim()
+        self.ledger.claim()  # refuses a run directory a live supervisor owns
+        self._owns_run_dir = True
         if self._store is None:
             self._store = SQLiteStore(s.db_path)
         self.recover(self.clock())
@@ -102,6 +112,7 @@ class Supervisor:
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
+        """Stop every process this supervisor started; safe after a partial start."""
         if self._stopping:
             return
         self._stopping = True
@@ -115,11 +126,13 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.cluster.stop()
-        self.ledger.claim()  # kill anything the cluster failed to stop
-        self.ledger.release()
-        if hasattr(self, "_pull"):
-            self._pull.close(linger=0)
-            self.control.close()
+        if self._owns_run_dir:
+            self.ledger.claim()  # kill anything the cluster failed to stop
+            self.ledger.release()
+        for sock in (getattr(self, "_pull", None), getattr(self, "control", None)):
+            if sock is not None:
+                sock.close()
+        if hasattr(self, "_zmq"):
             self._zmq.term()
         self.hub.close_all()
         if self._store is not None:

@@ -16,7 +16,9 @@ class Settings(BaseSettings):
 
     # cluster
     engines: int = Field(2, ge=0, le=512, description="engines to start for a local cluster")
-    backend: BackendName = Field("sim", description="model backend every engine loads")
+    backend: BackendName = Field(
+        "auto", description="model backend every engine loads; auto: vLLM with a GPU, else transformers, else sim"
+    )
     model: str | None = Field(None, description="model path or id; None: a tiny local model")
     cluster_file: Path | None = Field(None, description="connect to this existing IPyParallel cluster file")
     heartbeat_ms: int = Field(500, ge=50, le=30_000, description="controller heartbeat period")
@@ -24,6 +26,9 @@ class Settings(BaseSettings):
     gpus_per_engine: int = Field(1, ge=1, le=64)
     engine_threads: int | None = Field(None, ge=1, le=256, description="torch threads per engine")
     slots_per_engine: int | None = Field(None, ge=1, le=1024, description="jobs at once per engine")
+    engine_options: dict[str, Any] = Field(
+        default_factory=dict, description="backend options as JSON, e.g. {\"multiprocessing\": true} for vLLM"
+    )
     engine_test_hooks: bool = Field(False, description="honour [llmsup:stall] test directives in batched engines")
     sim_token_s: float = Field(0.005, ge=0, le=60, description="sim backend seconds per token")
     # jobs
@@ -93,6 +98,7 @@ class Settings(BaseSettings):
             "run_dir": str(self.run_dir.resolve()),
             "threads": self.engine_threads,
             "sim_token_s": self.sim_token_s,
+            "options": dict(self.engine_options),
         }
 
 

@@ -75,3 +75,16 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def check_job_limits(settings: Any, prompt: str, max_tokens: int | None, deadline_s: float | None) -> None:
+    """The limits the served OpenAPI spec states (web/openapi.py), checked before the supervisor sees the
+    request, so that no path (an idempotent replay included) accepts what the spec says is invalid."""
+    from supervisor.requests import InvalidRequest
+
+    if len(prompt) > settings.max_prompt_chars:
+        raise InvalidRequest(f"prompt longer than {settings.max_prompt_chars} characters")
+    if max_tokens is not None and not 1 <= max_tokens <= settings.max_tokens_limit:
+        raise InvalidRequest(f"max_tokens must be in [1, {settings.max_tokens_limit}]")
+    if deadline_s is not None and not 0 < deadline_s <= settings.max_deadline_s:
+        raise InvalidRequest(f"deadline_s must be in (0, {settings.max_deadline_s}]")

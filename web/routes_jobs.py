@@ -12,6 +12,7 @@ from web import sse
 from web.auth import Principal, PrincipalDep, visible
 from web.deps import SupervisorDep
 from web.follow import Update, follow
+from web.limits import check_job_limits
 from web.schemas import JobCreate, JobList, JobOut, errors
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -26,6 +27,7 @@ def job_out(job: Job, principal: Principal) -> JobOut:
 
 @router.post("", status_code=202, response_model=JobOut, responses=errors(*AUTH, 413, 422, 429))
 async def submit_job(body: JobCreate, sup: SupervisorDep, principal: PrincipalDep, response: Response) -> JobOut:
+    check_job_limits(sup.settings, body.prompt, body.max_tokens, body.deadline_s)
     extra = {k: v for k, v in (("top_p", body.top_p), ("top_k", body.top_k), ("seed", body.seed)) if v is not None}
     submitted = sup.submit(
         JobRequest(

@@ -3,8 +3,9 @@
 Each completion is one llmsup job. ``finish_reason`` is ``stop`` or ``length`` when generation ended on its
 own, ``timeout`` when the job's deadline stopped it (partial text kept), ``cancelled`` when it was cancelled or
 killed by an admin; every response (and the last stream chunk) carries ``llmsup: {job_id, status, deadline_s,
-error}``. A job that failed is a 500 (``code: job_failed``), one that expired in the queue a 503
-(``code: job_expired``). A client that disconnects cancels its job unless ``cancel_on_disconnect`` is off.
+error}``. A job that failed is a 500 (``code: job_failed``), one that could not start within its
+``queue_timeout_s`` a 429 (``code: job_expired``). A client that disconnects cancels its job unless the
+``cancel_on_disconnect`` setting is off.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from web.chat import template_for
 from web.deps import SupervisorDep
 from web.errors import OpenAIHTTPError
 from web.follow import TextTracker, follow
+from web.limits import check_job_limits
 from web.openai_schemas import (
     AssistantMessage, ChatChoice, ChatCompletionRequest, ChatCompletionResponse, CompletionChoice,
     CompletionRequest, CompletionResponse, LlmsupInfo, ModelCard, ModelList, OpenAIError, Usage, _Sampling,
@@ -37,7 +39,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": OpenAIError, "description": "OpenAI-style error"} for code in codes}
 
 
-ERRORS = _errors(401, 404, 413, 422, 429, 500, 503)
+ERRORS = _errors(401, 404, 413, 422, 429, 500)
 STREAM_OR_JSON = sse.sse_response("JSON, or with stream=true SSE chunks (JSON) ending with `data: [DONE]`",
                                   json_data=False)
 
@@ -114,6 +116,7 @@ def _check_model(sup: Supervisor, model: str | None) -> str:
 
 
 def _submit(sup: Supervisor, principal: Principal, body: _Sampling, prompt: str) -> Job:
+    check_job_limits(sup.settings, prompt, body.max_tokens, body.deadline)
     return sup.submit(JobRequest(
         prompt=prompt, max_tokens=body.max_tokens, temperature=body.temperature or 0.0, stop=body.stops(),
         deadline_s=body.deadline, queue_timeout_s=body.queue_timeout_s,
@@ -151,8 +154,8 @@ async def _disconnected(request: Request) -> None:
 def _raise_for(job: Job) -> None:
     if job.status is JobStatus.FAILED:
         raise OpenAIHTTPError(500, f"job {job.id} failed: {job.error}", code="job_failed")
-    if job.status is JobStatus.EXPIRED:
-        raise OpenAIHTTPError(503, f"job {job.id} expired: {job.error}", code="job_expired",
+    if job.status is JobStatus.EXPIRED:  # it could not start within its queue_timeout_s: back off, like a 429
+        raise OpenAIHTTPError(429, f"job {job.id} expired: {job.error}", code="job_expired",
                               headers={"Retry-After": "1"})
 
 
