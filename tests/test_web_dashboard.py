@@ -1,0 +1,108 @@
+"""The dashboard in real headless Chromium (Debian ``chromium``, driven by Playwright's Python package).
+
+A runaway job shows up as running, its elapsed time grows, and the kill button (asking for the admin token)
+ends it; the restart button replaces an engine. Screenshots go to tests/artifacts/ (not in git).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from webfixtures import Server, job_status, server, wait_for  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.timeout(180)
+CHROMIUM = os.environ.get("LLMSUP_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not shutil.which(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} not found: apt-get install -y chromium")
+        pytest.skip(f"{CHROMIUM} not found (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: object, server: Server) -> Iterator[object]:  # noqa: F811
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.url + "/dashboard")
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def elapsed(locator: object) -> float:
+    value = locator.get_attribute("data-elapsed")
+    return float(value) if value else -1.0
+
+
+def test_runaway_job_shows_running_with_growing_elapsed_and_the_kill_button_ends_it(page, server: Server) -> None:  # noqa: F811
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.wait_for_selector("#conn.live")
+    page.wait_for_selector(".engine[data-engine-id]")
+    with server.client() as c:
+        job = c.post("/v1/jobs", json={"prompt": "runaway [sim:hang]", "deadline_s": 60}).json()
+        row = page.locator(f'tr[data-job-id="{job["id"]}"]')
+        row.and_(page.locator('[data-status="running"]')).wait_for(timeout=15_000)
+        first = elapsed(row.locator(".elapsed"))
+        page.wait_for_function(  # the elapsed time keeps growing while the job runs
+            """([id, t]) => {
+                const span = document.querySelector(`tr[data-job-id="${id}"] .elapsed`);
+                return span && Number(span.dataset.elapsed) > t + 1.0;
+            }""", arg=[job["id"], first], timeout=15_000)
+        card = page.locator(".engine", has=page.locator(".engine-job", has_text=job["id"]))
+        card.wait_for(timeout=10_000)
+        assert card.get_attribute("data-state") == "busy"
+        assert "/ 60.0 s" in card.inner_text()  # elapsed against the deadline
+        assert elapsed(card.locator(".elapsed")) > 0.5
+        page.screenshot(path=str(ARTIFACTS / "dashboard-runaway.png"), full_page=True)
+
+        page.once("dialog", lambda dialog: dialog.accept("not-the-token"))
+        row.locator("button.kill").click()
+        page.wait_for_selector("#message:has-text('admin token rejected')")
+        assert job_status(c, job["id"])["status"] == "running"
+
+        page.once("dialog", lambda dialog: dialog.accept(server.admin_token))
+        row.locator("button.kill").click()
+        row.and_(page.locator('[data-status="cancelled"]')).wait_for(timeout=15_000)
+        done = job_status(c, job["id"])
+        assert done["status"] == "cancelled" and "killed by admin" in done["error"]
+        assert row.locator("button.kill").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "dashboard-killed.png"), full_page=True)
+
+
+def test_restart_button_replaces_the_engine(page, server: Server) -> None:  # noqa: F811
+    page.wait_for_selector(".engine[data-engine-id]")
+    with server.client() as c:
+        old = c.get("/admin/engines", headers=server.admin).json()["engines"][0]
+    page.evaluate("token => sessionStorage.setItem('llmsup_admin_token', token)", server.admin_token)
+    page.locator(f'.engine[data-engine-id="{old["id"]}"] button.restart').click()
+    page.locator(f'.engine[data-engine-id="{old["id"]}"]').wait_for(state="detached", timeout=30_000)
+
+    def two_serving() -> bool:
+        states = page.locator(".engine[data-engine-id]").evaluate_all("cards => cards.map(c => c.dataset.state)")
+        return states.count("idle") + states.count("busy") == 2
+
+    wait_for(two_serving, 30, what="the replacement engine on the page")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-restarted.png"), full_page=True)
