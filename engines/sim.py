@@ -17,11 +17,10 @@ import os
 import re
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from dataclasses import dataclass
-
-from engines.protocol import GenParams, Generation, StepOutput, StopMatcher, TokenCallback
+from engines.protocol import Generation, GenParams, StepOutput, StopMatcher, TokenCallback
 
 DIRECTIVE = re.compile(r"\[sim:([a-z-]+)(?:=([0-9.]+))?\]")
 PREFIX_TOKENS = 4  # tokens emitted before a scripted hang or crash

@@ -6,9 +6,8 @@ import json
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -17,23 +16,23 @@ from supervisor.discovery import find_admin_token, find_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM job supervisor on IPyParallel.")
 
-UrlOpt = Annotated[Optional[str], typer.Option("--url", help="server URL (default: LLMSUP_URL, else the run dir)")]
-RunDirOpt = Annotated[Optional[Path], typer.Option("--run-dir", help="run directory (default: LLMSUP_RUN_DIR or ./.llmsup)")]
+UrlOpt = Annotated[str | None, typer.Option("--url", help="server URL (default: LLMSUP_URL, else the run dir)")]
+RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="run directory (default: LLMSUP_RUN_DIR or ./.llmsup)")]
 
 
 @app.command()
 def serve(
-    engines: Annotated[Optional[int], typer.Option(help="engines in the local cluster [2]")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="sim | transformers | vllm | auto")] = None,
-    model: Annotated[Optional[str], typer.Option(help="model path or id (default: a tiny local model)")] = None,
-    host: Annotated[Optional[str], typer.Option(help="bind address [127.0.0.1]")] = None,
-    port: Annotated[Optional[int], typer.Option(help="port [8000]")] = None,
+    engines: Annotated[int | None, typer.Option(help="engines in the local cluster [2]")] = None,
+    backend: Annotated[str | None, typer.Option(help="sim | transformers | vllm | auto")] = None,
+    model: Annotated[str | None, typer.Option(help="model path or id (default: a tiny local model)")] = None,
+    host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [8000]")] = None,
     run_dir: RunDirOpt = None,
-    deadline: Annotated[Optional[float], typer.Option("--deadline", help="default job deadline, seconds")] = None,
-    cluster_file: Annotated[Optional[Path], typer.Option(help="join an existing IPyParallel cluster")] = None,
-    slots_per_engine: Annotated[Optional[int], typer.Option(help="jobs at once per engine")] = None,
-    gpus_per_engine: Annotated[Optional[int], typer.Option(help="GPUs per engine (tensor parallel)")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (or LLMSUP_CONFIG)")] = None,
+    deadline: Annotated[float | None, typer.Option("--deadline", help="default job deadline, seconds")] = None,
+    cluster_file: Annotated[Path | None, typer.Option(help="join an existing IPyParallel cluster")] = None,
+    slots_per_engine: Annotated[int | None, typer.Option(help="jobs at once per engine")] = None,
+    gpus_per_engine: Annotated[int | None, typer.Option(help="GPUs per engine (tensor parallel)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML settings file (or LLMSUP_CONFIG)")] = None,
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
 ) -> None:
     """Start a local cluster (controller + engines) and the web app; Ctrl-C or SIGTERM stops everything."""
@@ -92,10 +91,10 @@ def _call(fn: Any) -> Any:
 @app.command()
 def submit(
     prompt: str,
-    deadline: Annotated[Optional[float], typer.Option("--deadline", help="run-time limit, seconds")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens")] = None,
+    deadline: Annotated[float | None, typer.Option("--deadline", help="run-time limit, seconds")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens")] = None,
     priority: Annotated[int, typer.Option()] = 0,
-    idempotency_key: Annotated[Optional[str], typer.Option("--idempotency-key")] = None,
+    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait for the job to end")] = False,
     url: UrlOpt = None,
     run_dir: RunDirOpt = None,
@@ -113,16 +112,16 @@ def submit(
         if resp.status_code >= 400:
             _show(resp)
         job = resp.json()
-        while job["status"] in ("queued", "running"):
-            time.sleep(0.2)
-            job = _call(lambda: client.get(f"/v1/jobs/{job['id']}")).json()
+        path = f"/v1/jobs/{job['id']}"
+        while job["status"] in ("queued", "running"):  # long-poll: the server answers when the job ends
+            job = _call(lambda: client.get(path, params={"wait_s": 25})).json()
         typer.echo(json.dumps(job, indent=2))
         if job["status"] != "succeeded":
             raise typer.Exit(3)
 
 
 @app.command()
-def status(job_id: Annotated[Optional[str], typer.Argument()] = None, url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
+def status(job_id: Annotated[str | None, typer.Argument()] = None, url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
     """Show one job, or the latest jobs."""
     with _client(url, run_dir) as client:
         _call(lambda: _show(client.get(f"/v1/jobs/{job_id}" if job_id else "/v1/jobs")))

@@ -13,9 +13,10 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ipyparallel as ipp
 

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import signal
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from engines import batch, placement, runtime
 from supervisor.batching import ControlChannel

@@ -11,10 +11,12 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 import zmq.asyncio
+
 from engines import runtime
 from supervisor import outcomes
 from supervisor.batching import ControlChannel
@@ -24,9 +26,9 @@ from supervisor.events import EventHub
 from supervisor.jobs import Job, JobParams, JobStatus
 from supervisor.leftovers import ProcessLedger
 from supervisor.metrics import Metrics
+from supervisor.outcomes import Settlement
 from supervisor.pool import Engine, EnginePool, EngineState
 from supervisor.requests import EngineNotFound, InvalidRequest, JobNotFound, JobRequest, QueueFull, Submitted
-from supervisor.outcomes import Settlement
 from supervisor.running import RunningJob
 from supervisor.settings import Settings
 from supervisor.store import DuplicateKey, JobStore, SQLiteStore
@@ -280,7 +282,7 @@ class Supervisor:
             self.dispatch_ready(self.clock())
             try:
                 await asyncio.wait_for(self._wake.wait(), 0.25)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def dispatch_ready(self, now: float) -> int:

@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from engines import runtime
 from supervisor.cluster import ClusterManager
@@ -157,5 +157,5 @@ async def _wait(event: asyncio.Event, timeout: float) -> bool:
     try:
         await asyncio.wait_for(event.wait(), max(0.0, timeout))
         return True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from test_supervisor import until
 
 from supervisor.jobs import JobStatus
 from supervisor.requests import JobRequest
 from supervisor.service import Supervisor
-from test_supervisor import until
 
 S = JobStatus
 pytestmark = pytest.mark.timeout(90)

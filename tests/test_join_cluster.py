@@ -6,11 +6,11 @@ from pathlib import Path
 
 import ipyparallel as ipp
 import pytest
+from conftest import make_settings
 
 from supervisor.jobs import JobStatus
 from supervisor.requests import JobRequest
 from supervisor.service import Supervisor
-from conftest import make_settings
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
-
 from conftest import make_settings
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
+from test_supervisor import until
+
 from supervisor.jobs import JobStatus
 from supervisor.requests import JobRequest
 from supervisor.service import Supervisor
-from test_supervisor import until
 
 S = JobStatus
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
