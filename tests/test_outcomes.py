@@ -1,0 +1,126 @@
+"""Pure logic with time passed in: outcome classification, expiry, recovery after a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import make_settings
+
+from supervisor.jobs import EngineRef, Job, JobStatus
+from supervisor.outcomes import from_exception, from_result, lost
+from supervisor.pool import Engine
+from supervisor.requests import InvalidRequest, JobRequest, QueueFull
+from supervisor.running import RunningJob
+from supervisor.service import Supervisor
+from supervisor.store import MemoryStore
+from supervisor.transitions import transition
+
+S = JobStatus
+pytestmark = pytest.mark.timeout(10)
+
+
+def running(attempts: int = 1, reason: JobStatus | None = None, deadline: float = 5.0) -> RunningJob:
+    job = Job(prompt="p", deadline_s=deadline).with_changes(status=S.RUNNING, attempts=attempts)
+    engine = Engine(id=3, host="h", host_key="h|b", pid=10, pgid=10, gpu="0", set_id="e3")
+    run = RunningJob(job, engine, 0.0)
+    run.pieces.extend(["a ", "b "])
+    run.interrupt_reason = reason
+    return run
+
+
+class RemoteError(Exception):
+    def __init__(self, ename: str) -> None:
+        super().__init__(ename)
+        self.ename = ename
+
+
+def test_completed_result_succeeds() -> None:
+    st = from_result({"outcome": "completed", "text": "xyz", "tokens": 3, "finish_reason": "stop"}, running(), 3)
+    assert (st.status, st.text, st.tokens, st.finish_reason) == (S.SUCCEEDED, "xyz", 3, "stop")
+
+
+def test_interrupted_result_takes_the_reason_asked_for() -> None:
+    result = {"outcome": "interrupted", "text": "ab", "tokens": 2}
+    assert from_result(result, running(reason=S.TIMED_OUT), 3).status is S.TIMED_OUT
+    assert from_result(result, running(reason=S.CANCELLED), 3).status is S.CANCELLED
+    outside = from_result(result, running(reason=None), 3)
+    assert outside.status is S.CANCELLED and "outside" in outside.error
+
+
+def test_batched_engine_reasons() -> None:
+    assert from_result({"outcome": "interrupted", "reason": "deadline"}, running(), 3).status is S.TIMED_OUT
+    stopped = from_result({"outcome": "interrupted", "reason": "stopped"}, running(), 3)
+    assert stopped.status is S.QUEUED and not stopped.charge_attempt
+
+
+def test_errors_fail_unless_transient_with_attempts_left() -> None:
+    err = {"outcome": "error", "error": "ValueError: x", "transient": False}
+    assert from_result(err, running(), 3).status is S.FAILED
+    transient = dict(err, transient=True, engine_dead=True)
+    st = from_result(transient, running(attempts=1), 3)
+    assert st.status is S.QUEUED and st.engine_lost
+    assert from_result(transient, running(attempts=3), 3).status is S.FAILED
+
+
+def test_exceptions_keyboard_interrupt_engine_error_other() -> None:
+    assert from_exception(RemoteError("KeyboardInterrupt"), running(reason=S.TIMED_OUT), 3).status is S.TIMED_OUT
+    lost_one = from_exception(RemoteError("EngineError"), running(attempts=1), 3)
+    assert lost_one.status is S.QUEUED and lost_one.engine_lost
+    assert from_exception(RemoteError("EngineError"), running(attempts=3), 3).status is S.FAILED
+    killed = running(reason=S.TIMED_OUT)
+    killed.killed = True
+    st = from_exception(RemoteError("EngineError"), killed, 3)
+    assert st.status is S.TIMED_OUT and st.text == "a b " and "engine killed" in st.error
+    assert from_exception(RemoteError("ZeroDivisionError"), running(), 3).status is S.FAILED
+
+
+def test_uncharged_requeues_are_bounded() -> None:
+    run = running(attempts=1)
+    assert lost(run, "x", 2, charge=False).status is S.QUEUED
+    run.job = run.job.with_changes(lost_engines=(1, 2, 3, 4))
+    assert lost(run, "x", 2, charge=False).status is S.FAILED
+
+
+def offline(tmp_path: Path, **kw: object) -> Supervisor:
+    return Supervisor(make_settings(tmp_path, **kw), store=MemoryStore(), clock=lambda: 1000.0)
+
+
+def test_queue_expiry_uses_the_time_passed_in(tmp_path: Path) -> None:
+    sup = offline(tmp_path, queue_timeout_s=60)
+    job = sup.submit(JobRequest("wait")).job
+    short = sup.submit(JobRequest("short", queue_timeout_s=5)).job
+    assert sup.expire_queued(now=1004.0) == 0
+    assert sup.expire_queued(now=1006.0) == 1
+    assert sup.get(short.id).status is S.EXPIRED and sup.get(job.id).status is S.QUEUED
+    assert sup.expire_queued(now=1061.0) == 1 and sup.get(job.id).status is S.EXPIRED
+
+
+def test_recover_requeues_running_jobs_and_fails_exhausted_ones(tmp_path: Path) -> None:
+    sup = offline(tmp_path, max_attempts=2)
+    store = sup.store
+    a = store.add(Job(prompt="a"))
+    b = store.add(Job(prompt="b"))
+    ref = EngineRef(0, "h", 1, "")
+    store.put(transition(a, S.RUNNING, 1.0, engine=ref))
+    b2 = transition(transition(transition(b, S.RUNNING, 1.0, engine=ref), S.QUEUED, 2.0), S.RUNNING, 3.0, engine=ref)
+    store.put(b2)
+    sup.recover(now=10.0)
+    assert store.get(a.id).status is S.QUEUED and store.get(a.id).attempts == 1
+    assert store.get(b.id).status is S.FAILED and "out of attempts" in store.get(b.id).error
+
+
+def test_submit_validation_and_backpressure(tmp_path: Path) -> None:
+    sup = offline(tmp_path, queue_max=2, max_tokens_limit=100)
+    with pytest.raises(InvalidRequest):
+        sup.submit(JobRequest(""))
+    with pytest.raises(InvalidRequest):
+        sup.submit(JobRequest("x", max_tokens=101))
+    with pytest.raises(InvalidRequest):
+        sup.submit(JobRequest("x", deadline_s=-1))
+    sup.submit(JobRequest("1"))
+    sup.submit(JobRequest("2"))
+    with pytest.raises(QueueFull) as full:
+        sup.submit(JobRequest("3"))
+    assert full.value.retry_after_s >= 1
+    assert len(sup.store.list()) == 2  # nothing half-created
