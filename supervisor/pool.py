@@ -56,6 +56,16 @@ class Engine:
     def tag(self) -> str:
         return f"engine={self.id} host={self.host} pid={self.pid} gpu={self.gpu or 'cpu'}"
 
+    def view(self, now: float) -> dict[str, Any]:
+        """What the admin API shows (``now`` is monotonic)."""
+        jobs = [{"job_id": jid, "running_s": round(now - t, 3)} for jid, t in self.jobs.items()]
+        return {
+            "id": self.id, "host": self.host, "pid": self.pid, "gpu": self.gpu, "state": self.state.value,
+            "job_id": jobs[0]["job_id"] if jobs else None, "jobs": jobs, "slots": self.slots,
+            "jobs_done": self.jobs_done, "rss_mb": self.rss_mb, "backend": self.backend.get("backend"),
+            "model": self.backend.get("model"), "engine_set": self.set_id, "restarts": self.restarts,
+        }
+
     def refresh_state(self) -> None:
         if self.state in SERVING:
             self.state = EngineState.BUSY if self.jobs else EngineState.IDLE

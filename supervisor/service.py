@@ -21,6 +21,7 @@ from engines import runtime
 from supervisor import outcomes
 from supervisor.batching import ControlChannel
 from supervisor.cluster import ClusterManager
+from supervisor.engine_admin import EngineAdmin
 from supervisor.engine_manager import EngineManager
 from supervisor.events import EventHub
 from supervisor.jobs import Job, JobParams, JobStatus
@@ -28,7 +29,7 @@ from supervisor.leftovers import ProcessLedger
 from supervisor.metrics import Metrics
 from supervisor.outcomes import Settlement
 from supervisor.pool import Engine, EnginePool, EngineState
-from supervisor.requests import EngineNotFound, InvalidRequest, JobNotFound, JobRequest, QueueFull, Submitted
+from supervisor.requests import InvalidRequest, JobNotFound, JobRequest, QueueFull, Submitted
 from supervisor.running import RunningJob
 from supervisor.settings import Settings
 from supervisor.store import DuplicateKey, JobStore, SQLiteStore
@@ -39,7 +40,7 @@ log = logging.getLogger("llmsup.supervisor")
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 
 
-class Supervisor:
+class Supervisor(EngineAdmin):
     def __init__(self, settings: Settings, store: JobStore | None = None, clock: Callable[[], float] = time.time):
         self.settings = settings
         self.clock = clock
@@ -229,48 +230,6 @@ class Supervisor:
             waiters = self._waiters.get(job_id, [])
             if fut in waiters:
                 waiters.remove(fut)
-
-    def engine_views(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        return [self._engine_view(e, now) for e in sorted(self.pool.engines.values(), key=lambda e: e.id)]
-
-    def _engine_view(self, e: Engine, now: float) -> dict[str, Any]:
-        jobs = [{"job_id": jid, "running_s": round(now - t, 3)} for jid, t in e.jobs.items()]
-        return {
-            "id": e.id, "host": e.host, "pid": e.pid, "gpu": e.gpu, "state": e.state.value,
-            "job_id": jobs[0]["job_id"] if jobs else None, "jobs": jobs, "slots": e.slots,
-            "jobs_done": e.jobs_done, "rss_mb": e.rss_mb, "backend": e.backend.get("backend"),
-            "model": e.backend.get("model"), "engine_set": e.set_id, "restarts": e.restarts,
-        }
-
-    def _engine(self, engine_id: int) -> Engine:
-        engine = self.pool.get(engine_id)
-        if engine is None:
-            raise EngineNotFound(engine_id)
-        return engine
-
-    def interrupt_engine(self, engine_id: int) -> list[str]:
-        """Admin: interrupt every job on the engine (they end cancelled)."""
-        engine = self._engine(engine_id)
-        ids = list(engine.jobs)
-        for jid in ids:
-            self.cancel(jid, note=f"interrupted by admin on engine {engine_id}")
-        return ids
-
-    async def restart_engine(self, engine_id: int) -> None:
-        engine = self._engine(engine_id)
-        if engine.jobs:
-            await self.engines.kill_and_replace(engine, "admin_restart")
-        else:
-            await self.engines.recycle(engine, "admin_restart")
-
-    def drain_engine(self, engine_id: int, drain: bool = True) -> None:
-        engine = self._engine(engine_id)
-        if drain and engine.state in (EngineState.IDLE, EngineState.BUSY):
-            engine.state = EngineState.DRAINING
-        elif not drain and engine.state is EngineState.DRAINING:
-            engine.state = EngineState.BUSY if engine.jobs else EngineState.IDLE
-            self._wake.set()
 
     def ready(self) -> bool:
         return self.started and bool(self.pool.serving() or any(e.jobs for e in self.pool))

@@ -67,7 +67,7 @@ async def list_engines(sup: SupervisorDep) -> EngineList:
 
 @router.get("/engines/{engine_id}", response_model=EngineOut, responses=errors(*AUTH, 404, 422))
 async def get_engine(engine_id: int, sup: SupervisorDep) -> EngineOut:
-    sup._engine(engine_id)  # 404
+    sup.find_engine(engine_id)  # 404
     return next(e for e in engine_list(sup).engines if e.id == engine_id)
 
 
@@ -81,7 +81,7 @@ async def interrupt_engine(engine_id: int, sup: SupervisorDep) -> EngineActionOu
              responses=errors(*AUTH, 404, 422))
 async def restart_engine(engine_id: int, sup: SupervisorDep) -> EngineActionOut:
     """Replace the engine: a busy one is killed (its jobs end ``cancelled``), an idle one released and stopped."""
-    engine = sup._engine(engine_id)  # 404 before anything starts
+    engine = sup.find_engine(engine_id)  # 404 before anything starts
     jobs = list(engine.jobs)
     sup._spawn(sup.restart_engine(engine_id))
     return EngineActionOut(engine=engine_id, action="restart", jobs=jobs)
@@ -94,6 +94,6 @@ async def drain_engine(
 ) -> EngineActionOut:
     """Let the engine finish its jobs and take no new ones (``undo=true`` reverses it)."""
     sup.drain_engine(engine_id, drain=not undo)
-    engine = sup._engine(engine_id)
+    engine = sup.find_engine(engine_id)
     return EngineActionOut(engine=engine_id, action="undrain" if undo else "drain", jobs=list(engine.jobs),
                            state=engine.state.value)
