@@ -32,6 +32,10 @@ def serve(
     cluster_file: Annotated[Path | None, typer.Option(help="join an existing IPyParallel cluster")] = None,
     slots_per_engine: Annotated[int | None, typer.Option(help="jobs at once per engine")] = None,
     gpus_per_engine: Annotated[int | None, typer.Option(help="GPUs per engine (tensor parallel)")] = None,
+    interrupt_grace: Annotated[float | None, typer.Option(help="SIGINT -> probe, seconds [0.25]")] = None,
+    kill_grace: Annotated[float | None, typer.Option(help="SIGINT -> SIGKILL, seconds [1.0]")] = None,
+    max_attempts: Annotated[int | None, typer.Option(help="runs per job before it fails [3]")] = None,
+    queue_max: Annotated[int | None, typer.Option(help="queued jobs before 429 [10000]")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML settings file (or LLMSUP_CONFIG)")] = None,
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
 ) -> None:
@@ -45,7 +49,8 @@ def serve(
     given: dict[str, Any] = {
         "engines": engines, "backend": backend, "model": model, "host": host, "port": port, "run_dir": run_dir,
         "deadline_s": deadline, "cluster_file": cluster_file, "slots_per_engine": slots_per_engine,
-        "gpus_per_engine": gpus_per_engine,
+        "gpus_per_engine": gpus_per_engine, "interrupt_grace_s": interrupt_grace, "kill_grace_s": kill_grace,
+        "max_attempts": max_attempts, "queue_max": queue_max,
     }
     try:
         settings = load_settings(config, **given)

@@ -124,6 +124,8 @@ def load_settings(config_file: Path | None = None, **given: Any) -> Settings:
             raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
 
     class _FromFile(Settings):
+        model_config = SettingsConfigDict(title="llmsup settings")
+
         @classmethod
         def settings_customise_sources(
             cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
