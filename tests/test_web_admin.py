@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from webfixtures import Server, job_status, server, wait_for  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(120)

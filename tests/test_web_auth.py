@@ -5,16 +5,16 @@ from __future__ import annotations
 import hmac
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import openai
 import pytest
+from webfixtures import Server, job_status, serve, wait_for
 
 from supervisor.settings import Settings
 from web import auth
 from web.app import create_app
-from webfixtures import Server, job_status, serve, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 ALICE, BOB = {"Authorization": "Bearer key-alice"}, {"Authorization": "Bearer key-bob"}
@@ -127,6 +127,7 @@ def test_keys_default_off_on_loopback_and_on_elsewhere(tmp_path: Path) -> None:
 
 
 def test_configured_admin_token_is_used_and_not_written(tmp_path: Path) -> None:
+    auth.write_secret(tmp_path / "admin_token", "generated-by-an-earlier-run")
     a = auth.Auth.from_settings(Settings(run_dir=tmp_path, admin_token="s3cret-token"))
     assert a.is_admin("s3cret-token") and not a.is_admin("s3cret-tokeN") and not a.is_admin(None)
     assert not (tmp_path / "admin_token").exists()

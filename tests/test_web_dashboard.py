@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from webfixtures import Server, job_status, server, wait_for  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(180)

@@ -3,11 +3,10 @@ is full (nothing half-created), and the health / metrics endpoints."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import openai
 import pytest
-
 from webfixtures import Server, job_status, serve, wait_for
 
 pytestmark = pytest.mark.timeout(120)

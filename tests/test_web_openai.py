@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-
 from webfixtures import Server, job_status, server, wait_for  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(180)
@@ -168,3 +167,11 @@ def test_non_stream_disconnect_cancels_the_job(server: Server) -> None:  # noqa:
 
         job = wait_for(cancelled, 15, what="the abandoned job to be cancelled")
         assert "client disconnected" in job["error"]
+
+
+def test_native_jobs_take_the_same_sampling_fields(server: Server) -> None:  # noqa: F811
+    with server.client() as c:
+        body = {"prompt": "p", "max_tokens": 2, "top_k": 3, "seed": 1, "top_p": 0.5, "ignore_eos": True, "min_tokens": 1}
+        job = c.post("/v1/jobs", json=body).json()
+    assert {k: job["params"][k] for k in ("top_k", "seed", "top_p", "ignore_eos", "min_tokens")} == {
+        "top_k": 3, "seed": 1, "top_p": 0.5, "ignore_eos": True, "min_tokens": 1}

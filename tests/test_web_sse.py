@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
-
 from webfixtures import Server, job_status, server, wait_for  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(120)
@@ -124,3 +123,16 @@ def test_global_feed(server: Server) -> None:  # noqa: F811
     assert statuses[0] == "queued" and statuses[-1] == "succeeded" and "running" in statuses
     assert seen[-1]["output_tail"].startswith("feed me")
     assert engines_events >= 1
+
+
+def test_long_poll_answers_when_the_job_ends(server: Server) -> None:  # noqa: F811
+    with server.client() as c:
+        job = c.post("/v1/jobs", json={"prompt": "slowish [sim:slow=0.02]", "max_tokens": 20}).json()
+        done = c.get(f"/v1/jobs/{job['id']}", params={"wait_s": 20}).json()
+        assert done["status"] == "succeeded" and done["tokens"] == 20
+        hang = c.post("/v1/jobs", json={"prompt": "[sim:hang]", "deadline_s": 30}).json()
+        still = c.get(f"/v1/jobs/{hang['id']}", params={"wait_s": 0.3}).json()
+        assert still["status"] in ("queued", "running")  # answered at wait_s
+        c.post(f"/admin/jobs/{hang['id']}/kill", headers=server.admin)
+        assert c.get(f"/v1/jobs/{hang['id']}", params={"wait_s": 20}).json()["status"] == "cancelled"
+        assert c.get(f"/v1/jobs/{hang['id']}", params={"wait_s": 61}).status_code == 422

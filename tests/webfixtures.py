@@ -8,12 +8,12 @@ server generated into ``<run-dir>/admin_token``.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
-
 from serverfixtures import LiveServer, finish_server, start_server
 
 

@@ -10,11 +10,11 @@ from supervisor.service import Supervisor
 from supervisor.settings import Settings
 
 
-def get_supervisor(request: Request) -> Supervisor:
+async def get_supervisor(request: Request) -> Supervisor:  # async: no thread hop per request
     return request.app.state.supervisor
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.supervisor.settings
 
 

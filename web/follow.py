@@ -9,8 +9,9 @@ lost) restarts the output at token seq 0. A consumer that fell too far behind ge
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator, Literal
+from typing import Literal
 
 from supervisor.jobs import Job, JobStatus
 from supervisor.service import Supervisor

@@ -8,7 +8,8 @@ keeps working on a body of known, bounded size.
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from web.errors import error_body
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -28,7 +29,8 @@ def job_out(job: Job, principal: Principal) -> JobOut:
 @router.post("", status_code=202, response_model=JobOut, responses=errors(*AUTH, 413, 422, 429))
 async def submit_job(body: JobCreate, sup: SupervisorDep, principal: PrincipalDep, response: Response) -> JobOut:
     check_job_limits(sup.settings, body.prompt, body.max_tokens, body.deadline_s)
-    extra = {k: v for k, v in (("top_p", body.top_p), ("top_k", body.top_k), ("seed", body.seed)) if v is not None}
+    extra = {k: getattr(body, k) for k in ("top_p", "top_k", "seed", "ignore_eos", "min_tokens")
+             if getattr(body, k) is not None}
     submitted = sup.submit(
         JobRequest(
             prompt=body.prompt, max_tokens=body.max_tokens, temperature=body.temperature, stop=tuple(body.stop or ()),
@@ -55,8 +57,19 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=errors(*AUTH, 404, 422))
-async def get_job(job_id: str, sup: SupervisorDep, principal: PrincipalDep) -> JobOut:
-    return job_out(visible(sup.get(job_id), principal), principal)
+async def get_job(
+    job_id: str,
+    sup: SupervisorDep,
+    principal: PrincipalDep,
+    wait_s: Annotated[float, Query(ge=0, le=60, description="long-poll: answer when the job ends, or after this")] = 0,
+) -> JobOut:
+    job = visible(sup.get(job_id), principal)
+    if wait_s > 0 and not job.status.terminal:
+        try:
+            job = await sup.wait(job_id, wait_s)
+        except TimeoutError:
+            job = sup.get(job_id)
+    return job_out(job, principal)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, status_code=202, responses=errors(*AUTH, 404, 422))

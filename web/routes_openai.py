@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
@@ -27,8 +28,19 @@ from web.errors import OpenAIHTTPError
 from web.follow import TextTracker, follow
 from web.limits import check_job_limits
 from web.openai_schemas import (
-    AssistantMessage, ChatChoice, ChatCompletionRequest, ChatCompletionResponse, CompletionChoice,
-    CompletionRequest, CompletionResponse, LlmsupInfo, ModelCard, ModelList, OpenAIError, Usage, _Sampling,
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    LlmsupInfo,
+    ModelCard,
+    ModelList,
+    OpenAIError,
+    Usage,
+    _Sampling,
 )
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -136,12 +148,15 @@ async def _wait(sup: Supervisor, request: Request, job_id: str) -> Job:
     try:
         await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        if not waiter.done():
+        gone.cancel()
+        finished = waiter.done() and not waiter.cancelled()
+        if not finished:  # the client left (or the server is stopping): nobody wants this job any more
             waiter.cancel()
             if sup.settings.cancel_on_disconnect:
                 sup.cancel(job_id, note=DISCONNECT_NOTE)
-        gone.cancel()
-    job = waiter.result() if not waiter.cancelled() else sup.get(job_id)
+    if not finished:
+        return sup.get(job_id)  # the answer goes nowhere
+    job = waiter.result()
     _raise_for(job)
     return job
 

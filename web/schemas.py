@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -12,7 +12,7 @@ from supervisor.jobs import Job, JobStatus
 
 
 def iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z") if ts else None
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z") if ts else None
 
 
 def _is_int_field(annotation: Any) -> bool:
@@ -51,6 +51,8 @@ class JobCreate(JSONModel):
     top_p: Annotated[float | None, Field(gt=0, le=1)] = None
     top_k: Annotated[int | None, Field(ge=0, le=100_000)] = None
     seed: Annotated[int | None, Field(ge=0, le=2**53 - 1)] = None
+    ignore_eos: bool | None = None
+    min_tokens: Annotated[int | None, Field(ge=0, le=1_000_000)] = None
 
 
 class EngineRefOut(BaseModel):
