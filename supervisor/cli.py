@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -65,8 +66,9 @@ def serve(
 
 
 def _client(url: str | None, run_dir: Path | None, admin: bool = False) -> httpx.Client:
+    """An HTTP client with the credentials found for this server (the admin token also opens job routes)."""
     headers = {}
-    token = find_admin_token(run_dir=run_dir) if admin else None
+    token = find_admin_token(run_dir=run_dir) or os.environ.get("LLMSUP_API_KEY")
     if token:
         headers["Authorization"] = f"Bearer {token}"
     return httpx.Client(base_url=find_url(url, run_dir), headers=headers, timeout=30)

@@ -20,6 +20,7 @@ from typing import Any
 
 import ipyparallel as ipp
 
+from supervisor.aio import within
 from supervisor.leftovers import ProcessLedger
 from supervisor.settings import Settings
 
@@ -100,7 +101,7 @@ class ClusterManager:
             return
         try:
             fut = self.client.shutdown(targets=engine_ids, block=False)
-            await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+            await within(asyncio.wrap_future(fut), timeout)
         except Exception as exc:  # stop_cluster below still stops them
             log.debug("engine shutdown request: %s", exc)
 
@@ -110,7 +111,7 @@ class ClusterManager:
             self.client = None
         if self.cluster is not None:
             try:
-                await asyncio.wait_for(self.cluster.stop_cluster(), timeout=30)
+                await within(self.cluster.stop_cluster(), timeout=30)
             except Exception as exc:  # leftovers are killed by the ledger below
                 log.warning("stopping cluster: %s", exc)
             self.cluster = None

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engines import batch, placement, runtime
+from supervisor.aio import within
 from supervisor.batching import ControlChannel
 from supervisor.cluster import ClusterManager, kill_engine_process
 from supervisor.leftovers import ProcessLedger
@@ -90,7 +91,7 @@ class EngineManager:
 
     async def _adopt(self, eid: int) -> None:
         try:
-            ident = await asyncio.wait_for(asyncio.wrap_future(self.cluster.apply(eid, runtime.identity)), 60)
+            ident = await within(asyncio.wrap_future(self.cluster.apply(eid, runtime.identity)), 60)
             set_id = ident.get("engine_set", "")
             gpu = self._gpu_for(ident, set_id)
             config = dict(self.engine_config, engine_id=eid, gpu=gpu)
@@ -106,7 +107,7 @@ class EngineManager:
                 if ident.get("nanny_pid"):  # its own session: stopping the engine's group misses it
                     self.ledger.record(f"nanny:{set_id}", int(ident["nanny_pid"]))
             t0 = time.monotonic()
-            ident = await asyncio.wait_for(
+            ident = await within(
                 asyncio.wrap_future(self.cluster.apply(eid, runtime.init_engine, config)),
                 self.settings.engine_start_timeout_s,
             )
@@ -179,7 +180,7 @@ class EngineManager:
             kill_engine_process(engine.pid)
         else:
             try:
-                await asyncio.wait_for(asyncio.wrap_future(self.cluster.send_signal(engine.id, signal.SIGKILL)), 10)
+                await within(asyncio.wrap_future(self.cluster.send_signal(engine.id, signal.SIGKILL)), 10)
             except Exception as exc:  # remote kill failed: the heartbeat will find it
                 log.error("%s remote SIGKILL failed: %s", engine.tag(), exc)
         self.on_lost(engine, f"engine killed ({reason})", True)
@@ -196,11 +197,11 @@ class EngineManager:
         if engine.serving is not None and not engine.serving.done() and self.control is not None:
             self.control.send(engine.id, {"op": "stop"})  # the serving loop answers what it holds, then returns
             try:
-                await asyncio.wait_for(asyncio.shield(engine.serving), timeout)
+                await within(asyncio.shield(engine.serving), timeout)
             except Exception as exc:  # release below still runs; stop kills if it must
                 log.warning("%s serving loop did not stop: %s", engine.tag(), exc)
         try:
-            await asyncio.wait_for(asyncio.wrap_future(self.cluster.apply(engine.id, runtime.release_engine)), timeout)
+            await within(asyncio.wrap_future(self.cluster.apply(engine.id, runtime.release_engine)), timeout)
         except Exception as exc:  # the stop below still runs; kill if it must
             log.warning("%s release failed: %s", engine.tag(), exc)
 
@@ -232,12 +233,13 @@ class EngineManager:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def stop(self) -> None:
-        """Release every engine's backend, then stop them all (busy ones are killed)."""
+    async def stop(self, busy_ids: set[int] | frozenset[int] = frozenset()) -> None:
+        """Release every idle engine's backend, then stop them all; engines that were running jobs
+        (``busy_ids``: those jobs are already back in the queue) are killed, not waited for."""
         self._stopping = True
         for task in list(self._tasks):
             task.cancel()
-        busy = [e for e in self.pool if e.jobs or e.state is not EngineState.IDLE]
+        busy = [e for e in self.pool if e.id in busy_ids or e.jobs or e.state is not EngineState.IDLE]
         idle = [e for e in self.pool if e not in busy]
         for engine in busy:
             if self.is_local(engine) and engine.set_id:

@@ -19,6 +19,7 @@ import zmq.asyncio
 
 from engines import runtime
 from supervisor import outcomes
+from supervisor.aio import within
 from supervisor.batching import ControlChannel
 from supervisor.cluster import ClusterManager
 from supervisor.engine_admin import EngineAdmin
@@ -120,11 +121,12 @@ class Supervisor(EngineAdmin):
             return
         self._stopping = True
         now = self.clock()
+        busy = {run.engine.id for run in self._running.values()}
         for run in list(self._running.values()):
             # at-least-once: whatever was running goes back to the queue (the attempt is counted)
             self._settle(run, Settlement(Q, requeue_reason="supervisor stopped"), now=now)
         if hasattr(self, "engines"):
-            await self.engines.stop()
+            await self.engines.stop(busy)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -153,11 +155,8 @@ class Supervisor(EngineAdmin):
 
     # public API ----------------------------------------------------------------------
     def submit(self, req: JobRequest) -> Submitted:
+        """Validate and queue a job; a repeated idempotency key returns the job it created."""
         s = self.settings
-        if req.idempotency_key is not None:
-            existing = self.store.by_key(req.idempotency_key)
-            if existing is not None:
-                return Submitted(self._view(existing), created=False)
         if not req.prompt:
             raise InvalidRequest("prompt must not be empty")
         if len(req.prompt) > s.max_prompt_chars:
@@ -168,15 +167,18 @@ class Supervisor(EngineAdmin):
         max_tokens = req.max_tokens if req.max_tokens is not None else s.default_max_tokens
         if not 1 <= max_tokens <= s.max_tokens_limit:
             raise InvalidRequest(f"max_tokens must be in [1, {s.max_tokens_limit}]")
-        queued = self.store.counts()[Q]
-        if queued >= s.queue_max:
-            raise QueueFull(s.queue_max, retry_after_s=max(1.0, deadline / 4))
         try:
             params = JobParams.from_dict(
                 {**req.extra, "max_tokens": max_tokens, "temperature": req.temperature, "stop": req.stop}
             )
         except TypeError as exc:
             raise InvalidRequest(str(exc)) from None
+        if req.idempotency_key is not None:
+            existing = self.store.by_key(req.idempotency_key)
+            if existing is not None:
+                return Submitted(self._view(existing), created=False)
+        if self.store.count(Q) >= s.queue_max:
+            raise QueueFull(s.queue_max, retry_after_s=max(1.0, deadline / 4))
         job = Job(
             prompt=req.prompt, params=params, deadline_s=deadline,
             queue_timeout_s=req.queue_timeout_s or s.queue_timeout_s, priority=req.priority,
@@ -225,7 +227,7 @@ class Supervisor(EngineAdmin):
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(fut)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return await within(asyncio.shield(fut), timeout)
         finally:
             waiters = self._waiters.get(job_id, [])
             if fut in waiters:
@@ -236,11 +238,11 @@ class Supervisor(EngineAdmin):
 
     # dispatch ----------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             self.dispatch_ready(self.clock())
             try:
-                await asyncio.wait_for(self._wake.wait(), 0.25)
+                await within(self._wake.wait(), 0.25)
             except TimeoutError:
                 pass
 
@@ -441,13 +443,13 @@ class Supervisor(EngineAdmin):
             await asyncio.sleep(period)
 
     def expire_queued(self, now: float) -> int:
+        """Queued jobs that waited past their queue timeout end ``expired``."""
         expired = 0
-        for job in self.store.list([Q], limit=100_000):
-            if now - job.created_at > job.queue_timeout_s:
-                new = transition(job, JobStatus.EXPIRED, now, error=f"waited more than {job.queue_timeout_s}s in the queue")
-                self.store.put(new)
-                self._finished(new)
-                expired += 1
+        for job in self.store.expired(now, limit=1000):
+            new = transition(job, JobStatus.EXPIRED, now, error=f"waited more than {job.queue_timeout_s}s in the queue")
+            self.store.put(new)
+            self._finished(new)
+            expired += 1
         return expired
 
     def _update_gauges(self) -> None:

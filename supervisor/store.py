@@ -49,8 +49,18 @@ class JobStore(Protocol):
     def counts(self) -> dict[JobStatus, int]:
         """Number of jobs in each status."""
 
+    def count(self, status: JobStatus) -> int:
+        """Number of jobs in one status (cheap: used on every submit)."""
+
+    def expired(self, now: float, limit: int) -> list[Job]:
+        """Queued jobs whose queue timeout (created_at + queue_timeout_s) has passed at ``now``."""
+
     def close(self) -> None:
         """Release the storage."""
+
+
+def _expires_at(job: Job) -> float:
+    return job.created_at + job.queue_timeout_s
 
 
 def _order_key(job: Job) -> tuple[int, int]:
@@ -107,6 +117,13 @@ class MemoryStore:
             out[j.status] += 1
         return out
 
+    def count(self, status: JobStatus) -> int:
+        return sum(1 for j in self._jobs.values() if j.status is status)
+
+    def expired(self, now: float, limit: int) -> list[Job]:
+        due = [j for j in self._jobs.values() if j.status is JobStatus.QUEUED and _expires_at(j) <= now]
+        return sorted(due, key=lambda j: j.seq)[:limit]
+
     def close(self) -> None:
         return None
 
@@ -118,12 +135,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     status TEXT NOT NULL,
     priority INTEGER NOT NULL,
     not_before REAL NOT NULL,
+    expires_at REAL NOT NULL,
     owner TEXT,
     idempotency_key TEXT UNIQUE,
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (status, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq);
+CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (status, expires_at);
 """
 
 
@@ -135,20 +154,29 @@ class SQLiteStore:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
         self._db.executescript(SCHEMA)
         row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
         self._seq = itertools.count(int(row[0]) + 1)
 
+    def _migrate(self) -> None:
+        """Bring a store written by an older llmsup up to this schema."""
+        cols = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if cols and "expires_at" not in cols:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN expires_at REAL NOT NULL DEFAULT 0")
+            for job_id, data in self._db.execute("SELECT id, data FROM jobs").fetchall():
+                self._db.execute("UPDATE jobs SET expires_at=? WHERE id=?", (_expires_at(Job.from_dict(json.loads(data))), job_id))
+
     @staticmethod
     def _row(job: Job) -> tuple[object, ...]:
-        return (job.status.value, job.priority, job.not_before, job.owner, json.dumps(job.to_dict()))
+        return (job.status.value, job.priority, job.not_before, _expires_at(job), job.owner, json.dumps(job.to_dict()))
 
     def add(self, job: Job) -> Job:
         job = job.with_changes(seq=next(self._seq))
         try:
             self._db.execute(
-                "INSERT INTO jobs (status, priority, not_before, owner, data, id, seq, idempotency_key)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (status, priority, not_before, expires_at, owner, data, id, seq, idempotency_key)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*self._row(job), job.id, job.seq, job.idempotency_key),
             )
         except sqlite3.IntegrityError:
@@ -160,7 +188,7 @@ class SQLiteStore:
 
     def put(self, job: Job) -> None:
         cur = self._db.execute(
-            "UPDATE jobs SET status=?, priority=?, not_before=?, owner=?, data=? WHERE id=?",
+            "UPDATE jobs SET status=?, priority=?, not_before=?, expires_at=?, owner=?, data=? WHERE id=?",
             (*self._row(job), job.id),
         )
         if cur.rowcount != 1:
@@ -204,6 +232,15 @@ class SQLiteStore:
         for status, n in self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
             out[JobStatus(status)] = n
         return out
+
+    def count(self, status: JobStatus) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (status.value,)).fetchone()[0])
+
+    def expired(self, now: float, limit: int) -> list[Job]:
+        rows = self._db.execute(
+            "SELECT data FROM jobs WHERE status='queued' AND expires_at<=? ORDER BY seq LIMIT ?", (now, limit)
+        ).fetchall()
+        return [Job.from_dict(json.loads(r[0])) for r in rows]
 
     def close(self) -> None:
         self._db.close()

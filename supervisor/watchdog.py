@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from engines import runtime
+from supervisor.aio import within
 from supervisor.cluster import ClusterManager
 from supervisor.jobs import JobStatus
 from supervisor.metrics import Metrics
@@ -95,7 +96,7 @@ class Watchdog:
         try:
             # Wait for the nanny's answer: the signal has then been delivered, so it
             # cannot arrive late, after the engine has moved on to another job.
-            await asyncio.wait_for(
+            await within(
                 asyncio.wrap_future(self.cluster.send_signal(engine.id, signal.SIGINT)),
                 self.settings.kill_grace_s,
             )
@@ -155,7 +156,7 @@ async def _wait(event: asyncio.Event, timeout: float) -> bool:
     if event.is_set():
         return True
     try:
-        await asyncio.wait_for(event.wait(), max(0.0, timeout))
+        await within(event.wait(), max(0.0, timeout))
         return True
     except TimeoutError:
         return False

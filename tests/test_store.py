@@ -80,3 +80,14 @@ def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     b = s2.add(Job(prompt="b"))
     assert b.seq > a.seq
     s2.close()
+
+
+def test_count_and_expired(store: JobStore) -> None:
+    a = store.add(Job(prompt="a", created_at=100.0, queue_timeout_s=10))
+    b = store.add(Job(prompt="b", created_at=100.0, queue_timeout_s=50))
+    assert store.count(JobStatus.QUEUED) == 2 and store.count(JobStatus.RUNNING) == 0
+    assert store.expired(now=109.0, limit=10) == []
+    assert [j.id for j in store.expired(now=110.0, limit=10)] == [a.id]
+    assert [j.id for j in store.expired(now=200.0, limit=10)] == [a.id, b.id]
+    store.put(transition(a, JobStatus.RUNNING, 105.0, engine=EngineRef(1, "h", 2, "")))
+    assert [j.id for j in store.expired(now=200.0, limit=10)] == [b.id]
