@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from supervisor.metrics import Metrics
 from supervisor.pool import Engine, EngineState
 from supervisor.running import RunningJob
 from supervisor.settings import Settings
+from supervisor.signals import interrupt_main_thread
 
 log = logging.getLogger("llmsup.watchdog")
 
@@ -87,7 +87,7 @@ class Watchdog:
         engine = run.engine
         if self.uses_direct_signal(engine):
             try:
-                os.kill(engine.pid, signal.SIGINT)
+                interrupt_main_thread(engine.pid)
             except ProcessLookupError:
                 pass
             self._log(run, "sigint", "path=direct")

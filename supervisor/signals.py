@@ -1,0 +1,30 @@
+"""Signals to engine processes on this host.
+
+SIGINT goes to the engine's *main thread* (``tgkill(pid, pid, SIGINT)``; a
+process's main thread id is its pid), not to the process: a process-directed
+signal may be taken by any of the engine's helper threads, and then the main
+thread, blocked in a poll, only sees it when the next message arrives — a
+late interrupt that would hit whatever runs next. Falls back to ``os.kill``
+where tgkill is not available.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+_SYS_TGKILL = {"x86_64": 234, "aarch64": 131}.get(os.uname().machine)
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def interrupt_main_thread(pid: int, sig: int = signal.SIGINT) -> None:
+    """Send ``sig`` to the main thread of process ``pid`` (raises ProcessLookupError if it is gone)."""
+    if _libc is not None and _SYS_TGKILL is not None:
+        if _libc.syscall(_SYS_TGKILL, pid, pid, sig) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == 3:  # ESRCH
+            raise ProcessLookupError(pid)
+    os.kill(pid, sig)
