@@ -166,7 +166,10 @@ class BatchServer:
             if req is None:
                 continue
             req.tokens += out.new_tokens
-            if out.text:
+            if out.text or out.new_tokens:
+                # A step that made tokens but no text yet (the detokenizer holds an incomplete UTF-8 sequence
+                # back) still sends a piece, empty: a client sees the request progress from its first token on,
+                # as with vLLM's own server (which streams one chunk per step, empty text included).
                 self._send([req.key.encode(), str(len(req.pieces)).encode(), out.text.encode()])
                 req.pieces.append(out.text)
             if out.finished:

@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Any
 
+from engines.chat_template import chat_info
 from engines.detokenize import TextAssembler
 from engines.modelpath import resolve_model
 from engines.protocol import Generation, GenParams, TokenCallback
@@ -142,4 +143,5 @@ class TransformersBackend:
             "threads": self.threads,
             "max_len": self.max_len,
             "load_s": round(self.load_s, 2),
+            **(chat_info(self.tokenizer) if self.tokenizer is not None else {}),
         }

@@ -237,4 +237,15 @@ class VLLMBackend:
             "llm_args": kwargs,
             "load_s": round(self.load_s, 2),
             "dead": self.dead,
+            **self._chat_info(),
         }
+
+    def _chat_info(self) -> dict[str, Any]:
+        from engines.chat_template import chat_info
+
+        if self.llm is None:
+            return {}
+        try:
+            return chat_info(self.llm.get_tokenizer())
+        except Exception:  # a tokenizer without a template: the front end uses its default
+            return {}

@@ -1,15 +1,14 @@
 """Chat messages -> one prompt. The seam for real chat templates.
 
-``template_for(sup)`` picks the template: today always :class:`SimpleTemplate`. A backend that knows its
-model's chat template (vLLM / transformers tokenizers do) can publish it later in its ``describe()`` dict
-(e.g. a ``chat_template`` entry) and a template class wrapping it plugs in here; routes only call
-``render``.
+``template_for(sup)`` picks the template: the model's own (transformers and vLLM backends publish their
+tokenizer's ``chat_template`` in ``describe()``), else :class:`SimpleTemplate`; routes only call ``render``.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from supervisor.requests import InvalidRequest
 from supervisor.service import Supervisor
 from web.openai_schemas import ChatMessage
 
@@ -31,5 +30,42 @@ class SimpleTemplate:
         return "\n".join(lines)
 
 
+class ModelTemplate:
+    """The model's own Jinja chat template (published by the engines' backend), rendered in a sandbox
+    the way Hugging Face tokenizers render it."""
+
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = "") -> None:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = _raise
+        self.template = env.from_string(source)
+        self.special = {"bos_token": bos_token, "eos_token": eos_token}
+
+    def render(self, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
+        from jinja2 import TemplateError
+
+        plain = [{"role": m.role, "content": m.text} for m in messages]
+        try:
+            return self.template.render(messages=plain, add_generation_prompt=add_generation_prompt, **self.special)
+        except (TemplateError, ValueError, TypeError) as exc:  # the model's template refused these messages
+            raise InvalidRequest(f"messages rejected by the model's chat template: {exc}") from None
+
+
+def _raise(message: str) -> None:
+    raise ValueError(message)
+
+
 def template_for(sup: Supervisor) -> ChatTemplate:
+    """The serving model's chat template when an engine published one, else ``Role: content`` lines."""
+    for engine in sup.pool:
+        info = engine.backend
+        if info.get("chat_template"):
+            key = info["chat_template"]
+            if key not in _CACHE:
+                _CACHE[key] = ModelTemplate(key, info.get("bos_token", ""), info.get("eos_token", ""))
+            return _CACHE[key]
     return SimpleTemplate()
+
+
+_CACHE: dict[str, ModelTemplate] = {}
