@@ -12,7 +12,6 @@ import itertools
 import json
 import logging
 import os
-import signal
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -133,15 +132,3 @@ def _remove_stale_connection_files(profile_dir: Path) -> None:
     security = profile_dir / "security"
     for path in [*security.glob("ipcontroller-llmsup-*.json"), security / "cluster-llmsup.json"]:
         path.unlink(missing_ok=True)
-
-
-def kill_engine_process(pid: int) -> None:
-    """SIGKILL an engine on this host and every process in its group (children of its task)."""
-    try:
-        pgid = os.getpgid(pid)
-        if pgid == pid and pgid != os.getpgid(0):
-            os.killpg(pgid, signal.SIGKILL)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

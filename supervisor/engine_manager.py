@@ -12,11 +12,12 @@ from typing import Any
 from engines import batch, placement, runtime
 from supervisor.aio import within
 from supervisor.batching import ControlChannel
-from supervisor.cluster import ClusterManager, kill_engine_process
+from supervisor.cluster import ClusterManager
 from supervisor.leftovers import ProcessLedger
 from supervisor.metrics import Metrics
 from supervisor.pool import Engine, EnginePool, EngineState
 from supervisor.settings import Settings
+from supervisor.signals import kill_group
 
 log = logging.getLogger("llmsup.engines")
 
@@ -177,7 +178,7 @@ class EngineManager:
             return
         engine.state = EngineState.RESTARTING
         if self.is_local(engine):
-            kill_engine_process(engine.pid)
+            kill_group(engine.pid)
         else:
             try:
                 await within(asyncio.wrap_future(self.cluster.send_signal(engine.id, signal.SIGKILL)), 10)
@@ -210,7 +211,7 @@ class EngineManager:
         self.metrics.engine_restarts.labels(reason).inc()
         engine.state = EngineState.DEAD
         if engine.set_id and self.is_local(engine):
-            kill_engine_process(engine.pid)  # never leave it running beside its replacement
+            kill_group(engine.pid)  # never leave it running beside its replacement
         self.pool.remove(engine.id)
         steps = []
         if engine.set_id:
@@ -243,7 +244,7 @@ class EngineManager:
         idle = [e for e in self.pool if e not in busy]
         for engine in busy:
             if self.is_local(engine) and engine.set_id:
-                kill_engine_process(engine.pid)
+                kill_group(engine.pid)
         await asyncio.gather(*(self._release(e, timeout=15) for e in idle))
         if idle and self.cluster.local:
             await self.cluster.shutdown_engines([e.id for e in idle])

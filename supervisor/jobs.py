@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+from engines.protocol import GenParams
+
 
 class JobStatus(str, Enum):
     QUEUED = "queued"  # waiting for an engine slot (also after an engine was lost)
@@ -39,23 +41,7 @@ class EngineRef:
         return cls(**data) if data else None
 
 
-@dataclass(frozen=True)
-class JobParams:
-    max_tokens: int = 64
-    temperature: float = 0.0
-    stop: tuple[str, ...] = ()
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    ignore_eos: bool = False
-    min_tokens: int = 0
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "JobParams":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        if "stop" in known:
-            known["stop"] = tuple(known["stop"] or ())
-        return cls(**known)
+JobParams = GenParams  # sampling parameters: the same record the engines receive
 
 
 def new_job_id() -> str:

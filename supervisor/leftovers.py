@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 from pathlib import Path
 
 import psutil
+
+from supervisor.signals import kill_group
 
 log = logging.getLogger("llmsup.leftovers")
 
@@ -41,7 +42,7 @@ class ProcessLedger:
         """Kill a recorded process (if it is still the same process) and forget it."""
         ident = self.entries.get(name)
         if ident and _alive(ident):
-            _kill_group(int(ident["pid"]))
+            kill_group(int(ident["pid"]))
         self.forget(name)
 
     def claim(self) -> list[str]:
@@ -57,7 +58,7 @@ class ProcessLedger:
                 raise RuntimeError(f"run directory in use by a running supervisor (pid {owner['pid']})")
             for name, ident in (data.get("processes") or {}).items():
                 if _alive(ident):
-                    _kill_group(int(ident["pid"]))
+                    kill_group(int(ident["pid"]))
                     killed.append(f"{name}:{ident['pid']}")
         self.entries = {}
         self._write()
@@ -86,15 +87,3 @@ def _alive(ident: dict) -> bool:
         return abs(proc.create_time() - float(ident["create_time"])) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.Error, KeyError, ValueError, TypeError):
         return False
-
-
-def _kill_group(pid: int) -> None:
-    """SIGKILL the process group led by ``pid`` (or the pid alone if it leads none)."""
-    try:
-        pgid = os.getpgid(pid)
-        if pgid == pid and pgid != os.getpgid(0):
-            os.killpg(pgid, signal.SIGKILL)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

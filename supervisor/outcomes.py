@@ -13,6 +13,10 @@ from supervisor.running import RunningJob
 Q = JobStatus.QUEUED
 
 
+class DispatchFailed(RuntimeError):
+    """The job never reached its engine (it left the cluster, or its control channel is gone)."""
+
+
 @dataclass(frozen=True)
 class Settlement:
     status: JobStatus  # QUEUED means: back to the queue

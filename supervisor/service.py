@@ -240,7 +240,10 @@ class Supervisor(EngineAdmin):
     async def _dispatch_loop(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            self.dispatch_ready(self.clock())
+            try:
+                self.dispatch_ready(self.clock())
+            except Exception:  # dispatch must go on: log, and try again at the next wake-up
+                log.exception("dispatch failed")
             try:
                 await within(self._wake.wait(), 0.25)
             except TimeoutError:
@@ -277,9 +280,13 @@ class Supervisor(EngineAdmin):
             msg = {"op": "submit", "key": run.key, "prompt": job.prompt, "params": spec["params"],
                    "deadline_s": job.deadline_s}
             if not self.control.send(engine.id, msg):
-                run.future.set_exception(RuntimeError(f"engine {engine.id} not reachable on its control channel"))
+                run.future.set_exception(outcomes.DispatchFailed(f"engine {engine.id} not reachable on its control channel"))
         else:
-            run.future = asyncio.wrap_future(self.cluster.apply(engine.id, runtime.run_job, spec))
+            try:
+                run.future = asyncio.wrap_future(self.cluster.apply(engine.id, runtime.run_job, spec))
+            except Exception as exc:  # the engine left the cluster before we noticed: the job goes back
+                run.future = loop.create_future()
+                run.future.set_exception(outcomes.DispatchFailed(f"engine {engine.id} gone at dispatch: {exc}"))
         run.future.add_done_callback(lambda fut, run=run: self._on_done(run, fut))
         run.deadline_timer = loop.call_later(job.deadline_s, self.watchdog.interrupt, run, JobStatus.TIMED_OUT)
         self._publish_status(job)
@@ -293,7 +300,7 @@ class Supervisor(EngineAdmin):
             return
         max_attempts = self.settings.max_attempts
         if exc is not None:
-            if isinstance(exc, RuntimeError) and "control channel" in str(exc):
+            if isinstance(exc, outcomes.DispatchFailed):  # never reached the engine: not an attempt
                 settlement = outcomes.lost(run, str(exc), max_attempts, charge=False)
             else:
                 settlement = outcomes.from_exception(exc, run, max_attempts)
@@ -409,14 +416,22 @@ class Supervisor(EngineAdmin):
     async def _token_loop(self) -> None:
         """Engines' token stream: [key, seq, text] pieces; [key, "done", result]; ["", "beat", info]."""
         while True:
-            key, kind, payload = await self._pull.recv_multipart()
+            frames = await self._pull.recv_multipart()
+            try:
+                self._on_stream_message(frames)
+            except (ValueError, UnicodeDecodeError) as exc:  # a malformed message must not stop the stream
+                log.warning("bad message on the token stream: %s", exc)
+
+    def _on_stream_message(self, frames: list[bytes]) -> None:
+        if len(frames) == 3:
+            key, kind, payload = frames
             if not key:
                 if kind == b"beat":
                     self._on_beat(payload)
-                continue
+                return
             run = self._by_stream_key.get(key.decode())
             if run is None:
-                continue
+                return
             if kind == b"done":
                 if run.future is not None and not run.future.done():
                     run.future.set_result(json.loads(payload))

@@ -28,3 +28,17 @@ def interrupt_main_thread(pid: int, sig: int = signal.SIGINT) -> None:
         if err == 3:  # ESRCH
             raise ProcessLookupError(pid)
     os.kill(pid, sig)
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group led by ``pid`` (its children die too), or the pid alone if it leads none.
+
+    Never our own group: an engine started without a session of its own shares it."""
+    try:
+        pgid = os.getpgid(pid)
+        if pgid == pid and pgid != os.getpgid(0):
+            os.killpg(pgid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

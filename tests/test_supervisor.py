@@ -189,3 +189,20 @@ async def test_streamed_output_visible_while_running(sup: Supervisor) -> None:
     assert partial.status is S.RUNNING and partial.output.startswith("stream me")
     sup.cancel(job.id)
     assert (await sup.wait(job.id, 10)).status is S.CANCELLED
+
+
+@pytest.mark.settings(engines=1)
+async def test_dispatch_to_an_engine_that_left_requeues_without_charge(sup: Supervisor) -> None:
+    """The controller dropped an engine before the pool noticed: the job goes back, uncharged, and runs."""
+    from supervisor.pool import Engine, EngineState
+
+    real = next(iter(sup.pool))
+    ghost = Engine(id=999, host="gone", host_key="elsewhere", pid=2**22 + 1, pgid=2**22 + 1, gpu="", set_id="",
+                   state=EngineState.IDLE)
+    sup.pool.add(ghost)
+    sup.drain_engine(real.id)
+    job = submit(sup, "hello", max_tokens=3)
+    await until(lambda: 999 not in sup.pool.engines)
+    sup.drain_engine(real.id, drain=False)
+    job = await sup.wait(job.id, 30)
+    assert job.status is S.SUCCEEDED and job.attempts == 1 and job.engine.id != 999
