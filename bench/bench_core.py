@@ -192,14 +192,15 @@ async def main(runs: int, escalation_runs: int) -> None:
             sup = Supervisor(settings(tmp / f"int-{path}", signal_path=path))
             await sup.start()
             try:
-                for load in ("idle", "saturated"):
-                    if load == "saturated":
-                        with saturate():
-                            settled, nxt = await interrupt_latency(sup, runs)
-                            raw = await raw_send_signal(sup, runs) if path == "ipp" else None
-                    else:
+                loads = ("idle", "saturated, own sessions", "saturated, supervisor's session")
+                for load in loads:
+                    if load == "idle":
                         settled, nxt = await interrupt_latency(sup, runs)
                         raw = await raw_send_signal(sup, runs) if path == "ipp" else None
+                    else:
+                        with saturate(same_session=load.endswith("supervisor's session")):
+                            settled, nxt = await interrupt_latency(sup, runs)
+                            raw = await raw_send_signal(sup, runs) if path == "ipp" else None
                     lat_rows.append(row(f"{load}, SIGINT {path}: deadline -> job settled", settled))
                     lat_rows.append(row(f"{load}, SIGINT {path}: deadline -> next job started", nxt))
                     if raw:

@@ -11,10 +11,13 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def saturate(n: int | None = None) -> Iterator[None]:
+def saturate(n: int | None = None, same_session: bool = True) -> Iterator[None]:
+    """Spin every core. ``same_session``: the spinners share the supervisor's session (and so its
+    scheduling autogroup, FACTS.md): the worst case, where the supervisor's own timers starve; otherwise
+    each runs in a session of its own, like other services on the host."""
     n = n or os.cpu_count() or 2
-    # same session as the benchmark (autogroup scheduling would otherwise shield us: FACTS.md)
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=not same_session)
+             for _ in range(n)]
     try:
         yield
     finally:

@@ -163,6 +163,8 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     if rt is None:
         return {"outcome": "error", "error": "engine not initialised", "transient": True, "text": "", "tokens": 0}
     emitter = JobEmitter(spec["job_id"], rt.stream)
+    if rt.stream is not None:  # the task is running: from now on a SIGINT reaches it (not the idle kernel)
+        rt.stream.send_raw([spec["job_id"].encode(), b"start", b""])
     params = GenParams.from_dict(spec.get("params", {}))
     t0 = time.monotonic()
     try:

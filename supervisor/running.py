@@ -24,6 +24,7 @@ class RunningJob:
     killed: bool = False  # the watchdog SIGKILLed its engine
     cancel_note: str = "cancelled by user"
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+    task_started: asyncio.Event = field(default_factory=asyncio.Event)  # the engine began running it
 
     @property
     def key(self) -> str:

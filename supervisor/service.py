@@ -432,7 +432,9 @@ class Supervisor(EngineAdmin):
             run = self._by_stream_key.get(key.decode())
             if run is None:
                 return
-            if kind == b"done":
+            if kind == b"start":
+                run.task_started.set()
+            elif kind == b"done":
                 if run.future is not None and not run.future.done():
                     run.future.set_result(json.loads(payload))
             elif run.add_piece(int(kind), payload.decode(), time.monotonic()):

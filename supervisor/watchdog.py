@@ -105,6 +105,13 @@ class Watchdog:
 
     async def _ladder(self, run: RunningJob) -> None:
         settings = self.settings
+        if not run.task_started.is_set():
+            # A SIGINT that reaches an engine before the task starts is swallowed by the idle kernel
+            # (FACTS.md: 4 of 30): wait until the engine says it runs the job (an overloaded engine
+            # may still be reading it), then interrupt.
+            await _wait_any(run.task_started, run.settled, settings.kill_grace_s)
+            if run.settled.is_set():
+                return
         t0 = time.monotonic()
         if run.future is not None and run.future.done():
             return  # the reply is already in: nothing to interrupt
@@ -150,6 +157,15 @@ class Watchdog:
 def _consume(fut: asyncio.Future) -> None:
     if not fut.cancelled():
         fut.exception()
+
+
+async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
+    waits = {asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())}
+    try:
+        await asyncio.wait(waits, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> bool:
