@@ -29,7 +29,7 @@ from engines.modelpath import resolve_model
 from engines.protocol import Generation, GenParams, StepOutput, TokenCallback
 from engines.sigdefer import DeferredSigint
 from engines.stopflag import StopFlag
-from engines.vllm_settings import llm_kwargs, vllm_env
+from engines.vllm_settings import cpu_threads, llm_kwargs, vllm_env
 
 log = logging.getLogger("llmsup.engine")
 _REQUEST_IDS = itertools.count()
@@ -55,6 +55,7 @@ class VLLMBackend:
         self.env: dict[str, str] = {}
         self.load_s = 0.0
         self.dead = False
+        self.threads: int | None = None
         self._stop = StopFlag()
         self._set_num_threads: Any = None  # torch's own, which vLLM's CPU worker replaces
 
@@ -66,7 +67,9 @@ class VLLMBackend:
         self.on_gpu = bool(self.config.get("gpu")) and torch.cuda.is_available()
         self.env = vllm_env(self.options, self.on_gpu, dict(os.environ))
         os.environ.update(self.env)
-        threads = self.config.get("threads")
+        threads = self.config.get("threads") or (
+            None if self.on_gpu else cpu_threads(int(self.config.get("engines_on_host") or 1)))
+        self.threads = threads
         if threads and not self.on_gpu:
             os.environ["OMP_NUM_THREADS"] = str(threads)  # vLLM then leaves torch's thread count alone
             torch.set_num_threads(int(threads))
@@ -236,6 +239,7 @@ class VLLMBackend:
             "env": dict(self.env),
             "llm_args": kwargs,
             "load_s": round(self.load_s, 2),
+            "threads": self.threads,
             "dead": self.dead,
             **self._chat_info(),
         }

@@ -99,6 +99,7 @@ class Settings(BaseSettings):
             "threads": self.engine_threads,
             "sim_token_s": self.sim_token_s,
             "options": dict(self.engine_options),
+            "engines_on_host": self.engines if self.cluster_file is None else 1,
         }
 
 

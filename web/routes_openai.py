@@ -231,7 +231,7 @@ def _stream(sup: Supervisor, request: Request, job: Job, make: Chunk, echo: str,
                 yield sse.PING
                 continue
             delta = tracker.update(u)
-            if delta:
+            if delta or u.kind == "token":  # one chunk per token, as vLLM sends (even while text is held back)
                 yield sse.event(make(delta))
             if u.status is not None and u.status.terminal:
                 final = u.job
