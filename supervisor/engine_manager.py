@@ -125,6 +125,9 @@ class EngineManager:
         engine.backend = ident.get("backend") or {}
         engine.rss_mb = ident.get("rss_mb", 0.0)
         log.info("%s loaded in %.2fs (%s)", engine.tag(), time.monotonic() - t0, engine.backend.get("backend"))
+        if engine.backend.get("tiny_random_model"):
+            log.warning("%s serves the tiny local model %s: RANDOM weights, its text is random (name a model "
+                        "with --model)", engine.tag(), engine.backend.get("model"))
         if engine.batched:
             self._start_serving(engine)  # ready when its loop says hello
         else:
