@@ -45,10 +45,9 @@ class EngineManager:
         self.on_lost = on_lost
         self.local_key = runtime.host_key()
         self._set_gpu: dict[str, str] = {}  # engine set -> its devices (local clusters)
-        self._adopting: dict[int, asyncio.Task] = {}
         self._known: set[int] = set()
         self._tasks: set[asyncio.Task] = set()
-        self._pending_sets: set[str] = set()
+        self._stopping = False
         self.control = control
         self.slots = settings.slots_per_engine or default_slots(engine_config.get("backend", "sim"))
         self.batched = self.slots > 1
@@ -60,7 +59,6 @@ class EngineManager:
     async def launch(self, gpu: str) -> str:
         set_id, start = self.cluster.launch_engine(gpu)
         self._set_gpu[set_id] = gpu
-        self._pending_sets.add(set_id)
         await start
         launcher = self.cluster.cluster.engines.get(set_id) if self.cluster.cluster else None
         for child in getattr(launcher, "launchers", {}).values():
@@ -83,7 +81,7 @@ class EngineManager:
         ids = self.cluster.engine_ids()
         for eid in sorted(ids - self._known):
             self._known.add(eid)
-            self._adopting[eid] = self._spawn(self._adopt(eid))
+            self._spawn(self._adopt(eid))
         for eid in sorted(self._known - ids):
             self._known.discard(eid)
             engine = self.pool.get(eid)
@@ -102,7 +100,6 @@ class EngineManager:
                 batched=self.batched,
             )
             self.pool.add(engine)
-            self._pending_sets.discard(set_id)
             if engine.set_id:
                 self.ledger.record(f"engine:{set_id}", engine.pid)
                 if ident.get("nanny_pid"):  # its own session: stopping the engine's group misses it
@@ -118,8 +115,6 @@ class EngineManager:
             if engine is not None:
                 await self.kill_and_replace(engine, "init_failed")
             return
-        finally:
-            self._adopting.pop(eid, None)
         if engine.state is not EngineState.STARTING:
             return
         engine.backend = ident.get("backend") or {}
@@ -228,8 +223,6 @@ class EngineManager:
     async def _stop_set(self, set_id: str) -> None:
         await self.cluster.stop_engine_set(set_id)
         self.ledger.kill(f"nanny:{set_id}")  # a nanny can hang in zmq term after its engine died
-
-    _stopping = False
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
         task = asyncio.ensure_future(coro)

@@ -470,8 +470,7 @@ class Supervisor(EngineAdmin):
         return expired
 
     def _update_gauges(self) -> None:
-        counts = self.store.counts()
-        self.metrics.queue_depth.set(counts[Q])
+        self.metrics.queue_depth.set(self.store.count(Q))  # indexed: this runs every health tick
         self.metrics.running.set(len(self._running))
         for state in EngineState:
             self.metrics.engines.labels(state.value).set(sum(1 for e in self.pool if e.state is state))
