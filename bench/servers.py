@@ -132,7 +132,7 @@ class LlmsupServe(Server):
         if engine_threads:
             env["LLMSUP_ENGINE_THREADS"] = str(engine_threads)
         env.update(extra_env or {})
-        argv = [sys.executable, "-m", "supervisor.cli", "serve", "--backend", backend, "--engines", "1",
+        argv = [sys.executable, "-m", "llmsup.supervisor.cli", "serve", "--backend", backend, "--engines", "1",
                 "--model", model, "--port", str(port), "--run-dir", str(self.run_dir), "--log-level", "warning"]
         if slots:
             argv += ["--slots-per-engine", str(slots)]

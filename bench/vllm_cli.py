@@ -12,7 +12,10 @@ distribution is installed, nothing is patched.
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
 import sys
+
+from llmsup.engines.torch_compat import child_environment
 
 
 def patch_version() -> None:
@@ -34,6 +37,7 @@ def patch_version() -> None:
 
 def main() -> None:
     patch_version()
+    child_environment(os.environ)  # vLLM's spawned processes hide what this one hid (llmsup.engines did)
     from vllm.entrypoints.cli.main import main as vllm_main
 
     sys.argv = ["vllm", *sys.argv[1:]]

@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-
-from engines import runtime
-from engines.protocol import BatchBackend, GenParams, StepOutput
-from engines.sigdefer import DeferredSigint
+from llmsup.engines import runtime
+from llmsup.engines.protocol import BatchBackend, GenParams, StepOutput
+from llmsup.engines.sigdefer import DeferredSigint
 
 log = logging.getLogger("llmsup.engine")
 BEAT_S = 0.25

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engines.protocol import StopMatcher
+from llmsup.engines.protocol import StopMatcher
 
 PROMPT_CONTEXT = 5  # prompt ids kept as decoding context (tokenizers that strip leading spaces)
 

@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Any
 
-from engines.tinymodel import ensure_tiny_model, is_tiny_model
+from llmsup.engines.tinymodel import ensure_tiny_model, is_tiny_model
 
 log = logging.getLogger("llmsup.engine")
 

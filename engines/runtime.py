@@ -23,8 +23,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines.protocol import Backend, GenParams
-from engines.stream import JobEmitter, TokenStream
+from llmsup.engines.protocol import Backend, GenParams
+from llmsup.engines.stream import JobEmitter, TokenStream
 
 log = logging.getLogger("llmsup.engine")
 
@@ -74,15 +74,15 @@ def rss_mb() -> float:
 def make_backend(config: dict[str, Any]) -> Backend:
     kind = config.get("backend", "sim")
     if kind == "sim":
-        from engines.sim import SimBackend
+        from llmsup.engines.sim import SimBackend
 
         return SimBackend(token_s=float(config.get("sim_token_s", 0.005)))
     if kind == "transformers":
-        from engines.transformers_backend import TransformersBackend
+        from llmsup.engines.transformers_backend import TransformersBackend
 
         return TransformersBackend(config)
     if kind == "vllm":
-        from engines.vllm_backend import VLLMBackend
+        from llmsup.engines.vllm_backend import VLLMBackend
 
         return VLLMBackend(config)
     raise ValueError(f"unknown backend {kind!r}")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from engines.protocol import GenParams
+from llmsup.engines.protocol import GenParams
 
 
 def make_generator(params: GenParams, device: torch.device) -> torch.Generator | None:

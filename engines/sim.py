@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from engines.protocol import Generation, GenParams, StepOutput, StopMatcher, TokenCallback
+from llmsup.engines.protocol import Generation, GenParams, StepOutput, StopMatcher, TokenCallback
 
 DIRECTIVE = re.compile(r"\[sim:([a-z-]+)(?:=([0-9.]+))?\]")
 PREFIX_TOKENS = 4  # tokens emitted before a scripted hang or crash

@@ -19,12 +19,12 @@ import logging
 import time
 from typing import Any
 
-from engines.chat_template import chat_info
-from engines.detokenize import TextAssembler
-from engines.modelpath import resolve_model
-from engines.protocol import Generation, GenParams, TokenCallback
-from engines.sampling import make_generator, pick_next
-from engines.stopflag import StopFlag
+from llmsup.engines.chat_template import chat_info
+from llmsup.engines.detokenize import TextAssembler
+from llmsup.engines.modelpath import resolve_model
+from llmsup.engines.protocol import Generation, GenParams, TokenCallback
+from llmsup.engines.sampling import make_generator, pick_next
+from llmsup.engines.stopflag import StopFlag
 
 log = logging.getLogger("llmsup.engine")
 
@@ -132,7 +132,7 @@ class TransformersBackend:
             torch.cuda.empty_cache()
 
     def describe(self) -> dict[str, Any]:
-        from engines.tinymodel import is_tiny_model
+        from llmsup.engines.tinymodel import is_tiny_model
 
         return {
             "backend": self.name,

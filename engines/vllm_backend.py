@@ -25,11 +25,12 @@ import os
 import time
 from typing import Any
 
-from engines.modelpath import resolve_model
-from engines.protocol import Generation, GenParams, StepOutput, TokenCallback
-from engines.sigdefer import DeferredSigint
-from engines.stopflag import StopFlag
-from engines.vllm_settings import cpu_threads, llm_kwargs, vllm_env
+from llmsup.engines.modelpath import resolve_model
+from llmsup.engines.protocol import Generation, GenParams, StepOutput, TokenCallback
+from llmsup.engines.sigdefer import DeferredSigint
+from llmsup.engines.stopflag import StopFlag
+from llmsup.engines.torch_compat import child_environment
+from llmsup.engines.vllm_settings import cpu_threads, llm_kwargs, vllm_env
 
 log = logging.getLogger("llmsup.engine")
 _REQUEST_IDS = itertools.count()
@@ -67,6 +68,7 @@ class VLLMBackend:
         self.on_gpu = bool(self.config.get("gpu")) and torch.cuda.is_available()
         self.env = vllm_env(self.options, self.on_gpu, dict(os.environ))
         os.environ.update(self.env)
+        child_environment(os.environ)  # vLLM's spawned EngineCore hides what this process hid
         threads = self.config.get("threads") or (
             None if self.on_gpu else cpu_threads(int(self.config.get("engines_on_host") or 1)))
         self.threads = threads
@@ -227,7 +229,7 @@ class VLLMBackend:
             torch.set_num_threads = self._set_num_threads
 
     def describe(self) -> dict[str, Any]:
-        from engines.tinymodel import is_tiny_model
+        from llmsup.engines.tinymodel import is_tiny_model
 
         kwargs = {k: v for k, v in self.kwargs.items() if k not in ("model", "tokenizer")}
         return {
@@ -245,7 +247,7 @@ class VLLMBackend:
         }
 
     def _chat_info(self) -> dict[str, Any]:
-        from engines.chat_template import chat_info
+        from llmsup.engines.chat_template import chat_info
 
         if self.llm is None:
             return {}

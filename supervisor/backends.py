@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 
-from engines import placement
+from llmsup.engines import placement
 
 log = logging.getLogger("llmsup.backends")
 

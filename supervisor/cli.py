@@ -12,8 +12,7 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-
-from supervisor.discovery import find_admin_token, find_url
+from llmsup.supervisor.discovery import find_admin_token, find_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM job supervisor on IPyParallel.")
 
@@ -42,10 +41,9 @@ def serve(
 ) -> None:
     """Start a local cluster (controller + engines) and the web app; Ctrl-C or SIGTERM stops everything."""
     import uvicorn
+    from llmsup.supervisor.settings import load_settings
+    from llmsup.web.app import create_app
     from pydantic import ValidationError
-
-    from supervisor.settings import load_settings
-    from web.app import create_app
 
     given: dict[str, Any] = {
         "engines": engines, "backend": backend, "model": model, "host": host, "port": port, "run_dir": run_dir,

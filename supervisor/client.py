@@ -1,6 +1,6 @@
 """Python client for a running ``llmsup serve``, for notebooks and scripts (REST only, so the server may be remote).
 
-    from supervisor.client import Client
+    from llmsup.supervisor.client import Client
     client = Client()                      # LLMSUP_URL, else <LLMSUP_RUN_DIR or ./.llmsup>/server.json
     job = client.submit("Hello", deadline_s=5, max_tokens=32)
     for piece in job.stream():             # text as it is generated (SSE, or polling where the server has none)
@@ -13,7 +13,7 @@ Errors are :class:`LlmsupError` subclasses carrying the server's message and HTT
 
 Joining the IPyParallel cluster itself (``client.cluster()``, then ``%px``) — what is safe:
 
-- Reading engine state is safe: ``%px from engines.runtime import identity; identity()`` (backend, model,
+- Reading engine state is safe: ``%px from llmsup.engines.runtime import identity; identity()`` (backend, model,
   GPU, pid, RSS). ``client.engines()`` gives the supervisor's view (state, job) without touching engines.
 - An engine runs one task at a time, in order: ``%px`` on an engine busy with a job waits until that job ends.
 - Never run work on an engine the supervisor thinks idle: a job dispatched meanwhile would wait behind it
@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any, Self
 
 import httpx
-
-from supervisor.client_async import AsyncClient, AsyncJobHandle
-from supervisor.client_base import (
+from llmsup.supervisor.client_async import AsyncClient, AsyncJobHandle
+from llmsup.supervisor.client_base import (
     TERMINAL,
     AuthError,
     BorrowError,
@@ -191,7 +190,7 @@ class JobHandle:
 
     def progress(self, timeout: float | None = None, interval: float = 0.2) -> JobHandle:
         """Show a live progress bar (tokens so far, time left before the deadline) until the job ends."""
-        from supervisor.progress import job_progress
+        from llmsup.supervisor.progress import job_progress
 
         return job_progress(self, timeout=timeout, interval=interval)
 
@@ -307,13 +306,13 @@ class Client:
     # the cluster itself ----------------------------------------------------------------
     def cluster(self, **kwargs: Any) -> Any:
         """An ``ipyparallel.Client`` on the server's cluster (from the run directory); see the module doc."""
-        from supervisor.notebook_cluster import connect_cluster
+        from llmsup.supervisor.notebook_cluster import connect_cluster
 
         return connect_cluster(self.run_dir, **kwargs)
 
     def sync_cluster(self, rc: Any, timeout: float = 30.0) -> list[int]:
         """Wait until ``rc`` (from :meth:`cluster`) sees the engines the supervisor lists (e.g. after a restart)."""
-        from supervisor.notebook_cluster import sync_cluster
+        from llmsup.supervisor.notebook_cluster import sync_cluster
 
         return sync_cluster(self, rc, timeout)
 
@@ -321,7 +320,7 @@ class Client:
     def borrow_engine(self, engine_id: int | None = None, timeout: float = 60.0, rc: Any = None,
                       release_timeout: float = 30.0) -> Iterator[Any]:
         """Take one engine out of the supervisor's dispatch and yield a DirectView of it (see notebook_cluster)."""
-        from supervisor.notebook_cluster import borrow_engine
+        from llmsup.supervisor.notebook_cluster import borrow_engine
 
         with borrow_engine(self, engine_id=engine_id, timeout=timeout, rc=rc,
                            release_timeout=release_timeout) as view:
@@ -343,6 +342,6 @@ class Client:
 def wait_all(handles: Iterable[JobHandle], timeout: float | None = None, progress: bool = True,
              interval: float = 0.25) -> list[JobHandle]:
     """Wait until every job has ended; with ``progress``, one live bar for the batch. ``JobTimeout`` on timeout."""
-    from supervisor.progress import batch_progress
+    from llmsup.supervisor.progress import batch_progress
 
     return batch_progress(list(handles), timeout=timeout, interval=interval, show=progress)

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import httpx
-
-from supervisor.client_base import (
+from llmsup.supervisor.client_base import (
     TERMINAL,
     Endpoint,
     JobFailed,

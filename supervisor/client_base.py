@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from supervisor.discovery import find_admin_token, find_url, run_dir_default
+from llmsup.supervisor.discovery import find_admin_token, find_url, run_dir_default
 
 TERMINAL = frozenset({"succeeded", "failed", "timed_out", "cancelled", "expired"})
 

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import ipyparallel as ipp
-
-from supervisor.aio import within
-from supervisor.leftovers import ProcessLedger
-from supervisor.settings import Settings
+from llmsup.supervisor.aio import within
+from llmsup.supervisor.leftovers import ProcessLedger
+from llmsup.supervisor.settings import Settings
 
 log = logging.getLogger("llmsup.cluster")
 

@@ -6,12 +6,12 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from supervisor.pool import Engine, EnginePool, EngineState
-from supervisor.requests import EngineNotFound
+from llmsup.supervisor.pool import Engine, EnginePool, EngineState
+from llmsup.supervisor.requests import EngineNotFound
 
 if TYPE_CHECKING:
-    from supervisor.engine_manager import EngineManager
-    from supervisor.jobs import Job
+    from llmsup.supervisor.engine_manager import EngineManager
+    from llmsup.supervisor.jobs import Job
 
 
 class EngineAdmin:

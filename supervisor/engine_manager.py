@@ -9,15 +9,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from engines import batch, placement, runtime
-from supervisor.aio import within
-from supervisor.batching import ControlChannel
-from supervisor.cluster import ClusterManager
-from supervisor.leftovers import ProcessLedger
-from supervisor.metrics import Metrics
-from supervisor.pool import Engine, EnginePool, EngineState
-from supervisor.settings import Settings
-from supervisor.signals import kill_group
+from llmsup.engines import batch, placement, runtime
+from llmsup.supervisor.aio import within
+from llmsup.supervisor.batching import ControlChannel
+from llmsup.supervisor.cluster import ClusterManager
+from llmsup.supervisor.leftovers import ProcessLedger
+from llmsup.supervisor.metrics import Metrics
+from llmsup.supervisor.pool import Engine, EnginePool, EngineState
+from llmsup.supervisor.settings import Settings
+from llmsup.supervisor.signals import kill_group
 
 log = logging.getLogger("llmsup.engines")
 

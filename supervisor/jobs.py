@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from engines.protocol import GenParams
+from llmsup.engines.protocol import GenParams
 
 
 class JobStatus(str, Enum):

@@ -10,8 +10,7 @@ import os
 from pathlib import Path
 
 import psutil
-
-from supervisor.signals import kill_group
+from llmsup.supervisor.signals import kill_group
 
 log = logging.getLogger("llmsup.leftovers")
 

@@ -28,11 +28,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from supervisor.client_base import BorrowError, NotFound
-from supervisor.discovery import run_dir_default
+from llmsup.supervisor.client_base import BorrowError, NotFound
+from llmsup.supervisor.discovery import run_dir_default
 
 if TYPE_CHECKING:
-    from supervisor.client import Client
+    from llmsup.supervisor.client import Client
 
 CLUSTER_ID = "llmsup"
 POLL_S = 0.05

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipyparallel import error as ipp_error
-
-from supervisor.jobs import JobStatus
-from supervisor.running import RunningJob
+from llmsup.supervisor.jobs import JobStatus
+from llmsup.supervisor.running import RunningJob
 
 Q = JobStatus.QUEUED
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from supervisor.jobs import EngineRef
+from llmsup.supervisor.jobs import EngineRef
 
 
 class EngineState(str, Enum):

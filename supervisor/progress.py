@@ -11,10 +11,10 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from supervisor.client_base import TERMINAL, JobTimeout, time_left
+from llmsup.supervisor.client_base import TERMINAL, JobTimeout, time_left
 
 if TYPE_CHECKING:
-    from supervisor.client import JobHandle
+    from llmsup.supervisor.client import JobHandle
 
 
 def _tqdm(**kwargs: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisor.jobs import Job
+from llmsup.supervisor.jobs import Job
 
 
 @dataclass(frozen=True)

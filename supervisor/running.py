@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from supervisor.jobs import Job, JobStatus
-from supervisor.pool import Engine
+from llmsup.supervisor.jobs import Job, JobStatus
+from llmsup.supervisor.pool import Engine
 
 
 @dataclass(eq=False)

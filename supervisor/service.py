@@ -16,26 +16,25 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-
-from engines import runtime
-from supervisor import outcomes
-from supervisor.aio import within
-from supervisor.batching import ControlChannel
-from supervisor.cluster import ClusterManager
-from supervisor.engine_admin import EngineAdmin
-from supervisor.engine_manager import EngineManager
-from supervisor.events import EventHub
-from supervisor.jobs import Job, JobParams, JobStatus
-from supervisor.leftovers import ProcessLedger
-from supervisor.metrics import Metrics
-from supervisor.outcomes import Settlement
-from supervisor.pool import Engine, EnginePool, EngineState
-from supervisor.requests import InvalidRequest, JobNotFound, JobRequest, QueueFull, Submitted
-from supervisor.running import RunningJob
-from supervisor.settings import Settings
-from supervisor.store import DuplicateKey, JobStore, SQLiteStore
-from supervisor.transitions import transition
-from supervisor.watchdog import Watchdog
+from llmsup.engines import runtime
+from llmsup.supervisor import outcomes
+from llmsup.supervisor.aio import within
+from llmsup.supervisor.batching import ControlChannel
+from llmsup.supervisor.cluster import ClusterManager
+from llmsup.supervisor.engine_admin import EngineAdmin
+from llmsup.supervisor.engine_manager import EngineManager
+from llmsup.supervisor.events import EventHub
+from llmsup.supervisor.jobs import Job, JobParams, JobStatus
+from llmsup.supervisor.leftovers import ProcessLedger
+from llmsup.supervisor.metrics import Metrics
+from llmsup.supervisor.outcomes import Settlement
+from llmsup.supervisor.pool import Engine, EnginePool, EngineState
+from llmsup.supervisor.requests import InvalidRequest, JobNotFound, JobRequest, QueueFull, Submitted
+from llmsup.supervisor.running import RunningJob
+from llmsup.supervisor.settings import Settings
+from llmsup.supervisor.store import DuplicateKey, JobStore, SQLiteStore
+from llmsup.supervisor.transitions import transition
+from llmsup.supervisor.watchdog import Watchdog
 
 log = logging.getLogger("llmsup.supervisor")
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING

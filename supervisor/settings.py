@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     def resolved_backend(self) -> str:
         if self.backend != "auto":
             return self.backend
-        from supervisor.backends import pick_backend
+        from llmsup.supervisor.backends import pick_backend
 
         return pick_backend()
 

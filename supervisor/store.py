@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
-from supervisor.jobs import Job, JobStatus
+from llmsup.supervisor.jobs import Job, JobStatus
 
 
 class DuplicateKey(Exception):

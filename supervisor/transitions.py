@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from supervisor.jobs import Job, JobStatus
+from llmsup.supervisor.jobs import Job, JobStatus
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {

@@ -21,15 +21,15 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 
-from engines import runtime
-from supervisor.aio import within
-from supervisor.cluster import ClusterManager
-from supervisor.jobs import JobStatus
-from supervisor.metrics import Metrics
-from supervisor.pool import Engine, EngineState
-from supervisor.running import RunningJob
-from supervisor.settings import Settings
-from supervisor.signals import interrupt_main_thread
+from llmsup.engines import runtime
+from llmsup.supervisor.aio import within
+from llmsup.supervisor.cluster import ClusterManager
+from llmsup.supervisor.jobs import JobStatus
+from llmsup.supervisor.metrics import Metrics
+from llmsup.supervisor.pool import Engine, EngineState
+from llmsup.supervisor.running import RunningJob
+from llmsup.supervisor.settings import Settings
+from llmsup.supervisor.signals import interrupt_main_thread
 
 log = logging.getLogger("llmsup.watchdog")
 

@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
-from supervisor.service import Supervisor
-from supervisor.settings import Settings
+from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

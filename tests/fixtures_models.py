@@ -14,8 +14,7 @@ import time
 from typing import Any
 
 import pytest
-
-from engines.tinymodel import ensure_tiny_model
+from llmsup.engines.tinymodel import ensure_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -43,7 +43,7 @@ TOLERATED_LEFTOVERS: tuple[str, ...] = ()
 START_TIMEOUT_S = 90.0
 # the installed console script, as a user runs it (else the module, e.g. before `pip install -e .`)
 _SCRIPT = Path(sys.executable).with_name("llmsup")
-LLMSUP = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "supervisor.cli"]
+LLMSUP = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "llmsup.supervisor.cli"]
 STOP_TIMEOUT_S = 30.0
 
 

@@ -21,10 +21,9 @@ from typing import Any
 import psutil
 import pytest
 from fixtures_models import backend_config, models_run_dir_fixture, tiny_model_fixture  # noqa: F401
-
-from engines.protocol import Backend, Generation, GenParams
-from engines.runtime import make_backend, prepare_environment
-from engines.stopflag import StopRequested
+from llmsup.engines.protocol import Backend, Generation, GenParams
+from llmsup.engines.runtime import make_backend, prepare_environment
+from llmsup.engines.stopflag import StopRequested
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROMPT = "Hello, the engine"
@@ -198,8 +197,8 @@ MP_SCRIPT = textwrap.dedent(
     """
     import json, os, signal, sys, threading, time
     import psutil
-    from engines.protocol import GenParams
-    from engines.runtime import make_backend, prepare_environment
+    from llmsup.engines.protocol import GenParams
+    from llmsup.engines.runtime import make_backend, prepare_environment
 
     def tree():
         return [p for p in psutil.Process().children(recursive=True)
@@ -319,7 +318,7 @@ def test_vllm_sigint_to_process_group_kills_engine_core(tiny_model: str, tmp_pat
 
 
 def test_deferred_sigint_raises_after_the_section() -> None:
-    from engines.sigdefer import DeferredSigint
+    from llmsup.engines.sigdefer import DeferredSigint
 
     steps: list[str] = []
     with pytest.raises(KeyboardInterrupt), DeferredSigint():
@@ -331,7 +330,7 @@ def test_deferred_sigint_raises_after_the_section() -> None:
 
 
 def test_deferred_sigint_respects_an_ignored_sigint() -> None:
-    from engines.sigdefer import DeferredSigint
+    from llmsup.engines.sigdefer import DeferredSigint
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -344,7 +343,7 @@ def test_deferred_sigint_respects_an_ignored_sigint() -> None:
 
 
 def test_vllm_settings_per_device() -> None:
-    from engines.vllm_settings import llm_kwargs, vllm_env
+    from llmsup.engines.vllm_settings import llm_kwargs, vllm_env
 
     cpu = vllm_env({}, on_gpu=False, environ={})
     assert cpu == {"VLLM_NO_USAGE_STATS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}

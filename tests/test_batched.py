@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from llmsup.supervisor.jobs import JobStatus
+from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.service import Supervisor
 from test_supervisor import until
-
-from supervisor.jobs import JobStatus
-from supervisor.requests import JobRequest
-from supervisor.service import Supervisor
 
 S = JobStatus
 pytestmark = pytest.mark.timeout(90)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
+from llmsup.engines.chat_template import chat_info
+from llmsup.supervisor.requests import InvalidRequest
+from llmsup.web.chat import ModelTemplate, SimpleTemplate
+from llmsup.web.openai_schemas import ChatMessage
 from transformers import AutoTokenizer
-
-from engines.chat_template import chat_info
-from supervisor.requests import InvalidRequest
-from web.chat import ModelTemplate, SimpleTemplate
-from web.openai_schemas import ChatMessage
 
 pytestmark = pytest.mark.timeout(60)
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]

@@ -14,9 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from serverfixtures import LiveServer, finish_server, free_port, start_server
-
-from supervisor.client import (
+from llmsup.supervisor.client import (
     AsyncClient,
     AuthError,
     BorrowError,
@@ -29,7 +27,8 @@ from supervisor.client import (
     QueueFull,
     ServerUnreachable,
 )
-from supervisor.client_base import SSEParser, TextTracker, error_from
+from llmsup.supervisor.client_base import SSEParser, TextTracker, error_from
+from serverfixtures import LiveServer, finish_server, free_port, start_server
 
 pytestmark = pytest.mark.timeout(120)
 QUEUE_MAX = 6
@@ -244,7 +243,7 @@ async def test_async_client(env: LiveServer) -> None:
 
 # engines and the cluster ------------------------------------------------------------------------
 def test_cluster_client_reads_engine_identity(client: Client) -> None:
-    from engines.runtime import identity
+    from llmsup.engines.runtime import identity
 
     rc = client.cluster()
     try:

@@ -7,10 +7,9 @@ from pathlib import Path
 import ipyparallel as ipp
 import pytest
 from conftest import make_settings
-
-from supervisor.jobs import JobStatus
-from supervisor.requests import JobRequest
-from supervisor.service import Supervisor
+from llmsup.supervisor.jobs import JobStatus
+from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.service import Supervisor
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import pytest
 from conftest import make_settings
-
-from supervisor.jobs import EngineRef, Job, JobStatus
-from supervisor.outcomes import from_exception, from_result, lost
-from supervisor.pool import Engine
-from supervisor.requests import InvalidRequest, JobRequest, QueueFull
-from supervisor.running import RunningJob
-from supervisor.service import Supervisor
-from supervisor.store import MemoryStore
-from supervisor.transitions import transition
+from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
+from llmsup.supervisor.outcomes import from_exception, from_result, lost
+from llmsup.supervisor.pool import Engine
+from llmsup.supervisor.requests import InvalidRequest, JobRequest, QueueFull
+from llmsup.supervisor.running import RunningJob
+from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.store import MemoryStore
+from llmsup.supervisor.transitions import transition
 
 S = JobStatus
 pytestmark = pytest.mark.timeout(10)

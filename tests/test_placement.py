@@ -5,8 +5,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-
-from engines.placement import detect_gpu_count, devices_for_rank, plan
+from llmsup.engines.placement import detect_gpu_count, devices_for_rank, plan
 
 
 def test_no_gpu_means_cpu_for_every_engine() -> None:

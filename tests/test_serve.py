@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 pytestmark = pytest.mark.timeout(120)
-LLMSUP = [sys.executable, "-m", "supervisor.cli"]
+LLMSUP = [sys.executable, "-m", "llmsup.supervisor.cli"]
 
 
 def free_port() -> int:

@@ -3,9 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from llmsup.supervisor.settings import Settings, load_settings
 from pydantic import ValidationError
-
-from supervisor.settings import Settings, load_settings
 
 pytestmark = pytest.mark.timeout(10)
 

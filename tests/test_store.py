@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from supervisor.jobs import EngineRef, Job, JobStatus
-from supervisor.store import DuplicateKey, JobStore, MemoryStore, SQLiteStore
-from supervisor.transitions import transition
+from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
+from llmsup.supervisor.store import DuplicateKey, JobStore, MemoryStore, SQLiteStore
+from llmsup.supervisor.transitions import transition
 
 pytestmark = pytest.mark.timeout(30)
 

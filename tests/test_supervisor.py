@@ -7,10 +7,9 @@ import time
 from collections import Counter
 
 import pytest
-
-from supervisor.jobs import JobStatus
-from supervisor.requests import JobRequest
-from supervisor.service import Supervisor
+from llmsup.supervisor.jobs import JobStatus
+from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.service import Supervisor
 
 S = JobStatus
 pytestmark = pytest.mark.timeout(90)
@@ -194,7 +193,7 @@ async def test_streamed_output_visible_while_running(sup: Supervisor) -> None:
 @pytest.mark.settings(engines=1)
 async def test_dispatch_to_an_engine_that_left_requeues_without_charge(sup: Supervisor) -> None:
     """The controller dropped an engine before the pool noticed: the job goes back, uncharged, and runs."""
-    from supervisor.pool import Engine, EngineState
+    from llmsup.supervisor.pool import Engine, EngineState
 
     real = next(iter(sup.pool))
     ghost = Engine(id=999, host="gone", host_key="elsewhere", pid=2**22 + 1, pgid=2**22 + 1, gpu="", set_id="",

@@ -11,8 +11,7 @@ import time
 
 import pytest
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
-
-from engines.tinymodel import MARKER, ensure_tiny_model, is_tiny_model
+from llmsup.engines.tinymodel import MARKER, ensure_tiny_model, is_tiny_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -79,7 +78,7 @@ def test_two_processes_racing_build_one_model(tmp_path: pathlib.Path) -> None:
     target = tmp_path / "models" / "tiny-llama"
     env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}  # no hub access needed at all
     env["PYTHONPATH"] = str(REPO)
-    cmd = [sys.executable, "-m", "engines.tinymodel", str(target)]
+    cmd = [sys.executable, "-m", "llmsup.engines.tinymodel", str(target)]
     procs = [
         subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(2)
@@ -95,7 +94,7 @@ def test_two_processes_racing_build_one_model(tmp_path: pathlib.Path) -> None:
 @pytest.mark.timeout(60)
 def test_cli_usage_error() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "engines.tinymodel"],
+        [sys.executable, "-m", "llmsup.engines.tinymodel"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import make_settings
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
+from llmsup.supervisor.jobs import JobStatus
+from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.service import Supervisor
 from test_supervisor import until
-
-from supervisor.jobs import JobStatus
-from supervisor.requests import JobRequest
-from supervisor.service import Supervisor
 
 S = JobStatus
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

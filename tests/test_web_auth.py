@@ -10,11 +10,10 @@ from pathlib import Path
 
 import openai
 import pytest
+from llmsup.supervisor.settings import Settings
+from llmsup.web import auth
+from llmsup.web.app import create_app
 from webfixtures import Server, job_status, serve, wait_for
-
-from supervisor.settings import Settings
-from web import auth
-from web.app import create_app
 
 pytestmark = pytest.mark.timeout(120)
 ALICE, BOB = {"Authorization": "Bearer key-alice"}, {"Authorization": "Bearer key-bob"}

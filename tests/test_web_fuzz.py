@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from llmsup.supervisor.settings import Settings
+from llmsup.web.app import create_app
 from webfixtures import Server, serve
-
-from supervisor.settings import Settings
-from web.app import create_app
 
 pytestmark = pytest.mark.timeout(240)
 EXAMPLES = int(os.environ.get("LLMSUP_FUZZ_EXAMPLES", "12"))

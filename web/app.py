@@ -9,16 +9,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-
-from supervisor import __version__
-from supervisor.service import Supervisor
-from supervisor.settings import Settings
-from web import dashboard, errors, live, metrics, openapi, routes_admin, routes_jobs, routes_openai
-from web.auth import Auth
-from web.deps import SupervisorDep
-from web.limits import BodySizeLimit
-from web.metrics import HTTPMetrics, WebMetrics
-from web.schemas import Health
+from llmsup.supervisor import __version__
+from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.settings import Settings
+from llmsup.web import dashboard, errors, live, metrics, openapi, routes_admin, routes_jobs, routes_openai
+from llmsup.web.auth import Auth
+from llmsup.web.deps import SupervisorDep
+from llmsup.web.limits import BodySizeLimit
+from llmsup.web.metrics import HTTPMetrics, WebMetrics
+from llmsup.web.schemas import Health
 
 log = logging.getLogger("llmsup.web")
 

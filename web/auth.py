@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
-
-from supervisor.jobs import Job
-from supervisor.requests import JobNotFound
-from supervisor.settings import Settings
+from llmsup.supervisor.jobs import Job
+from llmsup.supervisor.requests import JobNotFound
+from llmsup.supervisor.settings import Settings
 
 log = logging.getLogger("llmsup.web.auth")
 BEARER = {"WWW-Authenticate": "Bearer"}

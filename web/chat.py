@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from supervisor.requests import InvalidRequest
-from supervisor.service import Supervisor
-from web.openai_schemas import ChatMessage
+from llmsup.supervisor.requests import InvalidRequest
+from llmsup.supervisor.service import Supervisor
+from llmsup.web.openai_schemas import ChatMessage
 
 ROLE_NAMES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-
-from supervisor.service import Supervisor
-from supervisor.settings import Settings
+from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.settings import Settings
 
 
 async def get_supervisor(request: Request) -> Supervisor:  # async: no thread hop per request

@@ -12,11 +12,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from llmsup.supervisor.requests import EngineNotFound, InvalidRequest, JobNotFound, QueueFull
+from llmsup.supervisor.transitions import InvalidTransition
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-
-from supervisor.requests import EngineNotFound, InvalidRequest, JobNotFound, QueueFull
-from supervisor.transitions import InvalidTransition
 
 log = logging.getLogger("llmsup.web")
 OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models")

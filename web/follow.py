@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
-from supervisor.jobs import Job, JobStatus
-from supervisor.service import Supervisor
+from llmsup.supervisor.jobs import Job, JobStatus
+from llmsup.supervisor.service import Supervisor
 
 
 @dataclass(frozen=True)

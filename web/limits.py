@@ -11,7 +11,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from web.errors import error_body
+from llmsup.web.errors import error_body
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -81,7 +81,7 @@ def _content_length(scope: Scope) -> int | None:
 def check_job_limits(settings: Any, prompt: str, max_tokens: int | None, deadline_s: float | None) -> None:
     """The limits the served OpenAPI spec states (web/openapi.py), checked before the supervisor sees the
     request, so that no path (an idempotent replay included) accepts what the spec says is invalid."""
-    from supervisor.requests import InvalidRequest
+    from llmsup.supervisor.requests import InvalidRequest
 
     if len(prompt) > settings.max_prompt_chars:
         raise InvalidRequest(f"prompt longer than {settings.max_prompt_chars} characters")

@@ -17,15 +17,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-
-from supervisor.jobs import Job, JobStatus
-from supervisor.requests import JobNotFound
-from supervisor.service import Supervisor
-from web import sse
-from web.auth import Principal, PrincipalDep
-from web.deps import SupervisorDep
-from web.routes_admin import engine_list
-from web.schemas import errors, iso
+from llmsup.supervisor.jobs import Job, JobStatus
+from llmsup.supervisor.requests import JobNotFound
+from llmsup.supervisor.service import Supervisor
+from llmsup.web import sse
+from llmsup.web.auth import Principal, PrincipalDep
+from llmsup.web.deps import SupervisorDep
+from llmsup.web.routes_admin import engine_list
+from llmsup.web.schemas import errors, iso
 
 router = APIRouter(tags=["jobs"])
 FLUSH_S = 0.25

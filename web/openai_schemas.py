@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from llmsup.web.schemas import JSONModel
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from web.schemas import JSONModel
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
 

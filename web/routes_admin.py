@@ -7,12 +7,11 @@ from typing import Annotated, Any
 
 import psutil
 from fastapi import APIRouter, Depends, Query
-
-from supervisor.requests import JobNotFound
-from supervisor.service import Supervisor
-from web.auth import require_admin
-from web.deps import SupervisorDep
-from web.schemas import EngineActionOut, EngineList, EngineOut, JobOut, StartingEngineOut, errors
+from llmsup.supervisor.requests import JobNotFound
+from llmsup.supervisor.service import Supervisor
+from llmsup.web.auth import require_admin
+from llmsup.web.deps import SupervisorDep
+from llmsup.web.schemas import EngineActionOut, EngineList, EngineOut, JobOut, StartingEngineOut, errors
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 AUTH = (401, 403)

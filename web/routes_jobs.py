@@ -6,15 +6,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-
-from supervisor.jobs import Job, JobStatus
-from supervisor.requests import JobRequest
-from web import sse
-from web.auth import Principal, PrincipalDep, visible
-from web.deps import SupervisorDep
-from web.follow import Update, follow
-from web.limits import check_job_limits
-from web.schemas import JobCreate, JobList, JobOut, errors
+from llmsup.supervisor.jobs import Job, JobStatus
+from llmsup.supervisor.requests import JobRequest
+from llmsup.web import sse
+from llmsup.web.auth import Principal, PrincipalDep, visible
+from llmsup.web.deps import SupervisorDep
+from llmsup.web.follow import Update, follow
+from llmsup.web.limits import check_job_limits
+from llmsup.web.schemas import JobCreate, JobList, JobOut, errors
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 AUTH = (401,)

@@ -16,18 +16,17 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-
-from supervisor.jobs import Job, JobStatus
-from supervisor.requests import JobRequest
-from supervisor.service import Supervisor
-from web import sse
-from web.auth import Principal, PrincipalDep
-from web.chat import template_for
-from web.deps import SupervisorDep
-from web.errors import OpenAIHTTPError
-from web.follow import TextTracker, follow
-from web.limits import check_job_limits
-from web.openai_schemas import (
+from llmsup.supervisor.jobs import Job, JobStatus
+from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.service import Supervisor
+from llmsup.web import sse
+from llmsup.web.auth import Principal, PrincipalDep
+from llmsup.web.chat import template_for
+from llmsup.web.deps import SupervisorDep
+from llmsup.web.errors import OpenAIHTTPError
+from llmsup.web.follow import TextTracker, follow
+from llmsup.web.limits import check_job_limits
+from llmsup.web.openai_schemas import (
     AssistantMessage,
     ChatChoice,
     ChatCompletionRequest,

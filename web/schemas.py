@@ -6,9 +6,8 @@ import typing
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+from llmsup.supervisor.jobs import Job, JobStatus
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from supervisor.jobs import Job, JobStatus
 
 
 def iso(ts: float | None) -> str | None:
