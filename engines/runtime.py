@@ -136,7 +136,18 @@ def identity() -> dict[str, Any]:
         "backend": rt.backend.describe() if rt else None,
         "engine_set": os.environ.get("LLMSUP_ENGINE_SET", ""),
         "nanny_pid": nanny_pid(),
+        "pid_started": process_started(),
     }
+
+
+def process_started() -> float | None:
+    """This process's start time as the kernel reports it (with the pid, it names the process for good)."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # psutil missing: the supervisor then trusts the pid alone
+        return None
 
 
 def nanny_pid() -> int | None:

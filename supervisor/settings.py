@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     signal_path: Literal["auto", "direct", "ipp"] = Field(
         "auto", description="auto: os.kill for engines on this host, Client.send_signal for others"
     )
+    engine_beat_timeout_s: float = Field(
+        10.0, gt=0, description="a batched engine whose serving loop sends no heartbeat for this long is replaced"
+    )
     max_jobs_per_engine: int = Field(0, ge=0, description="recycle an engine after N jobs (0: never)")
     max_engine_rss_mb: float = Field(0, ge=0, description="recycle an engine above this RSS (0: never)")
     # web
