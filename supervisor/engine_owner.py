@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from llmsup.engines import placement
 from llmsup.supervisor import reports as ev
-from llmsup.supervisor.engine_state import GONE, Engine, EngineState, move
+from llmsup.supervisor.engine_state import ACTIVE, GONE, Engine, EngineState, move
 from llmsup.supervisor.pool import Launch
 from llmsup.supervisor.requests import EngineBusy, EngineNotFound
+from llmsup.supervisor.standby import default_standby, pick_standby
 
 if TYPE_CHECKING:
     from llmsup.supervisor.core import SupervisorCore
@@ -31,12 +32,24 @@ class EngineOwner:
     def _init_engines(self: SupervisorCore) -> None:
         self.engine_config: dict[str, Any] = {}  # what every engine loads (set by the shell before engines start)
         self.slots = 1
+        self.standby_target = 0
         self._retiring: dict[int, Engine] = {}  # gone engines whose devices are not free yet
         self._kill_reason: dict[int, str] = {}
 
-    def configure_engines(self: SupervisorCore, engine_config: dict[str, Any]) -> None:
+    def configure_engines(self: SupervisorCore, engine_config: dict[str, Any], gpu_count: int = 0) -> None:
+        s = self.settings
+        backend = engine_config.get("backend", "sim")
         self.engine_config = engine_config
-        self.slots = self.settings.slots_per_engine or default_slots(engine_config.get("backend", "sim"))
+        self.slots = s.slots_per_engine or default_slots(backend)
+        self.gpu_count = gpu_count
+        if s.standby is not None:
+            self.standby_target, why = s.standby, "--standby"
+        else:
+            self.standby_target, why = default_standby(backend, gpu_count, s.engines, s.gpus_per_engine)
+        if self.driver.can_launch:
+            log.info("standby engines: %d (%s)", self.standby_target, why)
+        else:
+            self.standby_target = 0  # engines of a joined cluster are started (and kept) by someone else
 
     @property
     def batched(self: SupervisorCore) -> bool:
@@ -48,9 +61,13 @@ class EngineOwner:
 
     # launching -------------------------------------------------------------------------
     def start_engines(self: SupervisorCore, n: int) -> None:
+        """Launch ``n`` serving engines and the standbys, one set of devices each (the start log maps them)."""
         if not self.driver.can_launch:
             return
-        for gpu in placement.plan(n, placement.detect_gpu_count(), self.settings.gpus_per_engine):
+        plan = placement.plan(n + self.standby_target, self.gpu_count, self.settings.gpus_per_engine)
+        for rank, gpu in enumerate(plan):
+            log.info("engine %d of %d%s on %s", rank + 1, len(plan), " (standby)" if rank >= n else "",
+                     f"GPU {gpu}" if gpu else "CPU")
             self.launch(gpu)
 
     def launch(self: SupervisorCore, gpu: str, restarts: int = 0) -> None:
@@ -126,10 +143,27 @@ class EngineOwner:
             self._mark_ready(engine, self.mono())
 
     def _mark_ready(self: SupervisorCore, engine: Engine, now: float) -> None:
-        if engine.state is S.STARTING:
-            engine.last_beat = now
-            move(engine, S.IDLE, "ready")
-            self.wake_dispatch()
+        if engine.state is not S.STARTING:
+            return
+        engine.last_beat = now
+        active = sum(1 for e in self.pool if e.state in ACTIVE)
+        standbys = sum(1 for e in self.pool if e.state is S.STANDBY)
+        if self.driver.can_launch and active >= self.settings.engines and standbys < self.standby_target:
+            move(engine, S.STANDBY, "ready, kept as a standby")
+            return
+        move(engine, S.IDLE, "ready")
+        self.wake_dispatch()
+
+    def _promote_standby(self: SupervisorCore, lost: Engine) -> None:
+        """A standby takes the place of an engine that is going (it keeps its own devices)."""
+        if lost.state is S.STANDBY or self.stopping:
+            return
+        standby = pick_standby(list(self.pool), lost.host_key)
+        if standby is None:
+            return
+        move(standby, S.IDLE, f"promoted in place of engine {lost.id}")
+        self.metrics.standby_promotions.inc()
+        self.wake_dispatch()
 
     # losing, killing, recycling, replacing ------------------------------------------------------
     def engine_lost(self: SupervisorCore, engine: Engine, why: str) -> None:
@@ -137,7 +171,10 @@ class EngineOwner:
         if self.pool.get(engine.id) is not engine or engine.state is S.RESTARTING:
             return  # handled already, or a kill / recycle in progress settles it
         log.warning("%s lost: %s", engine.tag(), why)
+        was_standby = engine.state is S.STANDBY
         move(engine, S.DEAD, f"lost: {why}")  # first: nothing new goes to it, nothing recycles it
+        if not was_standby:
+            self._promote_standby(engine)
         self.settle_engine_jobs(engine, why, False)
         self._gone(engine, "lost", release=False)
 
@@ -145,7 +182,10 @@ class EngineOwner:
         """SIGKILL the engine (its jobs settle when the driver reports it killed), then replace it."""
         if engine.state in GONE:
             return
+        was_standby = engine.state is S.STANDBY
         move(engine, S.RESTARTING, f"kill: {reason}")
+        if not was_standby:
+            self._promote_standby(engine)
         self._kill_reason[engine.id] = reason
         self.driver.kill(engine)
 
@@ -153,7 +193,10 @@ class EngineOwner:
         """Release the backend, stop the engine, start a fresh one on the same devices."""
         if engine.state in GONE:
             return
+        was_standby = engine.state is S.STANDBY
         move(engine, S.RESTARTING, f"recycle: {why}")
+        if not was_standby:
+            self._promote_standby(engine)
         self._gone(engine, "recycled", release=True)
 
     def maybe_recycle(self: SupervisorCore, engine: Engine) -> None:
@@ -174,9 +217,10 @@ class EngineOwner:
             self.recycle(engine, engine.recycle_why)
 
     def _gone(self: SupervisorCore, engine: Engine, reason: str, release: bool) -> None:
-        if engine.state is not S.DEAD and not release:
+        """Hand the engine to the driver to take away; a released one stays in view (restarting) until then."""
+        if not release:
             move(engine, S.DEAD, reason)
-        self.pool.remove(engine.id)
+            self.pool.remove(engine.id)
         self._retiring[engine.id] = engine
         self.metrics.engine_restarts.labels(reason).inc()
         self.driver.retire(engine, release=release)
@@ -187,6 +231,7 @@ class EngineOwner:
             return
         if engine.state is not S.DEAD:
             move(engine, S.DEAD, "retired")
+            self.pool.remove(engine.id)
         if self.driver.can_launch and not self.stopping:
             self.launch(engine.gpu, restarts=engine.restarts + 1)
         elif not self.driver.can_launch:

@@ -21,6 +21,7 @@ log = logging.getLogger("llmsup.engines")
 
 class EngineState(str, Enum):
     STARTING = "starting"  # registered with the controller; identity known, backend loading
+    STANDBY = "standby"  # loaded and warm, given no jobs: takes the place of a serving engine that goes
     IDLE = "idle"  # serving, no job
     BUSY = "busy"  # serving, at least one job
     INTERRUPTING = "interrupting"  # its job is being interrupted: nothing new until that job is settled
@@ -31,7 +32,8 @@ class EngineState(str, Enum):
 
 S = EngineState
 ALLOWED: dict[EngineState, frozenset[EngineState]] = {
-    S.STARTING: frozenset({S.IDLE, S.RESTARTING, S.DEAD}),
+    S.STARTING: frozenset({S.IDLE, S.STANDBY, S.RESTARTING, S.DEAD}),
+    S.STANDBY: frozenset({S.IDLE, S.RESTARTING, S.DEAD}),
     S.IDLE: frozenset({S.BUSY, S.DRAINING, S.RESTARTING, S.DEAD}),
     S.BUSY: frozenset({S.IDLE, S.INTERRUPTING, S.DRAINING, S.RESTARTING, S.DEAD}),
     S.INTERRUPTING: frozenset({S.IDLE, S.BUSY, S.DRAINING, S.RESTARTING, S.DEAD}),
@@ -41,6 +43,7 @@ ALLOWED: dict[EngineState, frozenset[EngineState]] = {
 }
 SERVING = frozenset({S.IDLE, S.BUSY})  # may take a new job
 GONE = frozenset({S.RESTARTING, S.DEAD})  # on its way out, or out
+ACTIVE = frozenset({S.IDLE, S.BUSY, S.INTERRUPTING, S.DRAINING})  # holds a serving place (jobs, or ready for them)
 
 
 class EngineStateError(RuntimeError):

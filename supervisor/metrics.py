@@ -30,6 +30,10 @@ class Metrics:
             "llmsup_interrupt_latency_seconds", "Interrupt asked to job settled", buckets=LATENCY_BUCKETS, registry=r
         )
         self.engine_restarts = Counter("llmsup_engine_restarts", "Engines replaced", ["reason"], registry=r)
+        self.standby_promotions = Counter(
+            "llmsup_standby_promotions", "Standby engines promoted in place of a killed, lost or recycled engine",
+            registry=r,
+        )
         self.loop_restarts = Counter(
             "llmsup_loop_restarts", "Supervisor loops restarted after an unexpected error", ["loop"], registry=r
         )

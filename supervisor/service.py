@@ -18,6 +18,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+from llmsup.engines import placement
 from llmsup.supervisor import reports as ev
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.batching import ControlChannel
@@ -82,9 +83,10 @@ class Supervisor(SupervisorCore):
         self.stream_address = f"{s.stream_bind}:{port}"
         self.control = ControlChannel(self._zmq, s.stream_bind)
         await self.cluster.start()
-        self.configure_engines(dict(s.for_engines(), stream_address=self.stream_address))
         driver = ClusterDriver(s, self.cluster, self.ledger, self.report, self.control)
         self.driver = driver
+        self.configure_engines(dict(s.for_engines(), stream_address=self.stream_address),
+                               placement.detect_gpu_count() if self.cluster.local else 0)
         for name, loop in (("token stream", self._token_loop), ("dispatch", self._dispatch_loop),
                            ("timers", self._timer_loop), ("health", self._health_loop),
                            ("control channel", lambda: self.control.receive(driver.on_hello))):
