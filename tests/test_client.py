@@ -138,7 +138,7 @@ def test_idempotency_key_returns_the_same_job(client: Client) -> None:
 
 @pytest.mark.parametrize("use_sse", [True, False], ids=["events", "polling"])
 def test_stream_yields_text_as_it_is_generated(client: Client, use_sse: bool) -> None:
-    client._sse = None if use_sse else False
+    client.core._sse = None if use_sse else False
     h = client.submit(SLOW + "stream these words", max_tokens=25, deadline_s=20)
     t0 = time.monotonic()
     arrivals = [(time.monotonic() - t0, piece) for piece in h.stream(timeout=30)]
@@ -147,7 +147,7 @@ def test_stream_yields_text_as_it_is_generated(client: Client, use_sse: bool) ->
     assert len(arrivals) >= 5, arrivals  # many pieces, not one at the end
     assert arrivals[-1][0] - arrivals[0][0] > 0.2  # the first came well before the last
     if use_sse:
-        assert client._sse is True  # the server's event stream was used
+        assert client.core._sse is True  # the server's event stream was used
 
 
 def test_stream_of_a_finished_job_gives_its_output(client: Client) -> None:
@@ -343,8 +343,7 @@ def test_stream_over_events_with_a_gap_and_a_retry() -> None:
             return httpx.Response(200, content=events, headers={"content-type": "text/event-stream"})
         return httpx.Response(200, json=_job("running", "a b c d ", 4))
 
-    c = Client(url="http://llmsup.test")
-    c._http = httpx.Client(base_url=c.url, transport=httpx.MockTransport(handler))
+    c = Client(url="http://llmsup.test", transport=httpx.MockTransport(handler))
     h = JobHandle(c, _job("queued"))
     assert list(h.stream(timeout=5)) == ["a ", "b ", "c d ", "e ", "f "]
     assert h.status == "succeeded" and h.output == "a b c d e f "
@@ -362,10 +361,9 @@ def test_stream_falls_back_to_polling_without_an_event_route() -> None:
             return httpx.Response(200, json=_job("running"))
         return httpx.Response(200, json=next(snapshots))
 
-    c = Client(url="http://llmsup.test")
-    c._http = httpx.Client(base_url=c.url, transport=httpx.MockTransport(handler))
+    c = Client(url="http://llmsup.test", transport=httpx.MockTransport(handler))
     assert "".join(JobHandle(c, _job("queued")).stream(poll_interval=0)) == "x y z "
-    assert c._sse is False and sum(p.endswith("/events") for p in calls) == 1
+    assert c.core._sse is False and sum(p.endswith("/events") for p in calls) == 1
 
 
 def test_text_tracker_new_attempt_that_differs_is_given_whole() -> None:
@@ -408,9 +406,8 @@ def test_error_mapping_and_auth_headers(tmp_path: Path, monkeypatch: pytest.Monk
             return httpx.Response(200, json={"engines": []})
         return httpx.Response(200, json={"jobs": [], "count": 0})
 
-    c = Client(run_dir=tmp_path)
+    c = Client(run_dir=tmp_path, transport=httpx.MockTransport(handler))
     assert c.url == "http://llmsup.test"
-    c._http = httpx.Client(base_url=c.url, transport=httpx.MockTransport(handler))
     c.engines()
     c.jobs()
     assert seen == {"/admin/engines": "Bearer adm", "/v1/jobs": "Bearer key"}
