@@ -9,6 +9,7 @@ serves every sync client of a process; it starts at first use (and again in a fo
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -41,6 +42,8 @@ class LoopThread:
     def run(self, aw: Awaitable[T]) -> T:
         """Run ``aw`` on the loop and return its result; an interrupt here (Ctrl-C) cancels it there."""
         if threading.current_thread() is self.thread:
+            if inspect.iscoroutine(aw):
+                aw.close()  # never to be awaited
             raise RuntimeError("the sync llmsup Client was called from its own event loop; use AsyncClient there")
         future = asyncio.run_coroutine_threadsafe(_awaited(aw), self.loop)
         try:
