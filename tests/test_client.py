@@ -5,8 +5,10 @@ The server is started once for the module (tests/serverfixtures.py); every test 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +30,7 @@ from llmsup.supervisor.client import (
     ServerUnreachable,
 )
 from llmsup.supervisor.client_base import SSEParser, TextTracker, error_from
-from serverfixtures import LiveServer, finish_server, free_port, start_server
+from serverfixtures import LLMSUP, LiveServer, finish_server, free_port, start_server
 
 pytestmark = pytest.mark.timeout(120)
 QUEUE_MAX = 6
@@ -239,6 +241,31 @@ async def test_async_client(env: LiveServer) -> None:
         assert len(await c.engines()) == 2
         with pytest.raises(NotFound):
             await c.job("job-nope")
+
+
+def test_cli_submit_wait_status_and_engines(env: LiveServer) -> None:
+    """The CLI on the client against the real server: the admin token (from the run directory) opens the admin
+    routes; job routes need none on loopback."""
+    def llmsup(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*LLMSUP, *args], capture_output=True, text=True, timeout=60, check=False)
+
+    done = llmsup("submit", "cli words", "--max-tokens", "5", "--deadline", "20", "--wait")
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["status"] == "succeeded" and job["tokens"] == 5
+    assert json.loads(llmsup("status", job["id"]).stdout)["output"] == job["output"]
+    engines = json.loads(llmsup("engines").stdout)
+    assert len(engines["engines"]) == 2 and "starting" in engines
+    timed_out = llmsup("submit", "[sim:hang] runaway", "--deadline", "1", "--wait")
+    assert timed_out.returncode == 3 and json.loads(timed_out.stdout)["status"] == "timed_out"
+
+
+async def test_async_borrow_engine(env: LiveServer) -> None:
+    async with AsyncClient() as c:
+        async with c.borrow_engine(timeout=30) as view:
+            assert {e["id"]: e["state"] for e in await c.engines()}[view.targets] == "draining"
+            assert await asyncio.wrap_future(view.apply_async(sum, [1, 2, 3])) == 6
+        assert {e["state"] for e in await c.engines()} == {"idle"}
 
 
 # engines and the cluster ------------------------------------------------------------------------
