@@ -40,6 +40,7 @@ from typing import Any, Self, TypeVar, Unpack
 import httpx
 from llmsup.supervisor.client_async import AsyncClient, AsyncJobHandle
 from llmsup.supervisor.client_base import (
+    AtEndpoint,
     AuthError,
     BorrowError,
     Conflict,
@@ -111,7 +112,7 @@ class JobHandle(JobFields):
         return self
 
 
-class Client:
+class Client(AtEndpoint):
     """Synchronous client; the arguments are :class:`AsyncClient`'s (``url`` / ``run_dir`` / ``admin_token`` /
     ``api_key`` default to the environment)."""
 
@@ -130,17 +131,9 @@ class Client:
     def _handle(self, core: AsyncJobHandle) -> JobHandle:
         return JobHandle(self, core.data)
 
-    @property
+    @property  # type: ignore[override]
     def endpoint(self) -> Endpoint:
         return self.core.endpoint
-
-    @property
-    def url(self) -> str:
-        return self.core.url
-
-    @property
-    def run_dir(self) -> Path:
-        return self.core.run_dir
 
     # jobs --------------------------------------------------------------------------
     def submit(self, prompt: str, **params: Unpack[SubmitParams]) -> JobHandle:

@@ -23,6 +23,7 @@ import httpx
 from llmsup.supervisor import notebook_cluster
 from llmsup.supervisor.client_base import (
     WAIT_STEP_S,
+    AtEndpoint,
     Deadline,
     Endpoint,
     JobFailed,
@@ -144,7 +145,7 @@ class AsyncJobHandle(JobFields):
         return self
 
 
-class AsyncClient:
+class AsyncClient(AtEndpoint):
     """Asynchronous client. ``url`` / ``run_dir`` / ``admin_token`` / ``api_key`` default to the environment
     (``LLMSUP_URL``, else ``<LLMSUP_RUN_DIR or ./.llmsup>/server.json``); ``transport``: an httpx transport
     (e.g. ``httpx.MockTransport`` in tests)."""
@@ -156,14 +157,6 @@ class AsyncClient:
         self.timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.endpoint.url, timeout=timeout, transport=transport)
         self._sse: bool | None = None  # whether the server has the event stream (None: not tried yet)
-
-    @property
-    def url(self) -> str:
-        return self.endpoint.url
-
-    @property
-    def run_dir(self) -> Path:
-        return self.endpoint.run_dir
 
     async def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                        json: Any = None, read_s: float | None = None) -> Any:

@@ -31,10 +31,10 @@ from llmsup.supervisor.client_events import TERMINAL, SSEParser, TextTracker, ap
 from llmsup.supervisor.discovery import find_admin_token, find_url, run_dir_default
 
 __all__ = [
-    "TERMINAL", "AuthError", "BorrowError", "Conflict", "Deadline", "Endpoint", "InvalidRequest", "JobFailed", "JobFields",
-    "JobTimeout", "LlmsupError", "NotFound", "QueueFull", "SSEParser", "ServerUnreachable", "SubmitParams",
-    "TextTracker", "apply_event", "checked", "error_from", "find_api_key", "is_event_stream", "parse_time",
-    "submit_body", "time_left",
+    "TERMINAL", "AtEndpoint", "AuthError", "BorrowError", "Conflict", "Deadline", "Endpoint", "InvalidRequest",
+    "JobFailed", "JobFields", "JobTimeout", "LlmsupError", "NotFound", "QueueFull", "SSEParser", "ServerUnreachable",
+    "SubmitParams", "TextTracker", "apply_event", "checked", "error_from", "find_api_key", "is_event_stream",
+    "parse_time", "submit_body", "time_left",
 ]
 WAIT_STEP_S = 25.0  # one long-poll (``GET /v1/jobs/{id}?wait_s=``) at the most; the server allows 60
 
@@ -74,6 +74,20 @@ class Endpoint:
     def unreachable(self, exc: Exception) -> ServerUnreachable:
         return ServerUnreachable(f"cannot reach llmsup at {self.url} (from {self.source}): {exc}; "
                                  "is `llmsup serve` running?")
+
+
+class AtEndpoint:
+    """A client's ``url`` and ``run_dir``, from its ``endpoint``."""
+
+    endpoint: Endpoint
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url
+
+    @property
+    def run_dir(self) -> Path:
+        return self.endpoint.run_dir
 
 
 def find_api_key(key: str | None = None, run_dir: Path | str | None = None) -> str | None:
