@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Self, Unpack
+from urllib.parse import quote
 
 import httpx
 from llmsup.supervisor import notebook_cluster
@@ -41,6 +42,12 @@ from llmsup.supervisor.client_base import (
 from llmsup.supervisor.progress import BatchBar, JobBar, job_updates, watch_batch
 
 ENGINE_POLL_S = 0.05  # engines and readiness have no long-poll route: read again this often while waiting
+
+
+def job_path(job_id: str, action: str = "", admin: bool = False) -> str:
+    """A job's route; the id is one path segment whatever it holds (a ``/`` in it cannot reach another route)."""
+    path = f"{'/admin' if admin else '/v1'}/jobs/{quote(job_id, safe='')}"
+    return f"{path}/{action}" if action else path
 
 
 class AsyncJobHandle(JobFields):
@@ -102,7 +109,7 @@ class AsyncJobHandle(JobFields):
             wait_s = poll_interval
 
     async def _stream_events(self, tracker: TextTracker, end: Deadline) -> AsyncIterator[str]:
-        c, path = self.client, f"/v1/jobs/{self.id}/events"
+        c, path = self.client, job_path(self.id, "events")
         while not end.passed():
             try:
                 async with c._http.stream("GET", path, headers={"Accept": "text/event-stream", **c.endpoint.headers(path)},
@@ -180,8 +187,8 @@ class AsyncClient(AtEndpoint):
     async def job_data(self, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
         """The job's JSON; with ``wait_s`` (a long-poll) once it has ended, or after ``wait_s``."""
         if wait_s <= 0:
-            return await self._request("GET", f"/v1/jobs/{job_id}")
-        return await self._request("GET", f"/v1/jobs/{job_id}", params={"wait_s": round(wait_s, 3)},
+            return await self._request("GET", job_path(job_id))
+        return await self._request("GET", job_path(job_id), params={"wait_s": round(wait_s, 3)},
                                    read_s=wait_s + self.timeout)
 
     async def job(self, job_id: str) -> AsyncJobHandle:
@@ -195,7 +202,7 @@ class AsyncClient(AtEndpoint):
         return [AsyncJobHandle(self, j) for j in (await self._request("GET", "/v1/jobs", params=params))["jobs"]]
 
     async def cancel(self, job_id: str) -> AsyncJobHandle:
-        return AsyncJobHandle(self, await self._request("POST", f"/v1/jobs/{job_id}/cancel"))
+        return AsyncJobHandle(self, await self._request("POST", job_path(job_id, "cancel")))
 
     async def wait_all(self, handles: Iterable[AsyncJobHandle], timeout: float | None = None, progress: bool = True,
                        interval: float = 0.25) -> list[AsyncJobHandle]:
@@ -209,7 +216,7 @@ class AsyncClient(AtEndpoint):
     # admin ---------------------------------------------------------------------------
     async def kill(self, job_id: str) -> AsyncJobHandle:
         """Admin kill: a queued job ends at once; a running one is interrupted, then escalated."""
-        return AsyncJobHandle(self, await self._request("POST", f"/admin/jobs/{job_id}/kill"))
+        return AsyncJobHandle(self, await self._request("POST", job_path(job_id, "kill", admin=True)))
 
     async def engine_list(self) -> dict[str, Any]:
         """``GET /admin/engines`` whole: ``engines`` and the engine sets still ``starting``."""

@@ -205,6 +205,12 @@ async def test_errors_are_the_same_in_both(client: AnyClient) -> None:
         await call(client, "job", "job-nope")
 
 
+async def test_a_job_id_is_one_path_segment(client: AnyClient, server: FakeServer) -> None:
+    with pytest.raises(NotFound):
+        await call(client, "job", "../../admin/engines")
+    assert server.seen[-1].path.startswith("/v1/jobs/") and server.seen[-1].authorization == "Bearer key"
+
+
 async def test_unreachable_server(run_dir: Path) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
