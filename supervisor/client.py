@@ -39,21 +39,18 @@ from typing import Any, Self, TypeVar, Unpack
 
 import httpx
 from llmsup.supervisor.client_async import AsyncClient, AsyncJobHandle
-from llmsup.supervisor.client_base import (
-    AtEndpoint,
+from llmsup.supervisor.client_base import AtEndpoint, Endpoint, JobFields, SubmitParams
+from llmsup.supervisor.client_errors import (
     AuthError,
     BorrowError,
     Conflict,
-    Endpoint,
     InvalidRequest,
     JobFailed,
-    JobFields,
     JobTimeout,
     LlmsupError,
     NotFound,
     QueueFull,
     ServerUnreachable,
-    SubmitParams,
 )
 from llmsup.supervisor.client_loop import shared_loop
 from llmsup.supervisor.progress import BatchBar, JobBar, job_updates, watch_batch

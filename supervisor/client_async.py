@@ -22,23 +22,9 @@ from urllib.parse import quote
 
 import httpx
 from llmsup.supervisor import notebook_cluster
-from llmsup.supervisor.client_base import (
-    WAIT_STEP_S,
-    AtEndpoint,
-    Deadline,
-    Endpoint,
-    JobFailed,
-    JobFields,
-    JobTimeout,
-    ServerUnreachable,
-    SSEParser,
-    SubmitParams,
-    TextTracker,
-    apply_event,
-    checked,
-    is_event_stream,
-    submit_body,
-)
+from llmsup.supervisor.client_base import WAIT_STEP_S, AtEndpoint, Deadline, Endpoint, JobFields, SubmitParams, submit_body
+from llmsup.supervisor.client_errors import JobFailed, JobTimeout, ServerUnreachable, checked
+from llmsup.supervisor.client_events import SSEParser, TextTracker, apply_event, is_event_stream
 from llmsup.supervisor.progress import BatchBar, JobBar, job_updates, watch_batch
 
 ENGINE_POLL_S = 0.05  # engines and readiness have no long-poll route: read again this often while waiting

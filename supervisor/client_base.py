@@ -1,7 +1,7 @@
 """What every client call shares: where the server is, which credential goes to which route, request bodies, time.
 
-Nothing here does I/O except reading the run directory's files. The errors (``client_errors``) and the event
-stream's parsing (``client_events``) are importable from here too.
+Nothing here does I/O except reading the run directory's files. The errors are in ``client_errors`` (and
+importable from ``client``), the event stream's parsing in ``client_events``.
 """
 
 from __future__ import annotations
@@ -13,28 +13,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
-from llmsup.supervisor.client_errors import (
-    AuthError,
-    BorrowError,
-    Conflict,
-    InvalidRequest,
-    JobFailed,
-    JobTimeout,
-    LlmsupError,
-    NotFound,
-    QueueFull,
-    ServerUnreachable,
-    checked,
-    error_from,
-)
+from llmsup.supervisor.client_errors import ServerUnreachable, checked, error_from
 from llmsup.supervisor.client_events import TERMINAL, SSEParser, TextTracker, apply_event, is_event_stream
 from llmsup.supervisor.discovery import find_admin_token, find_url, run_dir_default
 
-__all__ = [
-    "TERMINAL", "AtEndpoint", "AuthError", "BorrowError", "Conflict", "Deadline", "Endpoint", "InvalidRequest",
-    "JobFailed", "JobFields", "JobTimeout", "LlmsupError", "NotFound", "QueueFull", "SSEParser", "ServerUnreachable",
-    "SubmitParams", "TextTracker", "apply_event", "checked", "error_from", "find_api_key", "is_event_stream",
-    "parse_time", "submit_body", "time_left",
+__all__ = [  # with the event stream's parsing and the error mapping, as before they had modules of their own
+    "TERMINAL", "AtEndpoint", "Deadline", "Endpoint", "JobFields", "SSEParser", "SubmitParams", "TextTracker",
+    "apply_event", "checked", "error_from", "find_api_key", "is_event_stream", "parse_time", "submit_body", "time_left",
 ]
 WAIT_STEP_S = 25.0  # one long-poll (``GET /v1/jobs/{id}?wait_s=``) at the most; the server allows 60
 

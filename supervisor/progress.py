@@ -18,7 +18,9 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Self
 
-from llmsup.supervisor.client_base import TERMINAL, WAIT_STEP_S, Deadline, JobTimeout, time_left
+from llmsup.supervisor.client_base import WAIT_STEP_S, Deadline, time_left
+from llmsup.supervisor.client_errors import JobTimeout
+from llmsup.supervisor.client_events import TERMINAL
 
 if TYPE_CHECKING:
     from llmsup.supervisor.client_async import AsyncJobHandle
