@@ -156,7 +156,7 @@ class EngineOwner:
 
     def _promote_standby(self: SupervisorCore, lost: Engine) -> None:
         """A standby takes the place of an engine that is going (it keeps its own devices)."""
-        if lost.state is S.STANDBY or self.stopping:
+        if self.stopping:
             return
         standby = pick_standby(list(self.pool), lost.host_key)
         if standby is None:
@@ -166,15 +166,19 @@ class EngineOwner:
         self.wake_dispatch()
 
     # losing, killing, recycling, replacing ------------------------------------------------------
+    def _take_out(self: SupervisorCore, engine: Engine, target: EngineState, why: str) -> None:
+        """Take a going engine out of service; a standby takes its place (unless it was one)."""
+        was_standby = engine.state is S.STANDBY
+        move(engine, target, why)
+        if not was_standby:
+            self._promote_standby(engine)
+
     def engine_lost(self: SupervisorCore, engine: Engine, why: str) -> None:
         """The engine died under us (or left the cluster): its jobs settle, a replacement is launched."""
         if self.pool.get(engine.id) is not engine or engine.state is S.RESTARTING:
             return  # handled already, or a kill / recycle in progress settles it
         log.warning("%s lost: %s", engine.tag(), why)
-        was_standby = engine.state is S.STANDBY
-        move(engine, S.DEAD, f"lost: {why}")  # first: nothing new goes to it, nothing recycles it
-        if not was_standby:
-            self._promote_standby(engine)
+        self._take_out(engine, S.DEAD, f"lost: {why}")  # first: nothing new goes to it, nothing recycles it
         self.settle_engine_jobs(engine, why, False)
         self._gone(engine, "lost", release=False)
 
@@ -182,10 +186,7 @@ class EngineOwner:
         """SIGKILL the engine (its jobs settle when the driver reports it killed), then replace it."""
         if engine.state in GONE:
             return
-        was_standby = engine.state is S.STANDBY
-        move(engine, S.RESTARTING, f"kill: {reason}")
-        if not was_standby:
-            self._promote_standby(engine)
+        self._take_out(engine, S.RESTARTING, f"kill: {reason}")
         self._kill_reason[engine.id] = reason
         self.driver.kill(engine)
 
@@ -193,10 +194,7 @@ class EngineOwner:
         """Release the backend, stop the engine, start a fresh one on the same devices."""
         if engine.state in GONE:
             return
-        was_standby = engine.state is S.STANDBY
-        move(engine, S.RESTARTING, f"recycle: {why}")
-        if not was_standby:
-            self._promote_standby(engine)
+        self._take_out(engine, S.RESTARTING, f"recycle: {why}")
         self._gone(engine, "recycled", release=True)
 
     def maybe_recycle(self: SupervisorCore, engine: Engine) -> None:
