@@ -179,18 +179,28 @@ class SupervisorCore(EngineOwner):
         self._push_timer(run.deadline_at, job.id)
         spec = {"job_id": run.key, "prompt": job.prompt, "params": _params_dict(job.params)}
         self._publish_status(job)
-        self.driver.dispatch(engine, run.key, spec, job.deadline_s)
+        if not self._drive("dispatch", engine, lambda: self.driver.dispatch(engine, run.key, spec, job.deadline_s),
+                           job.id):
+            self._on_reply(run, ev.JobReply(run.key, error=RuntimeError("dispatch failed"), dispatched=False))
 
     # reports from drivers ------------------------------------------------------------------
     def report(self, event: ev.Report, now: float | None = None) -> None:
         """The one sink of drivers' events."""
         now = self.mono() if now is None else now
-        if isinstance(event, (ev.TaskStarted, ev.TokenPiece, ev.JobReply, ev.SigintDelivered, ev.ProbeAnswered)):
-            run = self._by_key.get(event.key)
+        run = None
+        try:
+            if isinstance(event, (ev.TaskStarted, ev.TokenPiece, ev.JobReply, ev.SigintDelivered, ev.ProbeAnswered)):
+                run = self._by_key.get(event.key)
+                if run is not None and not run.settled:
+                    self._on_job_event(run, event, now)
+            else:
+                self.on_engine_event(event, now)
+        except Exception:  # never lose a job to a bug in handling one event: re-queue it, go on
+            log.exception("job=%s: handling %s failed", run.job.id if run else "-", type(event).__name__)
+            self.metrics.driver_errors.labels("report").inc()
             if run is not None and not run.settled:
-                self._on_job_event(run, event, now)
-        else:
-            self.on_engine_event(event, now)
+                self._settle(run, outcomes.lost(run, f"internal error handling {type(event).__name__}",
+                                                self.settings.max_attempts))
 
     def _on_job_event(self, run: RunningJob, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.TokenPiece):
@@ -246,11 +256,16 @@ class SupervisorCore(EngineOwner):
             run = self._running.get(job_id)
             if run is None or run.settled:
                 continue
-            if run.escalation is None:
-                if now >= run.deadline_at:
-                    self.interrupt(run, JobStatus.TIMED_OUT, now)
-            elif now >= run.escalation.wake_at:
-                self._climb(run, *ladder.due(run.escalation, now, self.grace, run.engine.sigint_at))
+            try:
+                if run.escalation is None:
+                    if now >= run.deadline_at:
+                        self.interrupt(run, JobStatus.TIMED_OUT, now)
+                elif now >= run.escalation.wake_at:
+                    self._climb(run, *ladder.due(run.escalation, now, self.grace, run.engine.sigint_at))
+            except Exception:  # a failed step must not stop the timers of every other job: retry it shortly
+                log.exception("job=%s %s: ladder step failed", job_id, run.engine.tag())
+                self.metrics.driver_errors.labels("ladder").inc()
+                self._push_timer(now + self.grace.interrupt_s, job_id)
 
     def interrupt(self, run: RunningJob, reason: JobStatus, now: float) -> bool:
         """Start the ladder for this job; False if it is settled or already being interrupted."""
@@ -269,16 +284,16 @@ class SupervisorCore(EngineOwner):
         engine = run.engine
         for step in steps:
             if step is ladder.Step.ABORT:
-                self.driver.abort(engine, run.key)
+                self._drive("abort", engine, lambda: self.driver.abort(engine, run.key), run.job.id)
                 continue
             if step is ladder.Step.SIGINT:
                 if engine.batched:
                     engine.sigint_at = now  # one SIGINT per episode, whatever the number of due jobs
                 self._ladder_log(run, "sigint", now, f"path={'batched' if engine.batched else 'engine'}")
-                self.driver.sigint(engine, run.key)
+                self._drive("sigint", engine, lambda: self.driver.sigint(engine, run.key), run.job.id)
             elif step is ladder.Step.PROBE:
                 self._ladder_log(run, "probe", now)
-                self.driver.probe(engine, run.key)
+                self._drive("probe", engine, lambda: self.driver.probe(engine, run.key), run.job.id)
             elif step is ladder.Step.SIGKILL:
                 self._ladder_log(run, "sigkill", now, f"not settled {self.settings.kill_grace_s}s after the SIGINT")
                 run.killed = True

@@ -7,6 +7,8 @@ engine state); kept apart because engines come and go for their own reasons.
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from llmsup.engines import placement
@@ -33,8 +35,22 @@ class EngineOwner:
         self.engine_config: dict[str, Any] = {}  # what every engine loads (set by the shell before engines start)
         self.slots = 1
         self.standby_target = 0
+        self.gpu_count = 0
+        self._last_launch = float("-inf")
         self._retiring: dict[int, Engine] = {}  # gone engines whose devices are not free yet
         self._kill_reason: dict[int, str] = {}
+
+    def _drive(self: SupervisorCore, what: str, engine: Engine | None, call: Callable[[], object],
+               job_id: str | None = None) -> bool:
+        """Ask the driver for something; an unexpected error is logged with the job and engine, counted, and
+        reported as False so that the caller takes the failure path (the supervisor never stops on it)."""
+        try:
+            call()
+            return True
+        except Exception:  # a driver bug or an OS error must not leave a job or an engine stuck
+            log.exception("job=%s %s: %s failed", job_id or "-", engine.tag() if engine else "-", what)
+            self.metrics.driver_errors.labels(what).inc()
+            return False
 
     def configure_engines(self: SupervisorCore, engine_config: dict[str, Any], gpu_count: int = 0) -> None:
         s = self.settings
@@ -71,13 +87,41 @@ class EngineOwner:
             self.launch(gpu)
 
     def launch(self: SupervisorCore, gpu: str, restarts: int = 0) -> None:
-        set_id = self.driver.launch(gpu)
-        self.pool.launches[set_id] = Launch(set_id, gpu, self.clock(), restarts)
+        """Start an engine on these devices (a launch that fails is retried by :meth:`reconcile`)."""
+        set_ids: list[str] = []
+        if self._drive("launch", None, lambda: set_ids.append(self.driver.launch(gpu))):
+            self.pool.launches[set_ids[0]] = Launch(set_ids[0], gpu, self.clock(), restarts)
+        self._last_launch = self.mono()
+
+    def reconcile(self: SupervisorCore, now: float) -> None:
+        """Keep the engine count: launch what is missing (a failed launch, an engine set that never came up).
+        Engines on their way out count as present: their replacement is launched when they are gone."""
+        if not self.driver.can_launch or self.stopping or now - self._last_launch < self.settings.engine_relaunch_s:
+            return
+        present = len(self.pool.engines) + len(self.pool.launches) + sum(
+            1 for eid in self._retiring if eid not in self.pool.engines)
+        for gpu in self._missing_devices(self.settings.engines + self.standby_target - present):
+            log.warning("engine count short of %d: launching one on %s", self.settings.engines + self.standby_target,
+                        gpu or "CPU")
+            self.launch(gpu)
+
+    def _missing_devices(self: SupervisorCore, missing: int) -> list[str]:
+        if missing <= 0:
+            return []
+        plan = placement.plan(self.settings.engines + self.standby_target, self.gpu_count, self.settings.gpus_per_engine)
+        taken = Counter([e.gpu for e in self.pool] + [launch.gpu for launch in self.pool.launches.values()])
+        free = []
+        for gpu in plan:  # the planned devices nobody holds, first
+            if taken[gpu]:
+                taken[gpu] -= 1
+            else:
+                free.append(gpu)
+        return (free + plan)[:missing]
 
     # reports -----------------------------------------------------------------------------
     def on_engine_event(self: SupervisorCore, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.EngineRegistered):
-            self.driver.identify(event.engine_id)
+            self._drive("identify", None, lambda: self.driver.identify(event.engine_id))
         elif isinstance(event, ev.EngineIdentified):
             self._adopt(event.engine_id, event.identity)
         elif isinstance(event, ev.LaunchFailed):
@@ -116,7 +160,9 @@ class EngineOwner:
                         gpu=self._gpu_for(ident, launch), set_id=launch.set_id if launch else "", slots=self.slots,
                         batched=self.batched, started_at=self.clock(), restarts=launch.restarts if launch else 0)
         self.pool.add(engine)
-        self.driver.load(engine, dict(self.engine_config, engine_id=engine_id, gpu=engine.gpu))
+        config = dict(self.engine_config, engine_id=engine_id, gpu=engine.gpu)
+        if not self._drive("load", engine, lambda: self.driver.load(engine, config)):
+            self.kill_engine(engine, "init_failed")
 
     def _gpu_for(self: SupervisorCore, ident: ev.EngineIdentity, launch: Launch | None) -> str:
         if launch is not None:
@@ -138,7 +184,8 @@ class EngineOwner:
             log.warning("%s serves the tiny local model %s: RANDOM weights, its text is random (name a model "
                         "with --model)", engine.tag(), engine.backend.get("model"))
         if engine.batched:
-            self.driver.start_serving(engine)  # ready when its loop says hello
+            if not self._drive("start_serving", engine, lambda: self.driver.start_serving(engine)):
+                self.kill_engine(engine, "init_failed")  # ready when its loop says hello
         else:
             self._mark_ready(engine, self.mono())
 
@@ -188,7 +235,8 @@ class EngineOwner:
             return
         self._take_out(engine, S.RESTARTING, f"kill: {reason}")
         self._kill_reason[engine.id] = reason
-        self.driver.kill(engine)
+        if not self._drive("kill", engine, lambda: self.driver.kill(engine)):
+            self.report(ev.EngineKilled(engine.id))  # take it as gone: retire kills and stops its set once more
 
     def recycle(self: SupervisorCore, engine: Engine, why: str) -> None:
         """Release the backend, stop the engine, start a fresh one on the same devices."""
@@ -221,7 +269,8 @@ class EngineOwner:
             self.pool.remove(engine.id)
         self._retiring[engine.id] = engine
         self.metrics.engine_restarts.labels(reason).inc()
-        self.driver.retire(engine, release=release)
+        if not self._drive("retire", engine, lambda: self.driver.retire(engine, release=release)):
+            self._replace(engine.id)
 
     def _replace(self: SupervisorCore, engine_id: int) -> None:
         engine = self._retiring.pop(engine_id, None)

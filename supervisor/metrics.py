@@ -34,6 +34,10 @@ class Metrics:
             "llmsup_standby_promotions", "Standby engines promoted in place of a killed, lost or recycled engine",
             registry=r,
         )
+        self.driver_errors = Counter(
+            "llmsup_internal_errors", "Unexpected errors caught in the supervisor (the job or engine took its failure path)",
+            ["step"], registry=r,
+        )
         self.loop_restarts = Counter(
             "llmsup_loop_restarts", "Supervisor loops restarted after an unexpected error", ["loop"], registry=r
         )

@@ -188,6 +188,7 @@ class Supervisor(SupervisorCore):
                     self.driver.poll()
                 now = self.mono()
                 self.check_beats(now)
+                self.reconcile(now)
                 self.expire_queued(self.clock())
                 self.update_gauges()
             except Exception:  # one bad tick must not stop supervision

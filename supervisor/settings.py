@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     signal_path: Literal["auto", "direct", "ipp"] = Field(
         "auto", description="auto: os.kill for engines on this host, Client.send_signal for others"
     )
+    engine_relaunch_s: float = Field(
+        5.0, gt=0, description="at most one launch this often to make up a short engine count (a failed launch)"
+    )
     engine_beat_timeout_s: float = Field(
         10.0, gt=0, description="a batched engine whose serving loop sends no heartbeat for this long is replaced"
     )

@@ -275,3 +275,65 @@ def test_recycling_swaps_in_the_standby(tmp_path: Path) -> None:
                 clock.mono)
     assert core.find_engine(1).state is E.IDLE and core.find_engine(0).state is E.RESTARTING
     assert driver.verbs("retire") == [("retire", 0, True)]
+
+
+# faults injected at each step: the job still ends, the supervisor goes on ----------------------------------
+class Faulty(FakeDriver):
+    """A driver whose chosen verbs raise, as an OS error or a driver bug would."""
+
+    def __init__(self, *failing: str) -> None:
+        super().__init__()
+        self.failing = set(failing)
+
+    def __getattribute__(self, name: str):  # type: ignore[no-untyped-def]
+        if name in object.__getattribute__(self, "failing"):
+            def fail(*args: object, **kwargs: object) -> None:
+                raise PermissionError(f"injected: {name}")
+            return fail
+        return object.__getattribute__(self, name)
+
+
+@pytest.mark.parametrize("failing", [("sigint",), ("probe",), ("sigint", "probe"), ("kill",), ("retire",),
+                                     ("sigint", "probe", "kill", "retire")])
+def test_a_failing_ladder_step_still_ends_the_job(tmp_path: Path, failing: tuple[str, ...]) -> None:
+    core, _, clock = make_core(tmp_path)
+    faulty = Faulty(*failing)
+    core.driver = faulty
+    job_id = run_one(core, clock, deadline_s=1.0)
+    tick_to(core, clock, clock.mono + 1.0)
+    if "sigint" not in failing:
+        core.report(ev.SigintDelivered(key_of(core, job_id)), clock.mono)
+    for _ in range(8):
+        tick_to(core, clock, clock.mono + 0.25)
+    if "kill" not in failing:
+        core.report(ev.EngineKilled(0), clock.mono)
+    job = core.get(job_id)
+    assert job.status is S.TIMED_OUT and job.output == "partial ", job
+    assert core.pool.get(0) is None  # gone, and its replacement launched
+    if "retire" not in failing:
+        core.report(ev.EngineRetired(0), clock.mono)
+    assert faulty.verbs("launch") or "launch" in failing
+    assert core.metrics.driver_errors.labels(failing[0])._value.get() >= 1
+
+
+def test_a_failing_dispatch_requeues_the_job_uncharged(tmp_path: Path) -> None:
+    core, _, clock = make_core(tmp_path)
+    core.driver = Faulty("dispatch")
+    job = core.submit(JobRequest(prompt="p")).job
+    core.dispatch_ready(clock.mono)
+    job = core.get(job.id)
+    assert job.status is S.QUEUED and job.attempts == 0
+
+
+def test_a_failed_launch_is_made_up_for(tmp_path: Path) -> None:
+    core, driver, clock = make_core(tmp_path, engines=1)
+    core.report(ev.EngineUnregistered(0), clock.mono)
+    core.driver = Faulty("launch")
+    core.report(ev.EngineRetired(0), clock.mono)
+    assert core.pool.launches == {}
+    core.driver = driver
+    clock.advance(5.0)
+    core.reconcile(clock.mono)
+    assert len(core.pool.launches) == 1
+    core.reconcile(clock.mono + 10)
+    assert len(core.pool.launches) == 1  # not twice
