@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ipyparallel as ipp
+import psutil
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.leftovers import ProcessLedger
 from llmsup.supervisor.settings import Settings
@@ -108,6 +109,24 @@ class ClusterManager:
             await within(asyncio.wrap_future(fut), timeout)
         except Exception as exc:  # stop_cluster below still stops them
             log.debug("engine shutdown request: %s", exc)
+
+    def controller_alive(self) -> bool:
+        """False once the controller this process started has died (local clusters; True when joined)."""
+        pid = getattr(self.cluster.controller, "pid", None) if self.cluster is not None else None
+        if not pid:
+            return True
+        try:
+            return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    async def restart(self) -> None:
+        """A new controller after the old one died: the old engines are stopped (they cannot reach it), the
+        client reconnects; engines are launched again by the caller."""
+        await self.stop()
+        for name in [n for n in self.ledger.entries if n.startswith(("engine:", "nanny:", "controller"))]:
+            self.ledger.kill(name)
+        await self.start()
 
     async def stop(self) -> None:
         if self.client is not None:

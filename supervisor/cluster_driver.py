@@ -42,6 +42,8 @@ class ClusterDriver:
         self._serving: dict[int, asyncio.Future[Any]] = {}  # batched engines' serving tasks
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._restarting = False
+        self._generation = 0  # a new one for each controller: engine ids start again from 0
 
     @property
     def can_launch(self) -> bool:
@@ -70,7 +72,20 @@ class ClusterDriver:
 
     # engines coming -------------------------------------------------------------------------
     def poll(self) -> None:
-        """Report engines that registered with the controller, and engines that left it."""
+        """Report engines that registered with the controller, and engines that left it; a dead controller."""
+        if self._restarting:
+            return
+        if not self.cluster.controller_alive():
+            log.error("the IPyParallel controller died: starting a new one")
+            self._restarting = True
+            self._generation += 1  # answers of the old cluster's engines are not reported any more
+            for task in list(self._tasks):
+                task.cancel()
+            self._known.clear()
+            self._launched.clear()
+            self.sink(ev.ControllerLost())
+            self._spawn(self._restart_cluster(), "controller restart")
+            return
         ids = self.cluster.engine_ids()
         for eid in sorted(ids - self._known):
             self._known.add(eid)
@@ -78,6 +93,13 @@ class ClusterDriver:
         for eid in sorted(self._known - ids):
             self._known.discard(eid)
             self._report(ev.EngineUnregistered(eid))
+
+    async def _restart_cluster(self) -> None:
+        try:
+            await self.cluster.restart()
+        finally:
+            self._restarting = False
+        self._report(ev.ControllerRestarted())
 
     def engine_ids(self) -> set[int]:
         return self.cluster.engine_ids()
@@ -133,10 +155,12 @@ class ClusterDriver:
                   "test_hooks": self.settings.engine_test_hooks}
         fut = self._apply(engine.id, batch.serve, config)
         self._serving[engine.id] = fut
+        generation = self._generation
 
         def ended(f: asyncio.Future[Any]) -> None:
-            self._serving.pop(engine.id, None)
-            if self._stopping:
+            if self._serving.get(engine.id) is f:
+                del self._serving[engine.id]
+            if self._stopping or generation != self._generation:
                 return
             why = "serving loop returned" if not f.cancelled() and f.exception() is None else (
                 f"serving loop failed: {f.exception() if not f.cancelled() else 'cancelled'}")
@@ -164,8 +188,10 @@ class ClusterDriver:
                                      dispatched=False))
             return
 
+        generation = self._generation
+
         def replied(f: asyncio.Future[Any]) -> None:
-            if f.cancelled():
+            if f.cancelled() or generation != self._generation:
                 return
             exc = f.exception()
             self.sink(ev.JobReply(key, error=exc) if exc is not None else ev.JobReply(key, result=f.result()))
@@ -204,9 +230,10 @@ class ClusterDriver:
 
     def probe(self, engine: Engine, key: str) -> None:
         fut = self._apply(engine.id, runtime.ping)
+        generation = self._generation
 
         def answered(f: asyncio.Future[Any]) -> None:
-            if not f.cancelled() and f.exception() is None:
+            if not f.cancelled() and f.exception() is None and generation == self._generation:
                 self.sink(ev.ProbeAnswered(key))
 
         fut.add_done_callback(answered)

@@ -131,6 +131,9 @@ class EngineOwner:
         elif isinstance(event, ev.EngineRetired):
             self._replace(event.engine_id)
             return
+        elif isinstance(event, (ev.ControllerLost, ev.ControllerRestarted)):
+            self._controller_event(event, now)
+            return
         engine = self.pool.get(getattr(event, "engine_id", -1))
         if engine is None:
             return
@@ -152,6 +155,22 @@ class EngineOwner:
         elif isinstance(event, ev.EngineKilled):
             self.settle_engine_jobs(engine, f"engine killed ({self._kill_reason.get(engine.id, 'killed')})", True)
             self._gone(engine, self._kill_reason.pop(engine.id, "killed"), release=False)
+
+    def _controller_event(self: SupervisorCore, event: ev.Report, now: float) -> None:
+        if isinstance(event, ev.ControllerRestarted):
+            self._last_launch = float("-inf")
+            self.reconcile(now)  # every engine anew
+            return
+        log.error("controller lost: every engine is launched anew; running jobs go back to the queue uncharged")
+        for engine in list(self.pool):
+            move(engine, S.DEAD, "controller lost")
+            self.settle_engine_jobs(engine, "controller lost", True)
+            self.pool.remove(engine.id)
+            self.metrics.engine_restarts.labels("controller_lost").inc()
+        self.pool.launches.clear()
+        self._retiring.clear()
+        self._kill_reason.clear()
+        self._last_launch = now  # no launch until the new controller runs
 
     def _adopt(self: SupervisorCore, engine_id: int, ident: ev.EngineIdentity) -> None:
         launch = self.pool.launches.pop(ident.engine_set, None)

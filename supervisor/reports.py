@@ -86,6 +86,16 @@ class EngineRetired:
 
 
 @dataclass(frozen=True)
+class ControllerLost:
+    """The IPyParallel controller died: every engine is cut off from us (they are stopped and launched anew)."""
+
+
+@dataclass(frozen=True)
+class ControllerRestarted:
+    """A new controller runs: engines can be launched again."""
+
+
+@dataclass(frozen=True)
 class LaunchFailed:
     set_id: str
     why: str
@@ -124,6 +134,6 @@ class ProbeAnswered:
 
 Report = (
     EngineRegistered | EngineUnregistered | EngineIdentified | EngineLoaded | EngineFailed | EngineServing
-    | EngineBeat | EngineKilled | EngineRetired | LaunchFailed
+    | EngineBeat | EngineKilled | EngineRetired | LaunchFailed | ControllerLost | ControllerRestarted
     | TaskStarted | TokenPiece | JobReply | SigintDelivered | ProbeAnswered
 )
