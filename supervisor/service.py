@@ -8,7 +8,6 @@ is sent; it is stored terminal before anyone is told).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -16,7 +15,8 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from llmsup.engines import runtime
+from llmsup.engines import messages, runtime
+from llmsup.engines.messages import Abort, EngineBeat, Hello, JobDone, JobSpec, StreamEvent, Submit, TaskStarted, TokenPiece
 from llmsup.supervisor import outcomes
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.batching import ControlChannel
@@ -33,6 +33,7 @@ from llmsup.supervisor.requests import InvalidRequest, JobNotFound, JobRequest, 
 from llmsup.supervisor.running import RunningJob
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import DuplicateKey, JobStore, SQLiteStore
+from llmsup.supervisor.stream_reader import StreamReader
 from llmsup.supervisor.transitions import transition
 from llmsup.supervisor.watchdog import Watchdog
 
@@ -83,11 +84,9 @@ class Supervisor(EngineAdmin):
             self._store = SQLiteStore(s.db_path)
         self.recover(self.clock())
         self._zmq = zmq.asyncio.Context()
-        self._pull = self._zmq.socket(zmq.PULL)
-        self._pull.setsockopt(zmq.RCVHWM, 0)
-        port = self._pull.bind_to_random_port(s.stream_bind)
-        self.stream_address = f"{s.stream_bind}:{port}"
-        self.control = ControlChannel(self._zmq, s.stream_bind)
+        self.stream = StreamReader(self._zmq, s.stream_bind, self.on_stream_event, self.metrics)
+        self.stream_address = self.stream.address
+        self.control = ControlChannel(self._zmq, s.stream_bind, self.metrics)
         await self.cluster.start()
         engine_config = dict(s.for_engines(), stream_address=self.stream_address)
         self.engines = EngineManager(
@@ -98,7 +97,7 @@ class Supervisor(EngineAdmin):
             s, self.cluster, self.metrics, self._settle_lost_reply, self.engines.kill_and_replace,
             self.engines.local_key, send_abort=self._send_abort,
         )
-        for coro in (self._token_loop(), self._dispatch_loop(), self._health_loop(),
+        for coro in (self.stream.run(), self._dispatch_loop(), self._health_loop(),
                      self.control.receive(self._on_hello)):
             self._spawn(coro)
         await self.engines.start(s.engines)
@@ -133,7 +132,7 @@ class Supervisor(EngineAdmin):
         if self._owns_run_dir:
             self.ledger.claim()  # kill anything the cluster failed to stop
             self.ledger.release()
-        for sock in (getattr(self, "_pull", None), getattr(self, "control", None)):
+        for sock in (getattr(self, "stream", None), getattr(self, "control", None)):
             if sock is not None:
                 sock.close()
         if hasattr(self, "_zmq"):
@@ -272,15 +271,13 @@ class Supervisor(EngineAdmin):
         engine.jobs[job.id] = mono
         engine.refresh_state()
         self.metrics.queue_wait.observe(max(0.0, now - job.created_at))
-        spec = {"job_id": run.key, "prompt": job.prompt, "params": _params_dict(job.params)}
         loop = asyncio.get_running_loop()
         if engine.batched:
-            run.future = loop.create_future()  # resolved by the engine's "done" message
-            msg = {"op": "submit", "key": run.key, "prompt": job.prompt, "params": spec["params"],
-                   "deadline_s": job.deadline_s}
-            if not self.control.send(engine.id, msg):
+            run.future = loop.create_future()  # resolved by the engine's JobDone
+            if not self.control.send(engine.id, Submit(run.key, job.prompt, job.deadline_s, job.params)):
                 run.future.set_exception(outcomes.DispatchFailed(f"engine {engine.id} not reachable on its control channel"))
         else:
+            spec = messages.plain(JobSpec(run.key, job.prompt, job.params))
             try:
                 run.future = asyncio.wrap_future(self.cluster.apply(engine.id, runtime.run_job, spec))
             except Exception as exc:  # the engine left the cluster before we noticed: the job goes back
@@ -304,8 +301,11 @@ class Supervisor(EngineAdmin):
             else:
                 settlement = outcomes.from_exception(exc, run, max_attempts)
         else:
-            result: dict[str, Any] = fut.result()
-            run.engine.rss_mb = result.get("rss_mb", run.engine.rss_mb)
+            result = outcomes.decode_reply(fut.result())
+            run.engine.rss_mb = result.rss_mb or run.engine.rss_mb
+            if result.outcome == "error":  # the operator's one record of what failed on the engine, and where
+                log.error("job=%s failed on %s: %s%s", run.job.id, run.engine.tag(), result.error,
+                          f"\n{result.traceback.rstrip()}" if result.traceback else "")
             settlement = outcomes.from_result(result, run, max_attempts)
         if settlement.engine_lost and run.engine.state not in (EngineState.RESTARTING, EngineState.DEAD):
             self._spawn(self.engines.handle_lost(run.engine, f"engine lost running job {run.job.id}"))
@@ -315,9 +315,9 @@ class Supervisor(EngineAdmin):
         self._settle(run, outcomes.partial(run, run.interrupt_reason or JobStatus.CANCELLED, "; reply lost"))
 
     def _send_abort(self, run: RunningJob) -> None:
-        self.control.send(run.engine.id, {"op": "abort", "key": run.key, "reason": "cancelled"})
+        self.control.send(run.engine.id, Abort(run.key, "cancelled"))
 
-    def _on_hello(self, engine_id: int, msg: dict[str, Any]) -> None:
+    def _on_hello(self, engine_id: int, hello: Hello) -> None:
         engine = self.pool.get(engine_id)
         if engine is not None and engine.batched:
             self.engines.mark_ready(engine)
@@ -358,7 +358,7 @@ class Supervisor(EngineAdmin):
             elif st.status is JobStatus.CANCELLED:
                 finish_reason = "cancelled"
             new = transition(job, st.status, now, output=st.text, tokens=st.tokens, error=st.error,
-                             finish_reason=finish_reason, prompt_tokens=st.prompt_tokens)
+                             finish_reason=finish_reason, prompt_tokens=st.prompt_tokens, error_detail=st.error_detail)
         self.store.put(new)  # written before anyone is told
         run.settled.set()
         if run.deadline_timer is not None:
@@ -412,40 +412,24 @@ class Supervisor(EngineAdmin):
                     fut.set_result(job)
 
     # background loops ----------------------------------------------------------------
-    async def _token_loop(self) -> None:
-        """Engines' token stream: [key, seq, text] pieces; [key, "done", result]; ["", "beat", info]."""
-        while True:
-            frames = await self._pull.recv_multipart()
-            try:
-                self._on_stream_message(frames)
-            except (ValueError, UnicodeDecodeError) as exc:  # a malformed message must not stop the stream
-                log.warning("bad message on the token stream: %s", exc)
-
-    def _on_stream_message(self, frames: list[bytes]) -> None:
-        if len(frames) == 3:
-            key, kind, payload = frames
-            if not key:
-                if kind == b"beat":
-                    self._on_beat(payload)
-                return
-            run = self._by_stream_key.get(key.decode())
-            if run is None:
-                return
-            if kind == b"start":
-                run.task_started.set()
-            elif kind == b"done":
-                if run.future is not None and not run.future.done():
-                    run.future.set_result(json.loads(payload))
-            elif run.add_piece(int(kind), payload.decode(), time.monotonic()):
-                self.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": int(kind),
-                                              "text": payload.decode()})
-
-    def _on_beat(self, payload: bytes) -> None:
-        info = json.loads(payload)
-        engine = self.pool.get(int(info.get("engine_id", -1)))
-        if engine is not None:
-            engine.last_beat = time.monotonic()
-            engine.rss_mb = info.get("rss_mb", engine.rss_mb)
+    def on_stream_event(self, event: StreamEvent) -> None:
+        """One message of the engines' token stream, decoded by the StreamReader."""
+        if isinstance(event, EngineBeat):
+            engine = self.pool.get(event.engine_id)
+            if engine is not None:
+                engine.last_beat = time.monotonic()
+                engine.rss_mb = event.rss_mb
+            return
+        run = self._by_stream_key.get(event.key)
+        if run is None:  # a settled job, or a lost attempt: stale
+            return
+        if isinstance(event, TaskStarted):
+            run.task_started.set()
+        elif isinstance(event, JobDone):
+            if run.future is not None and not run.future.done():
+                run.future.set_result(event.result)
+        elif isinstance(event, TokenPiece) and run.add_piece(event.seq, event.text, time.monotonic()):
+            self.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": event.seq, "text": event.text})
 
     async def _health_loop(self) -> None:
         period = max(0.05, self.settings.heartbeat_ms / 2000)
@@ -489,7 +473,3 @@ class Supervisor(EngineAdmin):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-def _params_dict(params: JobParams) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.__dict__.items()}
