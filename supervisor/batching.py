@@ -59,6 +59,9 @@ class ControlChannel:
         self.sock.setsockopt(zmq.LINGER, 0)
         port = self.sock.bind_to_random_port(bind)
         self.address = f"{bind}:{port}"
+        # sends go through a plain (blocking-API) view of the same socket, on the same thread: an asyncio
+        # socket would put an unreachable engine's error in a Future nobody reads and report success
+        self._sender = zmq.Socket.shadow(self.sock.underlying)
 
     def send(self, engine_id: int, msg: ControlOp | dict[str, Any]) -> bool:
         """Send one control op to a batched engine; False if it is not connected (or the op is not one)."""
@@ -68,7 +71,7 @@ class ControlChannel:
             log.error("not a control op for engine %s: %s", engine_id, exc)
             return False
         try:
-            self.sock.send_multipart([str(engine_id).encode(), frame], flags=zmq.NOBLOCK)
+            self._sender.send_multipart([str(engine_id).encode(), frame], flags=zmq.NOBLOCK)
             return True
         except (zmq.ZMQError, zmq.Again) as exc:
             log.warning("control message to engine %s failed: %s", engine_id, exc)
