@@ -9,6 +9,7 @@ logged once per peer and problem; the loop goes on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,14 @@ def read_hello(frames: list[bytes]) -> tuple[int, Hello]:
     return engine_id, decode_for_supervisor(raw, expect=(Hello,))
 
 
+def _log_failure(engine_id: int, sent: asyncio.Future) -> bool:
+    """Log a failed send; True if it failed."""
+    exc = None if sent.cancelled() else sent.exception()
+    if exc is not None:
+        log.warning("control message to engine %s failed: %s", engine_id, exc)
+    return exc is not None or sent.cancelled()
+
+
 class ControlChannel:
     def __init__(self, ctx: zmq.asyncio.Context, bind: str, metrics: Metrics) -> None:
         self.malformed = MalformedLog(metrics.malformed, "control")
@@ -59,9 +68,6 @@ class ControlChannel:
         self.sock.setsockopt(zmq.LINGER, 0)
         port = self.sock.bind_to_random_port(bind)
         self.address = f"{bind}:{port}"
-        # sends go through a plain (blocking-API) view of the same socket, on the same thread: an asyncio
-        # socket would put an unreachable engine's error in a Future nobody reads and report success
-        self._sender = zmq.Socket.shadow(self.sock.underlying)
 
     def send(self, engine_id: int, msg: ControlOp | dict[str, Any]) -> bool:
         """Send one control op to a batched engine; False if it is not connected (or the op is not one)."""
@@ -70,12 +76,13 @@ class ControlChannel:
         except ProtocolError as exc:
             log.error("not a control op for engine %s: %s", engine_id, exc)
             return False
-        try:
-            self._sender.send_multipart([str(engine_id).encode(), frame], flags=zmq.NOBLOCK)
+        # A non-blocking send on an asyncio socket is tried at once and its Future comes back done, holding the
+        # error of an engine that is not connected (ROUTER_MANDATORY): read it there, or it is lost.
+        sent = self.sock.send_multipart([str(engine_id).encode(), frame], flags=zmq.NOBLOCK)
+        if not sent.done():  # queued behind another send: its outcome is only logged
+            sent.add_done_callback(lambda fut: _log_failure(engine_id, fut))
             return True
-        except (zmq.ZMQError, zmq.Again) as exc:
-            log.warning("control message to engine %s failed: %s", engine_id, exc)
-            return False
+        return not _log_failure(engine_id, sent)
 
     async def receive(self, on_hello: Callable[[int, Hello], None]) -> None:
         """Read until cancelled: every hello goes to ``on_hello(engine_id, hello)``."""
