@@ -61,7 +61,9 @@ def from_exception(exc: BaseException, run: RunningJob, max_attempts: int) -> Se
         if run.killed:
             return partial(run, reason)
         return lost(run, f"engine {run.engine.id} died: {exc}", max_attempts)
-    return Settlement(JobStatus.FAILED, run.text, len(run.pieces), f"{ename}: {exc}")
+    remote_traceback = getattr(exc, "traceback", None)  # a RemoteError carries the engine's own
+    return Settlement(JobStatus.FAILED, run.text, len(run.pieces), f"{ename}: {exc}",
+                      error_detail=remote_traceback if isinstance(remote_traceback, str) else None)
 
 
 def decode_reply(reply: object) -> JobResult:

@@ -300,16 +300,22 @@ class Supervisor(EngineAdmin):
                 settlement = outcomes.lost(run, str(exc), max_attempts, charge=False)
             else:
                 settlement = outcomes.from_exception(exc, run, max_attempts)
+                if settlement.error_detail is not None:  # an exception that escaped run_job
+                    self._log_engine_error(run, settlement.error, settlement.error_detail)
         else:
             result = outcomes.decode_reply(fut.result())
             run.engine.rss_mb = result.rss_mb or run.engine.rss_mb
-            if result.outcome == "error":  # the operator's one record of what failed on the engine, and where
-                log.error("job=%s failed on %s: %s%s", run.job.id, run.engine.tag(), result.error,
-                          f"\n{result.traceback.rstrip()}" if result.traceback else "")
+            if result.outcome == "error":
+                self._log_engine_error(run, result.error, result.traceback)
             settlement = outcomes.from_result(result, run, max_attempts)
         if settlement.engine_lost and run.engine.state not in (EngineState.RESTARTING, EngineState.DEAD):
             self._spawn(self.engines.handle_lost(run.engine, f"engine lost running job {run.job.id}"))
         self._settle(run, settlement)
+
+    def _log_engine_error(self, run: RunningJob, error: str | None, traceback: str | None) -> None:
+        """The operator's one record of what failed on the engine, and where (the job keeps it for admins)."""
+        log.error("job=%s failed on %s: %s%s", run.job.id, run.engine.tag(), error,
+                  f"\n{traceback.rstrip()}" if traceback else "")
 
     def _settle_lost_reply(self, run: RunningJob) -> None:
         self._settle(run, outcomes.partial(run, run.interrupt_reason or JobStatus.CANCELLED, "; reply lost"))

@@ -86,7 +86,11 @@ def test_exceptions_keyboard_interrupt_engine_error_other() -> None:
     killed.killed = True
     st = from_exception(RemoteError("EngineError"), killed, 3)
     assert st.status is S.TIMED_OUT and st.text == "a b " and "engine killed" in st.error
-    assert from_exception(RemoteError("ZeroDivisionError"), running(), 3).status is S.FAILED
+    other = from_exception(RemoteError("ZeroDivisionError"), running(), 3)
+    assert other.status is S.FAILED and other.error_detail is None
+    escaped = RemoteError("SystemExit")
+    escaped.traceback = "Traceback (most recent call last): ...\nSystemExit: 3"  # as ipyparallel's RemoteError
+    assert from_exception(escaped, running(), 3).error_detail == escaped.traceback
 
 
 def test_uncharged_requeues_are_bounded() -> None:
