@@ -12,32 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import zmq
 import zmq.asyncio
-from llmsup.engines.messages import (
-    CONTROL_OPS,
-    PROTOCOL_VERSION,
-    ControlOp,
-    Hello,
-    ProtocolError,
-    decode_for_engine,
-    decode_for_supervisor,
-    encode,
-)
+from llmsup.engines.messages import ControlOp, Hello, ProtocolError, decode_for_supervisor, encode
 from llmsup.supervisor.malformed import MalformedLog
 from llmsup.supervisor.metrics import Metrics
 
 log = logging.getLogger("llmsup.batching")
-
-
-def as_control_op(msg: ControlOp | dict[str, Any]) -> ControlOp:
-    """A typed op; the untyped form of earlier callers (``{"op": "stop"}``) is read as one."""
-    if isinstance(msg, dict):
-        return decode_for_engine({"version": PROTOCOL_VERSION, **msg, "kind": msg.get("op")},
-                                 expect=CONTROL_OPS)
-    return msg
 
 
 def read_hello(frames: list[bytes]) -> tuple[int, Hello]:
@@ -69,13 +51,9 @@ class ControlChannel:
         port = self.sock.bind_to_random_port(bind)
         self.address = f"{bind}:{port}"
 
-    def send(self, engine_id: int, msg: ControlOp | dict[str, Any]) -> bool:
-        """Send one control op to a batched engine; False if it is not connected (or the op is not one)."""
-        try:
-            frame = encode(as_control_op(msg))
-        except ProtocolError as exc:
-            log.error("not a control op for engine %s: %s", engine_id, exc)
-            return False
+    def send(self, engine_id: int, op: ControlOp) -> bool:
+        """Send one control op to a batched engine; False if it is not connected."""
+        frame = encode(op)
         # A non-blocking send on an asyncio socket is tried at once and its Future comes back done, holding the
         # error of an engine that is not connected (ROUTER_MANDATORY): read it there, or it is lost.
         sent = self.sock.send_multipart([str(engine_id).encode(), frame], flags=zmq.NOBLOCK)

@@ -23,6 +23,7 @@ RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="run directory
 @app.command()
 def serve(
     engines: Annotated[int | None, typer.Option(help="engines in the local cluster [2]")] = None,
+    standby: Annotated[int | None, typer.Option(help="warm standby engines (default: per backend and device)")] = None,
     backend: Annotated[str | None, typer.Option(help="sim | transformers | vllm | auto")] = None,
     model: Annotated[str | None, typer.Option(help="model path or id (default: a tiny local model)")] = None,
     host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
@@ -46,7 +47,7 @@ def serve(
     from pydantic import ValidationError
 
     given: dict[str, Any] = {
-        "engines": engines, "backend": backend, "model": model, "host": host, "port": port, "run_dir": run_dir,
+        "engines": engines, "standby": standby, "backend": backend, "model": model, "host": host, "port": port, "run_dir": run_dir,
         "deadline_s": deadline, "cluster_file": cluster_file, "slots_per_engine": slots_per_engine,
         "gpus_per_engine": gpus_per_engine, "interrupt_grace_s": interrupt_grace, "kill_grace_s": kill_grace,
         "max_attempts": max_attempts, "queue_max": queue_max,

@@ -71,6 +71,12 @@ class ClusterManager:
         env = {"LLMSUP_ENGINE_SET": set_id, "CUDA_VISIBLE_DEVICES": gpu, "IPYTHONDIR": os.environ["IPYTHONDIR"]}
         return set_id, self.cluster.start_engines(1, engine_set_id=set_id, environment=env)
 
+    def set_pids(self, set_id: str) -> list[int]:
+        """The processes IPyParallel's launcher started for this engine set (local clusters)."""
+        launcher = self.cluster.engines.get(set_id) if self.cluster is not None else None
+        children = getattr(launcher, "launchers", {}) or {}
+        return [int(child.pid) for child in children.values() if getattr(child, "pid", None)]
+
     async def stop_engine_set(self, set_id: str) -> None:
         if self.cluster is not None and set_id in self.cluster.engines:
             try:

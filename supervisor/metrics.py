@@ -33,3 +33,10 @@ class Metrics:
         self.malformed = Counter(
             "llmsup_malformed_messages", "Messages from engines that could not be read, dropped", ["channel"], registry=r
         )  # stream (token stream), control (batched engines' control channel)
+        self.standby_promotions = Counter(
+            "llmsup_standby_promotions", "Standby engines promoted in place of a killed, lost or recycled engine",
+            registry=r,
+        )
+        self.loop_restarts = Counter(
+            "llmsup_loop_restarts", "Supervisor loops restarted after an unexpected error", ["loop"], registry=r
+        )

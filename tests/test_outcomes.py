@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import make_settings
 from llmsup.engines.messages import JobResult
+from llmsup.supervisor.engine_state import Engine
 from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
+from llmsup.supervisor.ladder import Escalation, Rung
 from llmsup.supervisor.outcomes import decode_reply, from_exception, from_result, lost
-from llmsup.supervisor.pool import Engine
 from llmsup.supervisor.requests import InvalidRequest, JobRequest, QueueFull
 from llmsup.supervisor.running import RunningJob
 from llmsup.supervisor.service import Supervisor
@@ -23,10 +24,11 @@ pytestmark = pytest.mark.timeout(10)
 
 def running(attempts: int = 1, reason: JobStatus | None = None, deadline: float = 5.0) -> RunningJob:
     job = Job(prompt="p", deadline_s=deadline).with_changes(status=S.RUNNING, attempts=attempts)
-    engine = Engine(id=3, host="h", host_key="h|b", pid=10, pgid=10, gpu="0", set_id="e3")
+    engine = Engine(id=3, host="h", host_key="h|b", pid=10, gpu="0", set_id="e3")
     run = RunningJob(job, engine, 0.0)
     run.pieces.extend(["a ", "b "])
-    run.interrupt_reason = reason
+    if reason is not None:
+        run.escalation = Escalation(reason, False, 0.0, Rung.INTERRUPTED, 0.0, 0.0)
     return run
 
 

@@ -1,0 +1,287 @@
+"""The supervisor core's engine side: engines' lives decided from drivers' reports, and admin operations.
+
+A part of :class:`~llmsup.supervisor.core.SupervisorCore` (it owns both job and
+engine state); kept apart because engines come and go for their own reasons.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from llmsup.engines import placement
+from llmsup.supervisor import reports as ev
+from llmsup.supervisor.engine_state import ACTIVE, GONE, Engine, EngineState, move
+from llmsup.supervisor.pool import Launch
+from llmsup.supervisor.requests import EngineBusy, EngineNotFound
+from llmsup.supervisor.standby import default_standby, pick_standby
+
+if TYPE_CHECKING:
+    from llmsup.supervisor.core import SupervisorCore
+
+log = logging.getLogger("llmsup.engines")
+S = EngineState
+
+
+def default_slots(backend: str) -> int:
+    """Jobs at once per engine when not set: vLLM fills a batch, the others run one job at a time."""
+    return 32 if backend == "vllm" else 1
+
+
+class EngineOwner:
+    def _init_engines(self: SupervisorCore) -> None:
+        self.engine_config: dict[str, Any] = {}  # what every engine loads (set by the shell before engines start)
+        self.slots = 1
+        self.standby_target = 0
+        self._retiring: dict[int, Engine] = {}  # gone engines whose devices are not free yet
+        self._kill_reason: dict[int, str] = {}
+
+    def configure_engines(self: SupervisorCore, engine_config: dict[str, Any], gpu_count: int = 0) -> None:
+        s = self.settings
+        backend = engine_config.get("backend", "sim")
+        self.engine_config = engine_config
+        self.slots = s.slots_per_engine or default_slots(backend)
+        self.gpu_count = gpu_count
+        if s.standby is not None:
+            self.standby_target, why = s.standby, "--standby"
+        else:
+            self.standby_target, why = default_standby(backend, gpu_count, s.engines, s.gpus_per_engine)
+        if self.driver.can_launch:
+            log.info("standby engines: %d (%s)", self.standby_target, why)
+        else:
+            self.standby_target = 0  # engines of a joined cluster are started (and kept) by someone else
+
+    @property
+    def batched(self: SupervisorCore) -> bool:
+        return self.slots > 1
+
+    def expected_engines(self: SupervisorCore) -> int:
+        """Engines the cluster should have (a local cluster: what we launched and keep replacing)."""
+        return self.settings.engines if self.driver.can_launch else len(self.pool.engines)
+
+    # launching -------------------------------------------------------------------------
+    def start_engines(self: SupervisorCore, n: int) -> None:
+        """Launch ``n`` serving engines and the standbys, one set of devices each (the start log maps them)."""
+        if not self.driver.can_launch:
+            return
+        plan = placement.plan(n + self.standby_target, self.gpu_count, self.settings.gpus_per_engine)
+        for rank, gpu in enumerate(plan):
+            log.info("engine %d of %d%s on %s", rank + 1, len(plan), " (standby)" if rank >= n else "",
+                     f"GPU {gpu}" if gpu else "CPU")
+            self.launch(gpu)
+
+    def launch(self: SupervisorCore, gpu: str, restarts: int = 0) -> None:
+        set_id = self.driver.launch(gpu)
+        self.pool.launches[set_id] = Launch(set_id, gpu, self.clock(), restarts)
+
+    # reports -----------------------------------------------------------------------------
+    def on_engine_event(self: SupervisorCore, event: ev.Report, now: float) -> None:
+        if isinstance(event, ev.EngineRegistered):
+            self.driver.identify(event.engine_id)
+        elif isinstance(event, ev.EngineIdentified):
+            self._adopt(event.engine_id, event.identity)
+        elif isinstance(event, ev.LaunchFailed):
+            self.pool.launches.pop(event.set_id, None)
+            log.error("engine set %s failed to start: %s", event.set_id, event.why)
+            return
+        elif isinstance(event, ev.EngineRetired):
+            self._replace(event.engine_id)
+            return
+        engine = self.pool.get(getattr(event, "engine_id", -1))
+        if engine is None:
+            return
+        if isinstance(event, ev.EngineLoaded):
+            self._loaded(engine, event)
+        elif isinstance(event, ev.EngineServing):
+            self._mark_ready(engine, now)
+        elif isinstance(event, ev.EngineBeat):
+            engine.last_beat = now
+            engine.rss_mb = engine.rss_mb if event.rss_mb is None else event.rss_mb
+        elif isinstance(event, ev.EngineFailed):
+            if engine.state is S.STARTING:
+                log.error("%s failed to initialise: %s", engine.tag(), event.why)
+                self.kill_engine(engine, "init_failed")
+            else:
+                self.engine_lost(engine, event.why)
+        elif isinstance(event, ev.EngineUnregistered):
+            self.engine_lost(engine, "engine unregistered (process died or heartbeat lost)")
+        elif isinstance(event, ev.EngineKilled):
+            self.settle_engine_jobs(engine, f"engine killed ({self._kill_reason.get(engine.id, 'killed')})", True)
+            self._gone(engine, self._kill_reason.pop(engine.id, "killed"), release=False)
+
+    def _adopt(self: SupervisorCore, engine_id: int, ident: ev.EngineIdentity) -> None:
+        launch = self.pool.launches.pop(ident.engine_set, None)
+        engine = Engine(id=engine_id, host=ident.host, host_key=ident.host_key, pid=ident.pid,
+                        pid_started=ident.pid_started,
+                        gpu=self._gpu_for(ident, launch), set_id=launch.set_id if launch else "", slots=self.slots,
+                        batched=self.batched, started_at=self.clock(), restarts=launch.restarts if launch else 0)
+        self.pool.add(engine)
+        self.driver.load(engine, dict(self.engine_config, engine_id=engine_id, gpu=engine.gpu))
+
+    def _gpu_for(self: SupervisorCore, ident: ev.EngineIdentity, launch: Launch | None) -> str:
+        if launch is not None:
+            return launch.gpu
+        if ident.gpu:
+            return ident.gpu  # pinned by whoever started it
+        try:
+            return placement.devices_for_rank(self.pool.on_host(ident.host_key), 0, self.settings.gpus_per_engine)
+        except ValueError:
+            return ""
+
+    def _loaded(self: SupervisorCore, engine: Engine, event: ev.EngineLoaded) -> None:
+        if engine.state is not S.STARTING:
+            return
+        engine.backend = dict(event.backend)
+        engine.rss_mb = event.rss_mb
+        log.info("%s loaded in %.2fs (%s)", engine.tag(), event.load_s, engine.backend.get("backend"))
+        if engine.backend.get("tiny_random_model"):
+            log.warning("%s serves the tiny local model %s: RANDOM weights, its text is random (name a model "
+                        "with --model)", engine.tag(), engine.backend.get("model"))
+        if engine.batched:
+            self.driver.start_serving(engine)  # ready when its loop says hello
+        else:
+            self._mark_ready(engine, self.mono())
+
+    def _mark_ready(self: SupervisorCore, engine: Engine, now: float) -> None:
+        if engine.state is not S.STARTING:
+            return
+        engine.last_beat = now
+        active = sum(1 for e in self.pool if e.state in ACTIVE)
+        standbys = sum(1 for e in self.pool if e.state is S.STANDBY)
+        if self.driver.can_launch and active >= self.settings.engines and standbys < self.standby_target:
+            move(engine, S.STANDBY, "ready, kept as a standby")
+            return
+        move(engine, S.IDLE, "ready")
+        self.wake_dispatch()
+
+    def _promote_standby(self: SupervisorCore, lost: Engine) -> None:
+        """A standby takes the place of an engine that is going (it keeps its own devices)."""
+        if lost.state is S.STANDBY or self.stopping:
+            return
+        standby = pick_standby(list(self.pool), lost.host_key)
+        if standby is None:
+            return
+        move(standby, S.IDLE, f"promoted in place of engine {lost.id}")
+        self.metrics.standby_promotions.inc()
+        self.wake_dispatch()
+
+    # losing, killing, recycling, replacing ------------------------------------------------------
+    def engine_lost(self: SupervisorCore, engine: Engine, why: str) -> None:
+        """The engine died under us (or left the cluster): its jobs settle, a replacement is launched."""
+        if self.pool.get(engine.id) is not engine or engine.state is S.RESTARTING:
+            return  # handled already, or a kill / recycle in progress settles it
+        log.warning("%s lost: %s", engine.tag(), why)
+        was_standby = engine.state is S.STANDBY
+        move(engine, S.DEAD, f"lost: {why}")  # first: nothing new goes to it, nothing recycles it
+        if not was_standby:
+            self._promote_standby(engine)
+        self.settle_engine_jobs(engine, why, False)
+        self._gone(engine, "lost", release=False)
+
+    def kill_engine(self: SupervisorCore, engine: Engine, reason: str) -> None:
+        """SIGKILL the engine (its jobs settle when the driver reports it killed), then replace it."""
+        if engine.state in GONE:
+            return
+        was_standby = engine.state is S.STANDBY
+        move(engine, S.RESTARTING, f"kill: {reason}")
+        if not was_standby:
+            self._promote_standby(engine)
+        self._kill_reason[engine.id] = reason
+        self.driver.kill(engine)
+
+    def recycle(self: SupervisorCore, engine: Engine, why: str) -> None:
+        """Release the backend, stop the engine, start a fresh one on the same devices."""
+        if engine.state in GONE:
+            return
+        was_standby = engine.state is S.STANDBY
+        move(engine, S.RESTARTING, f"recycle: {why}")
+        if not was_standby:
+            self._promote_standby(engine)
+        self._gone(engine, "recycled", release=True)
+
+    def maybe_recycle(self: SupervisorCore, engine: Engine) -> None:
+        """Recycle between jobs (a busy batched engine drains first, then recycles when empty)."""
+        s = self.settings
+        if self.stopping or engine.state in GONE:
+            return
+        if engine.recycle_why is None:
+            if s.max_jobs_per_engine and engine.jobs_done >= s.max_jobs_per_engine:
+                engine.recycle_why = f"{engine.jobs_done} jobs done (max_jobs_per_engine={s.max_jobs_per_engine})"
+            elif s.max_engine_rss_mb and engine.rss_mb > s.max_engine_rss_mb:
+                engine.recycle_why = f"RSS {engine.rss_mb:.0f} MB > max_engine_rss_mb={s.max_engine_rss_mb:.0f}"
+        if engine.recycle_why is None:
+            return
+        if engine.jobs:
+            move(engine, S.DRAINING, f"to recycle when its jobs end: {engine.recycle_why}")
+        else:
+            self.recycle(engine, engine.recycle_why)
+
+    def _gone(self: SupervisorCore, engine: Engine, reason: str, release: bool) -> None:
+        """Hand the engine to the driver to take away; a released one stays in view (restarting) until then."""
+        if not release:
+            move(engine, S.DEAD, reason)
+            self.pool.remove(engine.id)
+        self._retiring[engine.id] = engine
+        self.metrics.engine_restarts.labels(reason).inc()
+        self.driver.retire(engine, release=release)
+
+    def _replace(self: SupervisorCore, engine_id: int) -> None:
+        engine = self._retiring.pop(engine_id, None)
+        if engine is None:
+            return
+        if engine.state is not S.DEAD:
+            move(engine, S.DEAD, "retired")
+            self.pool.remove(engine.id)
+        if self.driver.can_launch and not self.stopping:
+            self.launch(engine.gpu, restarts=engine.restarts + 1)
+        elif not self.driver.can_launch:
+            log.warning("%s gone from a joined cluster: whoever started it must replace it", engine.tag())
+
+    def check_beats(self: SupervisorCore, now: float) -> None:
+        """A batched engine whose serving loop stopped beating is lost."""
+        limit = self.settings.engine_beat_timeout_s
+        for engine in self.pool:
+            if engine.batched and engine.state not in GONE and engine.state is not S.STARTING \
+                    and now - engine.last_beat > limit:
+                self.kill_engine(engine, f"no heartbeat for {now - engine.last_beat:.1f}s")
+
+    # admin operations ----------------------------------------------------------------------------
+    def engine_views(self: SupervisorCore) -> list[dict[str, Any]]:
+        now = self.mono()
+        return [e.view(now) for e in sorted(self.pool.engines.values(), key=lambda e: e.id)]
+
+    def find_engine(self: SupervisorCore, engine_id: int) -> Engine:
+        engine = self.pool.get(engine_id)
+        if engine is None:
+            raise EngineNotFound(engine_id)
+        return engine
+
+    def interrupt_engine(self: SupervisorCore, engine_id: int) -> list[str]:
+        """Interrupt every job on the engine (they end cancelled); the engine stays."""
+        engine = self.find_engine(engine_id)
+        ids = list(engine.jobs)
+        for jid in ids:
+            self.cancel(jid, note=f"interrupted by admin on engine {engine_id}")
+        return ids
+
+    def restart_engine(self: SupervisorCore, engine_id: int) -> list[str]:
+        """Replace the engine: recycled cleanly when idle, killed when busy (its jobs re-queued, uncharged).
+        Raises EngineBusy when it is already on its way out."""
+        engine = self.find_engine(engine_id)
+        if engine.state in GONE:
+            raise EngineBusy(engine_id, engine.state.value)
+        jobs = list(engine.jobs)
+        if jobs or engine.state is S.STARTING:
+            self.kill_engine(engine, "admin_restart")
+        else:
+            self.recycle(engine, "admin_restart")
+        return jobs
+
+    def drain_engine(self: SupervisorCore, engine_id: int, drain: bool = True) -> None:
+        """A draining engine finishes its jobs and takes no new ones (until undrained)."""
+        engine = self.find_engine(engine_id)
+        if drain and engine.state in (S.IDLE, S.BUSY):
+            move(engine, S.DRAINING, "drained by admin")
+        elif not drain and engine.state is S.DRAINING and engine.recycle_why is None:
+            move(engine, S.BUSY if engine.jobs else S.IDLE, "undrained by admin")
+            self.wake_dispatch()
