@@ -14,7 +14,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from llmsup.engines import batch, runtime
+from llmsup.engines import batch, messages, runtime
+from llmsup.engines.messages import Abort, Hello, JobSpec, Stop, Submit
+from llmsup.supervisor import outcomes
 from llmsup.supervisor import reports as ev
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.batching import ControlChannel
@@ -168,21 +170,19 @@ class ClusterDriver:
 
         fut.add_done_callback(ended)
 
-    def on_hello(self, engine_id: int, msg: dict[str, Any]) -> None:
+    def on_hello(self, engine_id: int, hello: Hello) -> None:
         self.sink(ev.EngineServing(engine_id))
 
     # jobs --------------------------------------------------------------------------------------
-    def dispatch(self, engine: Engine, key: str, spec: dict[str, Any], deadline_s: float) -> None:
+    def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float) -> None:
         if engine.batched:
             assert self.control is not None
-            msg = {"op": "submit", "key": key, "prompt": spec["prompt"], "params": spec["params"],
-                   "deadline_s": deadline_s}
-            if not self.control.send(engine.id, msg):
+            if not self.control.send(engine.id, Submit(key, spec.prompt, deadline_s, spec.params)):
                 self._report(ev.JobReply(key, error=RuntimeError(f"engine {engine.id} not reachable on its control "
                                                                   "channel"), dispatched=False))
             return
         try:
-            fut = self._apply(engine.id, runtime.run_job, spec)
+            fut = self._apply(engine.id, runtime.run_job, messages.plain(spec))
         except Exception as exc:  # the engine left the cluster before we noticed: the job goes back
             self._report(ev.JobReply(key, error=RuntimeError(f"engine {engine.id} gone at dispatch: {exc}"),
                                      dispatched=False))
@@ -194,13 +194,14 @@ class ClusterDriver:
             if f.cancelled() or generation != self._generation:
                 return
             exc = f.exception()
-            self.sink(ev.JobReply(key, error=exc) if exc is not None else ev.JobReply(key, result=f.result()))
+            self.sink(ev.JobReply(key, error=exc) if exc is not None else
+                      ev.JobReply(key, result=outcomes.decode_reply(f.result())))
 
         fut.add_done_callback(replied)
 
     def abort(self, engine: Engine, key: str) -> None:
         if self.control is not None:
-            self.control.send(engine.id, {"op": "abort", "key": key, "reason": "cancelled"})
+            self.control.send(engine.id, Abort(key, "cancelled"))
 
     # the ladder's means -----------------------------------------------------------------------------
     def uses_direct_signal(self, engine: Engine) -> bool:
@@ -263,7 +264,7 @@ class ClusterDriver:
     async def _release(self, engine: Engine, timeout: float = 30) -> None:
         serving = self._serving.get(engine.id)
         if serving is not None and not serving.done() and self.control is not None:
-            self.control.send(engine.id, {"op": "stop"})  # the serving loop answers what it holds, then returns
+            self.control.send(engine.id, Stop())  # the serving loop answers what it holds, then returns
             try:
                 await within(asyncio.shield(serving), timeout)
             except Exception as exc:  # release below still runs; retire kills if it must

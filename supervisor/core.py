@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from llmsup.engines.messages import JobResult, JobSpec
 from llmsup.supervisor import ladder, outcomes
 from llmsup.supervisor import reports as ev
 from llmsup.supervisor.driver import EngineDriver
@@ -177,8 +178,8 @@ class SupervisorCore(EngineOwner):
         after_jobs_change(engine, f"job {job.id} dispatched")
         self.metrics.queue_wait.observe(max(0.0, job.started_at - job.created_at if job.started_at else 0.0))
         self._push_timer(run.deadline_at, job.id)
-        spec = {"job_id": run.key, "prompt": job.prompt, "params": _params_dict(job.params)}
         self._publish_status(job)
+        spec = JobSpec(run.key, job.prompt, job.params)
         if not self._drive("dispatch", engine, lambda: self.driver.dispatch(engine, run.key, spec, job.deadline_s),
                            job.id):
             self._on_reply(run, ev.JobReply(run.key, error=RuntimeError("dispatch failed"), dispatched=False))
@@ -227,9 +228,13 @@ class SupervisorCore(EngineOwner):
             settlement = outcomes.lost(run, str(reply.error), max_attempts, charge=False)
         elif reply.error is not None:
             settlement = outcomes.from_exception(reply.error, run, max_attempts)
+            if settlement.error_detail is not None:  # an exception that escaped run_job
+                self._log_engine_error(run, settlement.error, settlement.error_detail)
         else:
-            result = reply.result or {}
-            run.engine.rss_mb = float(result.get("rss_mb", run.engine.rss_mb))
+            result = reply.result or JobResult("error", error="the engine answered nothing")
+            run.engine.rss_mb = result.rss_mb or run.engine.rss_mb
+            if result.outcome == "error":
+                self._log_engine_error(run, result.error, result.traceback)
             settlement = outcomes.from_result(result, run, max_attempts)
         engine = run.engine
         if settlement.engine_lost and engine.state not in (EngineState.RESTARTING, EngineState.DEAD):
@@ -238,6 +243,11 @@ class SupervisorCore(EngineOwner):
             self.engine_lost(engine, settlement.requeue_reason or settlement.error or "engine lost")
         else:
             self._settle(run, settlement)
+
+    def _log_engine_error(self, run: RunningJob, error: str | None, traceback: str | None) -> None:
+        """The operator's one record of what failed on the engine, and where (the job keeps it for admins)."""
+        log.error("job=%s failed on %s: %s%s", run.job.id, run.engine.tag(), error,
+                  f"\n{traceback.rstrip()}" if traceback else "")
 
     # time: deadlines and the ladder ------------------------------------------------------------
     def _push_timer(self, when: float, job_id: str) -> None:
@@ -350,7 +360,7 @@ class SupervisorCore(EngineOwner):
             elif st.status is JobStatus.CANCELLED:
                 finish_reason = "cancelled"
             new = transition(job, st.status, wall, output=st.text, tokens=st.tokens, error=st.error,
-                             finish_reason=finish_reason, prompt_tokens=st.prompt_tokens)
+                             finish_reason=finish_reason, prompt_tokens=st.prompt_tokens, error_detail=st.error_detail)
         self.store.put(new)  # written before anyone is told
         run.settled = True
         self._running.pop(job.id, None)
@@ -405,7 +415,3 @@ class SupervisorCore(EngineOwner):
 
     def _publish_status(self, job: Job) -> None:
         self.hub.publish(job.id, {"type": "status", "job_id": job.id, "status": job.status.value})
-
-
-def _params_dict(params: JobParams) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.__dict__.items()}

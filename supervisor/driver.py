@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from llmsup.engines.messages import JobSpec
 from llmsup.supervisor.engine_state import Engine
 
 
@@ -31,7 +32,7 @@ class EngineDriver(Protocol):
     def start_serving(self, engine: Engine) -> None:
         """Start a batched engine's serving loop (EngineServing when it says hello, EngineFailed when it ends)."""
 
-    def dispatch(self, engine: Engine, key: str, spec: dict[str, Any], deadline_s: float) -> None:
+    def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float) -> None:
         """Run one job on exactly this engine (TaskStarted, TokenPiece..., then JobReply)."""
 
     def abort(self, engine: Engine, key: str) -> None:

@@ -30,6 +30,9 @@ class Metrics:
             "llmsup_interrupt_latency_seconds", "Interrupt asked to job settled", buckets=LATENCY_BUCKETS, registry=r
         )
         self.engine_restarts = Counter("llmsup_engine_restarts", "Engines replaced", ["reason"], registry=r)
+        self.malformed = Counter(
+            "llmsup_malformed_messages", "Messages from engines that could not be read, dropped", ["channel"], registry=r
+        )  # stream (token stream), control (batched engines' control channel)
         self.standby_promotions = Counter(
             "llmsup_standby_promotions", "Standby engines promoted in place of a killed, lost or recycled engine",
             registry=r,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmsup.engines.messages import JobResult
+
 
 @dataclass(frozen=True)
 class EngineIdentity:
@@ -117,7 +119,7 @@ class TokenPiece:
 @dataclass(frozen=True)
 class JobReply:
     key: str
-    result: dict[str, Any] | None = None  # the engine's answer
+    result: JobResult | None = None  # the engine's answer
     error: BaseException | None = None  # the task raised or never reached the engine
     dispatched: bool = True  # False: it never reached the engine (not an attempt)
 

@@ -10,7 +10,6 @@ logged and the loop goes on.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +17,9 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+from llmsup.engines import messages as wire
 from llmsup.engines import placement
+from llmsup.engines.messages import StreamEvent
 from llmsup.supervisor import reports as ev
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.batching import ControlChannel
@@ -30,6 +31,7 @@ from llmsup.supervisor.jobs import Job
 from llmsup.supervisor.leftovers import ProcessLedger
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import JobStore, SQLiteStore
+from llmsup.supervisor.stream_reader import StreamReader
 
 log = logging.getLogger("llmsup.supervisor")
 
@@ -77,17 +79,15 @@ class Supervisor(SupervisorCore):
             self._store = SQLiteStore(s.db_path)
         self.recover(self.clock())
         self._zmq = zmq.asyncio.Context()
-        self._pull = self._zmq.socket(zmq.PULL)
-        self._pull.setsockopt(zmq.RCVHWM, 0)
-        port = self._pull.bind_to_random_port(s.stream_bind)
-        self.stream_address = f"{s.stream_bind}:{port}"
-        self.control = ControlChannel(self._zmq, s.stream_bind)
+        self.stream = StreamReader(self._zmq, s.stream_bind, self.on_stream_event, self.metrics)
+        self.stream_address = self.stream.address
+        self.control = ControlChannel(self._zmq, s.stream_bind, self.metrics)
         await self.cluster.start()
         driver = ClusterDriver(s, self.cluster, self.ledger, self.report, self.control)
         self.driver = driver
         self.configure_engines(dict(s.for_engines(), stream_address=self.stream_address),
                                placement.detect_gpu_count() if self.cluster.local else 0)
-        for name, loop in (("token stream", self._token_loop), ("dispatch", self._dispatch_loop),
+        for name, loop in (("token stream", self.stream.run), ("dispatch", self._dispatch_loop),
                            ("timers", self._timer_loop), ("health", self._health_loop),
                            ("control channel", lambda: self.control.receive(driver.on_hello))):
             self._spawn(self._supervised(name, loop))
@@ -121,7 +121,7 @@ class Supervisor(SupervisorCore):
         if self._owns_run_dir:
             self.ledger.claim()  # kill anything the cluster failed to stop
             self.ledger.release()
-        for sock in (getattr(self, "_pull", None), getattr(self, "control", None)):
+        for sock in (getattr(self, "stream", None), getattr(self, "control", None)):
             if sock is not None:
                 sock.close()
         if hasattr(self, "_zmq"):
@@ -195,42 +195,22 @@ class Supervisor(SupervisorCore):
                 log.exception("health tick failed")
             await asyncio.sleep(period)
 
-    async def _token_loop(self) -> None:
-        """Engines' token stream: [key, seq, text] pieces; [key, "start", ""]; [key, "done", result];
-        ["", "beat", info]."""
-        while True:
-            frames = await self._pull.recv_multipart()
-            try:
-                event = _decode_frames(frames)
-            except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:  # malformed: drop, go on
-                log.warning("bad message on the token stream: %s", exc)
-                continue
-            if event is not None:
-                self.report(event)
+    def on_stream_event(self, event: StreamEvent) -> None:
+        """One message of the engines' token stream (decoded by the StreamReader), reported to the core."""
+        if isinstance(event, wire.EngineBeat):
+            self.report(ev.EngineBeat(event.engine_id, event.rss_mb))
+        elif isinstance(event, wire.TaskStarted):
+            self.report(ev.TaskStarted(event.key))
+        elif isinstance(event, wire.TokenPiece):
+            self.report(ev.TokenPiece(event.key, event.seq, event.text))
+        elif isinstance(event, wire.JobDone):
+            self.report(ev.JobReply(event.key, result=event.result))
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-def _decode_frames(frames: list[bytes]) -> ev.Report | None:
-    if len(frames) != 3:
-        raise ValueError(f"{len(frames)} frames")
-    key, kind, payload = frames
-    if not key:
-        if kind == b"beat":
-            info = json.loads(payload)
-            rss = info.get("rss_mb")
-            return ev.EngineBeat(int(info["engine_id"]), float(rss) if rss is not None else None)
-        return None
-    k = key.decode()
-    if kind == b"start":
-        return ev.TaskStarted(k)
-    if kind == b"done":
-        return ev.JobReply(k, result=json.loads(payload))
-    return ev.TokenPiece(k, int(kind), payload.decode())
 
 
 async def _wait_event(event: asyncio.Event, timeout: float) -> None:

@@ -138,7 +138,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     expires_at REAL NOT NULL,
     owner TEXT,
     idempotency_key TEXT UNIQUE,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    error_detail TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (status, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq);
@@ -166,17 +167,20 @@ class SQLiteStore:
             self._db.execute("ALTER TABLE jobs ADD COLUMN expires_at REAL NOT NULL DEFAULT 0")
             for job_id, data in self._db.execute("SELECT id, data FROM jobs").fetchall():
                 self._db.execute("UPDATE jobs SET expires_at=? WHERE id=?", (_expires_at(Job.from_dict(json.loads(data))), job_id))
+        if cols and "error_detail" not in cols:  # kept in the record too; the column lets operators query it
+            self._db.execute("ALTER TABLE jobs ADD COLUMN error_detail TEXT")
 
     @staticmethod
     def _row(job: Job) -> tuple[object, ...]:
-        return (job.status.value, job.priority, job.not_before, _expires_at(job), job.owner, json.dumps(job.to_dict()))
+        return (job.status.value, job.priority, job.not_before, _expires_at(job), job.owner, json.dumps(job.to_dict()),
+                job.error_detail)
 
     def add(self, job: Job) -> Job:
         job = job.with_changes(seq=next(self._seq))
         try:
             self._db.execute(
-                "INSERT INTO jobs (status, priority, not_before, expires_at, owner, data, id, seq, idempotency_key)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (status, priority, not_before, expires_at, owner, data, error_detail, id, seq,"
+                " idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*self._row(job), job.id, job.seq, job.idempotency_key),
             )
         except sqlite3.IntegrityError:
@@ -188,7 +192,7 @@ class SQLiteStore:
 
     def put(self, job: Job) -> None:
         cur = self._db.execute(
-            "UPDATE jobs SET status=?, priority=?, not_before=?, expires_at=?, owner=?, data=? WHERE id=?",
+            "UPDATE jobs SET status=?, priority=?, not_before=?, expires_at=?, owner=?, data=?, error_detail=? WHERE id=?",
             (*self._row(job), job.id),
         )
         if cur.rowcount != 1:

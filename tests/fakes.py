@@ -7,6 +7,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmsup.engines.messages import JobSpec
 from llmsup.supervisor.engine_state import Engine
 
 
@@ -48,7 +49,7 @@ class FakeDriver:
     def start_serving(self, engine: Engine) -> None:
         self.calls.append(("start_serving", engine.id, None))
 
-    def dispatch(self, engine: Engine, key: str, spec: dict[str, Any], deadline_s: float) -> None:
+    def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float) -> None:
         self.calls.append(("dispatch", engine.id, key))
 
     def abort(self, engine: Engine, key: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import make_settings
 from fakes import FakeClock, FakeDriver
+from llmsup.engines.messages import JobResult
 from llmsup.supervisor import ladder
 from llmsup.supervisor import reports as ev
 from llmsup.supervisor.core import SupervisorCore
@@ -122,7 +123,7 @@ def test_deadline_sigint_reply_settles_timed_out_and_reuses_the_engine(tmp_path:
     assert driver.verbs("sigint") == [("sigint", 0, key)]
     assert core.find_engine(0).state is E.INTERRUPTING
     core.report(ev.SigintDelivered(key), clock.mono)
-    core.report(ev.JobReply(key, result={"outcome": "interrupted", "text": "partial ", "tokens": 1}), clock.mono)
+    core.report(ev.JobReply(key, result=JobResult("interrupted", "partial ", 1)), clock.mono)
     job = core.get(job_id)
     assert job.status is S.TIMED_OUT and job.output == "partial " and job.finish_reason == "deadline"
     assert core.find_engine(0).state is E.IDLE and driver.verbs("kill") == []
@@ -175,7 +176,7 @@ def test_a_late_reply_after_the_kill_changes_nothing(tmp_path: Path) -> None:
     tick_to(core, clock, clock.mono + 1.0)
     tick_to(core, clock, clock.mono + 1.0)  # SIGINT never confirmed: SIGKILL
     core.report(ev.EngineKilled(0), clock.mono)
-    core.report(ev.JobReply(key, result={"outcome": "completed", "text": "late", "tokens": 1}), clock.mono)
+    core.report(ev.JobReply(key, result=JobResult("completed", "late", 1)), clock.mono)
     assert core.get(job_id).status is S.TIMED_OUT
 
 
@@ -202,7 +203,7 @@ def test_engine_states_move_only_by_the_table(tmp_path: Path) -> None:
 def test_recycle_after_n_jobs_waits_for_the_job_then_releases(tmp_path: Path) -> None:
     core, driver, clock = make_core(tmp_path, max_jobs_per_engine=1)
     job_id = run_one(core, clock)
-    core.report(ev.JobReply(key_of(core, job_id), result={"outcome": "completed", "text": "x", "tokens": 1}),
+    core.report(ev.JobReply(key_of(core, job_id), result=JobResult("completed", "x", 1)),
                 clock.mono)
     assert core.get(job_id).status is S.SUCCEEDED
     assert driver.verbs("retire") == [("retire", 0, True)]  # released, not killed
@@ -271,7 +272,7 @@ def test_a_standby_that_dies_is_replaced_and_promotes_nothing(tmp_path: Path) ->
 def test_recycling_swaps_in_the_standby(tmp_path: Path) -> None:
     core, driver, clock = make_core(tmp_path, engines=1, standby=1, max_jobs_per_engine=1)
     job_id = run_one(core, clock)
-    core.report(ev.JobReply(key_of(core, job_id), result={"outcome": "completed", "text": "x", "tokens": 1}),
+    core.report(ev.JobReply(key_of(core, job_id), result=JobResult("completed", "x", 1)),
                 clock.mono)
     assert core.find_engine(1).state is E.IDLE and core.find_engine(0).state is E.RESTARTING
     assert driver.verbs("retire") == [("retire", 0, True)]

@@ -22,6 +22,8 @@ AUTH = (401,)
 def job_out(job: Job, principal: Principal) -> JobOut:
     out = JobOut.of(job)
     out.idempotency_key = principal.unscoped_key(job.idempotency_key)
+    if principal.admin:  # engine tracebacks show code paths and data: admins only
+        out.error_detail = job.error_detail
     return out
 
 
