@@ -50,7 +50,7 @@ from llmsup.engines.messages import (
     decode_for_engine,
     encode,
 )
-from llmsup.engines.protocol import BatchBackend, StepOutput
+from llmsup.engines.protocol import BatchBackend, StepOutput, TokenLogprob
 from llmsup.engines.sigdefer import DeferredSigint
 
 log = logging.getLogger("llmsup.engine")
@@ -66,6 +66,10 @@ class Request:
     pieces: list[str] = field(default_factory=list)
     tokens: int = 0
     first_token_s: float | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_token_ids: tuple[int, ...] = ()
 
 
 class BatchServer:
@@ -97,7 +101,9 @@ class BatchServer:
 
     def _finish(self, req: Request, result: JobResult) -> None:
         result = replace(result, text="".join(req.pieces), tokens=req.tokens, pid=os.getpid(),
-                         rss_mb=round(runtime.rss_mb(), 1), jobs_done=self.done + 1)
+                         rss_mb=round(runtime.rss_mb(), 1), jobs_done=self.done + 1, logprobs=tuple(req.logprobs),
+                         token_ids=tuple(req.token_ids), prompt_logprobs=req.prompt_logprobs,
+                         prompt_token_ids=req.prompt_token_ids)
         self._send(JobDone(req.key, result))
         self.requests.pop(req.key, None)
         self.kill.pop(req.key, None)
@@ -194,6 +200,10 @@ class BatchServer:
             if req is None:
                 continue
             req.tokens += out.new_tokens
+            req.logprobs.extend(out.logprobs)
+            req.token_ids.extend(out.token_ids)
+            req.prompt_logprobs = out.prompt_logprobs or req.prompt_logprobs
+            req.prompt_token_ids = out.prompt_token_ids or req.prompt_token_ids
             if out.text or out.new_tokens:
                 # A step that made tokens but no text yet (the detokenizer holds an incomplete UTF-8 sequence
                 # back) still sends a piece, empty: a client sees the request progress from its first token on,

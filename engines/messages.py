@@ -27,7 +27,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from functools import cache
 from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from llmsup.engines.protocol import GenParams
+from llmsup.engines.protocol import GenParams, TokenLogprob
 
 PROTOCOL_VERSION = 1
 Outcome = Literal["completed", "interrupted", "error"]
@@ -102,6 +102,10 @@ class JobResult:
     rss_mb: float = 0.0
     elapsed_s: float = 0.0
     jobs_done: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()  # per generated token, when the job asked for them
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # prompt tokens after the first, when asked
+    token_ids: tuple[int, ...] = ()  # generated token ids, when asked
+    prompt_token_ids: tuple[int, ...] = ()  # when asked
     version: int = PROTOCOL_VERSION
 
 
@@ -225,6 +229,11 @@ def _decode(data: object, known: dict[str, type], expect: tuple[type[M], ...]) -
 
 
 Checker = Callable[[Any, str], Any]
+
+
+def logprobs_from_plain(data: object) -> tuple[TokenLogprob, ...]:
+    """Per-token logprobs (a job record's, as stored) back as records; raises ProtocolError if malformed."""
+    return _checker(tuple[TokenLogprob, ...])(data, "logprobs")
 
 
 @cache

@@ -23,11 +23,42 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length"]
 TokenCallback = Callable[[str], None]
+StructuredKind = Literal["json", "json_object", "regex", "choice", "grammar"]
+LOGPROB_FLOOR = -9999.0  # -inf (a masked token) as OpenAI servers report it: JSON has no infinity
+REJECTED = "RequestRejected"  # error prefix of a request its backend refuses (the web layer answers 400)
+
+
+FEATURES = ("penalties", "min_p", "logit_bias", "stop_token_ids", "logprobs", "prompt_logprobs",
+            "structured_outputs", "token_prompts", "token_ids", "seed")
+
+
+class RequestRejected(ValueError):
+    """The request itself is invalid for this backend (a bad schema or regex, a prompt over the context):
+    the job fails with ``RequestRejected: <why>`` and is not retried."""
+
+
+@dataclass(frozen=True)
+class TokenBias:
+    """One ``logit_bias`` entry: added to the token's logit before sampling."""
+
+    token_id: int
+    bias: float
+
+
+@dataclass(frozen=True)
+class Structured:
+    """A structured-output constraint (vLLM's ``structured_outputs``): ``spec`` is the JSON schema as JSON
+    text (``json``), the regex, the grammar, or the choices as a JSON list (``choice``); ``json_object``: any
+    JSON object."""
+
+    kind: StructuredKind
+    spec: str = ""
 
 
 @dataclass(frozen=True)
 class GenParams:
-    """Sampling parameters of one request, backend-neutral."""
+    """Sampling parameters of one request, backend-neutral. Every field past ``min_tokens`` was added later
+    with a neutral default, so an older record or message reads unchanged."""
 
     max_tokens: int = 64
     temperature: float = 0.0
@@ -37,6 +68,19 @@ class GenParams:
     seed: int | None = None
     ignore_eos: bool = False
     min_tokens: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_p: float = 0.0
+    logit_bias: tuple[TokenBias, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    logprobs: int | None = None  # per generated token: its logprob and this many top alternatives
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens
+    structured: Structured | None = None
+    prompt_token_ids: tuple[int, ...] = ()  # the prompt as token ids (then ``prompt`` is only its text form)
+    return_token_ids: bool = False  # the result carries the generated token ids
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GenParams":
@@ -44,7 +88,36 @@ class GenParams:
         if "stop" in known:
             stop = known["stop"]
             known["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+        for name in ("stop_token_ids", "prompt_token_ids"):
+            if name in known:
+                known[name] = tuple(known[name])
+        if "logit_bias" in known:
+            known["logit_bias"] = tuple(b if isinstance(b, TokenBias) else TokenBias(**b) for b in known["logit_bias"])
+        if isinstance(known.get("structured"), dict):
+            known["structured"] = Structured(**known["structured"])
         return cls(**known)
+
+    @property
+    def penalised(self) -> bool:
+        return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    token: str  # the token's own text
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token of a generation (or prompt) with its logprob, rank and the top alternatives at its place."""
+
+    token_id: int
+    token: str
+    logprob: float
+    rank: int = 0  # 1 = the likeliest token (0: not known)
+    top: tuple[TopLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +129,14 @@ class Generation:
     finish_reason: FinishReason
     prompt_tokens: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per generated token, when asked
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # prompt tokens 1.. (the first has none), when asked
+    token_ids: tuple[int, ...] = ()  # when asked (``return_token_ids``)
+    prompt_token_ids: tuple[int, ...] = ()  # when asked
+
+
+def clamp_logprob(value: float) -> float:
+    return value if value > LOGPROB_FLOOR else LOGPROB_FLOOR
 
 
 @runtime_checkable
@@ -77,7 +158,9 @@ class Backend(Protocol):
         """Free the model and stop every child process the backend started."""
 
     def describe(self) -> dict[str, Any]:
-        """Backend name, model, device and anything an operator wants to see."""
+        """Backend name, model, device and anything an operator wants to see; for the front end also
+        ``max_model_len`` (context length in tokens), ``max_logprobs`` and ``unsupported``: request features
+        (see :data:`FEATURES`) this backend cannot honour, each with the reason (said in a 400)."""
 
 
 class StopMatcher:
@@ -102,6 +185,10 @@ class StepOutput:
     finished: bool = False
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()  # of this step's new tokens, when asked
+    token_ids: tuple[int, ...] = ()  # this step's new token ids, when asked
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # once, with the first step, when asked
+    prompt_token_ids: tuple[int, ...] = ()  # once, with the first step, when asked
 
 
 @runtime_checkable

@@ -203,7 +203,9 @@ def run_job(spec_data: dict[str, Any]) -> dict[str, Any]:
     t0 = time.monotonic()
     try:
         gen = rt.backend.generate(spec.prompt, spec.params, emitter)
-        result = JobResult("completed", gen.text, gen.tokens, gen.finish_reason, gen.prompt_tokens)
+        result = JobResult("completed", gen.text, gen.tokens, gen.finish_reason, gen.prompt_tokens,
+                           logprobs=gen.logprobs, prompt_logprobs=gen.prompt_logprobs, token_ids=gen.token_ids,
+                           prompt_token_ids=gen.prompt_token_ids)
     except KeyboardInterrupt:
         rt.backend.abort()
         result = JobResult("interrupted", emitter.text, emitter.count)

@@ -20,11 +20,46 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from llmsup.engines.protocol import Generation, GenParams, StepOutput, StopMatcher, TokenCallback
+from llmsup.engines.protocol import (
+    FinishReason,
+    Generation,
+    GenParams,
+    RequestRejected,
+    StepOutput,
+    StopMatcher,
+    TokenCallback,
+    TokenLogprob,
+    TopLogprob,
+)
 
 DIRECTIVE = re.compile(r"\[sim:([a-z-]+)(?:=([0-9.]+))?\]")
 PREFIX_TOKENS = 4  # tokens emitted before a scripted hang or crash
 _LEAKED: list[bytearray] = []  # memory kept by [sim:alloc=MB]
+MAX_MODEL_LEN = 4096  # the simulated context, in words
+WHY = "the sim backend repeats the prompt's words: it has no vocabulary and no distribution to change"
+UNSUPPORTED = {
+    "penalties": WHY, "min_p": WHY, "logit_bias": WHY, "stop_token_ids": WHY, "structured_outputs": WHY,
+    "token_prompts": WHY, "token_ids": WHY,
+}
+
+
+def sim_logprob(piece: str, k: int | None) -> TokenLogprob:
+    """A simulated token is certain: logprob 0, rank 1, and itself as its only alternative."""
+    return TokenLogprob(0, piece, 0.0, 1, (TopLogprob(0, piece, 0.0),) if k else ())
+
+
+def prompt_words(prompt: str) -> list[str]:
+    """The words the sim backend counts as the prompt's tokens."""
+    return parse_directives(prompt)[0].split() or ["tok"]
+
+
+def _check(params: GenParams) -> None:
+    used = [name for name, on in (
+        ("penalties", params.penalised), ("min_p", params.min_p > 0), ("logit_bias", bool(params.logit_bias)),
+        ("stop_token_ids", bool(params.stop_token_ids)), ("structured_outputs", params.structured is not None),
+        ("token_prompts", bool(params.prompt_token_ids)), ("token_ids", params.return_token_ids)) if on]
+    if used:
+        raise RequestRejected(f"{', '.join(used)}: {WHY}")
 
 
 def parse_directives(prompt: str) -> tuple[str, dict[str, float | None]]:
@@ -46,11 +81,15 @@ class SimBackend:
         return None
 
     def generate(self, prompt: str, params: GenParams, on_token: TokenCallback) -> Generation:
+        _check(params)
         text, directives = parse_directives(prompt)
         words = text.split() or ["tok"]
         token_s = directives.get("slow") or self.token_s
         if "error" in directives:
             raise RuntimeError("sim: scripted error")
+        if len(words) >= MAX_MODEL_LEN:
+            raise RequestRejected(f"the prompt has {len(words)} words, the sim context is {MAX_MODEL_LEN}")
+        logprobs: list[TokenLogprob] = []
         if directives.get("alloc"):
             _LEAKED.append(bytearray(int(directives["alloc"] * 1024 * 1024)))
         scripted_end = next((d for d in ("hang", "hang-nosigint", "crash") if d in directives), None)
@@ -62,10 +101,12 @@ class SimBackend:
             time.sleep(token_s)
             piece = words[i % len(words)] + " "
             cut = stops.cut(out + piece)
+            if params.logprobs is not None:
+                logprobs.append(sim_logprob(piece, params.logprobs))
             if cut is not None:
                 if len(cut) > len(out):
                     on_token(cut[len(out):])
-                return Generation(cut, count + 1, "stop", len(words))
+                return self._done(cut, count + 1, "stop", words, params, logprobs)
             out += piece
             count += 1
             on_token(piece)
@@ -76,20 +117,28 @@ class SimBackend:
             time.sleep(10**7)
         elif scripted_end == "crash":
             os._exit(17)
-        return Generation(out, count, "length", len(words))
+        return self._done(out, count, "length", words, params, logprobs)
+
+    @staticmethod
+    def _done(text: str, count: int, reason: FinishReason, words: list[str], params: GenParams,
+              logprobs: list[TokenLogprob]) -> Generation:
+        prompt_lps = tuple(sim_logprob(w + " ", params.prompt_logprobs) for w in words[1:]) if (
+            params.prompt_logprobs is not None) else ()
+        return Generation(text, count, reason, len(words), logprobs=tuple(logprobs), prompt_logprobs=prompt_lps)
 
     def abort(self) -> None:
         return None
 
     # batching (engines.batch): each request paced on its own, one token per due step
     def add_request(self, key: str, prompt: str, params: GenParams) -> None:
+        _check(params)
         text, directives = parse_directives(prompt)
         if "error" in directives:
             raise RuntimeError("sim: scripted error")
         limit = 10**12 if "hang" in directives else params.max_tokens
         token_s = directives.get("slow") or self.token_s
         self._batch[key] = _SimRequest(text.split() or ["tok"], limit, token_s, time.monotonic() + token_s,
-                                       "crash" in directives)
+                                       "crash" in directives, params.logprobs)
 
     def step(self) -> list[StepOutput]:
         if not self._batch:
@@ -110,7 +159,9 @@ class SimBackend:
             finished = req.done >= req.limit
             if finished:
                 del self._batch[key]
-            outputs.append(StepOutput(key, piece, 1, finished, "length" if finished else None, len(req.words)))
+            logprobs = (sim_logprob(piece, req.logprobs),) if req.logprobs is not None else ()
+            outputs.append(StepOutput(key, piece, 1, finished, "length" if finished else None, len(req.words),
+                                      logprobs=logprobs))
         return outputs
 
     def abort_requests(self, keys: list[str]) -> None:
@@ -121,7 +172,8 @@ class SimBackend:
         _LEAKED.clear()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": "sim", "token_s": self.token_s}
+        return {"backend": self.name, "model": "sim", "token_s": self.token_s, "max_model_len": MAX_MODEL_LEN,
+                "max_logprobs": 20, "unsupported": dict(UNSUPPORTED)}
 
 
 @dataclass
@@ -131,6 +183,7 @@ class _SimRequest:
     token_s: float
     next_at: float
     crash: bool
+    logprobs: int | None = None
     done: int = 0
 
 

@@ -22,11 +22,16 @@ from typing import Any
 from llmsup.engines.chat_template import chat_info
 from llmsup.engines.detokenize import TextAssembler
 from llmsup.engines.modelpath import resolve_model
-from llmsup.engines.protocol import Generation, GenParams, TokenCallback
-from llmsup.engines.sampling import make_generator, pick_next
+from llmsup.engines.protocol import Generation, GenParams, RequestRejected, TokenCallback, TokenLogprob
+from llmsup.engines.sampling import LogitsProcessor, make_generator, pick_next, token_logprob
 from llmsup.engines.stopflag import StopFlag
 
 log = logging.getLogger("llmsup.engine")
+MAX_LOGPROBS = 20  # as vLLM's default max_logprobs
+UNSUPPORTED = {
+    "structured_outputs": "the transformers backend has no structured-output (guided) decoding: JSON mode, JSON "
+                          "schemas, regexes, choices and grammars need the vllm backend",
+}
 
 
 class TransformersBackend:
@@ -88,33 +93,58 @@ class TransformersBackend:
         import torch
         from transformers import DynamicCache
 
+        if params.structured is not None:
+            raise RequestRejected(UNSUPPORTED["structured_outputs"])
         self._stop.clear()
         model, device = self.model, self.device
-        prompt_ids: list[int] = self.tokenizer(prompt).input_ids
+        prompt_ids: list[int] = list(params.prompt_token_ids) or self.tokenizer(prompt).input_ids
         budget = min(params.max_tokens, self.max_len - len(prompt_ids))
         if budget < 1:
-            raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room in {self.max_len}")
+            raise RequestRejected(f"This model's maximum context length is {self.max_len} tokens; the prompt has "
+                                  f"{len(prompt_ids)} tokens, which leaves no room for output")
         text = TextAssembler(self.tokenizer, prompt_ids, params.stop, params.min_tokens)
         generator = make_generator(params, torch.device(device))
+        process = LogitsProcessor(params, prompt_ids, int(model.config.vocab_size), torch.device(device))
+        stop_ids = set(params.stop_token_ids)
         eos = torch.tensor(self.eos_ids, dtype=torch.long, device=device)
+        logprobs: list[TokenLogprob] = []
+        token_ids: list[int] = []
+        prompt_lps: tuple[TokenLogprob, ...] = ()
         finish = "length"
         with torch.inference_mode():
             cache = DynamicCache(config=model.config)
             step_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
             for count in range(1, budget + 1):
-                logits = model(input_ids=step_ids, past_key_values=cache, use_cache=True).logits[0, -1]
+                all_logits = model(input_ids=step_ids, past_key_values=cache, use_cache=True).logits[0]
+                if count == 1 and params.prompt_logprobs is not None:
+                    prompt_lps = tuple(token_logprob(all_logits[i], prompt_ids[i + 1], params.prompt_logprobs,
+                                                     self._decode_one) for i in range(len(prompt_ids) - 1))
+                raw = all_logits[-1]
                 self._stop.check()  # cooperative stop, between tokens
+                logits = process(raw)
                 if count <= params.min_tokens and len(eos):
+                    logits = logits.clone() if logits is raw else logits
                     logits[eos] = float("-inf")
                 token = pick_next(logits, params, generator)
+                process.add(token)
+                if params.logprobs is not None:
+                    logprobs.append(token_logprob(raw, token, params.logprobs, self._decode_one))
+                if params.return_token_ids:
+                    token_ids.append(token)
                 text.add(token)
-                ended = text.stopped or (token in self.eos_ids and not params.ignore_eos)
+                ended = text.stopped or (token in self.eos_ids and not params.ignore_eos) or (
+                    token in stop_ids and count > params.min_tokens)
                 on_token(text.take(final=ended or count == budget))
                 if ended:
                     finish = "stop"
                     break
                 step_ids = torch.tensor([[token]], dtype=torch.long, device=device)
-        return Generation(text.text, text.tokens, finish, len(prompt_ids))  # type: ignore[arg-type]
+        return Generation(text.text, text.tokens, finish, len(prompt_ids),  # type: ignore[arg-type]
+                          logprobs=tuple(logprobs), prompt_logprobs=prompt_lps, token_ids=tuple(token_ids),
+                          prompt_token_ids=tuple(prompt_ids) if params.return_token_ids else ())
+
+    def _decode_one(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
 
     def abort(self) -> None:
         """Nothing survives an interrupted generate (its state is local); drop a pending stop."""
@@ -142,6 +172,9 @@ class TransformersBackend:
             "dtype": self.dtype,
             "threads": self.threads,
             "max_len": self.max_len,
+            "max_model_len": self.max_len,
+            "max_logprobs": MAX_LOGPROBS,
+            "unsupported": dict(UNSUPPORTED),
             "load_s": round(self.load_s, 2),
             **(chat_info(self.tokenizer) if self.tokenizer is not None else {}),
         }

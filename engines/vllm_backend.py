@@ -26,14 +26,22 @@ import time
 from typing import Any
 
 from llmsup.engines.modelpath import resolve_model
-from llmsup.engines.protocol import Generation, GenParams, StepOutput, TokenCallback
+from llmsup.engines.protocol import Generation, GenParams, RequestRejected, StepOutput, TokenCallback, TokenLogprob
 from llmsup.engines.sigdefer import DeferredSigint
 from llmsup.engines.stopflag import StopFlag
 from llmsup.engines.torch_compat import child_environment
+from llmsup.engines.vllm_outputs import engine_prompt, prompt_logprobs, sampling_params, token_logprobs
 from llmsup.engines.vllm_settings import cpu_threads, llm_kwargs, vllm_env
 
 log = logging.getLogger("llmsup.engine")
 _REQUEST_IDS = itertools.count()
+
+
+def _client_errors() -> tuple[type[BaseException], ...]:
+    """What vLLM raises for a request it refuses (a bad schema, regex, grammar, logprobs, a prompt too long)."""
+    from vllm.exceptions import VLLMClientError
+
+    return (VLLMClientError, ValueError, TypeError)
 
 
 class EngineDead(RuntimeError):
@@ -59,6 +67,7 @@ class VLLMBackend:
         self.threads: int | None = None
         self._stop = StopFlag()
         self._set_num_threads: Any = None  # torch's own, which vLLM's CPU worker replaces
+        self._batch_params: dict[str, GenParams] = {}  # batched requests that asked for logprobs or token ids
 
     def load(self) -> None:
         import torch
@@ -89,20 +98,19 @@ class VLLMBackend:
         self._stop.set()
 
     def _sampling_params(self, params: GenParams) -> Any:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        try:
+            return sampling_params(params)
+        except _client_errors() as exc:  # vLLM's own checks of the request
+            raise RequestRejected(str(exc)) from None
 
-        return SamplingParams(
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=max(0, params.top_k),
-            seed=params.seed,
-            stop=list(params.stop) or None,
-            ignore_eos=params.ignore_eos,
-            min_tokens=params.min_tokens,
-            output_kind=RequestOutputKind.DELTA,
-        )
+    def _add(self, request_id: str, prompt: str, params: GenParams) -> None:
+        """Add one request; a request vLLM refuses (bad schema, regex, grammar, logprobs...) is rejected."""
+        eng = self.llm.llm_engine
+        sampling = self._sampling_params(params)
+        try:
+            eng.add_request(request_id, self._render(engine_prompt(prompt, params)), sampling)
+        except _client_errors() as exc:
+            raise RequestRejected(str(exc)) from None
 
     def generate(self, prompt: str, params: GenParams, on_token: TokenCallback) -> Generation:
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -124,10 +132,12 @@ class VLLMBackend:
             self.abort()
         request_id = f"llmsup-{os.getpid()}-{next(_REQUEST_IDS)}"
         with DeferredSigint():
-            engine_input = self._render(prompt)
-            eng.add_request(request_id, engine_input, self._sampling_params(params))
+            self._add(request_id, prompt, params)
         text: list[str] = []
         tokens = 0
+        logprobs: list[TokenLogprob] = []
+        token_ids: list[int] = []
+        prompt_lps: tuple[TokenLogprob, ...] = ()
         while True:
             self._stop.check()
             with DeferredSigint():
@@ -145,12 +155,19 @@ class VLLMBackend:
                     on_token(delta.text)
                 tokens += count
                 text.append(delta.text)
+                logprobs.extend(token_logprobs(delta.token_ids, delta.logprobs, params.logprobs))
+                if params.return_token_ids:
+                    token_ids.extend(delta.token_ids)
+                if out.prompt_logprobs and not prompt_lps:
+                    prompt_lps = prompt_logprobs(out.prompt_token_ids or (), out.prompt_logprobs, params.prompt_logprobs)
                 if out.finished:
                     reason = delta.finish_reason
                     if reason not in ("stop", "length"):
                         raise RuntimeError(f"vLLM ended the request with finish_reason={reason!r}")
-                    prompt_tokens = len(out.prompt_token_ids or ())
-                    return Generation("".join(text), tokens, reason, prompt_tokens)
+                    prompt_ids = tuple(out.prompt_token_ids or ())
+                    return Generation("".join(text), tokens, reason, len(prompt_ids), logprobs=tuple(logprobs),
+                                      prompt_logprobs=prompt_lps, token_ids=tuple(token_ids),
+                                      prompt_token_ids=prompt_ids if params.return_token_ids else ())
 
     def _render(self, prompt: str) -> Any:
         """The prompt as vLLM's offline API renders it (falls back to the raw string)."""
@@ -177,8 +194,8 @@ class VLLMBackend:
     # batching (engines.batch): continuous batching in one LLMEngine ---------------------------
     def add_request(self, key: str, prompt: str, params: GenParams) -> None:
         """Queue a request under the job's key; it joins the running batch at the next step."""
-        eng = self.llm.llm_engine
-        eng.add_request(key, self._render(prompt), self._sampling_params(params))
+        self._add(key, prompt, params)
+        self._batch_params[key] = params
 
     def step(self) -> list[StepOutput]:
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -194,9 +211,24 @@ class VLLMBackend:
             reason = delta.finish_reason if out.finished else None
             if out.finished and reason not in ("stop", "length"):
                 reason = "stop"
-            steps.append(StepOutput(out.request_id, delta.text, len(delta.token_ids), out.finished, reason,
-                                    len(out.prompt_token_ids or ())))
+            params = self._batch_params.pop(out.request_id, None) if out.finished else self._batch_params.get(
+                out.request_id)
+            steps.append(self._step_output(out, delta, reason, params))
         return steps
+
+    @staticmethod
+    def _step_output(out: Any, delta: Any, reason: Any, params: GenParams | None) -> StepOutput:
+        prompt_ids = tuple(out.prompt_token_ids or ())
+        if params is None or (params.logprobs is None and params.prompt_logprobs is None
+                              and not params.return_token_ids):
+            return StepOutput(out.request_id, delta.text, len(delta.token_ids), out.finished, reason, len(prompt_ids))
+        return StepOutput(
+            out.request_id, delta.text, len(delta.token_ids), out.finished, reason, len(prompt_ids),
+            logprobs=token_logprobs(delta.token_ids, delta.logprobs, params.logprobs),
+            token_ids=tuple(delta.token_ids) if params.return_token_ids else (),
+            prompt_logprobs=prompt_logprobs(prompt_ids, out.prompt_logprobs, params.prompt_logprobs),
+            prompt_token_ids=prompt_ids if params.return_token_ids and out.finished else (),
+        )
 
     def abort_requests(self, keys: list[str]) -> None:
         """Abort these requests alone (external ids); the rest of the batch goes on."""
@@ -205,6 +237,8 @@ class VLLMBackend:
         eng = self.llm.llm_engine
         live = [k for k in keys if k in eng.output_processor.external_req_ids] if hasattr(
             eng.output_processor, "external_req_ids") else keys
+        for key in keys:
+            self._batch_params.pop(key, None)
         if live:
             eng.abort_request(live, internal=False)
 
@@ -243,8 +277,17 @@ class VLLMBackend:
             "load_s": round(self.load_s, 2),
             "threads": self.threads,
             "dead": self.dead,
+            **self._limits(),
+            "unsupported": {},
             **self._chat_info(),
         }
+
+    def _limits(self) -> dict[str, Any]:
+        """The context length and logprobs limit the engine enforces (the front end checks requests against them)."""
+        if self.llm is None:
+            return {}
+        config = self.llm.llm_engine.model_config
+        return {"max_model_len": int(config.max_model_len), "max_logprobs": int(config.max_logprobs)}
 
     def _chat_info(self) -> dict[str, Any]:
         from llmsup.engines.chat_template import chat_info

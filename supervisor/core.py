@@ -360,7 +360,8 @@ class SupervisorCore(EngineOwner):
             elif st.status is JobStatus.CANCELLED:
                 finish_reason = "cancelled"
             new = transition(job, st.status, wall, output=st.text, tokens=st.tokens, error=st.error,
-                             finish_reason=finish_reason, prompt_tokens=st.prompt_tokens, error_detail=st.error_detail)
+                             finish_reason=finish_reason, prompt_tokens=st.prompt_tokens, error_detail=st.error_detail,
+                             **st.extras)
         self.store.put(new)  # written before anyone is told
         run.settled = True
         self._running.pop(job.id, None)

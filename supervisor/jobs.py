@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from llmsup.engines.protocol import GenParams
+from llmsup.engines.messages import logprobs_from_plain
+from llmsup.engines.protocol import GenParams, TokenLogprob
 
 
 class JobStatus(str, Enum):
@@ -73,6 +74,11 @@ class Job:
     not_before: float = 0.0  # earliest dispatch time (retry backoff)
     lost_engines: tuple[int, ...] = ()  # engines this job was lost on: prefer others
     seq: int = 0  # insertion order, assigned by the store (FIFO within a priority)
+    # what the engine sends back only when the job's params ask for it (logprobs, return_token_ids):
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # prompt tokens after the first
+    token_ids: tuple[int, ...] = ()
+    prompt_token_ids: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -86,6 +92,10 @@ class Job:
         data["params"] = JobParams.from_dict(data.get("params") or {})
         data["engine"] = EngineRef.from_dict(data.get("engine"))
         data["lost_engines"] = tuple(data.get("lost_engines") or ())
+        for name in ("logprobs", "prompt_logprobs"):
+            data[name] = logprobs_from_plain(data.get(name) or [])
+        for name in ("token_ids", "prompt_token_ids"):
+            data[name] = tuple(data.get(name) or ())
         return cls(**data)
 
     def with_changes(self, **changes: Any) -> "Job":

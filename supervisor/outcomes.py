@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ipyparallel import error as ipp_error
 from llmsup.engines.messages import JobResult, ProtocolError, decode_for_supervisor
@@ -28,6 +28,7 @@ class Settlement:
     charge_attempt: bool = True  # False: the retry does not count against max_attempts
     engine_lost: bool = False  # the engine is gone: replace it
     error_detail: str | None = None  # for admins: the engine-side traceback of a failure
+    extras: dict[str, tuple] = field(default_factory=dict)  # logprobs / token ids the job asked for (Job fields)
 
 
 def note(run: RunningJob, reason: JobStatus) -> str:
@@ -76,10 +77,17 @@ def decode_reply(reply: object) -> JobResult:
         return JobResult("error", error=f"unreadable result from the engine ({exc})")
 
 
+def result_extras(result: JobResult) -> dict[str, tuple]:
+    """The optional outputs of a completed job, as Job field -> value (only those it carries)."""
+    names = ("logprobs", "prompt_logprobs", "token_ids", "prompt_token_ids")
+    return {name: getattr(result, name) for name in names if getattr(result, name)}
+
+
 def from_result(result: JobResult, run: RunningJob, max_attempts: int) -> Settlement:
     text, tokens = result.text, result.tokens
     if result.outcome == "completed":
-        return Settlement(JobStatus.SUCCEEDED, text, tokens, None, result.finish_reason, result.prompt_tokens)
+        return Settlement(JobStatus.SUCCEEDED, text, tokens, None, result.finish_reason, result.prompt_tokens,
+                          extras=result_extras(result))
     if result.outcome == "interrupted":
         if result.reason == "stopped":  # a batched engine was stopped under the job: run it again
             return Settlement(Q, requeue_reason="engine stopped", charge_attempt=False)

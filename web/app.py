@@ -12,7 +12,17 @@ from fastapi import FastAPI
 from llmsup.supervisor import __version__
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
-from llmsup.web import dashboard, errors, live, metrics, openapi, routes_admin, routes_jobs, routes_openai
+from llmsup.web import (
+    dashboard,
+    errors,
+    live,
+    metrics,
+    openapi,
+    routes_admin,
+    routes_jobs,
+    routes_openai,
+    routes_serving,
+)
 from llmsup.web.auth import Auth
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.limits import BodySizeLimit
@@ -53,7 +63,7 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HTTPMetrics)
-    for module in (routes_jobs, live, routes_openai, routes_admin, metrics, dashboard):
+    for module in (routes_jobs, live, routes_openai, routes_serving, routes_admin, metrics, dashboard):
         app.include_router(module.router)
     openapi.install(app, settings)
 

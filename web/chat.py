@@ -6,7 +6,7 @@ tokenizer's ``chat_template`` in ``describe()``), else :class:`SimpleTemplate`; 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from llmsup.supervisor.requests import InvalidRequest
 from llmsup.supervisor.service import Supervisor
@@ -16,14 +16,16 @@ ROLE_NAMES = {"system": "System", "developer": "System", "user": "User", "assist
 
 
 class ChatTemplate(Protocol):
-    def render(self, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
-        """The prompt text for these messages."""
+    def render(self, messages: list[ChatMessage], add_generation_prompt: bool = True,
+               template_kwargs: dict[str, Any] | None = None) -> str:
+        """The prompt text for these messages (``template_kwargs``: the request's ``chat_template_kwargs``)."""
 
 
 class SimpleTemplate:
     """``Role: content`` lines, then ``Assistant:`` for the model to continue."""
 
-    def render(self, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: list[ChatMessage], add_generation_prompt: bool = True,
+               template_kwargs: dict[str, Any] | None = None) -> str:
         lines = [f"{ROLE_NAMES[m.role]}: {m.text}" for m in messages]
         if add_generation_prompt:
             lines.append("Assistant:")
@@ -42,12 +44,16 @@ class ModelTemplate:
         self.template = env.from_string(source)
         self.special = {"bos_token": bos_token, "eos_token": eos_token}
 
-    def render(self, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: list[ChatMessage], add_generation_prompt: bool = True,
+               template_kwargs: dict[str, Any] | None = None) -> str:
         from jinja2 import TemplateError
 
         plain = [{"role": m.role, "content": m.text} for m in messages]
+        extra = {k: v for k, v in (template_kwargs or {}).items()
+                 if k not in ("messages", "add_generation_prompt", *self.special)}
         try:
-            return self.template.render(messages=plain, add_generation_prompt=add_generation_prompt, **self.special)
+            return self.template.render(messages=plain, add_generation_prompt=add_generation_prompt, **extra,
+                                        **self.special)
         except (TemplateError, ValueError, TypeError) as exc:  # the model's template refused these messages
             raise InvalidRequest(f"messages rejected by the model's chat template: {exc}") from None
 

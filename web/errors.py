@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 log = logging.getLogger("llmsup.web")
-OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models")
+OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize", "/detokenize")
 OPENAI_TYPES = {
     401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error",
 }
@@ -35,6 +35,11 @@ class OpenAIHTTPError(Exception):
 
 def is_openai(path: str) -> bool:
     return path.startswith(OPENAI_PATHS)
+
+
+def invalid_status(path: str) -> int:
+    """Invalid requests: 400 on the OpenAI-compatible routes (as OpenAI and vLLM answer), 422 on the native ones."""
+    return 400 if is_openai(path) else 422
 
 
 def error_body(path: str, status: int, message: str, detail: Any = None, param: str | None = None,
@@ -81,13 +86,13 @@ def install(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         safe = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()[:20]]
         message, param = _validation_message(exc)
-        return _error(request, 422, message, safe, param=param)
+        return _error(request, invalid_status(request.url.path), message, safe, param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = getattr(exc, "headers", None)
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # e.g. not UTF-8
-            return _error(request, 422, "request body is not valid JSON")
+            return _error(request, invalid_status(request.url.path), "request body is not valid JSON")
         if exc.status_code == 405:  # one route answers per method: list every method of the path
             headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
         return _error(request, exc.status_code, str(exc.detail), headers=headers)
@@ -110,7 +115,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidRequest)
     async def _bad(request: Request, exc: InvalidRequest) -> JSONResponse:
-        return _error(request, 422, str(exc))
+        return _error(request, invalid_status(request.url.path), str(exc))
 
     @app.exception_handler(InvalidTransition)
     async def _conflict(request: Request, exc: InvalidTransition) -> JSONResponse:

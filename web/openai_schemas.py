@@ -1,20 +1,28 @@
-"""Request and response bodies of the OpenAI-compatible routes.
+"""Request bodies of the OpenAI-compatible routes, as vLLM's server takes them.
 
-Accepted: OpenAI's fields, the vLLM extension fields that map onto a job's sampling parameters (``top_k``,
-``seed``, ``ignore_eos``, ``min_tokens``, ``priority`` with vLLM's meaning: lower runs first), and llmsup's
-extensions (``deadline_s`` or its alias ``timeout``: run-time limit in seconds; ``queue_timeout_s``).
-Fields llmsup knows but cannot honour are accepted only at their neutral value (``n=1``, ``logprobs=null``,
-``presence_penalty=0``, ...): anything else is a 422 that names the field. Unknown fields are a 422 too.
+Accepted: OpenAI's fields, vLLM's extension fields (``top_k``, ``min_p``, ``repetition_penalty``,
+``stop_token_ids``, ``prompt_logprobs``, ``return_token_ids``, ``structured_outputs``, ``priority`` with vLLM's
+meaning: lower runs first, ...) and llmsup's (``deadline_s`` or its alias ``timeout``: run-time limit in
+seconds; ``queue_timeout_s``). Unknown fields are ignored with a warning in the log, as vLLM does. Known
+fields are checked strictly (no ``"3"`` for 3); a field llmsup knows but cannot honour is accepted only at its
+neutral value (``best_of=1``, ``use_beam_search=false``, ``suffix=null``...). Whether the serving backend can
+honour the rest (penalties, logprobs, structured outputs...) is checked per backend (``web/openai_params.py``).
+Invalid requests are answered 400 with OpenAI's error body.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal
 
 from llmsup.web.schemas import JSONModel
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+log = logging.getLogger("llmsup.web")
 PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+MAX_CHOICES = 128  # n x prompts of one request (each is one job)
+_WARNED: set[frozenset[str]] = set()  # sets of ignored field names already logged (bounded)
 
 
 def only(*values: Any, **schema: Any) -> Any:
@@ -23,124 +31,209 @@ def only(*values: Any, **schema: Any) -> Any:
     return Field(None, json_schema_extra=extra, description="accepted for compatibility; only the neutral value")
 
 
-class StreamOptions(JSONModel):
-    include_usage: bool = False
+class Lenient(JSONModel):
+    """A body (or part of one) that ignores unknown fields, logging them once per set of names, as vLLM does."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _warn_unknown(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = frozenset(str(k) for k in data if k not in cls.model_fields)
+            if unknown and unknown not in _WARNED and len(_WARNED) < 1000:
+                _WARNED.add(unknown)
+                log.warning("The following fields were present in the request but ignored: %s (%s)",
+                            sorted(unknown), cls.__name__)
+        return data
+
+
+class StreamOptions(Lenient):
+    include_usage: bool | None = False
+    continuous_usage_stats: bool | None = False
+
+
+class StructuredOutputs(Lenient):
+    """vLLM's ``structured_outputs``: exactly one constraint."""
+
+    json_: Annotated[dict[str, Any] | str | None, Field(alias="json")] = None
+    regex: Annotated[str | None, Field(max_length=10_000)] = None
+    choice: Annotated[list[Annotated[str, Field(max_length=1000)]] | None, Field(min_length=1, max_length=1000)] = None
+    grammar: Annotated[str | None, Field(max_length=100_000)] = None
+    json_object: bool | None = None
+
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one(self) -> "StructuredOutputs":
+        given = [n for n in ("json_", "regex", "choice", "grammar", "json_object") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("structured_outputs takes exactly one of json, regex, choice, grammar, json_object")
+        return self
+
+
+class JSONSchemaFormat(Lenient):
+    name: Annotated[str, Field(max_length=256)] = "schema"
+    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    strict: bool | None = None
+    description: str | None = None
+
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
+
+
+class ResponseFormat(Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema(self) -> "ResponseFormat":
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError("response_format of type json_schema needs json_schema.schema")
+        return self
 
 
 # field -> (test of a value llmsup can honour, what it can honour)
 NEUTRAL: dict[str, tuple[Any, str]] = {
-    "n": (lambda v: v == 1, "1"),
     "best_of": (lambda v: v == 1, "1"),
-    "logprobs": (lambda v: v in (False, 0), "null/false"),
-    "top_logprobs": (lambda v: v == 0, "null/0"),
     "suffix": (lambda v: v == "", "null"),
-    "presence_penalty": (lambda v: v == 0, "0"),
-    "frequency_penalty": (lambda v: v == 0, "0"),
-    "repetition_penalty": (lambda v: v == 1, "1"),
     "length_penalty": (lambda v: v == 1, "1"),
-    "min_p": (lambda v: v == 0, "0"),
-    "logit_bias": (lambda v: not v, "null/{}"),
-    "stop_token_ids": (lambda v: not v, "null/[]"),
     "use_beam_search": (lambda v: v is False, "false"),
-    "include_stop_str_in_output": (lambda v: v is False, "false"),
-    "skip_special_tokens": (lambda v: v is True, "true"),
     "spaces_between_special_tokens": (lambda v: v is True, "true"),
     "tools": (lambda v: not v, "null/[]"),
     "tool_choice": (lambda v: v == "none", "null/\"none\""),
     "chat_template": (lambda v: False, "null (the server's template is used)"),
-    "chat_template_kwargs": (lambda v: not v, "null/{}"),
     "continue_final_message": (lambda v: v is False, "false"),
+    "allowed_token_ids": (lambda v: not v, "null/[]"),
+    "bad_words": (lambda v: not v, "null/[]"),
 }
 
 
-class _Sampling(JSONModel):
-    model_config = ConfigDict(extra="forbid", strict=True,
+class SamplingRequest(Lenient):
+    model_config = ConfigDict(extra="ignore", strict=True,
                               json_schema_extra={"not": {"required": ["deadline_s", "timeout"]}})
 
     model: Annotated[str | None, Field(max_length=256, description="a served model (GET /v1/models)")] = None
     max_tokens: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
     temperature: Annotated[float | None, Field(ge=0, le=2)] = None
     top_p: Annotated[float | None, Field(gt=0, le=1)] = None
+    n: Annotated[int | None, Field(ge=1, le=MAX_CHOICES, description="choices per prompt (each one job)")] = None
     stop: str | Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=16)] | None = None
-    seed: Annotated[int | None, Field(ge=0, le=2**53 - 1)] = None
+    seed: Annotated[int | None, Field(ge=-(2**63), le=2**63 - 1)] = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: Annotated[str | None, Field(max_length=256, description="recorded nowhere; accepted for compatibility")] = None
-    n: Annotated[int | None, only(1)]
-    presence_penalty: Annotated[float | None, only(0)]
-    frequency_penalty: Annotated[float | None, only(0)]
-    logit_bias: Annotated[dict[str, float] | None, only(maxProperties=0)]
+    presence_penalty: Annotated[float | None, Field(ge=-2, le=2)] = None
+    frequency_penalty: Annotated[float | None, Field(ge=-2, le=2)] = None
+    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]] | None, Field(max_length=1024)] = None
     # vLLM extensions
     top_k: Annotated[int | None, Field(ge=-1, le=100_000, description="-1 or 0: disabled")] = None
-    min_p: Annotated[float | None, only(0)]
-    repetition_penalty: Annotated[float | None, only(1)]
+    min_p: Annotated[float | None, Field(ge=0, le=1)] = None
+    repetition_penalty: Annotated[float | None, Field(gt=0, le=10)] = None
     length_penalty: Annotated[float | None, only(1)]
     ignore_eos: bool | None = None
     min_tokens: Annotated[int | None, Field(ge=0, le=1_000_000)] = None
-    stop_token_ids: Annotated[list[int] | None, only(maxItems=0)]
+    stop_token_ids: Annotated[list[TokenId] | None, Field(max_length=1024)] = None
     use_beam_search: Annotated[bool | None, only(False)]
-    include_stop_str_in_output: Annotated[bool | None, only(False)]
-    skip_special_tokens: Annotated[bool | None, only(True)]
+    include_stop_str_in_output: bool | None = None
+    skip_special_tokens: bool | None = None
     spaces_between_special_tokens: Annotated[bool | None, only(True)]
+    allowed_token_ids: Annotated[list[int] | None, only(maxItems=0)]
+    bad_words: Annotated[list[str] | None, only(maxItems=0)]
+    prompt_logprobs: Annotated[int | None, Field(ge=0, le=1000)] = None
+    return_token_ids: bool | None = None
+    return_tokens_as_token_ids: bool | None = None
+    truncate_prompt_tokens: Annotated[int | None, Field(ge=-1, le=1_000_000)] = None
+    truncation_side: Literal["left", "right"] | None = None
+    structured_outputs: StructuredOutputs | None = None
+    response_format: ResponseFormat | None = None
     priority: Annotated[int | None, Field(ge=-1000, le=1000, description="vLLM's meaning: lower runs first")] = None
+    request_id: Annotated[str | None, Field(max_length=256, description="accepted; the job id names the request")] = None
     # llmsup extensions
     deadline_s: Annotated[PositiveSeconds | None, Field(description="llmsup: run-time limit in seconds")] = None
     timeout: Annotated[PositiveSeconds | None, Field(description="llmsup: alias of deadline_s")] = None
     queue_timeout_s: Annotated[PositiveSeconds | None, Field(description="llmsup: longest wait in the queue")] = None
 
     @model_validator(mode="after")
-    def _check(self) -> "_Sampling":
+    def _check(self) -> "SamplingRequest":
         for name, (ok, allowed) in NEUTRAL.items():
             value = getattr(self, name, None)
             if value is not None and not ok(value):
                 raise ValueError(f"{name}={value!r} is not supported by llmsup (only {allowed})")
         if {"deadline_s", "timeout"} <= self.model_fields_set:
             raise ValueError("give deadline_s or timeout, not both")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options can only be given with stream=true")
+        if self.structured_outputs is not None and self.response_format is not None and \
+                self.response_format.type != "text":
+            raise ValueError("give structured_outputs or a response_format, not both")
+        for key in self.logit_bias or {}:
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"logit_bias keys are token ids, not {key[:40]!r}")
         return self
 
     @property
     def deadline(self) -> float | None:
         return self.deadline_s if self.deadline_s is not None else self.timeout
 
-    def extra_params(self) -> dict[str, Any]:
-        """JobRequest.extra: the sampling parameters beyond max_tokens, temperature and stop."""
-        extra: dict[str, Any] = {}
-        if self.top_p is not None:
-            extra["top_p"] = self.top_p
-        if self.top_k is not None:
-            extra["top_k"] = max(0, self.top_k)
-        for name in ("seed", "ignore_eos", "min_tokens"):
-            if getattr(self, name) is not None:
-                extra[name] = getattr(self, name)
-        return extra
+    @property
+    def choices_per_prompt(self) -> int:
+        return self.n or 1
 
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
+    def sample_logprobs(self) -> int | None:
+        """Top alternatives per generated token (None: no logprobs)."""
+        raise NotImplementedError
 
-class CompletionRequest(_Sampling):
+
+PromptIds = Annotated[list[TokenId], Field(min_length=1, max_length=1_000_000)]
+
+
+class CompletionRequest(SamplingRequest):
     prompt: Annotated[str, Field(min_length=1)] | Annotated[
-        list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=1)
-    ] = Field(description="one prompt (a list of exactly one string is accepted too)")
+        list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_CHOICES)
+    ] | PromptIds | Annotated[list[PromptIds], Field(min_length=1, max_length=MAX_CHOICES)] = Field(
+        description="a prompt, a list of prompts, token ids, or a list of token-id prompts"
+    )
+    max_tokens: Annotated[int | None, Field(ge=1, le=1_000_000, description="default 16 (as OpenAI and vLLM); "
+                                            "null: the rest of the context")] = 16
     echo: bool | None = None
     suffix: Annotated[str | None, only("")]
     best_of: Annotated[int | None, only(1)]
-    logprobs: Annotated[int | None, only(0)]
+    logprobs: Annotated[int | None, Field(ge=0, le=1000)] = None
+    add_special_tokens: bool | None = None
 
-    @property
-    def text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    @model_validator(mode="after")
+    def _count(self) -> "CompletionRequest":
+        if len(self.prompts()) * self.choices_per_prompt > MAX_CHOICES:
+            raise ValueError(f"n x prompts must be at most {MAX_CHOICES}")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: text or token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and isinstance(p[0], int):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+    def sample_logprobs(self) -> int | None:
+        return self.logprobs
 
 
-class TextPart(JSONModel):
-    type: Literal["text"]
+class TextPart(Lenient):
+    type: Literal["text", "input_text"]
     text: str
 
 
-class ChatMessage(JSONModel):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+class ChatMessage(Lenient):
+    """A chat message; extra keys (``tool_calls``, ``reasoning_content``...) are accepted and ignored."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
     name: Annotated[str | None, Field(max_length=256)] = None
 
@@ -153,27 +246,23 @@ class ChatMessage(JSONModel):
         return "".join(part.text for part in self.content)
 
 
-class ResponseFormat(JSONModel):
-    type: Literal["text"]
-
-
-class ChatCompletionRequest(_Sampling):
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"allOf": [
+class ChatCompletionRequest(SamplingRequest):
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={"allOf": [
         {"not": {"required": ["deadline_s", "timeout"]}}, {"not": {"required": ["max_tokens", "max_completion_tokens"]}},
     ]})
 
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=1000)]
     max_completion_tokens: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
-    logprobs: Annotated[bool | None, only(False)]
-    top_logprobs: Annotated[int | None, only(0)]
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int | None, Field(ge=0, le=1000)] = None
     tools: Annotated[list[dict[str, Any]] | None, only(maxItems=0)]
     tool_choice: Annotated[str | dict[str, Any] | None, only("none")]
     parallel_tool_calls: bool | None = None
-    response_format: ResponseFormat | None = None
     add_generation_prompt: bool = True
     continue_final_message: Annotated[bool | None, only(False)]
     chat_template: Annotated[str | None, only()]
-    chat_template_kwargs: Annotated[dict[str, Any] | None, only(maxProperties=0)]
+    chat_template_kwargs: Annotated[dict[str, Any] | None, Field(max_length=64)] = None
+    echo: bool | None = None
 
     @model_validator(mode="after")
     def _tokens(self) -> "ChatCompletionRequest":
@@ -181,86 +270,9 @@ class ChatCompletionRequest(_Sampling):
             raise ValueError("give max_tokens or max_completion_tokens, not both")
         if self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=true")
         return self
 
-
-# responses -------------------------------------------------------------------------------
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class LlmsupInfo(BaseModel):
-    """llmsup's extension of every completion: the job behind it and how it ended."""
-
-    job_id: str
-    status: str  # succeeded | timed_out | cancelled | ...
-    deadline_s: float
-    error: str | None = None
-
-
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    logprobs: None = None
-    finish_reason: str | None = Field(
-        description="stop | length, and llmsup's: timeout (deadline reached), cancelled (cancelled or killed)"
-    )
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
-    llmsup: LlmsupInfo | None = None
-
-
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: AssistantMessage
-    logprobs: None = None
-    finish_reason: str | None = Field(description="stop | length | timeout | cancelled (see completions)")
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage | None = None
-    llmsup: LlmsupInfo | None = None
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "llmsup"
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class OpenAIErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class OpenAIError(BaseModel):
-    error: OpenAIErrorBody
+    def sample_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None

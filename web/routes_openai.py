@@ -1,46 +1,50 @@
 """OpenAI-compatible routes: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``.
 
-Each completion is one llmsup job. ``finish_reason`` is ``stop`` or ``length`` when generation ended on its
-own, ``timeout`` when the job's deadline stopped it (partial text kept), ``cancelled`` when it was cancelled or
-killed by an admin; every response (and the last stream chunk) carries ``llmsup: {job_id, status, deadline_s,
-error}``. A job that failed is a 500 (``code: job_failed``), one that could not start within its
-``queue_timeout_s`` a 429 (``code: job_expired``). A client that disconnects cancels its job unless the
-``cancel_on_disconnect`` setting is off.
+Each choice is one llmsup job (``n`` x prompts jobs per request, see ``web/openai_params.py``).
+``finish_reason`` is ``stop`` or ``length`` when generation ended on its own, ``timeout`` when the job's
+deadline stopped it (partial text kept), ``cancelled`` when it was cancelled or killed by an admin; every
+response (and each choice's last stream chunk) carries ``llmsup: {job_id, status, deadline_s, error}``. An
+invalid request is a 400 (OpenAI's error body), a job that failed a 500 (``code: job_failed``), one that could
+not start within its ``queue_timeout_s`` a 429 (``code: job_expired``). A client that disconnects cancels its
+jobs unless the ``cancel_on_disconnect`` setting is off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from llmsup.supervisor.jobs import Job, JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.jobs import Job
 from llmsup.supervisor.service import Supervisor
 from llmsup.web import sse
-from llmsup.web.auth import Principal, PrincipalDep
+from llmsup.web.auth import PrincipalDep
 from llmsup.web.chat import template_for
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.errors import OpenAIHTTPError
-from llmsup.web.follow import TextTracker, follow
-from llmsup.web.limits import check_job_limits
-from llmsup.web.openai_schemas import (
+from llmsup.web.openai_format import (
+    chat_logprobs,
+    completion_logprobs,
+    finish_reason,
+    info,
+    prompt_logprobs_out,
+    usage,
+)
+from llmsup.web.openai_params import Plan, completion_prompt_logprobs, plan_jobs
+from llmsup.web.openai_responses import (
     AssistantMessage,
     ChatChoice,
-    ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionChoice,
-    CompletionRequest,
     CompletionResponse,
-    LlmsupInfo,
     ModelCard,
     ModelList,
     OpenAIError,
-    Usage,
-    _Sampling,
 )
+from llmsup.web.openai_schemas import ChatCompletionRequest, CompletionRequest
+from llmsup.web.openai_stream import ChoiceState, chunks, failed_job, stream_response
+from llmsup.web.tokens import served_model
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 DISCONNECT_NOTE = "cancelled: the client disconnected"
@@ -50,7 +54,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": OpenAIError, "description": "OpenAI-style error"} for code in codes}
 
 
-ERRORS = _errors(401, 404, 413, 422, 429, 500)
+ERRORS = _errors(400, 401, 404, 413, 429, 500)
 STREAM_OR_JSON = sse.sse_response("JSON, or with stream=true SSE chunks (JSON) ending with `data: [DONE]`",
                                   json_data=False)
 
@@ -66,54 +70,103 @@ def served_models(sup: Supervisor) -> list[str]:
 @router.get("/models", response_model=ModelList, responses=_errors(401))
 async def list_models(sup: SupervisorDep, principal: PrincipalDep) -> ModelList:
     created = int(time.time())
-    return ModelList(data=[ModelCard(id=name, created=created) for name in served_models(sup)])
+    model = served_model(sup)
+    return ModelList(data=[ModelCard(id=name, created=created, root=model.path if model else None,
+                                     max_model_len=model.max_model_len if model else None)
+                           for name in served_models(sup)])
 
 
-@router.post(
-    "/completions", response_model=CompletionResponse,
-    responses={200: STREAM_OR_JSON, **ERRORS},
-)
+@router.post("/completions", response_model=CompletionResponse, response_model_exclude_none=False,
+             responses={200: STREAM_OR_JSON, **ERRORS})
 async def completions(body: CompletionRequest, request: Request, sup: SupervisorDep, principal: PrincipalDep,
                       response: Response) -> Any:
     model = _check_model(sup, body.model)
-    prompt = body.text
-    job = _submit(sup, principal, body, prompt)
-    echo = prompt if body.echo else ""
+    plan = await plan_jobs(sup, principal, body, body.prompts(), add_special_tokens=body.add_special_tokens is not False,
+                           prompt_logprobs=completion_prompt_logprobs(body))
+    jobs = _submit(sup, plan)
+    as_ids = bool(body.return_tokens_as_token_ids)
+    k = body.logprobs or 0
     if body.stream:
-        make = _completion_chunk(job, model)
-        return _stream(sup, request, job, make, echo, include_usage=_usage_wanted(body))
-    response.headers["X-Llmsup-Job-Id"] = job.id
-    job = await _wait(sup, request, job.id)
-    text = echo + job.output
-    return CompletionResponse(
-        id=f"cmpl-{job.id}", created=int(job.created_at), model=model,
-        choices=[CompletionChoice(index=0, text=text, finish_reason=finish_reason(job))],
-        usage=usage(job), llmsup=info(job),
-    )
+        def make(index: int, text: str, finish: str | None = None, role: bool = False, job: Job | None = None,
+                 start: int = 0, count: int = 0) -> dict[str, Any]:
+            choice: dict[str, Any] = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+            if job is not None and body.logprobs is not None and count:
+                choice["logprobs"] = completion_logprobs(job.logprobs[start:start + count], k, as_ids).model_dump()
+            if job is not None and body.return_token_ids and count:
+                choice["token_ids"] = list(job.token_ids[start:start + count])
+            return {"id": f"cmpl-{jobs[0].id}", "object": "text_completion", "created": int(jobs[0].created_at),
+                    "model": model, "choices": [choice]}
+
+        head = [make(i, plan.prompt_of(i).text) for i in range(len(jobs))] if body.echo else []
+        return _stream(sup, request, plan, jobs, make, body, head)
+    response.headers["X-Llmsup-Job-Id"] = jobs[0].id
+    done = await _wait_all(sup, request, [j.id for j in jobs])
+    choices = []
+    for i, job in enumerate(done):
+        prompt = plan.prompt_of(i)
+        echo = prompt.text if body.echo else ""
+        logprobs = None
+        if body.logprobs is not None:
+            first = _first_prompt_token(plan, i) if body.echo else None
+            prompt_lps = _prompt_job(done, plan, i).prompt_logprobs if body.echo else ()
+            logprobs = completion_logprobs(job.logprobs, k, as_ids, prompt=prompt_lps, first_prompt_token=first,
+                                           offset=0)
+        choices.append(CompletionChoice(
+            index=i, text=echo + job.output, logprobs=logprobs, finish_reason=finish_reason(job),
+            prompt_logprobs=prompt_logprobs_out(_prompt_job(done, plan, i).prompt_logprobs,
+                                                body.prompt_logprobs is not None),
+            prompt_token_ids=list(_prompt_ids(plan, done, i)) if body.return_token_ids else None,
+            token_ids=list(job.token_ids) if body.return_token_ids else None,
+            llmsup=info(job) if len(done) > 1 else None,
+        ))
+    return CompletionResponse(id=f"cmpl-{jobs[0].id}", created=int(jobs[0].created_at), model=model, choices=choices,
+                              usage=usage(done, plan.n, [p.length for p in plan.prompts]), llmsup=info(done[0]))
 
 
-@router.post(
-    "/chat/completions", response_model=ChatCompletionResponse,
-    responses={200: STREAM_OR_JSON, **ERRORS},
-)
+@router.post("/chat/completions", response_model=ChatCompletionResponse, responses={200: STREAM_OR_JSON, **ERRORS})
 async def chat_completions(body: ChatCompletionRequest, request: Request, sup: SupervisorDep,
                            principal: PrincipalDep, response: Response) -> Any:
     model = _check_model(sup, body.model)
-    prompt = template_for(sup).render(body.messages, body.add_generation_prompt)
-    job = _submit(sup, principal, body, prompt)
+    prompt = template_for(sup).render(body.messages, body.add_generation_prompt, body.chat_template_kwargs or {})
+    plan = await plan_jobs(sup, principal, body, [prompt])
+    jobs = _submit(sup, plan)
+    last = body.messages[-1]
+    echo = last.text if body.echo and last.role == "assistant" else ""
+    k = body.top_logprobs or 0
+    as_ids = bool(body.return_tokens_as_token_ids)
     if body.stream:
-        make = _chat_chunk(job, model)
-        return _stream(sup, request, job, make, "", include_usage=_usage_wanted(body), role_first=True)
-    response.headers["X-Llmsup-Job-Id"] = job.id
-    job = await _wait(sup, request, job.id)
+        def make(index: int, text: str, finish: str | None = None, role: bool = False, job: Job | None = None,
+                 start: int = 0, count: int = 0) -> dict[str, Any]:
+            delta: dict[str, Any] = {"role": "assistant", "content": text} if role else (
+                {"content": text} if text else {})
+            choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            if job is not None and body.logprobs and count:
+                choice["logprobs"] = chat_logprobs(job.logprobs[start:start + count], k, as_ids).model_dump()
+            if job is not None and body.return_token_ids and count:
+                choice["token_ids"] = list(job.token_ids[start:start + count])
+            return {"id": f"chatcmpl-{jobs[0].id}", "object": "chat.completion.chunk",
+                    "created": int(jobs[0].created_at), "model": model, "choices": [choice]}
+
+        head = [make(i, "", role=True) for i in range(len(jobs))]
+        head += [make(i, echo) for i in range(len(jobs))] if echo else []
+        return _stream(sup, request, plan, jobs, make, body, head)
+    response.headers["X-Llmsup-Job-Id"] = jobs[0].id
+    done = await _wait_all(sup, request, [j.id for j in jobs])
+    choices = [ChatChoice(
+        index=i, message=AssistantMessage(content=echo + job.output),
+        logprobs=chat_logprobs(job.logprobs, k, as_ids) if body.logprobs else None,
+        finish_reason=finish_reason(job), token_ids=list(job.token_ids) if body.return_token_ids else None,
+        llmsup=info(job) if len(done) > 1 else None,
+    ) for i, job in enumerate(done)]
     return ChatCompletionResponse(
-        id=f"chatcmpl-{job.id}", created=int(job.created_at), model=model,
-        choices=[ChatChoice(index=0, message=AssistantMessage(content=job.output), finish_reason=finish_reason(job))],
-        usage=usage(job), llmsup=info(job),
+        id=f"chatcmpl-{jobs[0].id}", created=int(jobs[0].created_at), model=model, choices=choices,
+        usage=usage(done, plan.n, [p.length for p in plan.prompts]), llmsup=info(done[0]),
+        prompt_logprobs=prompt_logprobs_out(done[0].prompt_logprobs, body.prompt_logprobs is not None),
+        prompt_token_ids=list(_prompt_ids(plan, done, 0)) if body.return_token_ids else None,
     )
 
 
-# the job behind a completion ------------------------------------------------------------------
+# the jobs behind a completion -----------------------------------------------------------------
 
 
 def _check_model(sup: Supervisor, model: str | None) -> str:
@@ -121,138 +174,84 @@ def _check_model(sup: Supervisor, model: str | None) -> str:
     if model is None:
         return names[0]
     if model not in names:
-        raise OpenAIHTTPError(404, f"model {model!r} is not served here (served: {', '.join(names)})",
+        raise OpenAIHTTPError(404, f"The model `{model}` does not exist (served: {', '.join(names)})",
                               code="model_not_found", param="model")
     return model
 
 
-def _submit(sup: Supervisor, principal: Principal, body: _Sampling, prompt: str) -> Job:
-    check_job_limits(sup.settings, prompt, body.max_tokens, body.deadline)
-    return sup.submit(JobRequest(
-        prompt=prompt, max_tokens=body.max_tokens, temperature=body.temperature or 0.0, stop=body.stops(),
-        deadline_s=body.deadline, queue_timeout_s=body.queue_timeout_s,
-        priority=-(body.priority or 0),  # vLLM: lower runs first; llmsup: higher runs first
-        owner=principal.owner, extra=body.extra_params(),
-    )).job
+def _submit(sup: Supervisor, plan: Plan) -> list[Job]:
+    jobs: list[Job] = []
+    try:
+        for req in plan.requests:
+            jobs.append(sup.submit(req).job)
+    except BaseException:  # a full queue part-way: take back what was queued
+        for job in jobs:
+            sup.cancel(job.id, note="cancelled: the rest of its request was refused")
+        raise
+    return jobs
 
 
-def _usage_wanted(body: _Sampling) -> bool:
-    return bool(body.stream_options and body.stream_options.include_usage)
+def _prompt_job(done: list[Job], plan: Plan, choice: int) -> Job:
+    """The job that carries its prompt's logprobs and ids (the prompt's first choice)."""
+    return done[(choice // plan.n) * plan.n]
 
 
-async def _wait(sup: Supervisor, request: Request, job_id: str) -> Job:
-    """Wait for the job to end; if the client goes away first, cancel the job (by default) and stop waiting."""
-    waiter = asyncio.ensure_future(sup.wait(job_id))
+def _prompt_ids(plan: Plan, done: list[Job], choice: int) -> tuple[int, ...]:
+    return _prompt_job(done, plan, choice).prompt_token_ids or plan.prompt_of(choice).token_ids
+
+
+def _first_prompt_token(plan: Plan, choice: int) -> str:
+    prompt = plan.prompt_of(choice)
+    tok = plan.tokenizer
+    try:
+        ids = list(prompt.token_ids) or (tok.encode(prompt.text) if tok is not None else [])
+        return tok.decode(ids[:1]) if tok is not None and ids else ""
+    except Exception:  # the sim backend: no vocabulary
+        return ""
+
+
+def _stream(sup: Supervisor, request: Request, plan: Plan, jobs: list[Job], make: Any,
+            body: CompletionRequest | ChatCompletionRequest, head: list[dict[str, Any]]) -> sse.EventStream:
+    buffered = body.sample_logprobs() is not None or bool(body.return_token_ids)
+    states = [ChoiceState(i, job.id, job.params.max_tokens, plan.prompt_of(i).length or 0, buffered)
+              for i, job in enumerate(jobs)]
+    options = body.stream_options
+    body_iter = chunks(sup, states, make, include_usage=bool(options and options.include_usage),
+                       continuous=bool(options and options.continuous_usage_stats), n=plan.n,
+                       prompt_lengths=[p.length for p in plan.prompts], head=head, failure=failed_job)
+    return stream_response(sup, request, [j.id for j in jobs], body_iter, DISCONNECT_NOTE)
+
+
+async def _wait_all(sup: Supervisor, request: Request, job_ids: list[str]) -> list[Job]:
+    """Wait for every job to end; if the client goes away first, cancel them (by default) and stop waiting.
+    A job that ended without an answer is the request's error (the others are cancelled)."""
+    waiter = asyncio.ensure_future(asyncio.gather(*(sup.wait(j) for j in job_ids)))
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
-        finished = waiter.done() and not waiter.cancelled()
-        if not finished:  # the client left (or the server is stopping): nobody wants this job any more
+        finished = waiter.done() and not waiter.cancelled() and waiter.exception() is None
+        if not finished:  # the client left (or the server is stopping): nobody wants these jobs any more
             waiter.cancel()
             if sup.settings.cancel_on_disconnect:
-                sup.cancel(job_id, note=DISCONNECT_NOTE)
+                for job_id in job_ids:
+                    if not sup.get(job_id).status.terminal:
+                        sup.cancel(job_id, note=DISCONNECT_NOTE)
     if not finished:
-        return sup.get(job_id)  # the answer goes nowhere
-    job = waiter.result()
-    _raise_for(job)
-    return job
+        return [sup.get(j) for j in job_ids]  # the answer goes nowhere
+    done: list[Job] = list(waiter.result())
+    for job in done:
+        failed = failed_job(job)
+        if failed is not None:
+            for other in done:
+                if not other.status.terminal:
+                    sup.cancel(other.id, note="cancelled: another choice of its request failed")
+            status, message, code = failed
+            raise OpenAIHTTPError(status, message, code=code, headers={"Retry-After": "1"} if status == 429 else None)
+    return done
 
 
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def _raise_for(job: Job) -> None:
-    if job.status is JobStatus.FAILED:
-        raise OpenAIHTTPError(500, f"job {job.id} failed: {job.error}", code="job_failed")
-    if job.status is JobStatus.EXPIRED:  # it could not start within its queue_timeout_s: back off, like a 429
-        raise OpenAIHTTPError(429, f"job {job.id} expired: {job.error}", code="job_expired",
-                              headers={"Retry-After": "1"})
-
-
-def finish_reason(job: Job) -> str | None:
-    if job.status is JobStatus.SUCCEEDED:
-        return job.finish_reason or "stop"
-    if job.status is JobStatus.TIMED_OUT:
-        return "timeout"
-    if job.status is JobStatus.CANCELLED:
-        return "cancelled"
-    return None
-
-
-def usage(job: Job) -> Usage:
-    return Usage(prompt_tokens=job.prompt_tokens, completion_tokens=job.tokens,
-                 total_tokens=job.prompt_tokens + job.tokens)
-
-
-def info(job: Job) -> LlmsupInfo:
-    return LlmsupInfo(job_id=job.id, status=job.status.value, deadline_s=job.deadline_s, error=job.error)
-
-
-# streaming ------------------------------------------------------------------------------------
-
-Chunk = Callable[..., dict[str, Any]]
-
-
-def _completion_chunk(job: Job, model: str) -> Chunk:
-    def make(text: str = "", finish: str | None = None, role: bool = False) -> dict[str, Any]:
-        return {"id": f"cmpl-{job.id}", "object": "text_completion", "created": int(job.created_at), "model": model,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
-
-    return make
-
-
-def _chat_chunk(job: Job, model: str) -> Chunk:
-    def make(text: str = "", finish: str | None = None, role: bool = False) -> dict[str, Any]:
-        delta: dict[str, Any] = {"role": "assistant", "content": text} if role else ({"content": text} if text else {})
-        return {"id": f"chatcmpl-{job.id}", "object": "chat.completion.chunk", "created": int(job.created_at),
-                "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-
-    return make
-
-
-def _stream(sup: Supervisor, request: Request, job: Job, make: Chunk, echo: str, include_usage: bool,
-            role_first: bool = False) -> sse.EventStream:
-    job_id = job.id
-
-    async def chunks() -> AsyncIterator[bytes]:
-        if role_first:
-            yield sse.event(make(role=True))
-        if echo:
-            yield sse.event(make(echo))
-        tracker = TextTracker()
-        final: Job | None = None
-        async for u in follow(sup, job_id, sup.settings.sse_ping_s):
-            if u.kind == "ping":
-                yield sse.PING
-                continue
-            delta = tracker.update(u)
-            if delta or u.kind == "token":  # one chunk per token, as vLLM sends (even while text is held back)
-                yield sse.event(make(delta))
-            if u.status is not None and u.status.terminal:
-                final = u.job
-        if final is None:
-            yield sse.event({"error": {"message": "the server is shutting down", "type": "server_error",
-                                       "param": None, "code": "shutdown"}})
-        elif final.status in (JobStatus.FAILED, JobStatus.EXPIRED):
-            code = "job_failed" if final.status is JobStatus.FAILED else "job_expired"
-            yield sse.event({"error": {"message": f"job {final.id} {final.status.value}: {final.error}",
-                                       "type": "server_error", "param": None, "code": code}})
-        else:
-            last = make(finish=finish_reason(final))
-            last["llmsup"] = info(final).model_dump()
-            yield sse.event(last)
-            if include_usage:
-                yield sse.event({**make(), "choices": [], "usage": usage(final).model_dump()})
-        yield b"data: [DONE]\n\n"
-
-    def on_close(completed: bool) -> None:
-        if not completed and sup.settings.cancel_on_disconnect and not sup.get(job_id).status.terminal:
-            sup.cancel(job_id, note=DISCONNECT_NOTE)
-
-    web_metrics = getattr(request.app.state, "web_metrics", None)
-    return sse.EventStream(chunks(), on_close=on_close, headers={"X-Llmsup-Job-Id": job_id},
-                           gauge=web_metrics.sse_streams if web_metrics else None)

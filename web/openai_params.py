@@ -1,0 +1,230 @@
+"""An OpenAI request -> the jobs that answer it, checked against the served model first.
+
+``n`` choices and a list of prompts become one job per choice (choice ``i`` answers prompt ``i // n``), each
+with the request's deadline: each choice is then scheduled, streamed, interrupted and retried like any job,
+on whichever engine is free (a batched vLLM engine batches them anyway). With a ``seed``, choice ``j`` of a
+prompt samples with ``seed + j``, so that the choices differ and the request stays reproducible.
+
+Checks (each a 400 with OpenAI's error body, before any job exists): a feature the backend cannot honour
+(its ``describe()`` lists them with the reason), logprobs above the model's ``max_logprobs``, a prompt over
+the context, ``max_tokens`` past the context, an invalid JSON schema or regex, token ids out of the
+vocabulary. ``max_tokens`` left out (chat; ``null`` on completions) is the rest of the context.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from llmsup.engines.protocol import Structured, TokenBias
+from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.service import Supervisor
+from llmsup.web.auth import Principal
+from llmsup.web.errors import OpenAIHTTPError
+from llmsup.web.limits import check_job_limits
+from llmsup.web.openai_schemas import CompletionRequest, SamplingRequest
+from llmsup.web.tokens import HFTokenizer, ServedModel, Tokenizer, served_model, tokenizer_for
+
+
+@dataclass(frozen=True)
+class PromptIn:
+    text: str
+    token_ids: tuple[int, ...] = ()  # set when the engine must take the prompt as ids
+    length: int | None = None  # in tokens, when a tokenizer is at hand
+
+
+@dataclass(frozen=True)
+class Plan:
+    prompts: list[PromptIn]
+    requests: list[JobRequest]  # one per choice, in choice order
+    n: int
+    model: ServedModel | None
+    tokenizer: Tokenizer | None
+
+    def prompt_of(self, choice: int) -> PromptIn:
+        return self.prompts[choice // self.n]
+
+
+def bad(message: str, param: str | None = None, code: str | None = None) -> OpenAIHTTPError:
+    return OpenAIHTTPError(400, message, code=code, param=param)
+
+
+def structured_of(body: SamplingRequest) -> Structured | None:
+    """The request's structured-output constraint (``structured_outputs`` or ``response_format``), checked."""
+    so = body.structured_outputs
+    if so is not None:
+        if so.json_ is not None:
+            schema = json.loads(so.json_) if isinstance(so.json_, str) else so.json_
+            return Structured("json", _schema_text(schema, "structured_outputs.json"))
+        if so.regex is not None:
+            try:
+                re.compile(so.regex)
+            except re.error as exc:
+                raise bad(f"invalid regex in structured_outputs: {exc}", "structured_outputs.regex") from None
+            return Structured("regex", so.regex)
+        if so.choice is not None:
+            return Structured("choice", json.dumps(so.choice))
+        if so.grammar is not None:
+            return Structured("grammar", so.grammar)
+        return Structured("json_object") if so.json_object else None
+    rf = body.response_format
+    if rf is None or rf.type == "text":
+        return None
+    if rf.type == "json_object":
+        return Structured("json_object")
+    assert rf.json_schema is not None and rf.json_schema.schema_ is not None  # the schema checked it
+    return Structured("json", _schema_text(rf.json_schema.schema_, "response_format.json_schema.schema"))
+
+
+def _schema_text(schema: Any, param: str) -> str:
+    if not isinstance(schema, dict):
+        raise bad("a JSON schema must be an object", param)
+    try:
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+    except ImportError:  # the engine's own check still applies
+        return json.dumps(schema)
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise bad(f"invalid JSON schema: {exc.message}", param) from None
+    return json.dumps(schema)
+
+
+def features_used(body: SamplingRequest, token_prompts: bool) -> dict[str, str]:
+    """Backend features this request needs -> the request field that needs it."""
+    used: dict[str, str] = {}
+    if (body.presence_penalty or 0) != 0 or (body.frequency_penalty or 0) != 0 or body.repetition_penalty not in (None, 1):
+        used["penalties"] = "presence_penalty / frequency_penalty / repetition_penalty"
+    if body.min_p:
+        used["min_p"] = "min_p"
+    if body.logit_bias:
+        used["logit_bias"] = "logit_bias"
+    if body.stop_token_ids:
+        used["stop_token_ids"] = "stop_token_ids"
+    if body.sample_logprobs() is not None:
+        used["logprobs"] = "logprobs"
+    if body.prompt_logprobs is not None or (getattr(body, "echo", False) and body.sample_logprobs() is not None):
+        used["prompt_logprobs"] = "prompt_logprobs"
+    if body.structured_outputs is not None or (body.response_format and body.response_format.type != "text"):
+        used["structured_outputs"] = "response_format" if body.response_format else "structured_outputs"
+    if token_prompts:
+        used["token_prompts"] = "prompt"
+    if body.return_token_ids:
+        used["token_ids"] = "return_token_ids"
+    return used
+
+
+def _check_model(body: SamplingRequest, model: ServedModel | None, token_prompts: bool) -> None:
+    if model is None:
+        return
+    for feature, param in features_used(body, token_prompts).items():
+        if feature in model.unsupported:
+            raise bad(f"{param}: not supported by the {model.backend} backend: {model.unsupported[feature]}", param)
+    for param, k in (("logprobs", body.sample_logprobs()), ("prompt_logprobs", body.prompt_logprobs)):
+        if k is not None and k > model.max_logprobs:
+            raise bad(f"Requested {'sample' if param == 'logprobs' else 'prompt'} logprobs of {k}, which is greater "
+                      f"than max allowed: {model.max_logprobs}", param)
+
+
+def _prompt(raw: str | list[int], body: SamplingRequest, tok: Tokenizer | None, model: ServedModel | None,
+            add_special_tokens: bool) -> PromptIn:
+    hf = tok if isinstance(tok, HFTokenizer) else None
+    ids: list[int] | None = list(raw) if isinstance(raw, list) else None
+    text = raw if isinstance(raw, str) else ""
+    if ids is None and hf is not None and (not add_special_tokens or body.truncate_prompt_tokens is not None):
+        ids = hf.encode(text, add_special_tokens)
+    if ids is not None and body.truncate_prompt_tokens is not None:
+        keep = body.truncate_prompt_tokens
+        if keep == -1:
+            keep = model.max_model_len if model and model.max_model_len else len(ids)
+        ids = ids[:keep] if body.truncation_side == "right" else ids[len(ids) - keep:] if keep < len(ids) else ids
+    if ids is not None:
+        if not ids:
+            raise bad("the prompt has no tokens left", "prompt")
+        if hf is not None:
+            try:
+                text = hf.decode(ids)
+            except ValueError as exc:
+                raise bad(str(exc), "prompt") from None
+        return PromptIn(text or f"<{len(ids)} token ids>", tuple(ids), len(ids))
+    length = tok.count(text, add_special_tokens) if tok is not None else None
+    return PromptIn(text, (), length)
+
+
+def _max_tokens(body: SamplingRequest, prompt: PromptIn, model: ServedModel | None, default: int, limit: int) -> int:
+    context = model.max_model_len if model else None
+    if context is None or prompt.length is None:
+        return body.max_tokens if body.max_tokens is not None else default
+    if prompt.length >= context:
+        raise bad(f"This model's maximum context length is {context} tokens. However, your prompt contains "
+                  f"{prompt.length} input tokens, which leaves no room for output. Please reduce the length of "
+                  "the input prompt.", "prompt", code="context_length_exceeded")
+    room = context - prompt.length
+    if body.max_tokens is None:
+        return min(room, limit)
+    if body.max_tokens > room:
+        raise bad(f"'max_tokens' or 'max_completion_tokens' is too large: {body.max_tokens}. This model's maximum "
+                  f"context length is {context} tokens and your request has {prompt.length} input tokens "
+                  f"({body.max_tokens} > {context} - {prompt.length}).", "max_tokens",
+                  code="context_length_exceeded")
+    return body.max_tokens
+
+
+def _logit_bias(body: SamplingRequest, tok: Tokenizer | None) -> tuple[TokenBias, ...]:
+    bias = tuple(TokenBias(int(k), float(v)) for k, v in (body.logit_bias or {}).items())
+    vocab = tok.vocab_size if isinstance(tok, HFTokenizer) else None
+    out_of_vocab = [b.token_id for b in bias if b.token_id < 0 or (vocab is not None and b.token_id >= vocab)]
+    if out_of_vocab:
+        raise bad(f"token_id(s) {out_of_vocab[:10]} in logit_bias are out of the vocabulary"
+                  + (f" (size {vocab})" if vocab else ""), "logit_bias")
+    return bias
+
+
+async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest, raw_prompts: list[str | list[int]],
+                    add_special_tokens: bool = True, prompt_logprobs: int | None = None) -> Plan:
+    """Check the request against the served model and build one job request per choice."""
+    model = served_model(sup)
+    tok = await tokenizer_for(model)
+    token_prompts = any(isinstance(p, list) for p in raw_prompts) or (
+        isinstance(tok, HFTokenizer) and (not add_special_tokens or body.truncate_prompt_tokens is not None))
+    _check_model(body, model, token_prompts)
+    structured = structured_of(body)
+    bias = _logit_bias(body, tok)
+    s = sup.settings
+    prompts = [_prompt(p, body, tok, model, add_special_tokens) for p in raw_prompts]
+    n = body.choices_per_prompt
+    wanted_prompt_lps = body.prompt_logprobs if body.prompt_logprobs is not None else prompt_logprobs
+    requests: list[JobRequest] = []
+    for prompt in prompts:
+        max_tokens = _max_tokens(body, prompt, model, s.default_max_tokens, s.max_tokens_limit)
+        check_job_limits(s, prompt.text, max_tokens, body.deadline)
+        for j in range(n):
+            extra: dict[str, Any] = {
+                "top_p": body.top_p, "top_k": max(0, body.top_k) if body.top_k is not None else None,
+                "seed": body.seed + j if body.seed is not None else None,
+                "ignore_eos": body.ignore_eos, "min_tokens": body.min_tokens,
+                "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
+                "repetition_penalty": body.repetition_penalty, "min_p": body.min_p,
+                "logit_bias": bias, "stop_token_ids": tuple(body.stop_token_ids or ()),
+                "logprobs": body.sample_logprobs(),
+                "prompt_logprobs": wanted_prompt_lps if j == 0 else None,  # one copy per prompt is enough
+                "structured": structured, "prompt_token_ids": prompt.token_ids,
+                "return_token_ids": bool(body.return_token_ids),
+                "include_stop_str_in_output": body.include_stop_str_in_output,
+                "skip_special_tokens": body.skip_special_tokens,
+            }
+            requests.append(JobRequest(
+                prompt=prompt.text, max_tokens=max_tokens, temperature=body.temperature or 0.0, stop=body.stops(),
+                deadline_s=body.deadline, queue_timeout_s=body.queue_timeout_s,
+                priority=-(body.priority or 0),  # vLLM: lower runs first; llmsup: higher runs first
+                owner=principal.owner, extra={k: v for k, v in extra.items() if v is not None},
+            ))
+    return Plan(prompts, requests, n, model, tok)
+
+
+def completion_prompt_logprobs(body: CompletionRequest) -> int | None:
+    """Echo with logprobs also returns the prompt's logprobs (vLLM: prompt_logprobs = logprobs)."""
+    return body.logprobs if body.echo and body.logprobs is not None else None

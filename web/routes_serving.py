@@ -1,0 +1,118 @@
+"""vLLM's serving routes beside the OpenAI ones: ``/health``, ``/version``, ``/load``, ``/tokenize``,
+``/detokenize`` (same paths and bodies as ``vllm serve``).
+
+``/tokenize`` and ``/detokenize`` use the served model's tokenizer, loaded in the web process
+(``web/tokens.py``); ``/tokenize`` with ``messages`` renders them with the chat template first, as the chat
+route does. The sim backend has no vocabulary: there they answer 400 saying so.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Response
+from llmsup.supervisor import __version__
+from llmsup.supervisor.jobs import JobStatus
+from llmsup.web.auth import PrincipalDep
+from llmsup.web.chat import template_for
+from llmsup.web.deps import SupervisorDep
+from llmsup.web.errors import OpenAIHTTPError
+from llmsup.web.openai_schemas import ChatMessage, Lenient
+from llmsup.web.tokens import NoVocabulary, Tokenizer, served_model, tokenizer_for
+from pydantic import BaseModel, Field, model_validator
+
+router = APIRouter(tags=["vllm"])
+
+
+class TokenizeRequest(Lenient):
+    """vLLM's two forms in one body: ``prompt`` (completion) or ``messages`` (chat)."""
+
+    model: Annotated[str | None, Field(max_length=256)] = None
+    prompt: Annotated[str | None, Field(max_length=2_000_000)] = None
+    messages: Annotated[list[ChatMessage] | None, Field(min_length=1, max_length=1000)] = None
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool = True
+    return_token_strs: bool | None = False
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "TokenizeRequest":
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give prompt or messages")
+        return self
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int | None
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(Lenient):
+    model: Annotated[str | None, Field(max_length=256)] = None
+    tokens: Annotated[list[Annotated[int, Field(ge=0, le=2**63 - 1)]], Field(max_length=1_000_000)]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class VersionOut(BaseModel):
+    version: str
+
+
+class LoadOut(BaseModel):
+    server_load: int = Field(description="jobs queued or running")
+
+
+@router.get("/health", response_class=Response, responses={200: {"description": "serving (empty body)"},
+                                                            503: {"description": "no engine serves"}})
+async def health(sup: SupervisorDep) -> Response:
+    return Response(status_code=200 if sup.ready() else 503)
+
+
+@router.get("/version", response_model=VersionOut)
+async def version() -> VersionOut:
+    return VersionOut(version=__version__)
+
+
+@router.get("/load", response_model=LoadOut)
+async def load(sup: SupervisorDep) -> LoadOut:
+    return LoadOut(server_load=sup.store.count(JobStatus.QUEUED) + sup.store.count(JobStatus.RUNNING))
+
+
+async def _tokenizer(sup: SupervisorDep) -> Tokenizer:
+    tok = await tokenizer_for(served_model(sup))
+    if tok is None:
+        raise OpenAIHTTPError(400, "no tokenizer is available here (no engine serves yet, or the model's tokenizer "
+                                   "cannot be loaded by the web process)", code="no_tokenizer")
+    return tok
+
+
+@router.post("/tokenize", response_model=TokenizeResponse, response_model_exclude_none=False)
+async def tokenize(body: TokenizeRequest, sup: SupervisorDep, principal: PrincipalDep) -> TokenizeResponse:
+    tok = await _tokenizer(sup)
+    if body.messages is not None:
+        text = template_for(sup).render(body.messages, body.add_generation_prompt, body.chat_template_kwargs or {})
+    else:
+        text = body.prompt or ""
+    try:
+        ids = tok.encode(text, body.add_special_tokens is not False)
+        strs = tok.token_strs(ids) if body.return_token_strs else None
+    except NoVocabulary as exc:
+        raise OpenAIHTTPError(400, str(exc), code="no_vocabulary") from None
+    model = served_model(sup)
+    return TokenizeResponse(count=len(ids), max_model_len=model.max_model_len if model else None, tokens=ids,
+                            token_strs=strs)
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse)
+async def detokenize(body: DetokenizeRequest, sup: SupervisorDep, principal: PrincipalDep) -> DetokenizeResponse:
+    tok = await _tokenizer(sup)
+    try:
+        return DetokenizeResponse(prompt=tok.decode(body.tokens))
+    except NoVocabulary as exc:
+        raise OpenAIHTTPError(400, str(exc), code="no_vocabulary") from None
+    except ValueError as exc:
+        raise OpenAIHTTPError(400, str(exc), param="tokens") from None
