@@ -115,20 +115,100 @@ def test_vllm_extension_fields_reach_the_job(oai: openai.OpenAI, server: Server)
 @pytest.mark.parametrize(
     "kwargs, needle",
     [
-        ({"n": 2}, "n=2"),
-        ({"logprobs": 2}, "logprobs"),
-        ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"extra_body": {"use_beam_search": True}}, "use_beam_search"),
-        ({"extra_body": {"guided_json": {}}}, "unknown field 'guided_json'"),
+        ({"best_of": 2}, "best_of"),
         ({"extra_body": {"timeout": -1}}, "timeout"),
         ({"extra_body": {"deadline_s": 1, "timeout": 2}}, "not both"),
         ({"max_tokens": 10_000_000}, "max_tokens"),
+        ({"logprobs": 21}, "greater than max allowed: 20"),
+        ({"presence_penalty": 0.5}, "not supported by the sim backend"),
+        ({"extra_body": {"stop_token_ids": [3]}}, "stop_token_ids: not supported by the sim backend"),
+        ({"extra_body": {"structured_outputs": {"regex": "a+"}}}, "structured_outputs: not supported by the sim"),
+        ({"prompt": "word " * 5000}, "maximum context length is 4096"),
+        ({"max_tokens": 4095}, "'max_tokens' or 'max_completion_tokens' is too large"),
+        ({"stream": False, "stream_options": {"include_usage": True}}, "stream_options"),
     ],
 )
-def test_unsupported_fields_are_a_clear_422(oai: openai.OpenAI, kwargs: dict, needle: str) -> None:
-    with pytest.raises(openai.UnprocessableEntityError) as err:
-        oai.completions.create(model="sim", prompt="x", **{"max_tokens": 2, **kwargs})
+def test_invalid_requests_are_a_clear_400(oai: openai.OpenAI, kwargs: dict, needle: str) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.completions.create(model="sim", **{"prompt": "x y", "max_tokens": 2, **kwargs})
     assert needle in err.value.message
+    assert err.value.body["type"] == "invalid_request_error"
+
+
+def test_unknown_fields_are_ignored_with_a_warning(oai: openai.OpenAI, server: Server) -> None:  # noqa: F811
+    extra = {"metadata": {"a": "b"}, "store": True, "service_tier": "auto", "guided_json": {}}
+    resp = oai.chat.completions.create(model="sim", max_tokens=2, messages=[
+        {"role": "user", "content": "hi there", "reasoning_content": "an extra key on a message"}], extra_body=extra)
+    assert resp.choices[0].finish_reason == "length"
+    assert "were present in the request but ignored" in server.log()
+
+
+def test_native_jobs_route_keeps_422(server: Server) -> None:  # noqa: F811
+    with server.client() as c:
+        assert c.post("/v1/jobs", json={"prompt": "p", "bogus": 1}).status_code == 422
+        assert c.post("/v1/completions", json={"prompt": "p", "max_tokens": "3"}).status_code == 400
+
+
+def test_n_and_prompt_lists_are_one_job_per_choice(oai: openai.OpenAI, server: Server) -> None:  # noqa: F811
+    resp = oai.completions.create(model="sim", prompt=["a b", "c d e"], n=2, max_tokens=3, logprobs=1)
+    assert [c.index for c in resp.choices] == [0, 1, 2, 3]
+    assert [c.text for c in resp.choices] == ["a b a ", "a b a ", "c d e ", "c d e "]
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (2 + 3, 12)  # prompts counted once each
+    jobs = {c.model_extra["llmsup"]["job_id"] for c in resp.choices}
+    assert len(jobs) == 4
+    lp = resp.choices[2].logprobs
+    assert lp.tokens == ["c ", "d ", "e "] and lp.token_logprobs == [0.0, 0.0, 0.0] and lp.text_offset == [0, 2, 4]
+    assert lp.top_logprobs[0] == {"c ": 0.0}
+
+    chunks = list(oai.completions.create(model="sim", prompt="p q", n=3, max_tokens=4, stream=True,
+                                         stream_options={"include_usage": True}))
+    texts = ["", "", ""]
+    finishes = []
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+            if choice.finish_reason:
+                finishes.append(choice.index)
+                assert choice.text  # the last token travels with the finish_reason, as with vLLM
+    assert texts == ["p q p q "] * 3 and sorted(finishes) == [0, 1, 2]
+    assert chunks[-1].usage.completion_tokens == 12 and chunks[-1].usage.prompt_tokens == 2
+
+
+def test_chat_logprobs_and_stream_chunks(oai: openai.OpenAI) -> None:
+    resp = oai.chat.completions.create(model="sim", max_tokens=3, logprobs=True, top_logprobs=1,
+                                       messages=[{"role": "user", "content": "u v"}])
+    content = resp.choices[0].logprobs.content
+    assert [c.token for c in content] == ["User: ", "u ", "v "] and content[0].top_logprobs[0].logprob == 0.0
+    chunks = list(oai.chat.completions.create(model="sim", max_tokens=3, logprobs=True, stream=True,
+                                              messages=[{"role": "user", "content": "u v"}],
+                                              stream_options={"include_usage": True, "continuous_usage_stats": True}))
+    with_lp = [c for c in chunks if c.choices and c.choices[0].logprobs]
+    assert [c.choices[0].logprobs.content[0].token for c in with_lp] == ["User: ", "u ", "v "]
+    assert all(c.usage is not None for c in chunks)
+    assert chunks[-1].usage.completion_tokens == 3
+
+
+def test_max_tokens_default_is_the_rest_of_the_context(oai: openai.OpenAI, server: Server) -> None:  # noqa: F811
+    resp = oai.chat.completions.create(model="sim", messages=[{"role": "user", "content": "[sim:hang] a"}],
+                                       extra_body={"timeout": 0.5})
+    with server.client() as c:
+        job = job_status(c, llmsup_info(resp)["job_id"])
+    assert job["params"]["max_tokens"] == 4096 - 3  # "User: a Assistant:" is 3 words to the sim backend
+    plain = oai.completions.create(model="sim", prompt="a b")
+    assert plain.usage.completion_tokens == 16  # completions: 16 when left out, as OpenAI and vLLM
+
+
+def test_vllm_serving_routes(server: Server) -> None:  # noqa: F811
+    with server.client() as c:
+        health = c.get("/health")
+        assert health.status_code == 200 and health.content == b""
+        assert c.get("/version").json()["version"]
+        assert c.get("/load").json()["server_load"] >= 0
+        refused = c.post("/tokenize", json={"prompt": "hello"})
+        assert refused.status_code == 400 and "words" in refused.json()["error"]["message"]
+        assert c.post("/detokenize", json={"tokens": [1]}).status_code == 400
+        assert c.post("/tokenize", json={}).status_code == 400
 
 
 def test_unknown_model_is_404(oai: openai.OpenAI) -> None:
