@@ -95,11 +95,12 @@ def _wait_ready(server: LiveServer, deadline: float) -> bool:
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-    raise TimeoutError(f"llmsup serve not ready after {START_TIMEOUT_S}s:\n{server.log_tail()}")
+    raise TimeoutError(f"llmsup serve not ready in time:\n{server.log_tail()}")
 
 
-def start_server(base: Path, engines: int = 2, env: dict[str, str] | None = None) -> LiveServer:
-    """Start ``llmsup serve --backend sim`` under ``base`` and wait until all its engines serve."""
+def start_server(base: Path, engines: int = 2, env: dict[str, str] | None = None, backend: str = "sim",
+                 start_timeout_s: float = START_TIMEOUT_S) -> LiveServer:
+    """Start ``llmsup serve --backend sim`` (or ``backend``) under ``base`` and wait until all its engines serve."""
     base.mkdir(parents=True, exist_ok=True)
     run_dir = base / "run"
     tag = uuid.uuid4().hex
@@ -111,7 +112,7 @@ def start_server(base: Path, engines: int = 2, env: dict[str, str] | None = None
     for attempt in range(3):  # a free port can be taken by someone else before the server binds it
         port = free_port()
         log_path = base / f"server-{attempt}.log"
-        cmd = [*LLMSUP, "serve", "--engines", str(engines), "--backend", "sim",
+        cmd = [*LLMSUP, "serve", "--engines", str(engines), "--backend", backend,
                "--host", "127.0.0.1", "--port", str(port), "--run-dir", str(run_dir)]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, cwd=base, env=full_env, stdin=subprocess.DEVNULL, stdout=log,
@@ -119,7 +120,7 @@ def start_server(base: Path, engines: int = 2, env: dict[str, str] | None = None
         server = LiveServer(proc, f"http://127.0.0.1:{port}", run_dir, log_path, tag, engines,
                             {"LLMSUP_URL": f"http://127.0.0.1:{port}", "LLMSUP_RUN_DIR": str(run_dir)})
         try:
-            if _wait_ready(server, time.monotonic() + START_TIMEOUT_S):
+            if _wait_ready(server, time.monotonic() + start_timeout_s):
                 return server
         except BaseException:
             stop_server(server)

@@ -18,8 +18,10 @@ from serverfixtures import LiveServer, finish_server, start_server
 
 
 class Server:
-    def __init__(self, base: Path, env: dict[str, str] | None = None, engines: int = 2) -> None:
-        self.live: LiveServer = start_server(base, engines=engines, env=env)
+    def __init__(self, base: Path, env: dict[str, str] | None = None, engines: int = 2, backend: str = "sim",
+                 start_timeout_s: float = 90.0) -> None:
+        self.live: LiveServer = start_server(base, engines=engines, env=env, backend=backend,
+                                             start_timeout_s=start_timeout_s)
         self.url = self.live.url
         self.run_dir = self.live.run_dir
         self.admin_token = (self.run_dir / "admin_token").read_text().strip()

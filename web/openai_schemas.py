@@ -40,7 +40,8 @@ class Lenient(JSONModel):
     @classmethod
     def _warn_unknown(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            unknown = frozenset(str(k) for k in data if k not in cls.model_fields)
+            known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+            unknown = frozenset(str(k) for k in data if k not in known)
             if unknown and unknown not in _WARNED and len(_WARNED) < 1000:
                 _WARNED.add(unknown)
                 log.warning("The following fields were present in the request but ignored: %s (%s)",

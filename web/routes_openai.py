@@ -234,6 +234,7 @@ async def _wait_all(sup: Supervisor, request: Request, job_ids: list[str]) -> li
         finished = waiter.done() and not waiter.cancelled() and waiter.exception() is None
         if not finished:  # the client left (or the server is stopping): nobody wants these jobs any more
             waiter.cancel()
+            waiter.add_done_callback(_consume)
             if sup.settings.cancel_on_disconnect:
                 for job_id in job_ids:
                     if not sup.get(job_id).status.terminal:
@@ -250,6 +251,12 @@ async def _wait_all(sup: Supervisor, request: Request, job_ids: list[str]) -> li
             status, message, code = failed
             raise OpenAIHTTPError(status, message, code=code, headers={"Retry-After": "1"} if status == 429 else None)
     return done
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve a cancelled gather's outcome (else asyncio logs it as never retrieved)."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _disconnected(request: Request) -> None:
