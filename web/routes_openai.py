@@ -217,7 +217,7 @@ def _stream(sup: Supervisor, request: Request, plan: Plan, jobs: list[Job], make
               for i, job in enumerate(jobs)]
     options = body.stream_options
     body_iter = chunks(sup, states, make, include_usage=bool(options and options.include_usage),
-                       continuous=bool(options and options.continuous_usage_stats), n=plan.n,
+                       continuous=bool(options and options.include_usage and options.continuous_usage_stats), n=plan.n,
                        prompt_lengths=[p.length for p in plan.prompts], head=head, failure=failed_job)
     return stream_response(sup, request, [j.id for j in jobs], body_iter, DISCONNECT_NOTE)
 

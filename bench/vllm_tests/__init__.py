@@ -1,0 +1,1 @@
+"""Run vLLM's own OpenAI-entrypoint tests against ``llmsup serve`` (see ``run.py``)."""

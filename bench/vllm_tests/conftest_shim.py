@@ -1,0 +1,19 @@
+"""Root conftest of the assembled tree: every tokenizer the tests ask for by name is the served tiny model's
+(the named hub models cannot be downloaded here; the server serves the tiny model under their names)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import vllm.tokenizers as _tokenizers
+
+_original = _tokenizers.get_tokenizer
+
+
+def _tiny_tokenizer(tokenizer_name: Any = None, *args: Any, **kwargs: Any) -> Any:
+    kwargs.pop("tokenizer_mode", None)
+    return _original(os.environ["LLMSUP_VLLM_TESTS_MODEL"], *args, **kwargs)
+
+
+_tokenizers.get_tokenizer = _tiny_tokenizer
