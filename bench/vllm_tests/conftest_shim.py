@@ -6,7 +6,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import vllm.tokenizers as _tokenizers
+from llmsup.engines.torch_compat import hide_mismatched_extensions
+
+hide_mismatched_extensions()  # a CUDA torchvision beside the CPU torch breaks transformers' imports
+
+import vllm.tokenizers as _tokenizers  # noqa: E402
 
 _original = _tokenizers.get_tokenizer
 
