@@ -3,7 +3,7 @@
 ``RemoteOpenAIServer(model, args)`` starts ``llmsup serve`` (vLLM backend, one batched engine, the tiny local
 model named by ``LLMSUP_VLLM_TESTS_MODEL``) that serves it under the name the test asked for, and answers
 the same ``url_for`` / ``get_client`` / ``get_async_client`` calls as vLLM's. ``--max-model-len`` and
-``--max-logprobs`` are passed on to the engine; the other ``vllm serve`` flags have no llmsup equivalent.
+``--max-logprobs`` are passed on to the engine (the length at most the model's positions); the other ``vllm serve`` flags have no llmsup equivalent.
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ class RemoteOpenAIServer:
         self.uds = None
         self.run_dir = tempfile.mkdtemp(prefix="llmsup-vllm-tests-")
         options: dict[str, Any] = {}
-        if _flag(vllm_serve_args, "--max-model-len"):
-            options["max_model_len"] = int(_flag(vllm_serve_args, "--max-model-len") or 0)
+        if _flag(vllm_serve_args, "--max-model-len"):  # at most what the served model's positions allow
+            with open(os.path.join(os.environ["LLMSUP_VLLM_TESTS_MODEL"], "config.json")) as f:
+                positions = int(json.load(f).get("max_position_embeddings") or 1 << 30)
+            options["max_model_len"] = min(positions, int(_flag(vllm_serve_args, "--max-model-len") or 0))
         if _flag(vllm_serve_args, "--max-logprobs"):
             options["engine_args"] = {"max_logprobs": int(_flag(vllm_serve_args, "--max-logprobs") or 0)}
         env = {**os.environ, **(env_dict or {}),
