@@ -286,8 +286,11 @@ class VLLMBackend:
         """The context length and logprobs limit the engine enforces (the front end checks requests against them)."""
         if self.llm is None:
             return {}
+        import vllm
+
         config = self.llm.llm_engine.model_config
-        return {"max_model_len": int(config.max_model_len), "max_logprobs": int(config.max_logprobs)}
+        return {"max_model_len": int(config.max_model_len), "max_logprobs": int(config.max_logprobs),
+                "vllm_version": str(vllm.__version__)}
 
     def _chat_info(self) -> dict[str, Any]:
         from llmsup.engines.chat_template import chat_info

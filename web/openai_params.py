@@ -56,7 +56,10 @@ def structured_of(body: SamplingRequest) -> Structured | None:
     so = body.structured_outputs
     if so is not None:
         if so.json_ is not None:
-            schema = json.loads(so.json_) if isinstance(so.json_, str) else so.json_
+            try:
+                schema = json.loads(so.json_) if isinstance(so.json_, str) else so.json_
+            except ValueError as exc:
+                raise bad(f"structured_outputs.json is not valid JSON: {exc}", "structured_outputs.json") from None
             return Structured("json", _schema_text(schema, "structured_outputs.json"))
         if so.regex is not None:
             try:
@@ -90,6 +93,8 @@ def _schema_text(schema: Any, param: str) -> str:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         raise bad(f"invalid JSON schema: {exc.message}", param) from None
+    except (ValueError, TypeError, RecursionError) as exc:  # a schema the checker itself cannot walk
+        raise bad(f"invalid JSON schema: {exc}", param) from None
     return json.dumps(schema)
 
 

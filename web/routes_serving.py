@@ -17,11 +17,14 @@ from llmsup.web.auth import PrincipalDep
 from llmsup.web.chat import template_for
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.errors import OpenAIHTTPError
+from llmsup.web.openai_responses import OpenAIError
 from llmsup.web.openai_schemas import ChatMessage, Lenient
 from llmsup.web.tokens import NoVocabulary, Tokenizer, served_model, tokenizer_for
 from pydantic import BaseModel, Field, model_validator
 
 router = APIRouter(tags=["vllm"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": OpenAIError, "description": "OpenAI-style error"} for code in (400, 401, 413)}
 
 
 class TokenizeRequest(Lenient):
@@ -59,7 +62,8 @@ class DetokenizeResponse(BaseModel):
 
 
 class VersionOut(BaseModel):
-    version: str
+    version: str = Field(description="the engines' vLLM version when they run vLLM (as vllm serve says), else llmsup's")
+    llmsup_version: str
 
 
 class LoadOut(BaseModel):
@@ -73,8 +77,9 @@ async def health(sup: SupervisorDep) -> Response:
 
 
 @router.get("/version", response_model=VersionOut)
-async def version() -> VersionOut:
-    return VersionOut(version=__version__)
+async def version(sup: SupervisorDep) -> VersionOut:
+    model = served_model(sup)
+    return VersionOut(version=(model.vllm_version if model else None) or __version__, llmsup_version=__version__)
 
 
 @router.get("/load", response_model=LoadOut)
@@ -90,7 +95,7 @@ async def _tokenizer(sup: SupervisorDep) -> Tokenizer:
     return tok
 
 
-@router.post("/tokenize", response_model=TokenizeResponse, response_model_exclude_none=False)
+@router.post("/tokenize", response_model=TokenizeResponse, response_model_exclude_none=False, responses=ERRORS)
 async def tokenize(body: TokenizeRequest, sup: SupervisorDep, principal: PrincipalDep) -> TokenizeResponse:
     tok = await _tokenizer(sup)
     if body.messages is not None:
@@ -107,7 +112,7 @@ async def tokenize(body: TokenizeRequest, sup: SupervisorDep, principal: Princip
                             token_strs=strs)
 
 
-@router.post("/detokenize", response_model=DetokenizeResponse)
+@router.post("/detokenize", response_model=DetokenizeResponse, responses=ERRORS)
 async def detokenize(body: DetokenizeRequest, sup: SupervisorDep, principal: PrincipalDep) -> DetokenizeResponse:
     tok = await _tokenizer(sup)
     try:

@@ -82,6 +82,7 @@ class ServedModel:
     max_model_len: int | None = None
     max_logprobs: int = 20
     unsupported: dict[str, str] = field(default_factory=dict)
+    vllm_version: str | None = None  # the engines' vLLM, when they run one
 
 
 def served_model(sup: Supervisor) -> ServedModel | None:
@@ -94,6 +95,7 @@ def served_model(sup: Supervisor) -> ServedModel | None:
                 max_model_len=int(info["max_model_len"]) if info.get("max_model_len") else None,
                 max_logprobs=int(info.get("max_logprobs") or 20),
                 unsupported=dict(info.get("unsupported") or {}),
+                vllm_version=str(info["vllm_version"]) if info.get("vllm_version") else None,
             )
     return None
 
