@@ -12,7 +12,8 @@ from llmsup.supervisor.requests import InvalidRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.web.openai_schemas import ChatMessage
 
-ROLE_NAMES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+ROLE_NAMES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool",
+              "function": "Function"}
 
 
 class ChatTemplate(Protocol):

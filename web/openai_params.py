@@ -135,7 +135,8 @@ def _check_model(body: SamplingRequest, model: ServedModel | None, token_prompts
 
 
 def _prompt(raw: str | list[int], body: SamplingRequest, tok: Tokenizer | None, model: ServedModel | None,
-            add_special_tokens: bool) -> PromptIn:
+            add_special_tokens: bool, limit: int) -> PromptIn:
+    """The prompt as text (and ids where the engine must take ids); ``limit``: most token ids accepted."""
     hf = tok if isinstance(tok, HFTokenizer) else None
     ids: list[int] | None = list(raw) if isinstance(raw, list) else None
     text = raw if isinstance(raw, str) else ""
@@ -149,6 +150,8 @@ def _prompt(raw: str | list[int], body: SamplingRequest, tok: Tokenizer | None, 
     if ids is not None:
         if not ids:
             raise bad("the prompt has no tokens left", "prompt")
+        if isinstance(raw, list) and len(ids) > limit:
+            raise bad(f"prompt longer than {limit} token ids", "prompt")
         if hf is not None:
             try:
                 text = hf.decode(ids)
@@ -199,7 +202,7 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
     structured = structured_of(body)
     bias = _logit_bias(body, tok)
     s = sup.settings
-    prompts = [_prompt(p, body, tok, model, add_special_tokens) for p in raw_prompts]
+    prompts = [_prompt(p, body, tok, model, add_special_tokens, s.max_prompt_chars) for p in raw_prompts]
     n = body.choices_per_prompt
     wanted_prompt_lps = body.prompt_logprobs if body.prompt_logprobs is not None else prompt_logprobs
     requests: list[JobRequest] = []

@@ -60,7 +60,7 @@ class StructuredOutputs(Lenient):
     json_: Annotated[dict[str, Any] | str | None, Field(alias="json")] = None
     regex: Annotated[str | None, Field(max_length=10_000)] = None
     choice: Annotated[list[Annotated[str, Field(max_length=1000)]] | None, Field(min_length=1, max_length=1000)] = None
-    grammar: Annotated[str | None, Field(max_length=100_000)] = None
+    grammar: Annotated[str | None, Field(max_length=20_000)] = None
     json_object: bool | None = None
 
     model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)

@@ -1,7 +1,8 @@
 """The served OpenAPI spec states this server's own limits (from its settings), not only the code's.
 
 Request schemas carry static bounds; ``prompt``, ``max_tokens`` and deadlines are bounded by settings
-(``max_prompt_chars``, ``max_tokens_limit``, ``max_deadline_s``), so clients and fuzzers see the real ranges.
+(``max_prompt_chars``, ``max_tokens_limit``, ``max_deadline_s``), so clients and fuzzers see the real ranges
+(a prompt of token ids, and ``/detokenize``'s tokens, may have as many ids as a prompt may have characters).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from llmsup.supervisor.settings import Settings
 
-REQUESTS = ("JobCreate", "CompletionRequest", "ChatCompletionRequest")
+REQUESTS = ("JobCreate", "CompletionRequest", "ChatCompletionRequest", "TokenizeRequest", "DetokenizeRequest")
 
 
 def limits(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -20,7 +21,8 @@ def limits(settings: Settings) -> dict[str, dict[str, Any]]:
     tokens = {"maximum": settings.max_tokens_limit}
     return {
         "max_tokens": tokens, "max_completion_tokens": tokens, "deadline_s": deadline, "timeout": deadline,
-        "prompt": {"maxLength": settings.max_prompt_chars},
+        "prompt": {"maxLength": settings.max_prompt_chars, "maxItems": settings.max_prompt_chars},
+        "tokens": {"maxItems": settings.max_prompt_chars},  # /detokenize
     }
 
 
@@ -34,6 +36,8 @@ def _tighten(schema: dict[str, Any], bounds: dict[str, Any]) -> None:
         elif kind == "string" and "maxLength" in bounds:
             branch["maxLength"] = bounds["maxLength"]
         elif kind == "array" and "items" in branch:
+            if "maxItems" in bounds:  # token ids: as many as the prompt may have characters
+                branch["maxItems"] = min(branch.get("maxItems", bounds["maxItems"]), bounds["maxItems"])
             _tighten(branch["items"], bounds)
 
 

@@ -31,7 +31,7 @@ class TokenizeRequest(Lenient):
     """vLLM's two forms in one body: ``prompt`` (completion) or ``messages`` (chat)."""
 
     model: Annotated[str | None, Field(max_length=256)] = None
-    prompt: Annotated[str | None, Field(max_length=2_000_000)] = None
+    prompt: Annotated[str | None, Field(max_length=1_000_000)] = None
     messages: Annotated[list[ChatMessage] | None, Field(min_length=1, max_length=1000)] = None
     add_special_tokens: bool | None = None
     add_generation_prompt: bool = True
@@ -97,6 +97,9 @@ async def _tokenizer(sup: SupervisorDep) -> Tokenizer:
 
 @router.post("/tokenize", response_model=TokenizeResponse, response_model_exclude_none=False, responses=ERRORS)
 async def tokenize(body: TokenizeRequest, sup: SupervisorDep, principal: PrincipalDep) -> TokenizeResponse:
+    limit = sup.settings.max_prompt_chars
+    if len(body.prompt or "") > limit:
+        raise OpenAIHTTPError(400, f"prompt longer than {limit} characters", param="prompt")
     tok = await _tokenizer(sup)
     if body.messages is not None:
         text = template_for(sup).render(body.messages, body.add_generation_prompt, body.chat_template_kwargs or {})
@@ -114,6 +117,8 @@ async def tokenize(body: TokenizeRequest, sup: SupervisorDep, principal: Princip
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERRORS)
 async def detokenize(body: DetokenizeRequest, sup: SupervisorDep, principal: PrincipalDep) -> DetokenizeResponse:
+    if len(body.tokens) > sup.settings.max_prompt_chars:
+        raise OpenAIHTTPError(400, f"more than {sup.settings.max_prompt_chars} tokens", param="tokens")
     tok = await _tokenizer(sup)
     try:
         return DetokenizeResponse(prompt=tok.decode(body.tokens))
