@@ -1,0 +1,106 @@
+"""Unit tests of the OpenAI surface's pieces: the wire and store forms of the new sampling fields and logprobs,
+the torch logits processors, the OpenAI formatting of logprobs, request parsing (unknown fields, prompts)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from llmsup.engines import messages
+from llmsup.engines.protocol import GenParams, Structured, TokenBias, TokenLogprob, TopLogprob
+from llmsup.engines.sampling import LogitsProcessor, pick_next, token_logprob
+from llmsup.supervisor.jobs import Job
+from llmsup.supervisor.store import SQLiteStore
+from llmsup.web.openai_format import chat_logprobs, completion_logprobs, prompt_logprobs_out, usage
+from llmsup.web.openai_params import features_used, structured_of
+from llmsup.web.openai_schemas import ChatCompletionRequest, CompletionRequest
+from pydantic import ValidationError
+
+LP = (TokenLogprob(7, "a", -0.5, 1, (TopLogprob(7, "a", -0.5), TopLogprob(9, "b", -1.5))),
+      TokenLogprob(9, "bc", -2.0, 2, (TopLogprob(7, "a", -0.1), TopLogprob(9, "bc", -2.0))))
+
+
+def test_new_fields_cross_the_wire_and_the_store(tmp_path: Path) -> None:
+    params = GenParams(max_tokens=3, presence_penalty=0.5, logit_bias=(TokenBias(3, -100.0),), stop_token_ids=(2,),
+                       logprobs=2, prompt_logprobs=0, structured=Structured("regex", "[0-9]+"),
+                       prompt_token_ids=(1, 2, 3), return_token_ids=True)
+    spec = messages.decode_for_engine(messages.encode(messages.JobSpec("k#1", "p", params)))
+    assert spec.params == params
+    result = messages.JobResult("completed", "abc", 2, "length", logprobs=LP, token_ids=(7, 9), prompt_token_ids=(1,))
+    assert messages.decode_for_supervisor(messages.encode(result)) == result
+    store = SQLiteStore(tmp_path / "jobs.sqlite")
+    job = store.add(Job(prompt="p", params=params, created_at=1.0))
+    store.put(job.with_changes(logprobs=LP, prompt_logprobs=LP[:1], token_ids=(7, 9), prompt_token_ids=(1, 2, 3)))
+    back = store.get(job.id)
+    assert back is not None and back.params == params and back.logprobs == LP and back.token_ids == (7, 9)
+    old = {k: v for k, v in asdict(Job(prompt="old")).items() if k not in ("logprobs", "token_ids")}
+    old["params"] = {"max_tokens": 5, "temperature": 0.0}  # a record written before these fields existed
+    old["status"] = "queued"
+    assert Job.from_dict(json.loads(json.dumps(old))).params.logit_bias == ()
+    store.close()
+
+
+def test_logits_processor_follows_vllm_definitions() -> None:
+    logits = torch.tensor([2.0, -2.0, 1.0, 0.5])
+    params = GenParams(repetition_penalty=2.0, presence_penalty=0.5, frequency_penalty=0.25,
+                       logit_bias=(TokenBias(3, 10.0),))
+    process = LogitsProcessor(params, prompt_ids=[0], vocab=4, device=torch.device("cpu"))
+    process.add(1)
+    process.add(1)
+    out = process(logits)
+    # token 0: seen in the prompt -> 2/2; token 1: seen, negative -> -2*2, then -(0.25*2 + 0.5); token 3: +10
+    assert out.tolist() == pytest.approx([1.0, -5.0, 1.0, 10.5])
+    assert pick_next(out, GenParams(temperature=0.0), None) == 3
+    only_top = pick_next(torch.tensor([5.0, 0.0, 0.0]), GenParams(temperature=1.0, min_p=0.5),
+                         torch.Generator().manual_seed(0))
+    assert only_top == 0  # min_p drops tokens under half the top probability
+
+
+def test_token_logprob_is_of_the_raw_distribution() -> None:
+    logits = torch.tensor([0.0, 1.0, 2.0])
+    entry = token_logprob(logits, 1, 2, decode=lambda i: f"t{i}")
+    expected = torch.log_softmax(logits, -1)
+    assert entry.logprob == pytest.approx(float(expected[1])) and entry.rank == 2 and entry.token == "t1"
+    assert [t.token_id for t in entry.top] == [2, 1]
+
+
+def test_openai_logprob_forms() -> None:
+    legacy = completion_logprobs(LP, 1)
+    assert legacy.tokens == ["a", "bc"] and legacy.text_offset == [0, 1] and legacy.token_logprobs == [-0.5, -2.0]
+    assert legacy.top_logprobs == [{"a": -0.5}, {"a": -0.1, "bc": -2.0}]  # top-1 plus the token itself
+    echoed = completion_logprobs(LP[1:], 0, prompt=LP[:1], first_prompt_token="<s>")
+    assert echoed.token_logprobs[0] is None and echoed.top_logprobs[0] is None and echoed.text_offset == [0, 3, 4]
+    as_ids = completion_logprobs(LP, 0, as_ids=True)
+    assert as_ids.tokens == ["token_id:7", "token_id:9"]
+    chat = chat_logprobs(LP, 2).content
+    assert chat is not None and chat[1].token == "bc" and chat[1].bytes == [98, 99] and len(chat[1].top_logprobs) == 2
+    prompt = prompt_logprobs_out(LP[:1], True)
+    assert prompt is not None and prompt[0] is None and prompt[1]["7"]["rank"] == 1 and "9" in prompt[1]
+    jobs = [Job(prompt="p", prompt_tokens=4, tokens=3), Job(prompt="p", prompt_tokens=4, tokens=5)]
+    assert usage(jobs, n=2).model_dump() == {"prompt_tokens": 4, "completion_tokens": 8, "total_tokens": 12}
+
+
+def test_requests_ignore_unknown_fields_and_take_vllm_shapes(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "llmsup.web"):
+        body = CompletionRequest.model_validate({"prompt": [[1, 2], [3]], "n": 2, "metadata": {"x": 1},
+                                                 "store": True, "service_tier": "auto"})
+    assert body.prompts() == [[1, 2], [3]] and body.max_tokens == 16
+    assert "present in the request but ignored" in caplog.text and "service_tier" in caplog.text
+    assert CompletionRequest.model_validate({"prompt": [5, 6]}).prompts() == [[5, 6]]
+    chat = ChatCompletionRequest.model_validate({
+        "messages": [{"role": "user", "content": "hi", "reasoning_content": "extra key"}],
+        "logprobs": True, "top_logprobs": 2, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "object"}}}})
+    assert chat.sample_logprobs() == 2 and chat.max_tokens is None
+    assert structured_of(chat) == Structured("json", '{"type": "object"}')
+    assert set(features_used(chat, token_prompts=False)) == {"logprobs", "structured_outputs"}
+    for bad in ({"prompt": "x", "best_of": 3}, {"prompt": "x", "stream_options": {"include_usage": True}},
+                {"prompt": "x", "logit_bias": {"abc": 1}}, {"prompt": "x", "max_tokens": "3"}):
+        with pytest.raises(ValidationError):
+            CompletionRequest.model_validate(bad)
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})
