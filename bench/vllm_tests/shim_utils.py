@@ -3,7 +3,7 @@
 ``RemoteOpenAIServer(model, args)`` starts ``llmsup serve`` (vLLM backend, one batched engine, the tiny local
 model named by ``LLMSUP_VLLM_TESTS_MODEL``) that serves it under the name the test asked for, and answers
 the same ``url_for`` / ``get_client`` / ``get_async_client`` calls as vLLM's. ``--max-model-len`` and
-``--max-logprobs`` are passed on to the engine (the length at most the model's positions); the other ``vllm serve`` flags have no llmsup equivalent.
+``--max-logprobs`` are passed on to the engine; the other ``vllm serve`` flags have no llmsup equivalent.
 """
 
 from __future__ import annotations
@@ -50,17 +50,16 @@ class RemoteOpenAIServer:
         self.uds = None
         self.run_dir = tempfile.mkdtemp(prefix="llmsup-vllm-tests-")
         options: dict[str, Any] = {}
-        if _flag(vllm_serve_args, "--max-model-len"):  # at most what the served model's positions allow
-            with open(os.path.join(os.environ["LLMSUP_VLLM_TESTS_MODEL"], "config.json")) as f:
-                positions = int(json.load(f).get("max_position_embeddings") or 1 << 30)
-            options["max_model_len"] = min(positions, int(_flag(vllm_serve_args, "--max-model-len") or 0))
+        if _flag(vllm_serve_args, "--max-model-len"):  # past the tiny model's 2048 positions: RoPE goes on
+            options["max_model_len"] = int(_flag(vllm_serve_args, "--max-model-len") or 0)
         if _flag(vllm_serve_args, "--max-logprobs"):
             options["engine_args"] = {"max_logprobs": int(_flag(vllm_serve_args, "--max-logprobs") or 0)}
         env = {**os.environ, **(env_dict or {}),
                "LLMSUP_MODEL": os.environ["LLMSUP_VLLM_TESTS_MODEL"], "LLMSUP_SERVED_MODEL_NAME": model,
                "LLMSUP_SLOTS_PER_ENGINE": "8", "LLMSUP_ENGINE_OPTIONS": json.dumps(options),
                "LLMSUP_ENGINE_START_TIMEOUT_S": "500", "LLMSUP_ENGINE_BEAT_TIMEOUT_S": "90",
-               "LLMSUP_DEADLINE_S": "300", "IPYTHONDIR": os.path.join(self.run_dir, "ipython-home")}
+               "LLMSUP_DEADLINE_S": "300", "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1",
+               "IPYTHONDIR": os.path.join(self.run_dir, "ipython-home")}
         cmd = [sys.executable, "-m", "llmsup.supervisor.cli", "serve", "--engines", "1", "--backend", "vllm",
                "--host", self.host, "--port", str(self.port), "--run-dir", os.path.join(self.run_dir, "run")]
         self.log_path = os.path.join(self.run_dir, "server.log")
