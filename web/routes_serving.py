@@ -1,5 +1,5 @@
 """vLLM's serving routes beside the OpenAI ones: ``/health``, ``/version``, ``/load``, ``/tokenize``,
-``/detokenize`` (same paths and bodies as ``vllm serve``).
+``/detokenize``, ``/tokenizer_info`` (same paths and bodies as ``vllm serve``).
 
 ``/tokenize`` and ``/detokenize`` use the served model's tokenizer, loaded in the web process
 (``web/tokens.py``); ``/tokenize`` with ``messages`` renders them with the chat template first, as the chat
@@ -19,7 +19,7 @@ from llmsup.web.deps import SupervisorDep
 from llmsup.web.errors import OpenAIHTTPError
 from llmsup.web.openai_responses import OpenAIError
 from llmsup.web.openai_schemas import ChatMessage, Lenient
-from llmsup.web.tokens import NoVocabulary, Tokenizer, served_model, tokenizer_for
+from llmsup.web.tokens import HFTokenizer, NoVocabulary, Tokenizer, served_model, tokenizer_for
 from pydantic import BaseModel, Field, model_validator
 
 router = APIRouter(tags=["vllm"])
@@ -113,6 +113,19 @@ async def tokenize(body: TokenizeRequest, sup: SupervisorDep, principal: Princip
     model = served_model(sup)
     return TokenizeResponse(count=len(ids), max_model_len=model.max_model_len if model else None, tokens=ids,
                             token_strs=strs)
+
+
+@router.get("/tokenizer_info", responses=ERRORS)
+async def tokenizer_info(sup: SupervisorDep, principal: PrincipalDep) -> dict[str, Any]:
+    """The served tokenizer's configuration (``tokenizer_class``, special tokens, chat template...)."""
+    tok = await _tokenizer(sup)
+    if not isinstance(tok, HFTokenizer):
+        raise OpenAIHTTPError(400, "the sim backend has no tokenizer to describe", code="no_vocabulary")
+    info = tok.info()
+    model = served_model(sup)
+    if model and model.max_model_len:
+        info["model_max_length"] = max(int(info.get("model_max_length") or 0), model.max_model_len)
+    return info
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERRORS)

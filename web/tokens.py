@@ -12,6 +12,7 @@ The sim backend's "tokens" are the prompt's words: it has a counter, no vocabula
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -55,6 +56,23 @@ class HFTokenizer:
 
     def token_strs(self, ids: list[int]) -> list[str]:
         return [str(t) for t in self.tok.convert_ids_to_tokens(ids)]
+
+    def info(self) -> dict[str, Any]:
+        """The tokenizer's configuration, as vLLM's ``/tokenizer_info`` shows it (JSON-safe values only)."""
+        out: dict[str, Any] = {}
+        for key, value in dict(getattr(self.tok, "init_kwargs", {}) or {}).items():
+            if key.endswith("_file") or key == "name_or_path":  # server paths: nobody's business
+                continue
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                value = str(value)
+            out[str(key)] = value
+        out["tokenizer_class"] = type(self.tok).__name__
+        template = getattr(self.tok, "chat_template", None)
+        if isinstance(template, str):
+            out["chat_template"] = template
+        return out
 
 
 class WordCounter:
