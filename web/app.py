@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from llmsup.web import (
     routes_jobs,
     routes_openai,
     routes_serving,
+    tokens,
 )
 from llmsup.web.auth import Auth
 from llmsup.web.deps import SupervisorDep
@@ -51,9 +53,11 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
                 await sup.stop()
             raise
         _write_server_file(settings)
+        warm_tokenizer = asyncio.create_task(tokens.warm(sup))
         try:
             yield
         finally:
+            warm_tokenizer.cancel()
             if owned:
                 await sup.stop()
             _remove_server_file(settings)

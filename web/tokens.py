@@ -147,3 +147,14 @@ async def tokenizer_for(model: ServedModel | None) -> Tokenizer | None:
                             "engines only", model.path, type(exc).__name__, exc)
                 _CACHE[model.path] = None
     return _CACHE[model.path]
+
+
+async def warm(sup: Supervisor, poll_s: float = 0.5) -> None:
+    """Load the served model's tokenizer as soon as an engine reports its model (so the first request does not
+    wait for it); runs until then, as a background task of the app."""
+    while True:
+        model = served_model(sup)
+        if model is not None:
+            await tokenizer_for(model)
+            return
+        await asyncio.sleep(poll_s)
