@@ -28,7 +28,7 @@ LOGPROB_FLOOR = -9999.0  # -inf (a masked token) as OpenAI servers report it: JS
 REJECTED = "RequestRejected"  # error prefix of a request its backend refuses (the web layer answers 400)
 
 
-FEATURES = ("penalties", "min_p", "logit_bias", "stop_token_ids", "logprobs", "prompt_logprobs",
+FEATURES = ("penalties", "min_p", "logit_bias", "stop_token_ids", "allowed_token_ids", "logprobs", "prompt_logprobs",
             "structured_outputs", "token_prompts", "token_ids", "seed")
 
 
@@ -74,6 +74,7 @@ class GenParams:
     min_p: float = 0.0
     logit_bias: tuple[TokenBias, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    allowed_token_ids: tuple[int, ...] = ()  # sample only among these (empty: all)
     logprobs: int | None = None  # per generated token: its logprob and this many top alternatives
     prompt_logprobs: int | None = None  # the same for the prompt's tokens
     structured: Structured | None = None
@@ -88,7 +89,7 @@ class GenParams:
         if "stop" in known:
             stop = known["stop"]
             known["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
-        for name in ("stop_token_ids", "prompt_token_ids"):
+        for name in ("stop_token_ids", "prompt_token_ids", "allowed_token_ids"):
             if name in known:
                 known[name] = tuple(known[name])
         if "logit_bias" in known:

@@ -18,7 +18,7 @@ def make_generator(params: GenParams, device: torch.device) -> torch.Generator |
 
 
 class LogitsProcessor:
-    """``logit_bias`` and the three penalties of one request (vLLM's definitions): repetition divides a
+    """``allowed_token_ids``, ``logit_bias`` and the three penalties of one request (vLLM's definitions): repetition divides a
     positive logit (multiplies a negative one) of every token seen in the prompt or the output; presence
     subtracts once per token in the output, frequency once per occurrence."""
 
@@ -30,6 +30,11 @@ class LogitsProcessor:
             for entry in params.logit_bias:
                 if 0 <= entry.token_id < vocab:
                     self.bias[entry.token_id] += entry.bias
+        self.allowed: torch.Tensor | None = None
+        if params.allowed_token_ids:
+            self.allowed = torch.zeros(vocab, dtype=torch.bool, device=device)
+            self.allowed[torch.tensor([t for t in params.allowed_token_ids if 0 <= t < vocab], dtype=torch.long,
+                                      device=device)] = True
         self.counts = torch.zeros(vocab, device=device)
         self.seen = torch.zeros(vocab, dtype=torch.bool, device=device)
         if prompt_ids:
@@ -42,9 +47,11 @@ class LogitsProcessor:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         p = self.params
-        if self.bias is None and not p.penalised:
+        if self.bias is None and self.allowed is None and not p.penalised:
             return logits
         logits = logits.float().clone()
+        if self.allowed is not None:
+            logits = logits.masked_fill(~self.allowed[: logits.numel()], float("-inf"))
         if self.bias is not None:
             logits += self.bias[: logits.numel()]
         if p.repetition_penalty != 1:

@@ -38,7 +38,8 @@ _LEAKED: list[bytearray] = []  # memory kept by [sim:alloc=MB]
 MAX_MODEL_LEN = 4096  # the simulated context, in words
 WHY = "the sim backend repeats the prompt's words: it has no vocabulary and no distribution to change"
 UNSUPPORTED = {
-    "penalties": WHY, "min_p": WHY, "logit_bias": WHY, "stop_token_ids": WHY, "structured_outputs": WHY,
+    "penalties": WHY, "min_p": WHY, "logit_bias": WHY, "stop_token_ids": WHY, "allowed_token_ids": WHY,
+    "structured_outputs": WHY,
     "token_prompts": WHY, "token_ids": WHY,
 }
 
@@ -56,7 +57,8 @@ def prompt_words(prompt: str) -> list[str]:
 def _check(params: GenParams) -> None:
     used = [name for name, on in (
         ("penalties", params.penalised), ("min_p", params.min_p > 0), ("logit_bias", bool(params.logit_bias)),
-        ("stop_token_ids", bool(params.stop_token_ids)), ("structured_outputs", params.structured is not None),
+        ("stop_token_ids", bool(params.stop_token_ids)), ("allowed_token_ids", bool(params.allowed_token_ids)),
+        ("structured_outputs", params.structured is not None),
         ("token_prompts", bool(params.prompt_token_ids)), ("token_ids", params.return_token_ids)) if on]
     if used:
         raise RequestRejected(f"{', '.join(used)}: {WHY}")

@@ -46,6 +46,7 @@ def sampling_params(params: GenParams) -> Any:
         seed=params.seed,
         stop=list(params.stop) or None,
         stop_token_ids=list(params.stop_token_ids) or None,
+        allowed_token_ids=list(params.allowed_token_ids) or None,
         ignore_eos=params.ignore_eos,
         min_tokens=params.min_tokens,
         presence_penalty=params.presence_penalty,

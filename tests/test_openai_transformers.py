@@ -39,6 +39,9 @@ def test_logprobs_penalties_and_seed(oai: openai.OpenAI) -> None:
                                    presence_penalty=0.5, frequency_penalty=0.5, top_p=0.9,
                                    extra_body={"repetition_penalty": 1.2, "min_p": 0.01, "ignore_eos": True})
     assert again.choices[0].text == resp.choices[0].text  # seeded: reproducible
+    allowed = oai.completions.create(model=MODEL, prompt="x", max_tokens=5, temperature=1.0,
+                                     extra_body={"allowed_token_ids": [100, 101], "return_token_ids": True})
+    assert set(allowed.choices[0].model_extra["token_ids"]) <= {100, 101}
 
 
 def test_chat_logprobs_and_token_prompts(oai: openai.OpenAI) -> None:

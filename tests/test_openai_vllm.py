@@ -153,6 +153,9 @@ def test_sampling_fields_reach_vllm(oai: openai.OpenAI) -> None:
     stopped = oai.completions.create(model=MODEL, prompt="x", max_tokens=10, logit_bias={"100": 100},
                                      extra_body={"stop_token_ids": [100]})
     assert stopped.choices[0].finish_reason == "stop" and stopped.usage.completion_tokens == 1
+    allowed = oai.completions.create(model=MODEL, prompt="x", max_tokens=6, temperature=1.0,
+                                     extra_body={"allowed_token_ids": [100, 101], "return_token_ids": True})
+    assert set(allowed.choices[0].model_extra["token_ids"]) <= {100, 101}
     penalised = oai.completions.create(model=MODEL, prompt="x", max_tokens=8, presence_penalty=1.5,
                                        frequency_penalty=1.0, extra_body={"repetition_penalty": 1.3, "min_p": 0.05})
     assert penalised.choices[0].finish_reason in ("stop", "length")

@@ -109,6 +109,8 @@ def features_used(body: SamplingRequest, token_prompts: bool) -> dict[str, str]:
         used["logit_bias"] = "logit_bias"
     if body.stop_token_ids:
         used["stop_token_ids"] = "stop_token_ids"
+    if body.allowed_token_ids:
+        used["allowed_token_ids"] = "allowed_token_ids"
     if body.sample_logprobs() is not None:
         used["logprobs"] = "logprobs"
     if body.prompt_logprobs is not None or (getattr(body, "echo", False) and body.sample_logprobs() is not None):
@@ -217,6 +219,7 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
                 "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
                 "repetition_penalty": body.repetition_penalty, "min_p": body.min_p,
                 "logit_bias": bias, "stop_token_ids": tuple(body.stop_token_ids or ()),
+                "allowed_token_ids": tuple(body.allowed_token_ids or ()),
                 "logprobs": body.sample_logprobs(),
                 "prompt_logprobs": wanted_prompt_lps if j == 0 else None,  # one copy per prompt is enough
                 "structured": structured, "prompt_token_ids": prompt.token_ids,

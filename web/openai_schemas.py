@@ -104,7 +104,6 @@ NEUTRAL: dict[str, tuple[Any, str]] = {
     "tool_choice": (lambda v: v == "none", "null/\"none\""),
     "chat_template": (lambda v: False, "null (the server's template is used)"),
     "continue_final_message": (lambda v: v is False, "false"),
-    "allowed_token_ids": (lambda v: not v, "null/[]"),
     "bad_words": (lambda v: not v, "null/[]"),
 }
 
@@ -138,7 +137,7 @@ class SamplingRequest(Lenient):
     include_stop_str_in_output: bool | None = None
     skip_special_tokens: bool | None = None
     spaces_between_special_tokens: Annotated[bool | None, only(True)]
-    allowed_token_ids: Annotated[list[int] | None, only(maxItems=0)]
+    allowed_token_ids: Annotated[list[TokenId] | None, Field(min_length=1, max_length=100_000)] = None
     bad_words: Annotated[list[str] | None, only(maxItems=0)]
     prompt_logprobs: Annotated[int | None, Field(ge=0, le=1000)] = None
     return_token_ids: bool | None = None
