@@ -255,3 +255,14 @@ def test_native_jobs_take_the_same_sampling_fields(server: Server) -> None:  # n
         job = c.post("/v1/jobs", json=body).json()
     assert {k: job["params"][k] for k in ("top_k", "seed", "top_p", "ignore_eos", "min_tokens")} == {
         "top_k": 3, "seed": 1, "top_p": 0.5, "ignore_eos": True, "min_tokens": 1}
+
+
+def test_chat_echo_and_continue_final_message(oai: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "tell me"}, {"role": "assistant", "content": "An apple a day"}]
+    resp = oai.chat.completions.create(model="sim", max_tokens=2, messages=messages,
+                                       extra_body={"echo": True, "continue_final_message": True,
+                                                   "add_generation_prompt": False})
+    assert resp.choices[0].message.content == "An apple a dayUser: tell "  # the sim repeats the open prompt's words
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model="sim", max_tokens=2, messages=messages,
+                                    extra_body={"continue_final_message": True, "add_generation_prompt": True})

@@ -59,6 +59,20 @@ class ModelTemplate:
             raise InvalidRequest(f"messages rejected by the model's chat template: {exc}") from None
 
 
+def render_chat(template: ChatTemplate, messages: list[ChatMessage], add_generation_prompt: bool = True,
+                continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None) -> str:
+    """The prompt for a chat request; with ``continue_final_message`` it ends right after the last message's
+    content (left open for the model to continue it, as Hugging Face and vLLM do)."""
+    if not continue_final_message:
+        return template.render(messages, add_generation_prompt, template_kwargs)
+    rendered = template.render(messages, False, template_kwargs)
+    final = messages[-1].text
+    cut = rendered.rfind(final) if final else -1
+    if cut < 0:
+        raise InvalidRequest("continue_final_message: the final message's content is not in the rendered prompt")
+    return rendered[: cut + len(final)]
+
+
 def _raise(message: str) -> None:
     raise ValueError(message)
 

@@ -103,7 +103,6 @@ NEUTRAL: dict[str, tuple[Any, str]] = {
     "tools": (lambda v: not v, "null/[]"),
     "tool_choice": (lambda v: v == "none", "null/\"none\""),
     "chat_template": (lambda v: False, "null (the server's template is used)"),
-    "continue_final_message": (lambda v: v is False, "false"),
     "bad_words": (lambda v: not v, "null/[]"),
 }
 
@@ -259,7 +258,7 @@ class ChatCompletionRequest(SamplingRequest):
     tool_choice: Annotated[str | dict[str, Any] | None, only("none")]
     parallel_tool_calls: bool | None = None
     add_generation_prompt: bool = True
-    continue_final_message: Annotated[bool | None, only(False)]
+    continue_final_message: bool | None = None
     chat_template: Annotated[str | None, only()]
     chat_template_kwargs: Annotated[dict[str, Any] | None, Field(max_length=64)] = None
     echo: bool | None = None
@@ -272,6 +271,8 @@ class ChatCompletionRequest(SamplingRequest):
             self.max_tokens = self.max_completion_tokens
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs=true")
+        if self.continue_final_message and self.add_generation_prompt and "add_generation_prompt" in self.model_fields_set:
+            raise ValueError("Cannot set both continue_final_message and add_generation_prompt to true")
         return self
 
     def sample_logprobs(self) -> int | None:

@@ -20,7 +20,7 @@ from llmsup.supervisor.jobs import Job
 from llmsup.supervisor.service import Supervisor
 from llmsup.web import sse
 from llmsup.web.auth import PrincipalDep
-from llmsup.web.chat import template_for
+from llmsup.web.chat import render_chat, template_for
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.errors import OpenAIHTTPError
 from llmsup.web.openai_format import (
@@ -127,7 +127,8 @@ async def completions(body: CompletionRequest, request: Request, sup: Supervisor
 async def chat_completions(body: ChatCompletionRequest, request: Request, sup: SupervisorDep,
                            principal: PrincipalDep, response: Response) -> Any:
     model = _check_model(sup, body.model)
-    prompt = template_for(sup).render(body.messages, body.add_generation_prompt, body.chat_template_kwargs or {})
+    prompt = render_chat(template_for(sup), body.messages, body.add_generation_prompt and not body.continue_final_message,
+                         bool(body.continue_final_message), body.chat_template_kwargs or {})
     plan = await plan_jobs(sup, principal, body, [prompt])
     jobs = _submit(sup, plan)
     last = body.messages[-1]
