@@ -124,16 +124,24 @@ def features_used(body: SamplingRequest, token_prompts: bool) -> dict[str, str]:
     return used
 
 
-def _check_model(body: SamplingRequest, model: ServedModel | None, token_prompts: bool) -> None:
+def _check_model(body: SamplingRequest, model: ServedModel | None, token_prompts: bool, tok: Tokenizer | None) -> None:
     if model is None:
         return
     for feature, param in features_used(body, token_prompts).items():
         if feature in model.unsupported:
             raise bad(f"{param}: not supported by the {model.backend} backend: {model.unsupported[feature]}", param)
     for param, k in (("logprobs", body.sample_logprobs()), ("prompt_logprobs", body.prompt_logprobs)):
-        if k is not None and k > model.max_logprobs:
+        wanted = _whole_vocabulary(k, tok)
+        if wanted is not None and model.max_logprobs != -1 and (wanted == -1 or wanted > model.max_logprobs):
             raise bad(f"Requested {'sample' if param == 'logprobs' else 'prompt'} logprobs of {k}, which is greater "
                       f"than max allowed: {model.max_logprobs}", param)
+
+
+def _whole_vocabulary(k: int | None, tok: Tokenizer | None) -> int | None:
+    """vLLM's ``-1``: as many alternatives as the vocabulary has tokens (-1 again when its size is unknown)."""
+    if k != -1:
+        return k
+    return tok.vocab_size if isinstance(tok, HFTokenizer) else -1
 
 
 def _prompt(raw: str | list[int], body: SamplingRequest, tok: Tokenizer | None, model: ServedModel | None,
@@ -200,13 +208,14 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
     tok = await tokenizer_for(model)
     token_prompts = any(isinstance(p, list) for p in raw_prompts) or (
         isinstance(tok, HFTokenizer) and (not add_special_tokens or body.truncate_prompt_tokens is not None))
-    _check_model(body, model, token_prompts)
+    _check_model(body, model, token_prompts, tok)
     structured = structured_of(body)
     bias = _logit_bias(body, tok)
     s = sup.settings
     prompts = [_prompt(p, body, tok, model, add_special_tokens, s.max_prompt_chars) for p in raw_prompts]
     n = body.choices_per_prompt
-    wanted_prompt_lps = body.prompt_logprobs if body.prompt_logprobs is not None else prompt_logprobs
+    wanted_prompt_lps = _whole_vocabulary(body.prompt_logprobs if body.prompt_logprobs is not None else prompt_logprobs,
+                                          tok)
     requests: list[JobRequest] = []
     for prompt in prompts:
         max_tokens = _max_tokens(body, prompt, model, s.default_max_tokens, s.max_tokens_limit)
@@ -220,7 +229,7 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
                 "repetition_penalty": body.repetition_penalty, "min_p": body.min_p,
                 "logit_bias": bias, "stop_token_ids": tuple(body.stop_token_ids or ()),
                 "allowed_token_ids": tuple(body.allowed_token_ids or ()),
-                "logprobs": body.sample_logprobs(),
+                "logprobs": _whole_vocabulary(body.sample_logprobs(), tok),
                 "prompt_logprobs": wanted_prompt_lps if j == 0 else None,  # one copy per prompt is enough
                 "structured": structured, "prompt_token_ids": prompt.token_ids,
                 "return_token_ids": bool(body.return_token_ids),

@@ -138,7 +138,7 @@ class SamplingRequest(Lenient):
     spaces_between_special_tokens: Annotated[bool | None, only(True)]
     allowed_token_ids: Annotated[list[TokenId] | None, Field(min_length=1, max_length=100_000)] = None
     bad_words: Annotated[list[str] | None, only(maxItems=0)]
-    prompt_logprobs: Annotated[int | None, Field(ge=0, le=1000)] = None
+    prompt_logprobs: Annotated[int | None, Field(ge=-1, le=1_000_000, description="-1: the whole vocabulary")] = None
     return_token_ids: bool | None = None
     return_tokens_as_token_ids: bool | None = None
     truncate_prompt_tokens: Annotated[int | None, Field(ge=-1, le=1_000_000)] = None
@@ -253,7 +253,7 @@ class ChatCompletionRequest(SamplingRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=1000)]
     max_completion_tokens: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
     logprobs: bool | None = None
-    top_logprobs: Annotated[int | None, Field(ge=0, le=1000)] = None
+    top_logprobs: Annotated[int | None, Field(ge=-1, le=1_000_000, description="-1: the whole vocabulary")] = None
     tools: Annotated[list[dict[str, Any]] | None, only(maxItems=0)]
     tool_choice: Annotated[str | dict[str, Any] | None, only("none")]
     parallel_tool_calls: bool | None = None

@@ -133,7 +133,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sup: S
     jobs = _submit(sup, plan)
     last = body.messages[-1]
     echo = last.text if body.echo and last.role == "assistant" else ""
-    k = body.top_logprobs or 0
+    k = 1 << 30 if body.top_logprobs == -1 else (body.top_logprobs or 0)  # -1: every alternative there is
     as_ids = bool(body.return_tokens_as_token_ids)
     if body.stream:
         def make(index: int, text: str, finish: str | None = None, role: bool = False, job: Job | None = None,
