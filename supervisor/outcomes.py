@@ -91,11 +91,13 @@ def from_result(result: JobResult, run: RunningJob, max_attempts: int) -> Settle
     if result.outcome == "interrupted":
         if result.reason == "stopped":  # a batched engine was stopped under the job: run it again
             return Settlement(Q, requeue_reason="engine stopped", charge_attempt=False)
+        extras = result_extras(result)  # a batched engine keeps the logprobs of what it made before the stop
         if result.reason == "deadline":
-            return Settlement(JobStatus.TIMED_OUT, text, tokens, note(run, JobStatus.TIMED_OUT))
+            return Settlement(JobStatus.TIMED_OUT, text, tokens, note(run, JobStatus.TIMED_OUT), extras=extras)
         if run.interrupt_reason is None:
-            return Settlement(JobStatus.CANCELLED, text, tokens, "interrupted from outside the supervisor")
-        return Settlement(run.interrupt_reason, text, tokens, note(run, run.interrupt_reason))
+            return Settlement(JobStatus.CANCELLED, text, tokens, "interrupted from outside the supervisor",
+                              extras=extras)
+        return Settlement(run.interrupt_reason, text, tokens, note(run, run.interrupt_reason), extras=extras)
     if result.transient and run.job.attempts < max_attempts:
         return Settlement(Q, requeue_reason=f"transient error: {result.error}", engine_lost=result.engine_dead)
     return Settlement(JobStatus.FAILED, text, tokens, result.error, error_detail=result.traceback)
