@@ -201,8 +201,13 @@ MP_SCRIPT = textwrap.dedent(
     from llmsup.engines.runtime import make_backend, prepare_environment
 
     def tree():
+        def cmdline(p):  # "" for a child already dead (a zombie not reaped yet, or gone): not left behind
+            try:
+                return "" if p.status() == psutil.STATUS_ZOMBIE else " ".join(p.cmdline())
+            except psutil.Error:
+                return ""
         return [p for p in psutil.Process().children(recursive=True)
-                if "resource_tracker" not in " ".join(p.cmdline())]
+                if cmdline(p) and "resource_tracker" not in cmdline(p)]
 
     def interrupt(target):
         if target == "pid":  # what the watchdog does: the engine process only
