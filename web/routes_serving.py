@@ -14,7 +14,7 @@ from fastapi import APIRouter, Response
 from llmsup.supervisor import __version__
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.web.auth import PrincipalDep
-from llmsup.web.chat import template_for
+from llmsup.web.chat import render_chat, template_for
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.errors import OpenAIHTTPError
 from llmsup.web.openai_responses import OpenAIError
@@ -35,6 +35,7 @@ class TokenizeRequest(Lenient):
     messages: Annotated[list[ChatMessage] | None, Field(min_length=1, max_length=1000)] = None
     add_special_tokens: bool | None = None
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
     return_token_strs: bool | None = False
     chat_template_kwargs: dict[str, Any] | None = None
 
@@ -102,11 +103,14 @@ async def tokenize(body: TokenizeRequest, sup: SupervisorDep, principal: Princip
         raise OpenAIHTTPError(400, f"prompt longer than {limit} characters", param="prompt")
     tok = await _tokenizer(sup)
     if body.messages is not None:
-        text = template_for(sup).render(body.messages, body.add_generation_prompt, body.chat_template_kwargs or {})
+        text = render_chat(template_for(sup), body.messages, body.add_generation_prompt and not body.continue_final_message,
+                           body.continue_final_message, body.chat_template_kwargs or {})
+        special = bool(body.add_special_tokens)  # chat: the template places the special tokens (vLLM's default)
     else:
         text = body.prompt or ""
+        special = body.add_special_tokens is not False
     try:
-        ids = tok.encode(text, body.add_special_tokens is not False)
+        ids = tok.encode(text, special)
         strs = tok.token_strs(ids) if body.return_token_strs else None
     except NoVocabulary as exc:
         raise OpenAIHTTPError(400, str(exc), code="no_vocabulary") from None
