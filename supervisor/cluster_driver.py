@@ -16,7 +16,7 @@ from typing import Any
 
 from llmsup.engines import batch, messages, runtime
 from llmsup.engines.messages import Abort, Hello, JobSpec, Stop, Submit
-from llmsup.supervisor import outcomes
+from llmsup.supervisor import engine_start, outcomes
 from llmsup.supervisor import reports as ev
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.batching import ControlChannel
@@ -141,15 +141,21 @@ class ClusterDriver:
         self._spawn(self._load(engine, config), f"load {engine.tag()}")
 
     async def _load(self, engine: Engine, config: dict[str, Any]) -> None:
+        """Initialise the engine; its start timeout counts from its latest progress (download, load, warm-up)."""
         t0 = time.monotonic()
+
+        def progressed(p: engine_start.Progress) -> None:
+            self._report(ev.EngineProgress(engine.id, p.phase, p.detail, p.log_file))
+
         try:
-            ident = await within(self._apply(engine.id, runtime.init_engine, config),
-                                 self.settings.engine_start_timeout_s)
+            task = self.cluster.apply(engine.id, runtime.init_engine, config)
+            ident = await engine_start.wait_started(asyncio.wrap_future(task), engine_start.published(task),
+                                                    self.settings.engine_start_timeout_s, progressed)
         except Exception as exc:  # reported: the core replaces it
             self._report(ev.EngineFailed(engine.id, f"init: {type(exc).__name__}: {exc}"))
             return
         self._report(ev.EngineLoaded(engine.id, ident.get("backend") or {}, float(ident.get("rss_mb", 0.0)),
-                                     time.monotonic() - t0))
+                                     time.monotonic() - t0, str(ident.get("log_file") or "")))
 
     def start_serving(self, engine: Engine) -> None:
         assert self.control is not None

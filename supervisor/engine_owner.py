@@ -36,6 +36,8 @@ class EngineOwner:
         self.slots = 1
         self.standby_target = 0
         self.gpu_count = 0
+        self.memory_shares: dict[str, float] = {}  # devices -> gpu_memory_utilization of an engine there
+        self.last_engine_progress = float("-inf")  # monotonic: an engine reported a step of its start
         self._last_launch = float("-inf")
         self._retiring: dict[int, Engine] = {}  # gone engines whose devices are not free yet
         self._kill_reason: dict[int, str] = {}
@@ -81,9 +83,12 @@ class EngineOwner:
         if not self.driver.can_launch:
             return
         plan = placement.plan(n + self.standby_target, self.gpu_count, self.settings.gpus_per_engine)
-        for rank, gpu in enumerate(plan):
-            log.info("engine %d of %d%s on %s", rank + 1, len(plan), " (standby)" if rank >= n else "",
-                     f"GPU {gpu}" if gpu else "CPU")
+        total = self.engine_config.get("options", {}).get("gpu_memory_utilization")
+        self.memory_shares = placement.memory_shares(plan, total or placement.DEFAULT_GPU_MEMORY_UTILIZATION)
+        shown = self.memory_shares if self.engine_config.get("backend") == "vllm" else {}
+        for line in placement.describe(plan, n, shown):
+            log.info("%s", line)
+        for gpu in plan:
             self.launch(gpu)
 
     def launch(self: SupervisorCore, gpu: str, restarts: int = 0) -> None:
@@ -139,6 +144,10 @@ class EngineOwner:
             return
         if isinstance(event, ev.EngineLoaded):
             self._loaded(engine, event)
+        elif isinstance(event, ev.EngineProgress):
+            self.last_engine_progress = now
+            engine.log_file = event.log_file or engine.log_file
+            log.info("%s starting: %s%s", engine.tag(), event.phase, f": {event.detail}" if event.detail else "")
         elif isinstance(event, ev.EngineServing):
             self._mark_ready(engine, now)
         elif isinstance(event, ev.EngineBeat):
@@ -146,7 +155,8 @@ class EngineOwner:
             engine.rss_mb = engine.rss_mb if event.rss_mb is None else event.rss_mb
         elif isinstance(event, ev.EngineFailed):
             if engine.state is S.STARTING:
-                log.error("%s failed to initialise: %s", engine.tag(), event.why)
+                log.error("%s failed to initialise: %s%s", engine.tag(), event.why,
+                          f" (engine log: {engine.log_file})" if engine.log_file else "")
                 self.kill_engine(engine, "init_failed")
             else:
                 self.engine_lost(engine, event.why)
@@ -180,6 +190,8 @@ class EngineOwner:
                         batched=self.batched, started_at=self.clock(), restarts=launch.restarts if launch else 0)
         self.pool.add(engine)
         config = dict(self.engine_config, engine_id=engine_id, gpu=engine.gpu)
+        if engine.gpu in self.memory_shares:  # engines that share a GPU split its memory
+            config["options"] = {**config.get("options", {}), "gpu_memory_utilization": self.memory_shares[engine.gpu]}
         if not self._drive("load", engine, lambda: self.driver.load(engine, config)):
             self.kill_engine(engine, "init_failed")
 
@@ -198,7 +210,9 @@ class EngineOwner:
             return
         engine.backend = dict(event.backend)
         engine.rss_mb = event.rss_mb
-        log.info("%s loaded in %.2fs (%s)", engine.tag(), event.load_s, engine.backend.get("backend"))
+        engine.log_file = event.log_file or engine.log_file
+        log.info("%s loaded in %.2fs (%s), engine log %s", engine.tag(), event.load_s, engine.backend.get("backend"),
+                 engine.log_file or "-")
         if engine.backend.get("tiny_random_model"):
             log.warning("%s serves the tiny local model %s: RANDOM weights, its text is random (name a model "
                         "with --model)", engine.tag(), engine.backend.get("model"))

@@ -72,6 +72,7 @@ class Engine:
     sigint_at: float | None = None  # monotonic time of the last SIGINT to a batched engine: one per episode
     recycle_why: str | None = None  # set when it is to be recycled as soon as its jobs are done
     restarts: int = 0  # engines that held this place before it (killed, lost or recycled)
+    log_file: str = ""  # the engine process's own log file, as it reported it
     _state: EngineState = S.STARTING
 
     @property
@@ -97,6 +98,7 @@ class Engine:
             "job_id": jobs[0]["job_id"] if jobs else None, "jobs": jobs, "slots": self.slots,
             "jobs_done": self.jobs_done, "rss_mb": self.rss_mb, "backend": self.backend.get("backend"),
             "model": self.backend.get("model"), "engine_set": self.set_id, "restarts": self.restarts,
+            "log_file": self.log_file or None,
         }
 
 

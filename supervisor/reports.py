@@ -58,6 +58,15 @@ class EngineLoaded:
     backend: dict[str, Any] = field(default_factory=dict)
     rss_mb: float = 0.0
     load_s: float = 0.0
+    log_file: str = ""  # the engine's own log file ("" when it has none)
+
+
+@dataclass(frozen=True)
+class EngineProgress:
+    engine_id: int  # still starting: a phase of its start (download, load, warm-up) was reported
+    phase: str
+    detail: str = ""
+    log_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,8 @@ class ProbeAnswered:
 
 
 Report = (
-    EngineRegistered | EngineUnregistered | EngineIdentified | EngineLoaded | EngineFailed | EngineServing
+    EngineRegistered | EngineUnregistered | EngineIdentified | EngineLoaded | EngineProgress | EngineFailed
+    | EngineServing
     | EngineBeat | EngineKilled | EngineRetired | LaunchFailed | ControllerLost | ControllerRestarted
     | TaskStarted | TokenPiece | JobReply | SigintDelivered | ProbeAnswered
 )

@@ -135,6 +135,7 @@ class EngineOut(BaseModel):
     busy_s: float | None = None  # how long its current job has run
     deadline_s: float | None = None  # the current job's deadline
     uptime_s: float | None = None
+    log_file: str | None = None  # the engine's own log file (vLLM's and transformers' lines too)
 
 
 class StartingEngineOut(BaseModel):
