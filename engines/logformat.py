@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_TAG = re.compile(r"(?<![\w.-])(job|engine|host|pid|gpu)=([^\s,;:()]+)")
+_TAG = re.compile(r"(?<![\w.-])(job|engine|host|pid|gpu)=([^\s;()]+)")
 _TAG_KEYS = {"job": "job_id"}
+_NUMERIC_TAGS = ("engine", "pid")
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message", "asctime", "taskName", "color_message"}  # uvicorn's message with terminal colours: not for JSON
 
@@ -32,7 +33,8 @@ class JsonFormatter(logging.Formatter):
             "message": message,
         }
         for tag, value in _TAG.findall(message):
-            data.setdefault(_TAG_KEYS.get(tag, tag), _number(value))
+            value = value.rstrip(",.:")
+            data.setdefault(_TAG_KEYS.get(tag, tag), int(value) if tag in _NUMERIC_TAGS and value.isdigit() else value)
         for key, value in vars(record).items():
             if key not in _RECORD_FIELDS and not key.startswith("_"):
                 data[key] = value
@@ -43,10 +45,6 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             data["stack_info"] = self.formatStack(record.stack_info)
         return json.dumps(data, default=str)
-
-
-def _number(text: str) -> int | str:
-    return int(text) if text.isdigit() else text
 
 
 def formatter(kind: str) -> logging.Formatter:

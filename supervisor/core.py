@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llmsup.engines.messages import JobResult, JobSpec
-from llmsup.supervisor import ladder, outcomes
+from llmsup.supervisor import joblog, ladder, outcomes
 from llmsup.supervisor import reports as ev
 from llmsup.supervisor.driver import EngineDriver
 from llmsup.supervisor.engine_owner import EngineOwner
@@ -116,6 +116,7 @@ class SupervisorCore(EngineOwner):
         except DuplicateKey as dup:
             return Submitted(self._view(dup.existing), created=False)
         self.metrics.jobs_submitted.inc()
+        joblog.submitted(job)
         self._publish_status(job)
         self.wake_dispatch()
         return Submitted(job, created=True)
@@ -178,6 +179,7 @@ class SupervisorCore(EngineOwner):
         after_jobs_change(engine, f"job {job.id} dispatched")
         self.metrics.queue_wait.observe(max(0.0, job.started_at - job.created_at if job.started_at else 0.0))
         self._push_timer(run.deadline_at, job.id)
+        joblog.dispatched(job, engine)
         self._publish_status(job)
         spec = JobSpec(run.key, job.prompt, job.params)
         if not self._drive("dispatch", engine, lambda: self.driver.dispatch(engine, run.key, spec, job.deadline_s),
@@ -205,7 +207,10 @@ class SupervisorCore(EngineOwner):
 
     def _on_job_event(self, run: RunningJob, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.TokenPiece):
+            first = run.first_token_mono is None
             if run.add_piece(event.seq, event.text, now):
+                if first:
+                    joblog.first_token(run.job, run.engine, now - run.started_mono)
                 self.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": event.seq,
                                               "text": event.text})
         elif isinstance(event, ev.TaskStarted):
@@ -353,6 +358,7 @@ class SupervisorCore(EngineOwner):
             new = transition(job, Q, wall, not_before=wall + backoff, error=st.requeue_reason, lost_engines=lost,
                              attempts=attempts)
             self.metrics.requeues.labels("engine_lost" if st.engine_lost else "other").inc()
+            joblog.requeued(new, run.engine, st.requeue_reason)
         else:
             finish_reason = st.finish_reason
             if st.status is JobStatus.TIMED_OUT:
@@ -388,6 +394,7 @@ class SupervisorCore(EngineOwner):
         self._publish_status(job)
         if job.status.terminal:
             self.metrics.job_outcomes.labels(job.status.value).inc()
+            joblog.finished(job)
             self.on_settled(job)
 
     def expire_queued(self, now: float) -> int:
