@@ -60,6 +60,7 @@ def open_log_file(config: dict[str, Any]) -> str:
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         handler = EngineLogFile(path, encoding="utf-8")
+        os.chmod(path, 0o600)  # like every file of the run directory: the owner's only
     except OSError as exc:  # e.g. an engine on a host without the supervisor's run directory
         log.warning("no engine log file %s: %s", path, exc)
         return ""

@@ -35,7 +35,7 @@ class SettingOption:
     """How one setting appears on the command line."""
 
     name: str  # the Settings field
-    flags: tuple[str, ...]
+    flags: tuple[str, ...]  # as click declares them: a boolean's "--x/--no-x" is one entry
     kind: Kind
     value_type: type
     panel: str
@@ -72,7 +72,11 @@ def _option(name: str, field: FieldInfo) -> SettingOption:
     else:
         kind = "value"
         value_type = base if base in (int, float, Path) else str  # str, SecretStr and anything else: text
-    flags = (own, *extra) if kind == "flag" else (*extra, own)  # the names users know first; --x/--no-x for a bool
+    if kind == "flag":  # --x/--no-x, unless the field names its own pair (e.g. "--metrics-open/--metrics-need-key")
+        paired = any(f.split("/")[0] == own for f in extra)
+        flags = extra if paired else (f"{own}/--no-{own.removeprefix('--')}", *extra)
+    else:
+        flags = (*extra, own)  # the names users know first (vLLM's, older ones)
     return SettingOption(name, flags, kind, value_type, str(meta.get("panel") or OTHER_PANEL),
                          field.description or name.replace("_", " "), _shown_default(field), choices)
 
@@ -115,9 +119,6 @@ def _python_type(option: SettingOption) -> Any:
 
 def _typer_option(option: SettingOption) -> Any:
     flags = list(option.flags)
-    if option.kind == "flag":
-        primary = flags[0]
-        flags[0] = f"{primary}/--no-{primary.removeprefix('--')}"
     help_text = _escape(option.help + f" [env {option.env_var}]")
     if option.kind == "pairs":
         help_text += " (KEY=VALUE, repeatable)"

@@ -146,6 +146,8 @@ def test_a_new_setting_gets_its_option_without_cli_code() -> None:
         allowed_hosts: list[str] = Field(default_factory=list, description="Host header names")
         metrics_open: bool = Field(False, description="/metrics without a key",
                                    json_schema_extra={"cli": {"panel": SECURITY, "flags": ["--open-metrics"]}})
+        keys_required: bool = Field(True, description="keys on job routes", json_schema_extra={
+            "cli": {"panel": SECURITY, "flags": ["--keys-required/--keys-optional"]}})
 
     options = {o.name: o for o in cli_options.setting_options(More)}
     assert options["retain_jobs"].panel == cli_options.OTHER_PANEL and options["retain_jobs"].default == "0"
@@ -158,10 +160,24 @@ def test_a_new_setting_gets_its_option_without_cli_code() -> None:
     app = typer.Typer()
     app.command()(cli_options.command(command, list(options.values()), []))
     res = CliRunner().invoke(app, ["--retain-jobs", "5", "--allowed-hosts", "a.example,b.example",
-                                   "--allowed-hosts", "c.example", "--open-metrics"])
+                                   "--allowed-hosts", "c.example", "--open-metrics", "--keys-optional"])
     assert res.exit_code == 0, res.output
-    assert given == {"retain_jobs": 5, "allowed_hosts": ["a.example", "b.example", "c.example"], "metrics_open": True}
+    assert given == {"retain_jobs": 5, "allowed_hosts": ["a.example", "b.example", "c.example"], "metrics_open": True,
+                     "keys_required": False}
+    assert options["keys_required"].flags == ("--keys-required/--keys-optional",)
     assert More(**given).allowed_hosts == ["a.example", "b.example", "c.example"]
+
+
+def test_model_options_reach_vllm_and_transformers_arguments() -> None:
+    from llmsup.engines.vllm_settings import llm_kwargs
+
+    options = Settings(trust_remote_code=True, slots_per_engine=8, gpu_memory_utilization=0.45, max_model_len=4096,
+                       engine_args={"kv_cache_dtype": "fp8", "max_num_seqs": 16}).model_options()
+    gpu = llm_kwargs("/m", options, on_gpu=True, gpu="0")
+    assert (gpu["trust_remote_code"], gpu["gpu_memory_utilization"], gpu["max_model_len"]) == (True, 0.45, 4096)
+    assert gpu["kv_cache_dtype"] == "fp8" and gpu["max_num_seqs"] == 16  # --engine-arg wins over the named setting
+    cpu = llm_kwargs("/m", Settings(dtype="bfloat16", enforce_eager=False).model_options(), on_gpu=False, gpu="")
+    assert (cpu["dtype"], cpu["enforce_eager"], cpu["max_model_len"]) == ("bfloat16", False, 2048)
 
 
 def test_options_not_given_are_not_passed(served: list[Settings], monkeypatch: pytest.MonkeyPatch) -> None:
