@@ -107,6 +107,8 @@ class ClusterDriver:
         return self.cluster.engine_ids()
 
     def launch(self, gpu: str) -> str:
+        if self._restarting:
+            raise RuntimeError("the controller is being restarted")
         set_id, start = self.cluster.launch_engine(gpu)
         self._launched.add(set_id)
         self._spawn(self._start_set(set_id, start), f"launch {set_id}")

@@ -98,6 +98,10 @@ class EngineOwner:
         Engines on their way out count as present: their replacement is launched when they are gone."""
         if not self.driver.can_launch or self.stopping or now - self._last_launch < self.settings.engine_relaunch_s:
             return
+        wall = self.clock()
+        for launch in [la for la in self.pool.launches.values() if wall - la.since > self.settings.engine_start_timeout_s]:
+            log.error("engine set %s never registered in %.0fs: forgotten", launch.set_id, wall - launch.since)
+            del self.pool.launches[launch.set_id]
         present = len(self.pool.engines) + len(self.pool.launches) + sum(
             1 for eid in self._retiring if eid not in self.pool.engines)
         for gpu in self._missing_devices(self.settings.engines + self.standby_target - present):
@@ -158,6 +162,7 @@ class EngineOwner:
 
     def _controller_event(self: SupervisorCore, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.ControllerRestarted):
+            self.pool.launches.clear()  # any launched on the old controller will never register
             self._last_launch = float("-inf")
             self.reconcile(now)  # every engine anew
             return
