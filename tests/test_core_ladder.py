@@ -363,3 +363,17 @@ def test_controller_loss_requeues_uncharged_and_relaunches_after_the_restart(tmp
     assert len(driver.verbs("launch")) == 2  # nothing while the controller restarts
     core.report(ev.ControllerRestarted(), clock.mono)
     assert len(driver.verbs("launch")) == 4
+
+
+def test_admin_engine_list_shows_launches_in_flight_and_restarts(tmp_path: Path) -> None:
+    from llmsup.web.routes_admin import engine_list
+
+    core, driver, clock = make_core(tmp_path, engines=1)
+    core.report(ev.EngineUnregistered(0), clock.mono)
+    core.report(ev.EngineRetired(0), clock.mono)
+    listed = engine_list(core)  # type: ignore[arg-type]
+    (set_id,) = core.pool.launches
+    assert [(s.engine_set, s.gpu) for s in listed.starting] == [(set_id, "")] and listed.engines == []
+    bring_up(core, 5, set_id, clock)
+    listed = engine_list(core)  # type: ignore[arg-type]
+    assert listed.starting == [] and [(e.id, e.restarts) for e in listed.engines] == [(5, 1)]
