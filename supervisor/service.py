@@ -221,8 +221,9 @@ def _decode_frames(frames: list[bytes]) -> ev.Report | None:
     if not key:
         if kind == b"beat":
             info = json.loads(payload)
-            rss = info.get("rss_mb")
-            return ev.EngineBeat(int(info["engine_id"]), float(rss) if rss is not None else None)
+            rss, gpu_mem = info.get("rss_mb"), info.get("gpu_mem_mb")
+            return ev.EngineBeat(int(info["engine_id"]), float(rss) if rss is not None else None,
+                                 float(gpu_mem) if gpu_mem is not None else None)
         return None
     k = key.decode()
     if kind == b"start":
