@@ -35,6 +35,7 @@ from typing import Any
 
 import zmq
 from llmsup.engines import runtime
+from llmsup.engines.gpu_memory import gpu_memory_mb
 from llmsup.engines.protocol import BatchBackend, GenParams, StepOutput
 from llmsup.engines.sigdefer import DeferredSigint
 
@@ -84,7 +85,7 @@ class BatchServer:
     def _finish(self, req: Request, result: dict[str, Any]) -> None:
         result.setdefault("text", "".join(req.pieces))
         result.setdefault("tokens", req.tokens)
-        result.update(pid=os.getpid(), rss_mb=round(runtime.rss_mb(), 1))
+        result.update(pid=os.getpid(), rss_mb=round(runtime.rss_mb(), 1), gpu_mem_mb=gpu_memory_mb(self.rt.gpu))
         self._send([req.key.encode(), b"done", json.dumps(result).encode()])
         self.requests.pop(req.key, None)
         self.kill.pop(req.key, None)
@@ -118,7 +119,7 @@ class BatchServer:
         if now - self._last_beat >= BEAT_S:
             self._last_beat = now
             self._meta("beat", {"engine_id": self.rt.engine_id, "active": len(self.requests), "done": self.done,
-                                "rss_mb": round(runtime.rss_mb(), 1)})
+                                "rss_mb": round(runtime.rss_mb(), 1), "gpu_mem_mb": gpu_memory_mb(self.rt.gpu)})
 
     def _drain(self) -> None:
         while True:
