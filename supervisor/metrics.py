@@ -89,6 +89,8 @@ class Metrics:
         self._tokens = 0.0  # generated, as streamed (the history's tokens/s)
         self._interrupted = 0
         self._killed = 0
+        self._rss_series: set[str] = set()  # engine label values the memory gauges carry now
+        self._gpu_series: set[tuple[str, str]] = set()
 
     # observation points of the core ------------------------------------------------------------
     def token_piece(self, gap_s: float | None) -> None:
@@ -136,14 +138,21 @@ class Metrics:
             self.engines.labels(state.value).set(n)
         self.standby_target.set(standby_target)
         self.vllm.set_queue(self.model_name(), queued, running)
-        self.engine_rss.clear()  # engines that are gone leave no series behind
-        self.engine_gpu_memory.clear()
+        rss: set[str] = set()
+        gpu: set[tuple[str, str]] = set()
         for engine in engines:
             if engine.state is EngineState.DEAD:
                 continue
+            rss.add(str(engine.id))
             self.engine_rss.labels(str(engine.id)).set(engine.rss_mb * MIB)
             if engine.gpu_mem_mb is not None:
+                gpu.add((str(engine.id), engine.gpu))
                 self.engine_gpu_memory.labels(str(engine.id), engine.gpu).set(engine.gpu_mem_mb * MIB)
+        for gone in self._rss_series - rss:  # engines that are gone leave no series behind
+            self.engine_rss.remove(gone)
+        for gone_gpu in self._gpu_series - gpu:
+            self.engine_gpu_memory.remove(*gone_gpu)
+        self._rss_series, self._gpu_series = rss, gpu
         if self.history.due(mono):
             serving = by_state[EngineState.IDLE] + by_state[EngineState.BUSY]
             self.history.add(wall, Totals(mono, self._tokens, self._interrupted, self._killed), queued, running,

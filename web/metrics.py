@@ -8,6 +8,7 @@ SSE streams.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
@@ -84,7 +85,9 @@ def _route(scope: dict[str, Any]) -> str:
 async def metrics(sup: SupervisorDep, request: Request) -> Response:
     if sup.started:
         sup.update_gauges()  # gauges as of now, not as of the last health tick
-    return Response(generate_latest(sup.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # rendering takes milliseconds (docs/metrics.md): off the loop that runs deadlines (the registry is thread-safe)
+    body = await asyncio.to_thread(generate_latest, sup.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 class StatsSampleOut(BaseModel):
