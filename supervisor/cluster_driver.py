@@ -150,8 +150,9 @@ class ClusterDriver:
         except Exception as exc:  # reported: the core replaces it
             self._report(ev.EngineFailed(engine.id, f"init: {type(exc).__name__}: {exc}"))
             return
+        gpu_mem = ident.get("gpu_mem_mb")
         self._report(ev.EngineLoaded(engine.id, ident.get("backend") or {}, float(ident.get("rss_mb", 0.0)),
-                                     time.monotonic() - t0))
+                                     time.monotonic() - t0, float(gpu_mem) if gpu_mem is not None else None))
 
     def start_serving(self, engine: Engine) -> None:
         assert self.control is not None

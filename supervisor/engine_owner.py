@@ -148,6 +148,7 @@ class EngineOwner:
         elif isinstance(event, ev.EngineBeat):
             engine.last_beat = now
             engine.rss_mb = engine.rss_mb if event.rss_mb is None else event.rss_mb
+            engine.gpu_mem_mb = engine.gpu_mem_mb if event.gpu_mem_mb is None else event.gpu_mem_mb
         elif isinstance(event, ev.EngineFailed):
             if engine.state is S.STARTING:
                 log.error("%s failed to initialise: %s", engine.tag(), event.why)
@@ -171,7 +172,7 @@ class EngineOwner:
             move(engine, S.DEAD, "controller lost")
             self.settle_engine_jobs(engine, "controller lost", True)
             self.pool.remove(engine.id)
-            self.metrics.engine_restarts.labels("controller_lost").inc()
+            self.metrics.engine_restarted("controller_lost")
         self.pool.launches.clear()
         self._retiring.clear()
         self._kill_reason.clear()
@@ -203,6 +204,7 @@ class EngineOwner:
             return
         engine.backend = dict(event.backend)
         engine.rss_mb = event.rss_mb
+        engine.gpu_mem_mb = event.gpu_mem_mb
         log.info("%s loaded in %.2fs (%s)", engine.tag(), event.load_s, engine.backend.get("backend"))
         if engine.backend.get("tiny_random_model"):
             log.warning("%s serves the tiny local model %s: RANDOM weights, its text is random (name a model "
@@ -292,7 +294,7 @@ class EngineOwner:
             move(engine, S.DEAD, reason)
             self.pool.remove(engine.id)
         self._retiring[engine.id] = engine
-        self.metrics.engine_restarts.labels(reason).inc()
+        self.metrics.engine_restarted(reason)
         if not self._drive("retire", engine, lambda: self.driver.retire(engine, release=release)):
             self._replace(engine.id)
 

@@ -58,6 +58,7 @@ class EngineLoaded:
     backend: dict[str, Any] = field(default_factory=dict)
     rss_mb: float = 0.0
     load_s: float = 0.0
+    gpu_mem_mb: float | None = None  # GPU memory of the engine and its children (None: no GPU)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class EngineServing:
 class EngineBeat:
     engine_id: int
     rss_mb: float | None = None
+    gpu_mem_mb: float | None = None
 
 
 @dataclass(frozen=True)

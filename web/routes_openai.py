@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from llmsup.supervisor.jobs import Job, JobStatus
+from llmsup.supervisor.model_name import served_model_name
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.web import sse
@@ -56,11 +57,7 @@ STREAM_OR_JSON = sse.sse_response("JSON, or with stream=true SSE chunks (JSON) e
 
 
 def served_models(sup: Supervisor) -> list[str]:
-    s = sup.settings
-    name = s.served_model_name or s.model or (s.backend if s.backend != "auto" else None)
-    if name is None:
-        name = next((e.backend.get("model") for e in sup.pool if e.backend.get("model")), None) or "default"
-    return [name]
+    return [served_model_name(sup.settings, sup.pool.engines.values())]
 
 
 @router.get("/models", response_model=ModelList, responses=_errors(401))

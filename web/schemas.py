@@ -128,6 +128,7 @@ class EngineOut(BaseModel):
     slots: int
     jobs_done: int
     rss_mb: float
+    gpu_mem_mb: float | None = None  # GPU memory of the engine and its children (None: a CPU engine)
     backend: str | None
     model: str | None
     engine_set: str
