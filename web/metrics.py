@@ -3,6 +3,9 @@
 The supervisor's registry (queue depth, running jobs, outcomes by status, queue wait and run time histograms,
 interrupt / escalation steps, engine restarts, tokens, time to first token) gets three more families here:
 HTTP requests by route and status, their latency, and open SSE streams.
+
+When job routes need API keys, so does ``/metrics`` (any valid key, or the admin token: job counts and engine
+pids are not for everyone); the ``metrics_open`` setting keeps it open for a scraper without credentials.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
+from llmsup.web.auth import get_auth, job_principal
 from llmsup.web.deps import SupervisorDep
+from llmsup.web.schemas import errors
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 router = APIRouter(tags=["health"])
@@ -76,8 +81,16 @@ def _route(scope: dict[str, Any]) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus"}})
+async def metrics_access(request: Request) -> None:
+    """401 without a valid API key or the admin token, when keys are on and ``metrics_open`` is off."""
+    if request.app.state.supervisor.settings.metrics_open or not get_auth(request).keys_required:
+        return
+    await job_principal(request)
+
+
+@router.get("/metrics", response_class=Response, dependencies=[Depends(metrics_access)],
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus"},
+                       **errors(401, stream=True)})
 async def metrics(sup: SupervisorDep, request: Request) -> Response:
     update = getattr(sup, "_update_gauges", None)
     if update is not None and sup.started:

@@ -166,12 +166,12 @@ class Health(BaseModel):
 
 ERROR_DESCRIPTIONS = {
     401: "missing or invalid token / API key",
-    403: "wrong admin token",
+    403: "wrong admin token, or a priority above max_user_priority without it",
     404: "not found (or not yours)",
-    409: "not allowed in the job's current status",
+    409: "not allowed in the job's current status (or an idempotency key that is taken)",
     413: "request body too large",
     422: "invalid request (message in `error`)",
-    429: "queue full: retry after `Retry-After` seconds",
+    429: "queue full (or the caller's share of it), or too many open event streams: retry after `Retry-After` s",
     500: "the job failed on its engine",
     503: "not ready, or the job expired in the queue",
 }
