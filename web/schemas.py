@@ -51,7 +51,7 @@ class JobCreate(JSONModel):
     top_k: Annotated[int | None, Field(ge=0, le=100_000)] = None
     seed: Annotated[int | None, Field(ge=0, le=2**53 - 1)] = None
     ignore_eos: bool | None = None
-    min_tokens: Annotated[int | None, Field(ge=0, le=1_000_000)] = None
+    min_tokens: Annotated[int | None, Field(ge=0, le=1_000_000, description="at most max_tokens (422 otherwise)")] = None
 
 
 class EngineRefOut(BaseModel):
