@@ -223,19 +223,23 @@ class SQLiteStore:
 
     def __init__(self, path: Path | str, sync: SyncMode = "terminal") -> None:
         self.path = str(path)
-        self.sync = sync
         if self.path != ":memory:":
             create_private(Path(self.path))  # SQLite gives -wal and -shm the database file's mode
             for side in ("-wal", "-shm", "-journal"):
                 tighten(Path(self.path + side))
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+        self.set_sync(sync)
         migrate(self._db, scoped_key)
         self._db.executescript(SCHEMA)
         row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
         self._seq = itertools.count(int(row[0]) + 1)
         self._reader: StoreReader | None = None
+
+    def set_sync(self, sync: SyncMode) -> None:
+        """Change the durability of later commits (see the class docs)."""
+        self.sync = sync
+        self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
 
     @staticmethod
     def _row(job: Job) -> tuple[object, ...]:

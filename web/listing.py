@@ -13,12 +13,14 @@ them (one indexed count per status) at most once per ``ttl_s`` for all subscribe
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.requests import JobNotFound
 from llmsup.supervisor.service import Supervisor
+from pydantic import BaseModel
 
 T = TypeVar("T")
 
@@ -46,6 +48,22 @@ def _live(sup: Supervisor, job: Job) -> Job:
 async def off_loop(render: Callable[[], T]) -> T:
     """Run a CPU-heavy rendering (e.g. a page of jobs to JSON) in a worker thread."""
     return await asyncio.to_thread(render)
+
+
+def render_page(items: Iterable[BaseModel], **fields: object) -> bytes:
+    """``{"jobs": [...], **fields}`` as JSON, serialised item by item and joined once. (One call serialising a
+    whole page of large jobs holds the GIL, and so stalls the event loop, for its whole duration; measured:
+    ``bench/bench_listing.py``.)"""
+    parts = [b'{"jobs":[']
+    for i, item in enumerate(items):
+        if i:
+            parts.append(b",")
+        parts.append(item.model_dump_json().encode())
+    parts.append(b"]")
+    for name, value in fields.items():
+        parts.append(b"," + json.dumps(name).encode() + b":" + json.dumps(value).encode())
+    parts.append(b"}")
+    return b"".join(parts)
 
 
 class SharedCounts:

@@ -59,8 +59,8 @@ async def list_jobs(
     """Jobs newest first (yours, with API keys on). Read, parsed and rendered off the event loop."""
     jobs = await listing.list_jobs(sup, status or None, owner=principal.owner, limit=limit, offset=offset)
 
-    def render() -> bytes:
-        return JobList(jobs=[job_out(j, principal) for j in jobs], count=len(jobs)).model_dump_json().encode()
+    def render() -> bytes:  # the JobList schema, rendered job by job
+        return listing.render_page((job_out(j, principal) for j in jobs), count=len(jobs))
 
     return Response(await listing.off_loop(render), media_type="application/json")
 
