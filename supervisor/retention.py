@@ -44,7 +44,8 @@ async def prune_all(store: JobStore, settings: Settings, now: float, limit: int 
 
 
 async def prune_forever(store: JobStore, settings: Settings, clock: Callable[[], float],
-                        every_s: float = PRUNE_EVERY_S) -> None:
+                        every_s: float | None = None) -> None:
+    """Prune now, then every ``every_s`` (default PRUNE_EVERY_S), until cancelled."""
     while True:
         try:
             deleted = await prune_all(store, settings, clock())
@@ -54,4 +55,4 @@ async def prune_forever(store: JobStore, settings: Settings, clock: Callable[[],
             if deleted:
                 log.info("retention: deleted %d finished jobs (retain_s=%s, retain_jobs=%s)", deleted,
                          settings.retain_s, settings.retain_jobs)
-        await asyncio.sleep(every_s)
+        await asyncio.sleep(every_s if every_s is not None else PRUNE_EVERY_S)

@@ -40,10 +40,13 @@ class App:
     admin: dict[str, str]
 
 
-async def open_app(run_dir: Path, host: str = "127.0.0.1:8000", **overrides: Any) -> AsyncIterator[App]:
+async def open_app(run_dir: Path, host: str = "127.0.0.1:8000", started: bool = False,
+                   **overrides: Any) -> AsyncIterator[App]:
+    """The app on a supervisor without engines; ``started``: as if its owner had started it."""
     settings = Settings(run_dir=run_dir, **{**GUARDED, **overrides})
     prepare_run_dir(run_dir)
     sup = Supervisor(settings, store=SQLiteStore(settings.db_path))
+    sup.started = started
     app = create_app(settings, supervisor=sup)
     try:
         async with app.router.lifespan_context(app):
