@@ -94,6 +94,17 @@ def test_host_allowlist_names() -> None:
     assert HostAllowlist(app=None, allowed=["*"]).accepts("anything.example")  # type: ignore[arg-type]
 
 
+def test_a_wildcard_bind_accepts_this_machines_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmsup.web import hosts
+
+    monkeypatch.setattr(hosts, "interface_addresses", lambda: {"10.9.8.7"})
+    wide = HostAllowlist(app=None, allowed=hosts.default_hosts("0.0.0.0"), wildcard_bind=True)  # type: ignore[arg-type]
+    assert wide.accepts("10.9.8.7:8000") and not wide.accepts("10.9.8.6") and not wide.accepts("evil.example")
+    monkeypatch.setattr(hosts, "interface_addresses", lambda: {"10.9.8.7", "192.168.77.1"})  # a bridge added later
+    wide._interfaces_read -= 2
+    assert wide.accepts("192.168.77.1:8000") and not wide.accepts("10.9.8.6")
+
+
 async def test_allowed_hosts_setting_adds_names(tmp_path: Path) -> None:
     async for a in open_app(tmp_path / "run", host="api.example", allowed_hosts="api.example"):
         assert (await a.http.get("/healthz")).status_code == 200

@@ -17,7 +17,7 @@ from llmsup.supervisor.settings import Settings
 from llmsup.web import dashboard, errors, live, metrics, openapi, routes_admin, routes_jobs, routes_openai
 from llmsup.web.auth import Auth
 from llmsup.web.deps import SupervisorDep
-from llmsup.web.hosts import HostAllowlist, allowed_hosts
+from llmsup.web.hosts import HostAllowlist, allowed_hosts, is_wildcard
 from llmsup.web.limits import BodySizeLimit, StreamSlots
 from llmsup.web.listing import SharedCounts
 from llmsup.web.metrics import HTTPMetrics, WebMetrics
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
     app.state.stream_slots = StreamSlots(settings.sse_max_per_owner, settings.sse_max_total)
     app.state.live_counts = SharedCounts()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(HostAllowlist, allowed=allowed_hosts(settings))
+    app.add_middleware(HostAllowlist, allowed=allowed_hosts(settings), wildcard_bind=is_wildcard(settings.host))
     app.add_middleware(HTTPMetrics)
     for module in (routes_jobs, live, routes_openai, routes_admin, metrics, dashboard):
         app.include_router(module.router)

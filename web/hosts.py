@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import time
 from collections.abc import Iterable
 
 import psutil
@@ -40,18 +41,30 @@ def _is_loopback_address(name: str) -> bool:
         return False
 
 
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def is_wildcard(bind: str) -> bool:
+    return bind.strip("[]") in WILDCARD_BINDS
+
+
+def interface_addresses() -> set[str]:
+    return {addr.address.split("%")[0].lower() for addrs in psutil.net_if_addrs().values() for addr in addrs
+            if addr.family in (socket.AF_INET, socket.AF_INET6)}
+
+
 def default_hosts(bind: str) -> set[str]:
     names = set(LOCAL_NAMES)
-    bind = bind.strip("[]").lower()
-    if bind not in WILDCARD_BINDS:
-        names.add(bind)
+    if not is_wildcard(bind):
+        names.add(bind.strip("[]").lower())
         return names
     names.update({socket.gethostname().lower(), socket.getfqdn().lower()})
-    for addrs in psutil.net_if_addrs().values():
-        for addr in addrs:
-            if addr.family in (socket.AF_INET, socket.AF_INET6):
-                names.add(addr.address.split("%")[0].lower())
-    return names
+    return names | interface_addresses()
 
 
 def allowed_hosts(settings: Settings) -> set[str]:
@@ -59,18 +72,30 @@ def allowed_hosts(settings: Settings) -> set[str]:
 
 
 class HostAllowlist:
-    """Pure ASGI middleware: 400 for a Host header not in the allowlist (HTTP and WebSocket)."""
+    """Pure ASGI middleware: 400 for a Host header not in the allowlist (HTTP and WebSocket).
 
-    def __init__(self, app: ASGIApp, allowed: Iterable[str]) -> None:
+    ``wildcard_bind``: the server listens on every interface, so an address of an interface that appeared
+    after the start is accepted too (interfaces are read again on such a miss, at most once a second).
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Iterable[str], wildcard_bind: bool = False) -> None:
         self.app = app
         self.allowed = {host_name(name) for name in allowed}
         self.any = "*" in self.allowed
+        self.wildcard_bind = wildcard_bind
+        self._interfaces_read = time.monotonic()
 
     def accepts(self, header: str | None) -> bool:
         if self.any or header is None:
             return True
         name = host_name(header)
-        return name in self.allowed or _is_loopback_address(name)
+        if name in self.allowed or _is_loopback_address(name):
+            return True
+        if self.wildcard_bind and _is_address(name) and time.monotonic() - self._interfaces_read >= 1.0:
+            self._interfaces_read = time.monotonic()
+            self.allowed |= interface_addresses()
+            return name in self.allowed
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
