@@ -15,27 +15,42 @@ the safety net: if a request is not settled shortly after its deadline the
 supervisor sends SIGINT; the loop catches ``KeyboardInterrupt``, settles every
 request that is due (overdue or on the kill list) and keeps serving.
 
-Messages (JSON on the control socket):
-  supervisor -> engine: {"op": "submit", "key", "prompt", "params", "deadline_s"} | {"op": "abort", "key",
-                        "reason"} | {"op": "stop"}
-  engine -> supervisor: {"op": "hello"} on the control socket when the loop starts; on the token stream:
-                        [key, seq, text] pieces; [key, "done", json result]; ["", "beat", json] every BEAT_S
+Messages (``engines/messages.py``):
+  supervisor -> engine, control socket: Submit | Abort | Stop (a message the loop cannot read is dropped,
+                        counted, and logged once per kind of problem; the loop goes on)
+  engine -> supervisor: Hello on the control socket when the loop starts; on the token stream: TokenPiece
+                        per piece, JobDone with each request's JobResult, EngineBeat every BEAT_S
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import signal
 import time
-from dataclasses import dataclass, field
+import traceback
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import zmq
 from llmsup.engines import runtime
-from llmsup.engines.protocol import BatchBackend, GenParams, StepOutput
+from llmsup.engines.messages import (
+    CONTROL_OPS,
+    Abort,
+    EngineBeat,
+    Hello,
+    JobDone,
+    JobResult,
+    Message,
+    ProtocolError,
+    Stop,
+    Submit,
+    TokenPiece,
+    decode_for_engine,
+    encode,
+)
+from llmsup.engines.protocol import BatchBackend, StepOutput
 from llmsup.engines.sigdefer import DeferredSigint
 
 log = logging.getLogger("llmsup.engine")
@@ -70,22 +85,20 @@ class BatchServer:
         self.stopping = False
         self.interrupts = 0
         self.done = 0
+        self.malformed = 0  # control messages that could not be read
+        self._malformed_seen: set[str] = set()  # kinds of problem already logged
         self._last_beat = 0.0
 
     # messages out --------------------------------------------------------------------
-    def _send(self, frames: list[bytes]) -> None:
+    def _send(self, msg: Message) -> None:
         stream = self.rt.stream
         if stream is not None:
-            stream.send_raw(frames)
+            stream.send(msg)
 
-    def _meta(self, kind: str, data: dict[str, Any]) -> None:
-        self._send([b"", kind.encode(), json.dumps(data).encode()])
-
-    def _finish(self, req: Request, result: dict[str, Any]) -> None:
-        result.setdefault("text", "".join(req.pieces))
-        result.setdefault("tokens", req.tokens)
-        result.update(pid=os.getpid(), rss_mb=round(runtime.rss_mb(), 1))
-        self._send([req.key.encode(), b"done", json.dumps(result).encode()])
+    def _finish(self, req: Request, result: JobResult) -> None:
+        result = replace(result, text="".join(req.pieces), tokens=req.tokens, pid=os.getpid(),
+                         rss_mb=round(runtime.rss_mb(), 1), jobs_done=self.done + 1)
+        self._send(JobDone(req.key, result))
         self.requests.pop(req.key, None)
         self.kill.pop(req.key, None)
         self.done += 1
@@ -93,7 +106,7 @@ class BatchServer:
     # the loop ------------------------------------------------------------------------
     def serve(self) -> dict[str, Any]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        self.ctl.send(json.dumps({"op": "hello", "pid": os.getpid()}).encode())
+        self.ctl.send(encode(Hello(os.getpid())))
         while not self.stopping:
             try:
                 self._turn()
@@ -117,36 +130,52 @@ class BatchServer:
             self._apply(outputs)
         if now - self._last_beat >= BEAT_S:
             self._last_beat = now
-            self._meta("beat", {"engine_id": self.rt.engine_id, "active": len(self.requests), "done": self.done,
-                                "rss_mb": round(runtime.rss_mb(), 1)})
+            self._send(EngineBeat(self.rt.engine_id, len(self.requests), self.done, round(runtime.rss_mb(), 1),
+                                  self.malformed))
 
     def _drain(self) -> None:
         while True:
             try:
-                raw = self.ctl.recv(zmq.NOBLOCK)
+                frames = self.ctl.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            msg = json.loads(raw)
-            op = msg.get("op")
-            if op == "submit":
-                self._submit(msg)
-            elif op == "abort" and msg["key"] in self.requests:
-                self.kill[msg["key"]] = msg.get("reason", "cancelled")
-            elif op == "stop":
+            try:
+                if len(frames) != 1:
+                    raise ProtocolError("frames", f"{len(frames)} frames, a message is one")
+                op = decode_for_engine(frames[0], expect=CONTROL_OPS)
+            except ProtocolError as exc:
+                self._reject(exc)
+                continue
+            if isinstance(op, Submit):
+                self._submit(op)
+            elif isinstance(op, Abort) and op.key in self.requests:
+                self.kill[op.key] = op.reason
+            elif isinstance(op, Stop):
                 self.stopping = True
 
-    def _submit(self, msg: dict[str, Any]) -> None:
-        key, prompt = msg["key"], msg["prompt"]
-        req = Request(key, time.monotonic() + float(msg["deadline_s"]))
-        self.requests[key] = req
+    def _reject(self, exc: ProtocolError) -> None:
+        """Drop a control message this loop cannot read; log each kind of problem once."""
+        self.malformed += 1
+        if exc.problem not in self._malformed_seen:
+            self._malformed_seen.add(exc.problem)
+            log.warning("%s dropped an unreadable control message (%s; further ones of this kind are only "
+                        "counted)", self.rt.tag(), exc)
+
+    def _submit(self, op: Submit) -> None:
+        if op.key in self.requests:  # a repeated key would orphan the request it replaces
+            self._reject(ProtocolError("duplicate key", f"request {op.key!r} is already running"))
+            return
+        req = Request(op.key, time.monotonic() + op.deadline_s)
+        self.requests[op.key] = req
         try:
             with DeferredSigint():
-                self.backend.add_request(key, prompt, GenParams.from_dict(msg.get("params") or {}))
-        except Exception as exc:  # a bad request fails alone, as data
-            self._finish(req, {"outcome": "error", "error": f"{type(exc).__name__}: {exc}"})
+                self.backend.add_request(op.key, op.prompt, op.params)
+        except Exception as exc:  # a bad request fails alone, as data (with the engine-side traceback)
+            self._finish(req, JobResult("error", error=f"{type(exc).__name__}: {exc}",
+                                        traceback=traceback.format_exc(limit=20)))
             return
         if self.test_hooks:
-            self._test_hook(prompt)
+            self._test_hook(op.prompt)
 
     def _test_hook(self, prompt: str) -> None:
         """Make the loop unresponsive on purpose (tests of the supervisor's SIGINT / SIGKILL steps)."""
@@ -169,11 +198,11 @@ class BatchServer:
                 # A step that made tokens but no text yet (the detokenizer holds an incomplete UTF-8 sequence
                 # back) still sends a piece, empty: a client sees the request progress from its first token on,
                 # as with vLLM's own server (which streams one chunk per step, empty text included).
-                self._send([req.key.encode(), str(len(req.pieces)).encode(), out.text.encode()])
+                self._send(TokenPiece(req.key, len(req.pieces), out.text))
                 req.pieces.append(out.text)
             if out.finished:
-                self._finish(req, {"outcome": "completed", "finish_reason": out.finish_reason,
-                                   "prompt_tokens": out.prompt_tokens})
+                self._finish(req, JobResult("completed", finish_reason=out.finish_reason,
+                                            prompt_tokens=out.prompt_tokens))
 
     def _settle_due(self, now: float, interrupted: bool) -> None:
         for req in list(self.requests.values()):
@@ -185,7 +214,7 @@ class BatchServer:
     def _abort(self, req: Request, reason: str, interrupted: bool = False) -> None:
         with DeferredSigint():
             self.backend.abort_requests([req.key])
-        self._finish(req, {"outcome": "interrupted", "reason": reason, "via_sigint": interrupted})
+        self._finish(req, JobResult("interrupted", reason=reason, via_sigint=interrupted))
 
 
 def serve(config: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,9 @@ Interrupts: the watchdog sends SIGINT to the engine process. Python raises
 ``KeyboardInterrupt`` in the main thread wherever generation is; the engine
 task catches it and calls :meth:`Backend.abort` so that the backend drops the
 in-flight request and is ready for the next one.
+
+The messages between the supervisor and its engines (job spec, result, control
+ops, token stream) are in ``engines/messages.py``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ The supervisor calls these through a view of one engine:
 - :func:`ping` as the no-op probe of the escalation ladder;
 - :func:`release_engine` before the engine is stopped.
 
-Every result is plain data (dicts of str/int/float), errors included.
+Every argument and result is plain data (the typed messages of ``engines/messages.py``
+as dicts), errors included.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import signal
 import socket
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from llmsup.engines.protocol import Backend, GenParams
+from llmsup.engines import messages
+from llmsup.engines.messages import JobResult, JobSpec, ProtocolError, TaskStarted
+from llmsup.engines.protocol import Backend
 from llmsup.engines.stream import JobEmitter, TokenStream
 
 log = logging.getLogger("llmsup.engine")
@@ -106,6 +109,19 @@ def prepare_environment(config: dict[str, Any]) -> str:
     return gpu
 
 
+def lower_priority(nice: int) -> None:
+    """Run this engine's work (and every process it starts) at a lower CPU priority than the supervisor, so
+    that on CPU backends the supervisor's timers and signals win the CPU from the engines they interrupt.
+    Linux nice values are per thread: this lowers the main thread, where jobs run, and what it starts after."""
+    if nice <= 0:
+        return
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) < nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as exc:  # not allowed here: run at the inherited priority
+        log.warning("cannot lower the engine's CPU priority: %s", exc)
+
+
 def init_engine(config: dict[str, Any]) -> dict[str, Any]:
     """Initialise this engine once; later calls only refresh the identity."""
     global _RUNTIME
@@ -113,6 +129,7 @@ def init_engine(config: dict[str, Any]) -> dict[str, Any]:
     # would silently disable every interrupt: install Python's handler.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if _RUNTIME is None:
+        lower_priority(int(config.get("nice") or 0))
         gpu = prepare_environment(config)
         backend = make_backend(config)
         t0 = time.monotonic()
@@ -136,7 +153,18 @@ def identity() -> dict[str, Any]:
         "backend": rt.backend.describe() if rt else None,
         "engine_set": os.environ.get("LLMSUP_ENGINE_SET", ""),
         "nanny_pid": nanny_pid(),
+        "pid_started": process_started(),
     }
+
+
+def process_started() -> float | None:
+    """This process's start time as the kernel reports it (with the pid, it names the process for good)."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # psutil missing: the supervisor then trusts the pid alone
+        return None
 
 
 def nanny_pid() -> int | None:
@@ -157,43 +185,42 @@ def ping() -> int:
     return os.getpid()
 
 
-def run_job(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one job; interrupts and errors come back as data, never as a broken engine."""
+def run_job(spec_data: dict[str, Any]) -> dict[str, Any]:
+    """Run one job (a :class:`JobSpec` as plain data); its :class:`JobResult` comes back as plain data.
+
+    Interrupts and errors are results too (an error carries its traceback), never a broken engine.
+    """
     rt = _RUNTIME
+    try:
+        spec = messages.decode_for_engine(spec_data, expect=(JobSpec,))
+    except ProtocolError as exc:
+        return messages.plain(JobResult("error", error=f"ProtocolError: {exc}", pid=os.getpid()))
     if rt is None:
-        return {"outcome": "error", "error": "engine not initialised", "transient": True, "text": "", "tokens": 0}
-    emitter = JobEmitter(spec["job_id"], rt.stream)
+        return messages.plain(JobResult("error", error="engine not initialised", transient=True, pid=os.getpid()))
+    emitter = JobEmitter(spec.key, rt.stream)
     if rt.stream is not None:  # the task is running: from now on a SIGINT reaches it (not the idle kernel)
-        rt.stream.send_raw([spec["job_id"].encode(), b"start", b""])
-    params = GenParams.from_dict(spec.get("params", {}))
+        rt.stream.send(TaskStarted(spec.key))
     t0 = time.monotonic()
     try:
-        gen = rt.backend.generate(spec["prompt"], params, emitter)
-        result: dict[str, Any] = {
-            "outcome": "completed",
-            "text": gen.text,
-            "tokens": gen.tokens,
-            "finish_reason": gen.finish_reason,
-            "prompt_tokens": gen.prompt_tokens,
-        }
+        gen = rt.backend.generate(spec.prompt, spec.params, emitter)
+        result = JobResult("completed", gen.text, gen.tokens, gen.finish_reason, gen.prompt_tokens)
     except KeyboardInterrupt:
         rt.backend.abort()
-        result = {"outcome": "interrupted", "text": emitter.text, "tokens": emitter.count}
-        log.info("%s job=%s interrupted after %d tokens", rt.tag(), spec["job_id"], emitter.count)
+        result = JobResult("interrupted", emitter.text, emitter.count)
+        log.info("%s job=%s interrupted after %d tokens", rt.tag(), spec.key, emitter.count)
     except Exception as exc:  # carried back as data; the engine stays usable
         rt.backend.abort()
-        result = {
-            "outcome": "error",
-            "error": f"{type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exc(limit=20),
-            "transient": bool(getattr(exc, "transient", False)),
-            "engine_dead": bool(getattr(exc, "engine_dead", False) or getattr(rt.backend, "dead", False)),
-            "text": emitter.text,
-            "tokens": emitter.count,
-        }
+        result = JobResult(
+            "error", emitter.text, emitter.count,
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(limit=20),
+            transient=bool(getattr(exc, "transient", False)),
+            engine_dead=bool(getattr(exc, "engine_dead", False) or getattr(rt.backend, "dead", False)),
+        )
     rt.jobs_done += 1
-    result.update(elapsed_s=time.monotonic() - t0, pid=os.getpid(), rss_mb=round(rss_mb(), 1), jobs_done=rt.jobs_done)
-    return result
+    result = replace(result, elapsed_s=time.monotonic() - t0, pid=os.getpid(), rss_mb=round(rss_mb(), 1),
+                     jobs_done=rt.jobs_done)
+    return messages.plain(result)
 
 
 def release_engine() -> dict[str, Any]:

@@ -1,13 +1,17 @@
 """Token stream from an engine to the supervisor over a pyzmq PUSH socket.
 
-Each piece of text is one message ``[job_id, seq, text]``. Sends never block:
-if the supervisor is gone or slow past the high-water mark, pieces are
-dropped; the final output always comes back as the task's return value.
+Each message is one frame holding one typed message of ``engines/messages.py``
+(a :class:`TokenPiece` per piece of text, :class:`TaskStarted`, and from
+batched engines :class:`JobDone` and :class:`EngineBeat`). Sends never block:
+if the supervisor is gone or slow past the high-water mark, messages are
+dropped; an unbatched job's final output always comes back as its task's
+return value.
 """
 
 from __future__ import annotations
 
 import zmq
+from llmsup.engines.messages import Message, TokenPiece, encode
 
 
 class TokenStream:
@@ -19,17 +23,9 @@ class TokenStream:
         self._sock.connect(address)
         self.address = address
 
-    def send(self, job_id: str, seq: int, text: str) -> None:
+    def send(self, msg: Message) -> None:
         try:
-            self._sock.send_multipart(
-                [job_id.encode(), str(seq).encode(), text.encode()], flags=zmq.NOBLOCK
-            )
-        except zmq.Again:
-            pass
-
-    def send_raw(self, frames: list[bytes]) -> None:
-        try:
-            self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            self._sock.send(encode(msg), flags=zmq.NOBLOCK)
         except zmq.Again:
             pass
 
@@ -40,8 +36,8 @@ class TokenStream:
 class JobEmitter:
     """Collects one job's text and forwards each piece to the stream."""
 
-    def __init__(self, job_id: str, stream: TokenStream | None) -> None:
-        self.job_id = job_id
+    def __init__(self, key: str, stream: TokenStream | None) -> None:
+        self.key = key
         self.stream = stream
         self.pieces: list[str] = []
         self.count = 0  # tokens generated (a token may decode to no text yet)
@@ -53,7 +49,7 @@ class JobEmitter:
         seq = len(self.pieces)
         self.pieces.append(piece)
         if self.stream is not None:
-            self.stream.send(self.job_id, seq, piece)
+            self.stream.send(TokenPiece(self.key, seq, piece))
 
     @property
     def text(self) -> str:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
-from llmsup.supervisor.discovery import find_admin_token, find_url
+from llmsup.supervisor.client import Client, LlmsupError, ServerUnreachable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM job supervisor on IPyParallel.")
 
@@ -23,6 +22,7 @@ RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="run directory
 @app.command()
 def serve(
     engines: Annotated[int | None, typer.Option(help="engines in the local cluster [2]")] = None,
+    standby: Annotated[int | None, typer.Option(help="warm standby engines (default: per backend and device)")] = None,
     backend: Annotated[str | None, typer.Option(help="sim | transformers | vllm | auto")] = None,
     model: Annotated[str | None, typer.Option(help="model path or id (default: a tiny local model)")] = None,
     host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
@@ -60,7 +60,7 @@ def serve(
     from pydantic import ValidationError
 
     given: dict[str, Any] = {
-        "engines": engines, "backend": backend, "model": model, "host": host, "port": port, "run_dir": run_dir,
+        "engines": engines, "standby": standby, "backend": backend, "model": model, "host": host, "port": port, "run_dir": run_dir,
         "deadline_s": deadline, "cluster_file": cluster_file, "slots_per_engine": slots_per_engine,
         "gpus_per_engine": gpus_per_engine, "interrupt_grace_s": interrupt_grace, "kill_grace_s": kill_grace,
         "max_attempts": max_attempts, "queue_max": queue_max, "allowed_hosts": allowed_hosts,
@@ -87,34 +87,20 @@ def serve(
                 backlog=settings.http_backlog)
 
 
-def _client(url: str | None, run_dir: Path | None, admin: bool = False) -> httpx.Client:
-    """An HTTP client with the credentials found for this server (the admin token also opens job routes)."""
-    headers = {}
-    token = find_admin_token(run_dir=run_dir) or os.environ.get("LLMSUP_API_KEY")
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    return httpx.Client(base_url=find_url(url, run_dir), headers=headers, timeout=30)
-
-
-def _show(resp: httpx.Response) -> Any:
-    if resp.status_code >= 400:
-        try:
-            message = resp.json().get("error", resp.text)
-        except ValueError:
-            message = resp.text
-        typer.echo(f"error {resp.status_code}: {message}", err=True)
-        raise typer.Exit(1)
-    data = resp.json()
-    typer.echo(json.dumps(data, indent=2))
-    return data
-
-
-def _call(fn: Any) -> Any:
+def _answer(url: str | None, run_dir: Path | None, call: Callable[[Client], dict[str, Any]]) -> dict[str, Any]:
+    """One call of the Python client (the API key goes to job routes, the admin token to admin routes only);
+    its JSON answer printed. An error answer, or no answer: the message on stderr, exit status 1."""
     try:
-        return fn()
-    except httpx.HTTPError as exc:
+        with Client(url=url, run_dir=run_dir) as client:
+            data = call(client)
+    except ServerUnreachable as exc:
         typer.echo(f"cannot reach the server: {exc}", err=True)
         raise typer.Exit(1) from None
+    except LlmsupError as exc:
+        typer.echo(f"error {exc.status_code}: {exc.message}" if exc.status_code else f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(data, indent=2))
+    return data
 
 
 @app.command()
@@ -128,46 +114,41 @@ def submit(
     url: UrlOpt = None,
     run_dir: RunDirOpt = None,
 ) -> None:
-    """Submit a prompt as a job."""
-    body: dict[str, Any] = {"prompt": prompt, "priority": priority}
-    for key, value in (("deadline_s", deadline), ("max_tokens", max_tokens), ("idempotency_key", idempotency_key)):
-        if value is not None:
-            body[key] = value
-    with _client(url, run_dir) as client:
-        if not wait:
-            _call(lambda: _show(client.post("/v1/jobs", json=body)))
-            return
-        resp = _call(lambda: client.post("/v1/jobs", json=body))
-        if resp.status_code >= 400:
-            _show(resp)
-        job = resp.json()
-        path = f"/v1/jobs/{job['id']}"
-        while job["status"] in ("queued", "running"):  # long-poll: the server answers when the job ends
-            job = _call(lambda: client.get(path, params={"wait_s": 25})).json()
-        typer.echo(json.dumps(job, indent=2))
-        if job["status"] != "succeeded":
-            raise typer.Exit(3)
+    """Submit a prompt as a job (with --wait: print it once it has ended; exit status 3 unless it succeeded)."""
+
+    def call(client: Client) -> dict[str, Any]:
+        job = client.submit(prompt, deadline_s=deadline, max_tokens=max_tokens, priority=priority,
+                            idempotency_key=idempotency_key)
+        return job.wait().data if wait else job.data  # wait: server long-polls until the job ends
+
+    job = _answer(url, run_dir, call)
+    if wait and job["status"] != "succeeded":
+        raise typer.Exit(3)
 
 
 @app.command()
 def status(job_id: Annotated[str | None, typer.Argument()] = None, url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
     """Show one job, or the latest jobs."""
-    with _client(url, run_dir) as client:
-        _call(lambda: _show(client.get(f"/v1/jobs/{job_id}" if job_id else "/v1/jobs")))
+
+    def call(client: Client) -> dict[str, Any]:
+        if job_id:
+            return client.job(job_id).data
+        jobs = [h.data for h in client.jobs()]
+        return {"jobs": jobs, "count": len(jobs)}
+
+    _answer(url, run_dir, call)
 
 
 @app.command()
 def kill(job_id: str, url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
     """Admin: kill a job (queued: at once; running: interrupt, then escalate)."""
-    with _client(url, run_dir, admin=True) as client:
-        _call(lambda: _show(client.post(f"/admin/jobs/{job_id}/kill")))
+    _answer(url, run_dir, lambda client: client.kill(job_id).data)
 
 
 @app.command()
 def engines(url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
     """Admin: list the engines and what they run."""
-    with _client(url, run_dir, admin=True) as client:
-        _call(lambda: _show(client.get("/admin/engines")))
+    _answer(url, run_dir, lambda client: client.engine_list())
 
 
 def main() -> None:

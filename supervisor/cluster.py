@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ipyparallel as ipp
+import psutil
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.leftovers import ProcessLedger
 from llmsup.supervisor.rundir import prepare_run_dir
@@ -72,6 +73,12 @@ class ClusterManager:
         env = {"LLMSUP_ENGINE_SET": set_id, "CUDA_VISIBLE_DEVICES": gpu, "IPYTHONDIR": os.environ["IPYTHONDIR"]}
         return set_id, self.cluster.start_engines(1, engine_set_id=set_id, environment=env)
 
+    def set_pids(self, set_id: str) -> list[int]:
+        """The processes IPyParallel's launcher started for this engine set (local clusters)."""
+        launcher = self.cluster.engines.get(set_id) if self.cluster is not None else None
+        children = getattr(launcher, "launchers", {}) or {}
+        return [int(child.pid) for child in children.values() if getattr(child, "pid", None)]
+
     async def stop_engine_set(self, set_id: str) -> None:
         if self.cluster is not None and set_id in self.cluster.engines:
             try:
@@ -103,6 +110,24 @@ class ClusterManager:
             await within(asyncio.wrap_future(fut), timeout)
         except Exception as exc:  # stop_cluster below still stops them
             log.debug("engine shutdown request: %s", exc)
+
+    def controller_alive(self) -> bool:
+        """False once the controller this process started has died (local clusters; True when joined)."""
+        pid = getattr(self.cluster.controller, "pid", None) if self.cluster is not None else None
+        if not pid:
+            return True
+        try:
+            return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    async def restart(self) -> None:
+        """A new controller after the old one died: the old engines are stopped (they cannot reach it), the
+        client reconnects; engines are launched again by the caller."""
+        await self.stop()
+        for name in [n for n in self.ledger.entries if n.startswith(("engine:", "nanny:", "controller"))]:
+            self.ledger.kill(name)
+        await self.start()
 
     async def stop(self) -> None:
         if self.client is not None:

@@ -66,6 +66,7 @@ class Job:
     prompt_tokens: int = 0  # as counted by the backend (0: unknown)
     finish_reason: str | None = None
     error: str | None = None
+    error_detail: str | None = None  # engine-side traceback of a failure: shown to admins only
     created_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None

@@ -30,3 +30,17 @@ class Metrics:
             "llmsup_interrupt_latency_seconds", "Interrupt asked to job settled", buckets=LATENCY_BUCKETS, registry=r
         )
         self.engine_restarts = Counter("llmsup_engine_restarts", "Engines replaced", ["reason"], registry=r)
+        self.malformed = Counter(
+            "llmsup_malformed_messages", "Messages from engines that could not be read, dropped", ["channel"], registry=r
+        )  # stream (token stream), control (batched engines' control channel)
+        self.standby_promotions = Counter(
+            "llmsup_standby_promotions", "Standby engines promoted in place of a killed, lost or recycled engine",
+            registry=r,
+        )
+        self.driver_errors = Counter(
+            "llmsup_internal_errors", "Unexpected errors caught in the supervisor (the job or engine took its failure path)",
+            ["step"], registry=r,
+        )
+        self.loop_restarts = Counter(
+            "llmsup_loop_restarts", "Supervisor loops restarted after an unexpected error", ["loop"], registry=r
+        )

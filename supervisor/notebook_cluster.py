@@ -15,27 +15,29 @@ and the watchdog's SIGINT would land in your code). :func:`borrow_engine` makes 
    there is done; only then undrain (``?undo=true``). If your work is still running after
    ``release_timeout``, the engine stays drained (``BorrowError``) until you undrain or restart it.
 
-The notebook never signals engines: the supervisor alone interrupts, and only its own jobs.
+The notebook never signals engines: the supervisor alone interrupts, and only its own jobs. The code here is
+asynchronous (the async client's own); the sync client runs it on its loop thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmsup.supervisor.client_base import BorrowError, NotFound
+from llmsup.supervisor.client_base import Deadline
+from llmsup.supervisor.client_errors import BorrowError, NotFound
 from llmsup.supervisor.discovery import run_dir_default
 
 if TYPE_CHECKING:
-    from llmsup.supervisor.client import Client
+    from llmsup.supervisor.client_async import AsyncClient
 
 CLUSTER_ID = "llmsup"
-POLL_S = 0.05
+POLL_S = 0.05  # engines have no long-poll route: their list is read again this often while waiting
 
 
 def profile_dir(run_dir: Path | str | None = None) -> Path:
@@ -64,19 +66,19 @@ def connect_cluster(run_dir: Path | str | None = None, url_file: Path | str | No
     return ipp.Client(str(path), **kwargs)
 
 
-def sync_cluster(client: Client, rc: Any, timeout: float = 30.0) -> list[int]:
+async def sync_cluster(client: AsyncClient, rc: Any, timeout: float = 30.0) -> list[int]:
     """Wait until the cluster client ``rc`` sees exactly the engines the supervisor lists; their ids.
 
     Registration and unregistration reach each IPyParallel client on its own, a moment apart.
     """
-    end = time.monotonic() + timeout
+    end = Deadline.after(timeout)
     while True:
-        want = {e["id"] for e in client.engines()}
+        want = {e["id"] for e in await client.engines()}
         if set(rc.ids) == want:
             return sorted(want)
-        if time.monotonic() >= end:
+        if end.passed():
             raise BorrowError(f"cluster client sees engines {rc.ids}, the supervisor {sorted(want)}")
-        time.sleep(POLL_S)
+        await asyncio.sleep(POLL_S)
 
 
 def _pick(engines: dict[int, dict[str, Any]]) -> int | None:
@@ -88,11 +90,11 @@ def _pick(engines: dict[int, dict[str, Any]]) -> int | None:
     return None
 
 
-def _acquire(client: Client, engine_id: int | None, end: float) -> int:
+async def _acquire(client: AsyncClient, engine_id: int | None, end: Deadline) -> int:
     chosen, drained = engine_id, False
     try:
         while True:
-            engines = {e["id"]: e for e in client.engines()}
+            engines = {e["id"]: e for e in await client.engines()}
             if chosen is None:
                 chosen, drained = _pick(engines), False
             engine = engines.get(chosen) if chosen is not None else None
@@ -109,47 +111,56 @@ def _acquire(client: Client, engine_id: int | None, end: float) -> int:
                 elif state == "draining" and not engine["jobs"]:
                     return chosen
                 elif state in ("idle", "busy"):
-                    client.drain_engine(chosen)
+                    await client.drain_engine(chosen)
                     drained = True
                     continue
-            if time.monotonic() >= end:
+            if end.passed():
                 raise BorrowError(f"could not borrow an engine in time; engines: {list(engines.values())}")
-            time.sleep(POLL_S)
+            await asyncio.sleep(POLL_S)
     except BaseException:
         if drained and chosen is not None:
-            _undrain(client, chosen)
+            await _undrain(client, chosen)
         raise
 
 
-def _undrain(client: Client, engine_id: int) -> None:
+async def _undrain(client: AsyncClient, engine_id: int) -> None:
     try:
-        client.drain_engine(engine_id, undo=True)
+        await client.drain_engine(engine_id, undo=True)
     except NotFound:
         pass  # restarted meanwhile: its replacement serves
 
 
-def _probe(view: Any, timeout: float) -> None:
-    view.apply_async(os.getpid).get(timeout=timeout)
+async def _probe(view: Any, timeout: float) -> None:
+    """A no-op on the engine, awaited: tasks on one engine run in order, so its reply means the engine is free.
+
+    ``TimeoutError`` after ``timeout``; the no-op stays queued there (shielded: cancelling ipyparallel's
+    future would break its bookkeeping)."""
+    reply = asyncio.wrap_future(view.apply_async(os.getpid))
+    await asyncio.wait_for(asyncio.shield(reply), timeout)
 
 
-@contextmanager
-def borrow_engine(client: Client, engine_id: int | None = None, timeout: float = 60.0, rc: Any = None,
-                  release_timeout: float = 30.0) -> Iterator[Any]:
+async def _visible(rc: Any, eid: int, end: Deadline) -> None:
+    while eid not in rc.ids:  # registration reaches this client a moment after the supervisor
+        if end.passed():
+            raise BorrowError(f"engine {eid} not visible to this cluster client: {rc.ids}")
+        await asyncio.sleep(POLL_S)
+
+
+@asynccontextmanager
+async def borrow_engine(client: AsyncClient, engine_id: int | None = None, timeout: float = 60.0, rc: Any = None,
+                        release_timeout: float = 30.0) -> AsyncIterator[Any]:
     """Drain one engine (``engine_id``, else an idle one), yield a DirectView of it, hand it back on exit."""
-    end = time.monotonic() + timeout
+    end = Deadline.after(timeout)
     own_rc = rc is None
-    rc = connect_cluster(client.run_dir) if own_rc else rc
+    rc = await asyncio.to_thread(connect_cluster, client.run_dir) if own_rc else rc
     try:
-        eid = _acquire(client, engine_id, end)
+        eid = await _acquire(client, engine_id, end)
         try:
-            while eid not in rc.ids:  # registration reaches this client a moment after the supervisor
-                if time.monotonic() >= end:
-                    raise BorrowError(f"engine {eid} not visible to this cluster client: {rc.ids}")
-                time.sleep(POLL_S)
+            await _visible(rc, eid, end)
             view = rc[eid]
-            _probe(view, max(1.0, end - time.monotonic()))
+            await _probe(view, max(1.0, end.step(timeout)))
         except BaseException:
-            _undrain(client, eid)
+            await _undrain(client, eid)
             raise
         failed = False
         try:
@@ -158,15 +169,15 @@ def borrow_engine(client: Client, engine_id: int | None = None, timeout: float =
             failed = True
             raise
         finally:
-            _release(client, view, eid, release_timeout, failed)
+            await _release(client, view, eid, release_timeout, failed)
     finally:
         if own_rc:
-            rc.close()
+            await asyncio.to_thread(rc.close)
 
 
-def _release(client: Client, view: Any, eid: int, release_timeout: float, failed: bool) -> None:
+async def _release(client: AsyncClient, view: Any, eid: int, release_timeout: float, failed: bool) -> None:
     try:
-        _probe(view, release_timeout)
+        await _probe(view, release_timeout)
     except TimeoutError:
         msg = (f"engine {eid} is still running work sent while it was borrowed; it stays drained. When that "
                f"work is done: client.drain_engine({eid}, undo=True); or client.restart_engine({eid})")
@@ -176,4 +187,4 @@ def _release(client: Client, view: Any, eid: int, release_timeout: float, failed
         raise BorrowError(msg) from None
     except Exception:  # noqa: BLE001 - the engine died under the borrowed work: the supervisor replaces it
         return
-    _undrain(client, eid)
+    await _undrain(client, eid)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from ipyparallel import error as ipp_error
+from llmsup.engines.messages import JobResult, ProtocolError, decode_for_supervisor
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.supervisor.running import RunningJob
 
@@ -27,6 +27,7 @@ class Settlement:
     requeue_reason: str | None = None
     charge_attempt: bool = True  # False: the retry does not count against max_attempts
     engine_lost: bool = False  # the engine is gone: replace it
+    error_detail: str | None = None  # for admins: the engine-side traceback of a failure
 
 
 def note(run: RunningJob, reason: JobStatus) -> str:
@@ -60,25 +61,33 @@ def from_exception(exc: BaseException, run: RunningJob, max_attempts: int) -> Se
         if run.killed:
             return partial(run, reason)
         return lost(run, f"engine {run.engine.id} died: {exc}", max_attempts)
-    return Settlement(JobStatus.FAILED, run.text, len(run.pieces), f"{ename}: {exc}")
+    remote_traceback = getattr(exc, "traceback", None)  # a RemoteError carries the engine's own
+    return Settlement(JobStatus.FAILED, run.text, len(run.pieces), f"{ename}: {exc}",
+                      error_detail=remote_traceback if isinstance(remote_traceback, str) else None)
 
 
-def from_result(result: dict[str, Any], run: RunningJob, max_attempts: int) -> Settlement:
-    text, tokens = result.get("text", ""), int(result.get("tokens", 0))
-    outcome = result.get("outcome")
-    if outcome == "completed":
-        return Settlement(JobStatus.SUCCEEDED, text, tokens, None, result.get("finish_reason"),
-                          int(result.get("prompt_tokens") or 0))
-    if outcome == "interrupted":
-        engine_reason = result.get("reason")
-        if engine_reason == "stopped":  # a batched engine was stopped under the job: run it again
+def decode_reply(reply: object) -> JobResult:
+    """The engine's answer as a typed result; one this build cannot read is an error result saying so."""
+    if isinstance(reply, JobResult):  # batched engines: already decoded from the token stream
+        return reply
+    try:
+        return decode_for_supervisor(reply, expect=(JobResult,))
+    except ProtocolError as exc:
+        return JobResult("error", error=f"unreadable result from the engine ({exc})")
+
+
+def from_result(result: JobResult, run: RunningJob, max_attempts: int) -> Settlement:
+    text, tokens = result.text, result.tokens
+    if result.outcome == "completed":
+        return Settlement(JobStatus.SUCCEEDED, text, tokens, None, result.finish_reason, result.prompt_tokens)
+    if result.outcome == "interrupted":
+        if result.reason == "stopped":  # a batched engine was stopped under the job: run it again
             return Settlement(Q, requeue_reason="engine stopped", charge_attempt=False)
-        if engine_reason == "deadline":
+        if result.reason == "deadline":
             return Settlement(JobStatus.TIMED_OUT, text, tokens, note(run, JobStatus.TIMED_OUT))
         if run.interrupt_reason is None:
             return Settlement(JobStatus.CANCELLED, text, tokens, "interrupted from outside the supervisor")
         return Settlement(run.interrupt_reason, text, tokens, note(run, run.interrupt_reason))
-    if result.get("transient") and run.job.attempts < max_attempts:
-        return Settlement(Q, requeue_reason=f"transient error: {result.get('error')}",
-                          engine_lost=bool(result.get("engine_dead")))
-    return Settlement(JobStatus.FAILED, text, tokens, result.get("error"))
+    if result.transient and run.job.attempts < max_attempts:
+        return Settlement(Q, requeue_reason=f"transient error: {result.error}", engine_lost=result.engine_dead)
+    return Settlement(JobStatus.FAILED, text, tokens, result.error, error_detail=result.traceback)

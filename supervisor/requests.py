@@ -71,6 +71,13 @@ class EngineNotFound(SupervisorError, KeyError):
         return self.args[0]
 
 
+class EngineBusy(SupervisorError):
+    """An admin operation on an engine that is already being killed, recycled or restarted."""
+
+    def __init__(self, engine_id: int, state: str) -> None:
+        super().__init__(f"engine {engine_id} is {state}")
+
+
 class InvalidRequest(SupervisorError, ValueError):
     pass
 

@@ -1,12 +1,12 @@
-"""The live handle of a running job: the only mutable part of a job's life."""
+"""The live handle of a running job: the only mutable part of a job's life (written by the core alone)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
+from llmsup.supervisor.engine_state import Engine
 from llmsup.supervisor.jobs import Job, JobStatus
-from llmsup.supervisor.pool import Engine
+from llmsup.supervisor.ladder import Escalation
 
 
 @dataclass(eq=False)
@@ -14,17 +14,13 @@ class RunningJob:
     job: Job  # the stored record as it was when dispatched
     engine: Engine
     started_mono: float
-    future: asyncio.Future | None = None
     pieces: list[str] = field(default_factory=list)
     first_token_mono: float | None = None
-    deadline_timer: asyncio.TimerHandle | None = None
-    interrupt_reason: JobStatus | None = None  # TIMED_OUT or CANCELLED once an interrupt is asked
-    interrupt_mono: float | None = None
-    escalation: asyncio.Task | None = None
+    task_started: bool = False  # the engine said it runs the job (a SIGINT now reaches it)
+    escalation: Escalation | None = None  # the ladder, once an interrupt is asked
     killed: bool = False  # the watchdog SIGKILLed its engine
     cancel_note: str = "cancelled by user"
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
-    task_started: asyncio.Event = field(default_factory=asyncio.Event)  # the engine began running it
+    settled: bool = False
 
     @property
     def key(self) -> str:
@@ -32,11 +28,23 @@ class RunningJob:
         return f"{self.job.id}#{self.job.attempts}"
 
     @property
+    def deadline_at(self) -> float:
+        return self.started_mono + self.job.deadline_s
+
+    @property
+    def interrupt_reason(self) -> JobStatus | None:
+        return self.escalation.reason if self.escalation else None
+
+    @property
+    def interrupt_mono(self) -> float | None:
+        return self.escalation.asked_at if self.escalation else None
+
+    @property
     def text(self) -> str:
         return "".join(self.pieces)
 
     def add_piece(self, seq: int, text: str, now: float) -> bool:
-        if seq != len(self.pieces) or self.settled.is_set():
+        if seq != len(self.pieces) or self.settled:
             return False
         if self.first_token_mono is None:
             self.first_token_mono = now

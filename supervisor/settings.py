@@ -16,6 +16,11 @@ class Settings(BaseSettings):
 
     # cluster
     engines: int = Field(2, ge=0, le=512, description="engines to start for a local cluster")
+    standby: int | None = Field(
+        None, ge=0, le=64,
+        description="warm standby engines (loaded, given no jobs) that take a killed engine's place at once; "
+        "default: per backend and device (0 for sim and vLLM on CPU, 1 for transformers on CPU, 1 on a spare GPU)",
+    )
     backend: BackendName = Field(
         "auto", description="model backend every engine loads; auto: vLLM with a GPU, else transformers, else sim"
     )
@@ -28,6 +33,11 @@ class Settings(BaseSettings):
     slots_per_engine: int | None = Field(None, ge=1, le=1024, description="jobs at once per engine")
     engine_options: dict[str, Any] = Field(
         default_factory=dict, description="backend options as JSON, e.g. {\"multiprocessing\": true} for vLLM"
+    )
+    engine_nice: int = Field(
+        10, ge=0, le=19,
+        description="engines (and the processes they start) run this much nicer than the supervisor: its timers and "
+        "signals win the CPU from the jobs they interrupt (0: same priority)",
     )
     engine_test_hooks: bool = Field(False, description="honour [llmsup:stall] test directives in batched engines")
     sim_token_s: float = Field(0.005, ge=0, le=60, description="sim backend seconds per token")
@@ -46,6 +56,12 @@ class Settings(BaseSettings):
     kill_grace_s: float = Field(1.0, gt=0, description="SIGINT -> SIGKILL of the engine")
     signal_path: Literal["auto", "direct", "ipp"] = Field(
         "auto", description="auto: os.kill for engines on this host, Client.send_signal for others"
+    )
+    engine_relaunch_s: float = Field(
+        5.0, gt=0, description="at most one launch this often to make up a short engine count (a failed launch)"
+    )
+    engine_beat_timeout_s: float = Field(
+        10.0, gt=0, description="a batched engine whose serving loop sends no heartbeat for this long is replaced"
     )
     max_jobs_per_engine: int = Field(0, ge=0, description="recycle an engine after N jobs (0: never)")
     max_engine_rss_mb: float = Field(0, ge=0, description="recycle an engine above this RSS (0: never)")
@@ -145,6 +161,7 @@ class Settings(BaseSettings):
             "run_dir": str(self.run_dir.resolve()),
             "threads": self.engine_threads,
             "sim_token_s": self.sim_token_s,
+            "nice": self.engine_nice,
             "options": dict(self.engine_options),
             "engines_on_host": self.engines if self.cluster_file is None else 1,
         }

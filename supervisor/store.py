@@ -182,7 +182,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     owner TEXT,
     idempotency_key TEXT UNIQUE,
     data TEXT NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    error_detail TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (status, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq);
@@ -244,15 +245,15 @@ class SQLiteStore:
     @staticmethod
     def _row(job: Job) -> tuple[object, ...]:
         return (job.status.value, job.priority, job.not_before, _expires_at(job), job.owner, json.dumps(job.to_dict()),
-                job.finished_at if job.status.terminal else None)
+                job.finished_at if job.status.terminal else None, job.error_detail)
 
     def add(self, job: Job) -> Job:
         job = job.with_changes(seq=next(self._seq))
         key = scoped_key(job.owner, job.idempotency_key) if job.idempotency_key is not None else None
         try:
             self._db.execute(
-                "INSERT INTO jobs (status, priority, not_before, expires_at, owner, data, finished_at, id, seq,"
-                " idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (status, priority, not_before, expires_at, owner, data, finished_at, error_detail,"
+                " id, seq, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*self._row(job), job.id, job.seq, key),
             )
         except sqlite3.IntegrityError:
@@ -268,8 +269,8 @@ class SQLiteStore:
             self._db.execute("PRAGMA synchronous=FULL")  # this commit fsyncs the WAL
         try:
             cur = self._db.execute(
-                "UPDATE jobs SET status=?, priority=?, not_before=?, expires_at=?, owner=?, data=?, finished_at=?"
-                " WHERE id=?",
+                "UPDATE jobs SET status=?, priority=?, not_before=?, expires_at=?, owner=?, data=?, finished_at=?,"
+                " error_detail=? WHERE id=?",
                 (*self._row(job), job.id),
             )
         finally:

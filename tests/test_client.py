@@ -5,8 +5,10 @@ The server is started once for the module (tests/serverfixtures.py); every test 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +30,7 @@ from llmsup.supervisor.client import (
     ServerUnreachable,
 )
 from llmsup.supervisor.client_base import SSEParser, TextTracker, error_from
-from serverfixtures import LiveServer, finish_server, free_port, start_server
+from serverfixtures import LLMSUP, LiveServer, finish_server, free_port, start_server
 
 pytestmark = pytest.mark.timeout(120)
 QUEUE_MAX = 6
@@ -138,7 +140,7 @@ def test_idempotency_key_returns_the_same_job(client: Client) -> None:
 
 @pytest.mark.parametrize("use_sse", [True, False], ids=["events", "polling"])
 def test_stream_yields_text_as_it_is_generated(client: Client, use_sse: bool) -> None:
-    client._sse = None if use_sse else False
+    client.core._sse = None if use_sse else False
     h = client.submit(SLOW + "stream these words", max_tokens=25, deadline_s=20)
     t0 = time.monotonic()
     arrivals = [(time.monotonic() - t0, piece) for piece in h.stream(timeout=30)]
@@ -147,7 +149,7 @@ def test_stream_yields_text_as_it_is_generated(client: Client, use_sse: bool) ->
     assert len(arrivals) >= 5, arrivals  # many pieces, not one at the end
     assert arrivals[-1][0] - arrivals[0][0] > 0.2  # the first came well before the last
     if use_sse:
-        assert client._sse is True  # the server's event stream was used
+        assert client.core._sse is True  # the server's event stream was used
 
 
 def test_stream_of_a_finished_job_gives_its_output(client: Client) -> None:
@@ -239,6 +241,31 @@ async def test_async_client(env: LiveServer) -> None:
         assert len(await c.engines()) == 2
         with pytest.raises(NotFound):
             await c.job("job-nope")
+
+
+def test_cli_submit_wait_status_and_engines(env: LiveServer) -> None:
+    """The CLI on the client against the real server: the admin token (from the run directory) opens the admin
+    routes; job routes need none on loopback."""
+    def llmsup(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*LLMSUP, *args], capture_output=True, text=True, timeout=60, check=False)
+
+    done = llmsup("submit", "cli words", "--max-tokens", "5", "--deadline", "20", "--wait")
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["status"] == "succeeded" and job["tokens"] == 5
+    assert json.loads(llmsup("status", job["id"]).stdout)["output"] == job["output"]
+    engines = json.loads(llmsup("engines").stdout)
+    assert len(engines["engines"]) == 2 and "starting" in engines
+    timed_out = llmsup("submit", "[sim:hang] runaway", "--deadline", "1", "--wait")
+    assert timed_out.returncode == 3 and json.loads(timed_out.stdout)["status"] == "timed_out"
+
+
+async def test_async_borrow_engine(env: LiveServer) -> None:
+    async with AsyncClient() as c:
+        async with c.borrow_engine(timeout=30) as view:
+            assert {e["id"]: e["state"] for e in await c.engines()}[view.targets] == "draining"
+            assert await asyncio.wrap_future(view.apply_async(sum, [1, 2, 3])) == 6
+        assert {e["state"] for e in await c.engines()} == {"idle"}
 
 
 # engines and the cluster ------------------------------------------------------------------------
@@ -343,8 +370,7 @@ def test_stream_over_events_with_a_gap_and_a_retry() -> None:
             return httpx.Response(200, content=events, headers={"content-type": "text/event-stream"})
         return httpx.Response(200, json=_job("running", "a b c d ", 4))
 
-    c = Client(url="http://llmsup.test")
-    c._http = httpx.Client(base_url=c.url, transport=httpx.MockTransport(handler))
+    c = Client(url="http://llmsup.test", transport=httpx.MockTransport(handler))
     h = JobHandle(c, _job("queued"))
     assert list(h.stream(timeout=5)) == ["a ", "b ", "c d ", "e ", "f "]
     assert h.status == "succeeded" and h.output == "a b c d e f "
@@ -362,10 +388,9 @@ def test_stream_falls_back_to_polling_without_an_event_route() -> None:
             return httpx.Response(200, json=_job("running"))
         return httpx.Response(200, json=next(snapshots))
 
-    c = Client(url="http://llmsup.test")
-    c._http = httpx.Client(base_url=c.url, transport=httpx.MockTransport(handler))
+    c = Client(url="http://llmsup.test", transport=httpx.MockTransport(handler))
     assert "".join(JobHandle(c, _job("queued")).stream(poll_interval=0)) == "x y z "
-    assert c._sse is False and sum(p.endswith("/events") for p in calls) == 1
+    assert c.core._sse is False and sum(p.endswith("/events") for p in calls) == 1
 
 
 def test_text_tracker_new_attempt_that_differs_is_given_whole() -> None:
@@ -408,9 +433,8 @@ def test_error_mapping_and_auth_headers(tmp_path: Path, monkeypatch: pytest.Monk
             return httpx.Response(200, json={"engines": []})
         return httpx.Response(200, json={"jobs": [], "count": 0})
 
-    c = Client(run_dir=tmp_path)
+    c = Client(run_dir=tmp_path, transport=httpx.MockTransport(handler))
     assert c.url == "http://llmsup.test"
-    c._http = httpx.Client(base_url=c.url, transport=httpx.MockTransport(handler))
     c.engines()
     c.jobs()
     assert seen == {"/admin/engines": "Bearer adm", "/v1/jobs": "Bearer key"}

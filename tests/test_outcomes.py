@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import make_settings
+from llmsup.engines.messages import JobResult
+from llmsup.supervisor.engine_state import Engine
 from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
-from llmsup.supervisor.outcomes import from_exception, from_result, lost
-from llmsup.supervisor.pool import Engine
+from llmsup.supervisor.ladder import Escalation, Rung
+from llmsup.supervisor.outcomes import decode_reply, from_exception, from_result, lost
 from llmsup.supervisor.requests import InvalidRequest, JobRequest, QueueFull
 from llmsup.supervisor.running import RunningJob
 from llmsup.supervisor.service import Supervisor
@@ -21,10 +24,11 @@ pytestmark = pytest.mark.timeout(10)
 
 def running(attempts: int = 1, reason: JobStatus | None = None, deadline: float = 5.0) -> RunningJob:
     job = Job(prompt="p", deadline_s=deadline).with_changes(status=S.RUNNING, attempts=attempts)
-    engine = Engine(id=3, host="h", host_key="h|b", pid=10, pgid=10, gpu="0", set_id="e3")
+    engine = Engine(id=3, host="h", host_key="h|b", pid=10, gpu="0", set_id="e3")
     run = RunningJob(job, engine, 0.0)
     run.pieces.extend(["a ", "b "])
-    run.interrupt_reason = reason
+    if reason is not None:
+        run.escalation = Escalation(reason, False, 0.0, Rung.INTERRUPTED, 0.0, 0.0)
     return run
 
 
@@ -35,12 +39,12 @@ class RemoteError(Exception):
 
 
 def test_completed_result_succeeds() -> None:
-    st = from_result({"outcome": "completed", "text": "xyz", "tokens": 3, "finish_reason": "stop"}, running(), 3)
+    st = from_result(JobResult("completed", "xyz", 3, "stop"), running(), 3)
     assert (st.status, st.text, st.tokens, st.finish_reason) == (S.SUCCEEDED, "xyz", 3, "stop")
 
 
 def test_interrupted_result_takes_the_reason_asked_for() -> None:
-    result = {"outcome": "interrupted", "text": "ab", "tokens": 2}
+    result = JobResult("interrupted", "ab", 2)
     assert from_result(result, running(reason=S.TIMED_OUT), 3).status is S.TIMED_OUT
     assert from_result(result, running(reason=S.CANCELLED), 3).status is S.CANCELLED
     outside = from_result(result, running(reason=None), 3)
@@ -48,18 +52,31 @@ def test_interrupted_result_takes_the_reason_asked_for() -> None:
 
 
 def test_batched_engine_reasons() -> None:
-    assert from_result({"outcome": "interrupted", "reason": "deadline"}, running(), 3).status is S.TIMED_OUT
-    stopped = from_result({"outcome": "interrupted", "reason": "stopped"}, running(), 3)
+    assert from_result(JobResult("interrupted", reason="deadline"), running(), 3).status is S.TIMED_OUT
+    stopped = from_result(JobResult("interrupted", reason="stopped"), running(), 3)
     assert stopped.status is S.QUEUED and not stopped.charge_attempt
 
 
 def test_errors_fail_unless_transient_with_attempts_left() -> None:
-    err = {"outcome": "error", "error": "ValueError: x", "transient": False}
-    assert from_result(err, running(), 3).status is S.FAILED
-    transient = dict(err, transient=True, engine_dead=True)
+    err = JobResult("error", error="ValueError: x", traceback="Traceback (most recent call last): ...")
+    failed = from_result(err, running(), 3)
+    assert failed.status is S.FAILED and failed.error == "ValueError: x"
+    assert failed.error_detail == "Traceback (most recent call last): ..."
+    transient = replace(err, transient=True, engine_dead=True)
     st = from_result(transient, running(attempts=1), 3)
     assert st.status is S.QUEUED and st.engine_lost
     assert from_result(transient, running(attempts=3), 3).status is S.FAILED
+
+
+def test_a_reply_this_build_cannot_read_fails_the_job_saying_so() -> None:
+    typed = JobResult("completed", "x", 1)
+    assert decode_reply(typed) is typed
+    assert decode_reply({"outcome": "completed", "text": "x", "tokens": 1, "version": 1, "kind": "result"}) == typed
+    for reply in (None, {"outcome": "completed", "text": "x"}, {"outcome": "completed", "version": 2, "kind": "result"},
+                  {"outcome": "completed", "tokens": "1", "version": 1, "kind": "result"}, b"\xff"):
+        result = decode_reply(reply)
+        assert result.outcome == "error" and "unreadable result" in result.error
+        assert from_result(result, running(), 3).status is S.FAILED
 
 
 def test_exceptions_keyboard_interrupt_engine_error_other() -> None:
@@ -71,7 +88,11 @@ def test_exceptions_keyboard_interrupt_engine_error_other() -> None:
     killed.killed = True
     st = from_exception(RemoteError("EngineError"), killed, 3)
     assert st.status is S.TIMED_OUT and st.text == "a b " and "engine killed" in st.error
-    assert from_exception(RemoteError("ZeroDivisionError"), running(), 3).status is S.FAILED
+    other = from_exception(RemoteError("ZeroDivisionError"), running(), 3)
+    assert other.status is S.FAILED and other.error_detail is None
+    escaped = RemoteError("SystemExit")
+    escaped.traceback = "Traceback (most recent call last): ...\nSystemExit: 3"  # as ipyparallel's RemoteError
+    assert from_exception(escaped, running(), 3).error_detail == escaped.traceback
 
 
 def test_uncharged_requeues_are_bounded() -> None:

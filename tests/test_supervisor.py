@@ -193,11 +193,11 @@ async def test_streamed_output_visible_while_running(sup: Supervisor) -> None:
 @pytest.mark.settings(engines=1)
 async def test_dispatch_to_an_engine_that_left_requeues_without_charge(sup: Supervisor) -> None:
     """The controller dropped an engine before the pool noticed: the job goes back, uncharged, and runs."""
-    from llmsup.supervisor.pool import Engine, EngineState
+    from llmsup.supervisor.engine_state import Engine, EngineState, move
 
     real = next(iter(sup.pool))
-    ghost = Engine(id=999, host="gone", host_key="elsewhere", pid=2**22 + 1, pgid=2**22 + 1, gpu="", set_id="",
-                   state=EngineState.IDLE)
+    ghost = Engine(id=999, host="gone", host_key="elsewhere", pid=2**22 + 1, gpu="", set_id="")
+    move(ghost, EngineState.IDLE, "a test's ghost")
     sup.pool.add(ghost)
     sup.drain_engine(real.id)
     job = submit(sup, "hello", max_tokens=3)

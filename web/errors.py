@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from llmsup.supervisor.requests import EngineNotFound, InvalidRequest, JobNotFound, QueueFull
+from llmsup.supervisor.requests import EngineBusy, EngineNotFound, InvalidRequest, JobNotFound, QueueFull
 from llmsup.supervisor.transitions import InvalidTransition
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -111,6 +111,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(EngineNotFound)
     async def _no_engine(request: Request, exc: EngineNotFound) -> JSONResponse:
         return _error(request, 404, str(exc))
+
+    @app.exception_handler(EngineBusy)
+    async def _engine_busy(request: Request, exc: EngineBusy) -> JSONResponse:
+        return _error(request, 409, str(exc))
 
     @app.exception_handler(InvalidRequest)
     async def _bad(request: Request, exc: InvalidRequest) -> JSONResponse:

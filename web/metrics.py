@@ -92,7 +92,6 @@ async def metrics_access(request: Request) -> None:
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus"},
                        **errors(401, stream=True)})
 async def metrics(sup: SupervisorDep, request: Request) -> Response:
-    update = getattr(sup, "_update_gauges", None)
-    if update is not None and sup.started:
-        update()  # gauges as of now, not as of the last health tick
+    if sup.started:
+        sup.update_gauges()  # gauges as of now, not as of the last health tick
     return Response(generate_latest(sup.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import psutil
 from fastapi import APIRouter, Depends, Query
+from llmsup.supervisor.cluster_driver import ClusterDriver
+from llmsup.supervisor.engine_state import Engine
 from llmsup.supervisor.requests import JobNotFound
 from llmsup.supervisor.service import Supervisor
 from llmsup.web.auth import require_admin
@@ -34,16 +36,13 @@ def engine_list(sup: Supervisor) -> EngineList:
             view["rss_mb"] = _live_rss_mb(engine.pid, view["rss_mb"])
         view["uptime_s"] = round(time.time() - engine.started_at, 1) if engine and engine.started_at else None
         engines.append(EngineOut(**view))
-    manager = getattr(sup, "engines", None)
-    pending = sorted(getattr(manager, "_pending_sets", ()))
-    gpus = getattr(manager, "_set_gpu", {})
-    starting = [StartingEngineOut(engine_set=s, gpu=gpus.get(s, "")) for s in pending]
+    starting = [StartingEngineOut(engine_set=launch.set_id, gpu=launch.gpu)
+                for launch in sorted(sup.pool.launches.values(), key=lambda launch: launch.set_id)]
     return EngineList(engines=engines, starting=starting)
 
 
-def _is_local(sup: Supervisor, engine: Any) -> bool:
-    manager = getattr(sup, "engines", None)
-    return bool(manager is not None and manager.is_local(engine))
+def _is_local(sup: Supervisor, engine: Engine) -> bool:
+    return isinstance(sup.driver, ClusterDriver) and sup.driver.is_local(engine)
 
 
 def _live_rss_mb(pid: int, fallback: float) -> float:
@@ -77,12 +76,10 @@ async def interrupt_engine(engine_id: int, sup: SupervisorDep) -> EngineActionOu
 
 
 @router.post("/engines/{engine_id}/restart", response_model=EngineActionOut, status_code=202,
-             responses=errors(*AUTH, 404, 422))
+             responses=errors(*AUTH, 404, 409, 422))
 async def restart_engine(engine_id: int, sup: SupervisorDep) -> EngineActionOut:
     """Replace the engine: a busy one is killed (its jobs end ``cancelled``), an idle one released and stopped."""
-    engine = sup.find_engine(engine_id)  # 404 before anything starts
-    jobs = list(engine.jobs)
-    sup._spawn(sup.restart_engine(engine_id))
+    jobs = sup.restart_engine(engine_id)  # 404 if there is no such engine, 409 if it is already on its way out
     return EngineActionOut(engine=engine_id, action="restart", jobs=jobs)
 
 

@@ -22,7 +22,10 @@ LIST_LIMIT_MAX = 1000  # jobs per page: each carries its prompt (up to max_promp
 
 
 def job_out(job: Job, principal: Principal) -> JobOut:
-    return JobOut.of(job)
+    out = JobOut.of(job)
+    if principal.admin:  # engine tracebacks show code paths and data: admins only
+        out.error_detail = job.error_detail
+    return out
 
 
 @router.post("", status_code=202, response_model=JobOut, responses=errors(*AUTH, 403, 409, 413, 422, 429))

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from llmsup.supervisor.jobs import Job, JobStatus
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 
 def iso(ts: float | None) -> str | None:
@@ -81,6 +81,18 @@ class JobOut(BaseModel):
     created_at: str | None
     started_at: str | None
     finished_at: str | None
+    error_detail: str | None = Field(
+        None, description="admins only: the engine-side traceback of a failed job (absent for other callers)"
+    )
+
+    # no return annotation on purpose: pydantic would take it as this model's serialized schema (OpenAPI)
+    @model_serializer(mode="wrap")
+    def _without_empty_detail(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        """``error_detail`` is left out, not null, where the caller may not see it."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("error_detail") is None:
+            data.pop("error_detail", None)
+        return data
 
     @classmethod
     def of(cls, job: Job) -> "JobOut":

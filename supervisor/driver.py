@@ -1,0 +1,55 @@
+"""The port between the supervisor core and the cluster: what the core asks engines to do.
+
+Every method returns at once; what comes of it is reported back to the core as
+a typed event (``supervisor/reports.py``). The real driver works on an
+IPyParallel cluster (``supervisor/cluster_driver.py``); tests give the core a
+fake that records what was asked and report events by hand, with a fake clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from llmsup.engines.messages import JobSpec
+from llmsup.supervisor.engine_state import Engine
+
+
+class EngineDriver(Protocol):
+    can_launch: bool  # True: a local cluster whose engines this supervisor starts and replaces
+
+    def engine_ids(self) -> set[int]:
+        """Engines registered with the controller now."""
+
+    def launch(self, gpu: str) -> str:
+        """Start one engine on these devices; returns its engine set (LaunchFailed if it cannot start)."""
+
+    def identify(self, engine_id: int) -> None:
+        """Ask a newly registered engine who it is (EngineIdentified, or EngineFailed)."""
+
+    def load(self, engine: Engine, config: dict[str, Any]) -> None:
+        """Initialise the engine's backend (EngineLoaded, or EngineFailed)."""
+
+    def start_serving(self, engine: Engine) -> None:
+        """Start a batched engine's serving loop (EngineServing when it says hello, EngineFailed when it ends)."""
+
+    def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float) -> None:
+        """Run one job on exactly this engine (TaskStarted, TokenPiece..., then JobReply)."""
+
+    def abort(self, engine: Engine, key: str) -> None:
+        """Ask a batched engine to drop one request (its JobReply follows)."""
+
+    def sigint(self, engine: Engine, key: str) -> None:
+        """SIGINT to the engine's main thread (SigintDelivered once it has reached the engine)."""
+
+    def probe(self, engine: Engine, key: str) -> None:
+        """A no-op task behind the job (ProbeAnswered if it comes back)."""
+
+    def kill(self, engine: Engine) -> None:
+        """SIGKILL the engine's process group, or through its nanny when remote (EngineKilled)."""
+
+    def retire(self, engine: Engine, release: bool) -> None:
+        """Take a gone engine's process away: release its backend first if asked, stop its engine set
+        (EngineRetired once its devices are free for a replacement)."""
+
+    async def stop(self, engines: list[Engine], busy: set[int]) -> None:
+        """Release idle engines, kill busy ones, stop them all."""

@@ -1,0 +1,141 @@
+"""What drivers report to the supervisor core: typed events, one class each.
+
+Drivers (the engine driver over the IPyParallel cluster, the token stream
+reader, the control channel) never change job or engine state themselves: they
+do what the core asks and report what happened here, through one sink
+(``SupervisorCore.report``), which takes the time in and decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmsup.engines.messages import JobResult
+
+
+@dataclass(frozen=True)
+class EngineIdentity:
+    """What an engine says about itself when it registers."""
+
+    host: str
+    host_key: str
+    pid: int
+    gpu: str
+    engine_set: str = ""  # LLMSUP_ENGINE_SET of the process ("" if someone else started it)
+    nanny_pid: int | None = None
+    pid_started: float | None = None  # the process's start time (tells a reused pid apart)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EngineIdentity:
+        nanny = data.get("nanny_pid")
+        return cls(host=str(data["host"]), host_key=str(data["host_key"]), pid=int(data["pid"]),
+                   gpu=str(data.get("gpu") or ""), engine_set=str(data.get("engine_set") or ""),
+                   nanny_pid=int(nanny) if nanny else None,
+                   pid_started=float(data["pid_started"]) if data.get("pid_started") else None)
+
+
+# engines coming and going ------------------------------------------------------------
+@dataclass(frozen=True)
+class EngineRegistered:
+    engine_id: int  # a new id in the controller's list
+
+
+@dataclass(frozen=True)
+class EngineUnregistered:
+    engine_id: int  # gone from the controller's list (process died, or heartbeat lost)
+
+
+@dataclass(frozen=True)
+class EngineIdentified:
+    engine_id: int
+    identity: EngineIdentity
+
+
+@dataclass(frozen=True)
+class EngineLoaded:
+    engine_id: int
+    backend: dict[str, Any] = field(default_factory=dict)
+    rss_mb: float = 0.0
+    load_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class EngineFailed:
+    engine_id: int
+    why: str  # initialisation failed, or its serving loop ended
+
+
+@dataclass(frozen=True)
+class EngineServing:
+    engine_id: int  # a batched engine's serving loop said hello: it takes jobs
+
+
+@dataclass(frozen=True)
+class EngineBeat:
+    engine_id: int
+    rss_mb: float | None = None
+
+
+@dataclass(frozen=True)
+class EngineKilled:
+    engine_id: int  # SIGKILL sent to its process group (or through its nanny)
+
+
+@dataclass(frozen=True)
+class EngineRetired:
+    engine_id: int  # its backend released (or its process gone): its devices are free for a replacement
+
+
+@dataclass(frozen=True)
+class ControllerLost:
+    """The IPyParallel controller died: every engine is cut off from us (they are stopped and launched anew)."""
+
+
+@dataclass(frozen=True)
+class ControllerRestarted:
+    """A new controller runs: engines can be launched again."""
+
+
+@dataclass(frozen=True)
+class LaunchFailed:
+    set_id: str
+    why: str
+
+
+# one job on one engine -----------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskStarted:
+    key: str  # the engine runs the job now: a SIGINT reaches it (not the idle kernel)
+
+
+@dataclass(frozen=True)
+class TokenPiece:
+    key: str
+    seq: int
+    text: str
+
+
+@dataclass(frozen=True)
+class JobReply:
+    key: str
+    result: JobResult | None = None  # the engine's answer
+    error: BaseException | None = None  # the task raised or never reached the engine
+    dispatched: bool = True  # False: it never reached the engine (not an attempt)
+
+
+@dataclass(frozen=True)
+class SigintDelivered:
+    key: str  # the SIGINT for this job reached the engine (at once on this host; the nanny's answer elsewhere)
+
+
+@dataclass(frozen=True)
+class ProbeAnswered:
+    key: str  # the no-op probe sent behind this job came back
+
+
+Report = (
+    EngineRegistered | EngineUnregistered | EngineIdentified | EngineLoaded | EngineFailed | EngineServing
+    | EngineBeat | EngineKilled | EngineRetired | LaunchFailed | ControllerLost | ControllerRestarted
+    | TaskStarted | TokenPiece | JobReply | SigintDelivered | ProbeAnswered
+)

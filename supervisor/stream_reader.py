@@ -1,0 +1,64 @@
+"""The supervisor's end of the engines' token stream (a pyzmq PULL socket).
+
+Engines push typed messages (``engines/messages.py``): :class:`TaskStarted`, :class:`TokenPiece`,
+:class:`JobDone`, :class:`EngineBeat`. The reader decodes each one and hands it to the one sink given at
+construction. A message it cannot read (wrong frame count, not JSON, another protocol version, a wrong
+field type, a kind that does not belong on this stream) is dropped and counted; a sink that raises is
+logged. Neither stops the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import zmq
+import zmq.asyncio
+from llmsup.engines.messages import STREAM_EVENTS, ProtocolError, StreamEvent, decode_for_supervisor
+from llmsup.supervisor.malformed import MalformedLog
+from llmsup.supervisor.metrics import Metrics
+
+log = logging.getLogger("llmsup.stream")
+
+
+def peer_of(frame: zmq.Frame) -> str:
+    """The sender's address as zmq knows it (TCP peers), else "unknown"."""
+    try:
+        return str(frame.get("Peer-Address"))
+    except zmq.ZMQError:
+        return "unknown"
+
+
+def decode_frames(frames: list[zmq.Frame]) -> StreamEvent:
+    if len(frames) != 1:
+        raise ProtocolError("frames", f"{len(frames)} frames, a message is one")
+    return decode_for_supervisor(frames[0].bytes, expect=STREAM_EVENTS)
+
+
+class StreamReader:
+    def __init__(self, ctx: zmq.asyncio.Context, bind: str, on_event: Callable[[StreamEvent], None],
+                 metrics: Metrics) -> None:
+        self.on_event = on_event
+        self.malformed = MalformedLog(metrics.malformed, "stream")
+        self.sock = ctx.socket(zmq.PULL)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        port = self.sock.bind_to_random_port(bind)
+        self.address = f"{bind}:{port}"
+
+    async def run(self) -> None:
+        """Read until cancelled."""
+        while True:
+            frames = await self.sock.recv_multipart(copy=False)
+            try:
+                event = decode_frames(frames)
+            except ProtocolError as exc:
+                self.malformed.reject(peer_of(frames[0]), exc)
+                continue
+            try:
+                self.on_event(event)
+            except Exception:  # a failing sink is a bug to log, not a reason to stop the stream
+                log.exception("handling %s from the token stream failed", type(event).__name__)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)

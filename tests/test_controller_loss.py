@@ -1,0 +1,31 @@
+"""The IPyParallel controller SIGKILLed under a running supervisor: a new one, every engine anew, nothing lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from llmsup.supervisor.jobs import JobStatus
+from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.service import Supervisor
+from test_supervisor import until
+
+S = JobStatus
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.settings(engines=2, engine_relaunch_s=1.0)
+async def test_controller_killed_mid_job(sup: Supervisor) -> None:
+    old_pids = {e.pid for e in sup.pool}
+    slow = sup.submit(JobRequest("slow [sim:slow=0.05]", max_tokens=100)).job
+    await until(lambda: sup.get(slow.id).tokens >= 2)
+    controller = sup.cluster.cluster.controller.pid  # type: ignore[union-attr]
+    os.kill(controller, signal.SIGKILL)
+    done = await sup.wait(slow.id, 90)
+    assert done.status is S.SUCCEEDED and done.attempts == 1  # re-run, not charged
+    await until(lambda: len(sup.pool.serving()) == 2, 60)
+    assert not old_pids & {e.pid for e in sup.pool}
+    after = await sup.wait(sup.submit(JobRequest("after", max_tokens=2)).job.id, 30)
+    assert after.status is S.SUCCEEDED
+    assert sup.metrics.engine_restarts.labels("controller_lost")._value.get() == 2
