@@ -36,11 +36,25 @@ def serve(
     kill_grace: Annotated[float | None, typer.Option(help="SIGINT -> SIGKILL, seconds [1.0]")] = None,
     max_attempts: Annotated[int | None, typer.Option(help="runs per job before it fails [3]")] = None,
     queue_max: Annotated[int | None, typer.Option(help="queued jobs before 429 [10000]")] = None,
+    allowed_hosts: Annotated[str | None, typer.Option(
+        help="Host header names accepted besides localhost and the bound address, comma-separated ('*': any)")] = None,
+    metrics_open: Annotated[bool | None, typer.Option(
+        "--metrics-open/--metrics-need-key", help="/metrics without an API key when keys are on [need key]")] = None,
+    http_limit_concurrency: Annotated[int | None, typer.Option(
+        help="connections + requests at once before 503 [1000]")] = None,
+    http_backlog: Annotated[int | None, typer.Option(help="TCP listen backlog [2048]")] = None,
+    owner_queue_max: Annotated[int | None, typer.Option(help="queued jobs per API-key owner before 429 [1000]")] = None,
+    max_user_priority: Annotated[int | None, typer.Option(help="highest priority without the admin token [100]")] = None,
+    sse_max_per_owner: Annotated[int | None, typer.Option(help="open event streams per owner [32]")] = None,
+    sse_max_total: Annotated[int | None, typer.Option(help="open event streams in all [512]")] = None,
+    retain_s: Annotated[float | None, typer.Option(help="delete finished jobs this long after they ended [0: keep]")] = None,
+    retain_jobs: Annotated[int | None, typer.Option(help="keep at most this many finished jobs [0: all]")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML settings file (or LLMSUP_CONFIG)")] = None,
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
 ) -> None:
     """Start a local cluster (controller + engines) and the web app; Ctrl-C or SIGTERM stops everything."""
     import uvicorn
+    from llmsup.supervisor.rundir import RunDirError, prepare_run_dir
     from llmsup.supervisor.settings import load_settings
     from llmsup.web.app import create_app
     from pydantic import ValidationError
@@ -49,18 +63,28 @@ def serve(
         "engines": engines, "standby": standby, "backend": backend, "model": model, "host": host, "port": port, "run_dir": run_dir,
         "deadline_s": deadline, "cluster_file": cluster_file, "slots_per_engine": slots_per_engine,
         "gpus_per_engine": gpus_per_engine, "interrupt_grace_s": interrupt_grace, "kill_grace_s": kill_grace,
-        "max_attempts": max_attempts, "queue_max": queue_max,
+        "max_attempts": max_attempts, "queue_max": queue_max, "allowed_hosts": allowed_hosts,
+        "metrics_open": metrics_open, "http_limit_concurrency": http_limit_concurrency, "http_backlog": http_backlog,
+        "owner_queue_max": owner_queue_max, "max_user_priority": max_user_priority,
+        "sse_max_per_owner": sse_max_per_owner, "sse_max_total": sse_max_total, "retain_s": retain_s,
+        "retain_jobs": retain_jobs,
     }
     try:
         settings = load_settings(config, **given)
     except (ValidationError, ValueError, OSError) as exc:
         typer.echo(f"invalid settings:\n{exc}", err=True)
         raise typer.Exit(2) from None
+    try:
+        prepare_run_dir(settings.run_dir)  # 0700, ours: refused with one message before anything starts
+    except RunDirError as exc:
+        typer.echo(f"llmsup: {exc}", err=True)
+        raise typer.Exit(2) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A shell that started us in the background may have left SIGINT ignored; Ctrl-C must still work.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower(),
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, limit_concurrency=settings.http_limit_concurrency,
+                backlog=settings.http_backlog)
 
 
 def _answer(url: str | None, run_dir: Path | None, call: Callable[[Client], dict[str, Any]]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import ipyparallel as ipp
 import psutil
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.leftovers import ProcessLedger
+from llmsup.supervisor.rundir import prepare_run_dir
 from llmsup.supervisor.settings import Settings
 
 log = logging.getLogger("llmsup.cluster")
@@ -42,7 +43,7 @@ class ClusterManager:
 
     async def start(self) -> None:
         ipython_dir = self.settings.ipython_dir.resolve()
-        ipython_dir.mkdir(parents=True, exist_ok=True)
+        prepare_run_dir(ipython_dir, "IPython directory")  # 0700: its connection files run code on engines
         os.environ["IPYTHONDIR"] = str(ipython_dir)
         if self.settings.cluster_file is not None:
             self.client = _join(self.settings.cluster_file)

@@ -105,11 +105,13 @@ class SupervisorCore(EngineOwner):
         except TypeError as exc:
             raise InvalidRequest(str(exc)) from None
         if req.idempotency_key is not None:
-            existing = self.store.by_key(req.idempotency_key)
+            existing = self.store.by_key(req.idempotency_key, req.owner)
             if existing is not None:
                 return Submitted(self._view(existing), created=False)
         if self.store.count(Q) >= s.queue_max:
             raise QueueFull(s.queue_max, retry_after_s=max(1.0, deadline / 4))
+        if req.owner is not None and s.owner_queue_max and self.store.count_owned(Q, req.owner) >= s.owner_queue_max:
+            raise QueueFull(s.owner_queue_max, retry_after_s=max(1.0, deadline / 4), owner=req.owner)
         job = Job(prompt=req.prompt, params=params, deadline_s=deadline,
                   queue_timeout_s=req.queue_timeout_s or s.queue_timeout_s, priority=req.priority,
                   idempotency_key=req.idempotency_key, owner=req.owner, created_at=self.clock())

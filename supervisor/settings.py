@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BackendName = Literal["auto", "sim", "transformers", "vllm"]
 
@@ -83,6 +83,36 @@ class Settings(BaseSettings):
     cancel_on_disconnect: bool = Field(True, description="OpenAI routes: a client that goes away cancels its job")
     served_model_name: str | None = Field(None, description="model name on the OpenAI routes (default: model/backend)")
     sse_ping_s: float = Field(15.0, gt=0, le=300, description="keep-alive comment interval of SSE streams")
+    # web: safe by default on loopback
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header names accepted besides localhost names and the bound address (comma-separated; "
+        "'*': any). Other names get 400 (DNS rebinding)",
+    )
+    metrics_open: bool = Field(False, description="/metrics answers without an API key even when keys are on")
+    http_limit_concurrency: int = Field(
+        1000, ge=1, le=1_000_000, description="connections + requests at once before uvicorn answers 503"
+    )
+    http_backlog: int = Field(2048, ge=1, le=65_535, description="TCP listen backlog of the web server")
+    # quotas per owner (an API key's owner; keys off: every caller is one anonymous owner)
+    owner_queue_max: int = Field(
+        1000, ge=0, description="queued jobs per API-key owner before 429 (0: no limit; the admin is exempt)"
+    )
+    max_user_priority: int = Field(
+        100, ge=-1000, le=1000, description="highest priority a caller without the admin token may ask (above: 403)"
+    )
+    sse_max_per_owner: int = Field(32, ge=1, description="open event streams per owner (the admin: no own limit)")
+    sse_max_total: int = Field(512, ge=1, description="open event streams in all")
+    # retention of finished jobs (queued and running jobs are never deleted)
+    retain_s: float = Field(0.0, ge=0, description="delete finished jobs this long after they ended (0: keep)")
+    retain_jobs: int = Field(0, ge=0, description="keep at most this many finished jobs, newest first (0: all)")
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
@@ -99,6 +129,23 @@ class Settings(BaseSettings):
     @property
     def ipython_dir(self) -> Path:
         return self.run_dir / "ipython"
+
+    # files in the run directory (all 0600, the directory 0700: supervisor/rundir.py)
+    @property
+    def admin_token_path(self) -> Path:
+        return self.run_dir / "admin_token"
+
+    @property
+    def api_key_path(self) -> Path:
+        return self.run_dir / "api_key"
+
+    @property
+    def server_file(self) -> Path:
+        return self.run_dir / "server.json"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.run_dir / "processes.json"
 
     def resolved_backend(self) -> str:
         if self.backend != "auto":

@@ -4,6 +4,10 @@ layer's own metrics.
 The supervisor's registry (llmsup's ``llmsup_*`` series and vLLM's ``vllm:*`` names beside them: see
 ``docs/metrics.md``) gets three more families here: HTTP requests by route and status, their latency, and open
 SSE streams.
+
+When job routes need API keys, so do ``/metrics`` and ``/v1/stats`` (any valid key, or the admin token: job counts
+and engine pids are not for everyone); the ``metrics_open`` setting keeps them open for a scraper without
+credentials.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from llmsup.web.auth import get_auth, job_principal
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.schemas import errors
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -80,8 +85,16 @@ def _route(scope: dict[str, Any]) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus"}})
+async def metrics_access(request: Request) -> None:
+    """401 without a valid API key or the admin token, when keys are on and ``metrics_open`` is off."""
+    if request.app.state.supervisor.settings.metrics_open or not get_auth(request).keys_required:
+        return
+    await job_principal(request)
+
+
+@router.get("/metrics", response_class=Response, dependencies=[Depends(metrics_access)],
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus"},
+                       **errors(401, stream=True)})
 async def metrics(sup: SupervisorDep, request: Request) -> Response:
     if sup.started:
         sup.update_gauges()  # gauges as of now, not as of the last health tick
@@ -109,7 +122,7 @@ class StatsOut(BaseModel):
     samples: list[StatsSampleOut]
 
 
-@router.get("/v1/stats", response_model=StatsOut, responses=errors(422))
+@router.get("/v1/stats", response_model=StatsOut, dependencies=[Depends(metrics_access)], responses=errors(401, 422))
 async def stats(
     sup: SupervisorDep,
     since: Annotated[float, Query(ge=0, description="only samples taken after this wall time (0: all)")] = 0,

@@ -232,7 +232,9 @@ function buildCharts() {
 async function pollStats() {
   for (;;) {
     try {
-      const resp = await fetch("/v1/stats?since=" + statsSince);
+      const token = feedToken();
+      const resp = await fetch("/v1/stats?since=" + statsSince,
+                               token ? { headers: { Authorization: "Bearer " + token } } : {});
       if (resp.ok) {
         const body = await resp.json();
         serverOffset = body.now - Date.now() / 1000;
