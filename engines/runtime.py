@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llmsup.engines import messages
+from llmsup.engines.gpu_memory import gpu_memory_mb
 from llmsup.engines.messages import JobResult, JobSpec, ProtocolError, TaskStarted
 from llmsup.engines.protocol import Backend, GenParams
 from llmsup.engines.startup import StartProgress, open_log_file
@@ -180,13 +181,15 @@ def warm_up(backend: Backend, progress: StartProgress) -> None:
 
 def identity() -> dict[str, Any]:
     rt = _RUNTIME
+    gpu = rt.gpu if rt else os.environ.get("CUDA_VISIBLE_DEVICES", "")
     return {
         "pid": os.getpid(),
         "pgid": os.getpgid(0),
         "host": socket.gethostname(),
         "host_key": host_key(),
-        "gpu": rt.gpu if rt else os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "gpu": gpu,
         "rss_mb": round(rss_mb(), 1),
+        "gpu_mem_mb": gpu_memory_mb(gpu, fresh=True),  # at registration and after the model loaded
         "jobs_done": rt.jobs_done if rt else 0,
         "backend": rt.describe() if rt else None,
         "engine_set": os.environ.get("LLMSUP_ENGINE_SET", ""),
@@ -258,7 +261,7 @@ def run_job(spec_data: dict[str, Any]) -> dict[str, Any]:
         )
     rt.jobs_done += 1
     result = replace(result, elapsed_s=time.monotonic() - t0, pid=os.getpid(), rss_mb=round(rss_mb(), 1),
-                     jobs_done=rt.jobs_done)
+                     gpu_mem_mb=gpu_memory_mb(rt.gpu), jobs_done=rt.jobs_done)
     return messages.plain(result)
 
 

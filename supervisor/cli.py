@@ -76,6 +76,7 @@ def serve(model_arg: str | None = None, config: Path | None = None, **values: An
     """
     import uvicorn
     from llmsup.supervisor import logsetup
+    from llmsup.supervisor.rundir import RunDirError, prepare_run_dir
     from llmsup.supervisor.settings import load_settings, unknown_variables
     from llmsup.web.app import create_app
     from pydantic import ValidationError
@@ -91,13 +92,19 @@ def serve(model_arg: str | None = None, config: Path | None = None, **values: An
     except (ValidationError, ValueError, OSError) as exc:
         typer.echo(f"invalid settings:\n{exc}", err=True)
         raise typer.Exit(2) from None
+    try:
+        prepare_run_dir(settings.run_dir)  # 0700, ours: refused with one message before anything starts
+    except RunDirError as exc:
+        typer.echo(f"llmsup: {exc}", err=True)
+        raise typer.Exit(2) from None
     logsetup.configure(settings.log_level, settings.log_format)
     for warning in unknown_variables(os.environ):
         log.warning("%s", warning)
     # A shell that started us in the background may have left SIGINT ignored; Ctrl-C must still work.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                log_config=None, timeout_graceful_shutdown=5)
+                log_config=None, timeout_graceful_shutdown=5, limit_concurrency=settings.http_limit_concurrency,
+                backlog=settings.http_backlog)
 
 
 app.command("serve")(cli_options.command(serve, SETTING_OPTIONS, SERVE_LEADING))

@@ -107,6 +107,8 @@ class ClusterDriver:
         return self.cluster.engine_ids()
 
     def launch(self, gpu: str) -> str:
+        if self._restarting:
+            raise RuntimeError("the controller is being restarted")
         set_id, start = self.cluster.launch_engine(gpu)
         self._launched.add(set_id)
         self._spawn(self._start_set(set_id, start), f"launch {set_id}")
@@ -154,8 +156,10 @@ class ClusterDriver:
         except Exception as exc:  # reported: the core replaces it
             self._report(ev.EngineFailed(engine.id, f"init: {type(exc).__name__}: {exc}"))
             return
+        gpu_mem = ident.get("gpu_mem_mb")
         self._report(ev.EngineLoaded(engine.id, ident.get("backend") or {}, float(ident.get("rss_mb", 0.0)),
-                                     time.monotonic() - t0, str(ident.get("log_file") or "")))
+                                     time.monotonic() - t0, float(gpu_mem) if gpu_mem is not None else None,
+                                     log_file=str(ident.get("log_file") or "")))
 
     def start_serving(self, engine: Engine) -> None:
         assert self.control is not None

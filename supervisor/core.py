@@ -26,7 +26,9 @@ from llmsup.supervisor.engine_owner import EngineOwner
 from llmsup.supervisor.engine_state import EngineState, after_jobs_change, move
 from llmsup.supervisor.events import EventHub
 from llmsup.supervisor.jobs import Job, JobParams, JobStatus
+from llmsup.supervisor.metric_buckets import Limits
 from llmsup.supervisor.metrics import Metrics
+from llmsup.supervisor.model_name import served_model_name
 from llmsup.supervisor.outcomes import Settlement
 from llmsup.supervisor.pool import EnginePool
 from llmsup.supervisor.requests import InvalidRequest, JobNotFound, JobRequest, QueueFull, Submitted
@@ -49,7 +51,7 @@ class SupervisorCore(EngineOwner):
         self.driver: EngineDriver = driver  # type: ignore[assignment]  # set at start by the shell
         self.pool = EnginePool()
         self.hub = EventHub()
-        self.metrics = Metrics()
+        self.metrics = Metrics(Limits.of(settings), lambda: served_model_name(settings, self.pool.engines.values()))
         self.grace = ladder.Grace(settings.interrupt_grace_s, settings.kill_grace_s)
         self.stopping = False
         self._running: dict[str, RunningJob] = {}  # job id -> live handle
@@ -103,11 +105,13 @@ class SupervisorCore(EngineOwner):
         except TypeError as exc:
             raise InvalidRequest(str(exc)) from None
         if req.idempotency_key is not None:
-            existing = self.store.by_key(req.idempotency_key)
+            existing = self.store.by_key(req.idempotency_key, req.owner)
             if existing is not None:
                 return Submitted(self._view(existing), created=False)
         if self.store.count(Q) >= s.queue_max:
             raise QueueFull(s.queue_max, retry_after_s=max(1.0, deadline / 4))
+        if req.owner is not None and s.owner_queue_max and self.store.count_owned(Q, req.owner) >= s.owner_queue_max:
+            raise QueueFull(s.owner_queue_max, retry_after_s=max(1.0, deadline / 4), owner=req.owner)
         job = Job(prompt=req.prompt, params=params, deadline_s=deadline,
                   queue_timeout_s=req.queue_timeout_s or s.queue_timeout_s, priority=req.priority,
                   idempotency_key=req.idempotency_key, owner=req.owner, created_at=self.clock())
@@ -207,9 +211,10 @@ class SupervisorCore(EngineOwner):
 
     def _on_job_event(self, run: RunningJob, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.TokenPiece):
-            first = run.first_token_mono is None
+            previous = run.last_token_mono
             if run.add_piece(event.seq, event.text, now):
-                if first:
+                self.metrics.token_piece(None if previous is None else now - previous)
+                if previous is None:
                     joblog.first_token(run.job, run.engine, now - run.started_mono)
                 self.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": event.seq,
                                               "text": event.text})
@@ -238,6 +243,7 @@ class SupervisorCore(EngineOwner):
         else:
             result = reply.result or JobResult("error", error="the engine answered nothing")
             run.engine.rss_mb = result.rss_mb or run.engine.rss_mb
+            run.engine.gpu_mem_mb = result.gpu_mem_mb if result.gpu_mem_mb is not None else run.engine.gpu_mem_mb
             if result.outcome == "error":
                 self._log_engine_error(run, result.error, result.traceback)
             settlement = outcomes.from_result(result, run, max_attempts)
@@ -289,6 +295,7 @@ class SupervisorCore(EngineOwner):
         engine = run.engine
         if not engine.batched and engine.state is EngineState.BUSY:
             move(engine, EngineState.INTERRUPTING, f"job {run.job.id} {reason.value}")
+        self.metrics.interrupt_asked(reason)
         self._climb(run, *ladder.ask(reason, engine.batched, run.task_started, now, self.grace))
         return True
 
@@ -320,7 +327,7 @@ class SupervisorCore(EngineOwner):
         esc = run.escalation
         log.warning("job=%s %s step=%s reason=%s elapsed=%.3fs %s", run.job.id, run.engine.tag(), step,
                     esc.reason.value if esc else "-", now - (esc.asked_at if esc else now), detail)
-        self.metrics.interrupts.labels(step).inc()
+        self.metrics.ladder_step(step)
 
     # settling -------------------------------------------------------------------------------
     def settle_engine_jobs(self, engine: Any, why: str, killed: bool) -> None:
@@ -389,11 +396,13 @@ class SupervisorCore(EngineOwner):
         if run.first_token_mono is not None:
             self.metrics.ttft.observe(max(0.0, run.first_token_mono - run.started_mono))
         self.metrics.tokens.inc(st.tokens)
+        self.metrics.settled(run, st, mono)
 
     def _finished(self, job: Job) -> None:
         self._publish_status(job)
         if job.status.terminal:
             self.metrics.job_outcomes.labels(job.status.value).inc()
+            self.metrics.finished(job)
             joblog.finished(job)
             self.on_settled(job)
 
@@ -408,10 +417,9 @@ class SupervisorCore(EngineOwner):
         return expired
 
     def update_gauges(self) -> None:
-        self.metrics.queue_depth.set(self.store.count(Q))  # indexed: this runs every health tick
-        self.metrics.running.set(len(self._running))
-        for state in EngineState:
-            self.metrics.engines.labels(state.value).set(sum(1 for e in self.pool if e.state is state))
+        queued = self.store.count(Q)  # indexed: this runs every health tick
+        self.metrics.update(queued, len(self._running), list(self.pool), self.standby_target, self.mono(),
+                            self.clock())
 
     # helpers ---------------------------------------------------------------------------------
     def _view(self, job: Job) -> Job:

@@ -103,6 +103,10 @@ class EngineOwner:
         Engines on their way out count as present: their replacement is launched when they are gone."""
         if not self.driver.can_launch or self.stopping or now - self._last_launch < self.settings.engine_relaunch_s:
             return
+        wall = self.clock()
+        for launch in [la for la in self.pool.launches.values() if wall - la.since > self.settings.engine_start_timeout_s]:
+            log.error("engine set %s never registered in %.0fs: forgotten", launch.set_id, wall - launch.since)
+            del self.pool.launches[launch.set_id]
         present = len(self.pool.engines) + len(self.pool.launches) + sum(
             1 for eid in self._retiring if eid not in self.pool.engines)
         for gpu in self._missing_devices(self.settings.engines + self.standby_target - present):
@@ -153,6 +157,7 @@ class EngineOwner:
         elif isinstance(event, ev.EngineBeat):
             engine.last_beat = now
             engine.rss_mb = engine.rss_mb if event.rss_mb is None else event.rss_mb
+            engine.gpu_mem_mb = engine.gpu_mem_mb if event.gpu_mem_mb is None else event.gpu_mem_mb
         elif isinstance(event, ev.EngineFailed):
             if engine.state is S.STARTING:
                 log.error("%s failed to initialise: %s%s", engine.tag(), event.why,
@@ -168,6 +173,7 @@ class EngineOwner:
 
     def _controller_event(self: SupervisorCore, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.ControllerRestarted):
+            self.pool.launches.clear()  # any launched on the old controller will never register
             self._last_launch = float("-inf")
             self.reconcile(now)  # every engine anew
             return
@@ -176,7 +182,7 @@ class EngineOwner:
             move(engine, S.DEAD, "controller lost")
             self.settle_engine_jobs(engine, "controller lost", True)
             self.pool.remove(engine.id)
-            self.metrics.engine_restarts.labels("controller_lost").inc()
+            self.metrics.engine_restarted("controller_lost")
         self.pool.launches.clear()
         self._retiring.clear()
         self._kill_reason.clear()
@@ -210,6 +216,7 @@ class EngineOwner:
             return
         engine.backend = dict(event.backend)
         engine.rss_mb = event.rss_mb
+        engine.gpu_mem_mb = event.gpu_mem_mb
         engine.log_file = event.log_file or engine.log_file
         log.info("%s loaded in %.2fs (%s), engine log %s", engine.tag(), event.load_s, engine.backend.get("backend"),
                  engine.log_file or "-")
@@ -301,7 +308,7 @@ class EngineOwner:
             move(engine, S.DEAD, reason)
             self.pool.remove(engine.id)
         self._retiring[engine.id] = engine
-        self.metrics.engine_restarts.labels(reason).inc()
+        self.metrics.engine_restarted(reason)
         if not self._drive("retire", engine, lambda: self.driver.retire(engine, release=release)):
             self._replace(engine.id)
 

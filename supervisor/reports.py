@@ -58,6 +58,7 @@ class EngineLoaded:
     backend: dict[str, Any] = field(default_factory=dict)
     rss_mb: float = 0.0
     load_s: float = 0.0
+    gpu_mem_mb: float | None = None  # GPU memory of the engine and its children (None: no GPU)
     log_file: str = ""  # the engine's own log file ("" when it has none)
 
 
@@ -84,6 +85,7 @@ class EngineServing:
 class EngineBeat:
     engine_id: int
     rss_mb: float | None = None
+    gpu_mem_mb: float | None = None
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,7 @@ class Supervisor(SupervisorCore):
     def on_stream_event(self, event: StreamEvent) -> None:
         """One message of the engines' token stream (decoded by the StreamReader), reported to the core."""
         if isinstance(event, wire.EngineBeat):
-            self.report(ev.EngineBeat(event.engine_id, event.rss_mb))
+            self.report(ev.EngineBeat(event.engine_id, event.rss_mb, event.gpu_mem_mb))
         elif isinstance(event, wire.TaskStarted):
             self.report(ev.TaskStarted(event.key))
         elif isinstance(event, wire.TokenPiece):

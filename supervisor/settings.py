@@ -12,11 +12,11 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 BackendName = Literal["auto", "sim", "transformers", "vllm"]
 DType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
@@ -214,6 +214,38 @@ class Settings(BaseSettings):
                                           json_schema_extra=cli(MODEL))
     sse_ping_s: float = Field(15.0, gt=0, le=300, description="keep-alive comment interval of SSE streams",
                               json_schema_extra=cli(SERVER))
+    # web: safe by default on loopback
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header names accepted besides localhost names and the bound address (comma-separated; "
+        "'*': any). Other names get 400 (DNS rebinding)",
+        json_schema_extra=cli(SECURITY),
+    )
+    metrics_open: bool = Field(False, description="/metrics answers without an API key even when keys are on",
+                               json_schema_extra=cli(SECURITY, "--metrics-open/--metrics-need-key"))
+    http_limit_concurrency: int = Field(
+        1000, ge=1, le=1_000_000, description="connections + requests at once before uvicorn answers 503",
+        json_schema_extra=cli(SERVER),
+    )
+    http_backlog: int = Field(2048, ge=1, le=65_535, description="TCP listen backlog of the web server",
+                              json_schema_extra=cli(SERVER))
+    # quotas per owner (an API key's owner; keys off: every caller is one anonymous owner)
+    owner_queue_max: int = Field(
+        1000, ge=0, description="queued jobs per API-key owner before 429 (0: no limit; the admin is exempt)",
+        json_schema_extra=cli(SECURITY),
+    )
+    max_user_priority: int = Field(
+        100, ge=-1000, le=1000, description="highest priority a caller without the admin token may ask (above: 403)",
+        json_schema_extra=cli(SECURITY),
+    )
+    sse_max_per_owner: int = Field(32, ge=1, description="open event streams per owner (the admin: no own limit)",
+                                   json_schema_extra=cli(SECURITY))
+    sse_max_total: int = Field(512, ge=1, description="open event streams in all", json_schema_extra=cli(SERVER))
+    # retention of finished jobs (queued and running jobs are never deleted)
+    retain_s: float = Field(0.0, ge=0, description="delete finished jobs this long after they ended (0: keep)",
+                            json_schema_extra=cli(JOBS))
+    retain_jobs: int = Field(0, ge=0, description="keep at most this many finished jobs, newest first (0: all)",
+                             json_schema_extra=cli(JOBS))
 
     @classmethod
     def settings_customise_sources(
@@ -222,6 +254,13 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, AliasEnvironment(settings_cls)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -254,6 +293,23 @@ class Settings(BaseSettings):
     @property
     def log_dir(self) -> Path:
         return self.run_dir / "logs"
+
+    # files in the run directory (all 0600, the directory 0700: supervisor/rundir.py)
+    @property
+    def admin_token_path(self) -> Path:
+        return self.run_dir / "admin_token"
+
+    @property
+    def api_key_path(self) -> Path:
+        return self.run_dir / "api_key"
+
+    @property
+    def server_file(self) -> Path:
+        return self.run_dir / "server.json"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.run_dir / "processes.json"
 
     def resolved_backend(self) -> str:
         if self.backend != "auto":

@@ -101,7 +101,7 @@ def test_server_logging_is_one_handler_in_the_chosen_format(capsys: pytest.Captu
         assert capsys.readouterr().err.rstrip().endswith("INFO llmsup.jobs: job=job-1 submitted")
     finally:
         for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved[0]:
-            root.addHandler(handler)
+            if handler not in saved[0]:
+                root.removeHandler(handler)
         root.setLevel(saved[1])
+        logsetup._installed = None
