@@ -1,8 +1,9 @@
 """An engine's start as people and the supervisor see it: its own log file, and its progress while it loads.
 
 Log file: every log record of the engine process (llmsup's, vLLM's, transformers') is collected into
-``<run-dir>/logs/engine-<engine set, else engine id>.log``, in the server's format (text or JSON lines). An
-engine on another host where that directory cannot be written keeps its records to itself (no file).
+``<run-dir>/logs/engine-<engine set, else engine id>.log``, in the server's format (text or JSON lines), and
+so are those of the processes vLLM starts (EngineCore, workers: they read vLLM's logging config file from the
+environment). An engine on another host where that directory cannot be written keeps its records to itself.
 
 Progress: :class:`StartProgress` writes one log line per phase (start, download, load, warm-up, ready) and
 publishes it with IPyParallel's data publication, which the supervisor reads from the running ``init_engine``
@@ -12,6 +13,7 @@ progress. What is published is ``{"progress": {"seq", "phase", "detail", "log_fi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -75,10 +77,35 @@ def open_log_file(config: dict[str, Any]) -> str:
         logging.getLogger(name).addHandler(handler)
     if root.level > handler.level:
         root.setLevel(handler.level)
-    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # vLLM's records then reach the root logger and the file
+    route_vllm_logs(handler.baseFilename, logging.getLevelName(handler.level), str(config.get("log_format") or "text"))
     logging.captureWarnings(True)
     _handler = handler
     return handler.baseFilename
+
+
+def route_vllm_logs(path: str, level: str, kind: str) -> None:
+    """vLLM configures its own logger (not propagating) when imported, here and in every process it starts: a
+    logging config of ours, named by ``VLLM_LOGGING_CONFIG_PATH``, sends its records to the engine's file.
+    Left alone when the environment already configures vLLM's logging (a config file, or none at all)."""
+    if os.environ.get("VLLM_LOGGING_CONFIG_PATH") or os.environ.get("VLLM_CONFIGURE_LOGGING", "1") == "0":
+        return
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"llmsup": {"()": "llmsup.engines.logformat.formatter", "kind": kind}},
+        "handlers": {"engine_file": {"class": "logging.FileHandler", "filename": path, "encoding": "utf-8",
+                                     "formatter": "llmsup", "level": level}},
+        "loggers": {"vllm": {"handlers": ["engine_file"], "level": level, "propagate": False}},
+    }
+    config_path = f"{path}.vllm-logging.json"
+    try:
+        descriptor = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as f:
+            json.dump(config, f)
+    except OSError as exc:  # vLLM then logs to its own stream
+        log.warning("vLLM's logs stay on its output: %s", exc)
+        return
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = config_path
 
 
 def _close(handler: logging.Handler) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import logging.config
 import os
 import threading
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_settings
+from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.engines import download, runtime, startup
 from llmsup.engines.protocol import Generation, GenParams, TokenCallback
 from llmsup.supervisor import engine_start
@@ -69,8 +72,11 @@ def test_progress_read_ignores_what_is_not_progress() -> None:
 
 # the engine side ------------------------------------------------------------------------------------------------------
 @pytest.fixture
-def engine_log(tmp_path: Path) -> Iterator[Path]:
+def engine_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    for name in ("VLLM_LOGGING_CONFIG_PATH", "VLLM_CONFIGURE_LOGGING"):
+        monkeypatch.delenv(name, raising=False)
     yield tmp_path / "logs"
+    os.environ.pop("VLLM_LOGGING_CONFIG_PATH", None)
     if startup._handler is not None:
         startup._close(startup._handler)
         startup._handler = None
@@ -83,12 +89,21 @@ def test_engine_log_file_collects_llmsup_and_library_records(engine_log: Path, m
     assert startup.open_log_file({"log_dir": str(engine_log)}) == path  # again: the same handler, no doubled lines
     startup.StartProgress(path).report("load", "sim backend")  # outside an engine: logged, nothing published
     logging.getLogger("transformers.modeling_utils").warning("weights not initialised")
-    logging.getLogger("vllm.engine").info("KV cache 1 GiB")
+    vllm_logger = logging.getLogger("vllm")
+    config = Path(os.environ["VLLM_LOGGING_CONFIG_PATH"])
+    assert config.stat().st_mode & 0o777 == 0o600
+    logging.config.dictConfig(json.loads(config.read_text()))  # what vLLM does with it, here and in its children
+    try:
+        logging.getLogger("vllm.engine").info("KV cache 1 GiB")
+    finally:
+        for handler in list(vllm_logger.handlers):
+            vllm_logger.removeHandler(handler)
+            handler.close()
+        vllm_logger.propagate = True
     lines = [json.loads(line) for line in Path(path).read_text().splitlines()]
     assert [(r["logger"], r["level"]) for r in lines] == [
         ("llmsup.engine", "INFO"), ("transformers.modeling_utils", "WARNING"), ("vllm.engine", "INFO")]
     assert lines[0]["message"].startswith("engine start, load: sim backend")
-    assert os.environ.get("VLLM_CONFIGURE_LOGGING") == "0"
 
 
 def test_no_log_file_where_the_directory_cannot_be_made(tmp_path: Path, engine_log: Path) -> None:
@@ -258,3 +273,19 @@ async def test_engines_log_to_their_files_publish_progress_and_the_chat_template
     task = sup.cluster.apply(engine.id, publishing_start)
     assert await engine_start.wait_started(asyncio.wrap_future(task), engine_start.published(task), 10, seen.append)
     assert [p.phase for p in seen] == ["download", "load", "warm-up"] and seen[0].log_file == "/run/logs/engine-x.log"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_a_vllm_engine_logs_vllm_records_and_its_warm_up_to_its_file(tmp_path: Path, tiny_model: str) -> None:
+    sup = Supervisor(make_settings(tmp_path / "run", engines=1, backend="vllm", model=tiny_model, slots_per_engine=1,
+                                   engine_start_timeout_s=180))
+    await sup.start()
+    try:
+        engine = next(iter(sup.pool))
+        text = Path(engine.log_file).read_text()
+    finally:
+        await sup.stop()
+    phases = [line.split("engine start, ")[1].split(":")[0] for line in text.splitlines() if "engine start, " in line]
+    assert phases == ["start", "load", "warm-up", "ready"]
+    assert " vllm." in text  # vLLM's own records (its logger does not propagate: routed by its logging config)
