@@ -97,10 +97,16 @@ class ClusterDriver:
             self._report(ev.EngineUnregistered(eid))
 
     async def _restart_cluster(self) -> None:
-        try:
-            await self.cluster.restart()
-        finally:
-            self._restarting = False
+        delay = 1.0
+        while not self._stopping:
+            try:
+                await self.cluster.restart()
+                break
+            except Exception:  # try again: without a controller nothing runs
+                log.exception("starting a new controller failed; trying again in %.0fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
+        self._restarting = False
         self._report(ev.ControllerRestarted())
 
     def engine_ids(self) -> set[int]:

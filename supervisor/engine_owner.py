@@ -39,6 +39,7 @@ class EngineOwner:
         self.memory_shares: dict[str, float] = {}  # devices -> gpu_memory_utilization of an engine there
         self.last_engine_progress = float("-inf")  # monotonic: an engine reported a step of its start
         self._last_launch = float("-inf")
+        self._controller_down = False
         self._retiring: dict[int, Engine] = {}  # gone engines whose devices are not free yet
         self._kill_reason: dict[int, str] = {}
 
@@ -101,7 +102,8 @@ class EngineOwner:
     def reconcile(self: SupervisorCore, now: float) -> None:
         """Keep the engine count: launch what is missing (a failed launch, an engine set that never came up).
         Engines on their way out count as present: their replacement is launched when they are gone."""
-        if not self.driver.can_launch or self.stopping or now - self._last_launch < self.settings.engine_relaunch_s:
+        if (not self.driver.can_launch or self.stopping or self._controller_down
+                or now - self._last_launch < self.settings.engine_relaunch_s):
             return
         wall = self.clock()
         for launch in [la for la in self.pool.launches.values() if wall - la.since > self.settings.engine_start_timeout_s]:
@@ -173,6 +175,7 @@ class EngineOwner:
 
     def _controller_event(self: SupervisorCore, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.ControllerRestarted):
+            self._controller_down = False
             self.pool.launches.clear()  # any launched on the old controller will never register
             self._last_launch = float("-inf")
             self.reconcile(now)  # every engine anew
@@ -186,7 +189,7 @@ class EngineOwner:
         self.pool.launches.clear()
         self._retiring.clear()
         self._kill_reason.clear()
-        self._last_launch = now  # no launch until the new controller runs
+        self._controller_down = True  # no launch until the new controller runs
 
     def _adopt(self: SupervisorCore, engine_id: int, ident: ev.EngineIdentity) -> None:
         launch = self.pool.launches.pop(ident.engine_set, None)
