@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from llmsup.supervisor import cli_options, cli_output
 from llmsup.supervisor.client import Client, JobHandle, LlmsupError, ServerUnreachable
+from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM job supervisor on IPyParallel.")
 log = logging.getLogger("llmsup.cli")
@@ -129,9 +130,7 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
 
 
-def _console() -> Any:
-    from rich.console import Console
-
+def _console() -> Console:
     return Console(highlight=False)
 
 
