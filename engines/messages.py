@@ -100,6 +100,7 @@ class JobResult:
     engine_dead: bool = False  # the backend is unusable: replace the engine
     pid: int = 0
     rss_mb: float = 0.0
+    gpu_mem_mb: float | None = None  # GPU memory of the engine and its children (engines on a GPU)
     elapsed_s: float = 0.0
     jobs_done: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()  # per generated token, when the job asked for them
@@ -158,6 +159,7 @@ class EngineBeat:
     done: int = 0
     rss_mb: float = 0.0
     malformed: int = 0  # control messages the loop could not read so far
+    gpu_mem_mb: float | None = None
     version: int = PROTOCOL_VERSION
 
 

@@ -23,7 +23,7 @@ from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.web.auth import Principal
 from llmsup.web.errors import OpenAIHTTPError
-from llmsup.web.limits import check_job_limits
+from llmsup.web.limits import check_job_limits, check_priority
 from llmsup.web.openai_schemas import CompletionRequest, SamplingRequest
 from llmsup.web.tokens import HFTokenizer, ServedModel, Tokenizer, served_model, tokenizer_for
 
@@ -212,6 +212,8 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
     structured = structured_of(body)
     bias = _logit_bias(body, tok)
     s = sup.settings
+    priority = -(body.priority or 0)  # vLLM: lower runs first; llmsup: higher runs first
+    check_priority(s, priority, principal.admin, vllm_scale=True)
     prompts = [_prompt(p, body, tok, model, add_special_tokens, s.max_prompt_chars) for p in raw_prompts]
     n = body.choices_per_prompt
     wanted_prompt_lps = _whole_vocabulary(body.prompt_logprobs if body.prompt_logprobs is not None else prompt_logprobs,
@@ -219,7 +221,7 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
     requests: list[JobRequest] = []
     for prompt in prompts:
         max_tokens = _max_tokens(body, prompt, model, s.default_max_tokens, s.max_tokens_limit)
-        check_job_limits(s, prompt.text, max_tokens, body.deadline)
+        check_job_limits(s, prompt.text, max_tokens, body.deadline, body.min_tokens)
         for j in range(n):
             extra: dict[str, Any] = {
                 "top_p": body.top_p, "top_k": max(0, body.top_k) if body.top_k is not None else None,
@@ -239,8 +241,7 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
             requests.append(JobRequest(
                 prompt=prompt.text, max_tokens=max_tokens, temperature=body.temperature or 0.0, stop=body.stops(),
                 deadline_s=body.deadline, queue_timeout_s=body.queue_timeout_s,
-                priority=-(body.priority or 0),  # vLLM: lower runs first; llmsup: higher runs first
-                owner=principal.owner, extra={k: v for k, v in extra.items() if v is not None},
+                priority=priority, owner=principal.owner, extra={k: v for k, v in extra.items() if v is not None},
             ))
     return Plan(prompts, requests, n, model, tok)
 

@@ -130,7 +130,7 @@ class SamplingRequest(Lenient):
     repetition_penalty: Annotated[float | None, Field(gt=0, le=10)] = None
     length_penalty: Annotated[float | None, only(1)]
     ignore_eos: bool | None = None
-    min_tokens: Annotated[int | None, Field(ge=0, le=1_000_000)] = None
+    min_tokens: Annotated[int | None, Field(ge=0, le=1_000_000, description="at most max_tokens (400 otherwise)")] = None
     stop_token_ids: Annotated[list[TokenId] | None, Field(max_length=1024)] = None
     use_beam_search: Annotated[bool | None, only(False)]
     include_stop_str_in_output: bool | None = None

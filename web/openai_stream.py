@@ -158,7 +158,8 @@ def _final_chunks(state: ChoiceState, job: Job, delta: str, make: Chunk) -> list
 
 
 def stream_response(sup: Supervisor, request: Any, job_ids: list[str], body: AsyncIterator[bytes],
-                    cancel_note: str) -> sse.EventStream:
+                    cancel_note: str, release: Callable[[], None] | None = None) -> sse.EventStream:
+    """The SSE response; ``release`` gives back the request's stream slot when the stream ends."""
     def on_close(completed: bool) -> None:
         if completed or not sup.settings.cancel_on_disconnect:
             return
@@ -168,7 +169,7 @@ def stream_response(sup: Supervisor, request: Any, job_ids: list[str], body: Asy
 
     web_metrics = getattr(request.app.state, "web_metrics", None)
     return sse.EventStream(body, on_close=on_close, headers={"X-Llmsup-Job-Id": ",".join(job_ids)},
-                           gauge=web_metrics.sse_streams if web_metrics else None)
+                           gauge=web_metrics.sse_streams if web_metrics else None, release=release)
 
 
 def failed_job(job: Job) -> tuple[int, str, str] | None:

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from llmsup.supervisor.jobs import Job
+from llmsup.supervisor.model_name import served_model_name
 from llmsup.supervisor.service import Supervisor
 from llmsup.web import sse
 from llmsup.web.auth import PrincipalDep
 from llmsup.web.chat import render_chat, template_for
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.errors import OpenAIHTTPError
+from llmsup.web.live import stream_slot
 from llmsup.web.openai_format import (
     chat_logprobs,
     completion_logprobs,
@@ -54,17 +57,13 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": OpenAIError, "description": "OpenAI-style error"} for code in codes}
 
 
-ERRORS = _errors(400, 401, 404, 413, 429, 500)
+ERRORS = _errors(400, 401, 403, 404, 413, 429, 500)
 STREAM_OR_JSON = sse.sse_response("JSON, or with stream=true SSE chunks (JSON) ending with `data: [DONE]`",
                                   json_data=False)
 
 
 def served_models(sup: Supervisor) -> list[str]:
-    s = sup.settings
-    name = s.served_model_name or s.model or (s.backend if s.backend != "auto" else None)
-    if name is None:
-        name = next((e.backend.get("model") for e in sup.pool if e.backend.get("model")), None) or "default"
-    return [name]
+    return [served_model_name(sup.settings, sup.pool.engines.values())]
 
 
 @router.get("/models", response_model=ModelList, responses=_errors(401))
@@ -83,7 +82,8 @@ async def completions(body: CompletionRequest, request: Request, sup: Supervisor
     model = _check_model(sup, body.model)
     plan = await plan_jobs(sup, principal, body, body.prompts(), add_special_tokens=body.add_special_tokens is not False,
                            prompt_logprobs=completion_prompt_logprobs(body))
-    jobs = _submit(sup, plan)
+    release = stream_slot(request, principal) if body.stream else None
+    jobs = _submit(sup, plan, release)
     as_ids = bool(body.return_tokens_as_token_ids)
     k = body.logprobs or 0
     if body.stream:
@@ -98,7 +98,7 @@ async def completions(body: CompletionRequest, request: Request, sup: Supervisor
                     "model": model, "choices": [choice]}
 
         head = [make(i, plan.prompt_of(i).text) for i in range(len(jobs))] if body.echo else []
-        return _stream(sup, request, plan, jobs, make, body, head)
+        return _stream(sup, request, plan, jobs, make, body, head, release)
     response.headers["X-Llmsup-Job-Id"] = jobs[0].id
     done = await _wait_all(sup, request, [j.id for j in jobs])
     choices = []
@@ -130,7 +130,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sup: S
     prompt = render_chat(template_for(sup), body.messages, body.add_generation_prompt and not body.continue_final_message,
                          bool(body.continue_final_message), body.chat_template_kwargs or {})
     plan = await plan_jobs(sup, principal, body, [prompt])
-    jobs = _submit(sup, plan)
+    release = stream_slot(request, principal) if body.stream else None
+    jobs = _submit(sup, plan, release)
     last = body.messages[-1]
     echo = last.text if body.echo and last.role == "assistant" else ""
     k = 1 << 30 if body.top_logprobs == -1 else (body.top_logprobs or 0)  # -1: every alternative there is
@@ -150,7 +151,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sup: S
 
         head = [make(i, "", role=True) for i in range(len(jobs))]
         head += [make(i, echo) for i in range(len(jobs))] if echo else []
-        return _stream(sup, request, plan, jobs, make, body, head)
+        return _stream(sup, request, plan, jobs, make, body, head, release)
     response.headers["X-Llmsup-Job-Id"] = jobs[0].id
     done = await _wait_all(sup, request, [j.id for j in jobs])
     choices = [ChatChoice(
@@ -180,14 +181,18 @@ def _check_model(sup: Supervisor, model: str | None) -> str:
     return model
 
 
-def _submit(sup: Supervisor, plan: Plan) -> list[Job]:
+def _submit(sup: Supervisor, plan: Plan, release: Callable[[], None] | None = None) -> list[Job]:
+    """Submit every choice's job; if one is refused (a full queue, a quota), the ones queued are taken back and
+    a stream slot taken for the request (``release``) is given back."""
     jobs: list[Job] = []
     try:
         for req in plan.requests:
             jobs.append(sup.submit(req).job)
-    except BaseException:  # a full queue part-way: take back what was queued
+    except BaseException:
         for job in jobs:
             sup.cancel(job.id, note="cancelled: the rest of its request was refused")
+        if release is not None:
+            release()
         raise
     return jobs
 
@@ -212,7 +217,8 @@ def _first_prompt_token(plan: Plan, choice: int) -> str:
 
 
 def _stream(sup: Supervisor, request: Request, plan: Plan, jobs: list[Job], make: Any,
-            body: CompletionRequest | ChatCompletionRequest, head: list[dict[str, Any]]) -> sse.EventStream:
+            body: CompletionRequest | ChatCompletionRequest, head: list[dict[str, Any]],
+            release: Callable[[], None] | None) -> sse.EventStream:
     buffered = body.sample_logprobs() is not None or bool(body.return_token_ids)
     states = [ChoiceState(i, job.id, job.params.max_tokens, plan.prompt_of(i).length or 0, buffered)
               for i, job in enumerate(jobs)]
@@ -220,7 +226,7 @@ def _stream(sup: Supervisor, request: Request, plan: Plan, jobs: list[Job], make
     body_iter = chunks(sup, states, make, include_usage=bool(options and options.include_usage),
                        continuous=bool(options and options.include_usage and options.continuous_usage_stats), n=plan.n,
                        prompt_lengths=[p.length for p in plan.prompts], head=head, failure=failed_job)
-    return stream_response(sup, request, [j.id for j in jobs], body_iter, DISCONNECT_NOTE)
+    return stream_response(sup, request, [j.id for j in jobs], body_iter, DISCONNECT_NOTE, release)
 
 
 async def _wait_all(sup: Supervisor, request: Request, job_ids: list[str]) -> list[Job]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from llmsup.supervisor import __version__
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.web.auth import PrincipalDep
 from llmsup.web.chat import render_chat, template_for
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.errors import OpenAIHTTPError
+from llmsup.web.metrics import metrics_access
 from llmsup.web.openai_responses import OpenAIError
 from llmsup.web.openai_schemas import ChatMessage, Lenient
 from llmsup.web.tokens import HFTokenizer, NoVocabulary, Tokenizer, served_model, tokenizer_for
@@ -83,7 +84,7 @@ async def version(sup: SupervisorDep) -> VersionOut:
     return VersionOut(version=(model.vllm_version if model else None) or __version__, llmsup_version=__version__)
 
 
-@router.get("/load", response_model=LoadOut)
+@router.get("/load", response_model=LoadOut, dependencies=[Depends(metrics_access)], responses=ERRORS)
 async def load(sup: SupervisorDep) -> LoadOut:
     return LoadOut(server_load=sup.store.count(JobStatus.QUEUED) + sup.store.count(JobStatus.RUNNING))
 
