@@ -8,7 +8,8 @@ prompt samples with ``seed + j``, so that the choices differ and the request sta
 Checks (each a 400 with OpenAI's error body, before any job exists): a feature the backend cannot honour
 (its ``describe()`` lists them with the reason), logprobs above the model's ``max_logprobs``, a prompt over
 the context, ``max_tokens`` past the context, an invalid JSON schema or regex, token ids out of the
-vocabulary. ``max_tokens`` left out (chat; ``null`` on completions) is the rest of the context.
+vocabulary. ``max_tokens`` left out (chat; ``null`` on completions) is the rest of the context. A rendered chat prompt is
+tokenized here without special tokens (the template places them, as vLLM does) and reaches the engine as ids.
 """
 
 from __future__ import annotations

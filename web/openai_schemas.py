@@ -262,6 +262,7 @@ class ChatCompletionRequest(SamplingRequest):
     chat_template: Annotated[str | None, only()]
     chat_template_kwargs: Annotated[dict[str, Any] | None, Field(max_length=64)] = None
     echo: bool | None = None
+    add_special_tokens: bool | None = Field(None, description="default false: the chat template places them")
 
     @model_validator(mode="after")
     def _tokens(self) -> "ChatCompletionRequest":

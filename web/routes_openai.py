@@ -129,7 +129,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sup: S
     model = _check_model(sup, body.model)
     prompt = render_chat(template_for(sup), body.messages, body.add_generation_prompt and not body.continue_final_message,
                          bool(body.continue_final_message), body.chat_template_kwargs or {})
-    plan = await plan_jobs(sup, principal, body, [prompt])
+    plan = await plan_jobs(sup, principal, body, [prompt], add_special_tokens=bool(body.add_special_tokens))
     release = stream_slot(request, principal) if body.stream else None
     jobs = _submit(sup, plan, release)
     last = body.messages[-1]
