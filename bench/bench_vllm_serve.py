@@ -11,8 +11,8 @@ hits both alike. Client and servers share this machine's cores; the load average
 Both servers are started in this process's session (see bench/servers.py); IPyParallel starts llmsup's engine in
 a new session of its own, as in production.
 
-Then deadline enforcement inside a full batch: llmsup keeps 16 long requests running while runaways (huge
-max_tokens, a short deadline) are sent; per runaway, deadline -> slot free = the job's finished_at -
+Then deadline enforcement inside a full batch: llmsup keeps 16 long requests running while runaways (``max_tokens``
+null: the rest of the context; a short deadline) are sent; per runaway, deadline -> slot free = the job's finished_at -
 (started_at + deadline_s).
 
     .venv/bin/python -m bench.bench_vllm_serve [--concurrency 1,4,16] [--num-prompts 32,64,64]
