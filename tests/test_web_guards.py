@@ -251,7 +251,7 @@ def test_owner_names_are_checked() -> None:
 ])
 async def test_min_tokens_above_max_tokens_is_422(guarded: App, path: str, body: dict[str, Any], needle: str) -> None:
     resp = await guarded.http.post(path, headers=ALICE, json=body)
-    assert resp.status_code == 422, resp.text
+    assert resp.status_code == (422 if path == "/v1/jobs" else 400), resp.text  # the OpenAI routes answer 400
     error = resp.json()["error"]
     assert needle in (error if isinstance(error, str) else error["message"])
 

@@ -74,7 +74,7 @@ def test_bad_job_bodies_get_422_with_a_message(small: Server, body: object, need
 def test_malformed_input_is_never_a_500(small: Server, path: str, content: bytes) -> None:
     with small.client() as c:
         resp = c.post(path, content=content, headers={"content-type": "application/json"})
-        assert resp.status_code == 422, resp.text
+        assert resp.status_code == (422 if path == "/v1/jobs" else 400), resp.text  # the OpenAI routes answer 400
     with small.client() as c:
         assert c.get("/v1/jobs", params={"limit": 0}).status_code == 422
         assert c.get("/v1/jobs", params={"status": "nonsense"}).status_code == 422
