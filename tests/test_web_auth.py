@@ -1,11 +1,15 @@
-"""Admin token and API keys: 401/403 on every admin route, owner isolation, the generated token file."""
+"""Admin token and API keys: 401/403 on every admin route, owner isolation, the generated token file.
+
+In-process (``support.inprocess``) except the ``openai`` SDK end to end, which runs jobs on a live server.
+"""
 
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import openai
@@ -13,15 +17,24 @@ import pytest
 from llmsup.supervisor.settings import Settings
 from llmsup.web import auth
 from llmsup.web.app import create_app
-from webfixtures import Server, job_status, serve, wait_for
+from support.inprocess import InProcessApp, in_process
+from support.live import LiveServer, job_status, serving
 
 pytestmark = pytest.mark.timeout(120)
 ALICE, BOB = {"Authorization": "Bearer key-alice"}, {"Authorization": "Bearer key-bob"}
+KEYED = dict(require_api_keys="on", api_keys="alice:key-alice,bob:key-bob")
+
+
+@pytest.fixture
+async def keyed(tmp_path: Path) -> AsyncIterator[InProcessApp]:
+    async with in_process(tmp_path / "run", **KEYED) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")
-def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from serve(tmp_path_factory, "keyed", require_api_keys="on", api_keys="alice:key-alice,bob:key-bob")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with serving(tmp_path_factory.mktemp("keyed"), **KEYED) as live:
+        yield live
 
 
 def admin_routes() -> list[tuple[str, str]]:
@@ -42,73 +55,74 @@ def test_the_admin_route_list_is_complete() -> None:
 
 
 @pytest.mark.parametrize("method, path", admin_routes())
-def test_every_admin_route_needs_the_admin_token(keyed: Server, method: str, path: str) -> None:
-    with keyed.client() as c:
-        missing = c.request(method, path)
-        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
-        assert c.request(method, path, headers={"Authorization": "Bearer wrong"}).status_code == 403
-        assert c.request(method, path, headers=ALICE).status_code == 403  # an API key is not the admin token
-        assert c.request(method, path, headers={"Authorization": "Basic abc"}).status_code == 401
-        ok = c.request(method, path, headers=keyed.admin)
-        assert ok.status_code in (200, 202, 404), ok.text  # 404: the example job / engine does not exist
+async def test_every_admin_route_needs_the_admin_token(keyed: InProcessApp, method: str, path: str) -> None:
+    c = keyed.http
+    missing = await c.request(method, path)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert (await c.request(method, path, headers={"Authorization": "Bearer wrong"})).status_code == 403
+    assert (await c.request(method, path, headers=ALICE)).status_code == 403  # an API key is not the admin token
+    assert (await c.request(method, path, headers={"Authorization": "Basic abc"})).status_code == 401
+    ok = await c.request(method, path, headers=keyed.admin)
+    assert ok.status_code in (200, 202, 404), ok.text  # 404: the example job / engine does not exist
 
 
-def test_job_routes_need_a_key(keyed: Server) -> None:
-    with keyed.client() as c:
-        assert c.get("/v1/jobs").status_code == 401
-        assert c.get("/v1/jobs", headers={"Authorization": "Bearer nope"}).status_code == 401
-        assert c.post("/v1/jobs", json={"prompt": "x"}).status_code == 401
-        assert c.get("/v1/events").status_code == 401
-        assert c.get("/v1/models").status_code == 401
-        assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200
+async def test_job_routes_need_a_key(keyed: InProcessApp) -> None:
+    c = keyed.http
+    assert (await c.get("/v1/jobs")).status_code == 401
+    assert (await c.get("/v1/jobs", headers={"Authorization": "Bearer nope"})).status_code == 401
+    assert (await c.post("/v1/jobs", json={"prompt": "x"})).status_code == 401
+    assert (await c.get("/v1/events")).status_code == 401
+    assert (await c.get("/v1/models")).status_code == 401
+    assert (await c.get("/healthz")).status_code == 200 and (await c.get("/metrics")).status_code == 200
 
 
-def test_users_see_and_cancel_only_their_own_jobs(keyed: Server) -> None:
-    with keyed.client() as c:
-        mine = c.post("/v1/jobs", headers=ALICE, json={"prompt": "alice [sim:hang]", "deadline_s": 20}).json()
-        assert mine["owner"] == "alice"
-        jid = mine["id"]
-        assert c.get(f"/v1/jobs/{jid}", headers=BOB).status_code == 404
-        assert c.post(f"/v1/jobs/{jid}/cancel", headers=BOB).status_code == 404
-        assert c.get(f"/v1/jobs/{jid}/events", headers=BOB).status_code == 404
-        assert jid not in [j["id"] for j in c.get("/v1/jobs", headers=BOB).json()["jobs"]]
-        assert jid in [j["id"] for j in c.get("/v1/jobs", headers=ALICE).json()["jobs"]]
-        assert jid in [j["id"] for j in c.get("/v1/jobs", headers=keyed.admin).json()["jobs"]]  # admin sees all
-        assert job_status(c, jid, BOB).get("status") is None
-        assert c.post(f"/v1/jobs/{jid}/cancel", headers=ALICE).status_code == 202
-        wait_for(lambda: job_status(c, jid, ALICE)["status"] == "cancelled", what="alice's cancel")
+async def test_users_see_and_cancel_only_their_own_jobs(keyed: InProcessApp) -> None:
+    c = keyed.http
+    mine = (await c.post("/v1/jobs", headers=ALICE, json={"prompt": "alice", "deadline_s": 20})).json()
+    assert mine["owner"] == "alice"
+    jid = mine["id"]
+    assert (await c.get(f"/v1/jobs/{jid}", headers=BOB)).status_code == 404
+    assert (await c.post(f"/v1/jobs/{jid}/cancel", headers=BOB)).status_code == 404
+    assert (await c.get(f"/v1/jobs/{jid}/events", headers=BOB)).status_code == 404
+    assert jid not in [j["id"] for j in (await c.get("/v1/jobs", headers=BOB)).json()["jobs"]]
+    assert jid in [j["id"] for j in (await c.get("/v1/jobs", headers=ALICE)).json()["jobs"]]
+    assert jid in [j["id"] for j in (await c.get("/v1/jobs", headers=keyed.admin)).json()["jobs"]]  # admin sees all
+    assert (await c.get(f"/v1/jobs/{jid}", headers=BOB)).json().get("status") is None
+    cancelled = await c.post(f"/v1/jobs/{jid}/cancel", headers=ALICE)
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"  # queued: ends at once
 
 
-def test_idempotency_keys_are_per_user(keyed: Server) -> None:
-    with keyed.client() as c:
-        body = {"prompt": "same", "max_tokens": 1, "idempotency_key": "k1"}
-        a1 = c.post("/v1/jobs", headers=ALICE, json=body).json()
-        b1 = c.post("/v1/jobs", headers=BOB, json=body).json()
-        a2 = c.post("/v1/jobs", headers=ALICE, json=body)
-        assert a1["id"] != b1["id"]  # bob does not get alice's job
-        assert a2.json()["id"] == a1["id"] and a2.headers.get("idempotent-replayed") == "true"
-        assert a1["idempotency_key"] == b1["idempotency_key"] == "k1"
+async def test_idempotency_keys_are_per_user(keyed: InProcessApp) -> None:
+    c = keyed.http
+    body = {"prompt": "same", "max_tokens": 1, "idempotency_key": "k1"}
+    a1 = (await c.post("/v1/jobs", headers=ALICE, json=body)).json()
+    b1 = (await c.post("/v1/jobs", headers=BOB, json=body)).json()
+    a2 = await c.post("/v1/jobs", headers=ALICE, json=body)
+    assert a1["id"] != b1["id"]  # bob does not get alice's job
+    assert a2.json()["id"] == a1["id"] and a2.headers.get("idempotent-replayed") == "true"
+    assert a1["idempotency_key"] == b1["idempotency_key"] == "k1"
 
 
-def test_openai_sdk_with_api_keys(keyed: Server) -> None:
-    with openai.OpenAI(base_url=keyed.url + "/v1", api_key="key-bob", max_retries=0) as bob:
+def test_openai_sdk_with_api_keys(keyed_server: LiveServer) -> None:
+    with openai.OpenAI(base_url=keyed_server.url + "/v1", api_key="key-bob", max_retries=0) as bob:
         resp = bob.completions.create(model="sim", prompt="hi", max_tokens=2)
         job_id = resp.model_extra["llmsup"]["job_id"]
-    with keyed.client() as c:
+    with keyed_server.client() as c:
         assert job_status(c, job_id, BOB)["owner"] == "bob"
         assert c.get(f"/v1/jobs/{job_id}", headers=ALICE).status_code == 404
-    with openai.OpenAI(base_url=keyed.url + "/v1", api_key="wrong", max_retries=0) as bad:
+    with openai.OpenAI(base_url=keyed_server.url + "/v1", api_key="wrong", max_retries=0) as bad:
         with pytest.raises(openai.AuthenticationError):
             bad.models.list()
 
 
-def test_generated_admin_token_file(keyed: Server) -> None:
-    path = keyed.run_dir / "admin_token"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert len(keyed.admin_token) >= 32
-    assert re.search(r"admin token written to .*admin_token", keyed.live.log_path.read_text())
-    with keyed.client() as c:
-        assert c.get("/admin/engines", headers=keyed.admin).status_code == 200
+async def test_generated_admin_token_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="llmsup.web.auth")
+    async with in_process(tmp_path / "run", **KEYED) as app:
+        path = app.settings.run_dir / "admin_token"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert len(app.admin_token) >= 32
+        assert re.search(r"admin token written to .*admin_token", caplog.text)
+        assert (await app.http.get("/admin/engines", headers=app.admin)).status_code == 200
 
 
 # unit level ------------------------------------------------------------------------------------

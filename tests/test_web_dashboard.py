@@ -12,13 +12,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from webfixtures import Server, job_status, server, wait_for  # noqa: F401 (fixture)
+from support.inprocess import InProcessApp
+from support.live import LiveServer as Server
+from support.live import job_status
+from support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(180)
 CHROMIUM = os.environ.get("LLMSUP_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+async def test_the_dashboard_is_served_without_a_cache(web: InProcessApp) -> None:
+    root = await web.http.get("/")
+    assert root.status_code == 307 and root.headers["location"] == "/dashboard"
+    page = await web.http.get("/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.headers["cache-control"] == "no-cache" and '<script src="/dashboard.js"' in page.text
+    script = await web.http.get("/dashboard.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert "/v1/events" in script.text  # fed live by the global event stream
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +52,7 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser: object, server: Server) -> Iterator[object]:  # noqa: F811
+def page(browser: object, server: Server) -> Iterator[object]:
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     errors: list[str] = []
@@ -56,7 +70,7 @@ def elapsed(locator: object) -> float:
     return float(value) if value else -1.0
 
 
-def test_runaway_job_shows_running_with_growing_elapsed_and_the_kill_button_ends_it(page, server: Server) -> None:  # noqa: F811
+def test_runaway_job_shows_running_with_growing_elapsed_and_the_kill_button_ends_it(page, server: Server) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.wait_for_selector("#conn.live")
     page.wait_for_selector(".engine[data-engine-id]")
@@ -91,7 +105,7 @@ def test_runaway_job_shows_running_with_growing_elapsed_and_the_kill_button_ends
         page.screenshot(path=str(ARTIFACTS / "dashboard-killed.png"), full_page=True)
 
 
-def test_restart_button_replaces_the_engine(page, server: Server) -> None:  # noqa: F811
+def test_restart_button_replaces_the_engine(page, server: Server) -> None:
     page.wait_for_selector(".engine[data-engine-id]")
     with server.client() as c:
         old = c.get("/admin/engines", headers=server.admin).json()["engines"][0]
@@ -103,5 +117,5 @@ def test_restart_button_replaces_the_engine(page, server: Server) -> None:  # no
         states = page.locator(".engine[data-engine-id]").evaluate_all("cards => cards.map(c => c.dataset.state)")
         return states.count("idle") + states.count("busy") == 2
 
-    wait_for(two_serving, 30, what="the replacement engine on the page")
+    eventually(two_serving, 30, what="the replacement engine on the page")
     page.screenshot(path=str(ARTIFACTS / "dashboard-restarted.png"), full_page=True)
