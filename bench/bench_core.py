@@ -18,14 +18,14 @@ from typing import Any
 
 import httpx
 import ipyparallel as ipp
+
+from bench.load import saturate
+from bench.stats import summary_ms, table
 from llmsup.engines import runtime, sim
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
-
-from bench.load import saturate
-from bench.stats import summary_ms, table
 from tests.support import live
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ipyparallel as ipp
+
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.leftovers import ProcessLedger
 from llmsup.supervisor.settings import Settings
@@ -63,8 +64,8 @@ class ClusterManager:
         self.client = await self.cluster.connect_client()
         log.info("controller started (pid %s), profile %s", controller_pid, self.cluster.profile_dir)
 
-    def launch_engine(self, gpu: str) -> Callable[[], Any]:
-        """Start one engine in its own set; returns the awaitable start. Local clusters only."""
+    def launch_engine(self, gpu: str) -> tuple[str, Any]:
+        """Start one engine in its own set; returns the set id and the awaitable start. Local clusters only."""
         if self.cluster is None:
             raise RuntimeError("engines can only be started on a local cluster")
         set_id = f"e{next(self._set_ids)}"

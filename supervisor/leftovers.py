@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import psutil
+
 from llmsup.supervisor.signals import kill_group
 
 log = logging.getLogger("llmsup.leftovers")

@@ -100,7 +100,7 @@ def _acquire(client: Client, engine_id: int | None, end: float) -> int:
                 if engine_id is not None:
                     raise BorrowError(f"no engine {engine_id} (engines: {sorted(engines)})")
                 chosen = None  # it went away (restarted): pick another
-            elif engine is not None:
+            elif engine is not None and chosen is not None:
                 state = engine["state"]
                 if state == "draining" and not drained:
                     if engine_id is not None:

@@ -16,6 +16,8 @@ from typing import Protocol
 
 from llmsup.supervisor.jobs import Job, JobStatus
 
+Jobs = list[Job]  # for annotations inside the stores, where ``list`` names their method
+
 
 class DuplicateKey(Exception):
     """An idempotency key is already taken; ``existing`` is the job that holds it."""
@@ -43,7 +45,7 @@ class JobStore(Protocol):
     ) -> list[Job]:
         """Jobs newest first, optionally filtered by status and owner."""
 
-    def next_queued(self, now: float, limit: int) -> list[Job]:
+    def next_queued(self, now: float, limit: int) -> Jobs:
         """Queued jobs ready to run at ``now``: highest priority first, FIFO within a priority."""
 
     def counts(self) -> dict[JobStatus, int]:
@@ -52,7 +54,7 @@ class JobStore(Protocol):
     def count(self, status: JobStatus) -> int:
         """Number of jobs in one status (cheap: used on every submit)."""
 
-    def expired(self, now: float, limit: int) -> list[Job]:
+    def expired(self, now: float, limit: int) -> Jobs:
         """Queued jobs whose queue timeout (created_at + queue_timeout_s) has passed at ``now``."""
 
     def close(self) -> None:
@@ -107,7 +109,7 @@ class MemoryStore:
         jobs.sort(key=lambda j: j.seq, reverse=True)
         return jobs[offset : offset + limit]
 
-    def next_queued(self, now: float, limit: int) -> list[Job]:
+    def next_queued(self, now: float, limit: int) -> Jobs:
         ready = [j for j in self._jobs.values() if j.status is JobStatus.QUEUED and j.not_before <= now]
         return sorted(ready, key=_order_key)[:limit]
 
@@ -120,7 +122,7 @@ class MemoryStore:
     def count(self, status: JobStatus) -> int:
         return sum(1 for j in self._jobs.values() if j.status is status)
 
-    def expired(self, now: float, limit: int) -> list[Job]:
+    def expired(self, now: float, limit: int) -> Jobs:
         due = [j for j in self._jobs.values() if j.status is JobStatus.QUEUED and _expires_at(j) <= now]
         return sorted(due, key=lambda j: j.seq)[:limit]
 
@@ -220,7 +222,7 @@ class SQLiteStore:
         rows = self._db.execute(sql, (*args, limit, offset)).fetchall()
         return [Job.from_dict(json.loads(r[0])) for r in rows]
 
-    def next_queued(self, now: float, limit: int) -> list[Job]:
+    def next_queued(self, now: float, limit: int) -> Jobs:
         rows = self._db.execute(
             "SELECT data FROM jobs WHERE status='queued' AND not_before<=? ORDER BY priority DESC, seq LIMIT ?",
             (now, limit),
@@ -236,7 +238,7 @@ class SQLiteStore:
     def count(self, status: JobStatus) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (status.value,)).fetchone()[0])
 
-    def expired(self, now: float, limit: int) -> list[Job]:
+    def expired(self, now: float, limit: int) -> Jobs:
         rows = self._db.execute(
             "SELECT data FROM jobs WHERE status='queued' AND expires_at<=? ORDER BY seq LIMIT ?", (now, limit)
         ).fetchall()

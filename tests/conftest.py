@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
 from support.inprocess import InProcessApp, in_process

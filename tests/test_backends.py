@@ -20,6 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
+
 from fixtures_models import backend_config, models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.engines.protocol import Backend, Generation, GenParams
 from llmsup.engines.runtime import make_backend, prepare_environment

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from conftest import make_settings
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.supervisor.jobs import JobStatus

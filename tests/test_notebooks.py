@@ -21,6 +21,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
+
 from support.live import finish_server, start_server
 
 ROOT = Path(__file__).resolve().parent.parent

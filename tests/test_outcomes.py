@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from conftest import make_settings
 from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
 from llmsup.supervisor.outcomes import from_exception, from_result, lost

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+
 from support.live import sim_environment, start_llmsup, stop, tagged_processes
 from support.waiting import eventually
 

@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 
 import pytest
+
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor

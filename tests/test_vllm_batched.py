@@ -1,4 +1,4 @@
-"""Batched vLLM engines (issue 7): continuous batching with per-request deadlines, on the CPU."""
+"""Batched vLLM engines: continuous batching with per-request deadlines, on the CPU."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from conftest import make_settings
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.supervisor.jobs import JobStatus

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from support.inprocess import InProcessApp
 from support.live import LiveServer as Server
 from support.live import job_status

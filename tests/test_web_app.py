@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from support.inprocess import InProcessApp, in_process
 
 pytestmark = pytest.mark.timeout(60)

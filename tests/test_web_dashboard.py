@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from support.inprocess import InProcessApp
 from support.live import LiveServer as Server
 from support.live import job_status

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+
 from llmsup.supervisor.settings import Settings
 from llmsup.web.app import create_app
 from support.live import LiveServer as Server

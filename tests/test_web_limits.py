@@ -11,6 +11,7 @@ from pathlib import Path
 
 import openai
 import pytest
+
 from support.inprocess import InProcessApp, in_process
 
 pytestmark = pytest.mark.timeout(60)

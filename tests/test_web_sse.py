@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+
 from support.inprocess import InProcessApp
 from support.live import LiveServer as Server
 from support.live import job_status

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+
 from llmsup.supervisor import __version__
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+
 from llmsup.supervisor.jobs import Job
 from llmsup.supervisor.requests import JobNotFound
 from llmsup.supervisor.settings import Settings
@@ -164,7 +165,8 @@ def bearer(request: Request) -> str | None:
 
 
 def get_auth(request: Request) -> Auth:
-    return request.app.state.auth
+    auth: Auth = request.app.state.auth
+    return auth
 
 
 async def require_admin(request: Request) -> Principal:  # async: FastAPI runs sync ones in threads

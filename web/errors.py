@@ -7,15 +7,17 @@ shape ``{"error": {"message", "type", "param", "code"}}`` so that OpenAI clients
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from llmsup.supervisor.requests import EngineNotFound, InvalidRequest, JobNotFound, QueueFull
-from llmsup.supervisor.transitions import InvalidTransition
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+
+from llmsup.supervisor.requests import EngineNotFound, InvalidRequest, JobNotFound, QueueFull
+from llmsup.supervisor.transitions import InvalidTransition
 
 log = logging.getLogger("llmsup.web")
 OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models")
@@ -76,48 +78,55 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    safe = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()[:20]]
+    message, param = _validation_message(exc)
+    return _error(request, 422, message, safe, param=param)
+
+
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # e.g. not UTF-8
+        return _error(request, 422, "request body is not valid JSON")
+    if exc.status_code == 405:  # one route answers per method: list every method of the path
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    return _error(request, exc.status_code, str(exc.detail), headers=headers)
+
+
+async def _openai(request: Request, exc: OpenAIHTTPError) -> JSONResponse:
+    return _error(request, exc.status, exc.message, headers=exc.headers, param=exc.param, code=exc.code)
+
+
+async def _not_found(request: Request, exc: JobNotFound | EngineNotFound) -> JSONResponse:
+    return _error(request, 404, str(exc))
+
+
+async def _bad(request: Request, exc: InvalidRequest) -> JSONResponse:
+    return _error(request, 422, str(exc))
+
+
+async def _conflict(request: Request, exc: InvalidTransition) -> JSONResponse:
+    return _error(request, 409, str(exc))
+
+
+async def _full(request: Request, exc: QueueFull) -> JSONResponse:
+    return _error(request, 429, str(exc), headers={"Retry-After": str(int(exc.retry_after_s + 0.999))},
+                  code="queue_full")
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _error(request, 500, "internal error (logged on the server)")
+
+
+HANDLERS: tuple[tuple[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]], ...] = (
+    (RequestValidationError, _invalid), (StarletteHTTPException, _http), (OpenAIHTTPError, _openai),
+    (JobNotFound, _not_found), (EngineNotFound, _not_found), (InvalidRequest, _bad), (InvalidTransition, _conflict),
+    (QueueFull, _full), (Exception, _unexpected),
+)
+
+
 def install(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        safe = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()[:20]]
-        message, param = _validation_message(exc)
-        return _error(request, 422, message, safe, param=param)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        headers = getattr(exc, "headers", None)
-        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # e.g. not UTF-8
-            return _error(request, 422, "request body is not valid JSON")
-        if exc.status_code == 405:  # one route answers per method: list every method of the path
-            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
-        return _error(request, exc.status_code, str(exc.detail), headers=headers)
-
-    @app.exception_handler(OpenAIHTTPError)
-    async def _openai(request: Request, exc: OpenAIHTTPError) -> JSONResponse:
-        return _error(request, exc.status, exc.message, headers=exc.headers, param=exc.param, code=exc.code)
-
-    @app.exception_handler(JobNotFound)
-    async def _no_job(request: Request, exc: JobNotFound) -> JSONResponse:
-        return _error(request, 404, str(exc))
-
-    @app.exception_handler(EngineNotFound)
-    async def _no_engine(request: Request, exc: EngineNotFound) -> JSONResponse:
-        return _error(request, 404, str(exc))
-
-    @app.exception_handler(InvalidRequest)
-    async def _bad(request: Request, exc: InvalidRequest) -> JSONResponse:
-        return _error(request, 422, str(exc))
-
-    @app.exception_handler(InvalidTransition)
-    async def _conflict(request: Request, exc: InvalidTransition) -> JSONResponse:
-        return _error(request, 409, str(exc))
-
-    @app.exception_handler(QueueFull)
-    async def _full(request: Request, exc: QueueFull) -> JSONResponse:
-        return _error(request, 429, str(exc), headers={"Retry-After": str(int(exc.retry_after_s + 0.999))},
-                      code="queue_full")
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(request, 500, "internal error (logged on the server)")
+    """Every caller mistake answers its 4xx; anything unexpected a logged 500 without a traceback."""
+    for exc_type, handler in HANDLERS:
+        app.add_exception_handler(exc_type, handler)

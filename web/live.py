@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+
+from llmsup.supervisor.events import Subscription
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.requests import JobNotFound
 from llmsup.supervisor.service import Supervisor
@@ -71,64 +73,87 @@ async def live_events(
                            gauge=web_metrics.sse_streams if web_metrics else None)
 
 
-async def _feed(sup: Supervisor, principal: Principal, n_jobs: int, every_s: float) -> AsyncIterator[bytes]:
-    loop = asyncio.get_running_loop()
-    owners: dict[str, str | None] = {}
+class _FeedState:
+    """What one client's feed has seen: the owners of jobs, and running jobs with tokens not yet summarised."""
 
-    def mine(job_id: str) -> Job | None:
+    def __init__(self, sup: Supervisor, principal: Principal, n_jobs: int, every_s: float, now: float) -> None:
+        self.sup, self.principal, self.n_jobs, self.every_s = sup, principal, n_jobs, every_s
+        self.owners: dict[str, str | None] = {}
+        self.dirty: set[str] = set()
+        self.next_flush = self.next_tick = now + every_s
+
+    def wake_at(self) -> float:
+        return min(self.next_tick, self.next_flush) if self.dirty else self.next_tick
+
+    def mine(self, job_id: str) -> Job | None:
         try:
-            job = sup.get(job_id)
+            job = self.sup.get(job_id)
         except JobNotFound:
             return None
-        owners[job_id] = job.owner
-        return job if principal.can_see(job) else None
+        self.owners[job_id] = job.owner
+        return job if self.principal.can_see(job) else None
 
-    def snapshot() -> bytes:
-        jobs = sup.list(None, owner=principal.owner, limit=n_jobs) if n_jobs else []
-        return sse.event({"jobs": [summary(j) for j in jobs], **_engines(sup, principal)}, "snapshot")
+    def snapshot(self) -> bytes:
+        self.dirty.clear()
+        jobs = self.sup.list(None, owner=self.principal.owner, limit=self.n_jobs) if self.n_jobs else []
+        return sse.event({"jobs": [summary(j) for j in jobs], **_engines(self.sup, self.principal)}, "snapshot")
 
+    def on_event(self, ev: dict[str, Any], now: float) -> list[bytes]:
+        """A status change is sent at once; a token only marks its job for the next flush."""
+        jid = ev.get("job_id", "")
+        if ev["type"] == "status":
+            self.dirty.discard(jid)
+            job = self.mine(jid)
+            return [sse.event(summary(job), "job")] if job is not None else []
+        if ev["type"] == "token" and (self.principal.sees_all or self.owners.get(jid, self.principal.owner)
+                                      == self.principal.owner):
+            if not self.dirty:
+                self.next_flush = now + FLUSH_S
+            self.dirty.add(jid)
+        return []
+
+    def due(self, now: float) -> list[bytes]:
+        """Summaries of the running jobs that streamed since the last flush, and the engines on their tick."""
+        out = []
+        if self.dirty and now >= self.next_flush:
+            out = [sse.event(summary(job), "job") for job in map(self.mine, list(self.dirty))
+                   if job is not None and job.status is JobStatus.RUNNING]
+            self.dirty.clear()
+        if now >= self.next_tick:
+            self.next_tick = now + self.every_s
+            out.append(sse.event(_engines(self.sup, self.principal), "engines") if self.principal.sees_all else sse.PING)
+        if len(self.owners) > 50_000:
+            self.owners.clear()
+        return out
+
+
+async def _next_event(sub: Subscription, wake_at: float) -> dict[str, Any] | None:
+    """The next hub event, a ``tick`` at ``wake_at``, or None when the subscription ended."""
+    try:
+        async with asyncio.timeout_at(wake_at):  # (wait_for can swallow a cancel in Python 3.11)
+            ev: dict[str, Any] | None = await sub.get()
+            return ev
+    except TimeoutError:
+        return {"type": "tick"}
+
+
+async def _feed(sup: Supervisor, principal: Principal, n_jobs: int, every_s: float) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    state = _FeedState(sup, principal, n_jobs, every_s, loop.time())
     sub = sup.hub.subscribe(None)
     try:
-        yield snapshot()
-        dirty: set[str] = set()
-        next_flush = next_tick = loop.time() + every_s
+        yield state.snapshot()
         while True:
-            wake = min(next_tick, next_flush if dirty else next_tick)
-            try:
-                async with asyncio.timeout_at(wake):  # (wait_for can swallow a cancel in Python 3.11)
-                    ev = await sub.get()
-            except TimeoutError:
-                ev = {"type": "tick"}
+            ev = await _next_event(sub, state.wake_at())
             if ev is None:
                 if not sub.overflowed:
                     return  # the supervisor is stopping
-                sub.close()
+                sub.close()  # fell behind: start over from a fresh snapshot
                 sub = sup.hub.subscribe(None)
-                dirty.clear()
-                yield snapshot()
+                yield state.snapshot()
                 continue
-            if ev["type"] == "status":
-                job = mine(ev["job_id"])
-                dirty.discard(ev["job_id"])
-                if job is not None:
-                    yield sse.event(summary(job), "job")
-            elif ev["type"] == "token":
-                jid = ev["job_id"]
-                if principal.sees_all or owners.get(jid, principal.owner) == principal.owner:
-                    if not dirty:
-                        next_flush = loop.time() + FLUSH_S
-                    dirty.add(jid)
             now = loop.time()
-            if dirty and now >= next_flush:
-                for jid in list(dirty):
-                    job = mine(jid)
-                    if job is not None and job.status is JobStatus.RUNNING:
-                        yield sse.event(summary(job), "job")
-                dirty.clear()
-            if now >= next_tick:
-                next_tick = now + every_s
-                yield sse.event(_engines(sup, principal), "engines") if principal.sees_all else sse.PING
-            if len(owners) > 50_000:
-                owners.clear()
+            for chunk in state.on_event(ev, now) + state.due(now):
+                yield chunk
     finally:
         sub.close()

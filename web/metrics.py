@@ -11,8 +11,9 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from llmsup.web.deps import SupervisorDep
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from llmsup.web.deps import SupervisorDep
 
 router = APIRouter(tags=["health"])
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import psutil
 from fastapi import APIRouter, Depends, Query
+
 from llmsup.supervisor.requests import JobNotFound
 from llmsup.supervisor.service import Supervisor
 from llmsup.web.auth import require_admin

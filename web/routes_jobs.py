@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.web import sse
@@ -117,13 +118,15 @@ async def _job_events(updates: AsyncIterator[Update], job_id: str, principal: Pr
             yield sse.PING
         elif u.kind == "token":
             yield sse.event({"job_id": job_id, "seq": u.seq, "text": u.text}, "token", u.seq)
-        elif u.kind == "job":
-            yield sse.event(job_out(u.job, principal).model_dump(mode="json"), "job")
-        else:
-            yield sse.event({"job_id": job_id, "status": u.status.value, "attempts": u.job.attempts,
-                             "tokens": u.job.tokens}, "status")
-        if u.status is not None and u.status.terminal:
-            yield sse.event(job_out(u.job, principal).model_dump(mode="json"), "end")
+        elif u.job is not None and u.status is not None:  # "job" and "status" updates carry both
+            job, status = u.job, u.status
+            if u.kind == "job":
+                yield sse.event(job_out(job, principal).model_dump(mode="json"), "job")
+            else:
+                yield sse.event({"job_id": job_id, "status": status.value, "attempts": job.attempts,
+                                 "tokens": job.tokens}, "status")
+            if status.terminal:
+                yield sse.event(job_out(job, principal).model_dump(mode="json"), "end")
 
 
 def _gauge(request: Request):  # type: ignore[no-untyped-def]

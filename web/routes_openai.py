@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
@@ -214,45 +215,56 @@ def _chat_chunk(job: Job, model: str) -> Chunk:
     return make
 
 
+def _closing_chunks(final: Job | None, make: Chunk, include_usage: bool) -> list[bytes]:
+    """The end of a stream: the finish reason (and usage), or an error chunk; then ``[DONE]``."""
+    ends: list[dict[str, Any]]
+    if final is None:
+        ends = [{"error": {"message": "the server is shutting down", "type": "server_error", "param": None,
+                           "code": "shutdown"}}]
+    elif final.status in (JobStatus.FAILED, JobStatus.EXPIRED):
+        code = "job_failed" if final.status is JobStatus.FAILED else "job_expired"
+        ends = [{"error": {"message": f"job {final.id} {final.status.value}: {final.error}", "type": "server_error",
+                           "param": None, "code": code}}]
+    else:
+        last = make(finish=finish_reason(final))
+        last["llmsup"] = info(final).model_dump()
+        ends = [last]
+        if include_usage:
+            ends.append({**make(), "choices": [], "usage": usage(final).model_dump()})
+    return [*(sse.event(end) for end in ends), b"data: [DONE]\n\n"]
+
+
+async def _chunks(sup: Supervisor, job_id: str, make: Chunk, echo: str, include_usage: bool,
+                  role_first: bool) -> AsyncIterator[bytes]:
+    """The stream's chunks: role and echo first, one per token, then its end."""
+    if role_first:
+        yield sse.event(make(role=True))
+    if echo:
+        yield sse.event(make(echo))
+    tracker = TextTracker()
+    final: Job | None = None
+    async for u in follow(sup, job_id, sup.settings.sse_ping_s):
+        if u.kind == "ping":
+            yield sse.PING
+            continue
+        delta = tracker.update(u)
+        if delta or u.kind == "token":  # one chunk per token, as vLLM sends (even while text is held back)
+            yield sse.event(make(delta))
+        if u.status is not None and u.status.terminal:
+            final = u.job
+    for chunk in _closing_chunks(final, make, include_usage):
+        yield chunk
+
+
 def _stream(sup: Supervisor, request: Request, job: Job, make: Chunk, echo: str, include_usage: bool,
             role_first: bool = False) -> sse.EventStream:
     job_id = job.id
-
-    async def chunks() -> AsyncIterator[bytes]:
-        if role_first:
-            yield sse.event(make(role=True))
-        if echo:
-            yield sse.event(make(echo))
-        tracker = TextTracker()
-        final: Job | None = None
-        async for u in follow(sup, job_id, sup.settings.sse_ping_s):
-            if u.kind == "ping":
-                yield sse.PING
-                continue
-            delta = tracker.update(u)
-            if delta or u.kind == "token":  # one chunk per token, as vLLM sends (even while text is held back)
-                yield sse.event(make(delta))
-            if u.status is not None and u.status.terminal:
-                final = u.job
-        if final is None:
-            yield sse.event({"error": {"message": "the server is shutting down", "type": "server_error",
-                                       "param": None, "code": "shutdown"}})
-        elif final.status in (JobStatus.FAILED, JobStatus.EXPIRED):
-            code = "job_failed" if final.status is JobStatus.FAILED else "job_expired"
-            yield sse.event({"error": {"message": f"job {final.id} {final.status.value}: {final.error}",
-                                       "type": "server_error", "param": None, "code": code}})
-        else:
-            last = make(finish=finish_reason(final))
-            last["llmsup"] = info(final).model_dump()
-            yield sse.event(last)
-            if include_usage:
-                yield sse.event({**make(), "choices": [], "usage": usage(final).model_dump()})
-        yield b"data: [DONE]\n\n"
+    chunks = _chunks(sup, job_id, make, echo, include_usage, role_first)
 
     def on_close(completed: bool) -> None:
         if not completed and sup.settings.cancel_on_disconnect and not sup.get(job_id).status.terminal:
             sup.cancel(job_id, note=DISCONNECT_NOTE)
 
     web_metrics = getattr(request.app.state, "web_metrics", None)
-    return sse.EventStream(chunks(), on_close=on_close, headers={"X-Llmsup-Job-Id": job_id},
+    return sse.EventStream(chunks, on_close=on_close, headers={"X-Llmsup-Job-Id": job_id},
                            gauge=web_metrics.sse_streams if web_metrics else None)

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import openai
 from fastapi import FastAPI
+
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import MemoryStore
