@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     run_dir: Path = Field(Path(".llmsup"), description="SQLite store, IPyParallel files, caches, tokens")
     stream_bind: str = Field("tcp://127.0.0.1", description="where engines send tokens (an address engines reach)")
-    # web: security and limits (issue 4)
+    # web: security and limits
     admin_token: SecretStr | None = Field(
         None, description="admin bearer token; unset: a new one is generated at start into <run-dir>/admin_token"
     )

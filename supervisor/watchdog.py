@@ -107,7 +107,7 @@ class Watchdog:
         settings = self.settings
         if not run.task_started.is_set():
             # A SIGINT that reaches an engine before the task starts is swallowed by the idle kernel
-            # (FACTS.md: 4 of 30): wait until the engine says it runs the job (an overloaded engine
+            # (docs/measured.md 1.4: 4 of 30): wait until the engine says it runs the job (an overloaded engine
             # may still be reading it), then interrupt.
             await _wait_any(run.task_started, run.settled, settings.kill_grace_s)
             if run.settled.is_set():
