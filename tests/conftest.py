@@ -1,5 +1,5 @@
-"""Shared fixtures: a real Supervisor on a real local IPyParallel cluster (``sup``), a live ``llmsup serve`` per
-module (``server``), and the web app in-process without engines (``web``)."""
+"""Shared fixtures: a real Supervisor on a real local IPyParallel cluster (``sup``), one live ``llmsup serve`` for
+the session (``server``), and the web app in-process without engines (``web``)."""
 
 from __future__ import annotations
 
@@ -44,10 +44,11 @@ async def sup(run_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[Su
         await supervisor.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """A live ``llmsup serve`` (sim backend, 2 engines, the test settings) shared by the tests of one module;
-    teardown fails if any process it started survives."""
+    """A live ``llmsup serve`` (sim backend, 2 engines, the test settings) shared by every test that needs one with
+    these settings (tests leave no job running and give back what they drain or restart); teardown fails if any
+    process it started survives. A module that needs other settings defines its own (``support.live.serving``)."""
     with serving(tmp_path_factory.mktemp("llmsup")) as live:
         yield live
 
