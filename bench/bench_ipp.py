@@ -25,10 +25,12 @@ from collections.abc import Callable
 from typing import Any
 
 import ipyparallel as ipp
+import psutil
 from ipyparallel.error import RemoteError
 
 from bench.stats import table
 from llmsup.supervisor.signals import interrupt_main_thread
+from tests.support.waiting import eventually
 
 REPLY_WAIT_S = 2.0
 
@@ -109,14 +111,10 @@ def sigterm(view: Any, pid: int) -> list[list[object]]:
 
 
 def _gone_within(pid: int, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
+    try:
+        return eventually(lambda: not psutil.pid_exists(pid), timeout, f"pid {pid} to exit", interval=0.05)
+    except AssertionError:
+        return False
 
 
 def cluster_start(period_ms: int) -> tuple[float, float]:
