@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check
 
-.PHONY: serve test install install-test browser lint bench clean
+.PHONY: serve test install install-test browser lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,12 +30,20 @@ browser:
 serve: install
 	$(BIN)/llmsup serve
 
-test: install-test
+# The gates run first: lint (ruff: style, import order, complexity), then types (mypy), then the tests
+# (pytest turns warnings into errors, see pyproject.toml).
+test: install-test lint
 	$(BIN)/python -m pytest -q
 
-lint: install-test
-	$(BIN)/ruff check supervisor engines web tests bench
-	$(BIN)/nbqa ruff notebooks
+lint: install-test typecheck
+	$(BIN)/python -m ruff check supervisor engines web tests bench
+	$(BIN)/python -m nbqa ruff notebooks
+
+# mypy reads the folders under the names they install as (llmsup.*): link them so (pyproject.toml [tool.mypy])
+typecheck: install-test
+	@mkdir -p build/typecheck/llmsup
+	@for d in supervisor engines web; do ln -sfn ../../../$$d build/typecheck/llmsup/$$d; done
+	$(BIN)/python -m mypy
 
 bench: install-test
 	$(BIN)/python -m bench

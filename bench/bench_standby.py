@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.load import saturate
+from bench.stats import pct, table
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
-
-from bench.load import saturate
-from bench.stats import pct, table
 
 LIMIT_S, KILL_AFTER_S = 1.0, 0.5
 # Measured on this 2-core machine with the same workload (2 workers, limit 1.0 s, hard kill 0.5 s later):

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import zmq
+
 from llmsup.engines import runtime
 from llmsup.engines.gpu_memory import gpu_memory_mb
 from llmsup.engines.messages import (

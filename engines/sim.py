@@ -51,8 +51,9 @@ class SimBackend:
         token_s = directives.get("slow") or self.token_s
         if "error" in directives:
             raise RuntimeError("sim: scripted error")
-        if directives.get("alloc"):
-            _LEAKED.append(bytearray(int(directives["alloc"] * 1024 * 1024)))
+        alloc_mb = directives.get("alloc")
+        if alloc_mb:
+            _LEAKED.append(bytearray(int(alloc_mb * 1024 * 1024)))
         scripted_end = next((d for d in ("hang", "hang-nosigint", "crash") if d in directives), None)
         limit = min(params.max_tokens, PREFIX_TOKENS) if scripted_end else params.max_tokens
         stops = StopMatcher(params.stop)

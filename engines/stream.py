@@ -11,6 +11,7 @@ return value.
 from __future__ import annotations
 
 import zmq
+
 from llmsup.engines.messages import Message, TokenPiece, encode
 
 

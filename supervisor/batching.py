@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
+
 from llmsup.engines.messages import ControlOp, Hello, ProtocolError, decode_for_supervisor, encode
 from llmsup.supervisor.malformed import MalformedLog
 from llmsup.supervisor.metrics import Metrics

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.console import Console
+
 from llmsup.supervisor import cli_options, cli_output
 from llmsup.supervisor.client import Client, JobHandle, LlmsupError, ServerUnreachable
-from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM job supervisor on IPyParallel.")
 log = logging.getLogger("llmsup.cli")
@@ -76,11 +77,12 @@ def serve(model_arg: str | None = None, config: Path | None = None, **values: An
     (options win over the environment, which wins over the file).
     """
     import uvicorn
+    from pydantic import ValidationError
+
     from llmsup.supervisor import logsetup
     from llmsup.supervisor.rundir import RunDirError, prepare_run_dir
     from llmsup.supervisor.settings import load_settings, unknown_variables
     from llmsup.web.app import create_app
-    from pydantic import ValidationError
 
     given = cli_options.given_settings(SETTING_OPTIONS, values)
     if model_arg is not None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import ipyparallel as ipp
 import psutil
+
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.leftovers import ProcessLedger
 from llmsup.supervisor.rundir import prepare_run_dir

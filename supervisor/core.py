@@ -89,21 +89,7 @@ class SupervisorCore(EngineOwner):
     def submit(self, req: JobRequest) -> Submitted:
         """Validate and queue a job; a repeated idempotency key returns the job it created."""
         s = self.settings
-        if not req.prompt:
-            raise InvalidRequest("prompt must not be empty")
-        if len(req.prompt) > s.max_prompt_chars:
-            raise InvalidRequest(f"prompt longer than {s.max_prompt_chars} characters")
-        deadline = req.deadline_s if req.deadline_s is not None else s.deadline_s
-        if not 0 < deadline <= s.max_deadline_s:
-            raise InvalidRequest(f"deadline_s must be in (0, {s.max_deadline_s}]")
-        max_tokens = req.max_tokens if req.max_tokens is not None else s.default_max_tokens
-        if not 1 <= max_tokens <= s.max_tokens_limit:
-            raise InvalidRequest(f"max_tokens must be in [1, {s.max_tokens_limit}]")
-        try:
-            params = JobParams.from_dict({**req.extra, "max_tokens": max_tokens, "temperature": req.temperature,
-                                          "stop": req.stop})
-        except TypeError as exc:
-            raise InvalidRequest(str(exc)) from None
+        deadline, params = self._validated(req)
         if req.idempotency_key is not None:
             existing = self.store.by_key(req.idempotency_key, req.owner)
             if existing is not None:
@@ -124,6 +110,26 @@ class SupervisorCore(EngineOwner):
         self._publish_status(job)
         self.wake_dispatch()
         return Submitted(job, created=True)
+
+    def _validated(self, req: JobRequest) -> tuple[float, JobParams]:
+        """The request's deadline and sampling parameters, or InvalidRequest saying what is wrong."""
+        s = self.settings
+        if not req.prompt:
+            raise InvalidRequest("prompt must not be empty")
+        if len(req.prompt) > s.max_prompt_chars:
+            raise InvalidRequest(f"prompt longer than {s.max_prompt_chars} characters")
+        deadline = req.deadline_s if req.deadline_s is not None else s.deadline_s
+        if not 0 < deadline <= s.max_deadline_s:
+            raise InvalidRequest(f"deadline_s must be in (0, {s.max_deadline_s}]")
+        max_tokens = req.max_tokens if req.max_tokens is not None else s.default_max_tokens
+        if not 1 <= max_tokens <= s.max_tokens_limit:
+            raise InvalidRequest(f"max_tokens must be in [1, {s.max_tokens_limit}]")
+        try:
+            params = JobParams.from_dict({**req.extra, "max_tokens": max_tokens, "temperature": req.temperature,
+                                          "stop": req.stop})
+        except TypeError as exc:
+            raise InvalidRequest(str(exc)) from None
+        return deadline, params
 
     def get(self, job_id: str) -> Job:
         job = self.store.get(job_id)
@@ -211,13 +217,7 @@ class SupervisorCore(EngineOwner):
 
     def _on_job_event(self, run: RunningJob, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.TokenPiece):
-            previous = run.last_token_mono
-            if run.add_piece(event.seq, event.text, now):
-                self.metrics.token_piece(None if previous is None else now - previous)
-                if previous is None:
-                    joblog.first_token(run.job, run.engine, now - run.started_mono)
-                self.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": event.seq,
-                                              "text": event.text})
+            self._on_piece(run, event, now)
         elif isinstance(event, ev.TaskStarted):
             run.task_started = True
             if run.escalation is not None:
@@ -231,6 +231,14 @@ class SupervisorCore(EngineOwner):
                 self._settle(run, outcomes.partial(run, run.escalation.reason, "; reply lost"))
         elif isinstance(event, ev.JobReply):
             self._on_reply(run, event)
+
+    def _on_piece(self, run: RunningJob, piece: ev.TokenPiece, now: float) -> None:
+        previous = run.last_token_mono
+        if run.add_piece(piece.seq, piece.text, now):
+            self.metrics.token_piece(None if previous is None else now - previous)
+            if previous is None:
+                joblog.first_token(run.job, run.engine, now - run.started_mono)
+            self.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": piece.seq, "text": piece.text})
 
     def _on_reply(self, run: RunningJob, reply: ev.JobReply) -> None:
         max_attempts = self.settings.max_attempts

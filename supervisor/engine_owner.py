@@ -131,6 +131,13 @@ class EngineOwner:
 
     # reports -----------------------------------------------------------------------------
     def on_engine_event(self: SupervisorCore, event: ev.Report, now: float) -> None:
+        if not self._on_cluster_event(event, now):
+            engine = self.pool.get(getattr(event, "engine_id", -1))
+            if engine is not None:
+                self._on_engine_record_event(engine, event, now)
+
+    def _on_cluster_event(self: SupervisorCore, event: ev.Report, now: float) -> bool:
+        """Events about engines the pool does not hold (yet, or any more); True if ``event`` was one."""
         if isinstance(event, ev.EngineRegistered):
             self._drive("identify", None, lambda: self.driver.identify(event.engine_id))
         elif isinstance(event, ev.EngineIdentified):
@@ -138,16 +145,15 @@ class EngineOwner:
         elif isinstance(event, ev.LaunchFailed):
             self.pool.launches.pop(event.set_id, None)
             log.error("engine set %s failed to start: %s", event.set_id, event.why)
-            return
         elif isinstance(event, ev.EngineRetired):
             self._replace(event.engine_id)
-            return
         elif isinstance(event, (ev.ControllerLost, ev.ControllerRestarted)):
             self._controller_event(event, now)
-            return
-        engine = self.pool.get(getattr(event, "engine_id", -1))
-        if engine is None:
-            return
+        else:
+            return False
+        return True
+
+    def _on_engine_record_event(self: SupervisorCore, engine: Engine, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.EngineLoaded):
             self._loaded(engine, event)
         elif isinstance(event, ev.EngineProgress):

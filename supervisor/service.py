@@ -17,6 +17,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+
 from llmsup.engines import messages as wire
 from llmsup.engines import placement
 from llmsup.engines.messages import StreamEvent

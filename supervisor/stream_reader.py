@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
+
 from llmsup.engines.messages import STREAM_EVENTS, ProtocolError, StreamEvent, decode_for_supervisor
 from llmsup.supervisor.malformed import MalformedLog
 from llmsup.supervisor.metrics import Metrics

@@ -20,10 +20,12 @@ from typing import Any
 
 import psutil
 import pytest
+
 from fixtures_models import backend_config, models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.engines.protocol import Backend, Generation, GenParams
 from llmsup.engines.runtime import make_backend, prepare_environment
 from llmsup.engines.stopflag import StopRequested
+from support.waiting import eventually
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROMPT = "Hello, the engine"
@@ -284,10 +286,7 @@ def run_mp_engine(tiny_model: str, tmp_path: pathlib.Path, target: str) -> dict[
     print(result)
     assert "EngineCore" in " ".join(name for _, _, name in result["kids"]), result  # multiprocessing was on
     assert result["left"] == [], "release() left vLLM processes behind"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and not all(_gone(pid, t) for pid, t, _ in result["kids"]):
-        time.sleep(0.2)
-    assert all(_gone(pid, t) for pid, t, _ in result["kids"]), "orphaned vLLM processes after exit"
+    eventually(lambda: all(_gone(pid, t) for pid, t, _ in result["kids"]), 15, "vLLM's processes to exit (orphans)")
     return result
 
 

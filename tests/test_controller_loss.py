@@ -6,6 +6,7 @@ import os
 import signal
 
 import pytest
+
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor

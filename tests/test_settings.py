@@ -3,8 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from llmsup.supervisor.settings import Settings, load_settings
 from pydantic import ValidationError
+
+from llmsup.supervisor.settings import Settings, load_settings
 
 pytestmark = pytest.mark.timeout(10)
 

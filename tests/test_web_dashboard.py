@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from webfixtures import Server, job_status, serve, server, wait_for  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(180)

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.requests import JobNotFound
 from llmsup.supervisor.service import Supervisor

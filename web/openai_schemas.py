@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from llmsup.web.schemas import JSONModel
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from llmsup.web.schemas import JSONModel
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
 
 
 def only(*values: Any, **schema: Any) -> Any:
     """A field llmsup accepts only at its neutral value(s): said in the OpenAPI schema, checked in ``_check``."""
-    extra = dict(schema) if schema else {"enum": [*values, None]}
+    extra: dict[str, Any] = dict(schema) if schema else {"enum": [*values, None]}
     return Field(None, json_schema_extra=extra, description="accepted for compatibility; only the neutral value")
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import psutil
 from fastapi import APIRouter, Depends, Query
+
 from llmsup.supervisor.cluster_driver import ClusterDriver
 from llmsup.supervisor.engine_state import Engine
 from llmsup.supervisor.requests import JobNotFound

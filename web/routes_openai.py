@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.model_name import served_model_name
 from llmsup.supervisor.requests import JobRequest

@@ -6,8 +6,9 @@ import typing
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from llmsup.supervisor.jobs import Job, JobStatus
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+
+from llmsup.supervisor.jobs import Job, JobStatus
 
 
 def iso(ts: float | None) -> str | None:
