@@ -36,6 +36,11 @@ def serve(
     kill_grace: Annotated[float | None, typer.Option(help="SIGINT -> SIGKILL, seconds [1.0]")] = None,
     max_attempts: Annotated[int | None, typer.Option(help="runs per job before it fails [3]")] = None,
     queue_max: Annotated[int | None, typer.Option(help="queued jobs before 429 [10000]")] = None,
+    cluster_ip: Annotated[str | None, typer.Option(help="address the controller and engine channels listen on; "
+                                                   "engines on other hosts join there [127.0.0.1]")] = None,
+    engine_launcher: Annotated[str | None, typer.Option(help="IPyParallel launcher of this server's engines: "
+                                                        "local | ssh | mpi | slurm | ... [local]")] = None,
+    hosts: Annotated[str | None, typer.Option(help="hosts of the ssh launcher, comma-separated")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML settings file (or LLMSUP_CONFIG)")] = None,
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
 ) -> None:
@@ -49,7 +54,8 @@ def serve(
         "engines": engines, "standby": standby, "backend": backend, "model": model, "host": host, "port": port, "run_dir": run_dir,
         "deadline_s": deadline, "cluster_file": cluster_file, "slots_per_engine": slots_per_engine,
         "gpus_per_engine": gpus_per_engine, "interrupt_grace_s": interrupt_grace, "kill_grace_s": kill_grace,
-        "max_attempts": max_attempts, "queue_max": queue_max,
+        "max_attempts": max_attempts, "queue_max": queue_max, "cluster_ip": cluster_ip,
+        "engine_launcher": engine_launcher, "hosts": hosts,
     }
     try:
         settings = load_settings(config, **given)
@@ -125,6 +131,27 @@ def kill(job_id: str, url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
 def engines(url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
     """Admin: list the engines and what they run."""
     _answer(url, run_dir, lambda client: client.engine_list())
+
+
+@app.command()
+def join(
+    join_file: Annotated[Path, typer.Argument(help="the server's <run-dir>/join.json")],
+    engines: Annotated[int, typer.Option(min=0, max=512, help="engines to run on this host")] = 1,
+    standby: Annotated[int, typer.Option(min=0, max=64, help="warm standby engines besides")] = 0,
+    work_dir: Annotated[Path | None, typer.Option(help="engine logs and caches [./.llmsup-join]")] = None,
+    log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
+) -> None:
+    """Run engines on this host for the server that wrote JOIN_FILE; keep them alive until SIGTERM or the server
+    says stop."""
+    from llmsup.supervisor.join import run_agent
+    from llmsup.supervisor.joinfile import JoinFileError
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run_agent(join_file, engines, standby, work_dir)
+    except JoinFileError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
 
 
 def main() -> None:

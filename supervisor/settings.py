@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BackendName = Literal["auto", "sim", "transformers", "vllm"]
 
@@ -27,6 +27,28 @@ class Settings(BaseSettings):
     model: str | None = Field(None, description="model path or id; None: a tiny local model")
     cluster_file: Path | None = Field(None, description="connect to this existing IPyParallel cluster file")
     heartbeat_ms: int = Field(500, ge=50, le=30_000, description="controller heartbeat period")
+    # cluster: several hosts
+    cluster_ip: str = Field(
+        "127.0.0.1",
+        description="address the IPyParallel controller and llmsup's engine channels listen on; another host's "
+        "engines connect there (see <run-dir>/join.json); 0.0.0.0: every interface, advertised by this host's name",
+    )
+    engine_launcher: str = Field(
+        "local",
+        description="IPyParallel launcher that starts (and replaces) this server's engines: local, ssh, mpi, slurm, "
+        "pbs, sge, lsf, htcondor, or a launcher class; configured further in IPyParallel's own "
+        "<run-dir>/ipython/profile_llmsup/ipcluster_config.py",
+    )
+    hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts the ssh launcher starts engines on, comma-separated ([user@]host[:port]); the engines "
+        "are spread over them in turn",
+    )
+    host_loss_s: float | None = Field(
+        None, gt=0, le=300,
+        description="a host none of whose engines (nor its join agent) is heard from for this long is lost: its jobs "
+        "go back to the queue uncharged; default: 10 heartbeats, between 2 and 10 s",
+    )
     engine_start_timeout_s: float = Field(180.0, gt=0)
     gpus_per_engine: int = Field(1, ge=1, le=64)
     engine_threads: int | None = Field(None, ge=1, le=256, description="torch threads per engine")
@@ -84,13 +106,33 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(None, description="model name on the OpenAI routes (default: model/backend)")
     sse_ping_s: float = Field(15.0, gt=0, le=300, description="keep-alive comment interval of SSE streams")
 
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lstrip().startswith("["):  # a JSON list (LLMSUP_HOSTS, TOML)
+            import json
+
+            return json.loads(value)
+        if isinstance(value, str):  # "h1,h2" from a flag, or LLMSUP_HOSTS
+            return [h.strip() for h in value.split(",") if h.strip()]
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> "Settings":
         if self.kill_grace_s < self.interrupt_grace_s:
             raise ValueError("kill_grace_s must be >= interrupt_grace_s")
         if self.deadline_s > self.max_deadline_s:
             raise ValueError("deadline_s must be <= max_deadline_s")
+        if self.engine_launcher == "ssh" and not self.hosts:
+            raise ValueError("engine_launcher ssh needs hosts (--hosts h1,h2)")
         return self
+
+    @property
+    def host_loss_timeout_s(self) -> float:
+        """How long a host may stay silent before it is taken as lost (derived from the heartbeat when unset)."""
+        if self.host_loss_s is not None:
+            return self.host_loss_s
+        return min(10.0, max(2.0, 10 * self.heartbeat_ms / 1000))
 
     @property
     def db_path(self) -> Path:
