@@ -81,3 +81,14 @@ def test_restart_engine_replaces_it(server: Server) -> None:  # noqa: F811
         assert old["pid"] not in [e["pid"] for e in now]
         job = c.post("/v1/jobs", json={"prompt": "after restart", "max_tokens": 2}).json()
         wait_for(lambda: job_status(c, job["id"])["status"] == "succeeded", what="a job after the restart")
+
+
+def test_hosts_list_the_servers_own_host_with_its_engines(server: Server) -> None:  # noqa: F811
+    with server.client() as c:
+        assert c.get("/admin/hosts").status_code == 401
+        hosts = c.get("/admin/hosts", headers=server.admin).json()["hosts"]
+        assert len(hosts) == 1
+        host = hosts[0]
+        assert host["local"] and host["state"] == "up" and not host["agent"] and host["losses"] == 0
+        assert sorted(host["engines"]) == sorted(e["id"] for e in engines(c, server))
+        assert {e["host"] for e in host["engine_list"]} == {host["host"]}

@@ -105,3 +105,9 @@ def test_restart_button_replaces_the_engine(page, server: Server) -> None:  # no
 
     wait_for(two_serving, 30, what="the replacement engine on the page")
     page.screenshot(path=str(ARTIFACTS / "dashboard-restarted.png"), full_page=True)
+
+
+def test_hosts_show_with_their_engine_count(page, server: Server) -> None:  # noqa: F811
+    card = page.locator('.host[data-state="up"]')
+    card.wait_for(timeout=15_000)
+    assert "(this server)" in card.inner_text() and card.locator(".host-engines").inner_text() == "2"
