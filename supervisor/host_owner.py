@@ -71,6 +71,7 @@ class Host:
 class HostOwner:
     def _init_hosts(self: SupervisorCore) -> None:
         self.hosts: dict[str, Host] = {}
+        self._hosts_checked_at: float | None = None
 
     def _host(self: SupervisorCore, key: str, name: str) -> Host:
         host = self.hosts.get(key)
@@ -128,8 +129,16 @@ class HostOwner:
 
     # losing a host --------------------------------------------------------------------------------
     def check_hosts(self: SupervisorCore, now: float) -> None:
-        """Take as lost every other host none of whose engines (nor its agent) was heard for host_loss_s."""
+        """Take as lost every other host none of whose engines (nor its agent) was heard for host_loss_s.
+
+        Not right after the supervisor itself stood still (a check comes every fraction of a second): the beats
+        that arrived meanwhile are still unread, and silence would be our own."""
         limit = self.settings.host_loss_timeout_s
+        previous, self._hosts_checked_at = self._hosts_checked_at, now
+        if previous is not None and now - previous > limit / 2:
+            log.warning("the supervisor stood still for %.1fs: no host is judged lost before its beats are read",
+                        now - previous)
+            return
         for host in list(self.hosts.values()):
             if host.key == self.driver.local_key or host.lost_at is not None:
                 continue

@@ -85,7 +85,7 @@ def _ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.
     return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=20)
 
 
-def _free_subnet() -> str:
+def free_subnet() -> str:
     """A 10.231.X.0/24 that no interface of this machine uses (the first three octets)."""
     used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, timeout=10).stdout
     for _ in range(100):
@@ -151,6 +151,17 @@ class HostNet:
         self.processes.append(proc)
         return proc
 
+    @classmethod
+    def create(cls, workdir: Path) -> HostNet:
+        """A bridge with the server's address on a free /24 (call :meth:`cleanup` when done, also on failure)."""
+        net = cls(f"{os.getpid() % 0x10000:04x}{random.randint(0, 0xff):02x}", free_subnet(), workdir)
+        try:
+            net.make_bridge()
+        except BaseException:
+            net.cleanup()
+            raise
+        return net
+
     def cleanup(self) -> None:
         for proc in self.processes:
             proc.kill()
@@ -199,9 +210,8 @@ def hostnet(tmp_path: Path) -> Iterator[HostNet]:
     reason = namespaces_unavailable()
     if reason:
         pytest.skip(f"namespace test hosts unavailable: {reason}")
-    net = HostNet(f"{os.getpid() % 0x10000:04x}{random.randint(0, 0xff):02x}", _free_subnet(), tmp_path)
+    net = HostNet.create(tmp_path)
     try:
-        net.make_bridge()
         yield net
     finally:
         net.cleanup()

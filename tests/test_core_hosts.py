@@ -97,6 +97,17 @@ def test_a_silent_host_is_lost_and_its_job_runs_again_uncharged(tmp_path: Path) 
     assert core.metrics.job_outcomes.labels("succeeded")._value.get() == 1
 
 
+def test_no_host_is_lost_right_after_the_supervisor_stood_still(tmp_path: Path) -> None:
+    core, _, clock = remote_core(tmp_path)
+    core.check_hosts(clock.mono)
+    tick_to(core, clock, clock.mono + LOSS_S + 1)  # the supervisor's own loop stalled: unread beats wait
+    core.check_hosts(clock.mono)
+    assert core.hosts["remote|boot"].lost_at is None
+    clock.advance(0.25)
+    core.check_hosts(clock.mono)  # the next look, beats still silent: now it is the host
+    assert core.hosts["remote|boot"].lost_at is not None
+
+
 def test_the_servers_own_host_is_never_lost(tmp_path: Path) -> None:
     core, _, clock = remote_core(tmp_path, remote_engines=0)
     job_id = start_on(core, clock, 0)
