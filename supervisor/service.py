@@ -82,7 +82,7 @@ class Supervisor(SupervisorCore):
         self._zmq = zmq.asyncio.Context()
         # llmsup's channels: CURVE, and only peers with the client keys (our engines, join agents) get in
         self.keys = ChannelKeys.generate()
-        self._gate = ChannelGate(self._zmq, self.keys)
+        self.gate = ChannelGate(self._zmq, self.keys)
         bind, advertise = listen_addresses(s)
         self.stream = StreamReader(self._zmq, bind, self.on_stream_event, self.metrics, self.keys, advertise)
         self.stream_address = self.stream.address
@@ -128,7 +128,7 @@ class Supervisor(SupervisorCore):
         if self._owns_run_dir:
             self.ledger.claim()  # kill anything the cluster failed to stop
             self.ledger.release()
-        for sock in (getattr(self, "stream", None), getattr(self, "control", None), getattr(self, "_gate", None)):
+        for sock in (getattr(self, "stream", None), getattr(self, "control", None), getattr(self, "gate", None)):
             if sock is not None:
                 sock.close()
         if hasattr(self, "_zmq"):

@@ -73,6 +73,7 @@ async def test_join_agent_serves_and_a_peer_without_keys_gets_nothing(hostnet: H
             assert again.status is JobStatus.SUCCEEDED
         report = json.loads(peer.output().strip().splitlines()[-1])
         assert report["connected_raw"] == len(targets) and not report["leaked"], report
+        assert sup.gate.refused > 0  # the peer with a key pair of its own was refused by the channels' ZAP check
         assert sup.metrics.malformed.labels("stream")._value.get() == 0  # nothing got past the handshake
         assert sup.metrics.malformed.labels("control")._value.get() == 0
         for engine in sup.pool:
