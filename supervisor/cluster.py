@@ -31,6 +31,7 @@ from llmsup.supervisor.curve import ChannelKeys
 from llmsup.supervisor.joinfile import JOIN_FILE, JoinInfo
 from llmsup.supervisor.leftovers import ProcessLedger
 from llmsup.supervisor.settings import Settings
+from llmsup.supervisor.ssh_launcher import SSHEngineSetLauncherOffLoop
 
 log = logging.getLogger("llmsup.cluster")
 
@@ -108,7 +109,7 @@ class ClusterManager:
             controller_args=[f"--HeartMonitor.period={s.heartbeat_ms}",
                              f"--HeartMonitor.max_heartmonitor_misses={heartbeat_misses(s)}",
                              "--IPController.enable_curve=True"],  # encrypted, and only key holders get in
-            engine_launcher_class=s.engine_launcher,
+            engine_launcher_class=SSHEngineSetLauncherOffLoop if s.engine_launcher == "ssh" else s.engine_launcher,
             shutdown_atexit=False,
             log_level=logging.ERROR,  # engine deaths are logged by llmsup itself, with context
         )

@@ -189,6 +189,67 @@ def _namespace_init(popen: subprocess.Popen[bytes], timeout: float = 10) -> int:
     raise RuntimeError(f"no namespace init under pid {popen.pid} (exit status {popen.poll()})")
 
 
+# an sshd on a test host (the ssh launcher's tests) --------------------------------------------------------------
+SSHD_ROOT = Path(os.environ.get("LLMSUP_SSHD_ROOT") or Path(__file__).resolve().parent.parent / "build" / "sshd")
+
+
+def sshd_unavailable() -> str | None:
+    """Why no sshd can run on a test host, or None. Looks for Debian's openssh-server unpacked under SSHD_ROOT
+    (``make sshd``: apt-get download + dpkg -x, nothing installed on the machine), else /usr/sbin/sshd."""
+    if not (SSHD_ROOT / "usr/sbin/sshd").exists() and not Path("/usr/sbin/sshd").exists():
+        return f"no sshd: `make sshd` unpacks Debian's openssh-server into {SSHD_ROOT}"
+    if shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
+        return "no ssh client (openssh-client)"
+    return None
+
+
+@dataclass(frozen=True)
+class SshAccess:
+    """How to reach a test host's sshd: ``ssh -i key`` as root, host keys not checked (they are made per test)."""
+
+    address: str
+    key: Path
+
+    @property
+    def options(self) -> list[str]:
+        return ["-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
+
+
+def start_sshd(net: HostNet, host: TestHost) -> SshAccess:
+    """An sshd listening on the host's address, root's login by a key made here. It runs in the host's own mount
+    namespace, with a tmpfs on /run (its privilege separation directory) and a passwd that names its ``sshd``
+    user bind-mounted over /etc/passwd there: nothing is written outside the test's directory."""
+    unpacked = SSHD_ROOT / "usr/sbin/sshd"
+    sshd = unpacked if unpacked.exists() else Path("/usr/sbin/sshd")
+    libs = SSHD_ROOT / "usr/lib/x86_64-linux-gnu"
+    sftp = next((p for p in (SSHD_ROOT / "usr/lib/openssh/sftp-server", Path("/usr/lib/openssh/sftp-server"))
+                 if p.exists()), Path("/usr/lib/openssh/sftp-server"))
+    d = net.workdir / f"sshd-{host.name}"
+    d.mkdir(mode=0o700)
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True, timeout=30)
+    shutil.copy(d / "client_key.pub", d / "authorized_keys")
+    passwd = Path("/etc/passwd").read_text()
+    (d / "passwd").write_text(passwd + ("" if "\nsshd:" in passwd else "sshd:x:105:65534::/run/sshd:/usr/sbin/nologin\n"))
+    (d / "sshd_config").write_text(
+        f"ListenAddress {host.address}\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n"
+        f"PidFile {d}/sshd.pid\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
+        f"Subsystem sftp {sftp}\n")
+    script = (f"mount -t tmpfs tmpfs /run && mkdir -p /run/sshd && mount --bind {d}/passwd /etc/passwd && "
+              f"exec env LD_LIBRARY_PATH={libs} {sshd} -D -e -f {d}/sshd_config")
+    net.spawn(host, ["sh", "-c", script], log_name=f"sshd-{host.name}")
+    access = SshAccess(host.address, d / "client_key")
+    end = time.monotonic() + 20
+    while time.monotonic() < end:  # until it answers a command
+        done = subprocess.run(["ssh", *access.options, f"root@{host.address}", "true"], capture_output=True,
+                              timeout=20)
+        if done.returncode == 0:
+            return access
+        time.sleep(0.2)
+    raise RuntimeError(f"sshd on {host.name} does not answer: {done.stderr.decode(errors='replace')[-500:]}")
+
+
 def namespaces_unavailable() -> str | None:
     """Why namespace hosts cannot be made here, or None."""
     if os.geteuid() != 0:
