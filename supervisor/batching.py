@@ -24,6 +24,7 @@ from llmsup.engines.messages import ControlOp, Hello, HostBeat, HostOrder, Proto
 from llmsup.supervisor.curve import ChannelKeys, secure_server
 from llmsup.supervisor.malformed import MalformedLog
 from llmsup.supervisor.metrics import Metrics
+from llmsup.supervisor.stream_reader import YIELD_EVERY
 
 log = logging.getLogger("llmsup.batching")
 P = TypeVar("P")
@@ -95,8 +96,12 @@ class ControlChannel:
                       on_host: Callable[[str, HostBeat], None] | None = None) -> None:
         """Read until cancelled: every engine's hello goes to ``on_hello(engine_id, hello)``, every join agent's
         beat to ``on_host(identity, beat)``."""
+        read = 0
         while True:
             frames = await self.sock.recv_multipart()
+            read += 1
+            if read % YIELD_EVERY == 0:  # a backlog is not read in one go (see StreamReader.run)
+                await asyncio.sleep(0)
             if on_host is not None and frames[0].startswith(AGENT_PREFIX):
                 self._handle(frames, read_host_beat, on_host)
             else:

@@ -147,11 +147,14 @@ class ClusterManager:
         if self.cluster is None:
             raise RuntimeError("engines can only be started on a local cluster")
         set_id = f"e{next(self._set_ids)}"
-        env = {"LLMSUP_ENGINE_SET": set_id, "CUDA_VISIBLE_DEVICES": gpu}
+        env = {"LLMSUP_ENGINE_SET": set_id}
         options: dict[str, Any] = {}
+        launcher = self.settings.engine_launcher
+        if launcher in ("local", "ssh"):  # the devices of the plan (ssh: hosts like this one); a batch system or
+            env["CUDA_VISIBLE_DEVICES"] = gpu  # mpiexec gives its engines their devices itself
         if self.launches_remote:
             options["engines"] = {host or self.next_host(): 1}
-        else:
+        elif launcher == "local":
             env["IPYTHONDIR"] = os.environ["IPYTHONDIR"]  # a path of this host
         return set_id, self.cluster.start_engines(1, engine_set_id=set_id, environment=env, **options)
 

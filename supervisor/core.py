@@ -157,9 +157,9 @@ class SupervisorCore(EngineOwner, HostOwner):
         return self._running.get(job_id)
 
     # dispatch ---------------------------------------------------------------------------
-    def dispatch_ready(self, now: float) -> int:
-        """Start as many ready jobs as there are free slots; returns how many started."""
-        free = self.pool.free_slots()
+    def dispatch_ready(self, now: float, limit: int | None = None) -> int:
+        """Start as many ready jobs as there are free slots (at most ``limit``); returns how many started."""
+        free = self.pool.free_slots() if limit is None else min(limit, self.pool.free_slots())
         if free <= 0 or self.stopping:
             return 0
         started = 0

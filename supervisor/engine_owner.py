@@ -215,10 +215,10 @@ class EngineOwner:
             self.kill_engine(engine, "init_failed")
 
     def _gpu_for(self: SupervisorCore, ident: ev.EngineIdentity, launch: Launch | None) -> str:
+        if ident.gpu:
+            return ident.gpu  # pinned when it was started: by our launch, a batch system, a join agent
         if launch is not None:
             return launch.gpu
-        if ident.gpu:
-            return ident.gpu  # pinned by whoever started it
         try:
             return placement.devices_for_rank(self.pool.on_host(ident.host_key), 0, self.settings.gpus_per_engine)
         except ValueError:

@@ -35,6 +35,7 @@ from llmsup.supervisor.store import JobStore, SQLiteStore
 from llmsup.supervisor.stream_reader import StreamReader
 
 log = logging.getLogger("llmsup.supervisor")
+DISPATCH_BATCH = 8  # jobs started per turn of the dispatch loop
 
 
 class Supervisor(SupervisorCore):
@@ -170,11 +171,15 @@ class Supervisor(SupervisorCore):
     async def _dispatch_loop(self) -> None:
         while not self.stopping:
             self._wake.clear()
-            try:
-                self.dispatch_ready(self.mono())
+            started = 0
+            try:  # a batch at a time: with many engines free at once, timers and reads get turns in between
+                started = self.dispatch_ready(self.mono(), limit=DISPATCH_BATCH)
             except Exception:  # dispatch must go on: log, and try again at the next wake-up
                 log.exception("dispatch failed")
-            await _wait_event(self._wake, 0.25)
+            if started == DISPATCH_BATCH:
+                await asyncio.sleep(0)
+            else:
+                await _wait_event(self._wake, 0.25)
 
     async def _timer_loop(self) -> None:
         """Deadlines and ladder steps: the core's tick at its next wake-up."""

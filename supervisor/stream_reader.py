@@ -10,6 +10,7 @@ the client keys (``supervisor/curve.py``): others never get a message through.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ from llmsup.supervisor.malformed import MalformedLog
 from llmsup.supervisor.metrics import Metrics
 
 log = logging.getLogger("llmsup.stream")
+YIELD_EVERY = 64
 
 
 def peer_of(frame: zmq.Frame) -> str:
@@ -51,9 +53,15 @@ class StreamReader:
         self.address = f"{advertise or bind}:{port}"  # where engines connect (``advertise``: bound to every interface)
 
     async def run(self) -> None:
-        """Read until cancelled."""
+        """Read until cancelled. A receive that finds messages waiting returns without giving the event loop a
+        turn: after a backlog (many engines beating, the loop held up), reading it all in one go would hold up
+        the timers and dispatch for as long; so the loop gets a turn every YIELD_EVERY messages."""
+        read = 0
         while True:
             frames = await self.sock.recv_multipart(copy=False)
+            read += 1
+            if read % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             try:
                 event = decode_frames(frames)
             except ProtocolError as exc:
