@@ -35,6 +35,7 @@ from typing import Any
 
 import zmq
 from llmsup.engines import runtime
+from llmsup.engines.gpu_memory import gpu_memory_mb
 from llmsup.engines.messages import (
     CONTROL_OPS,
     Abort,
@@ -99,7 +100,8 @@ class BatchServer:
 
     def _finish(self, req: Request, result: JobResult) -> None:
         result = replace(result, text="".join(req.pieces), tokens=req.tokens, pid=os.getpid(),
-                         rss_mb=round(runtime.rss_mb(), 1), jobs_done=self.done + 1)
+                         rss_mb=round(runtime.rss_mb(), 1), gpu_mem_mb=gpu_memory_mb(self.rt.gpu),
+                         jobs_done=self.done + 1)
         self._send(JobDone(req.key, result))
         self.requests.pop(req.key, None)
         self.kill.pop(req.key, None)
@@ -133,7 +135,7 @@ class BatchServer:
         if now - self._last_beat >= BEAT_S:
             self._last_beat = now
             self._send(EngineBeat(self.rt.engine_id, len(self.requests), self.done, round(runtime.rss_mb(), 1),
-                                  self.malformed))
+                                  self.malformed, gpu_memory_mb(self.rt.gpu)))
 
     def _drain(self) -> None:
         while True:

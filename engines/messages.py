@@ -101,6 +101,7 @@ class JobResult:
     engine_dead: bool = False  # the backend is unusable: replace the engine
     pid: int = 0
     rss_mb: float = 0.0
+    gpu_mem_mb: float | None = None  # GPU memory of the engine and its children (engines on a GPU)
     elapsed_s: float = 0.0
     jobs_done: int = 0
     version: int = PROTOCOL_VERSION
@@ -147,7 +148,8 @@ class JobDone:
 
 @dataclass(frozen=True)
 class EngineBeat:
-    """A batched serving loop is alive (every few hundred ms)."""
+    """An engine is alive (every few hundred ms): a batched engine's serving loop, or a one-job engine's
+    heartbeat thread (``engines/heartbeat.py``)."""
 
     KIND: ClassVar[str] = "beat"
     engine_id: int
@@ -155,6 +157,7 @@ class EngineBeat:
     done: int = 0
     rss_mb: float = 0.0
     malformed: int = 0  # control messages the loop could not read so far
+    gpu_mem_mb: float | None = None
     version: int = PROTOCOL_VERSION
 
 

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llmsup.engines import messages
+from llmsup.engines.gpu_memory import gpu_memory_mb
 from llmsup.engines.heartbeat import Heartbeat
 from llmsup.engines.messages import EngineBeat, JobResult, JobSpec, ProtocolError, TaskStarted
-from llmsup.engines.protocol import Backend
+from llmsup.engines.protocol import Backend, GenParams
+from llmsup.engines.startup import StartProgress, open_log_file
 from llmsup.engines.stream import JobEmitter, TokenStream
 
 log = logging.getLogger("llmsup.engine")
@@ -41,14 +43,21 @@ class EngineRuntime:
     gpu: str
     jobs_done: int = 0
     started_at: float = field(default_factory=time.time)
+    log_file: str = ""  # this engine's log file ("" when it has none)
+    chat_template: str | None = None  # the server's chat template, published in place of the model's
     running: bool = False  # a job runs now
     heartbeat: Heartbeat | None = None
+
+    def describe(self) -> dict[str, Any]:
+        info = self.backend.describe()
+        return {**info, "chat_template": self.chat_template} if self.chat_template else info
 
     def tag(self) -> str:
         return f"engine={self.engine_id} host={socket.gethostname()} pid={os.getpid()} gpu={self.gpu or 'cpu'}"
 
     def beat(self) -> EngineBeat:
-        return EngineBeat(self.engine_id, int(self.running), self.jobs_done, round(rss_mb(), 1))
+        return EngineBeat(self.engine_id, int(self.running), self.jobs_done, round(rss_mb(), 1),
+                          gpu_mem_mb=gpu_memory_mb(self.gpu))
 
 
 _RUNTIME: EngineRuntime | None = None
@@ -98,7 +107,8 @@ def make_backend(config: dict[str, Any]) -> Backend:
 
 
 def prepare_environment(config: dict[str, Any]) -> str:
-    """Pin the GPU and keep caches in the run directory; before any CUDA import."""
+    """Pin the GPU and keep compile caches in the run directory; before any CUDA import. The Hugging Face home
+    (downloaded models, the hub token) stays the user's unless the config names one (``hf_home``)."""
     gpu = config.get("gpu")
     if gpu is None:
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "")
@@ -108,8 +118,9 @@ def prepare_environment(config: dict[str, Any]) -> str:
         cache = os.path.join(run_dir, "cache")
         os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(cache, "vllm"))
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache, "torchinductor"))
-        os.environ.setdefault("HF_HOME", os.path.join(cache, "huggingface"))
         os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(cache, "triton"))
+    if config.get("hf_home"):
+        os.environ["HF_HOME"] = str(config["hf_home"])
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     return gpu
@@ -141,43 +152,75 @@ def host_overrides(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def init_engine(config: dict[str, Any]) -> dict[str, Any]:
-    """Initialise this engine once; later calls only refresh the identity."""
+    """Initialise this engine once; later calls only refresh the identity.
+
+    The engine's log records go to its log file from the start; each phase (download, load, warm-up) is a log
+    line and a progress note the supervisor reads while this runs (``engines/startup.py``).
+    """
     global _RUNTIME
     # An engine started in the background may inherit SIGINT=SIG_IGN, which
     # would silently disable every interrupt: install Python's handler.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if _RUNTIME is None:
         config = host_overrides(config)
+        log_file = open_log_file(config)
+        progress = StartProgress(log_file)
+        progress.report("start", f"pid {os.getpid()} on {socket.gethostname()}, log file {log_file or '-'}")
         lower_priority(int(config.get("nice") or 0))
         gpu = prepare_environment(config)
         backend = make_backend(config)
         t0 = time.monotonic()
+        if config.get("backend") in ("transformers", "vllm"):
+            from llmsup.engines.download import fetch
+
+            fetch(config.get("model"), lambda detail: progress.report("download", detail))
+        progress.report("load", f"{config.get('backend', 'sim')} backend, model {config.get('model') or 'default'}")
         backend.load()
+        warm_up(backend, progress)
         address, keys = config.get("stream_address"), config.get("channel_keys")
         stream = TokenStream(address, keys) if address else None
-        rt = EngineRuntime(int(config.get("engine_id", -1)), backend, stream, gpu)
+        rt = EngineRuntime(int(config.get("engine_id", -1)), backend, stream, gpu, log_file=log_file,
+                           chat_template=config.get("chat_template") or None)
         if address and config.get("beat"):  # one-job engines: a thread says the process lives while jobs run
             rt.heartbeat = Heartbeat(address, keys, rt.beat)
             rt.heartbeat.start()
         _RUNTIME = rt
         log.info("%s backend loaded in %.2fs: %s", rt.tag(), time.monotonic() - t0, backend.describe())
+        progress.report("ready", f"in {time.monotonic() - progress.started:.1f}s")
     return identity()
+
+
+def warm_up(backend: Backend, progress: StartProgress) -> None:
+    """One token through the model before the first job (first-call costs: kernels, caches, allocations);
+    a failure is logged, and jobs then say what is wrong."""
+    if backend.name == "sim":
+        return
+    progress.report("warm-up", "one token")
+    try:
+        backend.generate("Hello", GenParams(max_tokens=1), lambda piece: None)
+    except Exception as exc:  # the engine still serves; each job reports its own error
+        log.warning("warm-up failed: %s: %s", type(exc).__name__, exc)
+    finally:
+        backend.abort()
 
 
 def identity() -> dict[str, Any]:
     rt = _RUNTIME
+    gpu = rt.gpu if rt else os.environ.get("CUDA_VISIBLE_DEVICES", "")
     return {
         "pid": os.getpid(),
         "pgid": os.getpgid(0),
         "host": socket.gethostname(),
         "host_key": host_key(),
-        "gpu": rt.gpu if rt else os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "gpu": gpu,
         "rss_mb": round(rss_mb(), 1),
+        "gpu_mem_mb": gpu_memory_mb(gpu, fresh=True),  # at registration and after the model loaded
         "jobs_done": rt.jobs_done if rt else 0,
-        "backend": rt.backend.describe() if rt else None,
+        "backend": rt.describe() if rt else None,
         "engine_set": os.environ.get("LLMSUP_ENGINE_SET", ""),
         "nanny_pid": nanny_pid(),
         "pid_started": process_started(),
+        "log_file": rt.log_file if rt else "",
     }
 
 
@@ -245,7 +288,7 @@ def run_job(spec_data: dict[str, Any]) -> dict[str, Any]:
     rt.running = False
     rt.jobs_done += 1
     result = replace(result, elapsed_s=time.monotonic() - t0, pid=os.getpid(), rss_mb=round(rss_mb(), 1),
-                     jobs_done=rt.jobs_done)
+                     gpu_mem_mb=gpu_memory_mb(rt.gpu), jobs_done=rt.jobs_done)
     return messages.plain(result)
 
 

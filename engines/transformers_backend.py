@@ -10,7 +10,8 @@ Config: ``model`` (dir or hub id; default the tiny local model under
 ``<run_dir>/models/tiny-llama``), ``gpu`` ("" = CPU), ``threads`` (torch
 intra-op threads; default 1 on the CPU, which was ~3x faster than 2 on the tiny
 model on a 2-core host, and lets one engine per core run side by side), and
-``options``: ``dtype`` ("auto": float32 on CPU, bfloat16 on GPU).
+``options``: ``dtype`` ("auto": float32 on CPU, bfloat16 on GPU), ``trust_remote_code``,
+``max_model_len`` (caps the model's own context length).
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ class TransformersBackend:
             torch.set_num_threads(self.threads)
         dtype = self.options.get("dtype", "auto")
         torch_dtype = getattr(torch, dtype) if dtype != "auto" else (torch.bfloat16 if use_gpu else torch.float32)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=local, dtype=torch_dtype)
+        remote_code = bool(self.options.get("trust_remote_code", False))
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local, trust_remote_code=remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=local, dtype=torch_dtype,
+                                                     trust_remote_code=remote_code)
         self.model = model.to(self.device).eval()
         self.model_path, self.dtype = path, str(torch_dtype).removeprefix("torch.")
         eos = self.model.generation_config.eos_token_id
@@ -70,6 +73,8 @@ class TransformersBackend:
             eos = self.tokenizer.eos_token_id
         self.eos_ids = [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
         self.max_len = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
+        if self.options.get("max_model_len"):
+            self.max_len = min(self.max_len, int(self.options["max_model_len"]))
         self.load_s = time.monotonic() - t0
         log.info(
             "transformers: loaded %s on %s (%s, %d threads) in %.2fs",

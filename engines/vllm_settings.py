@@ -19,8 +19,10 @@ CPU (no GPU in the config, or vLLM's CPU build):
 
 GPU: vLLM's defaults (multiprocessing on, CUDA graphs, dtype auto),
 ``tensor_parallel_size`` = number of GPUs pinned to the engine,
-``gpu_memory_utilization`` 0.9. ``options["engine_args"]`` passes any other
-``vllm.LLM`` argument through.
+``gpu_memory_utilization`` 0.9 (the supervisor lowers it for engines that
+share a GPU). ``trust_remote_code`` and ``max_num_seqs`` (the engine's slots)
+pass as they are; ``options["engine_args"]`` (``--engine-arg KEY=VALUE``)
+passes any other ``vllm.LLM`` argument through, and wins over the above.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import os
 from typing import Any
 
 CPU_MAX_MODEL_LEN = 2048
+# options that are ``vllm.LLM`` arguments of the same name, on any device (``llmsup serve`` flags: vLLM's names)
+PASSED_THROUGH = ("trust_remote_code", "max_num_seqs")
 
 
 def gpu_count(gpu: str | None) -> int:
@@ -62,6 +66,9 @@ def llm_kwargs(model: str, options: dict[str, Any], on_gpu: bool, gpu: str | Non
         kwargs["dtype"] = options.get("dtype", "float32")
         kwargs["enforce_eager"] = bool(options.get("enforce_eager", True))
         kwargs["max_model_len"] = int(options.get("max_model_len", CPU_MAX_MODEL_LEN))
+    for name in PASSED_THROUGH:
+        if options.get(name) is not None:
+            kwargs[name] = options[name]
     kwargs.update(options.get("engine_args") or {})
     return kwargs
 

@@ -1,88 +1,137 @@
-"""The ``llmsup`` command: serve, submit, status, kill, engines."""
+"""The ``llmsup`` command: serve, submit, status, kill, engines.
+
+``llmsup serve [MODEL]`` takes one option per setting (generated from ``Settings`` by ``cli_options``; vLLM's
+names where they mean the same). The client commands print for people by default and the API's JSON with
+``--json``.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
-from llmsup.supervisor.client import Client, LlmsupError, ServerUnreachable
+from llmsup.supervisor import cli_options, cli_output
+from llmsup.supervisor.client import Client, JobHandle, LlmsupError, ServerUnreachable
+from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM job supervisor on IPyParallel.")
+log = logging.getLogger("llmsup.cli")
+T = TypeVar("T")
 
 UrlOpt = Annotated[str | None, typer.Option("--url", help="server URL (default: LLMSUP_URL, else the run dir)")]
 RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="run directory (default: LLMSUP_RUN_DIR or ./.llmsup)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the server's JSON answer")]
 
 
-@app.command()
-def serve(
-    engines: Annotated[int | None, typer.Option(help="engines in the local cluster [2]")] = None,
-    standby: Annotated[int | None, typer.Option(help="warm standby engines (default: per backend and device)")] = None,
-    backend: Annotated[str | None, typer.Option(help="sim | transformers | vllm | auto")] = None,
-    model: Annotated[str | None, typer.Option(help="model path or id (default: a tiny local model)")] = None,
-    host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="port [8000]")] = None,
-    run_dir: RunDirOpt = None,
-    deadline: Annotated[float | None, typer.Option("--deadline", help="default job deadline, seconds")] = None,
-    cluster_file: Annotated[Path | None, typer.Option(help="join an existing IPyParallel cluster")] = None,
-    slots_per_engine: Annotated[int | None, typer.Option(help="jobs at once per engine")] = None,
-    gpus_per_engine: Annotated[int | None, typer.Option(help="GPUs per engine (tensor parallel)")] = None,
-    interrupt_grace: Annotated[float | None, typer.Option(help="SIGINT -> probe, seconds [0.25]")] = None,
-    kill_grace: Annotated[float | None, typer.Option(help="SIGINT -> SIGKILL, seconds [1.0]")] = None,
-    max_attempts: Annotated[int | None, typer.Option(help="runs per job before it fails [3]")] = None,
-    queue_max: Annotated[int | None, typer.Option(help="queued jobs before 429 [10000]")] = None,
-    cluster_ip: Annotated[str | None, typer.Option(help="address the controller and engine channels listen on; "
-                                                   "engines on other hosts join there [127.0.0.1]")] = None,
-    engine_launcher: Annotated[str | None, typer.Option(help="IPyParallel launcher of this server's engines: "
-                                                        "local | ssh | mpi | slurm | ... [local]")] = None,
-    hosts: Annotated[str | None, typer.Option(help="hosts of the ssh launcher, comma-separated")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="TOML settings file (or LLMSUP_CONFIG)")] = None,
-    log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("llmsup")
+    except PackageNotFoundError:
+        from llmsup.supervisor import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmsup {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="print the version and exit")] = False,
 ) -> None:
-    """Start a local cluster (controller + engines) and the web app; Ctrl-C or SIGTERM stops everything."""
+    """LLM job supervisor on IPyParallel."""
+
+
+# serve -----------------------------------------------------------------------------------------------------------
+SETTING_OPTIONS = cli_options.setting_options()
+SERVE_LEADING = [
+    inspect.Parameter("model_arg", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        str | None, typer.Argument(metavar="MODEL", show_default=False,
+                                   help="model path or Hugging Face id (the same as --model)")]),
+    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Path | None, typer.Option("--config", help="TOML settings file (or LLMSUP_CONFIG); keys are the setting names",
+                                  rich_help_panel="Server")]),
+]
+
+
+def serve(model_arg: str | None = None, config: Path | None = None, **values: Any) -> None:
+    """Start a local cluster (controller + engines) and the web app; Ctrl-C or SIGTERM stops everything.
+
+    Every setting is an option here, an LLMSUP_<NAME> environment variable and a key of the --config file
+    (options win over the environment, which wins over the file).
+    """
     import uvicorn
-    from llmsup.supervisor.settings import load_settings
+    from llmsup.supervisor import logsetup
+    from llmsup.supervisor.rundir import RunDirError, prepare_run_dir
+    from llmsup.supervisor.settings import load_settings, unknown_variables
     from llmsup.web.app import create_app
     from pydantic import ValidationError
 
-    given: dict[str, Any] = {
-        "engines": engines, "standby": standby, "backend": backend, "model": model, "host": host, "port": port, "run_dir": run_dir,
-        "deadline_s": deadline, "cluster_file": cluster_file, "slots_per_engine": slots_per_engine,
-        "gpus_per_engine": gpus_per_engine, "interrupt_grace_s": interrupt_grace, "kill_grace_s": kill_grace,
-        "max_attempts": max_attempts, "queue_max": queue_max, "cluster_ip": cluster_ip,
-        "engine_launcher": engine_launcher, "hosts": hosts,
-    }
+    given = cli_options.given_settings(SETTING_OPTIONS, values)
+    if model_arg is not None:
+        if given.get("model", model_arg) != model_arg:
+            typer.echo(f"two models named: {model_arg!r} and --model {given['model']!r}", err=True)
+            raise typer.Exit(2)
+        given["model"] = model_arg
     try:
         settings = load_settings(config, **given)
     except (ValidationError, ValueError, OSError) as exc:
         typer.echo(f"invalid settings:\n{exc}", err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        prepare_run_dir(settings.run_dir)  # 0700, ours: refused with one message before anything starts
+    except RunDirError as exc:
+        typer.echo(f"llmsup: {exc}", err=True)
+        raise typer.Exit(2) from None
+    logsetup.configure(settings.log_level, settings.log_format)
+    for warning in unknown_variables(os.environ):
+        log.warning("%s", warning)
     # A shell that started us in the background may have left SIGINT ignored; Ctrl-C must still work.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower(),
-                timeout_graceful_shutdown=5)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                log_config=None, timeout_graceful_shutdown=5, limit_concurrency=settings.http_limit_concurrency,
+                backlog=settings.http_backlog)
 
 
-def _answer(url: str | None, run_dir: Path | None, call: Callable[[Client], dict[str, Any]]) -> dict[str, Any]:
-    """One call of the Python client (the API key goes to job routes, the admin token to admin routes only);
-    its JSON answer printed. An error answer, or no answer: the message on stderr, exit status 1."""
+app.command("serve")(cli_options.command(serve, SETTING_OPTIONS, SERVE_LEADING))
+
+
+# client commands ---------------------------------------------------------------------------------------------------
+def _call(url: str | None, run_dir: Path | None, call: Callable[[Client], T]) -> T:
+    """One call of the Python client (the API key goes to job routes, the admin token to admin routes only).
+    An error answer, or no answer: the message on stderr, exit status 1."""
     try:
         with Client(url=url, run_dir=run_dir) as client:
-            data = call(client)
+            return call(client)
     except ServerUnreachable as exc:
         typer.echo(f"cannot reach the server: {exc}", err=True)
         raise typer.Exit(1) from None
     except LlmsupError as exc:
         typer.echo(f"error {exc.status_code}: {exc.message}" if exc.status_code else f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
-    return data
+
+
+def _console() -> Console:
+    return Console(highlight=False)
 
 
 @app.command()
@@ -92,45 +141,90 @@ def submit(
     max_tokens: Annotated[int | None, typer.Option("--max-tokens")] = None,
     priority: Annotated[int, typer.Option()] = 0,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="wait for the job to end")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="stream the text as it comes, until the job ends")] = False,
+    as_json: JsonOpt = False,
     url: UrlOpt = None,
     run_dir: RunDirOpt = None,
 ) -> None:
-    """Submit a prompt as a job (with --wait: print it once it has ended; exit status 3 unless it succeeded)."""
+    """Submit a prompt as a job. With --wait: the text on stdout as it is generated, a summary on stderr at the
+    end, exit status 3 unless it succeeded (with --json: the ended job's JSON)."""
 
     def call(client: Client) -> dict[str, Any]:
         job = client.submit(prompt, deadline_s=deadline, max_tokens=max_tokens, priority=priority,
                             idempotency_key=idempotency_key)
-        return job.wait().data if wait else job.data  # wait: server long-polls until the job ends
+        if not wait:
+            return job.data
+        if as_json:
+            return job.wait().data  # the server long-polls until the job ends
+        return _stream(job)
 
-    job = _answer(url, run_dir, call)
+    job = _call(url, run_dir, call)
+    if as_json:
+        _print_json(job)
+    elif not wait:
+        typer.echo(cli_output.job_summary(job))
     if wait and job["status"] != "succeeded":
         raise typer.Exit(3)
 
 
+def _stream(job: JobHandle) -> dict[str, Any]:
+    """Print the job's text as it is generated; its summary on stderr once it has ended."""
+    typer.echo(cli_output.job_summary(job.data), err=True)
+    last = ""
+    for piece in job.stream():
+        typer.echo(piece, nl=False)
+        last = piece or last
+    data = job.wait().data
+    if last and not last.endswith("\n"):
+        typer.echo()
+    typer.echo(cli_output.job_summary(data), err=True)
+    return data
+
+
 @app.command()
-def status(job_id: Annotated[str | None, typer.Argument()] = None, url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
+def status(
+    job_id: Annotated[str | None, typer.Argument(help="one job (default: the latest jobs)")] = None,
+    state: Annotated[str | None, typer.Option("--status", help="only jobs in this status (e.g. running)")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="at most this many jobs")] = 100,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    run_dir: RunDirOpt = None,
+) -> None:
     """Show one job, or the latest jobs."""
 
     def call(client: Client) -> dict[str, Any]:
         if job_id:
             return client.job(job_id).data
-        jobs = [h.data for h in client.jobs()]
+        jobs = [h.data for h in client.jobs(state, limit)]
         return {"jobs": jobs, "count": len(jobs)}
 
-    _answer(url, run_dir, call)
+    data = _call(url, run_dir, call)
+    if as_json:
+        _print_json(data)
+    elif job_id:
+        cli_output.print_job(_console(), data)
+    else:
+        cli_output.print_jobs(_console(), data["jobs"])
 
 
 @app.command()
-def kill(job_id: str, url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
+def kill(job_id: str, as_json: JsonOpt = False, url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
     """Admin: kill a job (queued: at once; running: interrupt, then escalate)."""
-    _answer(url, run_dir, lambda client: client.kill(job_id).data)
+    data = _call(url, run_dir, lambda client: client.kill(job_id).data)
+    if as_json:
+        _print_json(data)
+    else:
+        typer.echo(f"kill asked: {cli_output.job_summary(data)}")
 
 
 @app.command()
-def engines(url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
-    """Admin: list the engines and what they run."""
-    _answer(url, run_dir, lambda client: client.engine_list())
+def engines(as_json: JsonOpt = False, url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
+    """Admin: list the engines, their state, pid, GPU, current jobs and log file."""
+    data = _call(url, run_dir, lambda client: client.engine_list())
+    if as_json:
+        _print_json(data)
+    else:
+        cli_output.print_engines(_console(), data)
 
 
 @app.command()
@@ -139,14 +233,15 @@ def join(
     engines: Annotated[int, typer.Option(min=0, max=512, help="engines to run on this host")] = 1,
     standby: Annotated[int, typer.Option(min=0, max=64, help="warm standby engines besides")] = 0,
     work_dir: Annotated[Path | None, typer.Option(help="engine logs and caches [./.llmsup-join]")] = None,
-    log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
 ) -> None:
     """Run engines on this host for the server that wrote JOIN_FILE; keep them alive until SIGTERM or the server
     says stop."""
+    from llmsup.supervisor import logsetup
     from llmsup.supervisor.join import run_agent
     from llmsup.supervisor.joinfile import JoinFileError
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsetup.configure(log_level, "text")
     try:
         run_agent(join_file, engines, standby, work_dir)
     except JoinFileError as exc:

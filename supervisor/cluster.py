@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -30,6 +31,7 @@ from llmsup.supervisor.aio import within
 from llmsup.supervisor.curve import ChannelKeys
 from llmsup.supervisor.joinfile import JOIN_FILE, JoinInfo
 from llmsup.supervisor.leftovers import ProcessLedger
+from llmsup.supervisor.rundir import prepare_run_dir
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.ssh_launcher import SSHEngineSetLauncherOffLoop
 
@@ -91,7 +93,7 @@ class ClusterManager:
 
     async def start(self) -> None:
         ipython_dir = self.settings.ipython_dir.resolve()
-        ipython_dir.mkdir(parents=True, exist_ok=True)
+        prepare_run_dir(ipython_dir, "IPython directory")  # 0700: its connection files run code on engines
         os.environ["IPYTHONDIR"] = str(ipython_dir)
         if self.settings.cluster_file is not None:
             self.client = _join(self.settings.cluster_file)
@@ -209,7 +211,15 @@ class ClusterManager:
     async def restart(self) -> None:
         """A new controller after the old one died: the old engines are stopped (they cannot reach it), the
         client reconnects; engines are launched again by the caller."""
+        dead = getattr(self.cluster.controller, "pid", None) if self.cluster is not None else None
         await self.stop()
+        if dead:
+            # Its scheduler processes outlive it in its process group (its own session). A group whose leader is
+            # dead keeps its id while any member lives, and no new process can get that id: killpg is safe.
+            try:
+                os.killpg(int(dead), signal.SIGKILL)
+            except OSError:  # no such group any more
+                pass
         for name in [n for n in self.ledger.entries if n.startswith(("engine:", "nanny:", "controller"))]:
             self.ledger.kill(name)
         await self.start()

@@ -16,7 +16,7 @@ from typing import Any
 
 from llmsup.engines import batch, messages, runtime
 from llmsup.engines.messages import Abort, Hello, HostBeat, HostOrder, JobSpec, Stop, Submit
-from llmsup.supervisor import outcomes
+from llmsup.supervisor import engine_start, outcomes
 from llmsup.supervisor import reports as ev
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.batching import ControlChannel
@@ -98,16 +98,24 @@ class ClusterDriver:
             self._report(ev.EngineUnregistered(eid))
 
     async def _restart_cluster(self) -> None:
-        try:
-            await self.cluster.restart()
-        finally:
-            self._restarting = False
+        delay = 1.0
+        while not self._stopping:
+            try:
+                await self.cluster.restart()
+                break
+            except Exception:  # try again: without a controller nothing runs
+                log.exception("starting a new controller failed; trying again in %.0fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
+        self._restarting = False
         self._report(ev.ControllerRestarted())
 
     def engine_ids(self) -> set[int]:
         return self.cluster.engine_ids()
 
     def launch(self, gpu: str, host: str = "") -> str:
+        if self._restarting:
+            raise RuntimeError("the controller is being restarted")
         set_id, start = self.cluster.launch_engine(gpu, host)
         self._launched.add(set_id)
         self._spawn(self._start_set(set_id, start), f"launch {set_id}")
@@ -142,15 +150,23 @@ class ClusterDriver:
         self._spawn(self._load(engine, config), f"load {engine.tag()}")
 
     async def _load(self, engine: Engine, config: dict[str, Any]) -> None:
+        """Initialise the engine; its start timeout counts from its latest progress (download, load, warm-up)."""
         t0 = time.monotonic()
+
+        def progressed(p: engine_start.Progress) -> None:
+            self._report(ev.EngineProgress(engine.id, p.phase, p.detail, p.log_file))
+
         try:
-            ident = await within(self._apply(engine.id, runtime.init_engine, config),
-                                 self.settings.engine_start_timeout_s)
+            task = self.cluster.apply(engine.id, runtime.init_engine, config)
+            ident = await engine_start.wait_started(asyncio.wrap_future(task), engine_start.published(task),
+                                                    self.settings.engine_start_timeout_s, progressed)
         except Exception as exc:  # reported: the core replaces it
             self._report(ev.EngineFailed(engine.id, f"init: {type(exc).__name__}: {exc}"))
             return
+        gpu_mem = ident.get("gpu_mem_mb")
         self._report(ev.EngineLoaded(engine.id, ident.get("backend") or {}, float(ident.get("rss_mb", 0.0)),
-                                     time.monotonic() - t0))
+                                     time.monotonic() - t0, float(gpu_mem) if gpu_mem is not None else None,
+                                     log_file=str(ident.get("log_file") or "")))
 
     def start_serving(self, engine: Engine) -> None:
         assert self.control is not None

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llmsup.engines.messages import JobResult, JobSpec
-from llmsup.supervisor import ladder, outcomes
+from llmsup.supervisor import joblog, ladder, outcomes
 from llmsup.supervisor import reports as ev
 from llmsup.supervisor.driver import EngineDriver
 from llmsup.supervisor.engine_owner import EngineOwner
@@ -27,7 +27,9 @@ from llmsup.supervisor.engine_state import EngineState, after_jobs_change, move
 from llmsup.supervisor.events import EventHub
 from llmsup.supervisor.host_owner import HostOwner
 from llmsup.supervisor.jobs import Job, JobParams, JobStatus
+from llmsup.supervisor.metric_buckets import Limits
 from llmsup.supervisor.metrics import Metrics
+from llmsup.supervisor.model_name import served_model_name
 from llmsup.supervisor.outcomes import Settlement
 from llmsup.supervisor.pool import EnginePool
 from llmsup.supervisor.requests import InvalidRequest, JobNotFound, JobRequest, QueueFull, Submitted
@@ -50,7 +52,7 @@ class SupervisorCore(EngineOwner, HostOwner):
         self.driver: EngineDriver = driver  # type: ignore[assignment]  # set at start by the shell
         self.pool = EnginePool()
         self.hub = EventHub()
-        self.metrics = Metrics()
+        self.metrics = Metrics(Limits.of(settings), lambda: served_model_name(settings, self.pool.engines.values()))
         self.grace = ladder.Grace(settings.interrupt_grace_s, settings.kill_grace_s)
         self.stopping = False
         self._running: dict[str, RunningJob] = {}  # job id -> live handle
@@ -106,11 +108,13 @@ class SupervisorCore(EngineOwner, HostOwner):
         except TypeError as exc:
             raise InvalidRequest(str(exc)) from None
         if req.idempotency_key is not None:
-            existing = self.store.by_key(req.idempotency_key)
+            existing = self.store.by_key(req.idempotency_key, req.owner)
             if existing is not None:
                 return Submitted(self._view(existing), created=False)
         if self.store.count(Q) >= s.queue_max:
             raise QueueFull(s.queue_max, retry_after_s=max(1.0, deadline / 4))
+        if req.owner is not None and s.owner_queue_max and self.store.count_owned(Q, req.owner) >= s.owner_queue_max:
+            raise QueueFull(s.owner_queue_max, retry_after_s=max(1.0, deadline / 4), owner=req.owner)
         job = Job(prompt=req.prompt, params=params, deadline_s=deadline,
                   queue_timeout_s=req.queue_timeout_s or s.queue_timeout_s, priority=req.priority,
                   idempotency_key=req.idempotency_key, owner=req.owner, created_at=self.clock())
@@ -119,6 +123,7 @@ class SupervisorCore(EngineOwner, HostOwner):
         except DuplicateKey as dup:
             return Submitted(self._view(dup.existing), created=False)
         self.metrics.jobs_submitted.inc()
+        joblog.submitted(job)
         self._publish_status(job)
         self.wake_dispatch()
         return Submitted(job, created=True)
@@ -181,6 +186,7 @@ class SupervisorCore(EngineOwner, HostOwner):
         after_jobs_change(engine, f"job {job.id} dispatched")
         self.metrics.queue_wait.observe(max(0.0, job.started_at - job.created_at if job.started_at else 0.0))
         self._push_timer(run.deadline_at, job.id)
+        joblog.dispatched(job, engine)
         self._publish_status(job)
         spec = JobSpec(run.key, job.prompt, job.params)
         if not self._drive("dispatch", engine, lambda: self.driver.dispatch(engine, run.key, spec, job.deadline_s),
@@ -208,7 +214,11 @@ class SupervisorCore(EngineOwner, HostOwner):
 
     def _on_job_event(self, run: RunningJob, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.TokenPiece):
+            previous = run.last_token_mono
             if run.add_piece(event.seq, event.text, now):
+                self.metrics.token_piece(None if previous is None else now - previous)
+                if previous is None:
+                    joblog.first_token(run.job, run.engine, now - run.started_mono)
                 self.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": event.seq,
                                               "text": event.text})
         elif isinstance(event, ev.TaskStarted):
@@ -236,6 +246,7 @@ class SupervisorCore(EngineOwner, HostOwner):
         else:
             result = reply.result or JobResult("error", error="the engine answered nothing")
             run.engine.rss_mb = result.rss_mb or run.engine.rss_mb
+            run.engine.gpu_mem_mb = result.gpu_mem_mb if result.gpu_mem_mb is not None else run.engine.gpu_mem_mb
             if result.outcome == "error":
                 self._log_engine_error(run, result.error, result.traceback)
             settlement = outcomes.from_result(result, run, max_attempts)
@@ -287,6 +298,7 @@ class SupervisorCore(EngineOwner, HostOwner):
         engine = run.engine
         if not engine.batched and engine.state is EngineState.BUSY:
             move(engine, EngineState.INTERRUPTING, f"job {run.job.id} {reason.value}")
+        self.metrics.interrupt_asked(reason)
         self._climb(run, *ladder.ask(reason, engine.batched, run.task_started, now, self.grace))
         return True
 
@@ -318,7 +330,7 @@ class SupervisorCore(EngineOwner, HostOwner):
         esc = run.escalation
         log.warning("job=%s %s step=%s reason=%s elapsed=%.3fs %s", run.job.id, run.engine.tag(), step,
                     esc.reason.value if esc else "-", now - (esc.asked_at if esc else now), detail)
-        self.metrics.interrupts.labels(step).inc()
+        self.metrics.ladder_step(step)
 
     # settling -------------------------------------------------------------------------------
     def settle_engine_jobs(self, engine: Any, why: str, killed: bool) -> None:
@@ -356,6 +368,7 @@ class SupervisorCore(EngineOwner, HostOwner):
             new = transition(job, Q, wall, not_before=wall + backoff, error=st.requeue_reason, lost_engines=lost,
                              attempts=attempts)
             self.metrics.requeues.labels("engine_lost" if st.engine_lost else "other").inc()
+            joblog.requeued(new, run.engine, st.requeue_reason)
         else:
             finish_reason = st.finish_reason
             if st.status is JobStatus.TIMED_OUT:
@@ -386,11 +399,14 @@ class SupervisorCore(EngineOwner, HostOwner):
         if run.first_token_mono is not None:
             self.metrics.ttft.observe(max(0.0, run.first_token_mono - run.started_mono))
         self.metrics.tokens.inc(st.tokens)
+        self.metrics.settled(run, st, mono)
 
     def _finished(self, job: Job) -> None:
         self._publish_status(job)
         if job.status.terminal:
             self.metrics.job_outcomes.labels(job.status.value).inc()
+            self.metrics.finished(job)
+            joblog.finished(job)
             self.on_settled(job)
 
     def expire_queued(self, now: float) -> int:
@@ -404,10 +420,9 @@ class SupervisorCore(EngineOwner, HostOwner):
         return expired
 
     def update_gauges(self) -> None:
-        self.metrics.queue_depth.set(self.store.count(Q))  # indexed: this runs every health tick
-        self.metrics.running.set(len(self._running))
-        for state in EngineState:
-            self.metrics.engines.labels(state.value).set(sum(1 for e in self.pool if e.state is state))
+        queued = self.store.count(Q)  # indexed: this runs every health tick
+        self.metrics.update(queued, len(self._running), list(self.pool), self.standby_target, self.mono(),
+                            self.clock())
 
     # helpers ---------------------------------------------------------------------------------
     def _view(self, job: Job) -> Job:

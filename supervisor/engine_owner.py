@@ -36,7 +36,10 @@ class EngineOwner:
         self.slots = 1
         self.standby_target = 0
         self.gpu_count = 0
+        self.memory_shares: dict[str, float] = {}  # devices -> gpu_memory_utilization of an engine there
+        self.last_engine_progress = float("-inf")  # monotonic: an engine reported a step of its start
         self._last_launch = float("-inf")
+        self._controller_down = False
         self._retiring: dict[int, Engine] = {}  # gone engines whose devices are not free yet
         self._kill_reason: dict[int, str] = {}
 
@@ -92,9 +95,14 @@ class EngineOwner:
         if not self.driver.can_launch:
             return
         plan = self._launch_plan(n + self.standby_target)
-        for rank, (host, gpu) in enumerate(plan):
-            log.info("engine %d of %d%s on %s%s", rank + 1, len(plan), " (standby)" if rank >= n else "",
-                     f"GPU {gpu}" if gpu else "CPU", f" of {host}" if host else "")
+        one_host = [gpu for host, gpu in plan if host == plan[0][0]] if plan else []  # shares: per host
+        total = self.engine_config.get("options", {}).get("gpu_memory_utilization")
+        self.memory_shares = placement.memory_shares(one_host, total or placement.DEFAULT_GPU_MEMORY_UTILIZATION)
+        shown = self.memory_shares if self.engine_config.get("backend") == "vllm" else {}
+        lines = placement.describe([gpu for _, gpu in plan], n, shown)
+        for line, (host, _gpu) in zip(lines, plan):
+            log.info("%s%s", line, f" of {host}" if host else "")
+        for host, gpu in plan:
             self.launch(gpu, host=host)
 
     def launch(self: SupervisorCore, gpu: str, restarts: int = 0, host: str = "") -> None:
@@ -111,8 +119,13 @@ class EngineOwner:
     def reconcile(self: SupervisorCore, now: float) -> None:
         """Keep the engine count: launch what is missing (a failed launch, an engine set that never came up).
         Engines on their way out count as present: their replacement is launched when they are gone."""
-        if not self.driver.can_launch or self.stopping or now - self._last_launch < self.settings.engine_relaunch_s:
+        if (not self.driver.can_launch or self.stopping or self._controller_down
+                or now - self._last_launch < self.settings.engine_relaunch_s):
             return
+        wall = self.clock()
+        for launch in [la for la in self.pool.launches.values() if wall - la.since > self.settings.engine_start_timeout_s]:
+            log.error("engine set %s never registered in %.0fs: forgotten", launch.set_id, wall - launch.since)
+            del self.pool.launches[launch.set_id]
         present = len(self._own()) + len(self.pool.launches) + sum(
             1 for eid, e in self._retiring.items() if eid not in self.pool.engines and e.set_id)
         for host, gpu in self._missing_devices(self.settings.engines + self.standby_target - present):
@@ -164,11 +177,16 @@ class EngineOwner:
             return
         if isinstance(event, ev.EngineLoaded):
             self._loaded(engine, event)
+        elif isinstance(event, ev.EngineProgress):
+            self.last_engine_progress = now
+            engine.log_file = event.log_file or engine.log_file
+            log.info("%s starting: %s%s", engine.tag(), event.phase, f": {event.detail}" if event.detail else "")
         elif isinstance(event, ev.EngineServing):
             self._mark_ready(engine, now)
         elif isinstance(event, ev.EngineBeat):
             engine.last_beat = now
             engine.rss_mb = engine.rss_mb if event.rss_mb is None else event.rss_mb
+            engine.gpu_mem_mb = engine.gpu_mem_mb if event.gpu_mem_mb is None else event.gpu_mem_mb
         elif isinstance(event, ev.EngineFailed):
             self._failed(engine, event.why)
         elif isinstance(event, ev.EngineUnregistered):
@@ -179,13 +197,16 @@ class EngineOwner:
 
     def _failed(self: SupervisorCore, engine: Engine, why: str) -> None:
         if engine.state is S.STARTING:
-            log.error("%s failed to initialise: %s", engine.tag(), why)
+            log.error("%s failed to initialise: %s%s", engine.tag(), why,
+                      f" (engine log: {engine.log_file})" if engine.log_file else "")
             self.kill_engine(engine, "init_failed")
         else:
             self.engine_lost(engine, why)
 
     def _controller_event(self: SupervisorCore, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.ControllerRestarted):
+            self._controller_down = False
+            self.pool.launches.clear()  # any launched on the old controller will never register
             self._last_launch = float("-inf")
             self.reconcile(now)  # every engine anew
             return
@@ -194,11 +215,11 @@ class EngineOwner:
             move(engine, S.DEAD, "controller lost")
             self.settle_engine_jobs(engine, "controller lost", True)
             self.pool.remove(engine.id)
-            self.metrics.engine_restarts.labels("controller_lost").inc()
+            self.metrics.engine_restarted("controller_lost")
         self.pool.launches.clear()
         self._retiring.clear()
         self._kill_reason.clear()
-        self._last_launch = now  # no launch until the new controller runs
+        self._controller_down = True  # no launch until the new controller runs
 
     def _adopt(self: SupervisorCore, engine_id: int, ident: ev.EngineIdentity) -> None:
         launch = self.pool.launches.pop(ident.engine_set, None)
@@ -211,6 +232,8 @@ class EngineOwner:
         self._host_back(self._host(ident.host_key, ident.host), f"engine {engine_id} registered")
         # one-job engines beat from a thread (a batched engine's serving loop beats by itself)
         config = dict(self.engine_config, engine_id=engine_id, gpu=engine.gpu, beat=not self.batched)
+        if engine.gpu in self.memory_shares:  # engines that share a GPU split its memory
+            config["options"] = {**config.get("options", {}), "gpu_memory_utilization": self.memory_shares[engine.gpu]}
         if not self._drive("load", engine, lambda: self.driver.load(engine, config)):
             self.kill_engine(engine, "init_failed")
 
@@ -229,7 +252,10 @@ class EngineOwner:
             return
         engine.backend = dict(event.backend)
         engine.rss_mb = event.rss_mb
-        log.info("%s loaded in %.2fs (%s)", engine.tag(), event.load_s, engine.backend.get("backend"))
+        engine.gpu_mem_mb = event.gpu_mem_mb
+        engine.log_file = event.log_file or engine.log_file
+        log.info("%s loaded in %.2fs (%s), engine log %s", engine.tag(), event.load_s, engine.backend.get("backend"),
+                 engine.log_file or "-")
         if engine.backend.get("tiny_random_model"):
             log.warning("%s serves the tiny local model %s: RANDOM weights, its text is random (name a model "
                         "with --model)", engine.tag(), engine.backend.get("model"))
@@ -324,7 +350,7 @@ class EngineOwner:
             move(engine, S.DEAD, reason)
             self.pool.remove(engine.id)
         self._retiring[engine.id] = engine
-        self.metrics.engine_restarts.labels(reason).inc()
+        self.metrics.engine_restarted(reason)
         if not self._drive("retire", engine, lambda: self.driver.retire(engine, release=release)):
             self._replace(engine.id)
 

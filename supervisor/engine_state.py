@@ -67,12 +67,14 @@ class Engine:
     jobs: dict[str, float] = field(default_factory=dict)  # job id -> started (monotonic)
     jobs_done: int = 0
     rss_mb: float = 0.0
+    gpu_mem_mb: float | None = None  # GPU memory of the engine and its children, as it reports it (None: no GPU)
     backend: dict[str, Any] = field(default_factory=dict)
     last_beat: float = 0.0  # monotonic time of the serving loop's last heartbeat (batched)
     sigint_at: float | None = None  # monotonic time of the last SIGINT to a batched engine: one per episode
     recycle_why: str | None = None  # set when it is to be recycled as soon as its jobs are done
     restarts: int = 0  # engines that held this place before it (killed, lost or recycled)
     launched_on: str = ""  # the host its launcher was asked to start it on (ssh launcher; "" otherwise)
+    log_file: str = ""  # the engine process's own log file, as it reported it
     _state: EngineState = S.STARTING
 
     @property
@@ -96,8 +98,10 @@ class Engine:
         return {
             "id": self.id, "host": self.host, "pid": self.pid, "gpu": self.gpu, "state": self._state.value,
             "job_id": jobs[0]["job_id"] if jobs else None, "jobs": jobs, "slots": self.slots,
-            "jobs_done": self.jobs_done, "rss_mb": self.rss_mb, "backend": self.backend.get("backend"),
+            "jobs_done": self.jobs_done, "rss_mb": self.rss_mb,
+            "gpu_mem_mb": self.gpu_mem_mb, "backend": self.backend.get("backend"),
             "model": self.backend.get("model"), "engine_set": self.set_id, "restarts": self.restarts,
+            "log_file": self.log_file or None,
         }
 
 

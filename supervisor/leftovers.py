@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import psutil
+from llmsup.supervisor.rundir import prepare_run_dir, write_private
 from llmsup.supervisor.signals import kill_group
 
 log = logging.getLogger("llmsup.leftovers")
@@ -23,9 +24,7 @@ class ProcessLedger:
         self.entries: dict[str, dict[str, float | int]] = {}
 
     def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"owner": _ident(os.getpid()), "processes": self.entries}))
-        os.replace(tmp, self.path)
+        write_private(self.path, json.dumps({"owner": _ident(os.getpid()), "processes": self.entries}))
 
     def record(self, name: str, pid: int) -> None:
         ident = _ident(pid)
@@ -45,7 +44,9 @@ class ProcessLedger:
         self.forget(name)
 
     def claim(self) -> list[str]:
-        """Take the run directory: refuse if a live supervisor owns it, kill what a dead one left."""
+        """Take the run directory: refuse one that is not private (RunDirError) or that a live supervisor
+        owns, kill what a dead one left."""
+        prepare_run_dir(self.path.parent)
         killed: list[str] = []
         if self.path.exists():
             try:

@@ -58,6 +58,16 @@ class EngineLoaded:
     backend: dict[str, Any] = field(default_factory=dict)
     rss_mb: float = 0.0
     load_s: float = 0.0
+    gpu_mem_mb: float | None = None  # GPU memory of the engine and its children (None: no GPU)
+    log_file: str = ""  # the engine's own log file ("" when it has none)
+
+
+@dataclass(frozen=True)
+class EngineProgress:
+    engine_id: int  # still starting: a phase of its start (download, load, warm-up) was reported
+    phase: str
+    detail: str = ""
+    log_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,7 @@ class EngineServing:
 class EngineBeat:
     engine_id: int
     rss_mb: float | None = None
+    gpu_mem_mb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +159,8 @@ class ProbeAnswered:
 
 
 Report = (
-    EngineRegistered | EngineUnregistered | EngineIdentified | EngineLoaded | EngineFailed | EngineServing
+    EngineRegistered | EngineUnregistered | EngineIdentified | EngineLoaded | EngineProgress | EngineFailed
+    | EngineServing
     | EngineBeat | EngineKilled | EngineRetired | LaunchFailed | ControllerLost | ControllerRestarted | HostHeard
     | TaskStarted | TokenPiece | JobReply | SigintDelivered | ProbeAnswered
 )

@@ -17,6 +17,7 @@ class RunningJob:
     serial: int = 0  # this dispatch's number (the supervisor's own count)
     pieces: list[str] = field(default_factory=list)
     first_token_mono: float | None = None
+    last_token_mono: float | None = None
     task_started: bool = False  # the engine said it runs the job (a SIGINT now reaches it)
     escalation: Escalation | None = None  # the ladder, once an interrupt is asked
     killed: bool = False  # the watchdog SIGKILLed its engine
@@ -50,5 +51,6 @@ class RunningJob:
             return False
         if self.first_token_mono is None:
             self.first_token_mono = now
+        self.last_token_mono = now
         self.pieces.append(text)
         return True

@@ -106,9 +106,11 @@ class Supervisor(SupervisorCore):
         log.info("supervisor ready: %d engines, backend %s", len(self.pool.serving()), self.engine_config["backend"])
 
     async def wait_for_engines(self, n: int, timeout: float) -> None:
-        end = time.monotonic() + timeout
+        """Until ``n`` engines serve; ``TimeoutError`` once ``timeout`` has passed since the start and since the
+        latest start progress of any engine (a model still downloading keeps the wait going)."""
+        start = time.monotonic()
         while len(self.pool.serving()) < n:
-            if time.monotonic() > end:
+            if time.monotonic() - max(start, self.last_engine_progress) > timeout:
                 raise TimeoutError(f"only {len(self.pool.serving())} of {n} engines ready after {timeout}s")
             await asyncio.sleep(0.05)
 
@@ -211,7 +213,7 @@ class Supervisor(SupervisorCore):
     def on_stream_event(self, event: StreamEvent) -> None:
         """One message of the engines' token stream (decoded by the StreamReader), reported to the core."""
         if isinstance(event, wire.EngineBeat):
-            self.report(ev.EngineBeat(event.engine_id, event.rss_mb))
+            self.report(ev.EngineBeat(event.engine_id, event.rss_mb, event.gpu_mem_mb))
         elif isinstance(event, wire.TaskStarted):
             self.report(ev.TaskStarted(event.key))
         elif isinstance(event, wire.TokenPiece):

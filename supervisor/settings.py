@@ -1,120 +1,303 @@
-"""Settings: CLI flags > environment (``LLMSUP_<NAME>``) > config file > defaults."""
+"""Settings: CLI flags > environment (``LLMSUP_<NAME>``) > config file > defaults.
+
+Each field is one setting, reachable three ways, all derived from this class: the flag ``--<name-with-dashes>``
+(``supervisor/cli_options.py`` generates the options of ``llmsup serve`` from the fields), the environment variable
+``LLMSUP_<NAME>`` and the TOML key ``<name>``. A field's ``json_schema_extra`` (built by :func:`cli`) names its help
+panel, extra flag names (vLLM's, or older ones) and other names its variable and key also accept.
+"""
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 BackendName = Literal["auto", "sim", "transformers", "vllm"]
+DType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+ENV_PREFIX = "LLMSUP_"
+
+# help panels of `llmsup serve --help`
+SERVER, ENGINES, MODEL, JOBS, SECURITY = "Server", "Engines", "Model", "Jobs and deadlines", "Security"
+# LLMSUP_* variables read elsewhere than by Settings (not misspelt settings)
+OTHER_VARIABLES = {
+    "LLMSUP_CONFIG": "the TOML settings file",
+    "LLMSUP_URL": "the server the client and CLI talk to",
+    "LLMSUP_API_KEY": "the API key the client sends",
+    "LLMSUP_ENGINE_SET": "set by the supervisor in engine processes",
+    "LLMSUP_KEEP_TORCH_EXTENSIONS": "read by engines (torch extension check)",
+}
+
+
+def cli(panel: str, *flags: str, aliases: tuple[str, ...] = (), pairs: bool = False) -> dict[str, Any]:
+    """A field's command-line metadata: its help panel, flag names besides ``--<name-with-dashes>``, other
+    setting names (``aliases``) that its environment variable and TOML key also accept, and for a dict setting
+    ``pairs``: its flag takes ``KEY=VALUE`` (repeatable) instead of a JSON object."""
+    return {"cli": {"panel": panel, "flags": list(flags), "aliases": list(aliases), "pairs": pairs}}
+
+
+def _default_engines(data: dict[str, Any]) -> int:
+    from llmsup.engines.placement import default_engines, detect_gpu_count
+
+    return default_engines(detect_gpu_count(), int(data.get("gpus_per_engine") or 1))
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LLMSUP_", extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
 
     # cluster
-    engines: int = Field(2, ge=0, le=512, description="engines to start for a local cluster")
+    gpus_per_engine: int = Field(
+        1, ge=1, le=64, description="GPUs per engine (vLLM's tensor parallelism)",
+        json_schema_extra=cli(ENGINES, "--tensor-parallel-size", "-tp", aliases=("tensor_parallel_size",)),
+    )
+    engines: int = Field(
+        default_factory=_default_engines, ge=0, le=512,
+        description="engines to start for a local cluster; default: with GPUs visible one per gpus_per_engine "
+        "GPUs, else 2",
+        json_schema_extra=cli(ENGINES),
+    )
     standby: int | None = Field(
         None, ge=0, le=64,
         description="warm standby engines (loaded, given no jobs) that take a killed engine's place at once; "
         "default: per backend and device (0 for sim and vLLM on CPU, 1 for transformers on CPU, 1 on a spare GPU)",
+        json_schema_extra=cli(ENGINES),
     )
     backend: BackendName = Field(
-        "auto", description="model backend every engine loads; auto: vLLM with a GPU, else transformers, else sim"
+        "auto", description="model backend every engine loads; auto: vLLM with a GPU, else transformers, else sim",
+        json_schema_extra=cli(MODEL),
     )
-    model: str | None = Field(None, description="model path or id; None: a tiny local model")
-    cluster_file: Path | None = Field(None, description="connect to this existing IPyParallel cluster file")
-    heartbeat_ms: int = Field(500, ge=50, le=30_000, description="controller heartbeat period")
-    # cluster: several hosts
+    model: str | None = Field(None, description="model path or Hugging Face id; unset: a tiny local model",
+                              json_schema_extra=cli(MODEL))
+    cluster_file: Path | None = Field(None, description="connect to this existing IPyParallel cluster file",
+                                      json_schema_extra=cli(ENGINES))
+    heartbeat_ms: int = Field(500, ge=50, le=30_000, description="controller heartbeat period",
+                              json_schema_extra=cli(ENGINES))
+    # several hosts
     cluster_ip: str = Field(
         "127.0.0.1",
         description="address the IPyParallel controller and llmsup's engine channels listen on; another host's "
         "engines connect there (see <run-dir>/join.json); 0.0.0.0: every interface, advertised by this host's name",
+        json_schema_extra=cli(ENGINES),
     )
     engine_launcher: str = Field(
         "local",
         description="IPyParallel launcher that starts (and replaces) this server's engines: local, ssh, mpi, slurm, "
         "pbs, sge, lsf, htcondor, or a launcher class; configured further in IPyParallel's own "
         "<run-dir>/ipython/profile_llmsup/ipcluster_config.py",
+        json_schema_extra=cli(ENGINES),
     )
     hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="hosts the ssh launcher starts engines on, comma-separated ([user@]host[:port]); the engines "
         "are spread over them in turn",
+        json_schema_extra=cli(ENGINES),
     )
     host_loss_s: float | None = Field(
         None, gt=0, le=300,
         description="a host none of whose engines (nor its join agent) is heard from for this long is lost: its jobs "
         "go back to the queue uncharged; default: 10 heartbeats, between 2 and 10 s",
+        json_schema_extra=cli(ENGINES),
     )
-    engine_start_timeout_s: float = Field(180.0, gt=0)
-    gpus_per_engine: int = Field(1, ge=1, le=64)
-    engine_threads: int | None = Field(None, ge=1, le=256, description="torch threads per engine")
-    slots_per_engine: int | None = Field(None, ge=1, le=1024, description="jobs at once per engine")
+    engine_start_timeout_s: float = Field(
+        180.0, gt=0, description="an engine that shows no start progress (download, load, warm-up) for this long "
+        "is replaced; a download that goes on never trips it", json_schema_extra=cli(ENGINES),
+    )
+    engine_threads: int | None = Field(None, ge=1, le=256, description="torch threads per engine",
+                                       json_schema_extra=cli(ENGINES))
+    slots_per_engine: int | None = Field(
+        None, ge=1, le=1024,
+        description="jobs at once per engine (above 1: batched engines; vLLM's max_num_seqs); default: 32 for vLLM, "
+        "else 1", json_schema_extra=cli(ENGINES, "--max-num-seqs", aliases=("max_num_seqs",)),
+    )
     engine_options: dict[str, Any] = Field(
-        default_factory=dict, description="backend options as JSON, e.g. {\"multiprocessing\": true} for vLLM"
+        default_factory=dict, description="backend options as JSON, e.g. {\"multiprocessing\": true} for vLLM",
+        json_schema_extra=cli(MODEL),
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vllm.LLM arguments llmsup does not name, as KEY=VALUE (repeatable; VALUE read as JSON when it "
+        "parses, else a string), e.g. --engine-arg kv_cache_dtype=fp8",
+        json_schema_extra=cli(MODEL, "--engine-arg", pairs=True),
     )
     engine_nice: int = Field(
         10, ge=0, le=19,
         description="engines (and the processes they start) run this much nicer than the supervisor: its timers and "
         "signals win the CPU from the jobs they interrupt (0: same priority)",
+        json_schema_extra=cli(ENGINES),
     )
-    engine_test_hooks: bool = Field(False, description="honour [llmsup:stall] test directives in batched engines")
-    sim_token_s: float = Field(0.005, ge=0, le=60, description="sim backend seconds per token")
+    engine_test_hooks: bool = Field(False, description="honour [llmsup:stall] test directives in batched engines",
+                                    json_schema_extra=cli(ENGINES))
+    sim_token_s: float = Field(0.005, ge=0, le=60, description="sim backend seconds per token",
+                               json_schema_extra=cli(MODEL))
+    # model (vLLM's names; unset: the backend's default for the device)
+    max_model_len: int | None = Field(
+        None, ge=16, description="context length (prompt + output tokens); default: the model's (2048 for vLLM on CPU)",
+        json_schema_extra=cli(MODEL),
+    )
+    dtype: DType | None = Field(
+        None, description="weights and activations type; default: auto (float32 on CPU, the model's on GPU)",
+        json_schema_extra=cli(MODEL),
+    )
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1,
+        description="fraction of each GPU's memory vLLM may take; engines that share a GPU split it; default 0.9",
+        json_schema_extra=cli(MODEL),
+    )
+    enforce_eager: bool | None = Field(
+        None, description="vLLM without CUDA graphs / torch.compile; default: on for CPU, off for GPU",
+        json_schema_extra=cli(MODEL),
+    )
+    trust_remote_code: bool = Field(False, description="run the model repository's own Python code",
+                                    json_schema_extra=cli(MODEL))
+    seed: int | None = Field(None, description="vLLM's engine seed (default 0)", json_schema_extra=cli(MODEL))
+    chat_template: str | None = Field(
+        None, description="chat template for /v1/chat/completions: a Jinja file's path, or the template itself; "
+        "default: the model's own", json_schema_extra=cli(MODEL),
+    )
+    hf_home: Path | None = Field(
+        None, description="Hugging Face home for the engines (model cache and hub token), e.g. .llmsup/huggingface "
+        "to keep downloads in the run directory; unset: the user's own (HF_HOME, else ~/.cache/huggingface)",
+        json_schema_extra=cli(MODEL),
+    )
     # jobs
-    deadline_s: float = Field(60.0, gt=0, description="default run-time limit of a job")
-    max_deadline_s: float = Field(3600.0, gt=0)
-    queue_timeout_s: float = Field(600.0, gt=0, description="a queued job expires after this wait")
-    default_max_tokens: int = Field(64, ge=1)
-    max_tokens_limit: int = Field(100_000, ge=1)
-    max_prompt_chars: int = Field(200_000, ge=1)
-    queue_max: int = Field(10_000, ge=1, description="queued jobs accepted before 429")
-    max_attempts: int = Field(3, ge=1, le=100)
-    retry_backoff_s: float = Field(0.2, ge=0, description="first retry delay; doubles per attempt")
+    deadline_s: float = Field(60.0, gt=0, description="default run-time limit of a job",
+                              json_schema_extra=cli(JOBS, "--deadline"))
+    max_deadline_s: float = Field(3600.0, gt=0, description="longest deadline a job may ask",
+                                  json_schema_extra=cli(JOBS))
+    queue_timeout_s: float = Field(600.0, gt=0, description="a queued job expires after this wait",
+                                   json_schema_extra=cli(JOBS))
+    default_max_tokens: int = Field(64, ge=1, description="max_tokens of a job that names none",
+                                    json_schema_extra=cli(JOBS))
+    max_tokens_limit: int = Field(100_000, ge=1, description="largest max_tokens a job may ask",
+                                  json_schema_extra=cli(JOBS))
+    max_prompt_chars: int = Field(200_000, ge=1, description="longest prompt accepted, in characters",
+                                  json_schema_extra=cli(JOBS))
+    queue_max: int = Field(10_000, ge=1, description="queued jobs accepted before 429", json_schema_extra=cli(JOBS))
+    max_attempts: int = Field(3, ge=1, le=100, description="runs per job before it fails (an engine lost mid-job "
+                              "costs one)", json_schema_extra=cli(JOBS))
+    retry_backoff_s: float = Field(0.2, ge=0, description="first retry delay; doubles per attempt",
+                                   json_schema_extra=cli(JOBS))
     # watchdog
-    interrupt_grace_s: float = Field(0.25, gt=0, description="SIGINT -> no-op probe")
-    kill_grace_s: float = Field(1.0, gt=0, description="SIGINT -> SIGKILL of the engine")
+    interrupt_grace_s: float = Field(0.25, gt=0, description="SIGINT -> no-op probe",
+                                     json_schema_extra=cli(JOBS, "--interrupt-grace"))
+    kill_grace_s: float = Field(1.0, gt=0, description="SIGINT -> SIGKILL of the engine",
+                                json_schema_extra=cli(JOBS, "--kill-grace"))
     signal_path: Literal["auto", "direct", "ipp"] = Field(
-        "auto", description="auto: os.kill for engines on this host, Client.send_signal for others"
+        "auto", description="auto: os.kill for engines on this host, Client.send_signal for others",
+        json_schema_extra=cli(JOBS),
     )
     engine_relaunch_s: float = Field(
-        5.0, gt=0, description="at most one launch this often to make up a short engine count (a failed launch)"
+        5.0, gt=0, description="at most one launch this often to make up a short engine count (a failed launch)",
+        json_schema_extra=cli(ENGINES),
     )
     engine_beat_timeout_s: float = Field(
-        10.0, gt=0, description="a batched engine whose serving loop sends no heartbeat for this long is replaced"
+        10.0, gt=0, description="a batched engine whose serving loop sends no heartbeat for this long is replaced",
+        json_schema_extra=cli(ENGINES),
     )
-    max_jobs_per_engine: int = Field(0, ge=0, description="recycle an engine after N jobs (0: never)")
-    max_engine_rss_mb: float = Field(0, ge=0, description="recycle an engine above this RSS (0: never)")
+    max_jobs_per_engine: int = Field(0, ge=0, description="recycle an engine after N jobs (0: never)",
+                                     json_schema_extra=cli(ENGINES))
+    max_engine_rss_mb: float = Field(0, ge=0, description="recycle an engine above this RSS (0: never)",
+                                     json_schema_extra=cli(ENGINES))
     # web
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    run_dir: Path = Field(Path(".llmsup"), description="SQLite store, IPyParallel files, caches, tokens")
-    stream_bind: str = Field("tcp://127.0.0.1", description="where engines send tokens (an address engines reach)")
-    # web: security and limits (issue 4)
+    host: str = Field("127.0.0.1", description="address the web app binds", json_schema_extra=cli(SERVER))
+    port: int = Field(8000, ge=0, le=65535, description="port of the web app", json_schema_extra=cli(SERVER))
+    run_dir: Path = Field(Path(".llmsup"), description="SQLite store, IPyParallel files, caches, tokens, logs",
+                          json_schema_extra=cli(SERVER))
+    stream_bind: str = Field("tcp://127.0.0.1", description="where engines send tokens (an address engines reach)",
+                             json_schema_extra=cli(ENGINES))
+    log_level: LogLevel = Field("info", description="logging level of the server (engine log files too)",
+                                json_schema_extra=cli(SERVER))
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text lines, or one JSON object per line (job_id, engine, host, pid, gpu as keys)",
+        json_schema_extra=cli(SERVER),
+    )
+    # web: security and limits
     admin_token: SecretStr | None = Field(
-        None, description="admin bearer token; unset: a new one is generated at start into <run-dir>/admin_token"
+        None, description="admin bearer token; unset: a new one is generated at start into <run-dir>/admin_token",
+        json_schema_extra=cli(SECURITY),
     )
-    api_keys: SecretStr | None = Field(None, description="API keys for job routes, comma-separated 'key' or 'owner:key'")
-    api_keys_file: Path | None = Field(None, description="file of API keys, one 'key' or 'owner:key' a line")
+    api_keys: SecretStr | None = Field(
+        None, description="API keys for job routes, comma-separated 'key' or 'owner:key'",
+        json_schema_extra=cli(SECURITY, "--api-key"),
+    )
+    api_keys_file: Path | None = Field(None, description="file of API keys, one 'key' or 'owner:key' a line",
+                                       json_schema_extra=cli(SECURITY))
     require_api_keys: Literal["auto", "on", "off"] = Field(
-        "auto", description="job routes need an API key: auto = only when bound to a non-loopback address"
+        "auto", description="job routes need an API key: auto = only when bound to a non-loopback address",
+        json_schema_extra=cli(SECURITY),
     )
-    max_body_bytes: int = Field(2_000_000, ge=1024, description="request bodies above this get 413")
-    cancel_on_disconnect: bool = Field(True, description="OpenAI routes: a client that goes away cancels its job")
-    served_model_name: str | None = Field(None, description="model name on the OpenAI routes (default: model/backend)")
-    sse_ping_s: float = Field(15.0, gt=0, le=300, description="keep-alive comment interval of SSE streams")
+    max_body_bytes: int = Field(2_000_000, ge=1024, description="request bodies above this get 413",
+                                json_schema_extra=cli(SERVER))
+    cancel_on_disconnect: bool = Field(True, description="OpenAI routes: a client that goes away cancels its job",
+                                       json_schema_extra=cli(SERVER))
+    served_model_name: str | None = Field(None, description="model name on the OpenAI routes (default: model/backend)",
+                                          json_schema_extra=cli(MODEL))
+    sse_ping_s: float = Field(15.0, gt=0, le=300, description="keep-alive comment interval of SSE streams",
+                              json_schema_extra=cli(SERVER))
+    # web: safe by default on loopback
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header names accepted besides localhost names and the bound address (comma-separated; "
+        "'*': any). Other names get 400 (DNS rebinding)",
+        json_schema_extra=cli(SECURITY),
+    )
+    metrics_open: bool = Field(False, description="/metrics answers without an API key even when keys are on",
+                               json_schema_extra=cli(SECURITY, "--metrics-open/--metrics-need-key"))
+    http_limit_concurrency: int = Field(
+        1000, ge=1, le=1_000_000, description="connections + requests at once before uvicorn answers 503",
+        json_schema_extra=cli(SERVER),
+    )
+    http_backlog: int = Field(2048, ge=1, le=65_535, description="TCP listen backlog of the web server",
+                              json_schema_extra=cli(SERVER))
+    # quotas per owner (an API key's owner; keys off: every caller is one anonymous owner)
+    owner_queue_max: int = Field(
+        1000, ge=0, description="queued jobs per API-key owner before 429 (0: no limit; the admin is exempt)",
+        json_schema_extra=cli(SECURITY),
+    )
+    max_user_priority: int = Field(
+        100, ge=-1000, le=1000, description="highest priority a caller without the admin token may ask (above: 403)",
+        json_schema_extra=cli(SECURITY),
+    )
+    sse_max_per_owner: int = Field(32, ge=1, description="open event streams per owner (the admin: no own limit)",
+                                   json_schema_extra=cli(SECURITY))
+    sse_max_total: int = Field(512, ge=1, description="open event streams in all", json_schema_extra=cli(SERVER))
+    # retention of finished jobs (queued and running jobs are never deleted)
+    retain_s: float = Field(0.0, ge=0, description="delete finished jobs this long after they ended (0: keep)",
+                            json_schema_extra=cli(JOBS))
+    retain_jobs: int = Field(0, ge=0, description="keep at most this many finished jobs, newest first (0: all)",
+                             json_schema_extra=cli(JOBS))
 
-    @field_validator("hosts", mode="before")
     @classmethod
-    def _comma_separated(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.lstrip().startswith("["):  # a JSON list (LLMSUP_HOSTS, TOML)
-            import json
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, AliasEnvironment(settings_cls)
 
-            return json.loads(value)
-        if isinstance(value, str):  # "h1,h2" from a flag, or LLMSUP_HOSTS
-            return [h.strip() for h in value.split(",") if h.strip()]
+    @field_validator("allowed_hosts", "hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_exists(cls, value: str | None) -> str | None:
+        if value is not None and not _is_inline_template(value) and not Path(value).expanduser().is_file():
+            raise ValueError(f"no chat template file {value!r} (give a file's path, or the Jinja template itself)")
         return value
 
     @model_validator(mode="after")
@@ -142,12 +325,51 @@ class Settings(BaseSettings):
     def ipython_dir(self) -> Path:
         return self.run_dir / "ipython"
 
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    # files in the run directory (all 0600, the directory 0700: supervisor/rundir.py)
+    @property
+    def admin_token_path(self) -> Path:
+        return self.run_dir / "admin_token"
+
+    @property
+    def api_key_path(self) -> Path:
+        return self.run_dir / "api_key"
+
+    @property
+    def server_file(self) -> Path:
+        return self.run_dir / "server.json"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.run_dir / "processes.json"
+
     def resolved_backend(self) -> str:
         if self.backend != "auto":
             return self.backend
         from llmsup.supervisor.backends import pick_backend
 
         return pick_backend()
+
+    def chat_template_text(self) -> str | None:
+        """The chat template itself (read from its file when a path was given)."""
+        if self.chat_template is None or _is_inline_template(self.chat_template):
+            return self.chat_template
+        return Path(self.chat_template).expanduser().read_text()
+
+    def model_options(self) -> dict[str, Any]:
+        """What the backends get as ``options``: ``engine_options``, with the named model settings that are set
+        (they win over the same key there) and ``engine_args`` merged into its ``engine_args``."""
+        options = dict(self.engine_options)
+        named = {"max_model_len": self.max_model_len, "dtype": self.dtype, "enforce_eager": self.enforce_eager,
+                 "gpu_memory_utilization": self.gpu_memory_utilization, "seed": self.seed,
+                 "max_num_seqs": self.slots_per_engine, "trust_remote_code": self.trust_remote_code or None}
+        options.update({key: value for key, value in named.items() if value is not None})
+        if self.engine_args:
+            options["engine_args"] = {**(options.get("engine_args") or {}), **self.engine_args}
+        return options
 
     def for_engines(self) -> dict[str, Any]:
         return {
@@ -157,28 +379,85 @@ class Settings(BaseSettings):
             "threads": self.engine_threads,
             "sim_token_s": self.sim_token_s,
             "nice": self.engine_nice,
-            "options": dict(self.engine_options),
+            "options": self.model_options(),
             "engines_on_host": self.engines if self.cluster_file is None else 1,
+            "hf_home": str(self.hf_home.expanduser().resolve()) if self.hf_home else None,
+            "chat_template": self.chat_template_text(),
+            "log_dir": str(self.log_dir.resolve()),
+            "log_level": self.log_level,
+            "log_format": self.log_format,
         }
+
+
+def _is_inline_template(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
+def cli_meta(field: FieldInfo) -> dict[str, Any]:
+    """The field's :func:`cli` metadata ({} when it declares none)."""
+    extra = field.json_schema_extra
+    meta = extra.get("cli") if isinstance(extra, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def setting_aliases() -> dict[str, str]:
+    """Other names a setting answers to (alias -> field name), e.g. ``tensor_parallel_size`` -> ``gpus_per_engine``."""
+    return {alias: name for name, field in Settings.model_fields.items() for alias in cli_meta(field).get("aliases", ())}
+
+
+class AliasEnvironment(PydanticBaseSettingsSource):
+    """``LLMSUP_<ALIAS>`` variables of the settings that declare aliases (``LLMSUP_<NAME>`` wins over them)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for alias, name in setting_aliases().items():
+            raw = os.environ.get(ENV_PREFIX + alias.upper())
+            if raw is not None:
+                values.setdefault(name, raw)
+        return values
+
+
+def known_variables() -> set[str]:
+    """Every ``LLMSUP_*`` environment variable llmsup reads."""
+    names = set(Settings.model_fields) | set(setting_aliases())
+    return {ENV_PREFIX + name.upper() for name in names} | set(OTHER_VARIABLES)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning per ``LLMSUP_*`` variable that no setting reads (a misspelling is otherwise silently ignored),
+    naming the closest known variable."""
+    known = known_variables()
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}  # the shared prefix would make all alike
+    warnings = []
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in known:
+            continue
+        close = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), sorted(suffixes), n=1, cutoff=0.6)
+        hint = f" (did you mean {suffixes[close[0]]}?)" if close else ""
+        warnings.append(f"environment variable {name} is not an llmsup setting{hint}: ignored")
+    return warnings
 
 
 def load_settings(config_file: Path | None = None, **given: Any) -> Settings:
     """Settings from CLI values (``given``, None = not given) > ``LLMSUP_*`` environment > TOML file > defaults.
 
-    The file is ``config_file``, else ``$LLMSUP_CONFIG``; its keys are the setting names
-    (e.g. ``engines = 4``), at the top level or under ``[llmsup]``.
+    The file is ``config_file``, else ``$LLMSUP_CONFIG``; its keys are the setting names (or their aliases, e.g.
+    ``tensor_parallel_size``), at the top level or under ``[llmsup]``.
     """
-    import os
     import tomllib
 
-    from pydantic_settings import InitSettingsSource, PydanticBaseSettingsSource
+    from pydantic_settings import InitSettingsSource
 
     path = config_file or (Path(os.environ["LLMSUP_CONFIG"]) if os.environ.get("LLMSUP_CONFIG") else None)
     file_values: dict[str, Any] = {}
     if path is not None:
         with open(path, "rb") as f:
             data = tomllib.load(f)
-        file_values = data.get("llmsup", data)
+        aliases = setting_aliases()
+        file_values = {aliases.get(key, key): value for key, value in data.get("llmsup", data).items()}
         unknown = set(file_values) - set(Settings.model_fields)
         if unknown:
             raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
@@ -192,7 +471,8 @@ def load_settings(config_file: Path | None = None, **given: Any) -> Settings:
             env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=file_values)
+            return (init_settings, env_settings, AliasEnvironment(settings_cls),
+                    InitSettingsSource(settings_cls, init_kwargs=file_values))
 
     values = _FromFile(**{k: v for k, v in given.items() if v is not None})
     return Settings.model_construct(**values.model_dump())

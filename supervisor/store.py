@@ -3,6 +3,10 @@
 Both satisfy :class:`JobStore`; ``tests/test_store.py`` runs one contract test
 against each. The supervisor owns the only writer; every transition is written
 here before it is acted on.
+
+Idempotency keys belong to an owner: the store keeps ``(owner, key)`` unique, so one
+owner's key never finds another owner's job (jobs without an owner, the admin's and
+those of a server without API keys, are one owner of their own).
 """
 
 from __future__ import annotations
@@ -10,11 +14,24 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
+from urllib.parse import quote
 
-from llmsup.supervisor.jobs import Job, JobStatus
+from llmsup.supervisor.jobs import TERMINAL, Job, JobStatus
+from llmsup.supervisor.rundir import create_private, tighten
+from llmsup.supervisor.store_migrate import migrate
+
+SyncMode = Literal["normal", "full", "terminal"]
+PRUNE_BATCH = 500
+
+
+def scoped_key(owner: str | None, idempotency_key: str) -> str:
+    """The stored form of an idempotency key: ``owner/key``, ``/key`` without an owner. Owner names hold no
+    ``/`` (supervisor/requests.py), so the form is unambiguous."""
+    return f"{owner or ''}/{idempotency_key}"
 
 
 class DuplicateKey(Exception):
@@ -35,8 +52,8 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None."""
 
-    def by_key(self, idempotency_key: str) -> Job | None:
-        """The job created with this idempotency key, or None."""
+    def by_key(self, idempotency_key: str, owner: str | None = None) -> Job | None:
+        """The job this owner created with this idempotency key, or None."""
 
     def list(
         self, statuses: Iterable[JobStatus] | None = None, owner: str | None = None, limit: int = 100, offset: int = 0
@@ -52,8 +69,15 @@ class JobStore(Protocol):
     def count(self, status: JobStatus) -> int:
         """Number of jobs in one status (cheap: used on every submit)."""
 
+    def count_owned(self, status: JobStatus, owner: str) -> int:
+        """Number of one owner's jobs in one status (cheap: the per-owner quota on submit)."""
+
     def expired(self, now: float, limit: int) -> list[Job]:
         """Queued jobs whose queue timeout (created_at + queue_timeout_s) has passed at ``now``."""
+
+    def prune(self, finished_before: float | None, keep: int | None, limit: int = PRUNE_BATCH) -> int:
+        """Delete up to ``limit`` finished jobs: those that ended before ``finished_before``, and those beyond
+        the ``keep`` most recently finished. Queued and running jobs are never deleted. Returns how many."""
 
     def close(self) -> None:
         """Release the storage."""
@@ -76,12 +100,13 @@ class MemoryStore:
         self._seq = itertools.count(1)
 
     def add(self, job: Job) -> Job:
-        if job.idempotency_key is not None and job.idempotency_key in self._keys:
-            raise DuplicateKey(self._jobs[self._keys[job.idempotency_key]])
+        key = scoped_key(job.owner, job.idempotency_key) if job.idempotency_key is not None else None
+        if key is not None and key in self._keys:
+            raise DuplicateKey(self._jobs[self._keys[key]])
         job = job.with_changes(seq=next(self._seq))
         self._jobs[job.id] = job
-        if job.idempotency_key is not None:
-            self._keys[job.idempotency_key] = job.id
+        if key is not None:
+            self._keys[key] = job.id
         return job
 
     def put(self, job: Job) -> None:
@@ -92,8 +117,8 @@ class MemoryStore:
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
-    def by_key(self, idempotency_key: str) -> Job | None:
-        job_id = self._keys.get(idempotency_key)
+    def by_key(self, idempotency_key: str, owner: str | None = None) -> Job | None:
+        job_id = self._keys.get(scoped_key(owner, idempotency_key))
         return self._jobs.get(job_id) if job_id else None
 
     def list(
@@ -120,9 +145,27 @@ class MemoryStore:
     def count(self, status: JobStatus) -> int:
         return sum(1 for j in self._jobs.values() if j.status is status)
 
+    def count_owned(self, status: JobStatus, owner: str) -> int:
+        return sum(1 for j in self._jobs.values() if j.status is status and j.owner == owner)
+
     def expired(self, now: float, limit: int) -> list[Job]:
         due = [j for j in self._jobs.values() if j.status is JobStatus.QUEUED and _expires_at(j) <= now]
         return sorted(due, key=lambda j: j.seq)[:limit]
+
+    def prune(self, finished_before: float | None, keep: int | None, limit: int = PRUNE_BATCH) -> int:
+        done = sorted((j for j in self._jobs.values() if j.status in TERMINAL and j.finished_at is not None),
+                      key=lambda j: (j.finished_at, j.seq))
+        doomed: dict[str, Job] = {}
+        if finished_before is not None:
+            doomed.update((j.id, j) for j in done if j.finished_at < finished_before)
+        if keep is not None:
+            doomed.update((j.id, j) for j in done[: max(0, len(done) - keep)])
+        victims = list(doomed.values())[:limit]
+        for job in victims:
+            del self._jobs[job.id]
+            if job.idempotency_key is not None:
+                self._keys.pop(scoped_key(job.owner, job.idempotency_key), None)
+        return len(victims)
 
     def close(self) -> None:
         return None
@@ -139,62 +182,100 @@ CREATE TABLE IF NOT EXISTS jobs (
     owner TEXT,
     idempotency_key TEXT UNIQUE,
     data TEXT NOT NULL,
+    finished_at REAL,
     error_detail TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (status, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq);
+CREATE INDEX IF NOT EXISTS jobs_owner_status ON jobs (owner, status);
 CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (status, expires_at);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 """
+TERMINAL_SQL = ",".join(f"'{s.value}'" for s in sorted(TERMINAL, key=lambda s: s.value))
+
+
+def _parse(rows: Iterable[tuple[str]]) -> list[Job]:
+    return [Job.from_dict(json.loads(r[0])) for r in rows]
+
+
+def _list_query(
+    statuses: Iterable[JobStatus] | None, owner: str | None, limit: int, offset: int
+) -> tuple[str, tuple[object, ...]]:
+    where, args = [], []  # type: list[str], list[object]
+    if statuses:
+        values = [s.value for s in statuses]
+        where.append(f"status IN ({','.join('?' * len(values))})")
+        args.extend(values)
+    if owner is not None:
+        where.append("owner=?")
+        args.append(owner)
+    sql = "SELECT data FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+    return sql + " ORDER BY seq DESC LIMIT ? OFFSET ?", (*args, limit, offset)
 
 
 class SQLiteStore:
-    """Jobs in one SQLite file (WAL mode); the record is JSON beside indexed columns."""
+    """Jobs in one SQLite file (WAL mode); the record is JSON beside indexed columns.
 
-    def __init__(self, path: Path | str) -> None:
+    The file and its ``-wal`` / ``-shm`` companions are 0600. ``sync``: ``terminal`` (default) commits a
+    job's terminal transition with ``synchronous=FULL`` (the WAL is fsynced: the outcome survives a power
+    loss) and everything else with ``NORMAL``; ``full`` fsyncs every commit; ``normal`` none (a power loss
+    can undo the last commits, never corrupt the file). Costs: README, "Durability".
+    """
+
+    def __init__(self, path: Path | str, sync: SyncMode = "terminal") -> None:
         self.path = str(path)
+        if self.path != ":memory:":
+            create_private(Path(self.path))  # SQLite gives -wal and -shm the database file's mode
+            for side in ("-wal", "-shm", "-journal"):
+                tighten(Path(self.path + side))
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+        self.set_sync(sync)
+        migrate(self._db, scoped_key)
         self._db.executescript(SCHEMA)
         row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
         self._seq = itertools.count(int(row[0]) + 1)
+        self._reader: StoreReader | None = None
 
-    def _migrate(self) -> None:
-        """Bring a store written by an older llmsup up to this schema."""
-        cols = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if cols and "expires_at" not in cols:
-            self._db.execute("ALTER TABLE jobs ADD COLUMN expires_at REAL NOT NULL DEFAULT 0")
-            for job_id, data in self._db.execute("SELECT id, data FROM jobs").fetchall():
-                self._db.execute("UPDATE jobs SET expires_at=? WHERE id=?", (_expires_at(Job.from_dict(json.loads(data))), job_id))
-        if cols and "error_detail" not in cols:  # kept in the record too; the column lets operators query it
-            self._db.execute("ALTER TABLE jobs ADD COLUMN error_detail TEXT")
+    def set_sync(self, sync: SyncMode) -> None:
+        """Change the durability of later commits (see the class docs)."""
+        self.sync = sync
+        self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
 
     @staticmethod
     def _row(job: Job) -> tuple[object, ...]:
         return (job.status.value, job.priority, job.not_before, _expires_at(job), job.owner, json.dumps(job.to_dict()),
-                job.error_detail)
+                job.finished_at if job.status.terminal else None, job.error_detail)
 
     def add(self, job: Job) -> Job:
         job = job.with_changes(seq=next(self._seq))
+        key = scoped_key(job.owner, job.idempotency_key) if job.idempotency_key is not None else None
         try:
             self._db.execute(
-                "INSERT INTO jobs (status, priority, not_before, expires_at, owner, data, error_detail, id, seq,"
-                " idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*self._row(job), job.id, job.seq, job.idempotency_key),
+                "INSERT INTO jobs (status, priority, not_before, expires_at, owner, data, finished_at, error_detail,"
+                " id, seq, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*self._row(job), job.id, job.seq, key),
             )
         except sqlite3.IntegrityError:
-            existing = self.by_key(job.idempotency_key) if job.idempotency_key else None
+            existing = self.by_key(job.idempotency_key, job.owner) if job.idempotency_key is not None else None
             if existing is None:
                 raise
             raise DuplicateKey(existing) from None
         return job
 
     def put(self, job: Job) -> None:
-        cur = self._db.execute(
-            "UPDATE jobs SET status=?, priority=?, not_before=?, expires_at=?, owner=?, data=?, error_detail=? WHERE id=?",
-            (*self._row(job), job.id),
-        )
+        durable = self.sync == "terminal" and job.status.terminal
+        if durable:
+            self._db.execute("PRAGMA synchronous=FULL")  # this commit fsyncs the WAL
+        try:
+            cur = self._db.execute(
+                "UPDATE jobs SET status=?, priority=?, not_before=?, expires_at=?, owner=?, data=?, finished_at=?,"
+                " error_detail=? WHERE id=?",
+                (*self._row(job), job.id),
+            )
+        finally:
+            if durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
         if cur.rowcount != 1:
             raise KeyError(job.id)
 
@@ -205,46 +286,83 @@ class SQLiteStore:
     def get(self, job_id: str) -> Job | None:
         return self._one("SELECT data FROM jobs WHERE id=?", job_id)
 
-    def by_key(self, idempotency_key: str) -> Job | None:
-        return self._one("SELECT data FROM jobs WHERE idempotency_key=?", idempotency_key)
+    def by_key(self, idempotency_key: str, owner: str | None = None) -> Job | None:
+        return self._one("SELECT data FROM jobs WHERE idempotency_key=?", scoped_key(owner, idempotency_key))
 
     def list(
         self, statuses: Iterable[JobStatus] | None = None, owner: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[Job]:
-        where, args = [], []  # type: list[str], list[object]
-        if statuses:
-            values = [s.value for s in statuses]
-            where.append(f"status IN ({','.join('?' * len(values))})")
-            args.extend(values)
-        if owner is not None:
-            where.append("owner=?")
-            args.append(owner)
-        sql = "SELECT data FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY seq DESC LIMIT ? OFFSET ?"
-        rows = self._db.execute(sql, (*args, limit, offset)).fetchall()
-        return [Job.from_dict(json.loads(r[0])) for r in rows]
+        return _parse(self._db.execute(*_list_query(statuses, owner, limit, offset)).fetchall())
 
     def next_queued(self, now: float, limit: int) -> list[Job]:
         rows = self._db.execute(
             "SELECT data FROM jobs WHERE status='queued' AND not_before<=? ORDER BY priority DESC, seq LIMIT ?",
             (now, limit),
         ).fetchall()
-        return [Job.from_dict(json.loads(r[0])) for r in rows]
+        return _parse(rows)
 
     def counts(self) -> dict[JobStatus, int]:
-        out = {s: 0 for s in JobStatus}
-        for status, n in self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
-            out[JobStatus(status)] = n
-        return out
+        """One indexed count per status (each reads only its own range of the status index)."""
+        return {s: self.count(s) for s in JobStatus}
 
     def count(self, status: JobStatus) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (status.value,)).fetchone()[0])
+
+    def count_owned(self, status: JobStatus, owner: str) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM jobs WHERE owner=? AND status=?", (owner, status.value))
+        return int(row.fetchone()[0])
 
     def expired(self, now: float, limit: int) -> list[Job]:
         rows = self._db.execute(
             "SELECT data FROM jobs WHERE status='queued' AND expires_at<=? ORDER BY seq LIMIT ?", (now, limit)
         ).fetchall()
-        return [Job.from_dict(json.loads(r[0])) for r in rows]
+        return _parse(rows)
+
+    def prune(self, finished_before: float | None, keep: int | None, limit: int = PRUNE_BATCH) -> int:
+        ids: dict[str, None] = {}
+        done = f"finished_at IS NOT NULL AND status IN ({TERMINAL_SQL})"
+        if finished_before is not None:
+            rows = self._db.execute(f"SELECT id FROM jobs WHERE {done} AND finished_at<? ORDER BY finished_at LIMIT ?",
+                                    (finished_before, limit))
+            ids.update((r[0], None) for r in rows)
+        if keep is not None and len(ids) < limit:
+            rows = self._db.execute(
+                f"SELECT id FROM jobs WHERE {done} ORDER BY finished_at DESC, seq DESC LIMIT ? OFFSET ?",
+                (limit - len(ids), keep))
+            ids.update((r[0], None) for r in rows)
+        if not ids:
+            return 0
+        cur = self._db.execute(f"DELETE FROM jobs WHERE id IN ({','.join('?' * len(ids))}) AND {done}", tuple(ids))
+        return cur.rowcount
+
+    def reader(self) -> StoreReader:
+        """A read-only view on its own connection, for listing from a worker thread (off the event loop)."""
+        if self._reader is None:
+            self._reader = StoreReader(self.path)
+        return self._reader
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         self._db.close()
+
+
+class StoreReader:
+    """Read-only queries on a connection of their own: safe to call from any one thread at a time (locked),
+    concurrently with the writer (WAL readers see the last commit)."""
+
+    def __init__(self, path: str) -> None:
+        uri = f"file:{quote(str(Path(path).resolve()))}?mode=ro"
+        self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+
+    def list(
+        self, statuses: Iterable[JobStatus] | None = None, owner: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(*_list_query(statuses, owner, limit, offset)).fetchall()
+        return _parse(rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

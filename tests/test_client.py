@@ -249,14 +249,14 @@ def test_cli_submit_wait_status_and_engines(env: LiveServer) -> None:
     def llmsup(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*LLMSUP, *args], capture_output=True, text=True, timeout=60, check=False)
 
-    done = llmsup("submit", "cli words", "--max-tokens", "5", "--deadline", "20", "--wait")
+    done = llmsup("submit", "cli words", "--max-tokens", "5", "--deadline", "20", "--wait", "--json")
     assert done.returncode == 0, done.stderr
     job = json.loads(done.stdout)
     assert job["status"] == "succeeded" and job["tokens"] == 5
-    assert json.loads(llmsup("status", job["id"]).stdout)["output"] == job["output"]
-    engines = json.loads(llmsup("engines").stdout)
+    assert json.loads(llmsup("status", job["id"], "--json").stdout)["output"] == job["output"]
+    engines = json.loads(llmsup("engines", "--json").stdout)
     assert len(engines["engines"]) == 2 and "starting" in engines
-    timed_out = llmsup("submit", "[sim:hang] runaway", "--deadline", "1", "--wait")
+    timed_out = llmsup("submit", "[sim:hang] runaway", "--deadline", "1", "--wait", "--json")
     assert timed_out.returncode == 3 and json.loads(timed_out.stdout)["status"] == "timed_out"
 
 

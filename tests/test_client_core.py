@@ -256,7 +256,7 @@ def cli_server(server: FakeServer, run_dir: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_cli_submit_wait_prints_the_ended_job(cli_server: FakeServer) -> None:
-    res = CliRunner().invoke(cli.app, ["submit", "hello", "--max-tokens", "3", "--deadline", "5", "--wait"])
+    res = CliRunner().invoke(cli.app, ["submit", "hello", "--max-tokens", "3", "--deadline", "5", "--wait", "--json"])
     assert res.exit_code == 0, res.output
     job = json.loads(res.stdout)
     assert job["status"] == "succeeded" and job["output"] == "a b c "
@@ -266,19 +266,19 @@ def test_cli_submit_wait_prints_the_ended_job(cli_server: FakeServer) -> None:
 def test_cli_submit_wait_exits_3_unless_succeeded(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     server = FakeServer(final="timed_out")
     monkeypatch.setattr(cli, "Client", functools.partial(Client, transport=server.transport))
-    res = CliRunner().invoke(cli.app, ["submit", "hello", "--wait", "--url", URL, "--run-dir", str(run_dir)])
+    res = CliRunner().invoke(cli.app, ["submit", "hello", "--wait", "--json", "--url", URL, "--run-dir", str(run_dir)])
     assert res.exit_code == 3 and json.loads(res.stdout)["status"] == "timed_out"
 
 
 def test_cli_sends_the_admin_token_to_admin_routes_only(cli_server: FakeServer) -> None:
     runner = CliRunner()
-    job = json.loads(runner.invoke(cli.app, ["submit", "hello"]).stdout)
+    job = json.loads(runner.invoke(cli.app, ["submit", "hello", "--json"]).stdout)
     assert job["status"] == "queued"
-    listed = json.loads(runner.invoke(cli.app, ["status"]).stdout)
+    listed = json.loads(runner.invoke(cli.app, ["status", "--json"]).stdout)
     assert listed["count"] == 1 and listed["jobs"][0]["id"] == job["id"]
-    assert json.loads(runner.invoke(cli.app, ["status", job["id"]]).stdout)["id"] == job["id"]
-    assert json.loads(runner.invoke(cli.app, ["kill", job["id"]]).stdout)["error"] == "killed by admin"
-    engines = json.loads(runner.invoke(cli.app, ["engines"]).stdout)
+    assert json.loads(runner.invoke(cli.app, ["status", job["id"], "--json"]).stdout)["id"] == job["id"]
+    assert json.loads(runner.invoke(cli.app, ["kill", job["id"], "--json"]).stdout)["error"] == "killed by admin"
+    engines = json.loads(runner.invoke(cli.app, ["engines", "--json"]).stdout)
     assert set(engines) == {"engines", "starting"} and len(engines["engines"]) == 2
     seen = cli_server.seen
     assert {s.authorization for s in seen if s.path.startswith("/v1/")} == {"Bearer key"}

@@ -26,6 +26,8 @@ async def test_controller_killed_mid_job(sup: Supervisor) -> None:
     assert done.status is S.SUCCEEDED and done.attempts == 1  # re-run, not charged
     await until(lambda: len(sup.pool.serving()) == 2, 60)
     assert not old_pids & {e.pid for e in sup.pool}
+    with pytest.raises(ProcessLookupError):
+        os.killpg(controller, 0)  # its scheduler processes went with it
     after = await sup.wait(sup.submit(JobRequest("after", max_tokens=2)).job.id, 30)
     assert after.status is S.SUCCEEDED
     assert sup.metrics.engine_restarts.labels("controller_lost")._value.get() == 2

@@ -338,3 +338,42 @@ def test_a_failed_launch_is_made_up_for(tmp_path: Path) -> None:
     assert len(core.pool.launches) == 1
     core.reconcile(clock.mono + 10)
     assert len(core.pool.launches) == 1  # not twice
+
+
+def test_a_launch_that_never_registers_is_forgotten_and_made_up_for(tmp_path: Path) -> None:
+    core, driver, clock = make_core(tmp_path, engines=1, engine_start_timeout_s=30.0)
+    core.report(ev.EngineUnregistered(0), clock.mono)
+    core.report(ev.EngineRetired(0), clock.mono)
+    assert len(core.pool.launches) == 1 and len(driver.verbs("launch")) == 2
+    clock.advance(29.0)
+    core.reconcile(clock.mono)
+    assert len(driver.verbs("launch")) == 2  # still within the start timeout
+    clock.advance(2.0)
+    core.reconcile(clock.mono)
+    assert len(driver.verbs("launch")) == 3 and len(core.pool.launches) == 1
+
+
+def test_controller_loss_requeues_uncharged_and_relaunches_after_the_restart(tmp_path: Path) -> None:
+    core, driver, clock = make_core(tmp_path, engines=2)
+    job_id = run_one(core, clock)
+    core.report(ev.ControllerLost(), clock.mono)
+    job = core.get(job_id)
+    assert job.status is S.QUEUED and job.attempts == 0 and not list(core.pool)
+    core.reconcile(clock.mono)
+    assert len(driver.verbs("launch")) == 2  # nothing while the controller restarts
+    core.report(ev.ControllerRestarted(), clock.mono)
+    assert len(driver.verbs("launch")) == 4
+
+
+def test_admin_engine_list_shows_launches_in_flight_and_restarts(tmp_path: Path) -> None:
+    from llmsup.web.routes_admin import engine_list
+
+    core, driver, clock = make_core(tmp_path, engines=1)
+    core.report(ev.EngineUnregistered(0), clock.mono)
+    core.report(ev.EngineRetired(0), clock.mono)
+    listed = engine_list(core)  # type: ignore[arg-type]
+    (set_id,) = core.pool.launches
+    assert [(s.engine_set, s.gpu) for s in listed.starting] == [(set_id, "")] and listed.engines == []
+    bring_up(core, 5, set_id, clock)
+    listed = engine_list(core)  # type: ignore[arg-type]
+    assert listed.starting == [] and [(e.id, e.restarts) for e in listed.engines] == [(5, 1)]

@@ -108,7 +108,7 @@ def test_only_admins_see_the_engine_traceback(keyed: Server) -> None:
         assert_engine_traceback(admin["error_detail"])
         listed = [j for j in c.get("/v1/jobs", headers=keyed.admin).json()["jobs"] if j["id"] == job_id]
         assert_engine_traceback(listed[0]["error_detail"])
-        exported = c.get("/metrics").text  # the malformed-message counter is there from the start, at zero
+        exported = c.get("/metrics", headers=ALICE).text  # the malformed-message counter is there from the start, at zero
         assert 'llmsup_malformed_messages_total{channel="stream"} 0.0' in exported
         assert 'llmsup_malformed_messages_total{channel="control"} 0.0' in exported
     log = keyed.live.log_path.read_text(errors="replace")

@@ -74,3 +74,75 @@ def test_detect_counts_nvidia_smi_lines(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("PATH", str(tmp_path))
     assert detect_gpu_count() == 2
     assert plan(3, detect_gpu_count()) == ["0", "1", "0"]
+
+
+# defaults on a GPU host, memory shares, the start log ------------------------------------------------------------------
+def test_default_engine_count_is_one_per_gpu_group() -> None:
+    from llmsup.engines.placement import default_engines
+
+    assert default_engines(0) == 2  # CPU: as before
+    assert (default_engines(1), default_engines(8), default_engines(8, 2), default_engines(8, 3)) == (1, 8, 4, 2)
+    assert default_engines(2, 4) == 1  # too few GPUs for one group: one engine (its placement then says why not)
+
+
+def test_settings_default_engines_follow_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmsup.supervisor.settings import Settings
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert Settings().engines == 4 and Settings(gpus_per_engine=2).engines == 2
+    assert Settings(engines=6).engines == 6  # asked for: kept
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert Settings().engines == 2
+
+
+def test_engines_sharing_a_gpu_split_its_memory() -> None:
+    from llmsup.engines.placement import describe, memory_shares
+
+    assert memory_shares(plan(2, 2)) == {"0": 0.9, "1": 0.9}
+    assert memory_shares(plan(3, 2)) == {"0": 0.45, "1": 0.9}
+    assert memory_shares(plan(3, 1), 0.8) == {"0": 0.266}  # rounded down: the engines never ask for more than all
+    assert memory_shares(plan(3, 4, gpus_per_engine=2)) == {"0,1": 0.45, "2,3": 0.9}
+    assert memory_shares(plan(2, 0)) == {}
+    devices = plan(3, 2)
+    assert describe(devices, 2, memory_shares(devices)) == [
+        "engine 1 of 3 on GPU 0 (gpu_memory_utilization 0.45, shared by 2 engines)",
+        "engine 2 of 3 on GPU 1 (gpu_memory_utilization 0.9)",
+        "engine 3 of 3 (standby) on GPU 0 (gpu_memory_utilization 0.45, shared by 2 engines)",
+    ]
+    assert describe(["", ""], 2, {}) == ["engine 1 of 2 on the CPU", "engine 2 of 2 on the CPU"]
+    assert describe(["0,1"], 1, {}) == ["engine 1 of 1 on GPUs 0,1"]
+
+
+@pytest.mark.parametrize(("gpus", "engines", "tp", "devices", "shares"), [
+    (1, 2, 1, ["0", "0"], [0.45, 0.45]),  # two engines asked on one GPU: each half of vLLM's 0.9
+    (4, 4, 1, ["0", "1", "2", "3"], [0.9] * 4),
+    (4, 2, 2, ["0,1", "2,3"], [0.9, 0.9]),
+    (0, 2, 1, ["", ""], [None, None]),
+])
+def test_the_core_launches_the_plan_and_gives_each_engine_its_share(
+        tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, gpus: int, engines: int, tp: int,
+        devices: list[str], shares: list[float | None]) -> None:
+    """The GPU count is passed in (no GPU here): the engines launched, their memory share as the engine gets it
+    (``options["gpu_memory_utilization"]``), and the start log's map."""
+    from conftest import make_settings
+    from fakes import FakeClock, FakeDriver
+    from llmsup.supervisor import reports as ev
+    from llmsup.supervisor.core import SupervisorCore
+    from llmsup.supervisor.store import MemoryStore
+
+    clock, driver = FakeClock(), FakeDriver()
+    core = SupervisorCore(make_settings(tmp_path, engines=engines, gpus_per_engine=tp, standby=0), MemoryStore(),
+                          driver, clock=lambda: clock.wall, mono=lambda: clock.mono)
+    caplog.set_level("INFO", logger="llmsup.engines")
+    core.configure_engines({"backend": "vllm", "options": {}}, gpu_count=gpus)
+    core.start_engines(engines)
+    launched = driver.verbs("launch")
+    assert [gpu for _, _, gpu in launched] == devices
+    for engine_id, (_, set_id, gpu) in enumerate(launched):
+        core.report(ev.EngineRegistered(engine_id), clock.mono)
+        core.report(ev.EngineIdentified(engine_id, ev.EngineIdentity("h", "h|b", 100 + engine_id, gpu, set_id)),
+                    clock.mono)
+    loaded = [config["options"].get("gpu_memory_utilization") for _, _, config in driver.verbs("load")]
+    assert loaded == shares
+    if gpus:
+        assert f"engine 1 of {engines} on GPU" in caplog.text and "gpu_memory_utilization" in caplog.text

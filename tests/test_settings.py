@@ -43,6 +43,21 @@ def test_every_setting_reads_its_environment_variable(monkeypatch: pytest.Monkey
     assert s.run_dir == Path("/tmp/elsewhere") and s.engines == 4
 
 
+def test_security_settings_from_flags_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "llmsup.toml"
+    cfg.write_text("allowed_hosts = ['api.example', 'llm.internal']\nretain_jobs = 500\nmetrics_open = true\n")
+    monkeypatch.setenv("LLMSUP_OWNER_QUEUE_MAX", "7")
+    monkeypatch.setenv("LLMSUP_ALLOWED_HOSTS", "a.example, b.example")  # comma-separated, no JSON needed
+    s = load_settings(cfg, retain_s=3600.0, sse_max_per_owner=None)
+    assert s.allowed_hosts == ["a.example", "b.example"] and s.retain_jobs == 500 and s.metrics_open
+    assert (s.owner_queue_max, s.retain_s, s.sse_max_per_owner, s.max_user_priority) == (7, 3600.0, 32, 100)
+    monkeypatch.delenv("LLMSUP_ALLOWED_HOSTS")
+    assert load_settings(cfg).allowed_hosts == ["api.example", "llm.internal"]
+    assert load_settings(allowed_hosts="*").allowed_hosts == ["*"]
+    with pytest.raises(ValidationError, match="http_limit_concurrency"):
+        Settings(http_limit_concurrency=0)
+
+
 def test_host_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LLMSUP_HOSTS", "gpu1, root@gpu2:2222")
     s = Settings(engine_launcher="ssh", cluster_ip="10.0.0.1")

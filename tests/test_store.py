@@ -90,3 +90,66 @@ def test_count_and_expired(store: JobStore) -> None:
     assert [j.id for j in store.expired(now=200.0, limit=10)] == [a.id, b.id]
     store.put(transition(a, JobStatus.RUNNING, 105.0, engine=EngineRef(1, "h", 2, "")))
     assert [j.id for j in store.expired(now=200.0, limit=10)] == [b.id]
+
+
+# idempotency keys are per owner ------------------------------------------------------------------------------
+
+
+def test_idempotency_keys_are_scoped_per_owner(store: JobStore) -> None:
+    alice = store.add(Job(prompt="a", owner="alice", idempotency_key="k1"))
+    bob = store.add(Job(prompt="b", owner="bob", idempotency_key="k1"))  # same key, other owner: a new job
+    nobody = store.add(Job(prompt="c", idempotency_key="k1"))  # no owner (admin / keys off): an owner of its own
+    assert len({alice.id, bob.id, nobody.id}) == 3
+    assert store.by_key("k1", "alice") == alice and store.by_key("k1", "bob") == bob and store.by_key("k1") == nobody
+    # the old stored form was "owner/key" for owners and the bare key otherwise: a keyless "alice/k1" found alice's job
+    assert store.by_key("alice/k1") is None
+    assert store.add(Job(prompt="d", idempotency_key="alice/k1")).owner is None
+    with pytest.raises(DuplicateKey) as err:
+        store.add(Job(prompt="e", owner="alice", idempotency_key="k1"))
+    assert err.value.existing.id == alice.id
+    assert store.get(alice.id).idempotency_key == "k1"  # the record keeps the key as its client sent it
+
+
+def test_count_owned(store: JobStore) -> None:
+    for owner in ("alice", "alice", "bob", None):
+        store.add(Job(prompt="x", owner=owner))
+    assert store.count_owned(JobStatus.QUEUED, "alice") == 2 and store.count_owned(JobStatus.QUEUED, "bob") == 1
+    assert store.count_owned(JobStatus.RUNNING, "alice") == 0
+
+
+# retention -----------------------------------------------------------------------------------------------------
+
+
+def _finished(store: JobStore, prompt: str, at: float, status: JobStatus = JobStatus.SUCCEEDED) -> Job:
+    job = store.add(Job(prompt=prompt, created_at=at - 1))
+    running = transition(job, JobStatus.RUNNING, at - 0.5, engine=EngineRef(1, "h", 2, "0"))
+    store.put(running)
+    done = transition(running, status, at)
+    store.put(done)
+    return done
+
+
+def test_prune_by_age_and_count_never_touches_queued_or_running(store: JobStore) -> None:
+    old = [_finished(store, f"old{i}", at=100.0 + i) for i in range(3)]
+    queued = store.add(Job(prompt="queued, ancient", created_at=1.0))
+    running = store.add(Job(prompt="running, ancient", created_at=1.0))
+    store.put(transition(running, JobStatus.RUNNING, 2.0, engine=EngineRef(1, "h", 2, "0")))
+    new = [_finished(store, f"new{i}", at=1000.0 + i, status=JobStatus.TIMED_OUT) for i in range(3)]
+    assert store.prune(finished_before=None, keep=None) == 0
+    assert store.prune(finished_before=101.5, keep=None) == 2  # ended at 100 and 101
+    assert store.get(old[0].id) is None and store.get(old[1].id) is None and store.get(old[2].id) is not None
+    assert store.prune(finished_before=None, keep=2) == 2  # 4 finished left: the two oldest go
+    left = {j.id for j in store.list(limit=100)}
+    assert left == {queued.id, running.id, new[1].id, new[2].id}
+    assert store.prune(finished_before=1e12, keep=0, limit=1) == 1  # batches
+    assert store.prune(finished_before=1e12, keep=0) == 1
+    assert {j.id for j in store.list(limit=100)} == {queued.id, running.id}
+
+
+def test_pruned_keys_can_be_used_again(store: JobStore) -> None:
+    job = store.add(Job(prompt="a", owner="alice", idempotency_key="k"))
+    store.put(transition(transition(job, JobStatus.RUNNING, 1.0, engine=EngineRef(1, "h", 2, "0")),
+                         JobStatus.SUCCEEDED, 2.0))
+    assert store.prune(finished_before=10.0, keep=None) == 1
+    assert store.by_key("k", "alice") is None
+    assert store.add(Job(prompt="b", owner="alice", idempotency_key="k")).id != job.id

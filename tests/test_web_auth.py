@@ -21,7 +21,8 @@ ALICE, BOB = {"Authorization": "Bearer key-alice"}, {"Authorization": "Bearer ke
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from serve(tmp_path_factory, "keyed", require_api_keys="on", api_keys="alice:key-alice,bob:key-bob")
+    yield from serve(tmp_path_factory, "keyed", require_api_keys="on", api_keys="alice:key-alice,bob:key-bob",
+                     sse_max_per_owner=1)
 
 
 def admin_routes() -> list[tuple[str, str]]:
@@ -60,7 +61,8 @@ def test_job_routes_need_a_key(keyed: Server) -> None:
         assert c.post("/v1/jobs", json={"prompt": "x"}).status_code == 401
         assert c.get("/v1/events").status_code == 401
         assert c.get("/v1/models").status_code == 401
-        assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/metrics").status_code == 401 and c.get("/metrics", headers=ALICE).status_code == 200
 
 
 def test_users_see_and_cancel_only_their_own_jobs(keyed: Server) -> None:
@@ -109,6 +111,41 @@ def test_generated_admin_token_file(keyed: Server) -> None:
     assert re.search(r"admin token written to .*admin_token", keyed.live.log_path.read_text())
     with keyed.client() as c:
         assert c.get("/admin/engines", headers=keyed.admin).status_code == 200
+
+
+def test_the_run_directory_is_private(keyed: Server) -> None:
+    run = keyed.run_dir
+    assert stat.S_IMODE(run.stat().st_mode) == 0o700 and stat.S_IMODE((run / "ipython").stat().st_mode) == 0o700
+    private = ["jobs.sqlite", "jobs.sqlite-wal", "jobs.sqlite-shm", "admin_token", "server.json", "processes.json"]
+    connection_files = list((run / "ipython" / "profile_llmsup" / "security").glob("ipcontroller-*.json"))
+    assert connection_files
+    for path in [run / name for name in private] + connection_files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_a_foreign_host_header_gets_400(keyed: Server) -> None:
+    with keyed.client() as c:
+        for path in ("/healthz", "/v1/jobs", "/admin/engines"):
+            assert c.get(path, headers={"Host": "evil.example", **keyed.admin}).status_code == 400
+        assert c.get("/healthz", headers={"Host": "localhost"}).status_code == 200
+
+
+def test_event_streams_per_owner_are_capped_until_one_closes(keyed: Server) -> None:
+    with keyed.client() as c:
+        with c.stream("GET", "/v1/events", headers=ALICE) as first:
+            assert first.status_code == 200
+            lines = first.iter_lines()  # (kept: a dropped iterator closes the connection)
+            next(lines)  # the snapshot: the stream is open
+            second = c.get("/v1/events", headers=ALICE)
+            assert second.status_code == 429 and second.headers["retry-after"]
+        with c.stream("GET", "/v1/events", headers=BOB) as bobs:  # another owner has a slot of their own
+            assert bobs.status_code == 200
+
+        def reopened() -> bool:  # the server frees alice's slot as soon as it sees her first stream close
+            with c.stream("GET", "/v1/events", headers=ALICE) as again:
+                return again.status_code == 200
+
+        wait_for(reopened, timeout=10, what="alice's stream slot given back")
 
 
 # unit level ------------------------------------------------------------------------------------

@@ -1,18 +1,21 @@
 """The dashboard in real headless Chromium (Debian ``chromium``, driven by Playwright's Python package).
 
 A runaway job shows up as running, its elapsed time grows, and the kill button (asking for the admin token)
-ends it; the restart button replaces an engine. Screenshots go to tests/artifacts/ (not in git).
+ends it; the restart button replaces an engine; the charts of the last minutes draw queue depth, running jobs,
+tokens/s and interrupts as they happen, and a warm standby engine is shown. Screenshots go to tests/artifacts/
+(not in git).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from webfixtures import Server, job_status, server, wait_for  # noqa: F401 (fixture)
+from webfixtures import Server, job_status, serve, server, wait_for  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(180)
 CHROMIUM = os.environ.get("LLMSUP_CHROMIUM", "/usr/bin/chromium")
@@ -111,3 +114,60 @@ def test_hosts_show_with_their_engine_count(page, server: Server) -> None:  # no
     card = page.locator('.host[data-state="up"]')
     card.wait_for(timeout=15_000)
     assert "(this server)" in card.inner_text() and card.locator(".host-engines").inner_text() == "2"
+
+
+@pytest.fixture(scope="module")
+def standby_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One serving engine and one warm standby."""
+    yield from serve(tmp_path_factory, "standby", engines=1, standby=1)
+
+
+def chart(page: object, key: str) -> dict[str, str]:
+    return page.locator(f"#chart-{key}").evaluate("box => ({...box.dataset, points: box.querySelector('polyline')"
+                                                   "?.getAttribute('points') || ''})")
+
+
+def test_charts_of_the_last_minutes_render_and_move_and_the_standby_is_shown(browser, standby_server: Server) -> None:
+    live = standby_server
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(live.url + "/dashboard")
+        page.evaluate("token => sessionStorage.setItem('llmsup_admin_token', token)", live.admin_token)
+        page.reload()
+        page.wait_for_selector('.engine[data-state="standby"]')  # the warm standby, as a card of its own
+        page.wait_for_function("Number(document.querySelector('#chart-running').dataset.count) >= 2")
+        before = chart(page, "running")
+        assert before["points"] and before["max"] == "0"
+        assert "1 serving · 1 standby" in page.locator("#engine-counts").inner_text()
+        with live.client() as c:
+            c.post("/v1/jobs", json={"prompt": "slow words [sim:slow=0.02]", "max_tokens": 100, "deadline_s": 30})
+            for prompt in ("queued one", "queued two"):  # behind the slow job on the one serving engine
+                c.post("/v1/jobs", json={"prompt": prompt, "max_tokens": 4})
+            hang = c.post("/v1/jobs", json={"prompt": "runaway [sim:hang]", "deadline_s": 1}).json()
+            wait_for(lambda: job_status(c, hang["id"])["status"] == "timed_out", 30, what="the runaway to time out")
+            page.wait_for_function(
+                """() => {
+                    const d = (k) => document.querySelector('#chart-' + k).dataset;
+                    return Number(d('queued').max) >= 1 && Number(d('running').max) >= 1
+                        && Number(d('tokens_per_s').max) > 10 && Number(d('interrupted').sum) >= 1;
+                }""", timeout=15_000)
+            text = c.get("/metrics").text
+        after = chart(page, "running")
+        assert after["points"] != before["points"] and int(after["count"]) > int(before["count"])  # it moved
+        assert float(after["firstX"]) <= float(before["firstX"])  # older samples slide left as time passes
+        newest_x = float(after["points"].split()[-1].split(",")[0])
+        assert newest_x > 270  # the newest sample is drawn at the right edge ("now"), of a 300-wide plot
+        assert page.locator("#chart-interrupted rect").count() >= 1
+        page.screenshot(path=str(ARTIFACTS / "dashboard-charts.png"), full_page=True)
+    finally:
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+    assert 'vllm:request_success_total{finished_reason="timeout",model_name="sim"} 1.0' in text
+    assert 'vllm:e2e_request_latency_seconds_count{model_name="sim"} 4.0' in text
+    rss = re.findall(r'^llmsup_engine_rss_bytes\{engine="\d+"\} (\S+)$', text, re.M)
+    assert len(rss) == 2 and all(float(v) > 10 * 2**20 for v in rss)  # the serving engine and the standby
+    assert "llmsup_engine_gpu_memory_bytes{" not in text  # engines on the CPU: no GPU memory series

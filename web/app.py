@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -9,13 +10,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from llmsup.supervisor import __version__
+from llmsup.supervisor import __version__, retention
+from llmsup.supervisor.rundir import prepare_run_dir, write_private
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
 from llmsup.web import dashboard, errors, live, metrics, openapi, routes_admin, routes_jobs, routes_openai
 from llmsup.web.auth import Auth
 from llmsup.web.deps import SupervisorDep
-from llmsup.web.limits import BodySizeLimit
+from llmsup.web.hosts import HostAllowlist, allowed_hosts, is_wildcard
+from llmsup.web.limits import BodySizeLimit, StreamSlots
+from llmsup.web.listing import SharedCounts
 from llmsup.web.metrics import HTTPMetrics, WebMetrics
 from llmsup.web.schemas import Health
 
@@ -33,17 +37,24 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
         app.state.supervisor = sup
         app.state.web_metrics = WebMetrics.of(sup.metrics.registry)
         if owned:
-            await sup.start()  # first: it refuses a run directory that a live supervisor owns
+            await sup.start()  # first: it refuses a run directory that a live supervisor owns, or not private
         try:
+            prepare_run_dir(settings.run_dir)
             app.state.auth = Auth.from_settings(settings)
         except Exception:
             if owned:
                 await sup.stop()
             raise
         _write_server_file(settings)
+        pruner = None
+        if retention.enabled(settings) and (owned or sup.started):
+            pruner = asyncio.ensure_future(retention.prune_forever(sup.store, settings, sup.clock))
         try:
             yield
         finally:
+            if pruner is not None:
+                pruner.cancel()
+                await asyncio.gather(pruner, return_exceptions=True)
             if owned:
                 await sup.stop()
             _remove_server_file(settings)
@@ -51,7 +62,10 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
     app = FastAPI(title="llmsup", version=__version__, lifespan=lifespan,
                   description="LLM job supervisor on IPyParallel: deadlines that really free the engine.")
     errors.install(app)
+    app.state.stream_slots = StreamSlots(settings.sse_max_per_owner, settings.sse_max_total)
+    app.state.live_counts = SharedCounts()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HostAllowlist, allowed=allowed_hosts(settings), wildcard_bind=is_wildcard(settings.host))
     app.add_middleware(HTTPMetrics)
     for module in (routes_jobs, live, routes_openai, routes_admin, metrics, dashboard):
         app.include_router(module.router)
@@ -73,20 +87,12 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
     return app
 
 
-def _server_file(settings: Settings):  # type: ignore[no-untyped-def]
-    return settings.run_dir / "server.json"
-
-
 def _write_server_file(settings: Settings) -> None:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
     host = f"[{host}]" if ":" in host and host != "::" else ("[::1]" if host == "::" else host)
     data = {"url": f"http://{host}:{settings.port}", "pid": os.getpid()}
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    _server_file(settings).write_text(json.dumps(data))
+    write_private(settings.server_file, json.dumps(data))  # the run directory exists: the supervisor made it
 
 
 def _remove_server_file(settings: Settings) -> None:
-    try:
-        _server_file(settings).unlink()
-    except FileNotFoundError:
-        pass
+    settings.server_file.unlink(missing_ok=True)

@@ -33,6 +33,14 @@ class OpenAIHTTPError(Exception):
         self.status, self.message, self.code, self.param, self.headers = status, message, code, param, headers
 
 
+class PriorityTooHigh(Exception):
+    """A caller without the admin token asked for a priority above ``max_user_priority`` (403)."""
+
+
+class TooManyStreams(Exception):
+    """No event stream slot left for this owner, or in all (429)."""
+
+
 def is_openai(path: str) -> bool:
     return path.startswith(OPENAI_PATHS)
 
@@ -119,7 +127,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(QueueFull)
     async def _full(request: Request, exc: QueueFull) -> JSONResponse:
         return _error(request, 429, str(exc), headers={"Retry-After": str(int(exc.retry_after_s + 0.999))},
-                      code="queue_full")
+                      code=getattr(exc, "code", "queue_full"))
+
+    @app.exception_handler(PriorityTooHigh)
+    async def _priority(request: Request, exc: PriorityTooHigh) -> JSONResponse:
+        return _error(request, 403, str(exc), param="priority", code="priority_not_allowed")
+
+    @app.exception_handler(TooManyStreams)
+    async def _streams(request: Request, exc: TooManyStreams) -> JSONResponse:
+        return _error(request, 429, str(exc), headers={"Retry-After": "5"}, code="too_many_streams")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

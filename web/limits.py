@@ -1,8 +1,12 @@
-"""Request body size limit: a pure ASGI middleware (413 before the app sees an oversized body).
+"""Limits on what one request, or one caller, may take.
 
-A declared ``Content-Length`` above the limit is refused at once. Otherwise the body is read (counting the
-bytes as they stream in, so a chunked upload cannot get past the limit either) and replayed to the app, which
-keeps working on a body of known, bounded size.
+- Body size: a pure ASGI middleware (413 before the app sees an oversized body). A declared
+  ``Content-Length`` above the limit is refused at once. Otherwise the body is read (counting the bytes as they
+  stream in, so a chunked upload cannot get past the limit either) and replayed to the app, which keeps
+  working on a body of known, bounded size.
+- Job fields the spec bounds by settings (:func:`check_job_limits`), the priority ceiling of callers without
+  the admin token (:func:`check_priority`, 403), open event streams per owner and in all (:class:`StreamSlots`,
+  429). The queued jobs per owner are counted by the supervisor (``owner_queue_max``, 429).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from llmsup.web.errors import error_body
+from llmsup.web.errors import PriorityTooHigh, TooManyStreams, error_body
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -78,7 +82,8 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def check_job_limits(settings: Any, prompt: str, max_tokens: int | None, deadline_s: float | None) -> None:
+def check_job_limits(settings: Any, prompt: str, max_tokens: int | None, deadline_s: float | None,
+                     min_tokens: int | None = None) -> None:
     """The limits the served OpenAPI spec states (web/openapi.py), checked before the supervisor sees the
     request, so that no path (an idempotent replay included) accepts what the spec says is invalid."""
     from llmsup.supervisor.requests import InvalidRequest
@@ -89,3 +94,54 @@ def check_job_limits(settings: Any, prompt: str, max_tokens: int | None, deadlin
         raise InvalidRequest(f"max_tokens must be in [1, {settings.max_tokens_limit}]")
     if deadline_s is not None and not 0 < deadline_s <= settings.max_deadline_s:
         raise InvalidRequest(f"deadline_s must be in (0, {settings.max_deadline_s}]")
+    effective_max = max_tokens if max_tokens is not None else settings.default_max_tokens
+    if min_tokens is not None and min_tokens > effective_max:
+        given = "max_tokens" if max_tokens is not None else "the default max_tokens"
+        raise InvalidRequest(f"min_tokens ({min_tokens}) must not exceed {given} ({effective_max})")
+
+
+def check_priority(settings: Any, priority: int, admin: bool, vllm_scale: bool = False) -> None:
+    """Refuse (403, not clamped: the caller learns at once why) a priority above the ceiling for callers
+    without the admin token. ``vllm_scale``: the OpenAI routes' priority, where lower runs first."""
+    ceiling = settings.max_user_priority
+    if admin or priority <= ceiling:
+        return
+    if vllm_scale:
+        raise PriorityTooHigh(f"priority below {-ceiling} needs the admin token (max_user_priority={ceiling})")
+    raise PriorityTooHigh(f"priority above {ceiling} needs the admin token (max_user_priority={ceiling})")
+
+
+class StreamSlots:
+    """Open Server-Sent Event streams, counted per owner and in all. Each stream takes a slot when its route
+    answers and gives it back when the stream ends (``EventStream``), so a client that opens streams and
+    never reads them holds at most ``per_owner`` subscriptions. The admin has no per-owner limit."""
+
+    def __init__(self, per_owner: int, total: int) -> None:
+        self.per_owner = per_owner
+        self.total = total
+        self.open: dict[str, int] = {}
+
+    @property
+    def in_use(self) -> int:
+        return sum(self.open.values())
+
+    def acquire(self, owner: str | None, admin: bool = False) -> Callable[[], None]:
+        """Take a slot (raises TooManyStreams); returns the function that gives it back (idempotent)."""
+        if self.in_use >= self.total:
+            raise TooManyStreams(f"{self.total} event streams open on this server (sse_max_total); retry later")
+        key = "<admin>" if admin else (owner if owner is not None else "<anonymous>")  # no owner name has "<"
+        if not admin and self.open.get(key, 0) >= self.per_owner:
+            raise TooManyStreams(f"{self.per_owner} event streams already open for this caller (sse_max_per_owner)")
+        self.open[key] = self.open.get(key, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.open[key] -= 1
+            if not self.open[key]:
+                del self.open[key]
+
+        return release

@@ -8,13 +8,15 @@
   their engine lists).
 
 With API keys on, a key user sees only their own jobs and no engines; the admin token (or keys off) sees all.
+Each stream takes a slot of ``sse_max_per_owner`` / ``sse_max_total`` (429 when none is left). Snapshots are
+read off the event loop and the status counts are shared by all subscribers (``web/listing.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -24,6 +26,7 @@ from llmsup.supervisor.service import Supervisor
 from llmsup.web import sse
 from llmsup.web.auth import Principal, PrincipalDep
 from llmsup.web.deps import SupervisorDep
+from llmsup.web.listing import SharedCounts, list_jobs
 from llmsup.web.routes_admin import engine_list
 from llmsup.web.schemas import errors, iso
 
@@ -45,19 +48,31 @@ def summary(job: Job, now: float | None = None) -> dict[str, Any]:
     }
 
 
-def _engines(sup: Supervisor, principal: Principal) -> dict[str, Any]:
-    counts = {s.value: n for s, n in sup.store.counts().items()} if principal.sees_all else None
+def _engines(sup: Supervisor, principal: Principal, counts: SharedCounts) -> dict[str, Any]:
     if not principal.sees_all:
-        return {"engines": None, "starting": [], "counts": counts}
+        return {"engines": None, "starting": [], "counts": None}
     data = engine_list(sup).model_dump(mode="json")
-    return {**data, "hosts": sup.host_views(), "counts": counts}
+    return {**data, "hosts": sup.host_views(), "counts": counts.get(sup)}
+
+
+def shared_counts(request: Request) -> SharedCounts:
+    state = request.app.state
+    if getattr(state, "live_counts", None) is None:
+        state.live_counts = SharedCounts()
+    return state.live_counts
+
+
+def stream_slot(request: Request, principal: Principal) -> Callable[[], None] | None:
+    """Take an event stream slot for this caller (429 when none is left); None when the app keeps no count."""
+    slots = getattr(request.app.state, "stream_slots", None)
+    return slots.acquire(principal.owner, principal.admin) if slots is not None else None
 
 
 @router.get(
     "/v1/events",
     response_class=sse.EventStream,
     responses={200: sse.sse_response("SSE stream (never ends by itself)", ["snapshot", "job", "engines"]),
-               **errors(401, 422, stream=True)},
+               **errors(401, 422, 429, stream=True)},
 )
 async def live_events(
     request: Request,
@@ -68,11 +83,13 @@ async def live_events(
 ) -> sse.EventStream:
     """Live feed of all jobs (yours, with API keys on) and engines: see the module docs for the events."""
     web_metrics = getattr(request.app.state, "web_metrics", None)
-    return sse.EventStream(_feed(sup, principal, jobs, engines_every_s),
-                           gauge=web_metrics.sse_streams if web_metrics else None)
+    feed = _feed(sup, principal, jobs, engines_every_s, shared_counts(request))
+    return sse.EventStream(feed, gauge=web_metrics.sse_streams if web_metrics else None,
+                           release=stream_slot(request, principal))
 
 
-async def _feed(sup: Supervisor, principal: Principal, n_jobs: int, every_s: float) -> AsyncIterator[bytes]:
+async def _feed(sup: Supervisor, principal: Principal, n_jobs: int, every_s: float,
+                counts: SharedCounts) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     owners: dict[str, str | None] = {}
 
@@ -84,13 +101,13 @@ async def _feed(sup: Supervisor, principal: Principal, n_jobs: int, every_s: flo
         owners[job_id] = job.owner
         return job if principal.can_see(job) else None
 
-    def snapshot() -> bytes:
-        jobs = sup.list(None, owner=principal.owner, limit=n_jobs) if n_jobs else []
-        return sse.event({"jobs": [summary(j) for j in jobs], **_engines(sup, principal)}, "snapshot")
+    async def snapshot() -> bytes:
+        jobs = await list_jobs(sup, None, owner=principal.owner, limit=n_jobs) if n_jobs else []
+        return sse.event({"jobs": [summary(j) for j in jobs], **_engines(sup, principal, counts)}, "snapshot")
 
     sub = sup.hub.subscribe(None)
     try:
-        yield snapshot()
+        yield await snapshot()
         dirty: set[str] = set()
         next_flush = next_tick = loop.time() + every_s
         while True:
@@ -106,7 +123,7 @@ async def _feed(sup: Supervisor, principal: Principal, n_jobs: int, every_s: flo
                 sub.close()
                 sub = sup.hub.subscribe(None)
                 dirty.clear()
-                yield snapshot()
+                yield await snapshot()
                 continue
             if ev["type"] == "status":
                 job = mine(ev["job_id"])
@@ -128,7 +145,7 @@ async def _feed(sup: Supervisor, principal: Principal, n_jobs: int, every_s: flo
                 dirty.clear()
             if now >= next_tick:
                 next_tick = now + every_s
-                yield sse.event(_engines(sup, principal), "engines") if principal.sees_all else sse.PING
+                yield sse.event(_engines(sup, principal, counts), "engines") if principal.sees_all else sse.PING
             if len(owners) > 50_000:
                 owners.clear()
     finally:

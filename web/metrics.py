@@ -1,18 +1,27 @@
-"""``/metrics`` (Prometheus text format) and the web layer's own metrics.
+"""``/metrics`` (Prometheus text format), ``/v1/stats`` (the last minutes, for the dashboard's charts) and the web
+layer's own metrics.
 
-The supervisor's registry (queue depth, running jobs, outcomes by status, queue wait and run time histograms,
-interrupt / escalation steps, engine restarts, tokens, time to first token) gets three more families here:
-HTTP requests by route and status, their latency, and open SSE streams.
+The supervisor's registry (llmsup's ``llmsup_*`` series and vLLM's ``vllm:*`` names beside them: see
+``docs/metrics.md``) gets three more families here: HTTP requests by route and status, their latency, and open
+SSE streams.
+
+When job routes need API keys, so do ``/metrics`` and ``/v1/stats`` (any valid key, or the admin token: job counts
+and engine pids are not for everyone); the ``metrics_open`` setting keeps them open for a scraper without
+credentials.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from llmsup.web.auth import get_auth, job_principal
 from llmsup.web.deps import SupervisorDep
+from llmsup.web.schemas import errors
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
 
 router = APIRouter(tags=["health"])
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -76,9 +85,52 @@ def _route(scope: dict[str, Any]) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus"}})
+async def metrics_access(request: Request) -> None:
+    """401 without a valid API key or the admin token, when keys are on and ``metrics_open`` is off."""
+    if request.app.state.supervisor.settings.metrics_open or not get_auth(request).keys_required:
+        return
+    await job_principal(request)
+
+
+@router.get("/metrics", response_class=Response, dependencies=[Depends(metrics_access)],
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus"},
+                       **errors(401, stream=True)})
 async def metrics(sup: SupervisorDep, request: Request) -> Response:
     if sup.started:
         sup.update_gauges()  # gauges as of now, not as of the last health tick
-    return Response(generate_latest(sup.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # rendering takes milliseconds (docs/metrics.md): off the loop that runs deadlines (the registry is thread-safe)
+    body = await asyncio.to_thread(generate_latest, sup.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+class StatsSampleOut(BaseModel):
+    t: float = Field(description="wall clock, seconds since the epoch")
+    queued: int
+    running: int
+    tokens_per_s: float = Field(description="tokens generated per second since the previous sample")
+    interrupted: int = Field(description="jobs stopped by their deadline or a cancel since the previous sample")
+    killed: int = Field(description="engines SIGKILLed by the watchdog since the previous sample")
+    standby: int = Field(description="warm standby engines")
+    serving: int = Field(description="engines taking jobs (idle or busy)")
+
+
+class StatsOut(BaseModel):
+    now: float
+    every_s: float = Field(description="seconds between samples")
+    window_s: float = Field(description="seconds of history kept")
+    model_name: str
+    samples: list[StatsSampleOut]
+
+
+@router.get("/v1/stats", response_model=StatsOut, dependencies=[Depends(metrics_access)], responses=errors(401, 422))
+async def stats(
+    sup: SupervisorDep,
+    since: Annotated[float, Query(ge=0, description="only samples taken after this wall time (0: all)")] = 0,
+) -> StatsOut:
+    """The last minutes, one sample a second: queue depth, running jobs, tokens/s, interrupts, standby engines."""
+    if sup.started:
+        sup.update_gauges()
+    history = sup.metrics.history
+    return StatsOut(now=time.time(), every_s=history.every_s, window_s=history.window_s,
+                    model_name=sup.metrics.model_name(),
+                    samples=[StatsSampleOut(**s.to_dict()) for s in history.since(since)])

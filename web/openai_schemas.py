@@ -76,7 +76,7 @@ class _Sampling(JSONModel):
     repetition_penalty: Annotated[float | None, only(1)]
     length_penalty: Annotated[float | None, only(1)]
     ignore_eos: bool | None = None
-    min_tokens: Annotated[int | None, Field(ge=0, le=1_000_000)] = None
+    min_tokens: Annotated[int | None, Field(ge=0, le=1_000_000, description="at most max_tokens (422 otherwise)")] = None
     stop_token_ids: Annotated[list[int] | None, only(maxItems=0)]
     use_beam_search: Annotated[bool | None, only(False)]
     include_stop_str_in_output: Annotated[bool | None, only(False)]

@@ -5,43 +5,49 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.requests import JobRequest
-from llmsup.web import sse
+from llmsup.web import listing, sse
 from llmsup.web.auth import Principal, PrincipalDep, visible
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.follow import Update, follow
-from llmsup.web.limits import check_job_limits
+from llmsup.web.limits import check_job_limits, check_priority
+from llmsup.web.live import stream_slot
 from llmsup.web.schemas import JobCreate, JobList, JobOut, errors
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 AUTH = (401,)
+LIST_LIMIT_MAX = 1000  # jobs per page: each carries its prompt (up to max_prompt_chars)
 
 
 def job_out(job: Job, principal: Principal) -> JobOut:
     out = JobOut.of(job)
-    out.idempotency_key = principal.unscoped_key(job.idempotency_key)
     if principal.admin:  # engine tracebacks show code paths and data: admins only
         out.error_detail = job.error_detail
     return out
 
 
-@router.post("", status_code=202, response_model=JobOut, responses=errors(*AUTH, 413, 422, 429))
+@router.post("", status_code=202, response_model=JobOut, responses=errors(*AUTH, 403, 409, 413, 422, 429))
 async def submit_job(body: JobCreate, sup: SupervisorDep, principal: PrincipalDep, response: Response) -> JobOut:
-    check_job_limits(sup.settings, body.prompt, body.max_tokens, body.deadline_s)
+    """Queue a job. ``priority`` above ``max_user_priority`` needs the admin token (403). ``idempotency_key``: the
+    same key from the same owner returns the job it created (``Idempotent-Replayed: true``)."""
+    check_job_limits(sup.settings, body.prompt, body.max_tokens, body.deadline_s, body.min_tokens)
+    check_priority(sup.settings, body.priority, principal.admin)
     extra = {k: getattr(body, k) for k in ("top_p", "top_k", "seed", "ignore_eos", "min_tokens")
              if getattr(body, k) is not None}
     submitted = sup.submit(
         JobRequest(
             prompt=body.prompt, max_tokens=body.max_tokens, temperature=body.temperature, stop=tuple(body.stop or ()),
             deadline_s=body.deadline_s, queue_timeout_s=body.queue_timeout_s, priority=body.priority,
-            idempotency_key=principal.scoped_key(body.idempotency_key), owner=principal.owner, extra=extra,
+            idempotency_key=body.idempotency_key, owner=principal.owner, extra=extra,
         )
     )
-    response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
     if not submitted.created:
+        if not principal.can_see(submitted.job):  # keys are per owner in the store: a second line of defence
+            raise HTTPException(409, "idempotency_key is taken: use another key")
         response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
     return job_out(submitted.job, principal)
 
 
@@ -50,11 +56,16 @@ async def list_jobs(
     sup: SupervisorDep,
     principal: PrincipalDep,
     status: Annotated[list[JobStatus] | None, Query(description="filter by status (repeatable)")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-) -> JobList:
-    jobs = sup.list(status or None, owner=principal.owner, limit=limit, offset=offset)
-    return JobList(jobs=[job_out(j, principal) for j in jobs], count=len(jobs))
+) -> Response:
+    """Jobs newest first (yours, with API keys on). Read, parsed and rendered off the event loop."""
+    jobs = await listing.list_jobs(sup, status or None, owner=principal.owner, limit=limit, offset=offset)
+
+    def render() -> bytes:  # the JobList schema, rendered job by job
+        return listing.render_page((job_out(j, principal) for j in jobs), count=len(jobs))
+
+    return Response(await listing.off_loop(render), media_type="application/json")
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=errors(*AUTH, 404, 422))
@@ -84,7 +95,7 @@ async def cancel_job(job_id: str, sup: SupervisorDep, principal: PrincipalDep) -
     "/{job_id}/events",
     response_class=sse.EventStream,
     responses={200: sse.sse_response("SSE stream of the job", ["job", "status", "token", "end"]),
-               **errors(*AUTH, 404, 422, stream=True)},
+               **errors(*AUTH, 404, 422, 429, stream=True)},
 )
 async def job_events(
     job_id: str,
@@ -110,7 +121,8 @@ async def job_events(
         if cancel_on_disconnect and not completed and not sup.get(job_id).status.terminal:
             sup.cancel(job_id, note="cancelled: its event stream was closed")
 
-    return sse.EventStream(_job_events(updates, job_id, principal), on_close=on_close, gauge=_gauge(request))
+    return sse.EventStream(_job_events(updates, job_id, principal), on_close=on_close, gauge=_gauge(request),
+                           release=stream_slot(request, principal))
 
 
 async def _job_events(updates: AsyncIterator[Update], job_id: str, principal: Principal) -> AsyncIterator[bytes]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from llmsup.supervisor.jobs import Job, JobStatus
+from llmsup.supervisor.model_name import served_model_name
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.web import sse
@@ -25,7 +26,8 @@ from llmsup.web.chat import template_for
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.errors import OpenAIHTTPError
 from llmsup.web.follow import TextTracker, follow
-from llmsup.web.limits import check_job_limits
+from llmsup.web.limits import check_job_limits, check_priority
+from llmsup.web.live import stream_slot
 from llmsup.web.openai_schemas import (
     AssistantMessage,
     ChatChoice,
@@ -50,17 +52,13 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": OpenAIError, "description": "OpenAI-style error"} for code in codes}
 
 
-ERRORS = _errors(401, 404, 413, 422, 429, 500)
+ERRORS = _errors(401, 403, 404, 413, 422, 429, 500)
 STREAM_OR_JSON = sse.sse_response("JSON, or with stream=true SSE chunks (JSON) ending with `data: [DONE]`",
                                   json_data=False)
 
 
 def served_models(sup: Supervisor) -> list[str]:
-    s = sup.settings
-    name = s.served_model_name or s.model or (s.backend if s.backend != "auto" else None)
-    if name is None:
-        name = next((e.backend.get("model") for e in sup.pool if e.backend.get("model")), None) or "default"
-    return [name]
+    return [served_model_name(sup.settings, sup.pool.engines.values())]
 
 
 @router.get("/models", response_model=ModelList, responses=_errors(401))
@@ -77,11 +75,12 @@ async def completions(body: CompletionRequest, request: Request, sup: Supervisor
                       response: Response) -> Any:
     model = _check_model(sup, body.model)
     prompt = body.text
-    job = _submit(sup, principal, body, prompt)
+    release = stream_slot(request, principal) if body.stream else None
+    job = _submit(sup, principal, body, prompt, release)
     echo = prompt if body.echo else ""
     if body.stream:
         make = _completion_chunk(job, model)
-        return _stream(sup, request, job, make, echo, include_usage=_usage_wanted(body))
+        return _stream(sup, request, job, make, echo, include_usage=_usage_wanted(body), release=release)
     response.headers["X-Llmsup-Job-Id"] = job.id
     job = await _wait(sup, request, job.id)
     text = echo + job.output
@@ -100,10 +99,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sup: S
                            principal: PrincipalDep, response: Response) -> Any:
     model = _check_model(sup, body.model)
     prompt = template_for(sup).render(body.messages, body.add_generation_prompt)
-    job = _submit(sup, principal, body, prompt)
+    release = stream_slot(request, principal) if body.stream else None
+    job = _submit(sup, principal, body, prompt, release)
     if body.stream:
         make = _chat_chunk(job, model)
-        return _stream(sup, request, job, make, "", include_usage=_usage_wanted(body), role_first=True)
+        return _stream(sup, request, job, make, "", include_usage=_usage_wanted(body), role_first=True,
+                       release=release)
     response.headers["X-Llmsup-Job-Id"] = job.id
     job = await _wait(sup, request, job.id)
     return ChatCompletionResponse(
@@ -126,14 +127,22 @@ def _check_model(sup: Supervisor, model: str | None) -> str:
     return model
 
 
-def _submit(sup: Supervisor, principal: Principal, body: _Sampling, prompt: str) -> Job:
-    check_job_limits(sup.settings, prompt, body.max_tokens, body.deadline)
-    return sup.submit(JobRequest(
-        prompt=prompt, max_tokens=body.max_tokens, temperature=body.temperature or 0.0, stop=body.stops(),
-        deadline_s=body.deadline, queue_timeout_s=body.queue_timeout_s,
-        priority=-(body.priority or 0),  # vLLM: lower runs first; llmsup: higher runs first
-        owner=principal.owner, extra=body.extra_params(),
-    )).job
+def _submit(sup: Supervisor, principal: Principal, body: _Sampling, prompt: str,
+            release: Callable[[], None] | None = None) -> Job:
+    """Submit the job; a stream slot taken for it (``release``) is given back if it cannot be submitted."""
+    try:
+        check_job_limits(sup.settings, prompt, body.max_tokens, body.deadline, body.min_tokens)
+        priority = -(body.priority or 0)  # vLLM: lower runs first; llmsup: higher runs first
+        check_priority(sup.settings, priority, principal.admin, vllm_scale=True)
+        return sup.submit(JobRequest(
+            prompt=prompt, max_tokens=body.max_tokens, temperature=body.temperature or 0.0, stop=body.stops(),
+            deadline_s=body.deadline, queue_timeout_s=body.queue_timeout_s, priority=priority,
+            owner=principal.owner, extra=body.extra_params(),
+        )).job
+    except BaseException:
+        if release is not None:
+            release()
+        raise
 
 
 def _usage_wanted(body: _Sampling) -> bool:
@@ -215,7 +224,7 @@ def _chat_chunk(job: Job, model: str) -> Chunk:
 
 
 def _stream(sup: Supervisor, request: Request, job: Job, make: Chunk, echo: str, include_usage: bool,
-            role_first: bool = False) -> sse.EventStream:
+            role_first: bool = False, release: Callable[[], None] | None = None) -> sse.EventStream:
     job_id = job.id
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -255,4 +264,4 @@ def _stream(sup: Supervisor, request: Request, job: Job, make: Chunk, echo: str,
 
     web_metrics = getattr(request.app.state, "web_metrics", None)
     return sse.EventStream(chunks(), on_close=on_close, headers={"X-Llmsup-Job-Id": job_id},
-                           gauge=web_metrics.sse_streams if web_metrics else None)
+                           gauge=web_metrics.sse_streams if web_metrics else None, release=release)

@@ -51,7 +51,7 @@ class JobCreate(JSONModel):
     top_k: Annotated[int | None, Field(ge=0, le=100_000)] = None
     seed: Annotated[int | None, Field(ge=0, le=2**53 - 1)] = None
     ignore_eos: bool | None = None
-    min_tokens: Annotated[int | None, Field(ge=0, le=1_000_000)] = None
+    min_tokens: Annotated[int | None, Field(ge=0, le=1_000_000, description="at most max_tokens (422 otherwise)")] = None
 
 
 class EngineRefOut(BaseModel):
@@ -128,6 +128,7 @@ class EngineOut(BaseModel):
     slots: int
     jobs_done: int
     rss_mb: float
+    gpu_mem_mb: float | None = None  # GPU memory of the engine and its children (None: a CPU engine)
     backend: str | None
     model: str | None
     engine_set: str
@@ -135,6 +136,7 @@ class EngineOut(BaseModel):
     busy_s: float | None = None  # how long its current job has run
     deadline_s: float | None = None  # the current job's deadline
     uptime_s: float | None = None
+    log_file: str | None = None  # the engine's own log file (vLLM's and transformers' lines too)
 
 
 class StartingEngineOut(BaseModel):
@@ -199,12 +201,12 @@ class Health(BaseModel):
 
 ERROR_DESCRIPTIONS = {
     401: "missing or invalid token / API key",
-    403: "wrong admin token",
+    403: "wrong admin token, or a priority above max_user_priority without it",
     404: "not found (or not yours)",
-    409: "not allowed in the job's current status",
+    409: "not allowed in the job's current status (or an idempotency key that is taken)",
     413: "request body too large",
     422: "invalid request (message in `error`)",
-    429: "queue full: retry after `Retry-After` seconds",
+    429: "queue full (or the caller's share of it), or too many open event streams: retry after `Retry-After` s",
     500: "the job failed on its engine",
     503: "not ready, or the job expired in the queue",
 }

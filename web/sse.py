@@ -3,6 +3,8 @@
 :class:`EventStream` listens for the client's disconnect *while* it streams (Starlette's own streaming
 response notices a gone client only when a write fails, which never happens while a job is silent), cancels
 the producer at once, and then calls ``on_close(completed)`` so the caller can cancel work nobody wants.
+``release`` (a stream slot taken by the route, ``web/limits.py: StreamSlots``) is given back however the
+stream ends.
 """
 
 from __future__ import annotations
@@ -57,15 +59,24 @@ class EventStream(Response):
         headers: dict[str, str] | None = None,
         gauge: Any = None,
         status_code: int = 200,
+        release: Callable[[], None] | None = None,
     ) -> None:
         self.chunks = chunks
         self.on_close = on_close
         self.gauge = gauge
+        self.release = release
         self.status_code = status_code
         self.background = None
         self.init_headers({**SSE_HEADERS, **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._stream(send, receive)
+        finally:
+            if self.release is not None:
+                self.release()
+
+    async def _stream(self, send: Send, receive: Receive) -> None:
         completed = False
 
         async def produce() -> None:

@@ -1,5 +1,6 @@
 // llmsup dashboard: reads the live feed GET /v1/events (SSE over fetch, so it can send a bearer token),
-// renders engines and jobs, and calls the admin routes with the admin token it asks for.
+// renders engines and jobs, and calls the admin routes with the admin token it asks for; charts of the last
+// minutes (queue depth, running jobs, tokens/s, interrupts) from GET /v1/stats, polled once a second.
 "use strict";
 
 const MAX_ROWS = 300;
@@ -143,7 +144,8 @@ function jobElapsed(j, now) {
 
 function render() {
   const now = performance.now();
-  const cards = engines.map((e) => {
+  const standbyLast = (e) => (e.state === "standby" ? 1 : 0);  // serving engines first, warm standbys after
+  const cards = [...engines].sort((a, b) => standbyLast(a) - standbyLast(b) || a.id - b.id).map((e) => {
     const busy = e.busy_s == null ? null : e.busy_s + (now - enginesAt) / 1000;
     const pct = busy != null && e.deadline_s ? Math.min(100, (100 * busy) / e.deadline_s) : 0;
     return el("div", { class: "card engine", "data-engine-id": e.id, "data-state": e.state },
@@ -154,7 +156,8 @@ function render() {
         e.deadline_s ? " / " + secs(e.deadline_s) : ""),
       el("div", { class: "bar" }, el("div", { class: pct >= 100 ? "late" : "", style: "width:" + pct + "%" })),
       el("div", { class: "kv" }, "jobs done ", el("b", { class: "jobs-done" }, String(e.jobs_done)),
-        " · RSS ", el("b", {}, Math.round(e.rss_mb) + " MB"), " · GPU ", el("b", {}, e.gpu || "cpu")),
+        " · RSS ", el("b", {}, Math.round(e.rss_mb) + " MB"), " · GPU ", el("b", {}, e.gpu || "cpu"),
+        e.gpu_mem_mb == null ? "" : el("b", { class: "gpu-mem" }, " " + Math.round(e.gpu_mem_mb) + " MB")),
       el("div", { class: "kv" }, "pid " + e.pid + " · " + e.host + " · restarts " + e.restarts),
       el("div", {}, el("button", { class: "restart", onclick: () => admin("POST",
         "/admin/engines/" + e.id + "/restart", "restart engine " + e.id) }, "restart engine")));
@@ -206,6 +209,100 @@ function elapsedSpan(value, live, now) {
   return el("b", attrs, secs(value));
 }
 
+// --- charts: the last minutes, from GET /v1/stats (one sample a second, kept by the server) -------------
+const CHARTS = [
+  { key: "queued", title: "queue depth", color: "#e65100" },
+  { key: "running", title: "running jobs", color: "#1565c0" },
+  { key: "tokens_per_s", title: "tokens / s", color: "#2e7d32" },
+  { key: "interrupted", title: "interrupts", color: "#ef6c00", bars: "killed",
+    help: "jobs stopped by their deadline or a cancel; engines SIGKILLed by the watchdog in dark red" },
+];
+const SVG_NS = "http://www.w3.org/2000/svg", CHART_W = 300, CHART_H = 64;
+let stats = [], statsWindow = 300, statsSince = 0, serverOffset = 0;
+
+function svg(tag, attrs) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+function buildCharts() {
+  $("charts").replaceChildren(...CHARTS.map((c) => el("div", { class: "card chart", id: "chart-" + c.key,
+    title: c.help || c.title },
+    el("div", { class: "title" }, c.title, el("span", { class: "now" }, "–")),
+    svg("svg", { viewBox: `0 0 ${CHART_W} ${CHART_H}`, preserveAspectRatio: "none", role: "img",
+      "aria-label": c.title }),
+    el("div", { class: "kv axis" }, el("span", { class: "from" }, ""), el("span", { class: "max" }, ""),
+      el("span", {}, "now")))));
+}
+
+async function pollStats() {
+  for (;;) {
+    try {
+      const token = feedToken();
+      const resp = await fetch("/v1/stats?since=" + statsSince,
+                               token ? { headers: { Authorization: "Bearer " + token } } : {});
+      if (resp.ok) {
+        const body = await resp.json();
+        serverOffset = body.now - Date.now() / 1000;
+        statsWindow = body.window_s;
+        stats.push(...body.samples);
+        if (body.samples.length) statsSince = body.samples[body.samples.length - 1].t;
+        while (stats.length && stats[0].t < body.now - statsWindow) stats.shift();
+      }
+    } catch (err) {
+      // the live feed's indicator tells the connection state
+    }
+    drawCharts();
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+function fmt(v) { return v >= 100 ? String(Math.round(v)) : String(Math.round(v * 10) / 10); }
+
+function ago(seconds) { return seconds < 120 ? Math.round(seconds) + " s" : Math.round(seconds / 60) + " min"; }
+
+function drawCharts() {  // time runs right to left: the lines move as samples arrive and age
+  const now = Date.now() / 1000 + serverOffset;
+  // the span grows with the history the server has, from one minute up to all it keeps
+  const span = Math.min(statsWindow, Math.max(60, stats.length ? now - stats[0].t : 0)), start = now - span;
+  const round = (v) => Math.round(v * 10) / 10;
+  const x = (t) => round(((t - start) / span) * CHART_W);
+  $("window").textContent = ago(span);
+  for (const c of CHARTS) {
+    const box = $("chart-" + c.key), plot = box.querySelector("svg");
+    const values = stats.map((s) => s[c.key] + (c.bars ? s[c.bars] : 0));
+    const top = Math.max(1, ...values), y = (v) => round(CHART_H - 2 - (v / top) * (CHART_H - 6));
+    const shapes = [svg("line", { x1: 0, x2: CHART_W, y1: y(top), y2: y(top), stroke: "#dde1e6" })];
+    if (c.bars) {
+      const width = Math.max(2, round(CHART_W / span));  // one sample wide
+      for (const s of stats) {
+        if (s[c.key] + s[c.bars] <= 0) continue;
+        shapes.push(svg("rect", { x: x(s.t) - width, y: y(s[c.key] + s[c.bars]), width,
+          height: CHART_H - 2 - y(s[c.key] + s[c.bars]), fill: c.color }));
+        if (s[c.bars] > 0) shapes.push(svg("rect", { x: x(s.t) - width, y: y(s[c.bars]), width,
+          height: CHART_H - 2 - y(s[c.bars]), fill: "#b71c1c" }));
+      }
+    } else if (stats.length) {
+      const points = stats.map((s) => x(s.t) + "," + y(s[c.key])).join(" ");
+      shapes.push(svg("polyline", { points, fill: "none", stroke: c.color, "stroke-width": 1.5,
+        "vector-effect": "non-scaling-stroke" }));
+    }
+    plot.replaceChildren(...shapes);
+    const last = values.length ? values[values.length - 1] : 0, sum = values.reduce((a, b) => a + b, 0);
+    Object.assign(box.dataset, { count: stats.length, last, max: values.length ? Math.max(...values) : 0, sum,
+      firstX: stats.length ? x(stats[0].t) : "" });
+    // a count of events shows its total over the span, a level its latest value
+    box.querySelector(".now").textContent = !stats.length ? "–" : c.bars ? fmt(sum) + " in " + ago(span) : fmt(last);
+    box.querySelector(".max").textContent = "max " + fmt(top);
+    box.querySelector(".from").textContent = "−" + ago(span);
+  }
+  const latest = stats[stats.length - 1];
+  $("engine-counts").textContent = latest ? latest.serving + " serving · " + latest.standby + " standby" : "";
+}
+
 $("filter").addEventListener("change", render);
 setInterval(tick, 200);
+buildCharts();
 feed();
+pollStats();
