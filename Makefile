@@ -30,7 +30,8 @@ browser:
 # Debian's openssh-server unpacked (not installed) into build/sshd: the ssh launcher's test runs it on a test host.
 sshd:
 	@test -x build/sshd/usr/sbin/sshd || { mkdir -p build/sshd/debs && cd build/sshd/debs && \
-		apt-get download -qq openssh-server openssh-sftp-server libwrap0 2>/dev/null && \
+		{ apt-get download -qq openssh-server openssh-sftp-server libwrap0 2>/dev/null || \
+		  { apt-get update -qq && apt-get download -qq openssh-server openssh-sftp-server libwrap0 2>/dev/null; }; } && \
 		for f in *.deb; do dpkg -x $$f ..; done; } || echo "openssh-server not unpacked: the ssh launcher test will be skipped"
 
 serve: install
