@@ -80,6 +80,7 @@ class JoinAgent:
     standby: int = 0
     work_dir: Path = field(default_factory=lambda: Path(".llmsup-join"))
     beat_s: float = 0.0  # 0: a quarter of the server's host-loss timeout, at most 1 s
+    join_file: Path | None = None  # re-read when it changes: a new controller after the old one died
     slots: list[EngineSlot] = field(default_factory=list)
     stopping: bool = False
 
@@ -93,6 +94,30 @@ class JoinAgent:
         self.identity = f"host:{self.host}:{os.getpid()}"
         if self.beat_s <= 0:
             self.beat_s = min(1.0, self.info.host_loss_s / 4)
+        self._join_mtime = self._mtime()
+
+    def _mtime(self) -> float:
+        try:
+            return self.join_file.stat().st_mtime if self.join_file is not None else 0.0
+        except OSError:
+            return 0.0
+
+    def refresh(self) -> None:
+        """The server rewrites its join file when it starts a new controller (the old one died): the engines of
+        the old one can never serve again; they are replaced by engines of the new one."""
+        mtime = self._mtime()
+        if self.join_file is None or mtime == self._join_mtime:
+            return
+        self._join_mtime = mtime
+        try:
+            info = JoinInfo.read(self.join_file)
+        except ValueError as exc:  # half written, or replaced by something else: keep what we have
+            log.warning("%s changed but cannot be read: %s", self.join_file, exc)
+            return
+        if info.controller != self.info.controller:
+            log.warning("the server runs a new controller: replacing this host's engines")
+            self.info = info
+            self.fence(tuple(pid for pid in (s.pid for s in self.slots) if pid is not None))
 
     # engines ------------------------------------------------------------------------------------
     def _env(self, slot: EngineSlot) -> dict[str, str]:
@@ -130,11 +155,11 @@ class JoinAgent:
                 self.start(slot)
 
     def fence(self, pids: tuple[int, ...]) -> None:
-        """Kill these engines now (the server took them out while this host was cut off); they start anew."""
+        """Kill these engines now (the server took them out while this host was cut off, or they belong to a
+        controller that is gone); they start anew."""
         for slot in self.slots:
             if slot.proc is not None and slot.pid in pids:
-                log.warning("engine %d (pid %d): the server took it out while this host was cut off; replacing it",
-                            slot.index, slot.proc.pid)
+                log.warning("engine %d (pid %d): taken out by the server; replacing it", slot.index, slot.proc.pid)
                 kill_engine(slot.proc)
                 slot.proc.wait()
                 slot.proc = None
@@ -195,6 +220,7 @@ class JoinAgent:
 
     async def _loop(self, sock: zmq.asyncio.Socket) -> None:
         while not self.stopping:
+            self.refresh()
             self.keep_alive(time.monotonic())
             try:
                 sock.send(encode(self.beat()), flags=zmq.NOBLOCK)
@@ -213,5 +239,5 @@ class JoinAgent:
 def run_agent(join_file: Path, engines: int, standby: int = 0, work_dir: Path | None = None) -> None:
     """``llmsup join``: run the agent until it is told to stop."""
     info = JoinInfo.read(join_file)
-    agent = JoinAgent(info, engines, standby, work_dir or Path(".llmsup-join").resolve())
+    agent = JoinAgent(info, engines, standby, work_dir or Path(".llmsup-join").resolve(), join_file=join_file)
     asyncio.run(agent.run())
