@@ -169,11 +169,10 @@ class EngineOwner:
             self._on_engine_report(event, now)
 
     def _on_engine_report(self: SupervisorCore, event: ev.Report, now: float) -> None:
-        """A report about one engine the pool holds (a beat of one it does not may be its lost host, back)."""
+        """A report about one engine (one the pool does not hold may be of a lost host: ``host_owner``)."""
         engine = self.pool.get(getattr(event, "engine_id", -1))
         if engine is None:
-            if isinstance(event, ev.EngineBeat):
-                self.on_beat_of_gone_engine(event.engine_id, now)
+            self.on_report_of_gone_engine(event, now)
             return
         if isinstance(event, ev.EngineLoaded):
             self._loaded(engine, event)

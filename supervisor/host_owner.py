@@ -98,13 +98,20 @@ class HostOwner:
         self._host_back(host, "its agent beats again")
         self._fence(host)
 
-    def on_beat_of_gone_engine(self: SupervisorCore, engine_id: int, now: float) -> None:
-        """An engine the pool does not hold beats: one taken out with a lost host, heard again."""
+    def on_report_of_gone_engine(self: SupervisorCore, event: ev.Report, now: float) -> None:
+        """A report about an engine the pool does not hold: one taken out with a lost host. Its beat: the host is
+        heard again. The controller dropping it: without an agent there nothing can reach it any more (an ssh
+        launcher's set is stopped by the launcher); with one, the agent's beats say when it is gone."""
+        engine_id = getattr(event, "engine_id", -1)
         for host in self.hosts.values():
-            if engine_id in host.fenced:
+            if engine_id not in host.fenced:
+                continue
+            if isinstance(event, ev.EngineBeat):
                 self._host_back(host, f"engine {engine_id} beats again")
                 self._fence(host)
-                return
+            elif isinstance(event, ev.EngineUnregistered) and not host.agent:
+                del host.fenced[engine_id]
+            return
 
     def _host_back(self: SupervisorCore, host: Host, why: str) -> None:
         if host.lost_at is not None:

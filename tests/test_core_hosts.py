@@ -172,3 +172,18 @@ def test_host_views_list_hosts_with_their_engines(tmp_path: Path) -> None:
     remote = views["remote"]
     assert remote["agent"] and remote["engines"] == [10, 11] and remote["state"] == "up"
     assert remote["engines_wanted"] == 2 and remote["silent_s"] == 0.0
+
+
+def test_a_lost_host_without_agent_fences_through_the_nanny_or_forgets_what_the_controller_dropped(
+        tmp_path: Path) -> None:
+    core, driver, clock = make_core(tmp_path, engines=1, host_loss_s=LOSS_S)
+    for eid in (10, 11):
+        join_engine(core, clock, eid, pid=100 + eid)  # engines someone else started there, no agent
+    tick_to(core, clock, clock.mono + LOSS_S + 0.5)
+    core.check_hosts(clock.mono)
+    host = core.hosts["remote|boot"]
+    assert sorted(host.fenced) == [10, 11]
+    core.report(ev.EngineUnregistered(10), clock.mono)  # the controller dropped it: nothing can reach it now
+    assert sorted(host.fenced) == [11]
+    core.report(ev.EngineBeat(11), clock.mono)  # the link is back: killed through its nanny
+    assert host.lost_at is None and host.fenced == {} and ("kill", 11, None) in driver.calls
