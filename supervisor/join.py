@@ -129,7 +129,7 @@ class JoinAgent:
 
     def start(self, slot: EngineSlot) -> None:
         slot.starts += 1
-        out = open(self.work_dir / f"engine-{slot.index}.log", "ab")  # noqa: SIM115 (the child keeps it)
+        out = open(self.work_dir / f"engine-{slot.index}.log", "ab")  # the child keeps its own copy
         try:
             slot.proc = subprocess.Popen([sys.executable, "-m", "ipyparallel.engine", "--log-level=WARN"],
                                          env=self._env(slot), stdin=subprocess.DEVNULL, stdout=out,

@@ -209,7 +209,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port of the web app", json_schema_extra=cli(SERVER))
     run_dir: Path = Field(Path(".llmsup"), description="SQLite store, IPyParallel files, caches, tokens, logs",
                           json_schema_extra=cli(SERVER))
-    stream_bind: str = Field("tcp://127.0.0.1", description="where engines send tokens (an address engines reach)",
+    stream_bind: str = Field("tcp://127.0.0.1", description="where engines send tokens (an address engines reach); "
+                             "with a cluster_ip other than loopback, that address",
                              json_schema_extra=cli(ENGINES))
     log_level: LogLevel = Field("info", description="logging level of the server (engine log files too)",
                                 json_schema_extra=cli(SERVER))
