@@ -9,10 +9,11 @@ peer to them (``supervisor/curve.py``). Whoever holds the file can run engines h
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from llmsup.supervisor.rundir import write_private
 
 JOIN_FILE = "join.json"
 VERSION = 1
@@ -33,13 +34,8 @@ class JoinInfo:
     version: int = VERSION
 
     def write(self, path: Path) -> None:
-        """Write the file readable by its owner only (replaced atomically)."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o600)
-            json.dump(asdict(self), f, indent=2)
-        os.replace(tmp, path)
+        """Write the file readable by its owner only (replaced atomically, no link followed)."""
+        write_private(path, json.dumps(asdict(self), indent=2))
 
     @classmethod
     def read(cls, path: Path) -> JoinInfo:
