@@ -229,6 +229,28 @@ def engines(as_json: JsonOpt = False, url: UrlOpt = None, run_dir: RunDirOpt = N
         cli_output.print_engines(_console(), data)
 
 
+@app.command()
+def join(
+    join_file: Annotated[Path, typer.Argument(help="the server's <run-dir>/join.json")],
+    engines: Annotated[int, typer.Option(min=0, max=512, help="engines to run on this host")] = 1,
+    standby: Annotated[int, typer.Option(min=0, max=64, help="warm standby engines besides")] = 0,
+    work_dir: Annotated[Path | None, typer.Option(help="engine logs and caches [./.llmsup-join]")] = None,
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+) -> None:
+    """Run engines on this host for the server that wrote JOIN_FILE; keep them alive until SIGTERM or the server
+    says stop."""
+    from llmsup.supervisor import logsetup
+    from llmsup.supervisor.join import run_agent
+    from llmsup.supervisor.joinfile import JoinFileError
+
+    logsetup.configure(log_level, "text")
+    try:
+        run_agent(join_file, engines, standby, work_dir)
+    except JoinFileError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
 def main() -> None:
     app(prog_name="llmsup")
 

@@ -25,6 +25,7 @@ from llmsup.supervisor.driver import EngineDriver
 from llmsup.supervisor.engine_owner import EngineOwner
 from llmsup.supervisor.engine_state import EngineState, after_jobs_change, move
 from llmsup.supervisor.events import EventHub
+from llmsup.supervisor.host_owner import HostOwner
 from llmsup.supervisor.jobs import Job, JobParams, JobStatus
 from llmsup.supervisor.metric_buckets import Limits
 from llmsup.supervisor.metrics import Metrics
@@ -41,7 +42,7 @@ log = logging.getLogger("llmsup.supervisor")
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 
 
-class SupervisorCore(EngineOwner):
+class SupervisorCore(EngineOwner, HostOwner):
     def __init__(self, settings: Settings, store: JobStore | None, driver: EngineDriver | None = None,
                  clock: Callable[[], float] = time.time, mono: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
@@ -58,7 +59,9 @@ class SupervisorCore(EngineOwner):
         self._by_key: dict[str, RunningJob] = {}  # stream key -> live handle
         self._timers: list[tuple[float, int, str]] = []  # (when, seq, job id): deadlines and ladder wake-ups
         self._timer_seq = itertools.count()
+        self._dispatch_serial = itertools.count(1)  # part of each dispatch's stream key: never used twice
         self._init_engines()
+        self._init_hosts()
 
     @property
     def store(self) -> JobStore:
@@ -165,9 +168,9 @@ class SupervisorCore(EngineOwner):
         return self._running.get(job_id)
 
     # dispatch ---------------------------------------------------------------------------
-    def dispatch_ready(self, now: float) -> int:
-        """Start as many ready jobs as there are free slots; returns how many started."""
-        free = self.pool.free_slots()
+    def dispatch_ready(self, now: float, limit: int | None = None) -> int:
+        """Start as many ready jobs as there are free slots (at most ``limit``); returns how many started."""
+        free = self.pool.free_slots() if limit is None else min(limit, self.pool.free_slots())
         if free <= 0 or self.stopping:
             return 0
         started = 0
@@ -182,7 +185,7 @@ class SupervisorCore(EngineOwner):
     def _start(self, job: Job, engine: Any, now: float) -> None:
         job = transition(job, R, self.clock(), engine=engine.ref, error=None)
         self.store.put(job)  # stored as running before the task is sent
-        run = RunningJob(job, engine, now)
+        run = RunningJob(job, engine, now, serial=next(self._dispatch_serial))
         self._running[job.id] = run
         self._by_key[run.key] = run
         engine.jobs[job.id] = now

@@ -101,3 +101,14 @@ async def test_unknown_engines_and_jobs_are_404_and_a_queued_job_is_killed_at_on
     killed = await c.post(f"/admin/jobs/{job['id']}/kill", headers=admin)
     assert killed.status_code == 202 and killed.json()["status"] == "cancelled"
     assert "killed by admin" in killed.json()["error"]
+
+
+def test_hosts_list_the_servers_own_host_with_its_engines(server: Server) -> None:
+    with server.client() as c:
+        assert c.get("/admin/hosts").status_code == 401
+        hosts = c.get("/admin/hosts", headers=server.admin).json()["hosts"]
+        assert len(hosts) == 1
+        host = hosts[0]
+        assert host["local"] and host["state"] == "up" and not host["agent"] and host["losses"] == 0
+        assert sorted(host["engines"]) == sorted(e["id"] for e in engines(c, server))
+        assert {e["host"] for e in host["engine_list"]} == {host["host"]}

@@ -111,6 +111,12 @@ def test_restart_button_replaces_the_engine(page, server: Server) -> None:  # no
     page.screenshot(path=str(ARTIFACTS / "dashboard-restarted.png"), full_page=True)
 
 
+def test_hosts_show_with_their_engine_count(page, server: Server) -> None:  # noqa: F811
+    card = page.locator('.host[data-state="up"]')
+    card.wait_for(timeout=15_000)
+    assert "(this server)" in card.inner_text() and card.locator(".host-engines").inner_text() == "2"
+
+
 @pytest.fixture(scope="module")
 def standby_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One serving engine and one warm standby."""
