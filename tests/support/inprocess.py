@@ -27,7 +27,7 @@ from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import MemoryStore
 from llmsup.web.app import create_app
 
-BASE_URL = "http://llmsup.test"
+BASE_URL = "http://127.0.0.1"  # a Host the allowlist accepts (loopback)
 
 
 @dataclass(frozen=True)
