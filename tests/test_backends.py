@@ -202,9 +202,15 @@ MP_SCRIPT = textwrap.dedent(
     from llmsup.engines.protocol import GenParams
     from llmsup.engines.runtime import make_backend, prepare_environment
 
+    def cmdline(p):
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:  # a zombie or gone child: not a live process of the tree
+            return "resource_tracker"
+
     def tree():
         return [p for p in psutil.Process().children(recursive=True)
-                if "resource_tracker" not in " ".join(p.cmdline())]
+                if "resource_tracker" not in cmdline(p)]
 
     def interrupt(target):
         if target == "pid":  # what the watchdog does: the engine process only
