@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check
 
-.PHONY: serve test install install-test browser lint bench clean
+.PHONY: serve test install install-test browser sshd lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,21 +21,36 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.serve-installed
 
 install: $(VENV)/.serve-installed
-install-test: $(VENV)/.test-installed browser
+install-test: $(VENV)/.test-installed browser sshd
 
 browser:
 	@command -v chromium >/dev/null || { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium not installed: the dashboard browser test will be skipped"; }
 
+# Debian's openssh-server unpacked (not installed) into build/sshd: the ssh launcher's test runs it on a test host.
+sshd:
+	@test -x build/sshd/usr/sbin/sshd || { mkdir -p build/sshd/debs && cd build/sshd/debs && \
+		{ apt-get download -qq openssh-server openssh-sftp-server libwrap0 2>/dev/null || \
+		  { apt-get update -qq && apt-get download -qq openssh-server openssh-sftp-server libwrap0 2>/dev/null; }; } && \
+		for f in *.deb; do dpkg -x $$f ..; done; } || echo "openssh-server not unpacked: the ssh launcher test will be skipped"
+
 serve: install
 	$(BIN)/llmsup serve
 
-test: install-test
+# The gates run first: lint (ruff: style, import order, complexity), then types (mypy), then the tests
+# (pytest turns warnings into errors, see pyproject.toml).
+test: install-test lint
 	$(BIN)/python -m pytest -q
 
-lint: install-test
-	$(BIN)/ruff check supervisor engines web tests bench
-	$(BIN)/nbqa ruff notebooks
+lint: install-test typecheck
+	$(BIN)/python -m ruff check supervisor engines web tests bench
+	$(BIN)/python -m nbqa ruff notebooks
+
+# mypy reads the folders under the names they install as (llmsup.*): link them so (pyproject.toml [tool.mypy])
+typecheck: install-test
+	@mkdir -p build/typecheck/llmsup
+	@for d in supervisor engines web; do ln -sfn ../../../$$d build/typecheck/llmsup/$$d; done
+	$(BIN)/python -m mypy
 
 bench: install-test
 	$(BIN)/python -m bench

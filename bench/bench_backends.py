@@ -1,4 +1,4 @@
-"""Real backends: direct in one process against through the supervisor, same model, one engine (issue 3).
+"""Real backends: direct in one process against through the supervisor, same model, one engine.
 
 For the same prompts (greedy, max_tokens 128, the tiny local model):
 
@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from llmsup.engines.tinymodel import ensure_tiny_model
 
 from bench.servers import DTYPE, ENFORCE_EAGER, KV_CACHE_GIB, MAX_MODEL_LEN, ROOT, SEED, LlmsupServe, base_env, loadavg
 from bench.stats import table
+from llmsup.engines.tinymodel import ensure_tiny_model
 
 WORDS = "the engine model token prompt queue job deadline signal interrupt cluster supervisor request stream batch"
 Pair = tuple[int, float]  # (tokens, seconds)
@@ -75,6 +75,7 @@ def _child(kind: str, model: str, run_dir: str, threads: int | None, max_tokens:
             return sum(len(o.outputs[0].token_ids) for o in outs)
     else:
         import torch
+
         from llmsup.engines.protocol import GenParams
         from llmsup.engines.transformers_backend import TransformersBackend
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from chaos import Chaos, Plan  # noqa: E402
-
 from bench.stats import table  # noqa: E402
+from chaos import Chaos, Plan  # noqa: E402
 
 
 def main(jobs: int, standby: int) -> int:

@@ -11,9 +11,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,14 +18,15 @@ from typing import Any
 
 import httpx
 import ipyparallel as ipp
+
+from bench.load import saturate
+from bench.stats import summary_ms, table
 from llmsup.engines import runtime, sim
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
-
-from bench.load import saturate
-from bench.stats import summary_ms, table
+from tests.support import live
 
 
 def settings(run_dir: Path, **kw: Any) -> Settings:
@@ -100,41 +98,18 @@ async def python_overhead(sup: Supervisor, runs: int) -> tuple[list[float], list
     return raw, api
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ServeProcess:
+    """``llmsup serve`` (sim, 0 s/token) with ``engines`` engines, started and stopped by ``tests/support/live.py``."""
+
     def __init__(self, run_dir: Path, engines: int) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, LLMSUP_ENGINES=str(engines), LLMSUP_SIM_TOKEN_S="0", LLMSUP_BACKEND="sim",
-                   LLMSUP_QUEUE_MAX="100000")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmsup.supervisor.cli", "serve", "--port", str(self.port), "--run-dir", str(run_dir),
-             "--log-level", "warning"], env=env, process_group=0, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        env = dict(os.environ, LLMSUP_SIM_TOKEN_S="0", LLMSUP_QUEUE_MAX="100000")
+        self.server = live.start_llmsup(run_dir, run_dir.parent, env, engines=engines, args=["--log-level", "warning"],
+                                        log_name=f"{run_dir.name}-serve")
+        self.url = self.server.url
         self.run_dir = run_dir
-        end = time.monotonic() + 90
-        while time.monotonic() < end:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("server did not become ready")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        live.stop(self.server)
 
 
 async def rest_overhead(server: ServeProcess, runs: int) -> tuple[list[float], list[float]]:

@@ -25,14 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.bench_core import settings
+from bench.stats import pct, summary_ms, table
 from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.store import SQLiteStore, SyncMode
 from llmsup.supervisor.transitions import transition
-
-from bench.bench_core import settings
-from bench.stats import pct, summary_ms, table
 
 MODES: tuple[SyncMode, ...] = ("normal", "full", "terminal")
 

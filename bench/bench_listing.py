@@ -20,14 +20,13 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from bench.stats import table
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import SQLiteStore
 from llmsup.web.listing import list_jobs, off_loop, render_page
 from llmsup.web.schemas import JobList, JobOut
-
-from bench.stats import table
 
 
 async def worst_stall(work: Callable[[], Awaitable[object]]) -> tuple[float, float]:

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from llmsup.supervisor.jobs import JobStatus
-from llmsup.supervisor.requests import JobRequest
-from llmsup.supervisor.service import Supervisor
 
 from bench.bench_core import ServeProcess, settings
 from bench.stats import summary_ms, table
+from llmsup.supervisor.jobs import JobStatus
+from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.service import Supervisor
 
 HEADERS = ["path", "clients", "requests", "req/s", "p50 ms", "p99 ms", "max ms", "all done, jobs/s"]
 Post = Callable[[str, dict[str, Any]], Awaitable[tuple[int, Any]]]

@@ -18,9 +18,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from serverfixtures import start_server, stop_server  # noqa: E402
-
 from bench.stats import pct, table  # noqa: E402
+from serverfixtures import start_server, stop_server  # noqa: E402
 
 
 def store_mb(run_dir: Path) -> float:

@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.load import saturate
+from bench.stats import pct, table
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
-
-from bench.load import saturate
-from bench.stats import pct, table
 
 LIMIT_S, KILL_AFTER_S = 1.0, 0.5
 # Measured on this 2-core machine with the same workload (2 workers, limit 1.0 s, hard kill 0.5 s later):
@@ -141,7 +140,11 @@ async def contention_rows(rounds: int) -> list[list[object]]:
     return rows
 
 
-async def main(rounds: int) -> None:
+async def main(rounds: int, only: str | None = None) -> None:
+    if only == "contention":
+        print(table("Control plane with both cores busy: deadline -> next job start, ms", ["load", "n", "p50", "p99", "max"],
+                    await contention_rows(rounds)))
+        return
     print(table("Runaway recovery, seconds from the deadline to the next job on the freed capacity "
                 f"(2 engines, limit {LIMIT_S}s, SIGKILL {KILL_AFTER_S}s after SIGINT, {rounds} rounds x 2)",
                 ["phase", "system", "n", "median s", "max s", "makespan s"], await sim_phases(rounds)))
@@ -154,4 +157,6 @@ async def main(rounds: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=10)
-    asyncio.run(main(parser.parse_args().rounds))
+    parser.add_argument("--only", choices=["contention"], default=None)
+    args = parser.parse_args()
+    asyncio.run(main(args.rounds, args.only))

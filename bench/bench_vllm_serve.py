@@ -1,4 +1,4 @@
-"""llmsup against bare ``vllm serve`` under vLLM's own benchmark client, in one run (issue 7).
+"""llmsup against bare ``vllm serve`` under vLLM's own benchmark client, in one run.
 
 Same tiny model, one engine each, same model settings (dtype float32, enforce_eager, max_model_len 2048,
 1 GiB KV cache, seed 0: llmsup's CPU defaults, given to both). (a) bare ``vllm serve``; (b) ``llmsup serve
@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from llmsup.engines.tinymodel import ensure_tiny_model
 
 from bench.servers import DTYPE, ENFORCE_EAGER, MAX_MODEL_LEN, ROOT, LlmsupServe, Server, VllmServe, base_env, loadavg
 from bench.stats import pct, summary_ms, table
+from llmsup.engines.tinymodel import ensure_tiny_model
 
 INPUT_LEN, OUTPUT_LEN = 64, 128
 METRICS = ["request_throughput", "output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",

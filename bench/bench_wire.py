@@ -16,6 +16,7 @@ import argparse
 import time
 from collections.abc import Callable
 
+from bench.stats import table
 from llmsup.engines.messages import (
     STREAM_EVENTS,
     JobDone,
@@ -25,8 +26,6 @@ from llmsup.engines.messages import (
     decode_for_supervisor,
     encode,
 )
-
-from bench.stats import table
 
 KEY, TEXT = "job-0123456789abcdef#1", "hello "
 

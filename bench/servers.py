@@ -1,8 +1,9 @@
 """Servers the vLLM benchmarks start: bare ``vllm serve`` and ``llmsup serve`` with the vLLM backend.
 
-Both are started in the benchmark's own session (``process_group=0``: a group we can kill, not a new
-session). With ``kernel.sched_autogroup_enabled=1`` a process in another session gets its own scheduling group,
-and a client in one group was starved of CPU for seconds while a server in another generated (FACTS.md).
+Both are started, waited for and stopped by ``tests/support/live.py``, the module the tests use too: in the
+benchmark's own session (``process_group=0``: a group we can kill, not a new session: with scheduling autogroups
+a client in one session was starved of CPU for seconds while a server in another generated, docs/measured.md,
+"Scheduling autogroups"), every process they start tagged, and whatever survives SIGTERM killed by pid.
 IPyParallel still starts llmsup's engine in a new session of its own: that is part of what is measured.
 """
 
@@ -10,15 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.support import live
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,12 +27,7 @@ ENFORCE_EAGER = True
 MAX_MODEL_LEN = 2048
 KV_CACHE_GIB = 1
 SEED = 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = live.free_port
 
 
 def base_env(cache_dir: Path) -> dict[str, str]:
@@ -52,54 +46,27 @@ def loadavg() -> str:
 
 
 class Server:
-    """A server process in its own process group (same session); stopped with SIGTERM, then SIGKILL, by group."""
+    """A server process: ``wait_ready`` polls ``ready_path``; ``stop`` is SIGTERM to its group, then SIGKILL."""
 
     name = "server"
     ready_path = "/v1/models"
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self.log = open(log_path, "wb")
-        self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, process_group=0, stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+    def __init__(self, process: live.ServerProcess) -> None:
+        self.process = process
+        self.url = process.url
+        self.log_path = process.log_path
         self.start_s = float("nan")
 
     def wait_ready(self, timeout: float = 300) -> float:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
-                    self.start_s = time.monotonic() - self.t0
-                    return self.start_s
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise RuntimeError(f"{self.name} not ready after {timeout}s; see {self.log_path}")
+        try:
+            self.start_s = live.wait_ready(self.process, self.ready_path, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self.start_s
 
     def stop(self, grace: float = 30) -> None:
-        """SIGTERM to the server's process group, SIGKILL to the group after ``grace`` seconds."""
-        pgid = self.proc.pid  # process_group=0: the group id is the server's pid
-        if self.proc.poll() is None:
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(pgid, signal.SIGKILL)  # leftovers of the group (e.g. vLLM's EngineCore), if any
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self.log.close()
+        live.stop(self.process, grace)
 
 
 class VllmServe(Server):
@@ -112,7 +79,8 @@ class VllmServe(Server):
                 "--seed", str(SEED), "--uvicorn-log-level", "warning"]
         if ENFORCE_EAGER:
             argv.append("--enforce-eager")
-        super().__init__(argv, base_env(work / "cache-vllm-serve"), work / "vllm-serve.log", port)
+        env = base_env(work / "cache-vllm-serve")
+        super().__init__(live.spawn(self.name, argv, port, work / "vllm-serve.log", env, cwd=ROOT))
 
 
 class LlmsupServe(Server):
@@ -132,11 +100,11 @@ class LlmsupServe(Server):
         if engine_threads:
             env["LLMSUP_ENGINE_THREADS"] = str(engine_threads)
         env.update(extra_env or {})
-        argv = [sys.executable, "-m", "llmsup.supervisor.cli", "serve", "--backend", backend, "--engines", "1",
-                "--model", model, "--port", str(port), "--run-dir", str(self.run_dir), "--log-level", "warning"]
+        argv = [*live.LLMSUP, "serve", "--backend", backend, "--engines", "1", "--model", model, "--port", str(port),
+                "--run-dir", str(self.run_dir), "--log-level", "warning"]
         if slots:
             argv += ["--slots-per-engine", str(slots)]
-        super().__init__(argv, env, work / f"llmsup-serve{tag}.log", port)
+        super().__init__(live.spawn(self.name, argv, port, work / f"llmsup-serve{tag}.log", env, cwd=ROOT))
 
     def admin_headers(self) -> dict[str, str]:
         token = (self.run_dir / "admin_token").read_text().strip()
@@ -145,4 +113,5 @@ class LlmsupServe(Server):
     def engines(self) -> list[dict[str, Any]]:
         resp = httpx.get(self.url + "/admin/engines", headers=self.admin_headers(), timeout=10)
         resp.raise_for_status()
-        return resp.json()["engines"]
+        engines: list[dict[str, Any]] = resp.json()["engines"]
+        return engines

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import zmq
+
 from llmsup.engines import runtime
 from llmsup.engines.gpu_memory import gpu_memory_mb
 from llmsup.engines.messages import (
@@ -53,6 +54,7 @@ from llmsup.engines.messages import (
 )
 from llmsup.engines.protocol import BatchBackend, StepOutput, TokenLogprob
 from llmsup.engines.sigdefer import DeferredSigint
+from llmsup.engines.stream import secure_client
 
 log = logging.getLogger("llmsup.engine")
 BEAT_S = 0.25
@@ -84,6 +86,7 @@ class BatchServer:
         self.ctl = zmq.Context.instance().socket(zmq.DEALER)
         self.ctl.setsockopt(zmq.LINGER, 0)
         self.ctl.setsockopt(zmq.IDENTITY, str(config["identity"]).encode())
+        secure_client(self.ctl, rt.stream.keys if rt.stream is not None else None)  # the token stream's keys
         self.ctl.connect(config["control_address"])
         self.requests: dict[str, Request] = {}
         self.kill: dict[str, str] = {}  # key -> reason

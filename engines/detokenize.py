@@ -32,7 +32,8 @@ class TextAssembler:
         self.stopped = False
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return text
 
     def add(self, token_id: int) -> None:
         """Append one generated token; sets ``stopped`` when a stop string appears."""

@@ -12,7 +12,8 @@ Channels and who speaks on them:
 - control (supervisor ROUTER -> batched engine DEALER): :class:`Submit`, :class:`Abort`, :class:`Stop`;
   back on it only :class:`Hello`, when the engine's serving loop starts;
 - token stream (engine PUSH -> supervisor PULL): :class:`TaskStarted`, :class:`TokenPiece`, :class:`JobDone`,
-  :class:`EngineBeat`.
+  :class:`EngineBeat`;
+- a host's join agent (DEALER) on the control channel: :class:`HostBeat` in, :class:`HostOrder` out.
 
 Each direction has one decoder: :func:`decode_for_engine` and :func:`decode_for_supervisor`.
 """
@@ -151,7 +152,8 @@ class JobDone:
 
 @dataclass(frozen=True)
 class EngineBeat:
-    """A batched serving loop is alive (every few hundred ms)."""
+    """An engine is alive (every few hundred ms): a batched engine's serving loop, or a one-job engine's
+    heartbeat thread (``engines/heartbeat.py``)."""
 
     KIND: ClassVar[str] = "beat"
     engine_id: int
@@ -163,15 +165,41 @@ class EngineBeat:
     version: int = PROTOCOL_VERSION
 
 
+# a host's join agent (``llmsup join``) <-> supervisor, on the control channel ----------------------------------
+@dataclass(frozen=True)
+class HostBeat:
+    """A join agent's hello and heartbeat: who the host is and the engine processes it keeps alive."""
+
+    KIND: ClassVar[str] = "host-beat"
+    host: str
+    host_key: str
+    gpus: int
+    engines: int  # serving engines the agent was asked for
+    standby: int = 0  # standbys it keeps besides
+    pids: tuple[int, ...] = ()  # its engine processes now (pids as that host numbers them)
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class HostOrder:
+    """To a join agent: kill these engine processes and start new ones in their place (``fence``: they were taken
+    out while the host was cut off), or stop every engine and exit (``stop``)."""
+
+    KIND: ClassVar[str] = "host-order"
+    fence: tuple[int, ...] = ()
+    stop: bool = False
+    version: int = PROTOCOL_VERSION
+
+
 ControlOp = Submit | Abort | Stop
-EngineBound = JobSpec | ControlOp
+EngineBound = JobSpec | ControlOp | HostOrder
 StreamEvent = TaskStarted | TokenPiece | JobDone | EngineBeat
-SupervisorBound = JobResult | Hello | StreamEvent
+SupervisorBound = JobResult | Hello | HostBeat | StreamEvent
 Message = EngineBound | SupervisorBound
 CONTROL_OPS: tuple[type, ...] = (Submit, Abort, Stop)
 STREAM_EVENTS: tuple[type, ...] = (TaskStarted, TokenPiece, JobDone, EngineBeat)
-_ENGINE_BOUND = {cls.KIND: cls for cls in (JobSpec, *CONTROL_OPS)}
-_SUPERVISOR_BOUND = {cls.KIND: cls for cls in (JobResult, Hello, *STREAM_EVENTS)}
+_ENGINE_BOUND = {cls.KIND: cls for cls in (JobSpec, *CONTROL_OPS, HostOrder)}
+_SUPERVISOR_BOUND = {cls.KIND: cls for cls in (JobResult, Hello, HostBeat, *STREAM_EVENTS)}
 M = TypeVar("M")
 
 

@@ -26,7 +26,8 @@ from typing import Any
 
 from llmsup.engines import messages
 from llmsup.engines.gpu_memory import gpu_memory_mb
-from llmsup.engines.messages import JobResult, JobSpec, ProtocolError, TaskStarted
+from llmsup.engines.heartbeat import Heartbeat
+from llmsup.engines.messages import EngineBeat, JobResult, JobSpec, ProtocolError, TaskStarted
 from llmsup.engines.protocol import Backend, GenParams
 from llmsup.engines.startup import StartProgress, open_log_file
 from llmsup.engines.stream import JobEmitter, TokenStream
@@ -44,6 +45,8 @@ class EngineRuntime:
     started_at: float = field(default_factory=time.time)
     log_file: str = ""  # this engine's log file ("" when it has none)
     chat_template: str | None = None  # the server's chat template, published in place of the model's
+    running: bool = False  # a job runs now
+    heartbeat: Heartbeat | None = None
 
     def describe(self) -> dict[str, Any]:
         info = self.backend.describe()
@@ -51,6 +54,10 @@ class EngineRuntime:
 
     def tag(self) -> str:
         return f"engine={self.engine_id} host={socket.gethostname()} pid={os.getpid()} gpu={self.gpu or 'cpu'}"
+
+    def beat(self) -> EngineBeat:
+        return EngineBeat(self.engine_id, int(self.running), self.jobs_done, round(rss_mb(), 1),
+                          gpu_mem_mb=gpu_memory_mb(self.gpu))
 
 
 _RUNTIME: EngineRuntime | None = None
@@ -132,6 +139,18 @@ def lower_priority(nice: int) -> None:
         log.warning("cannot lower the engine's CPU priority: %s", exc)
 
 
+def host_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    """What the host that started this engine says about itself overrides the supervisor's view of its own host:
+    the run directory for caches (``LLMSUP_ENGINE_RUN_DIR``) and the engines sharing this host's CPUs
+    (``LLMSUP_ENGINES_ON_HOST``), both set by ``llmsup join`` for the engines it starts."""
+    config = dict(config)
+    if os.environ.get("LLMSUP_ENGINE_RUN_DIR"):
+        config["run_dir"] = os.environ["LLMSUP_ENGINE_RUN_DIR"]
+    if os.environ.get("LLMSUP_ENGINES_ON_HOST", "").isdigit():
+        config["engines_on_host"] = int(os.environ["LLMSUP_ENGINES_ON_HOST"])
+    return config
+
+
 def init_engine(config: dict[str, Any]) -> dict[str, Any]:
     """Initialise this engine once; later calls only refresh the identity.
 
@@ -143,6 +162,7 @@ def init_engine(config: dict[str, Any]) -> dict[str, Any]:
     # would silently disable every interrupt: install Python's handler.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if _RUNTIME is None:
+        config = host_overrides(config)
         log_file = open_log_file(config)
         progress = StartProgress(log_file)
         progress.report("start", f"pid {os.getpid()} on {socket.gethostname()}, log file {log_file or '-'}")
@@ -157,10 +177,15 @@ def init_engine(config: dict[str, Any]) -> dict[str, Any]:
         progress.report("load", f"{config.get('backend', 'sim')} backend, model {config.get('model') or 'default'}")
         backend.load()
         warm_up(backend, progress)
-        stream = TokenStream(config["stream_address"]) if config.get("stream_address") else None
-        _RUNTIME = EngineRuntime(int(config.get("engine_id", -1)), backend, stream, gpu, log_file=log_file,
-                                 chat_template=config.get("chat_template") or None)
-        log.info("%s backend loaded in %.2fs: %s", _RUNTIME.tag(), time.monotonic() - t0, backend.describe())
+        address, keys = config.get("stream_address"), config.get("channel_keys")
+        stream = TokenStream(address, keys) if address else None
+        rt = EngineRuntime(int(config.get("engine_id", -1)), backend, stream, gpu, log_file=log_file,
+                           chat_template=config.get("chat_template") or None)
+        if address and config.get("beat"):  # one-job engines: a thread says the process lives while jobs run
+            rt.heartbeat = Heartbeat(address, keys, rt.beat)
+            rt.heartbeat.start()
+        _RUNTIME = rt
+        log.info("%s backend loaded in %.2fs: %s", rt.tag(), time.monotonic() - t0, backend.describe())
         progress.report("ready", f"in {time.monotonic() - progress.started:.1f}s")
     return identity()
 
@@ -243,6 +268,7 @@ def run_job(spec_data: dict[str, Any]) -> dict[str, Any]:
     if rt.stream is not None:  # the task is running: from now on a SIGINT reaches it (not the idle kernel)
         rt.stream.send(TaskStarted(spec.key))
     t0 = time.monotonic()
+    rt.running = True
     try:
         gen = rt.backend.generate(spec.prompt, spec.params, emitter)
         result = JobResult("completed", gen.text, gen.tokens, gen.finish_reason, gen.prompt_tokens,
@@ -261,6 +287,7 @@ def run_job(spec_data: dict[str, Any]) -> dict[str, Any]:
             transient=bool(getattr(exc, "transient", False)),
             engine_dead=bool(getattr(exc, "engine_dead", False) or getattr(rt.backend, "dead", False)),
         )
+    rt.running = False
     rt.jobs_done += 1
     result = replace(result, elapsed_s=time.monotonic() - t0, pid=os.getpid(), rss_mb=round(rss_mb(), 1),
                      gpu_mem_mb=gpu_memory_mb(rt.gpu), jobs_done=rt.jobs_done)
@@ -274,6 +301,8 @@ def release_engine() -> dict[str, Any]:
     if rt is None:
         return {"released": False, "pid": os.getpid()}
     _RUNTIME = None
+    if rt.heartbeat is not None:
+        rt.heartbeat.stop()
     rt.backend.release()
     if rt.stream is not None:
         rt.stream.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
 from llmsup.engines.protocol import GenParams, TokenLogprob, TopLogprob, clamp_logprob
 
 

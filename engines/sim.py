@@ -92,8 +92,9 @@ class SimBackend:
         if len(words) >= MAX_MODEL_LEN:
             raise RequestRejected(f"the prompt has {len(words)} words, the sim context is {MAX_MODEL_LEN}")
         logprobs: list[TokenLogprob] = []
-        if directives.get("alloc"):
-            _LEAKED.append(bytearray(int(directives["alloc"] * 1024 * 1024)))
+        alloc_mb = directives.get("alloc")
+        if alloc_mb:
+            _LEAKED.append(bytearray(int(alloc_mb * 1024 * 1024)))
         scripted_end = next((d for d in ("hang", "hang-nosigint", "crash") if d in directives), None)
         limit = min(params.max_tokens, PREFIX_TOKENS) if scripted_end else params.max_tokens
         stops = StopMatcher(params.stop)

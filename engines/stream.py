@@ -10,18 +10,34 @@ return value.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import zmq
+
 from llmsup.engines.messages import Message, TokenPiece, encode
+
+ChannelKeys = Mapping[str, str]  # server_public, client_public, client_secret (Z85), from the engine config
+
+
+def secure_client(sock: zmq.Socket[bytes], keys: ChannelKeys | None) -> None:
+    """Make ``sock`` (before it connects) a CURVE client of llmsup's channels; ``None``: plain (tests only)."""
+    if not keys:
+        return
+    sock.setsockopt(zmq.CURVE_SERVERKEY, keys["server_public"].encode())
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, keys["client_public"].encode())
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keys["client_secret"].encode())
 
 
 class TokenStream:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, keys: ChannelKeys | None = None) -> None:
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
         self._sock.setsockopt(zmq.LINGER, 0)
+        secure_client(self._sock, keys)
         self._sock.connect(address)
         self.address = address
+        self.keys = keys
 
     def send(self, msg: Message) -> None:
         try:

@@ -24,6 +24,7 @@ import importlib.util
 import os
 import re
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
 EXTENSIONS = ("torchvision", "torchaudio", "torchcodec")
@@ -69,7 +70,7 @@ def hide_mismatched_extensions() -> dict[str, str]:
     return hidden
 
 
-def child_environment(env: dict[str, str]) -> dict[str, str]:
+def child_environment(env: MutableMapping[str, str]) -> MutableMapping[str, str]:
     """``env`` for a Python child process, so that it hides what this one hid (a ``sitecustomize``)."""
     if not hidden:
         return env

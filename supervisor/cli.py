@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.console import Console
+
 from llmsup.supervisor import cli_options, cli_output
 from llmsup.supervisor.client import Client, JobHandle, LlmsupError, ServerUnreachable
-from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM job supervisor on IPyParallel.")
 log = logging.getLogger("llmsup.cli")
@@ -76,11 +77,12 @@ def serve(model_arg: str | None = None, config: Path | None = None, **values: An
     (options win over the environment, which wins over the file).
     """
     import uvicorn
+    from pydantic import ValidationError
+
     from llmsup.supervisor import logsetup
     from llmsup.supervisor.rundir import RunDirError, prepare_run_dir
     from llmsup.supervisor.settings import load_settings, unknown_variables
     from llmsup.web.app import create_app
-    from pydantic import ValidationError
 
     given = cli_options.given_settings(SETTING_OPTIONS, values)
     if model_arg is not None:
@@ -225,6 +227,28 @@ def engines(as_json: JsonOpt = False, url: UrlOpt = None, run_dir: RunDirOpt = N
         _print_json(data)
     else:
         cli_output.print_engines(_console(), data)
+
+
+@app.command()
+def join(
+    join_file: Annotated[Path, typer.Argument(help="the server's <run-dir>/join.json")],
+    engines: Annotated[int, typer.Option(min=0, max=512, help="engines to run on this host")] = 1,
+    standby: Annotated[int, typer.Option(min=0, max=64, help="warm standby engines besides")] = 0,
+    work_dir: Annotated[Path | None, typer.Option(help="engine logs and caches [./.llmsup-join]")] = None,
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+) -> None:
+    """Run engines on this host for the server that wrote JOIN_FILE; keep them alive until SIGTERM or the server
+    says stop."""
+    from llmsup.supervisor import logsetup
+    from llmsup.supervisor.join import run_agent
+    from llmsup.supervisor.joinfile import JoinFileError
+
+    logsetup.configure(log_level, "text")
+    try:
+        run_agent(join_file, engines, standby, work_dir)
+    except JoinFileError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
 
 
 def main() -> None:

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from llmsup.supervisor.settings import ENV_PREFIX, Settings, cli_meta
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
+
+from llmsup.supervisor.settings import ENV_PREFIX, Settings, cli_meta
 
 OTHER_PANEL = "More settings"
 Kind = Literal["value", "flag", "json", "pairs", "list"]

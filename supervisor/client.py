@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar, Unpack
 
 import httpx
+
 from llmsup.supervisor.client_async import AsyncClient, AsyncJobHandle
 from llmsup.supervisor.client_base import AtEndpoint, Endpoint, JobFields, SubmitParams
 from llmsup.supervisor.client_errors import (

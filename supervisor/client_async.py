@@ -21,6 +21,7 @@ from typing import Any, Self, Unpack
 from urllib.parse import quote
 
 import httpx
+
 from llmsup.supervisor import notebook_cluster
 from llmsup.supervisor.client_base import WAIT_STEP_S, AtEndpoint, Deadline, Endpoint, JobFields, SubmitParams, submit_body
 from llmsup.supervisor.client_errors import JobFailed, JobTimeout, ServerUnreachable, checked

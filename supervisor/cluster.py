@@ -1,8 +1,12 @@
-"""The IPyParallel cluster: a local one started here, or an existing one joined.
+"""The IPyParallel cluster: a controller started here (its engines started by IPyParallel's own launchers), or an
+existing one joined.
 
-Local clusters run one engine set per engine so each engine can be stopped
-and replaced alone. Nothing here assumes engines are local: engines of a
-joined cluster are known only by what they report about themselves.
+The controller listens on ``cluster_ip`` (loopback by default) with CURVE on (IPyParallel's own encryption and
+authentication), and each start writes ``<run-dir>/join.json`` for engines from other hosts. Engines this server
+starts run one engine set per engine (so each can be stopped and replaced alone), through the launcher named by
+``engine_launcher`` (local processes, or ssh / mpi / slurm ... configured in IPyParallel's own profile); ssh sets
+go to one host each, from ``hosts``. Nothing here assumes engines are local: engines are known only by what they
+report about themselves.
 """
 
 from __future__ import annotations
@@ -11,21 +15,66 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import os
 import signal
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ipyparallel as ipp
 import psutil
+
 from llmsup.supervisor.aio import within
+from llmsup.supervisor.curve import ChannelKeys
+from llmsup.supervisor.joinfile import JOIN_FILE, JoinInfo
 from llmsup.supervisor.leftovers import ProcessLedger
 from llmsup.supervisor.rundir import prepare_run_dir
 from llmsup.supervisor.settings import Settings
+from llmsup.supervisor.ssh_launcher import SSHEngineSetLauncherOffLoop
 
 log = logging.getLogger("llmsup.cluster")
+
+
+WILDCARD = ("0.0.0.0", "*", "")
+
+
+def listen_addresses(settings: Settings) -> tuple[str, str]:
+    """(bind, advertised) zmq addresses of llmsup's channels: loopback unless ``cluster_ip`` says otherwise
+    (every interface for 0.0.0.0, advertised under this host's address)."""
+    ip = settings.cluster_ip
+    if ip == "127.0.0.1":
+        return settings.stream_bind, settings.stream_bind
+    if ip in WILDCARD:
+        return "tcp://0.0.0.0", f"tcp://{this_host_address()}"
+    return f"tcp://{ip}", f"tcp://{ip}"
+
+
+def this_host_address() -> str:
+    """An address other hosts may reach this one at (its name's address; the name itself if it resolves not)."""
+    name = socket.gethostname()
+    try:
+        return socket.gethostbyname(name)
+    except OSError:
+        return name
+
+
+def heartbeat_misses(settings: Settings) -> int:
+    """Missed heartbeats before the controller drops an engine: later than llmsup takes its host as lost (with
+    2 s to spare), so that a cut-off host's jobs are re-queued as a host loss (uncharged), not as engine deaths."""
+    return max(10, math.ceil((settings.host_loss_timeout_s + 2) * 1000 / settings.heartbeat_ms))
+
+
+@dataclass(frozen=True)
+class Channels:
+    """llmsup's own channels, for the join file."""
+
+    stream_address: str
+    control_address: str
+    keys: ChannelKeys
 
 
 class ClusterManager:
@@ -34,7 +83,9 @@ class ClusterManager:
         self.ledger = ledger
         self.cluster: ipp.Cluster | None = None
         self.client: ipp.Client | None = None
+        self.channels: Channels | None = None  # set before start: the join file is written at each start
         self._set_ids = itertools.count()
+        self._hosts = itertools.cycle(settings.hosts or [""])
 
     @property
     def local(self) -> bool:
@@ -50,12 +101,18 @@ class ClusterManager:
             log.info("joined cluster %s: %d engines", self.settings.cluster_file, len(self.client.ids))
             return
         _remove_stale_connection_files(ipython_dir / "profile_llmsup")
+        s = self.settings
+        wildcard = s.cluster_ip in WILDCARD
         self.cluster = ipp.Cluster(
             n=0,
             cluster_id="llmsup",
             profile_dir=str(ipython_dir / "profile_llmsup"),
-            controller_ip="127.0.0.1",
-            controller_args=[f"--HeartMonitor.period={self.settings.heartbeat_ms}"],
+            controller_ip="0.0.0.0" if wildcard else s.cluster_ip,
+            controller_location=this_host_address() if wildcard else s.cluster_ip,
+            controller_args=[f"--HeartMonitor.period={s.heartbeat_ms}",
+                             f"--HeartMonitor.max_heartmonitor_misses={heartbeat_misses(s)}",
+                             "--IPController.enable_curve=True"],  # encrypted, and only key holders get in
+            engine_launcher_class=SSHEngineSetLauncherOffLoop if s.engine_launcher == "ssh" else s.engine_launcher,
             shutdown_atexit=False,
             log_level=logging.ERROR,  # engine deaths are logged by llmsup itself, with context
         )
@@ -64,15 +121,45 @@ class ClusterManager:
         if controller_pid:
             self.ledger.record("controller", int(controller_pid))
         self.client = await self.cluster.connect_client()
-        log.info("controller started (pid %s), profile %s", controller_pid, self.cluster.profile_dir)
+        log.info("controller started (pid %s) on %s, profile %s", controller_pid, s.cluster_ip,
+                 self.cluster.profile_dir)
+        await self._write_join_file()
 
-    def launch_engine(self, gpu: str) -> Callable[[], Any]:
-        """Start one engine in its own set; returns the awaitable start. Local clusters only."""
+    async def _write_join_file(self) -> None:
+        if self.cluster is None or self.channels is None:
+            return
+        info = await self.cluster.controller.get_connection_info()
+        s, ch = self.settings, self.channels
+        path = s.run_dir / JOIN_FILE
+        JoinInfo(dict(info["engine"]), ch.stream_address, ch.control_address, ch.keys.for_clients(), s.heartbeat_ms,
+                 s.host_loss_timeout_s).write(path)
+        log.info("engines on other hosts join with: llmsup join %s --engines N", path.resolve())
+
+    @property
+    def launches_remote(self) -> bool:
+        """True when this server's launcher starts engines on other hosts (ssh), not as local processes."""
+        return bool(self.settings.hosts) and self.settings.engine_launcher == "ssh"
+
+    def next_host(self) -> str:
+        """The host the next engine set goes to ("" for launchers that choose themselves: local, mpi, batch)."""
+        return next(self._hosts) if self.launches_remote else ""
+
+    def launch_engine(self, gpu: str, host: str = "") -> tuple[str, Awaitable[Any]]:
+        """Start one engine in its own set (on ``host`` for the ssh launcher); returns the set id and the
+        awaitable start. Clusters started here only."""
         if self.cluster is None:
             raise RuntimeError("engines can only be started on a local cluster")
         set_id = f"e{next(self._set_ids)}"
-        env = {"LLMSUP_ENGINE_SET": set_id, "CUDA_VISIBLE_DEVICES": gpu, "IPYTHONDIR": os.environ["IPYTHONDIR"]}
-        return set_id, self.cluster.start_engines(1, engine_set_id=set_id, environment=env)
+        env = {"LLMSUP_ENGINE_SET": set_id}
+        options: dict[str, Any] = {}
+        launcher = self.settings.engine_launcher
+        if launcher in ("local", "ssh"):  # the devices of the plan (ssh: hosts like this one); a batch system or
+            env["CUDA_VISIBLE_DEVICES"] = gpu  # mpiexec gives its engines their devices itself
+        if self.launches_remote:
+            options["engines"] = {host or self.next_host(): 1}
+        elif launcher == "local":
+            env["IPYTHONDIR"] = os.environ["IPYTHONDIR"]  # a path of this host
+        return set_id, self.cluster.start_engines(1, engine_set_id=set_id, environment=env, **options)
 
     def set_pids(self, set_id: str) -> list[int]:
         """The processes IPyParallel's launcher started for this engine set (local clusters)."""

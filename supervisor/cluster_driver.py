@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from llmsup.engines import batch, messages, runtime
-from llmsup.engines.messages import Abort, Hello, JobSpec, Stop, Submit
+from llmsup.engines.messages import Abort, Hello, HostBeat, HostOrder, JobSpec, Stop, Submit
 from llmsup.supervisor import engine_start, outcomes
 from llmsup.supervisor import reports as ev
 from llmsup.supervisor.aio import within
@@ -41,6 +41,7 @@ class ClusterDriver:
         self.local_key = runtime.host_key()
         self._known: set[int] = set()
         self._launched: set[str] = set()  # engine sets started here
+        self._agents: set[str] = set()  # join agents heard on the control channel
         self._serving: dict[int, asyncio.Future[Any]] = {}  # batched engines' serving tasks
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -112,10 +113,10 @@ class ClusterDriver:
     def engine_ids(self) -> set[int]:
         return self.cluster.engine_ids()
 
-    def launch(self, gpu: str) -> str:
+    def launch(self, gpu: str, host: str = "") -> str:
         if self._restarting:
             raise RuntimeError("the controller is being restarted")
-        set_id, start = self.cluster.launch_engine(gpu)
+        set_id, start = self.cluster.launch_engine(gpu, host)
         self._launched.add(set_id)
         self._spawn(self._start_set(set_id, start), f"launch {set_id}")
         return set_id
@@ -189,6 +190,15 @@ class ClusterDriver:
     def on_hello(self, engine_id: int, hello: Hello) -> None:
         self.sink(ev.EngineServing(engine_id))
 
+    # join agents (``llmsup join`` on other hosts) ------------------------------------------------------
+    def on_host(self, agent: str, beat: HostBeat) -> None:
+        self._agents.add(agent)
+        self.sink(ev.HostHeard(agent, beat.host, beat.host_key, beat.gpus, beat.engines, beat.standby, beat.pids))
+
+    def order_host(self, agent: str, fence: tuple[int, ...] = (), stop: bool = False) -> None:
+        if self.control is None or not self.control.order(agent, HostOrder(fence, stop)):
+            log.warning("join agent %s not reachable for its order (fence %s, stop %s)", agent, list(fence), stop)
+
     # jobs --------------------------------------------------------------------------------------
     def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float) -> None:
         if engine.batched:
@@ -240,7 +250,8 @@ class ClusterDriver:
             # has moved on to another job.
             await within(asyncio.wrap_future(self.cluster.send_signal(engine.id, sig)), self.settings.kill_grace_s)
         except Exception as exc:  # the ladder's later steps follow regardless
-            log.warning("%s send_signal(%s) failed: %s", engine.tag(), signal.Signals(sig).name, exc)
+            log.warning("%s send_signal(%s) failed: %s", engine.tag(), signal.Signals(sig).name,
+                        f"{type(exc).__name__}: {exc}")
             if sig == signal.SIGINT:
                 return
         self._report(ev.SigintDelivered(key) if key is not None else ev.EngineKilled(engine.id))
@@ -303,5 +314,8 @@ class ClusterDriver:
             if self.is_local(engine) and engine.set_id:
                 kill_group(engine.pid, engine.pid_started)
         await asyncio.gather(*(self._release(e, timeout=15) for e in idle))
-        if idle and self.cluster.local:
-            await self.cluster.shutdown_engines([e.id for e in idle])
+        for agent in self._agents:  # a join agent's engines are its own to stop (released first, above)
+            self.order_host(agent, stop=True)
+        own = [e.id for e in idle if e.set_id]
+        if own and self.cluster.local:
+            await self.cluster.shutdown_engines(own)

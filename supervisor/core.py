@@ -25,6 +25,7 @@ from llmsup.supervisor.driver import EngineDriver
 from llmsup.supervisor.engine_owner import EngineOwner
 from llmsup.supervisor.engine_state import EngineState, after_jobs_change, move
 from llmsup.supervisor.events import EventHub
+from llmsup.supervisor.host_owner import HostOwner
 from llmsup.supervisor.jobs import Job, JobParams, JobStatus
 from llmsup.supervisor.metric_buckets import Limits
 from llmsup.supervisor.metrics import Metrics
@@ -41,7 +42,7 @@ log = logging.getLogger("llmsup.supervisor")
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 
 
-class SupervisorCore(EngineOwner):
+class SupervisorCore(EngineOwner, HostOwner):
     def __init__(self, settings: Settings, store: JobStore | None, driver: EngineDriver | None = None,
                  clock: Callable[[], float] = time.time, mono: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
@@ -58,7 +59,9 @@ class SupervisorCore(EngineOwner):
         self._by_key: dict[str, RunningJob] = {}  # stream key -> live handle
         self._timers: list[tuple[float, int, str]] = []  # (when, seq, job id): deadlines and ladder wake-ups
         self._timer_seq = itertools.count()
+        self._dispatch_serial = itertools.count(1)  # part of each dispatch's stream key: never used twice
         self._init_engines()
+        self._init_hosts()
 
     @property
     def store(self) -> JobStore:
@@ -89,21 +92,7 @@ class SupervisorCore(EngineOwner):
     def submit(self, req: JobRequest) -> Submitted:
         """Validate and queue a job; a repeated idempotency key returns the job it created."""
         s = self.settings
-        if not req.prompt:
-            raise InvalidRequest("prompt must not be empty")
-        if len(req.prompt) > s.max_prompt_chars:
-            raise InvalidRequest(f"prompt longer than {s.max_prompt_chars} characters")
-        deadline = req.deadline_s if req.deadline_s is not None else s.deadline_s
-        if not 0 < deadline <= s.max_deadline_s:
-            raise InvalidRequest(f"deadline_s must be in (0, {s.max_deadline_s}]")
-        max_tokens = req.max_tokens if req.max_tokens is not None else s.default_max_tokens
-        if not 1 <= max_tokens <= s.max_tokens_limit:
-            raise InvalidRequest(f"max_tokens must be in [1, {s.max_tokens_limit}]")
-        try:
-            params = JobParams.from_dict({**req.extra, "max_tokens": max_tokens, "temperature": req.temperature,
-                                          "stop": req.stop})
-        except TypeError as exc:
-            raise InvalidRequest(str(exc)) from None
+        deadline, params = self._validated(req)
         if req.idempotency_key is not None:
             existing = self.store.by_key(req.idempotency_key, req.owner)
             if existing is not None:
@@ -124,6 +113,26 @@ class SupervisorCore(EngineOwner):
         self._publish_status(job)
         self.wake_dispatch()
         return Submitted(job, created=True)
+
+    def _validated(self, req: JobRequest) -> tuple[float, JobParams]:
+        """The request's deadline and sampling parameters, or InvalidRequest saying what is wrong."""
+        s = self.settings
+        if not req.prompt:
+            raise InvalidRequest("prompt must not be empty")
+        if len(req.prompt) > s.max_prompt_chars:
+            raise InvalidRequest(f"prompt longer than {s.max_prompt_chars} characters")
+        deadline = req.deadline_s if req.deadline_s is not None else s.deadline_s
+        if not 0 < deadline <= s.max_deadline_s:
+            raise InvalidRequest(f"deadline_s must be in (0, {s.max_deadline_s}]")
+        max_tokens = req.max_tokens if req.max_tokens is not None else s.default_max_tokens
+        if not 1 <= max_tokens <= s.max_tokens_limit:
+            raise InvalidRequest(f"max_tokens must be in [1, {s.max_tokens_limit}]")
+        try:
+            params = JobParams.from_dict({**req.extra, "max_tokens": max_tokens, "temperature": req.temperature,
+                                          "stop": req.stop})
+        except TypeError as exc:
+            raise InvalidRequest(str(exc)) from None
+        return deadline, params
 
     def get(self, job_id: str) -> Job:
         job = self.store.get(job_id)
@@ -159,9 +168,9 @@ class SupervisorCore(EngineOwner):
         return self._running.get(job_id)
 
     # dispatch ---------------------------------------------------------------------------
-    def dispatch_ready(self, now: float) -> int:
-        """Start as many ready jobs as there are free slots; returns how many started."""
-        free = self.pool.free_slots()
+    def dispatch_ready(self, now: float, limit: int | None = None) -> int:
+        """Start as many ready jobs as there are free slots (at most ``limit``); returns how many started."""
+        free = self.pool.free_slots() if limit is None else min(limit, self.pool.free_slots())
         if free <= 0 or self.stopping:
             return 0
         started = 0
@@ -176,7 +185,7 @@ class SupervisorCore(EngineOwner):
     def _start(self, job: Job, engine: Any, now: float) -> None:
         job = transition(job, R, self.clock(), engine=engine.ref, error=None)
         self.store.put(job)  # stored as running before the task is sent
-        run = RunningJob(job, engine, now)
+        run = RunningJob(job, engine, now, serial=next(self._dispatch_serial))
         self._running[job.id] = run
         self._by_key[run.key] = run
         engine.jobs[job.id] = now
@@ -211,13 +220,7 @@ class SupervisorCore(EngineOwner):
 
     def _on_job_event(self, run: RunningJob, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.TokenPiece):
-            previous = run.last_token_mono
-            if run.add_piece(event.seq, event.text, now):
-                self.metrics.token_piece(None if previous is None else now - previous)
-                if previous is None:
-                    joblog.first_token(run.job, run.engine, now - run.started_mono)
-                self.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": event.seq,
-                                              "text": event.text})
+            self._on_piece(run, event, now)
         elif isinstance(event, ev.TaskStarted):
             run.task_started = True
             if run.escalation is not None:
@@ -231,6 +234,14 @@ class SupervisorCore(EngineOwner):
                 self._settle(run, outcomes.partial(run, run.escalation.reason, "; reply lost"))
         elif isinstance(event, ev.JobReply):
             self._on_reply(run, event)
+
+    def _on_piece(self, run: RunningJob, piece: ev.TokenPiece, now: float) -> None:
+        previous = run.last_token_mono
+        if run.add_piece(piece.seq, piece.text, now):
+            self.metrics.token_piece(None if previous is None else now - previous)
+            if previous is None:
+                joblog.first_token(run.job, run.engine, now - run.started_mono)
+            self.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": piece.seq, "text": piece.text})
 
     def _on_reply(self, run: RunningJob, reply: ev.JobReply) -> None:
         max_attempts = self.settings.max_attempts

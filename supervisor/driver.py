@@ -16,12 +16,14 @@ from llmsup.supervisor.engine_state import Engine
 
 class EngineDriver(Protocol):
     can_launch: bool  # True: a local cluster whose engines this supervisor starts and replaces
+    local_key: str  # the host_key of the supervisor's own host (never lost: it would be losing itself)
 
     def engine_ids(self) -> set[int]:
         """Engines registered with the controller now."""
 
-    def launch(self, gpu: str) -> str:
-        """Start one engine on these devices; returns its engine set (LaunchFailed if it cannot start)."""
+    def launch(self, gpu: str, host: str = "") -> str:
+        """Start one engine on these devices (on ``host``, for launchers that start engines on named hosts; ""
+        lets the driver choose); returns its engine set (LaunchFailed if it cannot start)."""
 
     def identify(self, engine_id: int) -> None:
         """Ask a newly registered engine who it is (EngineIdentified, or EngineFailed)."""
@@ -46,6 +48,9 @@ class EngineDriver(Protocol):
 
     def kill(self, engine: Engine) -> None:
         """SIGKILL the engine's process group, or through its nanny when remote (EngineKilled)."""
+
+    def order_host(self, agent: str, fence: tuple[int, ...] = (), stop: bool = False) -> None:
+        """Tell a host's join agent to replace these engine processes (``fence``), or to stop every engine."""
 
     def retire(self, engine: Engine, release: bool) -> None:
         """Take a gone engine's process away: release its backend first if asked, stop its engine set

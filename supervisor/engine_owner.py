@@ -75,29 +75,46 @@ class EngineOwner:
         return self.slots > 1
 
     def expected_engines(self: SupervisorCore) -> int:
-        """Engines the cluster should have (a local cluster: what we launched and keep replacing)."""
-        return self.settings.engines if self.driver.can_launch else len(self.pool.engines)
+        """Serving engines the cluster should have: what we launch and keep replacing, plus what the join agents
+        of the hosts that are up keep (a joined cluster: what is there)."""
+        if not self.driver.can_launch:
+            return len(self.pool.engines)
+        return self.settings.engines + self.agent_engines_wanted()
 
     # launching -------------------------------------------------------------------------
+    def _launch_plan(self: SupervisorCore, n: int) -> list[tuple[str, str]]:
+        """(host, devices) of ``n`` engines of our own: spread over the launcher's hosts in turn (ssh; else one
+        unnamed host), devices from each engine's rank on its host."""
+        s = self.settings
+        hosts = s.hosts if s.engine_launcher == "ssh" and s.hosts else [""]
+        return [(hosts[rank % len(hosts)], placement.devices_for_rank(rank // len(hosts), self.gpu_count,
+                                                                      s.gpus_per_engine)) for rank in range(n)]
+
     def start_engines(self: SupervisorCore, n: int) -> None:
         """Launch ``n`` serving engines and the standbys, one set of devices each (the start log maps them)."""
         if not self.driver.can_launch:
             return
-        plan = placement.plan(n + self.standby_target, self.gpu_count, self.settings.gpus_per_engine)
+        plan = self._launch_plan(n + self.standby_target)
+        one_host = [gpu for host, gpu in plan if host == plan[0][0]] if plan else []  # shares: per host
         total = self.engine_config.get("options", {}).get("gpu_memory_utilization")
-        self.memory_shares = placement.memory_shares(plan, total or placement.DEFAULT_GPU_MEMORY_UTILIZATION)
+        self.memory_shares = placement.memory_shares(one_host, total or placement.DEFAULT_GPU_MEMORY_UTILIZATION)
         shown = self.memory_shares if self.engine_config.get("backend") == "vllm" else {}
-        for line in placement.describe(plan, n, shown):
-            log.info("%s", line)
-        for gpu in plan:
-            self.launch(gpu)
+        lines = placement.describe([gpu for _, gpu in plan], n, shown)
+        for line, (host, _gpu) in zip(lines, plan):
+            log.info("%s%s", line, f" of {host}" if host else "")
+        for host, gpu in plan:
+            self.launch(gpu, host=host)
 
-    def launch(self: SupervisorCore, gpu: str, restarts: int = 0) -> None:
+    def launch(self: SupervisorCore, gpu: str, restarts: int = 0, host: str = "") -> None:
         """Start an engine on these devices (a launch that fails is retried by :meth:`reconcile`)."""
         set_ids: list[str] = []
-        if self._drive("launch", None, lambda: set_ids.append(self.driver.launch(gpu))):
-            self.pool.launches[set_ids[0]] = Launch(set_ids[0], gpu, self.clock(), restarts)
+        if self._drive("launch", None, lambda: set_ids.append(self.driver.launch(gpu, host))):
+            self.pool.launches[set_ids[0]] = Launch(set_ids[0], gpu, self.clock(), restarts, host)
         self._last_launch = self.mono()
+
+    def _own(self: SupervisorCore) -> list[Engine]:
+        """The engines this supervisor launched (and replaces); a join agent's, or a joined cluster's, are not."""
+        return [e for e in self.pool if e.set_id]
 
     def reconcile(self: SupervisorCore, now: float) -> None:
         """Keep the engine count: launch what is missing (a failed launch, an engine set that never came up).
@@ -109,28 +126,39 @@ class EngineOwner:
         for launch in [la for la in self.pool.launches.values() if wall - la.since > self.settings.engine_start_timeout_s]:
             log.error("engine set %s never registered in %.0fs: forgotten", launch.set_id, wall - launch.since)
             del self.pool.launches[launch.set_id]
-        present = len(self.pool.engines) + len(self.pool.launches) + sum(
-            1 for eid in self._retiring if eid not in self.pool.engines)
-        for gpu in self._missing_devices(self.settings.engines + self.standby_target - present):
-            log.warning("engine count short of %d: launching one on %s", self.settings.engines + self.standby_target,
-                        gpu or "CPU")
-            self.launch(gpu)
+        present = len(self._own()) + len(self.pool.launches) + sum(
+            1 for eid, e in self._retiring.items() if eid not in self.pool.engines and e.set_id)
+        for host, gpu in self._missing_devices(self.settings.engines + self.standby_target - present):
+            log.warning("engine count short of %d: launching one on %s%s", self.settings.engines + self.standby_target,
+                        gpu or "CPU", f" of {host}" if host else "")
+            self.launch(gpu, host=host)
 
-    def _missing_devices(self: SupervisorCore, missing: int) -> list[str]:
+    def _missing_devices(self: SupervisorCore, missing: int) -> list[tuple[str, str]]:
         if missing <= 0:
             return []
-        plan = placement.plan(self.settings.engines + self.standby_target, self.gpu_count, self.settings.gpus_per_engine)
-        taken = Counter([e.gpu for e in self.pool] + [launch.gpu for launch in self.pool.launches.values()])
+        plan = self._launch_plan(self.settings.engines + self.standby_target)
+        taken = Counter([(e.launched_on, e.gpu) for e in self._own()] +
+                        [(launch.host, launch.gpu) for launch in self.pool.launches.values()])
         free = []
-        for gpu in plan:  # the planned devices nobody holds, first
-            if taken[gpu]:
-                taken[gpu] -= 1
+        for place in plan:  # the planned places nobody holds, first
+            if taken[place]:
+                taken[place] -= 1
             else:
-                free.append(gpu)
+                free.append(place)
         return (free + plan)[:missing]
 
     # reports -----------------------------------------------------------------------------
     def on_engine_event(self: SupervisorCore, event: ev.Report, now: float) -> None:
+        if self._on_cluster_event(event, now):
+            return
+        engine = self.pool.get(getattr(event, "engine_id", -1))
+        if engine is None:  # a report of an engine the pool no longer holds may be of a lost host: host_owner
+            self.on_report_of_gone_engine(event, now)
+        else:
+            self._on_engine_record_event(engine, event, now)
+
+    def _on_cluster_event(self: SupervisorCore, event: ev.Report, now: float) -> bool:
+        """Events about engines the pool does not hold (yet, or any more); True if ``event`` was one."""
         if isinstance(event, ev.EngineRegistered):
             self._drive("identify", None, lambda: self.driver.identify(event.engine_id))
         elif isinstance(event, ev.EngineIdentified):
@@ -138,16 +166,17 @@ class EngineOwner:
         elif isinstance(event, ev.LaunchFailed):
             self.pool.launches.pop(event.set_id, None)
             log.error("engine set %s failed to start: %s", event.set_id, event.why)
-            return
         elif isinstance(event, ev.EngineRetired):
             self._replace(event.engine_id)
-            return
         elif isinstance(event, (ev.ControllerLost, ev.ControllerRestarted)):
             self._controller_event(event, now)
-            return
-        engine = self.pool.get(getattr(event, "engine_id", -1))
-        if engine is None:
-            return
+        elif isinstance(event, ev.HostHeard):
+            self.on_host_heard(event, now)
+        else:
+            return False
+        return True
+
+    def _on_engine_record_event(self: SupervisorCore, engine: Engine, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.EngineLoaded):
             self._loaded(engine, event)
         elif isinstance(event, ev.EngineProgress):
@@ -161,17 +190,20 @@ class EngineOwner:
             engine.rss_mb = engine.rss_mb if event.rss_mb is None else event.rss_mb
             engine.gpu_mem_mb = engine.gpu_mem_mb if event.gpu_mem_mb is None else event.gpu_mem_mb
         elif isinstance(event, ev.EngineFailed):
-            if engine.state is S.STARTING:
-                log.error("%s failed to initialise: %s%s", engine.tag(), event.why,
-                          f" (engine log: {engine.log_file})" if engine.log_file else "")
-                self.kill_engine(engine, "init_failed")
-            else:
-                self.engine_lost(engine, event.why)
+            self._failed(engine, event.why)
         elif isinstance(event, ev.EngineUnregistered):
             self.engine_lost(engine, "engine unregistered (process died or heartbeat lost)")
         elif isinstance(event, ev.EngineKilled):
             self.settle_engine_jobs(engine, f"engine killed ({self._kill_reason.get(engine.id, 'killed')})", True)
             self._gone(engine, self._kill_reason.pop(engine.id, "killed"), release=False)
+
+    def _failed(self: SupervisorCore, engine: Engine, why: str) -> None:
+        if engine.state is S.STARTING:
+            log.error("%s failed to initialise: %s%s", engine.tag(), why,
+                      f" (engine log: {engine.log_file})" if engine.log_file else "")
+            self.kill_engine(engine, "init_failed")
+        else:
+            self.engine_lost(engine, why)
 
     def _controller_event(self: SupervisorCore, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.ControllerRestarted):
@@ -196,19 +228,22 @@ class EngineOwner:
         engine = Engine(id=engine_id, host=ident.host, host_key=ident.host_key, pid=ident.pid,
                         pid_started=ident.pid_started,
                         gpu=self._gpu_for(ident, launch), set_id=launch.set_id if launch else "", slots=self.slots,
-                        batched=self.batched, started_at=self.clock(), restarts=launch.restarts if launch else 0)
+                        batched=self.batched, started_at=self.clock(), restarts=launch.restarts if launch else 0,
+                        launched_on=launch.host if launch else "")
         self.pool.add(engine)
-        config = dict(self.engine_config, engine_id=engine_id, gpu=engine.gpu)
+        self._host_back(self._host(ident.host_key, ident.host), f"engine {engine_id} registered")
+        # one-job engines beat from a thread (a batched engine's serving loop beats by itself)
+        config = dict(self.engine_config, engine_id=engine_id, gpu=engine.gpu, beat=not self.batched)
         if engine.gpu in self.memory_shares:  # engines that share a GPU split its memory
             config["options"] = {**config.get("options", {}), "gpu_memory_utilization": self.memory_shares[engine.gpu]}
         if not self._drive("load", engine, lambda: self.driver.load(engine, config)):
             self.kill_engine(engine, "init_failed")
 
     def _gpu_for(self: SupervisorCore, ident: ev.EngineIdentity, launch: Launch | None) -> str:
+        if ident.gpu:
+            return ident.gpu  # pinned when it was started: by our launch, a batch system, a join agent
         if launch is not None:
             return launch.gpu
-        if ident.gpu:
-            return ident.gpu  # pinned by whoever started it
         try:
             return placement.devices_for_rank(self.pool.on_host(ident.host_key), 0, self.settings.gpus_per_engine)
         except ValueError:
@@ -236,13 +271,19 @@ class EngineOwner:
         if engine.state is not S.STARTING:
             return
         engine.last_beat = now
-        active = sum(1 for e in self.pool if e.state in ACTIVE)
-        standbys = sum(1 for e in self.pool if e.state is S.STANDBY)
-        if self.driver.can_launch and active >= self.settings.engines and standbys < self.standby_target:
+        if self._wants_standby(engine):
             move(engine, S.STANDBY, "ready, kept as a standby")
             return
         move(engine, S.IDLE, "ready")
         self.wake_dispatch()
+
+    def _wants_standby(self: SupervisorCore, engine: Engine) -> bool:
+        if not engine.set_id:
+            return self.agent_wants_standby(engine)
+        own = [e for e in self._own() if e is not engine]
+        active = sum(1 for e in own if e.state in ACTIVE)
+        standbys = sum(1 for e in own if e.state is S.STANDBY)
+        return self.driver.can_launch and active >= self.settings.engines and standbys < self.standby_target
 
     def _promote_standby(self: SupervisorCore, lost: Engine) -> None:
         """A standby takes the place of an engine that is going (it keeps its own devices)."""
@@ -322,10 +363,11 @@ class EngineOwner:
         if engine.state is not S.DEAD:
             move(engine, S.DEAD, "retired")
             self.pool.remove(engine.id)
-        if self.driver.can_launch and not self.stopping:
-            self.launch(engine.gpu, restarts=engine.restarts + 1)
-        elif not self.driver.can_launch:
-            log.warning("%s gone from a joined cluster: whoever started it must replace it", engine.tag())
+        if not engine.set_id:
+            log.warning("%s gone: whoever started it (its host's join agent, or the cluster's owner) replaces it",
+                        engine.tag())
+        elif self.driver.can_launch and not self.stopping:
+            self.launch(engine.gpu, restarts=engine.restarts + 1, host=engine.launched_on)
 
     def check_beats(self: SupervisorCore, now: float) -> None:
         """A batched engine whose serving loop stopped beating is lost."""

@@ -73,6 +73,7 @@ class Engine:
     sigint_at: float | None = None  # monotonic time of the last SIGINT to a batched engine: one per episode
     recycle_why: str | None = None  # set when it is to be recycled as soon as its jobs are done
     restarts: int = 0  # engines that held this place before it (killed, lost or recycled)
+    launched_on: str = ""  # the host its launcher was asked to start it on (ssh launcher; "" otherwise)
     log_file: str = ""  # the engine process's own log file, as it reported it
     _state: EngineState = S.STARTING
 

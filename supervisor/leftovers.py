@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import psutil
+
 from llmsup.supervisor.rundir import prepare_run_dir, write_private
 from llmsup.supervisor.signals import kill_group
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from llmsup.engines.messages import ProtocolError
 from prometheus_client import Counter
+
+from llmsup.engines.messages import ProtocolError
 
 log = logging.getLogger("llmsup.wire")
 MAX_LOGGED = 1000  # distinct (peer, problem) pairs remembered; past that, only counted

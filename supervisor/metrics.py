@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
 from llmsup.supervisor import metric_buckets as b
 from llmsup.supervisor.engine_state import Engine, EngineState
 from llmsup.supervisor.jobs import Job, JobStatus
@@ -18,7 +20,6 @@ from llmsup.supervisor.request_times import RequestTimes
 from llmsup.supervisor.running import RunningJob
 from llmsup.supervisor.stats_history import StatsHistory, Totals
 from llmsup.supervisor.vllm_metrics import VLLMMetrics
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from llmsup.supervisor.outcomes import Settlement

@@ -102,7 +102,7 @@ async def _acquire(client: AsyncClient, engine_id: int | None, end: Deadline) ->
                 if engine_id is not None:
                     raise BorrowError(f"no engine {engine_id} (engines: {sorted(engines)})")
                 chosen = None  # it went away (restarted): pick another
-            elif engine is not None:
+            elif engine is not None and chosen is not None:
                 state = engine["state"]
                 if state == "draining" and not drained:
                     if engine_id is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ipyparallel import error as ipp_error
+
 from llmsup.engines.messages import JobResult, ProtocolError, decode_for_supervisor
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.supervisor.running import RunningJob

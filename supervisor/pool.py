@@ -16,6 +16,7 @@ class Launch:
     gpu: str
     since: float  # wall clock
     restarts: int = 0  # the engines that held this place before (0: a first start)
+    host: str = ""  # the host a launcher that starts engines on named hosts (ssh) was asked for
 
 
 class EnginePool:

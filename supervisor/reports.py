@@ -109,6 +109,19 @@ class ControllerRestarted:
 
 
 @dataclass(frozen=True)
+class HostHeard:
+    """A host's join agent beat on the control channel (``llmsup join``)."""
+
+    agent: str  # its identity on the control channel (orders go there)
+    host: str
+    host_key: str
+    gpus: int
+    engines: int  # serving engines it was asked for
+    standby: int
+    pids: tuple[int, ...]  # its engine processes now
+
+
+@dataclass(frozen=True)
 class LaunchFailed:
     set_id: str
     why: str
@@ -148,6 +161,6 @@ class ProbeAnswered:
 Report = (
     EngineRegistered | EngineUnregistered | EngineIdentified | EngineLoaded | EngineProgress | EngineFailed
     | EngineServing
-    | EngineBeat | EngineKilled | EngineRetired | LaunchFailed | ControllerLost | ControllerRestarted
+    | EngineBeat | EngineKilled | EngineRetired | LaunchFailed | ControllerLost | ControllerRestarted | HostHeard
     | TaskStarted | TokenPiece | JobReply | SigintDelivered | ProbeAnswered
 )

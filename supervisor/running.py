@@ -14,6 +14,7 @@ class RunningJob:
     job: Job  # the stored record as it was when dispatched
     engine: Engine
     started_mono: float
+    serial: int = 0  # this dispatch's number (the supervisor's own count)
     pieces: list[str] = field(default_factory=list)
     first_token_mono: float | None = None
     last_token_mono: float | None = None
@@ -25,8 +26,9 @@ class RunningJob:
 
     @property
     def key(self) -> str:
-        """Stream key: the job id plus its attempt, so stale pieces of a lost attempt are ignored."""
-        return f"{self.job.id}#{self.job.attempts}"
+        """Stream key: the job id, its attempt and this dispatch's number. An attempt that was not charged (its
+        host lost) runs again under a new key, so whatever the old run still sends is dropped."""
+        return f"{self.job.id}#{self.job.attempts}.{self.serial}"
 
     @property
     def deadline_at(self) -> float:

@@ -17,15 +17,17 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+
 from llmsup.engines import messages as wire
 from llmsup.engines import placement
 from llmsup.engines.messages import StreamEvent
 from llmsup.supervisor import reports as ev
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.batching import ControlChannel
-from llmsup.supervisor.cluster import ClusterManager
+from llmsup.supervisor.cluster import Channels, ClusterManager, listen_addresses
 from llmsup.supervisor.cluster_driver import ClusterDriver
 from llmsup.supervisor.core import SupervisorCore
+from llmsup.supervisor.curve import ChannelGate, ChannelKeys
 from llmsup.supervisor.engine_state import EngineState, move
 from llmsup.supervisor.jobs import Job
 from llmsup.supervisor.leftovers import ProcessLedger
@@ -34,6 +36,7 @@ from llmsup.supervisor.store import JobStore, SQLiteStore
 from llmsup.supervisor.stream_reader import StreamReader
 
 log = logging.getLogger("llmsup.supervisor")
+DISPATCH_BATCH = 8  # jobs started per turn of the dispatch loop
 
 
 class Supervisor(SupervisorCore):
@@ -79,17 +82,23 @@ class Supervisor(SupervisorCore):
             self._store = SQLiteStore(s.db_path)
         self.recover(self.clock())
         self._zmq = zmq.asyncio.Context()
-        self.stream = StreamReader(self._zmq, s.stream_bind, self.on_stream_event, self.metrics)
+        # llmsup's channels: CURVE, and only peers with the client keys (our engines, join agents) get in
+        self.keys = ChannelKeys.generate()
+        self.gate = ChannelGate(self._zmq, self.keys)
+        bind, advertise = listen_addresses(s)
+        self.stream = StreamReader(self._zmq, bind, self.on_stream_event, self.metrics, self.keys, advertise)
         self.stream_address = self.stream.address
-        self.control = ControlChannel(self._zmq, s.stream_bind, self.metrics)
+        self.control = ControlChannel(self._zmq, bind, self.metrics, self.keys, advertise)
+        self.cluster.channels = Channels(self.stream_address, self.control.address, self.keys)
         await self.cluster.start()
         driver = ClusterDriver(s, self.cluster, self.ledger, self.report, self.control)
         self.driver = driver
-        self.configure_engines(dict(s.for_engines(), stream_address=self.stream_address),
+        self.configure_engines(dict(s.for_engines(), stream_address=self.stream_address,
+                                    channel_keys=self.keys.for_clients()),
                                placement.detect_gpu_count() if self.cluster.local else 0)
         for name, loop in (("token stream", self.stream.run), ("dispatch", self._dispatch_loop),
                            ("timers", self._timer_loop), ("health", self._health_loop),
-                           ("control channel", lambda: self.control.receive(driver.on_hello))):
+                           ("control channel", lambda: self.control.receive(driver.on_hello, driver.on_host))):
             self._spawn(self._supervised(name, loop))
         self.start_engines(s.engines)
         self.started = True
@@ -123,7 +132,7 @@ class Supervisor(SupervisorCore):
         if self._owns_run_dir:
             self.ledger.claim()  # kill anything the cluster failed to stop
             self.ledger.release()
-        for sock in (getattr(self, "stream", None), getattr(self, "control", None)):
+        for sock in (getattr(self, "stream", None), getattr(self, "control", None), getattr(self, "gate", None)):
             if sock is not None:
                 sock.close()
         if hasattr(self, "_zmq"):
@@ -165,11 +174,15 @@ class Supervisor(SupervisorCore):
     async def _dispatch_loop(self) -> None:
         while not self.stopping:
             self._wake.clear()
-            try:
-                self.dispatch_ready(self.mono())
+            started = 0
+            try:  # a batch at a time: with many engines free at once, timers and reads get turns in between
+                started = self.dispatch_ready(self.mono(), limit=DISPATCH_BATCH)
             except Exception:  # dispatch must go on: log, and try again at the next wake-up
                 log.exception("dispatch failed")
-            await _wait_event(self._wake, 0.25)
+            if started == DISPATCH_BATCH:
+                await asyncio.sleep(0)
+            else:
+                await _wait_event(self._wake, 0.25)
 
     async def _timer_loop(self) -> None:
         """Deadlines and ladder steps: the core's tick at its next wake-up."""
@@ -190,6 +203,7 @@ class Supervisor(SupervisorCore):
                     self.driver.poll()
                 now = self.mono()
                 self.check_beats(now)
+                self.check_hosts(now)
                 self.reconcile(now)
                 self.expire_queued(self.clock())
                 self.update_gauges()

@@ -78,6 +78,32 @@ class Settings(BaseSettings):
                                       json_schema_extra=cli(ENGINES))
     heartbeat_ms: int = Field(500, ge=50, le=30_000, description="controller heartbeat period",
                               json_schema_extra=cli(ENGINES))
+    # several hosts
+    cluster_ip: str = Field(
+        "127.0.0.1",
+        description="address the IPyParallel controller and llmsup's engine channels listen on; another host's "
+        "engines connect there (see <run-dir>/join.json); 0.0.0.0: every interface, advertised by this host's name",
+        json_schema_extra=cli(ENGINES),
+    )
+    engine_launcher: str = Field(
+        "local",
+        description="IPyParallel launcher that starts (and replaces) this server's engines: local, ssh, mpi, slurm, "
+        "pbs, sge, lsf, htcondor, or a launcher class; configured further in IPyParallel's own "
+        "<run-dir>/ipython/profile_llmsup/ipcluster_config.py",
+        json_schema_extra=cli(ENGINES),
+    )
+    hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts the ssh launcher starts engines on, comma-separated ([user@]host[:port]); the engines "
+        "are spread over them in turn",
+        json_schema_extra=cli(ENGINES),
+    )
+    host_loss_s: float | None = Field(
+        None, gt=0, le=300,
+        description="a host none of whose engines (nor its join agent) is heard from for this long is lost: its jobs "
+        "go back to the queue uncharged; default: 10 heartbeats, between 2 and 10 s",
+        json_schema_extra=cli(ENGINES),
+    )
     engine_start_timeout_s: float = Field(
         180.0, gt=0, description="an engine that shows no start progress (download, load, warm-up) for this long "
         "is replaced; a download that goes on never trips it", json_schema_extra=cli(ENGINES),
@@ -183,7 +209,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port of the web app", json_schema_extra=cli(SERVER))
     run_dir: Path = Field(Path(".llmsup"), description="SQLite store, IPyParallel files, caches, tokens, logs",
                           json_schema_extra=cli(SERVER))
-    stream_bind: str = Field("tcp://127.0.0.1", description="where engines send tokens (an address engines reach)",
+    stream_bind: str = Field("tcp://127.0.0.1", description="where engines send tokens (an address engines reach); "
+                             "with a cluster_ip other than loopback, that address",
                              json_schema_extra=cli(ENGINES))
     log_level: LogLevel = Field("info", description="logging level of the server (engine log files too)",
                                 json_schema_extra=cli(SERVER))
@@ -255,7 +282,7 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, AliasEnvironment(settings_cls)
 
-    @field_validator("allowed_hosts", mode="before")
+    @field_validator("allowed_hosts", "hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -280,7 +307,16 @@ class Settings(BaseSettings):
             raise ValueError("kill_grace_s must be >= interrupt_grace_s")
         if self.deadline_s > self.max_deadline_s:
             raise ValueError("deadline_s must be <= max_deadline_s")
+        if self.engine_launcher == "ssh" and not self.hosts:
+            raise ValueError("engine_launcher ssh needs hosts (--hosts h1,h2)")
         return self
+
+    @property
+    def host_loss_timeout_s(self) -> float:
+        """How long a host may stay silent before it is taken as lost (derived from the heartbeat when unset)."""
+        if self.host_loss_s is not None:
+            return self.host_loss_s
+        return min(10.0, max(2.0, 10 * self.heartbeat_ms / 1000))
 
     @property
     def db_path(self) -> Path:

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
 from llmsup.supervisor import metric_buckets as b
 from llmsup.supervisor.request_times import RequestTimes
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 FINISHED_REASONS = ("stop", "length", "abort", "error", "timeout", "expired")
 MODEL = ["model_name"]

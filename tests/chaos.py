@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from serverfixtures import LiveServer, start_server, stop_server, tagged_processes
 
 # (kind, prompt, request fields, weight)

@@ -1,14 +1,18 @@
-"""Shared fixtures: a real local IPyParallel cluster driven by a real Supervisor."""
+"""Shared fixtures: a real Supervisor on a real local IPyParallel cluster (``sup``), one live ``llmsup serve`` for
+the session (``server``), and the web app in-process without engines (``web``)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
+from support.inprocess import InProcessApp, in_process
+from support.live import LiveServer, serving
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -38,3 +42,19 @@ async def sup(run_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[Su
         yield supervisor
     finally:
         await supervisor.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A live ``llmsup serve`` (sim backend, 2 engines, the test settings) shared by every test that needs one with
+    these settings (tests leave no job running and give back what they drain or restart); teardown fails if any
+    process it started survives. A module that needs other settings defines its own (``support.live.serving``)."""
+    with serving(tmp_path_factory.mktemp("llmsup")) as live:
+        yield live
+
+
+@pytest.fixture
+async def web(run_dir: Path) -> AsyncIterator[InProcessApp]:
+    """The web app in-process on default settings (sim backend), with a never-started supervisor."""
+    async with in_process(run_dir) as app:
+        yield app

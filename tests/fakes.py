@@ -26,6 +26,7 @@ class FakeDriver:
     """Records every request of the core as (verb, engine id or set, detail)."""
 
     can_launch: bool = True
+    local_key: str = "h|boot"  # the supervisor's own host (the engines bring_up makes run there)
     calls: list[tuple[str, Any, Any]] = field(default_factory=list)
     _sets: itertools.count = field(default_factory=itertools.count)
 
@@ -35,10 +36,13 @@ class FakeDriver:
     def engine_ids(self) -> set[int]:
         return set()
 
-    def launch(self, gpu: str) -> str:
+    def launch(self, gpu: str, host: str = "") -> str:
         set_id = f"e{next(self._sets)}"
         self.calls.append(("launch", set_id, gpu))
         return set_id
+
+    def order_host(self, agent: str, fence: tuple[int, ...] = (), stop: bool = False) -> None:
+        self.calls.append(("order_host", agent, (fence, stop)))
 
     def identify(self, engine_id: int) -> None:
         self.calls.append(("identify", engine_id, None))

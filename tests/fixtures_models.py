@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+
 from llmsup.engines.tinymodel import ensure_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,6 +1,6 @@
 """A live ``llmsup serve`` (sim backend) for the client and notebook tests.
 
-The server runs in its own process group, in this session (``process_group=0``, see FACTS.md on
+The server runs in its own process group, in this session (``process_group=0``, see docs/measured.md on
 scheduling groups). Every process it starts inherits a unique ``LLMSUP_TEST_TAG``, so teardown can
 find all of them (engines run in sessions of their own, and a replaced engine is no one's child) and
 check that SIGTERM to the server's group stopped each one. Whatever survives is SIGKILLed by pid and

@@ -20,10 +20,12 @@ from typing import Any
 
 import psutil
 import pytest
+
 from fixtures_models import backend_config, models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.engines.protocol import Backend, Generation, GenParams
 from llmsup.engines.runtime import make_backend, prepare_environment
 from llmsup.engines.stopflag import StopRequested
+from support.waiting import eventually
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROMPT = "Hello, the engine"
@@ -200,14 +202,15 @@ MP_SCRIPT = textwrap.dedent(
     from llmsup.engines.protocol import GenParams
     from llmsup.engines.runtime import make_backend, prepare_environment
 
+    def cmdline(p):
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:  # a zombie or gone child: not a live process of the tree
+            return "resource_tracker"
+
     def tree():
-        def cmdline(p):  # "" for a child already dead (a zombie not reaped yet, or gone): not left behind
-            try:
-                return "" if p.status() == psutil.STATUS_ZOMBIE else " ".join(p.cmdline())
-            except psutil.Error:
-                return ""
         return [p for p in psutil.Process().children(recursive=True)
-                if cmdline(p) and "resource_tracker" not in cmdline(p)]
+                if "resource_tracker" not in cmdline(p)]
 
     def interrupt(target):
         if target == "pid":  # what the watchdog does: the engine process only
@@ -289,10 +292,7 @@ def run_mp_engine(tiny_model: str, tmp_path: pathlib.Path, target: str) -> dict[
     print(result)
     assert "EngineCore" in " ".join(name for _, _, name in result["kids"]), result  # multiprocessing was on
     assert result["left"] == [], "release() left vLLM processes behind"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and not all(_gone(pid, t) for pid, t, _ in result["kids"]):
-        time.sleep(0.2)
-    assert all(_gone(pid, t) for pid, t, _ in result["kids"]), "orphaned vLLM processes after exit"
+    eventually(lambda: all(_gone(pid, t) for pid, t, _ in result["kids"]), 15, "vLLM's processes to exit (orphans)")
     return result
 
 

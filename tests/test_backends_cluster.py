@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
 import pytest
+
 from conftest import make_settings
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
-from test_supervisor import until
+from support.waiting import eventually_async
 
 S = JobStatus
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -53,7 +53,7 @@ async def test_generate_timeout_reuse_and_cancel(single: Supervisor) -> None:
     assert nxt.engine.pid == runaway.engine.pid  # interrupted, not replaced
     assert nxt.started_at - (runaway.started_at + 2.0) < 0.25  # engine free within the latency target
     victim = submit(sup, "Cancel me", max_tokens=100_000, extra={"ignore_eos": True})
-    await until(lambda: sup.get(victim.id).tokens >= 5, 60)
+    await eventually_async(lambda: sup.get(victim.id).tokens >= 5, 60)
     sup.cancel(victim.id)
     victim = await sup.wait(victim.id, 30)
     assert victim.status is S.CANCELLED and victim.tokens >= 5
@@ -72,11 +72,9 @@ async def test_vllm_recycle_leaves_no_orphans(tmp_path: Path, tiny_model: str) -
         assert len(children) >= 2  # EngineCore and its worker (and the nanny)
         job = await sup.wait(submit(sup, "Hello", max_tokens=4).id, 120)
         assert job.status is S.SUCCEEDED
-        await until(lambda: any(e.pid != engine.pid for e in sup.pool.serving()), 200)
-        end = time.monotonic() + 20
-        while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in children if _exists(p)):
-            assert time.monotonic() < end, [p.cmdline() for p in children if _exists(p)]
-            await _tick()
+        await eventually_async(lambda: any(e.pid != engine.pid for e in sup.pool.serving()), 200)
+        await eventually_async(lambda: not any(_exists(p) for p in children), 20,
+                               what=f"vLLM's processes to exit: {[p.pid for p in children]}")
         assert not psutil.pid_exists(engine.pid) or psutil.Process(engine.pid).status() == psutil.STATUS_ZOMBIE
     finally:
         await sup.stop()
@@ -87,9 +85,3 @@ def _exists(p: psutil.Process) -> bool:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-async def _tick() -> None:
-    import asyncio
-
-    await asyncio.sleep(0.1)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
-from test_supervisor import until
+from support.waiting import eventually_async
 
 S = JobStatus
 pytestmark = pytest.mark.timeout(90)
@@ -44,7 +45,7 @@ async def test_runaways_in_a_batch_time_out_alone(sup: Supervisor) -> None:
 @pytest.mark.settings(**BATCH)
 async def test_job_submitted_mid_batch_starts_before_the_batch_ends(sup: Supervisor) -> None:
     batch = [submit(sup, f"long {i}", max_tokens=200) for i in range(4)]
-    await until(lambda: sup.get(batch[0].id).tokens >= 5)
+    await eventually_async(lambda: sup.get(batch[0].id).tokens >= 5)
     late = await sup.wait(submit(sup, "late", max_tokens=5).id, 20)
     firsts = [await sup.wait(j.id, 30) for j in batch]
     assert late.status is S.SUCCEEDED
@@ -54,7 +55,7 @@ async def test_job_submitted_mid_batch_starts_before_the_batch_ends(sup: Supervi
 @pytest.mark.settings(**BATCH)
 async def test_admin_kill_of_one_job_leaves_the_batch_running(sup: Supervisor) -> None:
     jobs = [submit(sup, f"job {i}", max_tokens=150) for i in range(4)]
-    await until(lambda: sup.get(jobs[0].id).tokens >= 3)
+    await eventually_async(lambda: sup.get(jobs[0].id).tokens >= 3)
     sup.kill(jobs[0].id)
     killed = await sup.wait(jobs[0].id, 10)
     assert killed.status is S.CANCELLED and killed.error == "killed by admin" and killed.tokens > 0
@@ -66,7 +67,7 @@ async def test_admin_kill_of_one_job_leaves_the_batch_running(sup: Supervisor) -
 @pytest.mark.settings(**BATCH)
 async def test_unresponsive_loop_gets_sigint_and_keeps_serving(sup: Supervisor) -> None:
     due = submit(sup, "due soon", max_tokens=100_000, deadline_s=0.5)
-    await until(lambda: sup.get(due.id).status is S.RUNNING)
+    await eventually_async(lambda: sup.get(due.id).status is S.RUNNING)
     stall = submit(sup, "stall the loop [llmsup:stall=30]", max_tokens=5, deadline_s=30)
     due = await sup.wait(due.id, 20)
     assert due.status is S.TIMED_OUT
@@ -79,9 +80,9 @@ async def test_unresponsive_loop_gets_sigint_and_keeps_serving(sup: Supervisor) 
 @pytest.mark.settings(**BATCH, max_attempts=1)
 async def test_sigkill_path_requeues_the_batch_without_charging(sup: Supervisor) -> None:
     neighbours = [submit(sup, f"neighbour {i}", max_tokens=300, deadline_s=60) for i in range(3)]
-    await until(lambda: all(sup.get(j.id).status is S.RUNNING for j in neighbours))
+    await eventually_async(lambda: all(sup.get(j.id).status is S.RUNNING for j in neighbours))
     due = submit(sup, "due soon", max_tokens=100_000, deadline_s=0.5)
-    await until(lambda: sup.get(due.id).status is S.RUNNING)
+    await eventually_async(lambda: sup.get(due.id).status is S.RUNNING)
     submit(sup, "wedge [llmsup:stall-nosigint]", max_tokens=5, deadline_s=0.5)
     due = await sup.wait(due.id, 20)
     assert due.status is S.TIMED_OUT and "killed" in due.error

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 import typer
-from llmsup.supervisor import cli, cli_options, logsetup
-from llmsup.supervisor.settings import SECURITY, Settings, load_settings, unknown_variables
 from pydantic import Field
 from pydantic_settings import BaseSettings
 from typer.testing import CliRunner
+
+from llmsup.supervisor import cli, cli_options, logsetup
+from llmsup.supervisor.settings import SECURITY, Settings, load_settings, unknown_variables
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.timeout(30)
 def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Settings]:
     """``llmsup serve`` runs up to the web server, which is not started: the settings it would serve with."""
     import uvicorn
+
     from llmsup.web import app as web_app
 
     seen: list[Settings] = []

@@ -7,11 +7,12 @@ import functools
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from clientfakes import FakeServer
 from llmsup.supervisor import cli
 from llmsup.supervisor.cli_output import job_summary
 from llmsup.supervisor.client import Client
-from typer.testing import CliRunner
 
 pytestmark = pytest.mark.timeout(30)
 URL = "http://llmsup.test"

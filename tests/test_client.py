@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+
 from llmsup.supervisor.client import (
     AsyncClient,
     AuthError,

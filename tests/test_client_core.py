@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
+
 from clientfakes import FakeCluster, FakeServer, FakeView
 from llmsup.supervisor import cli, progress
 from llmsup.supervisor.client import (
@@ -31,7 +33,6 @@ from llmsup.supervisor.client import (
     ServerUnreachable,
 )
 from llmsup.supervisor.client_loop import LoopThread, shared_loop
-from typer.testing import CliRunner
 
 pytestmark = pytest.mark.timeout(60)
 URL = "http://llmsup.test"

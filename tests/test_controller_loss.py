@@ -6,10 +6,11 @@ import os
 import signal
 
 import pytest
+
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
-from test_supervisor import until
+from support.waiting import eventually_async as until
 
 S = JobStatus
 pytestmark = pytest.mark.timeout(120)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from conftest import make_settings
 from fakes import FakeClock, FakeDriver
 from llmsup.engines.messages import JobResult

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import make_settings
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.engines import download, runtime, startup

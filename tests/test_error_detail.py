@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor

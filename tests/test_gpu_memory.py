@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from llmsup.engines import gpu_memory
 from llmsup.engines.gpu_memory import MIB, GpuMemory, attribute
 

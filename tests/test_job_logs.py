@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from llmsup.engines.logformat import JsonFormatter
 from llmsup.engines.messages import JobResult
 from llmsup.supervisor import logsetup

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import ipyparallel as ipp
 import pytest
+
 from conftest import make_settings
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.supervisor.requests import JobRequest

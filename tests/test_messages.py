@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from llmsup.engines import runtime
 from llmsup.engines.messages import (
     CONTROL_OPS,

@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
 from fakecore import key_of, make_core
 from llmsup.engines.messages import JobResult
 from llmsup.supervisor import metric_buckets
@@ -14,8 +17,6 @@ from llmsup.supervisor.core import SupervisorCore
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.supervisor.metrics import restart_label
 from llmsup.supervisor.requests import JobRequest
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.timeout(10)
 S = JobStatus

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from webfixtures import Server
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
+
 from llmsup.engines import messages
 from llmsup.engines.protocol import GenParams, Structured, TokenBias, TokenLogprob, TopLogprob
 from llmsup.engines.sampling import LogitsProcessor, pick_next, token_logprob
@@ -18,7 +20,6 @@ from llmsup.supervisor.store import SQLiteStore
 from llmsup.web.openai_format import chat_logprobs, completion_logprobs, prompt_logprobs_out, usage
 from llmsup.web.openai_params import features_used, structured_of
 from llmsup.web.openai_schemas import ChatCompletionRequest, CompletionRequest
-from pydantic import ValidationError
 
 LP = (TokenLogprob(7, "a", -0.5, 1, (TopLogprob(7, "a", -0.5), TopLogprob(9, "b", -1.5))),
       TokenLogprob(9, "bc", -2.0, 2, (TopLogprob(7, "a", -0.1), TopLogprob(9, "bc", -2.0))))

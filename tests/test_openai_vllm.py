@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from webfixtures import Server, job_status
 

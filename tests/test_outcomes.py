@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from conftest import make_settings
 from llmsup.engines.messages import JobResult
 from llmsup.supervisor.engine_state import Engine

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from serverfixtures import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

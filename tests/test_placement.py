@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+
 from llmsup.engines.placement import detect_gpu_count, devices_for_rank, plan
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import typer
+
 from llmsup.supervisor import cli
 
 pytestmark = pytest.mark.timeout(30)

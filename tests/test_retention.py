@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from llmsup.supervisor import retention
 from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
 from llmsup.supervisor.settings import Settings

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,50 +11,25 @@ import httpx
 import psutil
 import pytest
 
+from support.live import sim_environment, start_llmsup, stop, tagged_processes
+from support.waiting import eventually
+
 pytestmark = pytest.mark.timeout(120)
-LLMSUP = [sys.executable, "-m", "llmsup.supervisor.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Server:
-    def __init__(self, run_dir: Path, ignore_sigint: bool = False, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = dict(os.environ, LLMSUP_HEARTBEAT_MS="200", LLMSUP_SIM_TOKEN_S="0.002", LLMSUP_BACKEND="sim", **env)
-        preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
-        self.log = open(run_dir.parent / f"serve-{self.port}.log", "w")
-        self.proc = subprocess.Popen(
-            [*LLMSUP, "serve", "--port", str(self.port), "--run-dir", str(run_dir), "--log-level", "warning"],
-            env=full_env, stdout=self.log, stderr=subprocess.STDOUT, process_group=0, preexec_fn=preexec,
-        )
-        self.http = httpx.Client(base_url=self.url, timeout=10)
-        wait_for(self._ready, 60, "server ready")
+    """``llmsup serve`` (sim backend) under test, started as a user would, its processes found by tag."""
 
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"server exited with {self.proc.returncode}")
-        try:
-            return self.http.get("/readyz").status_code == 200
-        except httpx.HTTPError:
-            return False
+    def __init__(self, run_dir: Path, ignore_sigint: bool = False, engines: int = 2, **env: str) -> None:
+        full_env = sim_environment(run_dir.parent, {"LLMSUP_HEARTBEAT_MS": "200", "LLMSUP_SIM_TOKEN_S": "0.002", **env})
+        self.live = start_llmsup(run_dir, run_dir.parent, full_env, engines=engines, args=["--log-level", "warning"],
+                                 ignore_sigint=ignore_sigint, log_name="serve")  # serve-N.log beside run_dir
+        self.proc = self.live.proc
+        self.http = httpx.Client(base_url=self.live.url, timeout=10)
 
     def tree(self) -> list[psutil.Process]:
-        return psutil.Process(self.proc.pid).children(recursive=True)
+        """Every process it started (its children, and engines and nannies in sessions of their own)."""
+        return [p for p in tagged_processes(self.live.tag) if p.pid != self.proc.pid]
 
     def submit(self, prompt: str, **body: Any) -> dict[str, Any]:
         resp = self.http.post("/v1/jobs", json={"prompt": prompt, **body})
@@ -71,14 +41,12 @@ class Server:
             job = self.http.get(f"/v1/jobs/{job_id}").json()
             return job if job["status"] not in ("queued", "running") else None
 
-        return wait_for(done, timeout, f"job {job_id}")
+        return eventually(done, timeout, f"job {job_id}")
 
     def close(self) -> None:
+        """Kill whatever is left of it (tests check their own clean stop first)."""
         self.http.close()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.log.close()
+        stop(self.live, grace=0)
 
 
 def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -104,7 +72,7 @@ def test_sigterm_stops_everything_it_started(tmp_path: Path) -> None:
         assert len([p for p in tree if "ipyparallel.engine" in " ".join(p.cmdline())]) >= 2
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
-        wait_for(lambda: not alive(tree), 15, "every child process gone")
+        eventually(lambda: not alive(tree), 15, "every child process gone")
     finally:
         kill_all(tree)
         server.close()
@@ -112,7 +80,7 @@ def test_sigterm_stops_everything_it_started(tmp_path: Path) -> None:
 
 def test_interrupt_works_when_started_with_sigint_ignored(tmp_path: Path) -> None:
     """A shell's `cmd &` leaves SIGINT ignored; the watchdog's SIGINT must still interrupt."""
-    server = Server(tmp_path / "run", ignore_sigint=True, LLMSUP_ENGINES="1")
+    server = Server(tmp_path / "run", ignore_sigint=True, engines=1)
     tree = server.tree()
     try:
         job = server.wait_job(server.submit("runaway [sim:hang]", deadline_s=1)["id"])
@@ -122,7 +90,7 @@ def test_interrupt_works_when_started_with_sigint_ignored(tmp_path: Path) -> Non
         assert nxt["status"] == "succeeded" and nxt["engine"]["pid"] == job["engine"]["pid"]
         server.proc.send_signal(signal.SIGINT)  # Ctrl-C still stops the server
         assert server.proc.wait(timeout=60) in (0, 130, -signal.SIGINT)
-        wait_for(lambda: not alive(tree), 15, "every child process gone")
+        eventually(lambda: not alive(tree), 15, "every child process gone")
     finally:
         kill_all(tree)
         server.close()
@@ -130,18 +98,18 @@ def test_interrupt_works_when_started_with_sigint_ignored(tmp_path: Path) -> Non
 
 def test_restart_after_sigkill_requeues_running_and_runs_queued(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    first = Server(run_dir, LLMSUP_ENGINES="1")
+    first = Server(run_dir, engines=1)
     old_tree = first.tree()
     second = None
     try:
         running = first.submit("long one [sim:slow=0.05]", max_tokens=400)
         queued = [first.submit(f"queued {i}", max_tokens=3) for i in range(3)]
-        wait_for(lambda: first.http.get(f"/v1/jobs/{running['id']}").json()["status"] == "running", 20, "running")
+        eventually(lambda: first.http.get(f"/v1/jobs/{running['id']}").json()["status"] == "running", 20, "running")
         os.kill(first.proc.pid, signal.SIGKILL)  # the supervisor dies; its cluster lives on
         first.proc.wait()
         assert alive(old_tree), "controller and engines outlive a SIGKILLed supervisor"
-        second = Server(run_dir, LLMSUP_ENGINES="1", LLMSUP_MAX_ATTEMPTS="3")
-        wait_for(lambda: not alive(old_tree), 15, "the old cluster stopped by the new supervisor")
+        second = Server(run_dir, engines=1, LLMSUP_MAX_ATTEMPTS="3")
+        eventually(lambda: not alive(old_tree), 15, "the old cluster stopped by the new supervisor")
         again = second.wait_job(running["id"], 60)
         assert again["status"] == "succeeded" and again["attempts"] == 2 and again["tokens"] == 400
         for q in queued:

@@ -3,8 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from llmsup.supervisor.settings import Settings, load_settings
 from pydantic import ValidationError
+
+from llmsup.supervisor.settings import Settings, load_settings
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -56,3 +57,18 @@ def test_security_settings_from_flags_env_and_file(tmp_path: Path, monkeypatch: 
     assert load_settings(allowed_hosts="*").allowed_hosts == ["*"]
     with pytest.raises(ValidationError, match="http_limit_concurrency"):
         Settings(http_limit_concurrency=0)
+
+
+def test_host_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LLMSUP_HOSTS", "gpu1, root@gpu2:2222")
+    s = Settings(engine_launcher="ssh", cluster_ip="10.0.0.1")
+    assert s.hosts == ["gpu1", "root@gpu2:2222"] and s.cluster_ip == "10.0.0.1"
+    assert Settings().host_loss_timeout_s == 5.0  # 10 heartbeats of the default 500 ms
+    assert Settings(heartbeat_ms=50).host_loss_timeout_s == 2.0 and Settings(heartbeat_ms=5000).host_loss_timeout_s == 10
+    assert Settings(host_loss_s=3).host_loss_timeout_s == 3
+    monkeypatch.delenv("LLMSUP_HOSTS")
+    with pytest.raises(ValidationError, match="hosts"):
+        Settings(engine_launcher="ssh")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('hosts = ["a", "b"]\nengine_launcher = "ssh"\n')
+    assert load_settings(cfg).hosts == ["a", "b"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
 from llmsup.supervisor.store import DuplicateKey, JobStore, MemoryStore, SQLiteStore
 from llmsup.supervisor.transitions import transition

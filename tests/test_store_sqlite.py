@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
 from llmsup.supervisor.store import SQLiteStore
 from llmsup.supervisor.transitions import transition

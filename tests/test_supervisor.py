@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 
 import pytest
+
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
+from support.waiting import eventually_async
 
 S = JobStatus
 pytestmark = pytest.mark.timeout(90)
@@ -17,15 +18,6 @@ pytestmark = pytest.mark.timeout(90)
 
 def submit(sup: Supervisor, prompt: str, **kw: object):  # type: ignore[no-untyped-def]
     return sup.submit(JobRequest(prompt, **kw)).job  # type: ignore[arg-type]
-
-
-async def until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll a condition with a deadline (not a sleep used as synchronisation)."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.settings(engines=1)
@@ -82,13 +74,13 @@ async def test_crashing_job_is_retried_elsewhere_then_fails(sup: Supervisor) -> 
 async def test_cancel_queued_and_running_and_admin_kill(sup: Supervisor) -> None:
     running = submit(sup, "long [sim:slow=0.05]", max_tokens=10_000)
     queued = submit(sup, "waiting")
-    await until(lambda: sup.get(running.id).status is S.RUNNING and sup.get(running.id).tokens > 0)
+    await eventually_async(lambda: sup.get(running.id).status is S.RUNNING and sup.get(running.id).tokens > 0)
     assert sup.cancel(queued.id).status is S.CANCELLED  # removed at once
     sup.cancel(running.id)
     running = await sup.wait(running.id, 10)
     assert running.status is S.CANCELLED and running.output.startswith("long")
     victim = submit(sup, "victim [sim:hang]")
-    await until(lambda: sup.get(victim.id).status is S.RUNNING)
+    await eventually_async(lambda: sup.get(victim.id).status is S.RUNNING)
     sup.kill(victim.id)
     victim = await sup.wait(victim.id, 10)
     assert victim.status is S.CANCELLED and victim.error == "killed by admin"
@@ -98,7 +90,7 @@ async def test_cancel_queued_and_running_and_admin_kill(sup: Supervisor) -> None
 @pytest.mark.settings(engines=1)
 async def test_priorities_and_idempotency(sup: Supervisor) -> None:
     blocker = submit(sup, "blocker [sim:slow=0.05]", max_tokens=10)
-    await until(lambda: sup.get(blocker.id).status is S.RUNNING)
+    await eventually_async(lambda: sup.get(blocker.id).status is S.RUNNING)
     low = submit(sup, "low", priority=-1)
     mid1 = submit(sup, "mid1")
     high = submit(sup, "high", priority=10)
@@ -183,7 +175,7 @@ async def test_error_in_generation_fails_without_retry_and_engine_survives(sup: 
 
 async def test_streamed_output_visible_while_running(sup: Supervisor) -> None:
     job = submit(sup, "stream me [sim:slow=0.02]", max_tokens=200)
-    await until(lambda: sup.get(job.id).tokens >= 3)
+    await eventually_async(lambda: sup.get(job.id).tokens >= 3)
     partial = sup.get(job.id)
     assert partial.status is S.RUNNING and partial.output.startswith("stream me")
     sup.cancel(job.id)
@@ -201,7 +193,7 @@ async def test_dispatch_to_an_engine_that_left_requeues_without_charge(sup: Supe
     sup.pool.add(ghost)
     sup.drain_engine(real.id)
     job = submit(sup, "hello", max_tokens=3)
-    await until(lambda: 999 not in sup.pool.engines)
+    await eventually_async(lambda: 999 not in sup.pool.engines)
     sup.drain_engine(real.id, drain=False)
     job = await sup.wait(job.id, 30)
     assert job.status is S.SUCCEEDED and job.attempts == 1 and job.engine.id != 999

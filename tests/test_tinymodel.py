@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.engines.tinymodel import MARKER, ensure_tiny_model, is_tiny_model
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
 from llmsup.supervisor.transitions import InvalidTransition, can_move, transition
 

@@ -1,4 +1,4 @@
-"""Batched vLLM engines (issue 7): continuous batching with per-request deadlines, on the CPU."""
+"""Batched vLLM engines: continuous batching with per-request deadlines, on the CPU."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from conftest import make_settings
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
-from test_supervisor import until
+from support.waiting import eventually_async
 
 S = JobStatus
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -45,7 +46,7 @@ async def test_batch_overlaps_deadlines_kill_and_late_joiner(sup: Supervisor) ->
     # a batch of 8 with 2 runaways (2 s deadline): they time out alone, the 6 others complete in full
     runaways = [submit(sup, f"Runaway {i}", max_tokens=100_000, deadline_s=2.0, extra=LONG) for i in range(2)]
     others = [submit(sup, f"Normal {i}", max_tokens=400, deadline_s=120, extra=LONG) for i in range(6)]
-    await until(lambda: all(sup.get(j.id).status is S.RUNNING for j in runaways + others), 30)
+    await eventually_async(lambda: all(sup.get(j.id).status is S.RUNNING for j in runaways + others), 30)
     late = submit(sup, "Late joiner", max_tokens=8, extra=LONG)  # joins the running batch
     late = await sup.wait(late.id, 60)
     for r in runaways:
@@ -66,15 +67,15 @@ async def test_batch_overlaps_deadlines_kill_and_late_joiner(sup: Supervisor) ->
 async def test_unresponsive_loop_sigint_then_sigkill_requeues_the_rest(sup: Supervisor) -> None:
     pid = next(iter(sup.pool)).pid
     due = submit(sup, "Due soon", max_tokens=100_000, deadline_s=1.0, extra=LONG)
-    await until(lambda: sup.get(due.id).tokens > 0, 60)
+    await eventually_async(lambda: sup.get(due.id).tokens > 0, 60)
     stall = submit(sup, "Stall [llmsup:stall=60]", max_tokens=4, extra=LONG)
     due = await sup.wait(due.id, 30)
     assert due.status is S.TIMED_OUT and sup.metrics.interrupts.labels("sigint")._value.get() == 1
     assert (await sup.wait(stall.id, 30)).status is S.SUCCEEDED  # the engine survived the SIGINT
     neighbours = [submit(sup, f"Neighbour {i}", max_tokens=300, deadline_s=120, extra=LONG) for i in range(3)]
-    await until(lambda: all(sup.get(j.id).tokens > 0 for j in neighbours), 60)
+    await eventually_async(lambda: all(sup.get(j.id).tokens > 0 for j in neighbours), 60)
     due2 = submit(sup, "Due again", max_tokens=100_000, deadline_s=1.0, extra=LONG)
-    await until(lambda: sup.get(due2.id).status is S.RUNNING, 30)
+    await eventually_async(lambda: sup.get(due2.id).status is S.RUNNING, 30)
     submit(sup, "Wedge [llmsup:stall-nosigint]", max_tokens=4, deadline_s=1.0, extra=LONG)
     due2 = await sup.wait(due2.id, 60)
     assert due2.status is S.TIMED_OUT and "killed" in due2.error

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import openai
 import pytest
+
 from llmsup.supervisor.settings import Settings
 from llmsup.web import auth
 from llmsup.web.app import create_app

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from webfixtures import Server, job_status, serve, server, wait_for  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(180)
@@ -108,6 +109,12 @@ def test_restart_button_replaces_the_engine(page, server: Server) -> None:  # no
 
     wait_for(two_serving, 30, what="the replacement engine on the page")
     page.screenshot(path=str(ARTIFACTS / "dashboard-restarted.png"), full_page=True)
+
+
+def test_hosts_show_with_their_engine_count(page, server: Server) -> None:  # noqa: F811
+    card = page.locator('.host[data-state="up"]')
+    card.wait_for(timeout=15_000)
+    assert "(this server)" in card.inner_text() and card.locator(".host-engines").inner_text() == "2"
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+
 from llmsup.supervisor.settings import Settings
 from llmsup.web.app import create_app
-from webfixtures import Server, serve
+from support.live import LiveServer as Server
+from support.live import serving
 
 pytestmark = pytest.mark.timeout(240)
 EXAMPLES = int(os.environ.get("LLMSUP_FUZZ_EXAMPLES", "12"))
@@ -30,7 +32,8 @@ FUZZ_SETTINGS_DEFAULT_MAX_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from serve(tmp_path_factory, "fuzz", **FUZZ_SETTINGS)
+    with serving(tmp_path_factory.mktemp("fuzz"), **FUZZ_SETTINGS) as live:
+        yield live
 
 
 def app_spec() -> dict:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.requests import InvalidRequest, JobRequest
 from llmsup.supervisor.rundir import prepare_run_dir

@@ -1,39 +1,45 @@
 """Limits: 413 for big bodies, 422 with a message for bad ones (never a 500), 429 + Retry-After when the queue
-is full (nothing half-created), and the health / metrics endpoints."""
+is full (nothing half-created), and the health / metrics endpoints.
+
+In-process (``support.inprocess``): none of this needs an engine. Jobs submitted here stay queued.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import openai
 import pytest
-from webfixtures import Server, job_status, serve, wait_for
 
-pytestmark = pytest.mark.timeout(120)
+from support.inprocess import InProcessApp, in_process
+
+pytestmark = pytest.mark.timeout(60)
 MAX_BODY = 65_536
+LIMITS = dict(queue_max=2, max_body_bytes=MAX_BODY, max_prompt_chars=1000, max_tokens_limit=500, max_deadline_s=120)
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from serve(tmp_path_factory, "small", engines=1, queue_max=2, max_body_bytes=MAX_BODY,
-                     max_prompt_chars=1000, max_tokens_limit=500, max_deadline_s=120)
+@pytest.fixture
+async def small(tmp_path: Path) -> AsyncIterator[InProcessApp]:
+    async with in_process(tmp_path / "run", **LIMITS) as app:
+        yield app
 
 
-def test_oversized_bodies_get_413(small: Server) -> None:
+async def test_oversized_bodies_get_413(small: InProcessApp) -> None:
     big = b'{"prompt": "' + b"a" * (MAX_BODY + 10) + b'"}'
-    with small.client() as c:
-        declared = c.post("/v1/jobs", content=big, headers={"content-type": "application/json"})
-        assert declared.status_code == 413 and "larger than" in declared.json()["error"]
+    c = small.http
+    declared = await c.post("/v1/jobs", content=big, headers={"content-type": "application/json"})
+    assert declared.status_code == 413 and "larger than" in declared.json()["error"]
 
-        def chunks() -> Iterator[bytes]:  # no Content-Length: the size is counted as it streams in
-            for i in range(0, len(big), 8192):
-                yield big[i:i + 8192]
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the size is counted as it streams in
+        for i in range(0, len(big), 8192):
+            yield big[i:i + 8192]
 
-        streamed = c.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
-        assert streamed.status_code == 413
-        oai = c.post("/v1/completions", content=big, headers={"content-type": "application/json"})
-        assert oai.status_code == 413 and oai.json()["error"]["type"] == "invalid_request_error"
-        assert c.get("/v1/jobs").json()["count"] == 0  # nothing was created
+    streamed = await c.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+    oai = await c.post("/v1/completions", content=big, headers={"content-type": "application/json"})
+    assert oai.status_code == 413 and oai.json()["error"]["type"] == "invalid_request_error"
+    assert (await c.get("/v1/jobs")).json()["count"] == 0  # nothing was created
 
 
 @pytest.mark.parametrize(
@@ -53,11 +59,10 @@ def test_oversized_bodies_get_413(small: Server) -> None:
         ([1, 2], "valid dictionary"),
     ],
 )
-def test_bad_job_bodies_get_422_with_a_message(small: Server, body: object, needle: str) -> None:
-    with small.client() as c:
-        resp = c.post("/v1/jobs", json=body)
-        assert resp.status_code == 422, resp.text
-        assert needle in resp.json()["error"]
+async def test_bad_job_bodies_get_422_with_a_message(small: InProcessApp, body: object, needle: str) -> None:
+    resp = await small.http.post("/v1/jobs", json=body)
+    assert resp.status_code == 422, resp.text
+    assert needle in resp.json()["error"]
 
 
 @pytest.mark.parametrize(
@@ -71,46 +76,43 @@ def test_bad_job_bodies_get_422_with_a_message(small: Server, body: object, need
         ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}'),
     ],
 )
-def test_malformed_input_is_never_a_500(small: Server, path: str, content: bytes) -> None:
-    with small.client() as c:
-        resp = c.post(path, content=content, headers={"content-type": "application/json"})
-        assert resp.status_code == (422 if path == "/v1/jobs" else 400), resp.text  # the OpenAI routes answer 400
-    with small.client() as c:
-        assert c.get("/v1/jobs", params={"limit": 0}).status_code == 422
-        assert c.get("/v1/jobs", params={"status": "nonsense"}).status_code == 422
-        assert c.get("/admin/engines/abc", headers=small.admin).status_code == 422
+async def test_malformed_input_is_never_a_500(small: InProcessApp, path: str, content: bytes) -> None:
+    c = small.http
+    resp = await c.post(path, content=content, headers={"content-type": "application/json"})
+    assert resp.status_code == (422 if path == "/v1/jobs" else 400), resp.text  # the OpenAI routes answer 400
+    assert (await c.get("/v1/jobs", params={"limit": 0})).status_code == 422
+    assert (await c.get("/v1/jobs", params={"status": "nonsense"})).status_code == 422
+    assert (await c.get("/admin/engines/abc", headers=small.admin)).status_code == 422
 
 
-def test_full_queue_gets_429_with_retry_after_and_creates_nothing(small: Server) -> None:
-    with small.client() as c:
-        runaway = c.post("/v1/jobs", json={"prompt": "[sim:hang]", "deadline_s": 60}).json()
-        wait_for(lambda: job_status(c, runaway["id"])["status"] == "running", what="runaway running")
-        queued = [c.post("/v1/jobs", json={"prompt": f"q{i}", "max_tokens": 1}).json()["id"] for i in range(2)]
-        try:
-            before = c.get("/v1/jobs", params={"limit": 1000}).json()["count"]
-            full = c.post("/v1/jobs", json={"prompt": "one too many", "idempotency_key": "late"})
-            assert full.status_code == 429
-            assert int(full.headers["retry-after"]) >= 1 and "queue full" in full.json()["error"]
-            with openai.OpenAI(base_url=small.url + "/v1", api_key="x", max_retries=0) as oai:
-                with pytest.raises(openai.RateLimitError) as err:
-                    oai.completions.create(model="sim", prompt="x", max_tokens=1)
-                assert err.value.code == "queue_full" and err.value.response.headers["retry-after"]
-            assert c.get("/v1/jobs", params={"limit": 1000}).json()["count"] == before  # nothing half-created
-            again = c.post("/v1/jobs", json={"prompt": "one too many", "idempotency_key": "late"})
-            assert again.status_code == 429  # the key was not taken by the refused submission
-        finally:
-            c.post(f"/admin/jobs/{runaway['id']}/kill", headers=small.admin)
-        for jid in queued:  # the engine is free again: the queue drains
-            wait_for(lambda jid=jid: job_status(c, jid)["status"] == "succeeded", what="queued jobs to run")
+async def test_full_queue_gets_429_with_retry_after_and_creates_nothing(small: InProcessApp) -> None:
+    c = small.http
+    queued = [(await c.post("/v1/jobs", json={"prompt": f"q{i}", "max_tokens": 1})).json()["id"] for i in range(2)]
+    before = (await c.get("/v1/jobs", params={"limit": 1000})).json()["count"]
+    full = await c.post("/v1/jobs", json={"prompt": "one too many", "idempotency_key": "late"})
+    assert full.status_code == 429
+    assert int(full.headers["retry-after"]) >= 1 and "queue full" in full.json()["error"]
+    async with small.openai() as oai:
+        with pytest.raises(openai.RateLimitError) as err:
+            await oai.completions.create(model="sim", prompt="x", max_tokens=1)
+    assert err.value.code == "queue_full" and err.value.response.headers["retry-after"]
+    assert (await c.get("/v1/jobs", params={"limit": 1000})).json()["count"] == before  # nothing half-created
+    again = await c.post("/v1/jobs", json={"prompt": "one too many", "idempotency_key": "late"})
+    assert again.status_code == 429  # the key was not taken by the refused submission
+    for jid in queued:  # room again: the key is free to use
+        assert (await c.post(f"/v1/jobs/{jid}/cancel")).json()["status"] == "cancelled"
+    assert (await c.post("/v1/jobs", json={"prompt": "now there is room", "idempotency_key": "late"})).status_code == 202
 
 
-def test_health_ready_and_metrics(small: Server) -> None:
-    with small.client() as c:
-        assert c.get("/healthz").json()["status"] == "ok"
-        ready = c.get("/readyz").json()
-        assert ready["status"] == "ready" and ready["engines"] == 1
-        c.post("/v1/completions", json={"prompt": "count me", "max_tokens": 3})
-        text = c.get("/metrics").text
+async def test_health_ready_and_metrics(small: InProcessApp) -> None:
+    c = small.http
+    assert (await c.get("/healthz")).json()["status"] == "ok"
+    not_ready = await c.get("/readyz")  # no engine serves
+    assert not_ready.status_code == 503 and not_ready.json() == {"status": "not ready", "engines": 0}
+    assert (await c.post("/v1/jobs", json={"prompt": "count me", "max_tokens": 3})).status_code == 202
+    metrics = await c.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
     for family in (
         "llmsup_queue_depth", "llmsup_running_jobs", "llmsup_job_outcomes_total", "llmsup_queue_wait_seconds_bucket",
         "llmsup_run_seconds_bucket", "llmsup_interrupt_steps_total", "llmsup_engine_restarts",
@@ -118,5 +120,6 @@ def test_health_ready_and_metrics(small: Server) -> None:
         "llmsup_http_requests_total", "llmsup_http_request_seconds_bucket", "llmsup_sse_streams",
     ):
         assert family in text, family
-    assert 'llmsup_http_requests_total{method="POST",route="/v1/completions",status="200"}' in text
-    assert 'llmsup_job_outcomes_total{status="succeeded"}' in text
+    assert 'llmsup_http_requests_total{method="POST",route="/v1/jobs",status="202"} 1.0' in text
+    assert 'llmsup_http_requests_total{method="GET",route="/readyz",status="503"} 1.0' in text
+    assert "llmsup_jobs_submitted_total 1.0" in text

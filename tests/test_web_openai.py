@@ -1,17 +1,25 @@
-"""The OpenAI-compatible routes, driven by the official ``openai`` SDK against a real ``llmsup serve``."""
+"""The OpenAI-compatible routes, driven by the official ``openai`` SDK: end to end against a real ``llmsup serve``
+(``server``), and in-process (``web``) for what never reaches an engine (models, validation, unknown model)."""
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
-from webfixtures import Server, job_status, server, wait_for  # noqa: F401 (fixture)
+
+from support.inprocess import InProcessApp
+from support.live import LiveServer as Server
+from support.live import job_status
+from support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module")
-def oai(server: Server) -> openai.OpenAI:  # noqa: F811
+def oai(server: Server) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60) as client:
         yield client
 
@@ -21,11 +29,12 @@ def llmsup_info(obj: object) -> dict:
     return extra["llmsup"]
 
 
-def test_models(oai: openai.OpenAI) -> None:
-    assert [m.id for m in oai.models.list()] == ["sim"]
+async def test_models(web: InProcessApp) -> None:
+    async with web.openai() as oai:
+        assert [m.id async for m in oai.models.list()] == ["sim"]
 
 
-def test_completion_usage_and_finish_reasons(oai: openai.OpenAI, server: Server) -> None:  # noqa: F811
+def test_completion_usage_and_finish_reasons(oai: openai.OpenAI, server: Server) -> None:
     resp = oai.completions.create(model="sim", prompt="alpha beta gamma", max_tokens=5)
     choice = resp.choices[0]
     assert choice.text == "alpha beta gamma alpha beta "
@@ -56,7 +65,7 @@ def test_chat_completion(oai: openai.OpenAI) -> None:
     assert resp.object == "chat.completion"
 
 
-def test_completion_stream_matches_the_job(oai: openai.OpenAI, server: Server) -> None:  # noqa: F811
+def test_completion_stream_matches_the_job(oai: openai.OpenAI, server: Server) -> None:
     stream = oai.completions.create(
         model="sim", prompt="a b c [sim:slow=0.01]", max_tokens=12, stream=True, stream_options={"include_usage": True},
     )
@@ -100,7 +109,7 @@ def test_deadline_stops_a_runaway_with_a_clear_reason(oai: openai.OpenAI) -> Non
     assert llmsup_info(chunks[-1])["status"] == "timed_out"
 
 
-def test_vllm_extension_fields_reach_the_job(oai: openai.OpenAI, server: Server) -> None:  # noqa: F811
+def test_vllm_extension_fields_reach_the_job(oai: openai.OpenAI, server: Server) -> None:
     resp = oai.completions.create(
         model="sim", prompt="p", max_tokens=3, seed=7, top_p=0.9,
         extra_body={"top_k": 5, "ignore_eos": True, "min_tokens": 2, "priority": -3, "repetition_penalty": 1.0},
@@ -211,9 +220,10 @@ def test_vllm_serving_routes(server: Server) -> None:  # noqa: F811
         assert c.post("/tokenize", json={}).status_code == 400
 
 
-def test_unknown_model_is_404(oai: openai.OpenAI) -> None:
-    with pytest.raises(openai.NotFoundError) as err:
-        oai.completions.create(model="gpt-nothing", prompt="x", max_tokens=1)
+async def test_unknown_model_is_404(web: InProcessApp) -> None:
+    async with web.openai() as oai:
+        with pytest.raises(openai.NotFoundError) as err:
+            await oai.completions.create(model="gpt-nothing", prompt="x", max_tokens=1)
     assert err.value.code == "model_not_found"
 
 
@@ -223,18 +233,18 @@ def test_failed_job_is_a_500_with_the_job_error(oai: openai.OpenAI) -> None:
     assert err.value.code == "job_failed" and "scripted error" in err.value.message
 
 
-def test_stream_disconnect_cancels_the_job(server: Server) -> None:  # noqa: F811
+def test_stream_disconnect_cancels_the_job(server: Server) -> None:
     with server.client() as c:
         body = {"model": "sim", "prompt": "runaway [sim:hang]", "max_tokens": 50, "stream": True, "timeout": 60}
         with c.stream("POST", "/v1/completions", json=body) as resp:
             job_id = resp.headers["x-llmsup-job-id"]
             lines = resp.iter_lines()
             assert next(lines).startswith("data: ")  # first chunk read, then the client goes away
-        job = wait_for(lambda: (j := job_status(c, job_id))["status"] in ("cancelled",) and j, 15, what="cancel")
+        job = eventually(lambda: (j := job_status(c, job_id))["status"] in ("cancelled",) and j, 15, what="cancel")
         assert "client disconnected" in job["error"]
 
 
-def test_non_stream_disconnect_cancels_the_job(server: Server) -> None:  # noqa: F811
+def test_non_stream_disconnect_cancels_the_job(server: Server) -> None:
     with server.client() as c:
         before = {j["id"] for j in c.get("/v1/jobs", params={"limit": 1000}).json()["jobs"]}
         with pytest.raises(httpx.ReadTimeout):
@@ -245,14 +255,13 @@ def test_non_stream_disconnect_cancels_the_job(server: Server) -> None:  # noqa:
             new = [j for j in c.get("/v1/jobs", params={"limit": 1000}).json()["jobs"] if j["id"] not in before]
             return new[0] if new and new[0]["status"] == "cancelled" else None
 
-        job = wait_for(cancelled, 15, what="the abandoned job to be cancelled")
+        job = eventually(cancelled, 15, what="the abandoned job to be cancelled")
         assert "client disconnected" in job["error"]
 
 
-def test_native_jobs_take_the_same_sampling_fields(server: Server) -> None:  # noqa: F811
-    with server.client() as c:
-        body = {"prompt": "p", "max_tokens": 2, "top_k": 3, "seed": 1, "top_p": 0.5, "ignore_eos": True, "min_tokens": 1}
-        job = c.post("/v1/jobs", json=body).json()
+async def test_native_jobs_take_the_same_sampling_fields(web: InProcessApp) -> None:
+    body = {"prompt": "p", "max_tokens": 2, "top_k": 3, "seed": 1, "top_p": 0.5, "ignore_eos": True, "min_tokens": 1}
+    job = (await web.http.post("/v1/jobs", json=body)).json()
     assert {k: job["params"][k] for k in ("top_k", "seed", "top_p", "ignore_eos", "min_tokens")} == {
         "top_k": 3, "seed": 1, "top_p": 0.5, "ignore_eos": True, "min_tokens": 1}
 
@@ -266,3 +275,11 @@ def test_chat_echo_and_continue_final_message(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError):
         oai.chat.completions.create(model="sim", max_tokens=2, messages=messages,
                                     extra_body={"continue_final_message": True, "add_generation_prompt": True})
+
+
+def test_metrics_count_completions_and_their_outcomes(oai: openai.OpenAI, server: Server) -> None:
+    oai.completions.create(model="sim", prompt="count me", max_tokens=3)
+    with server.client() as c:
+        text = c.get("/metrics").text
+    assert re.search(r'^llmsup_http_requests_total\{method="POST",route="/v1/completions",status="200"\} [1-9]', text, re.M)
+    assert re.search(r'^llmsup_job_outcomes_total\{status="succeeded"\} [1-9]', text, re.M)

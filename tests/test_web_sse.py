@@ -1,4 +1,7 @@
-"""Server-Sent Events: one job's events in order, the global feed, and streams that end with their client."""
+"""Server-Sent Events: one job's events in order, the global feed, and streams that end with their client.
+
+Streams need a live server (``server``); the answers that come before any stream run in-process (``web``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from webfixtures import Server, job_status, server, wait_for  # noqa: F401 (fixture)
+
+from support.inprocess import InProcessApp
+from support.live import LiveServer as Server
+from support.live import job_status
+from support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,7 +41,7 @@ def open_streams(c: httpx.Client) -> float:
     return float(re.search(r"^llmsup_sse_streams (\S+)$", text, re.M).group(1))
 
 
-def test_job_events_in_order_from_queued_to_succeeded(server: Server) -> None:  # noqa: F811
+def test_job_events_in_order_from_queued_to_succeeded(server: Server) -> None:
     with server.client() as c:
         # drained engines hold the job in the queue, so the stream sees every status change
         for e in c.get("/admin/engines", headers=server.admin).json()["engines"]:
@@ -66,19 +73,23 @@ def test_job_events_in_order_from_queued_to_succeeded(server: Server) -> None:  
     assert len(tokens) >= 10
 
 
-def test_events_of_a_finished_job_and_of_an_unknown_one(server: Server) -> None:  # noqa: F811
+def test_events_of_a_finished_job(server: Server) -> None:
     with server.client() as c:
         job = c.post("/v1/jobs", json={"prompt": "quick", "max_tokens": 2}).json()
-        wait_for(lambda: job_status(c, job["id"])["status"] == "succeeded", what="job done")
+        eventually(lambda: job_status(c, job["id"])["status"] == "succeeded", what="job done")
         with c.stream("GET", f"/v1/jobs/{job['id']}/events") as resp:
             events = list(sse_events(resp.iter_lines()))
         assert [n for n, _ in events] == ["job", "end"]
         assert events[-1][1]["output"] == "quick quick "
-        missing = c.get("/v1/jobs/job-nope/events")
-        assert missing.status_code == 404 and "job-nope" in missing.json()["error"]
 
 
-def test_a_stream_ends_with_its_client_and_leaves_the_job_alone(server: Server) -> None:  # noqa: F811
+async def test_events_of_an_unknown_job_are_a_404_before_any_stream(web: InProcessApp) -> None:
+    missing = await web.http.get("/v1/jobs/job-nope/events")
+    assert missing.status_code == 404 and "job-nope" in missing.json()["error"]
+    assert missing.headers["content-type"].startswith("application/json")
+
+
+def test_a_stream_ends_with_its_client_and_leaves_the_job_alone(server: Server) -> None:
     with server.client() as c:
         base = open_streams(c)
         job = c.post("/v1/jobs", json={"prompt": "silent [sim:hang]", "max_tokens": 50, "deadline_s": 30}).json()
@@ -86,24 +97,24 @@ def test_a_stream_ends_with_its_client_and_leaves_the_job_alone(server: Server) 
             with viewer.stream("GET", f"/v1/jobs/{job['id']}/events") as resp:
                 lines = resp.iter_lines()  # (dropping a half-read iterator closes the connection)
                 next(lines)
-                wait_for(lambda: open_streams(c) == base + 1, 10, what="stream counted")
+                eventually(lambda: open_streams(c) == base + 1, 10, what="stream counted")
         # the job produces nothing now: only the server noticing the disconnect can end the stream
-        wait_for(lambda: open_streams(c) == base, 5, what="stream gone with its client")
+        eventually(lambda: open_streams(c) == base, 5, what="stream gone with its client")
         assert job_status(c, job["id"])["status"] == "running"  # a plain viewer does not cancel
         c.post(f"/admin/jobs/{job['id']}/kill", headers=server.admin).raise_for_status()
-        wait_for(lambda: job_status(c, job["id"])["status"] == "cancelled", what="killed")
+        eventually(lambda: job_status(c, job["id"])["status"] == "cancelled", what="killed")
 
 
-def test_cancel_on_disconnect_option(server: Server) -> None:  # noqa: F811
+def test_cancel_on_disconnect_option(server: Server) -> None:
     with server.client() as c:
         job = c.post("/v1/jobs", json={"prompt": "[sim:hang]", "max_tokens": 50, "deadline_s": 30}).json()
         with c.stream("GET", f"/v1/jobs/{job['id']}/events", params={"cancel_on_disconnect": True}) as resp:
             next(resp.iter_lines())
-        done = wait_for(lambda: (j := job_status(c, job["id"]))["status"] == "cancelled" and j, 10, what="cancel")
+        done = eventually(lambda: (j := job_status(c, job["id"]))["status"] == "cancelled" and j, 10, what="cancel")
         assert "event stream was closed" in done["error"]
 
 
-def test_global_feed(server: Server) -> None:  # noqa: F811
+def test_global_feed(server: Server) -> None:
     with server.client() as c:
         with c.stream("GET", "/v1/events", params={"engines_every_s": 0.2}) as resp:
             stream = sse_events(resp.iter_lines())
@@ -125,7 +136,7 @@ def test_global_feed(server: Server) -> None:  # noqa: F811
     assert engines_events >= 1
 
 
-def test_long_poll_answers_when_the_job_ends(server: Server) -> None:  # noqa: F811
+def test_long_poll_answers_when_the_job_ends(server: Server) -> None:
     with server.client() as c:
         job = c.post("/v1/jobs", json={"prompt": "slowish [sim:slow=0.02]", "max_tokens": 20}).json()
         done = c.get(f"/v1/jobs/{job['id']}", params={"wait_s": 20}).json()
@@ -135,4 +146,11 @@ def test_long_poll_answers_when_the_job_ends(server: Server) -> None:  # noqa: F
         assert still["status"] in ("queued", "running")  # answered at wait_s
         c.post(f"/admin/jobs/{hang['id']}/kill", headers=server.admin)
         assert c.get(f"/v1/jobs/{hang['id']}", params={"wait_s": 20}).json()["status"] == "cancelled"
-        assert c.get(f"/v1/jobs/{hang['id']}", params={"wait_s": 61}).status_code == 422
+
+
+async def test_long_poll_bounds(web: InProcessApp) -> None:
+    job = (await web.http.post("/v1/jobs", json={"prompt": "stays queued"})).json()
+    assert (await web.http.get(f"/v1/jobs/{job['id']}", params={"wait_s": 61})).status_code == 422
+    assert (await web.http.get(f"/v1/jobs/{job['id']}", params={"wait_s": -1})).status_code == 422
+    still = await web.http.get(f"/v1/jobs/{job['id']}", params={"wait_s": 0.05})  # answered at wait_s
+    assert still.status_code == 200 and still.json()["status"] == "queued"

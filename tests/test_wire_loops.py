@@ -22,6 +22,7 @@ from typing import TypeVar
 import pytest
 import zmq
 import zmq.asyncio
+
 from llmsup.engines import runtime
 from llmsup.engines.batch import BatchServer
 from llmsup.engines.messages import (

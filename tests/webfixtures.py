@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from serverfixtures import LiveServer, finish_server, start_server
 
 

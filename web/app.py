@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+
 from llmsup.supervisor import __version__, retention
 from llmsup.supervisor.rundir import prepare_run_dir, write_private
 from llmsup.supervisor.service import Supervisor

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+
 from llmsup.supervisor.jobs import Job
 from llmsup.supervisor.requests import InvalidRequest, JobNotFound, check_owner_name
 from llmsup.supervisor.rundir import prepare_run_dir, write_private
@@ -153,7 +154,8 @@ def bearer(request: Request) -> str | None:
 
 
 def get_auth(request: Request) -> Auth:
-    return request.app.state.auth
+    auth: Auth = request.app.state.auth
+    return auth
 
 
 async def require_admin(request: Request) -> Principal:  # async: FastAPI runs sync ones in threads

@@ -5,16 +5,19 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
 
 
 async def get_supervisor(request: Request) -> Supervisor:  # async: no thread hop per request
-    return request.app.state.supervisor
+    sup: Supervisor = request.app.state.supervisor
+    return sup
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.supervisor.settings
+    settings: Settings = request.app.state.supervisor.settings
+    return settings
 
 
 SupervisorDep = Annotated[Supervisor, Depends(get_supervisor)]

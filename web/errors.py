@@ -12,10 +12,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from llmsup.supervisor.requests import EngineBusy, EngineNotFound, InvalidRequest, JobNotFound, QueueFull
-from llmsup.supervisor.transitions import InvalidTransition
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+
+from llmsup.supervisor.requests import EngineBusy, EngineNotFound, InvalidRequest, JobNotFound, QueueFull
+from llmsup.supervisor.transitions import InvalidTransition
 
 log = logging.getLogger("llmsup.web")
 OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info")

@@ -31,11 +31,10 @@ async def follow(sup: Supervisor, job_id: str, ping_s: float = 15.0) -> AsyncIte
     a terminal ``status``; raises JobNotFound before yielding anything."""
     sub = sup.hub.subscribe(job_id)
     try:
-        job = sup.get(job_id)  # no await since subscribing: nothing is missed
+        job, next_seq = _snapshot(sup, job_id)  # no await since subscribing: nothing is missed
         yield Update("job", job, job.status)
         if job.status.terminal:
             return
-        next_seq = job.tokens if job.status is JobStatus.RUNNING else 0
         while True:
             try:
                 async with asyncio.timeout(ping_s):  # (wait_for can swallow a cancel in Python 3.11)
@@ -48,26 +47,29 @@ async def follow(sup: Supervisor, job_id: str, ping_s: float = 15.0) -> AsyncIte
                     return  # the supervisor is stopping
                 sub.close()  # fell behind: start over from a fresh snapshot
                 sub = sup.hub.subscribe(job_id)
-                job = sup.get(job_id)
-                next_seq = job.tokens if job.status is JobStatus.RUNNING else 0
-                yield Update("job", job, job.status)
-                if job.status.terminal:
-                    return
+                job, next_seq = _snapshot(sup, job_id)
+                update = Update("job", job, job.status)
+            elif ev["type"] == "token":
+                if ev["seq"] != next_seq:
+                    continue
+                next_seq += 1
+                update = Update("token", seq=ev["seq"], text=ev["text"])
+            elif ev["type"] == "status":
+                next_seq = 0  # queued again, or a new attempt started: its tokens count from 0
+                update = Update("status", sup.get(job_id), JobStatus(ev["status"]))
+            else:
                 continue
-            if ev["type"] == "token":
-                if ev["seq"] == next_seq:
-                    next_seq += 1
-                    yield Update("token", seq=ev["seq"], text=ev["text"])
-                continue
-            if ev["type"] != "status":
-                continue
-            status = JobStatus(ev["status"])
-            next_seq = 0  # queued again, or a new attempt started: its tokens count from 0
-            yield Update("status", sup.get(job_id), status)
-            if status.terminal:
+            yield update
+            if update.status is not None and update.status.terminal:
                 return
     finally:
         sub.close()
+
+
+def _snapshot(sup: Supervisor, job_id: str) -> tuple[Job, int]:
+    """The job as stored now, and the seq of the next token expected (tokens streamed so far, if running)."""
+    job = sup.get(job_id)
+    return job, (job.tokens if job.status is JobStatus.RUNNING else 0)
 
 
 class TextTracker:

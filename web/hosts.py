@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 
 import psutil
+
 from llmsup.supervisor.settings import Settings
 from llmsup.web.errors import error_body
 from llmsup.web.limits import ASGIApp, Receive, Scope, Send

@@ -17,10 +17,11 @@ import json
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+from pydantic import BaseModel
+
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.requests import JobNotFound
 from llmsup.supervisor.service import Supervisor
-from pydantic import BaseModel
 
 T = TypeVar("T")
 

@@ -3,8 +3,9 @@
 - ``event: snapshot``: ``{"jobs": [summary], "engines": [...] | null, "starting": [...], "counts": {...}}`` first;
 - ``event: job``: a job summary on each status change, and at most every ``flush_s`` while it streams tokens
   (``output_tail`` = the last characters of its output);
-- ``event: engines``: ``{"engines", "starting", "counts"}`` every ``engines_every_s`` (``busy_s`` = how long the
-  current job has run, ``deadline_s`` = its deadline).
+- ``event: engines``: ``{"engines", "starting", "hosts", "counts"}`` every ``engines_every_s`` (``busy_s`` = how
+  long the current job has run, ``deadline_s`` = its deadline; ``hosts`` as ``/admin/hosts`` lists them, without
+  their engine lists).
 
 With API keys on, a key user sees only their own jobs and no engines; the admin token (or keys off) sees all.
 Each stream takes a slot of ``sse_max_per_owner`` / ``sse_max_total`` (429 when none is left). Snapshots are
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.requests import JobNotFound
 from llmsup.supervisor.service import Supervisor
@@ -51,7 +53,7 @@ def _engines(sup: Supervisor, principal: Principal, counts: SharedCounts) -> dic
     if not principal.sees_all:
         return {"engines": None, "starting": [], "counts": None}
     data = engine_list(sup).model_dump(mode="json")
-    return {**data, "counts": counts.get(sup)}
+    return {**data, "hosts": sup.host_views(), "counts": counts.get(sup)}
 
 
 def shared_counts(request: Request) -> SharedCounts:

@@ -101,28 +101,24 @@ def _schema_text(schema: Any, param: str) -> str:
 
 def features_used(body: SamplingRequest, token_prompts: bool) -> dict[str, str]:
     """Backend features this request needs -> the request field that needs it."""
-    used: dict[str, str] = {}
-    if (body.presence_penalty or 0) != 0 or (body.frequency_penalty or 0) != 0 or body.repetition_penalty not in (None, 1):
-        used["penalties"] = "presence_penalty / frequency_penalty / repetition_penalty"
-    if body.min_p:
-        used["min_p"] = "min_p"
-    if body.logit_bias:
-        used["logit_bias"] = "logit_bias"
-    if body.stop_token_ids:
-        used["stop_token_ids"] = "stop_token_ids"
-    if body.allowed_token_ids:
-        used["allowed_token_ids"] = "allowed_token_ids"
-    if body.sample_logprobs() is not None:
-        used["logprobs"] = "logprobs"
-    if body.prompt_logprobs is not None or (getattr(body, "echo", False) and body.sample_logprobs() is not None):
-        used["prompt_logprobs"] = "prompt_logprobs"
-    if body.structured_outputs is not None or (body.response_format and body.response_format.type != "text"):
-        used["structured_outputs"] = "response_format" if body.response_format else "structured_outputs"
-    if token_prompts:
-        used["token_prompts"] = "prompt"
-    if body.return_token_ids:
-        used["token_ids"] = "return_token_ids"
-    return used
+    logprobs = body.sample_logprobs() is not None
+    structured = body.structured_outputs is not None or bool(body.response_format and body.response_format.type != "text")
+    penalised = (body.presence_penalty or 0) != 0 or (body.frequency_penalty or 0) != 0 or body.repetition_penalty not in (
+        None, 1)
+    needs = (
+        ("penalties", "presence_penalty / frequency_penalty / repetition_penalty", penalised),
+        ("min_p", "min_p", bool(body.min_p)),
+        ("logit_bias", "logit_bias", bool(body.logit_bias)),
+        ("stop_token_ids", "stop_token_ids", bool(body.stop_token_ids)),
+        ("allowed_token_ids", "allowed_token_ids", bool(body.allowed_token_ids)),
+        ("logprobs", "logprobs", logprobs),
+        ("prompt_logprobs", "prompt_logprobs",
+         body.prompt_logprobs is not None or (bool(getattr(body, "echo", False)) and logprobs)),
+        ("structured_outputs", "response_format" if body.response_format else "structured_outputs", structured),
+        ("token_prompts", "prompt", token_prompts),
+        ("token_ids", "return_token_ids", bool(body.return_token_ids)),
+    )
+    return {feature: param for feature, param, needed in needs if needed}
 
 
 def _check_model(body: SamplingRequest, model: ServedModel | None, token_prompts: bool, tok: Tokenizer | None) -> None:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from llmsup.web.schemas import JSONModel
 from pydantic import ConfigDict, Field, model_validator
+
+from llmsup.web.schemas import JSONModel
 
 log = logging.getLogger("llmsup.web")
 PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
@@ -27,7 +28,7 @@ _WARNED: set[frozenset[str]] = set()  # sets of ignored field names already logg
 
 def only(*values: Any, **schema: Any) -> Any:
     """A field llmsup accepts only at its neutral value(s): said in the OpenAPI schema, checked in ``_check``."""
-    extra = dict(schema) if schema else {"enum": [*values, None]}
+    extra: dict[str, Any] = dict(schema) if schema else {"enum": [*values, None]}
     return Field(None, json_schema_extra=extra, description="accepted for compatibility; only the neutral value")
 
 
@@ -217,7 +218,7 @@ class CompletionRequest(SamplingRequest):
         if isinstance(p, str):
             return [p]
         if p and isinstance(p[0], int):
-            return [list(p)]  # type: ignore[arg-type]
+            return [list(p)]
         return list(p)  # type: ignore[arg-type]
 
     def sample_logprobs(self) -> int | None:

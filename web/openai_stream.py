@@ -148,10 +148,10 @@ def _final_chunks(state: ChoiceState, job: Job, delta: str, make: Chunk) -> list
     out = []
     for k, text in enumerate(pieces):
         whole = len(pieces) == 1
-        last = k == len(pieces) - 1
-        chunk = make(state.index, text, reason if last else None, job=job, start=0 if whole else k,
+        is_last = k == len(pieces) - 1
+        chunk = make(state.index, text, reason if is_last else None, job=job, start=0 if whole else k,
                      count=job.tokens if whole else 1)
-        if last:
+        if is_last:
             chunk["llmsup"] = info(job).model_dump()
         out.append(chunk)
     return out

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+
 from llmsup.supervisor.settings import Settings
 
 REQUESTS = ("JobCreate", "CompletionRequest", "ChatCompletionRequest", "TokenizeRequest", "DetokenizeRequest")

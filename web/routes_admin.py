@@ -1,4 +1,4 @@
-"""Admin routes (bearer admin token): kill jobs, see and manage engines."""
+"""Admin routes (bearer admin token): kill jobs, see and manage engines, see hosts."""
 
 from __future__ import annotations
 
@@ -7,13 +7,23 @@ from typing import Annotated
 
 import psutil
 from fastapi import APIRouter, Depends, Query
+
 from llmsup.supervisor.cluster_driver import ClusterDriver
 from llmsup.supervisor.engine_state import Engine
 from llmsup.supervisor.requests import JobNotFound
 from llmsup.supervisor.service import Supervisor
 from llmsup.web.auth import require_admin
 from llmsup.web.deps import SupervisorDep
-from llmsup.web.schemas import EngineActionOut, EngineList, EngineOut, JobOut, StartingEngineOut, errors
+from llmsup.web.schemas import (
+    EngineActionOut,
+    EngineList,
+    EngineOut,
+    HostList,
+    HostOut,
+    JobOut,
+    StartingEngineOut,
+    errors,
+)
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 AUTH = (401, 403)
@@ -61,6 +71,15 @@ async def kill_job(job_id: str, sup: SupervisorDep) -> JobOut:
 @router.get("/engines", response_model=EngineList, responses=errors(*AUTH))
 async def list_engines(sup: SupervisorDep) -> EngineList:
     return engine_list(sup)
+
+
+@router.get("/hosts", response_model=HostList, responses=errors(*AUTH))
+async def list_hosts(sup: SupervisorDep) -> HostList:
+    """Hosts with their engines: the server's own first, then each host engines came from (a join agent's or a
+    launcher's), up or lost, with how long since it was last heard."""
+    engines = {e.id: e for e in engine_list(sup).engines}
+    return HostList(hosts=[HostOut(**view, engine_list=[engines[i] for i in view["engines"] if i in engines])
+                           for view in sup.host_views()])
 
 
 @router.get("/engines/{engine_id}", response_model=EngineOut, responses=errors(*AUTH, 404, 422))

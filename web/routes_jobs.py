@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.requests import JobRequest
 from llmsup.web import listing, sse

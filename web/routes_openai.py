@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+
 from llmsup.supervisor.jobs import Job
 from llmsup.supervisor.model_name import served_model_name
 from llmsup.supervisor.service import Supervisor
@@ -232,8 +233,8 @@ def _stream(sup: Supervisor, request: Request, plan: Plan, jobs: list[Job], make
 async def _wait_all(sup: Supervisor, request: Request, job_ids: list[str]) -> list[Job]:
     """Wait for every job to end; if the client goes away first, cancel them (by default) and stop waiting.
     A job that ended without an answer is the request's error (the others are cancelled)."""
-    waiter = asyncio.ensure_future(asyncio.gather(*(sup.wait(j) for j in job_ids)))
-    gone = asyncio.ensure_future(_disconnected(request))
+    waiter: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*(sup.wait(j) for j in job_ids)))
+    gone: asyncio.Future[Any] = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:

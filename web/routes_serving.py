@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Response
+from pydantic import BaseModel, Field, model_validator
+
 from llmsup.supervisor import __version__
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.web.auth import PrincipalDep
@@ -21,7 +23,6 @@ from llmsup.web.metrics import metrics_access
 from llmsup.web.openai_responses import OpenAIError
 from llmsup.web.openai_schemas import ChatMessage, Lenient
 from llmsup.web.tokens import HFTokenizer, NoVocabulary, Tokenizer, served_model, tokenizer_for
-from pydantic import BaseModel, Field, model_validator
 
 router = APIRouter(tags=["vllm"])
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -6,8 +6,9 @@ import typing
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from llmsup.supervisor.jobs import Job, JobStatus
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+
+from llmsup.supervisor.jobs import Job, JobStatus
 
 
 def iso(ts: float | None) -> str | None:
@@ -147,6 +148,27 @@ class StartingEngineOut(BaseModel):
 class EngineList(BaseModel):
     engines: list[EngineOut]
     starting: list[StartingEngineOut] = []  # launched (e.g. replacing a restarted engine), not registered yet
+
+
+class HostOut(BaseModel):
+    host: str  # its hostname, as its engines report it
+    host_key: str  # hostname + boot id
+    local: bool  # the server's own host
+    agent: bool  # its engines come from a join agent (``llmsup join``)
+    state: str  # up | lost
+    gpus: int | None  # as its join agent reports them
+    engines_wanted: int | None  # serving engines its join agent keeps
+    standby_wanted: int | None
+    silent_s: float | None  # since the last sign of life (an engine's or its agent's beat)
+    losses: int  # times it was taken as lost
+    lost_s: float | None  # how long it has been lost
+    fenced: list[int]  # engines taken out while it was cut off, still to be replaced there
+    engines: list[int]  # ids of the engines the supervisor holds on it
+    engine_list: list[EngineOut] = []  # those engines, as /admin/engines shows them
+
+
+class HostList(BaseModel):
+    hosts: list[HostOut]
 
 
 class EngineActionOut(BaseModel):

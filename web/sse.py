@@ -103,18 +103,22 @@ class EventStream(Response):
                 producer.cancel()
                 await asyncio.wait({producer}, timeout=0.5)
             await asyncio.gather(producer, listener, return_exceptions=True)
-            aclose = getattr(self.chunks, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except Exception:  # noqa: BLE001 - closing a broken generator must not mask the cause
-                    log.debug("closing an event generator failed", exc_info=True)
-            if self.gauge is not None:
-                self.gauge.dec()
-            if self.on_close is not None:
-                try:
-                    self.on_close(completed)
-                except Exception:  # noqa: BLE001
-                    log.exception("on_close of an event stream failed")
+            await self._closed(completed)
         if producer.done() and not producer.cancelled() and producer.exception() is not None:
             raise producer.exception()  # type: ignore[misc]
+
+    async def _closed(self, completed: bool) -> None:
+        """The stream ended (``completed``: the generator ran out): close the generator, count it, tell the owner."""
+        aclose = getattr(self.chunks, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:  # noqa: BLE001 - closing a broken generator must not mask the cause
+                log.debug("closing an event generator failed", exc_info=True)
+        if self.gauge is not None:
+            self.gauge.dec()
+        if self.on_close is not None:
+            try:
+                self.on_close(completed)
+            except Exception:  # noqa: BLE001
+                log.exception("on_close of an event stream failed")

@@ -5,7 +5,7 @@
 
 const MAX_ROWS = 300;
 const jobs = new Map();          // id -> summary (+ _at: performance.now() when running_s was received)
-let engines = [], starting = [], enginesAt = 0;
+let engines = [], starting = [], hosts = [], enginesAt = 0;
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs = {}, ...children) {
@@ -129,7 +129,7 @@ function scheduleRender() {  // at most one rebuild per frame, however many even
 }
 
 function setEngines(msg, now) {
-  if (msg.engines) { engines = msg.engines; starting = msg.starting || []; enginesAt = now; }
+  if (msg.engines) { engines = msg.engines; starting = msg.starting || []; hosts = msg.hosts || []; enginesAt = now; }
   if (msg.counts) $("counts").replaceChildren(...["queued", "running", "succeeded", "timed_out", "cancelled", "failed"]
     .map((s) => el("span", {}, s + " " + (msg.counts[s] || 0))));
 }
@@ -166,6 +166,13 @@ function render() {
     el("div", { class: "title" }, "engine set " + s.engine_set, el("span", { class: "state starting" }, "starting")),
     el("div", { class: "kv" }, "GPU " + (s.gpu || "cpu"))));
   if (cards.length || pending.length) $("engines").replaceChildren(...cards, ...pending);
+  $("hosts").replaceChildren(...hosts.map((h) => el("div", { class: "card host", "data-host": h.host, "data-state": h.state },
+    el("div", { class: "title" }, h.host + (h.local ? " (this server)" : ""), el("span", { class: "state " + h.state }, h.state)),
+    el("div", { class: "kv" }, "engines ", el("b", { class: "host-engines" }, String(h.engines.length)),
+      h.engines_wanted == null ? "" : " of " + h.engines_wanted, h.agent ? " · join agent" : "",
+      h.gpus == null ? "" : " · GPUs " + h.gpus),
+    el("div", { class: "kv" }, "last heard ", el("b", {}, h.silent_s == null ? "—" : secs(h.silent_s) + " ago"),
+      " · lost " + h.losses + "×"))));
 
   const filter = $("filter").value;
   const rows = [...jobs.values()].reverse().filter((j) => !filter || j.status === filter ||

@@ -1,0 +1,88 @@
+"""The join agent's own decisions, without a cluster: the join file (0600, refused when incomplete), fencing, the
+restart backoff of an engine that keeps dying, and engines replaced when the server starts a new controller."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llmsup.engines.messages import HostOrder, encode
+from llmsup.supervisor.join import JoinAgent
+from llmsup.supervisor.joinfile import JoinFileError, JoinInfo
+
+pytestmark = pytest.mark.timeout(30)
+KEYS = {"server_public": "s" * 40, "client_public": "c" * 40, "client_secret": "x" * 40}
+
+
+def join_info(registration: int = 1234) -> JoinInfo:
+    return JoinInfo({"registration": registration, "interface": "tcp://10.0.0.1"}, "tcp://10.0.0.1:1",
+                    "tcp://10.0.0.1:2", KEYS, 500, 5.0)
+
+
+def sleeper() -> subprocess.Popen[bytes]:
+    """A stand-in engine process (in a session of its own, as the agent starts engines)."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[JoinAgent]:
+    path = tmp_path / "join.json"
+    join_info().write(path)
+    agent = JoinAgent(JoinInfo.read(path), engines=2, standby=1, work_dir=tmp_path / "work", join_file=path)
+    yield agent
+    for slot in agent.slots:
+        if slot.proc is not None and slot.proc.poll() is None:
+            slot.proc.kill()
+            slot.proc.wait()
+
+
+def test_join_file_is_the_owners_only_and_complete(tmp_path: Path) -> None:
+    path = tmp_path / "join.json"
+    join_info().write(path)
+    assert path.stat().st_mode & 0o777 == 0o600 and JoinInfo.read(path) == join_info()
+    path.write_text('{"version": 1, "controller": {}}')
+    with pytest.raises(JoinFileError, match="missing"):
+        JoinInfo.read(path)
+    path.write_text("not json")
+    with pytest.raises(JoinFileError, match="cannot read"):
+        JoinInfo.read(path)
+
+
+def test_fence_kills_the_named_engines_only(agent: JoinAgent) -> None:
+    agent.slots[0].proc, agent.slots[1].proc = sleeper(), sleeper()
+    keep, victim = agent.slots[0].proc, agent.slots[1].proc
+    assert agent.beat().pids == (keep.pid, victim.pid) and agent.beat().engines == 2 and agent.beat().standby == 1
+    agent.on_order(encode(HostOrder(fence=(victim.pid,))))
+    assert victim.poll() is not None and agent.slots[1].proc is None and keep.poll() is None
+    agent.on_order(b"garbage")  # dropped, logged
+    agent.on_order(encode(HostOrder(stop=True)))
+    assert agent.stopping
+
+
+def test_an_engine_that_keeps_dying_at_start_is_started_again_after_a_growing_backoff(agent: JoinAgent) -> None:
+    agent.stopping = True  # decide only: start nothing
+    slot = agent.slots[0]
+    delays = []
+    for _ in range(3):
+        slot.proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(255)"])
+        slot.proc.wait()
+        slot.started_at = 100.0
+        agent.keep_alive(101.0)
+        delays.append(slot.restart_at - 101.0)
+    assert delays == [1.0, 2.0, 4.0] and slot.proc is None
+
+
+def test_a_new_controller_in_the_join_file_replaces_the_engines(agent: JoinAgent, tmp_path: Path) -> None:
+    agent.slots[0].proc = sleeper()
+    old = agent.slots[0].proc
+    agent.refresh()
+    assert old.poll() is None  # unchanged file: nothing happens
+    join_info(registration=4321).write(tmp_path / "join.json")
+    agent._join_mtime = 0.0  # as if written later than it was read (mtime granularity)
+    agent.refresh()
+    assert old.poll() is not None and agent.slots[0].proc is None
+    assert agent.info.controller["registration"] == 4321
