@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,10 +15,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from bench.stats import pct, table  # noqa: E402
-from serverfixtures import start_server, stop_server  # noqa: E402
+from bench.stats import pct, table
+from tests.support import live
 
 
 def store_mb(run_dir: Path) -> float:
@@ -95,12 +92,12 @@ def main(jobs: int, subscribers: int, retain_jobs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {"LLMSUP_RETAIN_JOBS": str(retain_jobs), "LLMSUP_SIM_TOKEN_S": "0", "LLMSUP_SSE_MAX_TOTAL": "1000",
                "LLMSUP_SSE_MAX_PER_OWNER": "1000", "LLMSUP_OWNER_QUEUE_MAX": "100000"}
-        server = start_server(Path(tmp), engines=2, env=env)
+        server = live.start_server(Path(tmp), engines=2, env=env)
         try:
             rss0 = tree_rss_mb(server.proc.pid)
             rows = asyncio.run(soak(server.url, server.run_dir, server.proc.pid, jobs, subscribers, max(1, jobs // 10)))
         finally:
-            stop_server(server)
+            live.stop(server)
     print(table(f"Soak: {jobs} jobs through REST, {subscribers} SSE subscribers on /v1/events, retain_jobs={retain_jobs} "
                 f"(server RSS at start {rss0:.1f} MB)",
                 ["jobs", "jobs/s", "submit p50 ms", "submit p99 ms", "list p50 ms", "list p99 ms", "server RSS MB",

@@ -20,7 +20,8 @@ from typing import Any
 
 import httpx
 
-from serverfixtures import LiveServer, start_server, stop_server, tagged_processes
+from support.live import LiveServer, start_server, stop, tagged_processes
+from support.waiting import eventually
 
 # (kind, prompt, request fields, weight)
 KINDS: list[tuple[str, str, dict[str, Any], float]] = [
@@ -96,9 +97,6 @@ class Chaos:
         with self.lock:
             return self.servers[-1]
 
-    def admin(self) -> dict[str, str]:
-        return {"Authorization": "Bearer " + (self.server.run_dir / "admin_token").read_text().strip()}
-
     def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
         """One request, retried while the supervisor is down or restarting."""
         end = time.monotonic() + 120
@@ -119,12 +117,13 @@ class Chaos:
             return 0
 
     def wait_engines(self, timeout: float = 60.0) -> float | None:
+        """Seconds until the plan's engine count serves again; None if it does not within ``timeout``."""
         t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.serving_engines() >= self.plan.engines:
-                return time.monotonic() - t0
-            time.sleep(0.05)
-        return None
+        try:
+            eventually(lambda: self.serving_engines() >= self.plan.engines, timeout, "engines", interval=0.05)
+        except AssertionError:
+            return None
+        return time.monotonic() - t0
 
     # the kills ---------------------------------------------------------------------------------
     def kill_supervisor(self) -> None:
@@ -156,7 +155,7 @@ class Chaos:
                 return
             with self.lock:
                 try:
-                    resp = self._call("GET", "/admin/engines", headers=self.admin())
+                    resp = self._call("GET", "/admin/engines", headers=self.server.admin)
                     engines = [e for e in resp.json()["engines"] if e["state"] not in ("restarting", "dead")]
                 except (httpx.HTTPError, ValueError, KeyError, OSError):
                     continue
@@ -241,7 +240,7 @@ class Chaos:
         finally:
             self.stop.set()
             killer.join(timeout=120)
-            stop_server(self.server)
+            stop(self.server)
             for server in self.servers:  # every incarnation's processes, by its tag
                 for proc in tagged_processes(server.tag):
                     self.report.leftovers.append(f"pid {proc.pid} {' '.join(proc.cmdline())[:120]}")

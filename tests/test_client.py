@@ -1,6 +1,6 @@
 """The Python client (sync and async) against a live ``llmsup serve`` with 2 sim engines.
 
-The server is started once for the module (tests/serverfixtures.py); every test leaves no job running.
+The server is started once for the module (``support.live.serving``); every test leaves no job running.
 """
 
 from __future__ import annotations
@@ -31,29 +31,18 @@ from llmsup.supervisor.client import (
     ServerUnreachable,
 )
 from llmsup.supervisor.client_base import SSEParser, TextTracker, error_from
-from serverfixtures import LLMSUP, LiveServer, finish_server, free_port, start_server
+from support.live import LLMSUP, LiveServer, free_port, serving
+from support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 QUEUE_MAX = 6
 SLOW = "[sim:slow=0.02] "
 
 
-def poll(predicate, timeout: float = 20.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    srv = start_server(tmp_path_factory.mktemp("client"), env={"LLMSUP_QUEUE_MAX": str(QUEUE_MAX)})
-    yield srv
-    finish_server(srv)
+    with serving(tmp_path_factory.mktemp("client"), queue_max=QUEUE_MAX) as live:
+        yield live
 
 
 @pytest.fixture
@@ -71,7 +60,7 @@ def client(env: LiveServer) -> Iterator[Client]:
         yield c
         for h in c.jobs(status=["queued", "running"]):
             c.kill(h.id)
-        poll(lambda: not c.jobs(status=["queued", "running"]), 20, "jobs left by the test to end")
+        eventually(lambda: not c.jobs(status=["queued", "running"]), 20, "jobs left by the test to end")
 
 
 def running_with_tokens(h: JobHandle, n: int = 3) -> bool:
@@ -124,9 +113,9 @@ def test_submit_and_wait(client: Client) -> None:
 
 def test_status_and_output_refresh_while_running(client: Client) -> None:
     h = client.submit(SLOW + "one two three", max_tokens=40, deadline_s=20)
-    poll(lambda: h.status == "running", what="running")
-    first = poll(lambda: h.output, what="some output")
-    poll(lambda: len(h.output) > len(first), what="more output")
+    eventually(lambda: h.status == "running", what="running")
+    first = eventually(lambda: h.output, what="some output")
+    eventually(lambda: len(h.output) > len(first), what="more output")
     h.wait(30)
     assert h.status == "succeeded" and h.output.startswith(first) and h.tokens == 40
 
@@ -173,14 +162,14 @@ def test_wait_timeout_then_cancel_keeps_partial_output(client: Client) -> None:
     with pytest.raises(JobTimeout) as info:
         h.wait(0.3)
     assert isinstance(info.value, TimeoutError)
-    poll(lambda: running_with_tokens(h), what="tokens")
+    eventually(lambda: running_with_tokens(h), what="tokens")
     h.cancel().wait(20)
     assert h.status == "cancelled" and h.output and h.tokens >= 3
 
 
 def test_admin_kill_of_a_running_job(client: Client) -> None:
     h = client.submit(SLOW + "kill me", max_tokens=2000, deadline_s=60)
-    poll(lambda: running_with_tokens(h), what="tokens")
+    eventually(lambda: running_with_tokens(h), what="tokens")
     client.kill(h.id)
     h.wait(20)
     assert h.status == "cancelled" and "killed by admin" in h.error and h.output
@@ -290,8 +279,8 @@ def test_restart_engine_replaces_its_process(client: Client) -> None:
     victim = before[0]
     new = client.restart_engine(victim["id"], timeout=60)
     assert new["id"] not in {e["id"] for e in before} and new["pid"] != victim["pid"]
-    poll(lambda: not psutil.pid_exists(victim["pid"]), what="the old engine process to exit")
-    poll(lambda: len([e for e in client.engines() if e["state"] == "idle"]) == 2, what="2 idle engines")
+    eventually(lambda: not psutil.pid_exists(victim["pid"]), what="the old engine process to exit")
+    eventually(lambda: len([e for e in client.engines() if e["state"] == "idle"]) == 2, what="2 idle engines")
     assert client.submit("after restart", max_tokens=4).wait(30).status == "succeeded"
 
 

@@ -16,7 +16,8 @@ from llmsup.supervisor.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.store import SQLiteStore
 from llmsup.supervisor.transitions import transition
-from webfixtures import Server, serve
+from support.live import LiveServer as Server
+from support.live import serving
 
 pytestmark = pytest.mark.timeout(120)
 ERROR_PROMPT = "fail here [sim:error]"
@@ -93,7 +94,8 @@ def test_a_store_written_before_error_detail_gains_the_column(tmp_path: Path) ->
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from serve(tmp_path_factory, "detail", engines=1, require_api_keys="on", api_keys="alice:key-alice")
+    with serving(tmp_path_factory.mktemp("detail"), engines=1, require_api_keys="on", api_keys="alice:key-alice") as live:
+        yield live
 
 
 def test_only_admins_see_the_engine_traceback(keyed: Server) -> None:
@@ -112,5 +114,5 @@ def test_only_admins_see_the_engine_traceback(keyed: Server) -> None:
         exported = c.get("/metrics", headers=ALICE).text  # the malformed-message counter is there from the start, at zero
         assert 'llmsup_malformed_messages_total{channel="stream"} 0.0' in exported
         assert 'llmsup_malformed_messages_total{channel="control"} 0.0' in exported
-    log = keyed.live.log_path.read_text(errors="replace")
+    log = keyed.log_path.read_text(errors="replace")
     assert log.count(f"job={job_id} failed on engine=") == 1 and "RuntimeError: sim: scripted error" in log

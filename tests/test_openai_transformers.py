@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
-from webfixtures import Server
+from support.live import serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 MODEL = "tiny-hf"
@@ -17,14 +17,10 @@ MODEL = "tiny-hf"
 
 @pytest.fixture(scope="module")
 def oai(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Iterator[openai.OpenAI]:  # noqa: F811
-    env = {"LLMSUP_MODEL": tiny_model, "LLMSUP_SERVED_MODEL_NAME": MODEL, "LLMSUP_STANDBY": "0",
-           "LLMSUP_ENGINE_START_TIMEOUT_S": "200"}
-    server = Server(tmp_path_factory.mktemp("oai-hf"), env, engines=1, backend="transformers", start_timeout_s=240)
-    try:
-        with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120) as client:
-            yield client
-    finally:
-        server.stop()
+    with (serving(tmp_path_factory.mktemp("oai-hf"), engines=1, backend="transformers", start_timeout_s=240,
+                  model=tiny_model, served_model_name=MODEL, standby=0, engine_start_timeout_s=200) as server,
+          openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120) as client):
+        yield client
 
 
 def test_logprobs_penalties_and_seed(oai: openai.OpenAI) -> None:

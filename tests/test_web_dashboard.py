@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from webfixtures import Server, job_status, serve, server, wait_for  # noqa: F401 (fixture)
+from support.live import LiveServer as Server
+from support.live import job_status, serving
+from support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(180)
 CHROMIUM = os.environ.get("LLMSUP_CHROMIUM", "/usr/bin/chromium")
@@ -42,7 +44,7 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser: object, server: Server) -> Iterator[object]:  # noqa: F811
+def page(browser: object, server: Server) -> Iterator[object]:
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     errors: list[str] = []
@@ -60,7 +62,7 @@ def elapsed(locator: object) -> float:
     return float(value) if value else -1.0
 
 
-def test_runaway_job_shows_running_with_growing_elapsed_and_the_kill_button_ends_it(page, server: Server) -> None:  # noqa: F811
+def test_runaway_job_shows_running_with_growing_elapsed_and_the_kill_button_ends_it(page, server: Server) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.wait_for_selector("#conn.live")
     page.wait_for_selector(".engine[data-engine-id]")
@@ -95,7 +97,7 @@ def test_runaway_job_shows_running_with_growing_elapsed_and_the_kill_button_ends
         page.screenshot(path=str(ARTIFACTS / "dashboard-killed.png"), full_page=True)
 
 
-def test_restart_button_replaces_the_engine(page, server: Server) -> None:  # noqa: F811
+def test_restart_button_replaces_the_engine(page, server: Server) -> None:
     page.wait_for_selector(".engine[data-engine-id]")
     with server.client() as c:
         old = c.get("/admin/engines", headers=server.admin).json()["engines"][0]
@@ -107,11 +109,11 @@ def test_restart_button_replaces_the_engine(page, server: Server) -> None:  # no
         states = page.locator(".engine[data-engine-id]").evaluate_all("cards => cards.map(c => c.dataset.state)")
         return states.count("idle") + states.count("busy") == 2
 
-    wait_for(two_serving, 30, what="the replacement engine on the page")
+    eventually(two_serving, 30, what="the replacement engine on the page")
     page.screenshot(path=str(ARTIFACTS / "dashboard-restarted.png"), full_page=True)
 
 
-def test_hosts_show_with_their_engine_count(page, server: Server) -> None:  # noqa: F811
+def test_hosts_show_with_their_engine_count(page, server: Server) -> None:
     card = page.locator('.host[data-state="up"]')
     card.wait_for(timeout=15_000)
     assert "(this server)" in card.inner_text() and card.locator(".host-engines").inner_text() == "2"
@@ -120,7 +122,8 @@ def test_hosts_show_with_their_engine_count(page, server: Server) -> None:  # no
 @pytest.fixture(scope="module")
 def standby_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One serving engine and one warm standby."""
-    yield from serve(tmp_path_factory, "standby", engines=1, standby=1)
+    with serving(tmp_path_factory.mktemp("standby"), engines=1, standby=1) as live:
+        yield live
 
 
 def chart(page: object, key: str) -> dict[str, str]:
@@ -149,7 +152,7 @@ def test_charts_of_the_last_minutes_render_and_move_and_the_standby_is_shown(bro
             for prompt in ("queued one", "queued two"):  # behind the slow job on the one serving engine
                 c.post("/v1/jobs", json={"prompt": prompt, "max_tokens": 4})
             hang = c.post("/v1/jobs", json={"prompt": "runaway [sim:hang]", "deadline_s": 1}).json()
-            wait_for(lambda: job_status(c, hang["id"])["status"] == "timed_out", 30, what="the runaway to time out")
+            eventually(lambda: job_status(c, hang["id"])["status"] == "timed_out", 30, what="the runaway to time out")
             page.wait_for_function(
                 """() => {
                     const d = (k) => document.querySelector('#chart-' + k).dataset;

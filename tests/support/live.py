@@ -6,6 +6,11 @@ for seconds (docs/measured.md, "Scheduling autogroups"). Every process it starts
 ``LLMSUP_TEST_TAG``, so ``stop`` finds all of them (IPyParallel runs engines and nannies in sessions of their own,
 and a replaced engine is no one's child): SIGTERM to the server's group, a bounded wait, then SIGKILL by pid to
 whatever is left, which is returned so that a test can fail on it.
+
+Use ``serving(base, **settings)`` (a ``with`` block), or ``start_server`` then ``finish_server``, for an ``llmsup
+serve`` with the test settings (sim unless a ``backend`` is named); ``start_llmsup`` for one on an environment of the
+caller's own (a restart on the same run directory, a bench); ``spawn``, ``wait_ready`` and ``stop`` for any other
+server process (a wheel's ``llmsup``, ``vllm serve``). Beside them: ``free_port``, ``tagged_processes``, ``job_status``.
 """
 
 from __future__ import annotations
@@ -237,10 +242,13 @@ def sim_environment(base: Path, env: Mapping[str, str] | None = None) -> dict[st
     return full
 
 
-def start_server(base: Path, engines: int = 2, env: dict[str, str] | None = None) -> LiveServer:
-    """``llmsup serve --backend sim`` with the test settings under ``base``; returns once all its engines serve."""
+def start_server(base: Path, engines: int = 2, env: Mapping[str, str] | None = None, backend: str = "sim",
+                 start_timeout_s: float = START_TIMEOUT_S) -> LiveServer:
+    """``llmsup serve --backend sim`` (or ``backend``) with the test settings and ``env`` under ``base``; returns once
+    all its engines serve (a real model's backend may want a longer ``start_timeout_s``)."""
     base.mkdir(parents=True, exist_ok=True)
-    return start_llmsup(base / "run", base, sim_environment(base, env), engines=engines, cwd=base)
+    return start_llmsup(base / "run", base, sim_environment(base, env), engines=engines, backend=backend, cwd=base,
+                        timeout=start_timeout_s)
 
 
 def finish_server(server: LiveServer) -> None:
@@ -250,10 +258,12 @@ def finish_server(server: LiveServer) -> None:
 
 
 @contextmanager
-def serving(base: Path, engines: int = 2, **settings: object) -> Iterator[LiveServer]:
-    """A sim server with the test settings and ``settings`` (name -> value, e.g. ``queue_max=2``) for a ``with``
-    block; stopped after it, failing if anything it started survived."""
-    server = start_server(base, engines, {f"LLMSUP_{name.upper()}": str(value) for name, value in settings.items()})
+def serving(base: Path, engines: int = 2, backend: str = "sim", start_timeout_s: float = START_TIMEOUT_S,
+            **settings: object) -> Iterator[LiveServer]:
+    """A server (sim unless ``backend``) with the test settings and ``settings`` (name -> value, e.g.
+    ``queue_max=2``) for a ``with`` block; stopped after it, failing if anything it started survived."""
+    server = start_server(base, engines, {f"LLMSUP_{name.upper()}": str(value) for name, value in settings.items()},
+                          backend, start_timeout_s)
     try:
         yield server
     finally:
