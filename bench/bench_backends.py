@@ -86,7 +86,7 @@ def _child(kind: str, model: str, run_dir: str, threads: int | None, max_tokens:
 
         def gen(ps: list[str], plain: bool) -> int:
             if not plain:
-                return sum(backend.generate(p, params, lambda piece: None).tokens for p in ps)
+                return sum(backend.generate(p, params, lambda *token: None).tokens for p in ps)
             total = 0
             with torch.inference_mode():
                 for p in ps:

@@ -5,6 +5,7 @@ message, on one core of this machine:
 
 - untyped: ``[key, seq, text]`` as three byte frames (encode on the engine, decode in the supervisor);
 - typed: :class:`TokenPiece` through ``encode`` / ``decode_for_supervisor`` (JSON, every field type checked);
+  also with the token's id and logprob record (top 1), as a request that asks for logprobs streams them;
 - a :class:`JobDone` with its full :class:`JobResult` (once per job), and a rejected message (garbage).
 
     .venv/bin/python -m bench.bench_wire [--rounds 7] [--number 20000]
@@ -26,6 +27,7 @@ from llmsup.engines.messages import (
     decode_for_supervisor,
     encode,
 )
+from llmsup.engines.protocol import TokenLogprob, TopLogprob
 
 KEY, TEXT = "job-0123456789abcdef#1", "hello "
 
@@ -54,6 +56,8 @@ def untyped_decode() -> tuple[str, int, str]:
 
 PIECE = TokenPiece(KEY, 3, TEXT)
 PIECE_BYTES = encode(PIECE)
+LOGPROB_PIECE = TokenPiece(KEY, 3, TEXT, 1234, TokenLogprob(1234, TEXT, -0.25, 1, (TopLogprob(1234, TEXT, -0.25),)))
+LOGPROB_PIECE_BYTES = encode(LOGPROB_PIECE)
 DONE = JobDone(KEY, JobResult("completed", TEXT * 100, 100, "length", 12, pid=1234, rss_mb=380.5, jobs_done=7))
 DONE_BYTES = encode(DONE)
 GARBAGE = PIECE_BYTES.replace(b'"seq":3', b'"seq":"3"')
@@ -75,6 +79,8 @@ def main() -> None:
         ("token piece, untyped byte frames", untyped_encode, untyped_decode),
         ("token piece, typed (TokenPiece)", lambda: encode(PIECE),
          lambda: decode_for_supervisor(PIECE_BYTES, expect=STREAM_EVENTS)),
+        ("token piece with its id and logprob (top 1)", lambda: encode(LOGPROB_PIECE),
+         lambda: decode_for_supervisor(LOGPROB_PIECE_BYTES, expect=STREAM_EVENTS)),
         ("job done with its result (JobDone)", lambda: encode(DONE),
          lambda: decode_for_supervisor(DONE_BYTES, expect=STREAM_EVENTS)),
         ("rejected: a wrong field type", lambda: None, rejected),

@@ -19,7 +19,7 @@ Messages (``engines/messages.py``):
   supervisor -> engine, control socket: Submit | Abort | Stop (a message the loop cannot read is dropped,
                         counted, and logged once per kind of problem; the loop goes on)
   engine -> supervisor: Hello on the control socket when the loop starts; on the token stream: TokenPiece
-                        per piece, JobDone with each request's JobResult, EngineBeat every BEAT_S
+                        per token, JobDone with each request's JobResult, EngineBeat every BEAT_S
 """
 
 from __future__ import annotations
@@ -208,15 +208,24 @@ class BatchServer:
             req.token_ids.extend(out.token_ids)
             req.prompt_logprobs = out.prompt_logprobs or req.prompt_logprobs
             req.prompt_token_ids = out.prompt_token_ids or req.prompt_token_ids
-            if out.text or out.new_tokens:
-                # A step that made tokens but no text yet (the detokenizer holds an incomplete UTF-8 sequence
-                # back) still sends a piece, empty: a client sees the request progress from its first token on,
-                # as with vLLM's own server (which streams one chunk per step, empty text included).
-                self._send(TokenPiece(req.key, len(req.pieces), out.text))
-                req.pieces.append(out.text)
+            self._pieces(req, out)
             if out.finished:
                 self._finish(req, JobResult("completed", finish_reason=out.finish_reason,
                                             prompt_tokens=out.prompt_tokens))
+
+    def _pieces(self, req: Request, out: StepOutput) -> None:
+        """One piece per new token, each with its id and logprob when the request asked for them (the step
+        output carries them only then); the step's text goes with its last token. A step that made tokens but no
+        text yet (the detokenizer holds an incomplete UTF-8 sequence back) still sends its pieces, empty: a client
+        sees the request progress from its first token on, as with vLLM's own server (which streams one chunk per
+        step, empty text included)."""
+        count = max(out.new_tokens, 1 if out.text else 0)
+        for i in range(count):
+            token_id = out.token_ids[i] if i < len(out.token_ids) else None
+            logprob = out.logprobs[i] if i < len(out.logprobs) else None
+            text = out.text if i == count - 1 else ""
+            self._send(TokenPiece(req.key, len(req.pieces), text, token_id, logprob))
+            req.pieces.append(text)
 
     def _settle_due(self, now: float, interrupted: bool) -> None:
         for req in list(self.requests.values()):

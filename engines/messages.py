@@ -131,12 +131,16 @@ class TaskStarted:
 
 @dataclass(frozen=True)
 class TokenPiece:
-    """The ``seq``-th piece of a job's text (may be empty: a token not decodable yet)."""
+    """The ``seq``-th token of a job: its text (may be empty: a token not decodable yet), and its id and logprob
+    record when the request asked for them. Those two are left out of the frame when None (:data:`SPARSE`)."""
 
     KIND: ClassVar[str] = "piece"
+    SPARSE: ClassVar[tuple[str, ...]] = ("token_id", "logprob")
     key: str
     seq: int
     text: str
+    token_id: int | None = None
+    logprob: TokenLogprob | None = None
     version: int = PROTOCOL_VERSION
 
 
@@ -216,8 +220,17 @@ def _plain_value(value: Any) -> Any:
 
 
 def plain(msg: Message) -> dict[str, Any]:
-    """The message as plain data (JSON types only), tagged with its kind."""
-    data = dict(vars(msg)) if _flat(type(msg)) else _plain_value(msg)  # flat: the token pieces' fast path
+    """The message as plain data (JSON types only), tagged with its kind. A field named in the class's ``SPARSE``
+    is left out when None (the decoder then takes its default, None)."""
+    cls = type(msg)
+    if _flat(cls):  # the token pieces' fast path: the instance dict is the plain form
+        data = dict(vars(msg))
+        for name in _sparse(cls):
+            value = data.pop(name)
+            if value is not None:
+                data[name] = _plain_value(value)
+    else:
+        data = _plain_value(msg)
     data["kind"] = msg.KIND
     return data
 
@@ -272,10 +285,17 @@ def _names(cls: type) -> tuple[str, ...]:
 
 
 @cache
+def _sparse(cls: type) -> tuple[str, ...]:
+    """Optional fields left out of the plain form when None."""
+    sparse: tuple[str, ...] = getattr(cls, "SPARSE", ())
+    return sparse
+
+
+@cache
 def _flat(cls: type) -> bool:
-    """Every field is a JSON scalar (its instance dict is its plain form)."""
+    """Every field but the sparse ones is a JSON scalar (its instance dict, less those, is its plain form)."""
     hints = get_type_hints(cls)
-    return all(hints[f.name] in (str, int, float, bool) for f in fields(cls))
+    return all(hints[f.name] in (str, int, float, bool) for f in fields(cls) if f.name not in _sparse(cls))
 
 
 @cache

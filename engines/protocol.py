@@ -2,7 +2,9 @@
 
 A backend is loaded once per engine process (engine-local state), generates
 one request at a time through :meth:`Backend.generate`, calling ``on_token``
-for every piece of text as it is produced, and is released before the engine
+once per generated token, as it is produced, with the token's new text (may be
+empty), its id and its logprob record (when the request asked for logprobs),
+and is released before the engine
 process goes away (so that child processes such as vLLM's EngineCore die with
 it).
 
@@ -17,12 +19,10 @@ ops, token stream) are in ``engines/messages.py``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length"]
-TokenCallback = Callable[[str], None]
 StructuredKind = Literal["json", "json_object", "regex", "choice", "grammar"]
 LOGPROB_FLOOR = -9999.0  # -inf (a masked token) as OpenAI servers report it: JSON has no infinity
 REJECTED = "RequestRejected"  # error prefix of a request its backend refuses (the web layer answers 400)
@@ -136,6 +136,14 @@ class Generation:
     prompt_token_ids: tuple[int, ...] = ()  # when asked
 
 
+class TokenCallback(Protocol):
+    """Called once per generated token: its new ``text`` ("" while the detokenizer holds back an incomplete
+    character or a possible stop string), its ``token_id`` (None: the backend has no vocabulary) and its
+    ``logprob`` record (only when the request asked for logprobs)."""
+
+    def __call__(self, text: str, token_id: int | None = None, logprob: TokenLogprob | None = None, /) -> None: ...
+
+
 def clamp_logprob(value: float) -> float:
     return value if value > LOGPROB_FLOOR else LOGPROB_FLOOR
 
@@ -150,7 +158,7 @@ class Backend(Protocol):
         """Load the model. Called once, when the engine is initialised."""
 
     def generate(self, prompt: str, params: GenParams, on_token: TokenCallback) -> Generation:
-        """Generate a completion, calling ``on_token`` with each new piece of text."""
+        """Generate a completion, calling ``on_token`` once per generated token (see :class:`TokenCallback`)."""
 
     def abort(self) -> None:
         """Drop whatever request is in flight (called after KeyboardInterrupt)."""

@@ -197,7 +197,7 @@ def warm_up(backend: Backend, progress: StartProgress) -> None:
         return
     progress.report("warm-up", "one token")
     try:
-        backend.generate("Hello", GenParams(max_tokens=1), lambda piece: None)
+        backend.generate("Hello", GenParams(max_tokens=1), lambda *token: None)
     except Exception as exc:  # the engine still serves; each job reports its own error
         log.warning("warm-up failed: %s: %s", type(exc).__name__, exc)
     finally:
@@ -264,7 +264,8 @@ def run_job(spec_data: dict[str, Any]) -> dict[str, Any]:
         return messages.plain(JobResult("error", error=f"ProtocolError: {exc}", pid=os.getpid()))
     if rt is None:
         return messages.plain(JobResult("error", error="engine not initialised", transient=True, pid=os.getpid()))
-    emitter = JobEmitter(spec.key, rt.stream)
+    emitter = JobEmitter(spec.key, rt.stream, want_ids=spec.params.return_token_ids,
+                         want_logprobs=spec.params.logprobs is not None)
     if rt.stream is not None:  # the task is running: from now on a SIGINT reaches it (not the idle kernel)
         rt.stream.send(TaskStarted(spec.key))
     t0 = time.monotonic()
@@ -276,7 +277,8 @@ def run_job(spec_data: dict[str, Any]) -> dict[str, Any]:
                            prompt_token_ids=gen.prompt_token_ids)
     except KeyboardInterrupt:
         rt.backend.abort()
-        result = JobResult("interrupted", emitter.text, emitter.count)
+        result = JobResult("interrupted", emitter.text, emitter.count, logprobs=tuple(emitter.logprobs),
+                           token_ids=tuple(emitter.token_ids))
         log.info("%s job=%s interrupted after %d tokens", rt.tag(), spec.key, emitter.count)
     except Exception as exc:  # carried back as data; the engine stays usable
         rt.backend.abort()

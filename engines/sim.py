@@ -104,15 +104,15 @@ class SimBackend:
             time.sleep(token_s)
             piece = words[i % len(words)] + " "
             cut = stops.cut(out + piece)
-            if params.logprobs is not None:
-                logprobs.append(sim_logprob(piece, params.logprobs))
-            if cut is not None:
-                if len(cut) > len(out):
-                    on_token(cut[len(out):])
+            entry = sim_logprob(piece, params.logprobs) if params.logprobs is not None else None
+            if entry is not None:
+                logprobs.append(entry)
+            if cut is not None:  # the token that completes a stop string: what precedes the stop, if anything
+                on_token(cut[len(out):], None, entry)
                 return self._done(cut, count + 1, "stop", words, params, logprobs)
             out += piece
             count += 1
-            on_token(piece)
+            on_token(piece, None, entry)
         if scripted_end == "hang":
             _spin_forever()
         elif scripted_end == "hang-nosigint":

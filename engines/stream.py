@@ -1,8 +1,9 @@
 """Token stream from an engine to the supervisor over a pyzmq PUSH socket.
 
 Each message is one frame holding one typed message of ``engines/messages.py``
-(a :class:`TokenPiece` per piece of text, :class:`TaskStarted`, and from
-batched engines :class:`JobDone` and :class:`EngineBeat`). Sends never block:
+(a :class:`TokenPiece` per generated token, with its id and logprob when the request
+asked for them, :class:`TaskStarted`, and from batched engines :class:`JobDone`
+and :class:`EngineBeat`). Sends never block:
 if the supervisor is gone or slow past the high-water mark, messages are
 dropped; an unbatched job's final output always comes back as its task's
 return value.
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 import zmq
 
 from llmsup.engines.messages import Message, TokenPiece, encode
+from llmsup.engines.protocol import TokenLogprob
 
 ChannelKeys = Mapping[str, str]  # server_public, client_public, client_secret (Z85), from the engine config
 
@@ -50,22 +52,40 @@ class TokenStream:
 
 
 class JobEmitter:
-    """Collects one job's text and forwards each piece to the stream."""
+    """Collects one job's tokens and forwards each to the stream (a :class:`TokenCallback`).
 
-    def __init__(self, key: str, stream: TokenStream | None) -> None:
+    A piece carries its token's id only when the request asked for token ids (``want_ids``) and its logprob
+    record only when it asked for logprobs (``want_logprobs``): no extra bytes per token otherwise. What it
+    collected is the partial output of an interrupted job.
+    """
+
+    def __init__(self, key: str, stream: TokenStream | None, want_ids: bool = False,
+                 want_logprobs: bool = False) -> None:
         self.key = key
         self.stream = stream
+        self.want_ids = want_ids
+        self.want_logprobs = want_logprobs
         self.pieces: list[str] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.token_ids: list[int] = []
         self.count = 0  # tokens generated (a token may decode to no text yet)
 
-    def __call__(self, piece: str) -> None:
+    def __call__(self, piece: str, token_id: int | None = None, logprob: TokenLogprob | None = None, /) -> None:
         # every token is forwarded, even one whose text is not decodable yet: the client sees progress
         # (time to first token) at once, as from vLLM's own server
         self.count += 1
         seq = len(self.pieces)
         self.pieces.append(piece)
+        if not self.want_ids:
+            token_id = None
+        elif token_id is not None:
+            self.token_ids.append(token_id)
+        if not self.want_logprobs:
+            logprob = None
+        elif logprob is not None:
+            self.logprobs.append(logprob)
         if self.stream is not None:
-            self.stream.send(TokenPiece(self.key, seq, piece))
+            self.stream.send(TokenPiece(self.key, seq, piece, token_id, logprob))
 
     @property
     def text(self) -> str:

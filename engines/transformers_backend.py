@@ -132,14 +132,16 @@ class TransformersBackend:
                     logits[eos] = float("-inf")
                 token = pick_next(logits, params, generator)
                 process.add(token)
-                if params.logprobs is not None:
-                    logprobs.append(token_logprob(raw, token, params.logprobs, self._decode_one))
+                entry = token_logprob(raw, token, params.logprobs, self._decode_one) if (
+                    params.logprobs is not None) else None
+                if entry is not None:
+                    logprobs.append(entry)
                 if params.return_token_ids:
                     token_ids.append(token)
                 text.add(token)
                 ended = text.stopped or (token in self.eos_ids and not params.ignore_eos) or (
                     token in stop_ids and count > params.min_tokens)
-                on_token(text.take(final=ended or count == budget))
+                on_token(text.take(final=ended or count == budget), token, entry)
                 if ended:
                     finish = "stop"
                     break

@@ -148,16 +148,18 @@ class VLLMBackend:
                 if out.request_id != request_id:
                     continue
                 delta = out.outputs[0]
-                count = len(delta.token_ids)
-                for _ in range(count - 1):
-                    on_token("")  # several tokens in one step: one call per token, text with the last
-                if count or delta.text:
+                ids = list(delta.token_ids)
+                step_logprobs = token_logprobs(ids, delta.logprobs, params.logprobs)
+                for i, token_id in enumerate(ids):  # several tokens in one step: one call per token, text with the last
+                    on_token(delta.text if i == len(ids) - 1 else "", token_id,
+                             step_logprobs[i] if i < len(step_logprobs) else None)
+                if delta.text and not ids:
                     on_token(delta.text)
-                tokens += count
+                tokens += len(ids)
                 text.append(delta.text)
-                logprobs.extend(token_logprobs(delta.token_ids, delta.logprobs, params.logprobs))
+                logprobs.extend(step_logprobs)
                 if params.return_token_ids:
-                    token_ids.extend(delta.token_ids)
+                    token_ids.extend(ids)
                 if out.prompt_logprobs and not prompt_lps:
                     prompt_lps = prompt_logprobs(out.prompt_token_ids or (), out.prompt_logprobs, params.prompt_logprobs)
                 if out.finished:

@@ -237,11 +237,12 @@ class SupervisorCore(EngineOwner, HostOwner):
 
     def _on_piece(self, run: RunningJob, piece: ev.TokenPiece, now: float) -> None:
         previous = run.last_token_mono
-        if run.add_piece(piece.seq, piece.text, now):
+        if run.add_piece(piece.seq, piece.text, now, piece.token_id, piece.logprob):
             self.metrics.token_piece(None if previous is None else now - previous)
             if previous is None:
                 joblog.first_token(run.job, run.engine, now - run.started_mono)
-            self.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": piece.seq, "text": piece.text})
+            self.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": piece.seq, "text": piece.text,
+                                          "token_id": piece.token_id, "logprob": piece.logprob})
 
     def _on_reply(self, run: RunningJob, reply: ev.JobReply) -> None:
         max_attempts = self.settings.max_attempts
@@ -437,7 +438,7 @@ class SupervisorCore(EngineOwner, HostOwner):
     def _view(self, job: Job) -> Job:
         run = self._running.get(job.id)
         if run is not None and job.status is R:
-            return job.with_changes(output=run.text, tokens=len(run.pieces))
+            return job.with_changes(output=run.text, tokens=len(run.pieces), **run.streamed_extras())
         return job
 
     def _publish_status(self, job: Job) -> None:

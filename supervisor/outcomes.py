@@ -40,8 +40,8 @@ def note(run: RunningJob, reason: JobStatus) -> str:
 
 
 def partial(run: RunningJob, reason: JobStatus, suffix: str = "") -> Settlement:
-    """Settle with what the job streamed so far."""
-    return Settlement(reason, run.text, len(run.pieces), note(run, reason) + suffix)
+    """Settle with what the job streamed so far (its logprobs and token ids too, when it asked)."""
+    return Settlement(reason, run.text, len(run.pieces), note(run, reason) + suffix, extras=run.streamed_extras())
 
 
 def lost(run: RunningJob, why: str, max_attempts: int, charge: bool = True) -> Settlement:

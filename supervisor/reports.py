@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmsup.engines.messages import JobResult
+from llmsup.engines.protocol import TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,10 @@ class TaskStarted:
 @dataclass(frozen=True)
 class TokenPiece:
     key: str
-    seq: int
+    seq: int  # the token's index within this dispatch
     text: str
+    token_id: int | None = None  # when the job asked for token ids
+    logprob: TokenLogprob | None = None  # when the job asked for logprobs
 
 
 @dataclass(frozen=True)

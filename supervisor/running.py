@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from llmsup.engines.protocol import TokenLogprob
 from llmsup.supervisor.engine_state import Engine
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.ladder import Escalation
@@ -16,6 +18,8 @@ class RunningJob:
     started_mono: float
     serial: int = 0  # this dispatch's number (the supervisor's own count)
     pieces: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per piece, when the job asked
+    token_ids: list[int] = field(default_factory=list)  # one per piece, when the job asked
     first_token_mono: float | None = None
     last_token_mono: float | None = None
     task_started: bool = False  # the engine said it runs the job (a SIGINT now reaches it)
@@ -46,11 +50,26 @@ class RunningJob:
     def text(self) -> str:
         return "".join(self.pieces)
 
-    def add_piece(self, seq: int, text: str, now: float) -> bool:
+    def add_piece(self, seq: int, text: str, now: float, token_id: int | None = None,
+                  logprob: TokenLogprob | None = None) -> bool:
+        """Take the ``seq``-th token (with its id and logprob when the job asked); False for one out of order."""
         if seq != len(self.pieces) or self.settled:
             return False
         if self.first_token_mono is None:
             self.first_token_mono = now
         self.last_token_mono = now
         self.pieces.append(text)
+        if token_id is not None and len(self.token_ids) == seq:
+            self.token_ids.append(token_id)
+        if logprob is not None and len(self.logprobs) == seq:
+            self.logprobs.append(logprob)
         return True
+
+    def streamed_extras(self) -> dict[str, tuple[Any, ...]]:
+        """The logprobs and token ids streamed so far (Job fields; only those the job asked for)."""
+        extras: dict[str, tuple[Any, ...]] = {}
+        if self.logprobs:
+            extras["logprobs"] = tuple(self.logprobs)
+        if self.token_ids:
+            extras["token_ids"] = tuple(self.token_ids)
+        return extras

@@ -218,7 +218,7 @@ class Supervisor(SupervisorCore):
         elif isinstance(event, wire.TaskStarted):
             self.report(ev.TaskStarted(event.key))
         elif isinstance(event, wire.TokenPiece):
-            self.report(ev.TokenPiece(event.key, event.seq, event.text))
+            self.report(ev.TokenPiece(event.key, event.seq, event.text, event.token_id, event.logprob))
         elif isinstance(event, wire.JobDone):
             self.report(ev.JobReply(event.key, result=event.result))
 

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from fixtures_models import backend_config, models_run_dir_fixture, tiny_model_fixture  # noqa: F401
-from llmsup.engines.protocol import Backend, Generation, GenParams
+from llmsup.engines.protocol import Backend, Generation, GenParams, TokenLogprob
 from llmsup.engines.runtime import make_backend, prepare_environment
 from llmsup.engines.stopflag import StopRequested
 from support.waiting import eventually
@@ -58,9 +58,28 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return request.getfixturevalue("tf_backend" if request.param == "transformers" else "vllm_backend")
 
 
+class Tokens:
+    """An ``on_token`` callback that keeps what each call hands over."""
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.ids: list[int | None] = []
+        self.logprobs: list[TokenLogprob | None] = []
+
+    def __call__(self, text: str, token_id: int | None = None, logprob: TokenLogprob | None = None, /) -> None:
+        self.pieces.append(text)
+        self.ids.append(token_id)
+        self.logprobs.append(logprob)
+
+
+def run_tokens(backend: Backend, params: GenParams, prompt: str = PROMPT) -> tuple[Generation, Tokens]:
+    tokens = Tokens()
+    return backend.generate(prompt, params, tokens), tokens
+
+
 def run(backend: Backend, params: GenParams, prompt: str = PROMPT) -> tuple[Generation, list[str]]:
-    pieces: list[str] = []
-    return backend.generate(prompt, params, pieces.append), pieces
+    gen, tokens = run_tokens(backend, params, prompt)
+    return gen, tokens.pieces
 
 
 def greedy(backend: Backend, n: int) -> Generation:
@@ -75,11 +94,12 @@ def interrupted_long_run(backend: Backend, delay: float = 0.3) -> tuple[float, l
         sent.append(time.monotonic())
         os.kill(os.getpid(), signal.SIGINT)
 
-    pieces: list[str] = []
+    tokens = Tokens()
+    pieces = tokens.pieces
     timer = threading.Timer(delay, fire)
     timer.start()
     try:
-        backend.generate(PROMPT, LONG, pieces.append)
+        backend.generate(PROMPT, LONG, tokens)
     except KeyboardInterrupt:
         caught = time.monotonic()
     else:
@@ -96,6 +116,16 @@ def test_generation_streams_real_tokens(backend: Backend) -> None:
     assert gen.finish_reason == "length"
     assert "".join(pieces) == gen.text and gen.text.strip()
     assert gen.prompt_tokens > 1
+
+
+@pytest.mark.timeout(240)
+def test_each_token_call_carries_its_id_and_logprob(backend: Backend) -> None:
+    gen, tokens = run_tokens(backend, GenParams(max_tokens=12, ignore_eos=True, logprobs=2, return_token_ids=True))
+    assert len(tokens.pieces) == gen.tokens == 12
+    assert tuple(tokens.ids) == gen.token_ids and tuple(tokens.logprobs) == gen.logprobs  # as they came, one a call
+    assert [e.token_id for e in gen.logprobs] == list(gen.token_ids)
+    _, plain = run_tokens(backend, GenParams(max_tokens=4, ignore_eos=True))
+    assert plain.logprobs == [None] * 4 and all(isinstance(i, int) for i in plain.ids)  # no logprobs unless asked
 
 
 @pytest.mark.timeout(240)
@@ -224,12 +254,12 @@ MP_SCRIPT = textwrap.dedent(
         backend = make_backend(config)
         backend.load()
         kids = [(p.pid, p.create_time(), p.name()) for p in tree()]
-        ref = backend.generate("Hello", GenParams(max_tokens=16, ignore_eos=True), lambda p: None).text
+        ref = backend.generate("Hello", GenParams(max_tokens=16, ignore_eos=True), lambda *token: None).text
         timer = threading.Timer(0.5, interrupt, (target,))
         timer.start()
         long_error = None
         try:
-            backend.generate("Hello", GenParams(max_tokens=100000, ignore_eos=True), lambda p: None)
+            backend.generate("Hello", GenParams(max_tokens=100000, ignore_eos=True), lambda *token: None)
             interrupted = False
         except KeyboardInterrupt:
             interrupted = True
@@ -239,7 +269,7 @@ MP_SCRIPT = textwrap.dedent(
         backend.abort()
         t0 = time.monotonic()
         try:
-            after = backend.generate("Hello", GenParams(max_tokens=16, ignore_eos=True), lambda p: None).text
+            after = backend.generate("Hello", GenParams(max_tokens=16, ignore_eos=True), lambda *token: None).text
             error = None
         except Exception as exc:
             after, error = None, [type(exc).__name__, getattr(exc, "transient", False)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from llmsup.supervisor.jobs import JobStatus
@@ -90,3 +92,33 @@ async def test_sigkill_path_requeues_the_batch_without_charging(sup: Supervisor)
     # max_attempts=1: only an uncharged retry can make them succeed on the replacement engine
     assert all(j.status is S.SUCCEEDED and j.tokens == 300 for j in done)
     assert len({j.engine.pid for j in done}) == 1 and done[0].engine.pid != due.engine.pid
+
+
+@pytest.mark.settings(**BATCH)
+async def test_tokens_stream_with_their_logprobs_while_the_job_runs(sup: Supervisor) -> None:
+    sub = sup.hub.subscribe(None)
+    try:
+        asked = submit(sup, "w x y [sim:slow=0.02]", max_tokens=40, extra={"logprobs": 1})
+        plain = submit(sup, "w x y", max_tokens=5)
+        events: dict[str, list[dict]] = {asked.id: [], plain.id: []}
+        ended: set[str] = set()
+        while ended != set(events):
+            async with asyncio.timeout(20):
+                ev = await sub.get()
+            assert ev is not None
+            if ev["job_id"] in events:
+                events[ev["job_id"]].append(ev)
+                if ev["type"] == "status" and JobStatus(ev["status"]).terminal:
+                    ended.add(ev["job_id"])
+                elif ev["type"] == "token" and ev["job_id"] == asked.id and ev["seq"] == 2:
+                    live = sup.get(asked.id)  # a running job's view holds the entries streamed so far
+                    assert live.status is S.RUNNING and [e.token for e in live.logprobs][:3] == ["w ", "x ", "y "]
+    finally:
+        sub.close()
+    tokens = [ev for ev in events[asked.id] if ev["type"] == "token"]
+    assert events[asked.id][-1]["type"] == "status"  # every token came before the end
+    assert [ev["logprob"].token for ev in tokens] == [ev["text"] for ev in tokens] == ["w ", "x ", "y "] * 13 + ["w "]
+    assert all(ev["logprob"].top[0].token == ev["text"] and ev["token_id"] is None for ev in tokens)  # no ids asked
+    done = await sup.wait(asked.id, 10)
+    assert done.status is S.SUCCEEDED and done.logprobs == tuple(ev["logprob"] for ev in tokens)
+    assert all(ev["logprob"] is None and ev["token_id"] is None for ev in events[plain.id] if ev["type"] == "token")

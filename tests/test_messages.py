@@ -30,7 +30,7 @@ from llmsup.engines.messages import (
     encode,
     plain,
 )
-from llmsup.engines.protocol import GenParams
+from llmsup.engines.protocol import GenParams, TokenLogprob, TopLogprob
 
 pytestmark = pytest.mark.timeout(10)
 PARAMS = GenParams(max_tokens=7, temperature=0.5, stop=("\n", "END"), top_k=3, seed=11, ignore_eos=True)
@@ -38,8 +38,10 @@ RESULT = JobResult("error", "partial ", 2, error="RuntimeError: x", traceback="T
                    transient=True, engine_dead=True, pid=42, rss_mb=12.5, elapsed_s=0.25, jobs_done=3)
 TO_ENGINE: list[Message] = [JobSpec("job-1#1", "hello", PARAMS), Submit("job-2#1", "hi", 1.5, PARAMS),
                             Abort("job-2#1", "cancelled"), Stop()]
+LOGPROB = TokenLogprob(17, " the", -0.25, 1, (TopLogprob(17, " the", -0.25), TopLogprob(4, " a", -1.5)))
 TO_SUPERVISOR: list[Message] = [RESULT, JobResult("completed", "abc", 3, "stop", 5), Hello(99), TaskStarted("job-1#1"),
                                 TokenPiece("job-1#1", 0, "héllo \u2603"), TokenPiece("job-1#1", 1, ""),
+                                TokenPiece("job-1#1", 2, " the", 17, LOGPROB), TokenPiece("job-1#1", 3, "", 0),
                                 JobDone("job-2#1", RESULT), EngineBeat(4, 2, 10, 300.5, 1)]
 
 
@@ -118,6 +120,21 @@ def test_engine_bound_field_types_are_checked_too() -> None:
                 {"params": {"stop": [1]}}, {"params": {"seed": 1.5}}, {"params": []}, {"prompt": None}):
         with pytest.raises(ProtocolError):
             decode_for_engine({**submit, **bad})
+
+
+def test_a_piece_carries_its_token_id_and_logprob_only_when_set() -> None:
+    bare = plain(TokenPiece("k", 0, "a"))
+    assert set(bare) == {"key", "seq", "text", "version", "kind"}  # no extra bytes per token unless asked
+    assert len(encode(TokenPiece("k", 0, "a"))) == len(b'{"key":"k","seq":0,"text":"a","version":1,"kind":"piece"}')
+    full = plain(TokenPiece("k", 2, " the", 17, LOGPROB))
+    assert full["token_id"] == 17 and full["logprob"]["top"][1] == {"token_id": 4, "token": " a", "logprob": -1.5}
+    assert decode_for_supervisor(encode(TokenPiece("k", 2, " the", None, LOGPROB))).logprob == LOGPROB
+    assert decode_for_supervisor({**bare, "token_id": None, "logprob": None}) == TokenPiece("k", 0, "a")
+    for bad in ({"token_id": "17"}, {"token_id": 1.5}, {"logprob": -0.25}, {"logprob": {"token_id": 1}},
+                {"logprob": {**full["logprob"], "top": [{"token_id": 1, "token": "x", "logprob": "-1"}]}}):
+        with pytest.raises(ProtocolError) as err:
+            decode_for_supervisor({**bare, **bad})
+        assert err.value.problem in ("bad field", "missing field")
 
 
 def test_ints_read_as_floats_and_unknown_fields_are_ignored() -> None:

@@ -41,6 +41,17 @@ def test_logprobs_penalties_and_seed(oai: openai.OpenAI) -> None:
     assert set(allowed.choices[0].model_extra["token_ids"]) <= {100, 101}
 
 
+def test_streamed_chat_sends_each_token_with_its_logprobs_and_id(oai: openai.OpenAI) -> None:
+    request = dict(model=MODEL, max_tokens=8, logprobs=True, top_logprobs=2, messages=[{"role": "user", "content": "hi"}],
+                   extra_body={"ignore_eos": True, "return_token_ids": True})
+    chunks = list(oai.chat.completions.create(stream=True, **request))
+    tokens = [c.choices[0] for c in chunks if c.choices[0].logprobs]
+    assert len(tokens) == 8 and all(len(c.logprobs.content) == len(c.model_extra["token_ids"]) == 1 for c in tokens)
+    whole = oai.chat.completions.create(**request).choices[0]  # greedy: the same tokens
+    assert [c.model_extra["token_ids"][0] for c in tokens] == whole.model_extra["token_ids"]
+    assert [c.logprobs.content[0].token for c in tokens] == [t.token for t in whole.logprobs.content]
+
+
 def test_chat_logprobs_and_token_prompts(oai: openai.OpenAI) -> None:
     chat = oai.chat.completions.create(model=MODEL, max_tokens=4, logprobs=True, top_logprobs=2,
                                        messages=[{"role": "user", "content": "hi"}], extra_body={"ignore_eos": True})

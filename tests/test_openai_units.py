@@ -105,3 +105,30 @@ def test_requests_ignore_unknown_fields_and_take_vllm_shapes(caplog: pytest.LogC
             CompletionRequest.model_validate(bad)
     with pytest.raises(ValidationError):
         ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})
+
+
+def test_a_streamed_choice_sends_each_position_once_and_the_rest_with_the_result() -> None:
+    from llmsup.supervisor.jobs import JobStatus
+    from llmsup.web.follow import Update
+    from llmsup.web.openai_stream import ChoiceState, _final_chunk
+
+    def make(index: int, text: str, finish: str | None = None, role: bool = False, entries: tuple = (),
+             ids: tuple = (), offset: int = 0) -> dict:
+        lp = completion_logprobs(entries, 1, offset=offset).model_dump() if entries else None
+        return {"choices": [{"index": index, "text": text, "logprobs": lp, "ids": list(ids), "finish_reason": finish}]}
+
+    three = LP + (TokenLogprob(8, "d", -1.0),)
+    state = ChoiceState(0, "job-x", max_tokens=10, prompt_tokens=1, wants_logprobs=True, wants_ids=True)
+    first = state.chunk(make, "a", *state.token_extras(Update("token", seq=0, text="a", token_id=7, logprob=LP[0])))
+    assert first["choices"][0]["logprobs"]["text_offset"] == [0] and first["choices"][0]["ids"] == [7]
+    # a retry (engine lost) streams position 0 again: its entry is not sent twice; position 1 is new
+    assert state.token_extras(Update("token", seq=0, text="a", token_id=7, logprob=LP[0])) == ([], [])
+    second = state.chunk(make, "bc", *state.token_extras(Update("token", seq=1, text="bc", token_id=9, logprob=LP[1])))
+    assert second["choices"][0]["logprobs"]["text_offset"] == [1]  # counts on past "a"
+    # a gap (the token of position 2 never streamed): later positions wait for the result, in order
+    assert state.token_extras(Update("token", seq=3, text="e", token_id=5, logprob=LP[0])) == ([], [])
+    done = Job(prompt="p", status=JobStatus.SUCCEEDED, output="abcd", tokens=3, finish_reason="length", logprobs=three,
+               token_ids=(7, 9, 8))
+    last = _final_chunk(state, done, "d", make)["choices"][0]
+    assert last["logprobs"]["tokens"] == ["d"] and last["logprobs"]["text_offset"] == [3] and last["ids"] == [8]
+    assert last["finish_reason"] == "length" and last["text"] == "d"

@@ -81,6 +81,21 @@ def test_chat_logprobs_streaming_and_not(oai: openai.OpenAI) -> None:
     assert len(tokens) == 6 and chunks[-1].choices[0].finish_reason == "length"
 
 
+def test_streamed_logprobs_and_token_ids_come_with_each_token(oai: openai.OpenAI) -> None:
+    request = dict(model=MODEL, prompt="The story of a job", max_tokens=10, temperature=0.0, logprobs=2,
+                   extra_body={"ignore_eos": True, "return_token_ids": True})
+    chunks = list(oai.completions.create(stream=True, stream_options={"include_usage": True}, **request))
+    choices = [c.choices[0] for c in chunks if c.choices]
+    assert all(len(c.logprobs.tokens) == len(c.model_extra["token_ids"]) == 1 for c in choices)  # one token a chunk
+    assert all(1 <= len(c.logprobs.top_logprobs[0]) <= 3 and c.logprobs.token_logprobs[0] <= 0 for c in choices)
+    assert len(choices) == chunks[-1].usage.completion_tokens == 10 and choices[-1].finish_reason == "length"
+    whole = oai.completions.create(**request).choices[0]
+    assert [c.model_extra["token_ids"][0] for c in choices] == whole.model_extra["token_ids"]
+    assert [c.logprobs.text_offset[0] for c in choices] == whole.logprobs.text_offset  # counts on, chunk to chunk
+    assert [c.logprobs.tokens[0] for c in choices] == whole.logprobs.tokens
+    assert [c.logprobs.token_logprobs[0] for c in choices] == pytest.approx(whole.logprobs.token_logprobs, abs=1e-3)
+
+
 def test_json_mode_and_structured_outputs(oai: openai.OpenAI) -> None:
     resp = oai.chat.completions.create(model=MODEL, max_tokens=20, response_format={"type": "json_object"},
                                        messages=[{"role": "user", "content": "a JSON object please"}])

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import openai
@@ -283,3 +283,56 @@ def test_metrics_count_completions_and_their_outcomes(oai: openai.OpenAI, server
         text = c.get("/metrics").text
     assert re.search(r'^llmsup_http_requests_total\{method="POST",route="/v1/completions",status="200"\} [1-9]', text, re.M)
     assert re.search(r'^llmsup_job_outcomes_total\{status="succeeded"\} [1-9]', text, re.M)
+
+
+LIVE = "a b c [sim:slow=0.1]"  # 0.1 s a token: 20 tokens run for 2 s
+
+
+def read_while_running(server: Server, resp: object, enough: Callable[[list], bool]) -> list:
+    """Chunks of a streamed answer: those that make ``enough`` true are read while every job of the request still
+    runs (asked of ``/v1/jobs/{id}`` then), then the rest."""
+    job_ids = resp.headers["x-llmsup-job-id"].split(",")  # type: ignore[attr-defined]
+    chunks = iter(resp.parse())  # type: ignore[attr-defined]
+    early = []
+    for chunk in chunks:
+        early.append(chunk)
+        if enough(early):
+            break
+    with server.client() as c:
+        assert [job_status(c, j)["status"] for j in job_ids] == ["running"] * len(job_ids)
+    return early + list(chunks)
+
+
+def logprob_chunks(chunks: list, index: int) -> list:
+    return [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index and c.choices[0].logprobs]
+
+
+def test_completion_stream_logprobs_arrive_live(oai: openai.OpenAI, server: Server) -> None:
+    request = dict(model="sim", prompt=LIVE, max_tokens=20, n=2, logprobs=1, seed=5)
+    with oai.completions.with_streaming_response.create(stream=True, **request) as resp:
+        chunks = read_while_running(server, resp, lambda early: all(len(logprob_chunks(early, i)) >= 2 for i in (0, 1)))
+    whole = oai.completions.create(**request)
+    for i in (0, 1):
+        mine = logprob_chunks(chunks, i)
+        assert len(mine) == 20 and all(c.logprobs.tokens == [c.text] for c in mine)  # each token in its own chunk
+        assert mine[-1].finish_reason == "length" and not any(c.finish_reason for c in mine[:-1])
+        streamed = {key: [v for c in mine for v in getattr(c.logprobs, key)]
+                    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
+        assert streamed["text_offset"] == [2 * k for k in range(20)]  # counts on over the choice's text
+        assert streamed == whole.choices[i].logprobs.model_dump()
+    echoed = list(oai.completions.create(model="sim", prompt="p q", max_tokens=3, echo=True, logprobs=0, stream=True))
+    assert [c.logprobs.text_offset for c in logprob_chunks(echoed, 0)] == [[3], [5], [7]]  # after the echoed "p q"
+
+
+def test_chat_stream_logprobs_arrive_live(oai: openai.OpenAI, server: Server) -> None:
+    request = dict(model="sim", max_tokens=20, n=2, logprobs=True, top_logprobs=1, seed=5,
+                   messages=[{"role": "user", "content": LIVE}])
+    with oai.chat.completions.with_streaming_response.create(stream=True, **request) as resp:
+        chunks = read_while_running(server, resp, lambda early: all(len(logprob_chunks(early, i)) >= 2 for i in (0, 1)))
+    whole = oai.chat.completions.create(**request)
+    for i in (0, 1):
+        mine = logprob_chunks(chunks, i)
+        assert len(mine) == 20 and all([t.token for t in c.logprobs.content] == [c.delta.content] for c in mine)
+        streamed = [t.model_dump() for c in mine for t in c.logprobs.content]
+        assert streamed == [t.model_dump() for t in whole.choices[i].logprobs.content]
+        assert "".join(t["token"] for t in streamed) == whole.choices[i].message.content

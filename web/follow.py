@@ -1,8 +1,9 @@
 """Follow one job live: its state, then its status changes and tokens in the order they happened.
 
 The subscription to the supervisor's event hub is taken *before* the job is read, with no ``await`` in
-between, so no event can fall between the snapshot and the stream. Status changes and tokens are passed on
-in hub order; the stream ends with the job's terminal status change. A new attempt (after an engine was
+between, so no event can fall between the snapshot and the stream. Status changes and tokens (each with its id
+and logprob record when the job asked for them; a running job's snapshot holds those streamed so far) are passed
+on in hub order; the stream ends with the job's terminal status change. A new attempt (after an engine was
 lost) restarts the output at token seq 0. A consumer that fell too far behind gets a fresh snapshot.
 """
 
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
+from llmsup.engines.protocol import TokenLogprob
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.service import Supervisor
 
@@ -22,8 +24,10 @@ class Update:
     kind: Literal["job", "status", "token", "ping"]
     job: Job | None = None  # "job", "status": the job as stored now (output so far included)
     status: JobStatus | None = None  # "job", "status": the status this update is about
-    seq: int = 0  # "token": index of the piece within the current attempt
+    seq: int = 0  # "token": index of the token within the current attempt
     text: str = ""
+    token_id: int | None = None  # "token": its id, when the job asked for token ids
+    logprob: TokenLogprob | None = None  # "token": its logprob record, when the job asked for logprobs
 
 
 async def follow(sup: Supervisor, job_id: str, ping_s: float = 15.0) -> AsyncIterator[Update]:
@@ -53,7 +57,8 @@ async def follow(sup: Supervisor, job_id: str, ping_s: float = 15.0) -> AsyncIte
                 if ev["seq"] != next_seq:
                     continue
                 next_seq += 1
-                update = Update("token", seq=ev["seq"], text=ev["text"])
+                update = Update("token", seq=ev["seq"], text=ev["text"], token_id=ev.get("token_id"),
+                                logprob=ev.get("logprob"))
             elif ev["type"] == "status":
                 next_seq = 0  # queued again, or a new attempt started: its tokens count from 0
                 update = Update("status", sup.get(job_id), JobStatus(ev["status"]))

@@ -1,43 +1,91 @@
 """Streaming answers of the OpenAI routes: the jobs of one request merged into one SSE stream of chunks.
 
 One chunk per token, as vLLM's server sends them; ``choices[0].index`` says which choice (job) a chunk is of.
-The token that reaches ``max_tokens`` is known to be the last one and travels in the chunk that carries the
-``finish_reason``, as with vLLM; a generation that ends on a stop (EOS, stop string) is only known to have
-ended when its job does, so its finish chunk carries what is left (usually nothing, as vLLM's for an EOS).
-Logprobs and token ids travel with the job's result, not the token stream: a stream that asks for them gets
-its chunks, each with its token's logprobs, when the job ends. ``stream_options.include_usage`` adds a usage
-chunk at the end, ``continuous_usage_stats`` a usage object to every chunk.
+A choice that asks for logprobs (or token ids) gets each token's entry (id) in that token's chunk, live, as the
+token is generated (completions: ``text_offset`` counts on over the choice's text, as vLLM's does). The token
+that reaches ``max_tokens`` is known to be the last one and travels in the chunk that carries the
+``finish_reason``, with its entry, as with vLLM; a generation that ends on a stop (EOS, stop string) is only
+known to have ended when its job does, so its finish chunk carries what is left (usually nothing, as vLLM's for
+an EOS). The job's result is authoritative: the finish chunk also carries every entry and id of the result
+that was not sent yet (the result overtook the last tokens, or the engine streamed none), and no position's
+entry is ever sent twice (a retried job's new attempt repeats positions already sent). The prompt's logprobs
+and ids are not streamed (they are in the non-streamed answer only). ``stream_options.include_usage`` adds a
+usage chunk at the end, ``continuous_usage_stats`` a usage object to every chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmsup.engines.protocol import TokenLogprob
 from llmsup.supervisor.jobs import Job, JobStatus
 from llmsup.supervisor.service import Supervisor
 from llmsup.web import sse
 from llmsup.web.follow import TextTracker, Update, follow
 from llmsup.web.openai_format import finish_reason, info, usage, usage_of
 
-# make(index, text, finish=None, role=False, job=None, start=0, count=0) -> chunk; start/count: the tokens
+# make(index, text, finish=None, role=False, entries=(), ids=(), offset=0) -> chunk: ``entries`` / ``ids`` are the
+# logprob records / token ids of the chunk's tokens, ``offset`` the text offset of its first entry (completions)
 Chunk = Callable[..., dict[str, Any]]
 
 
 @dataclass
 class ChoiceState:
+    """One choice (job) of a streamed request: what its client has been sent so far."""
+
     index: int
     job_id: str
     max_tokens: int
     prompt_tokens: int
-    buffered: bool  # logprobs / token ids wanted: send when the job ends
+    wants_logprobs: bool = False
+    wants_ids: bool = False
+    offset: int = 0  # completions: text_offset of the next logprob entry (after an echoed prompt: its length)
     tracker: TextTracker = field(default_factory=TextTracker)
-    pieces: list[str] = field(default_factory=list)
     pending: str = ""  # the last token's text, held for the finish chunk
+    pending_entries: list[TokenLogprob] = field(default_factory=list)
+    pending_ids: list[int] = field(default_factory=list)
+    entries_done: int = 0  # positions whose logprob entry was sent or is pending
+    ids_done: int = 0  # positions whose token id was sent or is pending
     tokens: int = 0
     final: Job | None = None
+
+    def token_extras(self, u: Update) -> tuple[list[TokenLogprob], list[int]]:
+        """The entry and id of a streamed token, when it is the next position not sent yet (a retry repeats
+        positions already sent; after a gap, the rest waits for the result)."""
+        entries: list[TokenLogprob] = []
+        ids: list[int] = []
+        if self.wants_logprobs and u.logprob is not None and u.seq == self.entries_done:
+            entries.append(u.logprob)
+            self.entries_done += 1
+        if self.wants_ids and u.token_id is not None and u.seq == self.ids_done:
+            ids.append(u.token_id)
+            self.ids_done += 1
+        return entries, ids
+
+    def job_extras(self, job: Job) -> tuple[list[TokenLogprob], list[int]]:
+        """The entries and ids a job record holds past those sent (a running job's: streamed so far)."""
+        entries = list(job.logprobs[self.entries_done:]) if self.wants_logprobs else []
+        ids = list(job.token_ids[self.ids_done:]) if self.wants_ids else []
+        self.entries_done += len(entries)
+        self.ids_done += len(ids)
+        return entries, ids
+
+    def hold(self, text: str, entries: list[TokenLogprob], ids: list[int]) -> None:
+        self.pending += text
+        self.pending_entries += entries
+        self.pending_ids += ids
+
+    def chunk(self, make: Chunk, text: str, entries: Sequence[TokenLogprob] = (), ids: Sequence[int] = (),
+              finish: str | None = None) -> dict[str, Any]:
+        """A chunk of this choice; the next entry's text offset moves past this one's tokens (as vLLM counts)."""
+        out = make(self.index, text, finish, entries=entries, ids=ids, offset=self.offset)
+        logprobs = out["choices"][0].get("logprobs") if out.get("choices") else None
+        if isinstance(logprobs, dict) and logprobs.get("text_offset"):
+            self.offset = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
+        return out
 
 
 async def merged(sup: Supervisor, job_ids: list[str], ping_s: float) -> AsyncIterator[tuple[int, Update | None]]:
@@ -97,17 +145,15 @@ def chunks(sup: Supervisor, states: list[ChoiceState], make: Chunk, include_usag
             terminal = u.status is not None and u.status.terminal
             if u.kind == "token":
                 state.tokens = max(state.tokens, u.seq + 1)
-                if state.buffered:
-                    state.pieces.append(delta)
-                elif state.tokens >= state.max_tokens:
-                    state.pending += delta  # the certain last token: it goes with the finish_reason
+                entries, ids = state.token_extras(u)
+                if state.tokens >= state.max_tokens:
+                    state.hold(delta, entries, ids)  # the certain last token: it goes with the finish_reason
                 else:
-                    yield sse.event(with_usage(make(state.index, delta), state))
-            elif delta and not terminal:
-                if state.buffered:
-                    state.pieces.append(delta)
-                else:
-                    yield sse.event(with_usage(make(state.index, delta), state))
+                    yield sse.event(with_usage(state.chunk(make, delta, entries, ids), state))
+            elif u.kind == "job" and u.job is not None and not terminal:  # a snapshot: what ran before it
+                entries, ids = state.job_extras(u.job)
+                if delta or entries or ids:
+                    yield sse.event(with_usage(state.chunk(make, delta, entries, ids), state))
             if not terminal:
                 continue
             job = state.final = u.job
@@ -122,8 +168,7 @@ def chunks(sup: Supervisor, states: list[ChoiceState], make: Chunk, include_usag
                 return
             state.tokens = job.tokens
             state.prompt_tokens = job.prompt_tokens or state.prompt_tokens
-            for chunk in _final_chunks(state, job, delta, make):
-                yield sse.event(with_usage(chunk, state))
+            yield sse.event(with_usage(_final_chunk(state, job, delta, make), state))
         if any(s.final is None for s in states):
             yield error_event("the server is shutting down", "shutdown")
         elif include_usage:
@@ -134,27 +179,13 @@ def chunks(sup: Supervisor, states: list[ChoiceState], make: Chunk, include_usag
     return body()
 
 
-def _final_chunks(state: ChoiceState, job: Job, delta: str, make: Chunk) -> list[dict[str, Any]]:
-    """The choice's last chunk(s): the held-back text, or every buffered token with its logprobs."""
-    reason = finish_reason(job)
-    if not state.buffered:
-        last = make(state.index, state.pending + delta, reason, job=job, start=max(0, job.tokens - 1),
-                    count=1 if state.pending else 0)
-        last["llmsup"] = info(job).model_dump()
-        return [last]
-    pieces = state.pieces + ([delta] if delta else [])
-    if "".join(pieces) != job.output or (job.logprobs and len(pieces) != len(job.logprobs)):
-        pieces = [job.output]  # the stream lost pieces (the result overtook them): one chunk with everything
-    out = []
-    for k, text in enumerate(pieces):
-        whole = len(pieces) == 1
-        is_last = k == len(pieces) - 1
-        chunk = make(state.index, text, reason if is_last else None, job=job, start=0 if whole else k,
-                     count=job.tokens if whole else 1)
-        if is_last:
-            chunk["llmsup"] = info(job).model_dump()
-        out.append(chunk)
-    return out
+def _final_chunk(state: ChoiceState, job: Job, delta: str, make: Chunk) -> dict[str, Any]:
+    """The choice's last chunk: the held-back last token and what the result adds (text, entries, ids not sent)."""
+    entries, ids = state.job_extras(job)
+    last = state.chunk(make, state.pending + delta, state.pending_entries + entries, state.pending_ids + ids,
+                       finish=finish_reason(job))
+    last["llmsup"] = info(job).model_dump()
+    return last
 
 
 def stream_response(sup: Supervisor, request: Any, job_ids: list[str], body: AsyncIterator[bytes],

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from llmsup.engines.protocol import TokenLogprob
 from llmsup.supervisor.jobs import Job
 from llmsup.supervisor.model_name import served_model_name
 from llmsup.supervisor.service import Supervisor
@@ -88,18 +89,19 @@ async def completions(body: CompletionRequest, request: Request, sup: Supervisor
     as_ids = bool(body.return_tokens_as_token_ids)
     k = body.logprobs or 0
     if body.stream:
-        def make(index: int, text: str, finish: str | None = None, role: bool = False, job: Job | None = None,
-                 start: int = 0, count: int = 0) -> dict[str, Any]:
+        def make(index: int, text: str, finish: str | None = None, role: bool = False,
+                 entries: Sequence[TokenLogprob] = (), ids: Sequence[int] = (), offset: int = 0) -> dict[str, Any]:
             choice: dict[str, Any] = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
-            if job is not None and body.logprobs is not None and count:
-                choice["logprobs"] = completion_logprobs(job.logprobs[start:start + count], k, as_ids).model_dump()
-            if job is not None and body.return_token_ids and count:
-                choice["token_ids"] = list(job.token_ids[start:start + count])
+            if body.logprobs is not None and entries:
+                choice["logprobs"] = completion_logprobs(entries, k, as_ids, offset=offset).model_dump()
+            if body.return_token_ids and ids:
+                choice["token_ids"] = list(ids)
             return {"id": f"cmpl-{jobs[0].id}", "object": "text_completion", "created": int(jobs[0].created_at),
                     "model": model, "choices": [choice]}
 
         head = [make(i, plan.prompt_of(i).text) for i in range(len(jobs))] if body.echo else []
-        return _stream(sup, request, plan, jobs, make, body, head, release)
+        offsets = [len(plan.prompt_of(i).text) if body.echo else 0 for i in range(len(jobs))]
+        return _stream(sup, request, plan, jobs, make, body, head, release, offsets)
     response.headers["X-Llmsup-Job-Id"] = jobs[0].id
     done = await _wait_all(sup, request, [j.id for j in jobs])
     choices = []
@@ -138,15 +140,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sup: S
     k = 1 << 30 if body.top_logprobs == -1 else (body.top_logprobs or 0)  # -1: every alternative there is
     as_ids = bool(body.return_tokens_as_token_ids)
     if body.stream:
-        def make(index: int, text: str, finish: str | None = None, role: bool = False, job: Job | None = None,
-                 start: int = 0, count: int = 0) -> dict[str, Any]:
+        def make(index: int, text: str, finish: str | None = None, role: bool = False,
+                 entries: Sequence[TokenLogprob] = (), ids: Sequence[int] = (), offset: int = 0) -> dict[str, Any]:
             delta: dict[str, Any] = {"role": "assistant", "content": text} if role else (
                 {"content": text} if text else {})
             choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-            if job is not None and body.logprobs and count:
-                choice["logprobs"] = chat_logprobs(job.logprobs[start:start + count], k, as_ids).model_dump()
-            if job is not None and body.return_token_ids and count:
-                choice["token_ids"] = list(job.token_ids[start:start + count])
+            if body.logprobs and entries:
+                choice["logprobs"] = chat_logprobs(entries, k, as_ids).model_dump()
+            if body.return_token_ids and ids:
+                choice["token_ids"] = list(ids)
             return {"id": f"chatcmpl-{jobs[0].id}", "object": "chat.completion.chunk",
                     "created": int(jobs[0].created_at), "model": model, "choices": [choice]}
 
@@ -219,9 +221,11 @@ def _first_prompt_token(plan: Plan, choice: int) -> str:
 
 def _stream(sup: Supervisor, request: Request, plan: Plan, jobs: list[Job], make: Any,
             body: CompletionRequest | ChatCompletionRequest, head: list[dict[str, Any]],
-            release: Callable[[], None] | None) -> sse.EventStream:
-    buffered = body.sample_logprobs() is not None or bool(body.return_token_ids)
-    states = [ChoiceState(i, job.id, job.params.max_tokens, plan.prompt_of(i).length or 0, buffered)
+            release: Callable[[], None] | None, offsets: Sequence[int] = ()) -> sse.EventStream:
+    """Stream the choices; ``offsets``: each choice's first text offset (completions with an echoed prompt)."""
+    wants_logprobs, wants_ids = body.sample_logprobs() is not None, bool(body.return_token_ids)
+    states = [ChoiceState(i, job.id, job.params.max_tokens, plan.prompt_of(i).length or 0, wants_logprobs, wants_ids,
+                          offset=offsets[i] if i < len(offsets) else 0)
               for i, job in enumerate(jobs)]
     options = body.stream_options
     body_iter = chunks(sup, states, make, include_usage=bool(options and options.include_usage),
