@@ -57,14 +57,21 @@ class ProcessLedger:
             owner = data.get("owner")
             if owner and owner.get("pid") != os.getpid() and _alive(owner):
                 raise RuntimeError(f"run directory in use by a running supervisor (pid {owner['pid']})")
-            for name, ident in (data.get("processes") or {}).items():
-                if _alive(ident):
-                    kill_group(int(ident["pid"]))
-                    killed.append(f"{name}:{ident['pid']}")
+            killed = _kill_alive(data.get("processes") or {})
         self.entries = {}
         self._write()
         if killed:
             log.warning("stopped processes left by a previous supervisor: %s", ", ".join(killed))
+        return killed
+
+    def sweep(self) -> list[str]:
+        """At stop: kill what this supervisor recorded that is still alive (the cluster's own stop missed it:
+        a nanny can hang in zmq term after its engine died) and forget everything."""
+        killed = _kill_alive(self.entries)
+        self.entries = {}
+        self._write()
+        if killed:
+            log.info("stopped processes the cluster's stop left running: %s", ", ".join(killed))
         return killed
 
     def release(self) -> None:
@@ -73,6 +80,15 @@ class ProcessLedger:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _kill_alive(entries: dict[str, dict[str, float | int]]) -> list[str]:
+    killed = []
+    for name, ident in entries.items():
+        if _alive(ident):
+            kill_group(int(ident["pid"]))
+            killed.append(f"{name}:{ident['pid']}")
+    return killed
 
 
 def _ident(pid: int) -> dict[str, float | int]:

@@ -130,7 +130,7 @@ class Supervisor(SupervisorCore):
             move(engine, EngineState.DEAD, "supervisor stopped")
         await self.cluster.stop()
         if self._owns_run_dir:
-            self.ledger.claim()  # kill anything the cluster failed to stop
+            self.ledger.sweep()  # kill anything the cluster failed to stop
             self.ledger.release()
         for sock in (getattr(self, "stream", None), getattr(self, "control", None), getattr(self, "gate", None)):
             if sock is not None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,21 @@ def test_serve_passes_connection_limits_to_uvicorn(tmp_path: Path, monkeypatch: 
     assert result.exit_code == 0, result.output
     assert seen["limit_concurrency"] == 77 and seen["backlog"] == 33
     assert mode(tmp_path / "run") == 0o700
+
+
+def test_ledger_sweep_at_stop_kills_what_is_still_alive_and_forgets_all(tmp_path: Path) -> None:
+    run = prepare_run_dir(tmp_path / "run")
+    ledger = ProcessLedger(run / "processes.json")
+    ledger.claim()
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        ledger.record("nanny:e0", proc.pid)
+        ledger.record("gone", os.getpid() + 10_000_000)  # not a live process: not recorded at all
+        assert ledger.sweep() == [f"nanny:e0:{proc.pid}"]
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        assert ledger.entries == {} and json.loads((run / "processes.json").read_text())["processes"] == {}
+        assert ledger.sweep() == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
