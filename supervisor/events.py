@@ -38,26 +38,46 @@ class Subscription:
 
 
 class EventHub:
+    """Subscribers of one job are found by its id, so a publish costs the job's own subscribers plus those of
+    every job (``job_id=None``), not one look at every open stream."""
+
     def __init__(self) -> None:
-        self._subs: set[Subscription] = set()
+        self._all: set[Subscription] = set()  # job_id None: every job's events
+        self._by_job: dict[str, set[Subscription]] = {}
 
     def subscribe(self, job_id: str | None = None, maxsize: int = 10_000) -> Subscription:
         sub = Subscription(self, job_id, maxsize)
-        self._subs.add(sub)
+        if job_id is None:
+            self._all.add(sub)
+        else:
+            self._by_job.setdefault(job_id, set()).add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        self._subs.discard(sub)
+        if sub.job_id is None:
+            self._all.discard(sub)
+            return
+        subs = self._by_job.get(sub.job_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_job[sub.job_id]
 
     def publish(self, job_id: str | None, event: Event) -> None:
-        for sub in list(self._subs):
-            if sub.job_id is None or sub.job_id == job_id:
+        for sub in list(self._all):
+            sub.put(event)
+        if job_id is not None and job_id in self._by_job:
+            for sub in list(self._by_job[job_id]):
                 sub.put(event)
 
+    def subscribers(self) -> int:
+        return len(self._all) + sum(len(subs) for subs in self._by_job.values())
+
     def close_all(self) -> None:
-        for sub in list(self._subs):
+        for sub in [*self._all, *(s for subs in self._by_job.values() for s in subs)]:
             try:
                 sub.queue.put_nowait(None)
             except asyncio.QueueFull:
                 pass
-        self._subs.clear()
+        self._all.clear()
+        self._by_job.clear()
