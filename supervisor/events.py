@@ -33,6 +33,13 @@ class Subscription:
     async def get(self) -> Event | None:
         return await self.queue.get()
 
+    def ready(self, limit: int) -> list[Event | None]:
+        """Up to ``limit`` events already queued, without waiting (a consumer that handles them in one go)."""
+        out: list[Event | None] = []
+        while len(out) < limit and not self.queue.empty():
+            out.append(self.queue.get_nowait())
+        return out
+
     def close(self) -> None:
         self.hub.unsubscribe(self)
 

@@ -5,6 +5,7 @@ listing off the event loop and counts shared by live subscribers."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,9 +24,11 @@ from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import SQLiteStore, StoreReader
 from llmsup.web import auth
 from llmsup.web.app import create_app
+from llmsup.web.auth import Principal
 from llmsup.web.hosts import HostAllowlist, host_name
 from llmsup.web.listing import SharedCounts
-from llmsup.web.sse import EventStream
+from llmsup.web.live import SharedStatusReads, _feed
+from llmsup.web.sse import PING, EventStream
 
 pytestmark = pytest.mark.timeout(60)
 ALICE, BOB = {"Authorization": "Bearer key-alice"}, {"Authorization": "Bearer key-bob"}
@@ -280,3 +283,23 @@ async def test_live_counts_are_computed_once_per_tick_for_all_subscribers(guarde
     await submit(guarded, ALICE)
     seen = [counts.get(guarded.sup) for _ in range(1000)]  # a thousand subscribers in one tick
     assert counts.computed == 1 and seen[0]["queued"] == 1 and seen[0] == seen[-1]
+
+
+async def test_a_status_change_is_read_once_for_every_live_subscriber_and_shown_to_those_who_may_see_it(
+        guarded: App) -> None:
+    reads = SharedStatusReads()
+    counts = SharedCounts(ttl_s=60)
+    principals = {"alice": Principal("alice"), "bob": Principal("bob"), "admin": Principal(None, admin=True)}
+    feeds = {name: _feed(guarded.sup, principal, 0, 0.05 if name == "bob" else 3600.0, counts, reads)
+             for name, principal in principals.items()}
+    for feed in feeds.values():
+        assert (await anext(feed)).startswith(b"event: snapshot")  # subscribed from here on
+    job = (await submit(guarded, ALICE)).json()  # queued: one status event for the three feeds
+    guarded.sup.hub.publish(None, {"type": "status", "job_id": "job-gone"})  # not stored: nobody is sent it
+    for name in ("alice", "admin"):
+        sent = await anext(feeds[name])
+        assert sent.count(b"event: job") == 1 and json.loads(sent.split(b"data: ", 1)[1])["id"] == job["id"]
+    assert await anext(feeds["bob"]) == PING  # bob's next write is his tick's ping: neither job is his to see
+    assert reads.reads == 2  # one store read per status change, for all three subscribers
+    for feed in feeds.values():
+        await feed.aclose()

@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
     errors.install(app)
     app.state.stream_slots = StreamSlots(settings.sse_max_per_owner, settings.sse_max_total)
     app.state.live_counts = SharedCounts()
+    app.state.live_reads = live.SharedStatusReads()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HostAllowlist, allowed=allowed_hosts(settings), wildcard_bind=is_wildcard(settings.host))
     app.add_middleware(HTTPMetrics)

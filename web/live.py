@@ -9,13 +9,17 @@
 
 With API keys on, a key user sees only their own jobs and no engines; the admin token (or keys off) sees all.
 Each stream takes a slot of ``sse_max_per_owner`` / ``sse_max_total`` (429 when none is left). Snapshots are
-read off the event loop and the status counts are shared by all subscribers (``web/listing.py``).
+read off the event loop and the status counts are shared by all subscribers (``web/listing.py``). The job behind
+a status change is read and rendered once for all subscribers (:class:`SharedStatusReads`; the hub hands every
+subscriber the same event), and the events queued for a subscriber go out in one write: with 32 subscribers the
+per-subscriber store reads and per-event writes were most of the server's time (``bench/bench_soak.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
@@ -33,6 +37,7 @@ from llmsup.web.schemas import errors, iso
 
 router = APIRouter(tags=["jobs"])
 FLUSH_S = 0.25
+BATCH = 256  # events handled, and sent in one write, per wake-up of a feed
 
 
 def summary(job: Job, now: float | None = None) -> dict[str, Any]:
@@ -63,6 +68,39 @@ def shared_counts(request: Request) -> SharedCounts:
     return state.live_counts
 
 
+class SharedStatusReads:
+    """The job behind a status event, read from the store and rendered as a ``job`` message once for every
+    subscriber: the hub hands each subscriber the same event object, so the object itself is the key (kept
+    referenced while cached, so its id cannot be reused). Bounded: the oldest of ``size`` entries go first."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._entries: OrderedDict[int, tuple[dict[str, Any], Job | None, bytes]] = OrderedDict()
+        self.reads = 0  # store reads made (tests)
+
+    def get(self, sup: Supervisor, ev: dict[str, Any]) -> tuple[Job | None, bytes]:
+        hit = self._entries.get(id(ev))
+        if hit is not None and hit[0] is ev:
+            return hit[1], hit[2]
+        self.reads += 1
+        try:
+            job: Job | None = sup.get(ev["job_id"])
+        except JobNotFound:
+            job = None
+        rendered = sse.event(summary(job), "job") if job is not None else b""
+        self._entries[id(ev)] = (ev, job, rendered)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return job, rendered
+
+
+def shared_reads(request: Request) -> SharedStatusReads:
+    state = request.app.state
+    if getattr(state, "live_reads", None) is None:
+        state.live_reads = SharedStatusReads()
+    return state.live_reads
+
+
 def stream_slot(request: Request, principal: Principal) -> Callable[[], None] | None:
     """Take an event stream slot for this caller (429 when none is left); None when the app keeps no count."""
     slots = getattr(request.app.state, "stream_slots", None)
@@ -84,13 +122,13 @@ async def live_events(
 ) -> sse.EventStream:
     """Live feed of all jobs (yours, with API keys on) and engines: see the module docs for the events."""
     web_metrics = getattr(request.app.state, "web_metrics", None)
-    feed = _feed(sup, principal, jobs, engines_every_s, shared_counts(request))
+    feed = _feed(sup, principal, jobs, engines_every_s, shared_counts(request), shared_reads(request))
     return sse.EventStream(feed, gauge=web_metrics.sse_streams if web_metrics else None,
                            release=stream_slot(request, principal))
 
 
 async def _feed(sup: Supervisor, principal: Principal, n_jobs: int, every_s: float,
-                counts: SharedCounts) -> AsyncIterator[bytes]:
+                counts: SharedCounts, reads: SharedStatusReads) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     owners: dict[str, str | None] = {}
 
@@ -115,38 +153,49 @@ async def _feed(sup: Supervisor, principal: Principal, n_jobs: int, every_s: flo
             wake = min(next_tick, next_flush if dirty else next_tick)
             try:
                 async with asyncio.timeout_at(wake):  # (wait_for can swallow a cancel in Python 3.11)
-                    ev = await sub.get()
+                    first = await sub.get()
+                batch = [first, *sub.ready(BATCH - 1)]
             except TimeoutError:
-                ev = {"type": "tick"}
-            if ev is None:
+                batch = []
+            out: list[bytes] = []
+            for ev in batch:
+                if ev is None:
+                    break
+                if ev["type"] == "status":
+                    dirty.discard(ev["job_id"])
+                    job, rendered = reads.get(sup, ev)
+                    if job is not None:
+                        owners[job.id] = job.owner
+                        if principal.can_see(job):
+                            out.append(rendered)
+                elif ev["type"] == "token":
+                    jid = ev["job_id"]
+                    if principal.sees_all or owners.get(jid, principal.owner) == principal.owner:
+                        if not dirty:
+                            next_flush = loop.time() + FLUSH_S
+                        dirty.add(jid)
+            if None in batch:
+                if out:
+                    yield b"".join(out)
                 if not sub.overflowed:
                     return  # the supervisor is stopping
-                sub.close()
+                sub.close()  # fell behind: start over from a fresh snapshot
                 sub = sup.hub.subscribe(None)
                 dirty.clear()
                 yield await snapshot()
                 continue
-            if ev["type"] == "status":
-                job = mine(ev["job_id"])
-                dirty.discard(ev["job_id"])
-                if job is not None:
-                    yield sse.event(summary(job), "job")
-            elif ev["type"] == "token":
-                jid = ev["job_id"]
-                if principal.sees_all or owners.get(jid, principal.owner) == principal.owner:
-                    if not dirty:
-                        next_flush = loop.time() + FLUSH_S
-                    dirty.add(jid)
             now = loop.time()
             if dirty and now >= next_flush:
                 for jid in list(dirty):
                     job = mine(jid)
                     if job is not None and job.status is JobStatus.RUNNING:
-                        yield sse.event(summary(job), "job")
+                        out.append(sse.event(summary(job), "job"))
                 dirty.clear()
             if now >= next_tick:
                 next_tick = now + every_s
-                yield sse.event(_engines(sup, principal, counts), "engines") if principal.sees_all else sse.PING
+                out.append(sse.event(_engines(sup, principal, counts), "engines") if principal.sees_all else sse.PING)
+            if out:
+                yield b"".join(out)
             if len(owners) > 50_000:
                 owners.clear()
     finally:
