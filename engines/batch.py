@@ -83,7 +83,7 @@ class BatchServer:
         self.backend: BatchBackend = rt.backend
         self.rt = rt
         self.test_hooks = bool(config.get("test_hooks"))
-        self.ctl = zmq.Context.instance().socket(zmq.DEALER)
+        self.ctl: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         self.ctl.setsockopt(zmq.LINGER, 0)
         self.ctl.setsockopt(zmq.IDENTITY, str(config["identity"]).encode())
         secure_client(self.ctl, rt.stream.keys if rt.stream is not None else None)  # the token stream's keys

@@ -75,7 +75,8 @@ def torch_allocated_mb() -> float | None:
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_initialized():
         return None
-    return sum(torch.cuda.memory_reserved(i) for i in range(torch.cuda.device_count())) / MIB
+    reserved: int = sum(torch.cuda.memory_reserved(i) for i in range(torch.cuda.device_count()))  # bytes (torch: untyped)
+    return reserved / MIB
 
 
 def attribute(table: ProcessTable, pids: set[int], pid_exists: Callable[[int], bool]) -> float | None:

@@ -33,7 +33,7 @@ class Heartbeat:
         self._thread.start()
 
     def _run(self) -> None:
-        sock = zmq.Context.instance().socket(zmq.PUSH)
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 16)  # a beat is worth sending fresh or not at all
         secure_client(sock, self.keys)

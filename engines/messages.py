@@ -26,7 +26,7 @@ import types
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from functools import cache
-from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints, overload
 
 from llmsup.engines.protocol import GenParams, TokenLogprob
 
@@ -200,11 +200,18 @@ EngineBound = JobSpec | ControlOp | HostOrder
 StreamEvent = TaskStarted | TokenPiece | JobDone | EngineBeat
 SupervisorBound = JobResult | Hello | HostBeat | StreamEvent
 Message = EngineBound | SupervisorBound
-CONTROL_OPS: tuple[type, ...] = (Submit, Abort, Stop)
-STREAM_EVENTS: tuple[type, ...] = (TaskStarted, TokenPiece, JobDone, EngineBeat)
+CONTROL_OPS: tuple[type[ControlOp], ...] = (Submit, Abort, Stop)
+STREAM_EVENTS: tuple[type[StreamEvent], ...] = (TaskStarted, TokenPiece, JobDone, EngineBeat)
 _ENGINE_BOUND = {cls.KIND: cls for cls in (JobSpec, *CONTROL_OPS, HostOrder)}
 _SUPERVISOR_BOUND = {cls.KIND: cls for cls in (JobResult, Hello, HostBeat, *STREAM_EVENTS)}
 M = TypeVar("M")
+R = TypeVar("R")
+
+
+def _per_class(fn: Callable[[type], R]) -> Callable[[type], R]:
+    """``functools.cache`` for a function of a class (typed to take any class: a type checker reads a class
+    object as unhashable when it checks it against ``cache``'s ``Hashable`` arguments)."""
+    return cache(fn)
 
 
 # encoding ------------------------------------------------------------------------------------------------
@@ -244,12 +251,20 @@ def encode(msg: Message) -> bytes:
 
 
 # decoding ------------------------------------------------------------------------------------------------
-def decode_for_engine(data: object, expect: tuple[type[M], ...] = (JobSpec, *CONTROL_OPS)) -> M:
+@overload
+def decode_for_engine(data: object) -> JobSpec | ControlOp: ...
+@overload
+def decode_for_engine(data: object, expect: tuple[type[M], ...]) -> M: ...
+def decode_for_engine(data: object, expect: tuple[type[object], ...] = (JobSpec, *CONTROL_OPS)) -> object:
     """Read a supervisor -> engine message (bytes or plain dict) of one of the ``expect`` types."""
     return _decode(data, _ENGINE_BOUND, expect)
 
 
-def decode_for_supervisor(data: object, expect: tuple[type[M], ...] = (JobResult, Hello, *STREAM_EVENTS)) -> M:
+@overload
+def decode_for_supervisor(data: object) -> JobResult | Hello | StreamEvent: ...
+@overload
+def decode_for_supervisor(data: object, expect: tuple[type[M], ...]) -> M: ...
+def decode_for_supervisor(data: object, expect: tuple[type[object], ...] = (JobResult, Hello, *STREAM_EVENTS)) -> object:
     """Read an engine -> supervisor message (bytes or plain dict) of one of the ``expect`` types."""
     return _decode(data, _SUPERVISOR_BOUND, expect)
 
@@ -276,29 +291,30 @@ Checker = Callable[[Any, str], Any]
 
 def logprobs_from_plain(data: object) -> tuple[TokenLogprob, ...]:
     """Per-token logprobs (a job record's, as stored) back as records; raises ProtocolError if malformed."""
-    return _checker(tuple[TokenLogprob, ...])(data, "logprobs")
+    logprobs: tuple[TokenLogprob, ...] = _checker(tuple[TokenLogprob, ...])(data, "logprobs")  # checked: that type
+    return logprobs
 
 
-@cache
+@_per_class
 def _names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
-@cache
+@_per_class
 def _sparse(cls: type) -> tuple[str, ...]:
     """Optional fields left out of the plain form when None."""
     sparse: tuple[str, ...] = getattr(cls, "SPARSE", ())
     return sparse
 
 
-@cache
+@_per_class
 def _flat(cls: type) -> bool:
     """Every field but the sparse ones is a JSON scalar (its instance dict, less those, is its plain form)."""
     hints = get_type_hints(cls)
     return all(hints[f.name] in (str, int, float, bool) for f in fields(cls) if f.name not in _sparse(cls))
 
 
-@cache
+@_per_class
 def _schema(cls: type) -> tuple[tuple[str, Checker, bool], ...]:
     """(name, checker, required) of each field but ``version``, built once per class."""
     hints = get_type_hints(cls)
@@ -355,11 +371,11 @@ def _checker(hint: Any) -> Checker:
             return tuple(item(v, where) for v in value)
 
         return sequence
-    if is_dataclass(hint):
+    if isinstance(hint, type) and is_dataclass(hint):
         def record(value: Any, where: str) -> Any:
             if not isinstance(value, dict):
                 raise _bad(value, hint, where)
-            return _build(hint, value)  # type: ignore[arg-type]
+            return _build(hint, value)
 
         return record
     accept: Callable[[Any], bool]

@@ -21,8 +21,9 @@ from llmsup.engines.protocol import TokenLogprob
 ChannelKeys = Mapping[str, str]  # server_public, client_public, client_secret (Z85), from the engine config
 
 
-def secure_client(sock: zmq.Socket[bytes], keys: ChannelKeys | None) -> None:
-    """Make ``sock`` (before it connects) a CURVE client of llmsup's channels; ``None``: plain (tests only)."""
+def secure_client(sock: zmq.Socket[object], keys: ChannelKeys | None) -> None:
+    """Make ``sock`` (a blocking or an asyncio one, before it connects) a CURVE client of llmsup's channels;
+    ``None``: plain (tests only)."""
     if not keys:
         return
     sock.setsockopt(zmq.CURVE_SERVERKEY, keys["server_public"].encode())
@@ -32,7 +33,7 @@ def secure_client(sock: zmq.Socket[bytes], keys: ChannelKeys | None) -> None:
 
 class TokenStream:
     def __init__(self, address: str, keys: ChannelKeys | None = None) -> None:
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
         self._sock.setsockopt(zmq.LINGER, 0)

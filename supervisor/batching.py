@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import zmq
 import zmq.asyncio
@@ -55,7 +55,7 @@ def read_hello(frames: list[bytes]) -> tuple[int, Hello]:
     return engine_id, decode_for_supervisor(raw, expect=(Hello,))
 
 
-def _log_failure(peer: str, sent: asyncio.Future) -> bool:
+def _log_failure(peer: str, sent: asyncio.Future[zmq.MessageTracker | None]) -> bool:
     """Log a failed send; True if it failed."""
     exc = None if sent.cancelled() else sent.exception()
     if exc is not None:
@@ -87,7 +87,9 @@ class ControlChannel:
     def _send(self, identity: str, frame: bytes) -> bool:
         # A non-blocking send on an asyncio socket is tried at once and its Future comes back done, holding the
         # error of a peer that is not connected (ROUTER_MANDATORY): read it there, or it is lost.
-        sent = self.sock.send_multipart([identity.encode(), frame], flags=zmq.NOBLOCK)
+        # (pyzmq annotates the result as an Awaitable; an asyncio socket's send returns an asyncio Future)
+        sent = cast("asyncio.Future[zmq.MessageTracker | None]",
+                    self.sock.send_multipart([identity.encode(), frame], flags=zmq.NOBLOCK))
         if not sent.done():  # queued behind another send: its outcome is only logged
             sent.add_done_callback(lambda fut: _log_failure(identity, fut))
             return True

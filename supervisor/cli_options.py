@@ -114,7 +114,7 @@ def _python_type(option: SettingOption) -> Any:
     if option.kind in ("pairs", "list"):
         return list[str] | None
     if option.choices:
-        return Literal[option.choices] | None  # type: ignore[valid-type]
+        return Literal[option.choices] | None
     return option.value_type | None
 
 

@@ -71,9 +71,13 @@ class JobHandle(JobFields):
         self.client = client
         self.core = AsyncJobHandle(client.core, data)
 
-    @property  # type: ignore[override]
+    @property
     def data(self) -> dict[str, Any]:
         return self.core.data
+
+    @data.setter
+    def data(self, value: dict[str, Any]) -> None:
+        self.core.data = value
 
     def _snapshot(self) -> dict[str, Any]:
         return self.data if self.done else self.refresh().data
@@ -129,9 +133,13 @@ class Client(AtEndpoint):
     def _handle(self, core: AsyncJobHandle) -> JobHandle:
         return JobHandle(self, core.data)
 
-    @property  # type: ignore[override]
+    @property
     def endpoint(self) -> Endpoint:
         return self.core.endpoint
+
+    @endpoint.setter
+    def endpoint(self, value: Endpoint) -> None:
+        self.core.endpoint = value
 
     # jobs --------------------------------------------------------------------------
     def submit(self, prompt: str, **params: Unpack[SubmitParams]) -> JobHandle:

@@ -11,19 +11,19 @@ its loops: dispatch, timers (:meth:`tick` at :meth:`next_wakeup`), health.
 
 from __future__ import annotations
 
+import builtins  # the method `list` shadows the builtin in the class body
 import heapq
 import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from llmsup.engines.messages import JobResult, JobSpec
 from llmsup.supervisor import joblog, ladder, outcomes
 from llmsup.supervisor import reports as ev
-from llmsup.supervisor.driver import EngineDriver
+from llmsup.supervisor.driver import EngineDriver, NotStarted
 from llmsup.supervisor.engine_owner import EngineOwner
-from llmsup.supervisor.engine_state import EngineState, after_jobs_change, move
+from llmsup.supervisor.engine_state import Engine, EngineState, after_jobs_change, move
 from llmsup.supervisor.events import EventHub
 from llmsup.supervisor.host_owner import HostOwner
 from llmsup.supervisor.jobs import Job, JobParams, JobStatus
@@ -49,7 +49,7 @@ class SupervisorCore(EngineOwner, HostOwner):
         self.clock = clock
         self.mono = mono
         self._store = store
-        self.driver: EngineDriver = driver  # type: ignore[assignment]  # set at start by the shell
+        self.driver: EngineDriver = driver if driver is not None else NotStarted()  # the shell sets it at start
         self.pool = EnginePool()
         self.hub = EventHub()
         self.metrics = Metrics(Limits.of(settings), lambda: served_model_name(settings, self.pool.engines.values()))
@@ -182,7 +182,7 @@ class SupervisorCore(EngineOwner, HostOwner):
             started += 1
         return started
 
-    def _start(self, job: Job, engine: Any, now: float) -> None:
+    def _start(self, job: Job, engine: Engine, now: float) -> None:
         job = transition(job, R, self.clock(), engine=engine.ref, error=None)
         self.store.put(job)  # stored as running before the task is sent
         run = RunningJob(job, engine, now, serial=next(self._dispatch_serial))
@@ -311,7 +311,7 @@ class SupervisorCore(EngineOwner, HostOwner):
         self._climb(run, *ladder.ask(reason, engine.batched, run.task_started, now, self.grace))
         return True
 
-    def _climb(self, run: RunningJob, esc: ladder.Escalation, steps: list[ladder.Step]) -> None:
+    def _climb(self, run: RunningJob, esc: ladder.Escalation, steps: builtins.list[ladder.Step]) -> None:
         """Carry out the ladder's steps for one job and keep its next wake-up."""
         previous, run.escalation = run.escalation, esc
         now = self.mono()
@@ -342,7 +342,7 @@ class SupervisorCore(EngineOwner, HostOwner):
         self.metrics.ladder_step(step)
 
     # settling -------------------------------------------------------------------------------
-    def settle_engine_jobs(self, engine: Any, why: str, killed: bool) -> None:
+    def settle_engine_jobs(self, engine: Engine, why: str, killed: bool) -> None:
         """The engine is gone: due jobs end with their partial output, the others go back to the queue."""
         now = self.mono()
         for job_id in list(engine.jobs):

@@ -61,7 +61,7 @@ class ChannelGate:
     def __init__(self, ctx: zmq.Context[Any], keys: ChannelKeys) -> None:
         self.allowed = zmq.utils.z85.decode(keys.client_public.encode())
         self.refused = 0
-        self._ctx = zmq.Context.shadow(ctx.underlying)  # a blocking view of the same context
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(ctx.underlying)  # a blocking view of the same context
         self._sock = self._ctx.socket(zmq.REP)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind(self.ENDPOINT)

@@ -15,8 +15,11 @@ from llmsup.supervisor.engine_state import Engine
 
 
 class EngineDriver(Protocol):
-    can_launch: bool  # True: a local cluster whose engines this supervisor starts and replaces
     local_key: str  # the host_key of the supervisor's own host (never lost: it would be losing itself)
+
+    @property
+    def can_launch(self) -> bool:
+        """True: a local cluster whose engines this supervisor starts and replaces."""
 
     def engine_ids(self) -> set[int]:
         """Engines registered with the controller now."""
@@ -58,3 +61,54 @@ class EngineDriver(Protocol):
 
     async def stop(self, engines: list[Engine], busy: set[int]) -> None:
         """Release idle engines, kill busy ones, stop them all."""
+
+
+class NotStarted:
+    """The driver of a core whose shell has not started the cluster yet: it launches nothing, and any request
+    to an engine is an error (there is none)."""
+
+    can_launch = False
+    local_key = ""
+
+    def engine_ids(self) -> set[int]:
+        return set()
+
+    def launch(self, gpu: str, host: str = "") -> str:
+        raise RuntimeError("supervisor not started: no cluster to launch an engine on")
+
+    def identify(self, engine_id: int) -> None:
+        self._refuse()
+
+    def load(self, engine: Engine, config: dict[str, Any]) -> None:
+        self._refuse()
+
+    def start_serving(self, engine: Engine) -> None:
+        self._refuse()
+
+    def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float) -> None:
+        self._refuse()
+
+    def abort(self, engine: Engine, key: str) -> None:
+        self._refuse()
+
+    def sigint(self, engine: Engine, key: str) -> None:
+        self._refuse()
+
+    def probe(self, engine: Engine, key: str) -> None:
+        self._refuse()
+
+    def kill(self, engine: Engine) -> None:
+        self._refuse()
+
+    def order_host(self, agent: str, fence: tuple[int, ...] = (), stop: bool = False) -> None:
+        self._refuse()
+
+    def retire(self, engine: Engine, release: bool) -> None:
+        self._refuse()
+
+    async def stop(self, engines: list[Engine], busy: set[int]) -> None:
+        return None
+
+    @staticmethod
+    def _refuse() -> None:
+        raise RuntimeError("supervisor not started: no cluster to drive")

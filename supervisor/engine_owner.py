@@ -9,17 +9,15 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llmsup.engines import placement
 from llmsup.supervisor import reports as ev
+from llmsup.supervisor.core_parts import CoreParts
 from llmsup.supervisor.engine_state import ACTIVE, GONE, Engine, EngineState, move
 from llmsup.supervisor.pool import Launch
 from llmsup.supervisor.requests import EngineBusy, EngineNotFound
 from llmsup.supervisor.standby import default_standby, pick_standby
-
-if TYPE_CHECKING:
-    from llmsup.supervisor.core import SupervisorCore
 
 log = logging.getLogger("llmsup.engines")
 S = EngineState
@@ -30,8 +28,8 @@ def default_slots(backend: str) -> int:
     return 32 if backend == "vllm" else 1
 
 
-class EngineOwner:
-    def _init_engines(self: SupervisorCore) -> None:
+class EngineOwner(CoreParts):
+    def _init_engines(self) -> None:
         self.engine_config: dict[str, Any] = {}  # what every engine loads (set by the shell before engines start)
         self.slots = 1
         self.standby_target = 0
@@ -43,7 +41,7 @@ class EngineOwner:
         self._retiring: dict[int, Engine] = {}  # gone engines whose devices are not free yet
         self._kill_reason: dict[int, str] = {}
 
-    def _drive(self: SupervisorCore, what: str, engine: Engine | None, call: Callable[[], object],
+    def _drive(self, what: str, engine: Engine | None, call: Callable[[], object],
                job_id: str | None = None) -> bool:
         """Ask the driver for something; an unexpected error is logged with the job and engine, counted, and
         reported as False so that the caller takes the failure path (the supervisor never stops on it)."""
@@ -55,7 +53,7 @@ class EngineOwner:
             self.metrics.driver_errors.labels(what).inc()
             return False
 
-    def configure_engines(self: SupervisorCore, engine_config: dict[str, Any], gpu_count: int = 0) -> None:
+    def configure_engines(self, engine_config: dict[str, Any], gpu_count: int = 0) -> None:
         s = self.settings
         backend = engine_config.get("backend", "sim")
         self.engine_config = engine_config
@@ -71,10 +69,10 @@ class EngineOwner:
             self.standby_target = 0  # engines of a joined cluster are started (and kept) by someone else
 
     @property
-    def batched(self: SupervisorCore) -> bool:
+    def batched(self) -> bool:
         return self.slots > 1
 
-    def expected_engines(self: SupervisorCore) -> int:
+    def expected_engines(self) -> int:
         """Serving engines the cluster should have: what we launch and keep replacing, plus what the join agents
         of the hosts that are up keep (a joined cluster: what is there)."""
         if not self.driver.can_launch:
@@ -82,7 +80,7 @@ class EngineOwner:
         return self.settings.engines + self.agent_engines_wanted()
 
     # launching -------------------------------------------------------------------------
-    def _launch_plan(self: SupervisorCore, n: int) -> list[tuple[str, str]]:
+    def _launch_plan(self, n: int) -> list[tuple[str, str]]:
         """(host, devices) of ``n`` engines of our own: spread over the launcher's hosts in turn (ssh; else one
         unnamed host), devices from each engine's rank on its host."""
         s = self.settings
@@ -90,7 +88,7 @@ class EngineOwner:
         return [(hosts[rank % len(hosts)], placement.devices_for_rank(rank // len(hosts), self.gpu_count,
                                                                       s.gpus_per_engine)) for rank in range(n)]
 
-    def start_engines(self: SupervisorCore, n: int) -> None:
+    def start_engines(self, n: int) -> None:
         """Launch ``n`` serving engines and the standbys, one set of devices each (the start log maps them)."""
         if not self.driver.can_launch:
             return
@@ -105,18 +103,18 @@ class EngineOwner:
         for host, gpu in plan:
             self.launch(gpu, host=host)
 
-    def launch(self: SupervisorCore, gpu: str, restarts: int = 0, host: str = "") -> None:
+    def launch(self, gpu: str, restarts: int = 0, host: str = "") -> None:
         """Start an engine on these devices (a launch that fails is retried by :meth:`reconcile`)."""
         set_ids: list[str] = []
         if self._drive("launch", None, lambda: set_ids.append(self.driver.launch(gpu, host))):
             self.pool.launches[set_ids[0]] = Launch(set_ids[0], gpu, self.clock(), restarts, host)
         self._last_launch = self.mono()
 
-    def _own(self: SupervisorCore) -> list[Engine]:
+    def _own(self) -> list[Engine]:
         """The engines this supervisor launched (and replaces); a join agent's, or a joined cluster's, are not."""
         return [e for e in self.pool if e.set_id]
 
-    def reconcile(self: SupervisorCore, now: float) -> None:
+    def reconcile(self, now: float) -> None:
         """Keep the engine count: launch what is missing (a failed launch, an engine set that never came up).
         Engines on their way out count as present: their replacement is launched when they are gone."""
         if (not self.driver.can_launch or self.stopping or self._controller_down
@@ -133,7 +131,7 @@ class EngineOwner:
                         gpu or "CPU", f" of {host}" if host else "")
             self.launch(gpu, host=host)
 
-    def _missing_devices(self: SupervisorCore, missing: int) -> list[tuple[str, str]]:
+    def _missing_devices(self, missing: int) -> list[tuple[str, str]]:
         if missing <= 0:
             return []
         plan = self._launch_plan(self.settings.engines + self.standby_target)
@@ -148,7 +146,7 @@ class EngineOwner:
         return (free + plan)[:missing]
 
     # reports -----------------------------------------------------------------------------
-    def on_engine_event(self: SupervisorCore, event: ev.Report, now: float) -> None:
+    def on_engine_event(self, event: ev.Report, now: float) -> None:
         if self._on_cluster_event(event, now):
             return
         engine = self.pool.get(getattr(event, "engine_id", -1))
@@ -157,7 +155,7 @@ class EngineOwner:
         else:
             self._on_engine_record_event(engine, event, now)
 
-    def _on_cluster_event(self: SupervisorCore, event: ev.Report, now: float) -> bool:
+    def _on_cluster_event(self, event: ev.Report, now: float) -> bool:
         """Events about engines the pool does not hold (yet, or any more); True if ``event`` was one."""
         if isinstance(event, ev.EngineRegistered):
             self._drive("identify", None, lambda: self.driver.identify(event.engine_id))
@@ -176,7 +174,7 @@ class EngineOwner:
             return False
         return True
 
-    def _on_engine_record_event(self: SupervisorCore, engine: Engine, event: ev.Report, now: float) -> None:
+    def _on_engine_record_event(self, engine: Engine, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.EngineLoaded):
             self._loaded(engine, event)
         elif isinstance(event, ev.EngineProgress):
@@ -197,7 +195,7 @@ class EngineOwner:
             self.settle_engine_jobs(engine, f"engine killed ({self._kill_reason.get(engine.id, 'killed')})", True)
             self._gone(engine, self._kill_reason.pop(engine.id, "killed"), release=False)
 
-    def _failed(self: SupervisorCore, engine: Engine, why: str) -> None:
+    def _failed(self, engine: Engine, why: str) -> None:
         if engine.state is S.STARTING:
             log.error("%s failed to initialise: %s%s", engine.tag(), why,
                       f" (engine log: {engine.log_file})" if engine.log_file else "")
@@ -205,7 +203,7 @@ class EngineOwner:
         else:
             self.engine_lost(engine, why)
 
-    def _controller_event(self: SupervisorCore, event: ev.Report, now: float) -> None:
+    def _controller_event(self, event: ev.Report, now: float) -> None:
         if isinstance(event, ev.ControllerRestarted):
             self._controller_down = False
             self.pool.launches.clear()  # any launched on the old controller will never register
@@ -223,7 +221,7 @@ class EngineOwner:
         self._kill_reason.clear()
         self._controller_down = True  # no launch until the new controller runs
 
-    def _adopt(self: SupervisorCore, engine_id: int, ident: ev.EngineIdentity) -> None:
+    def _adopt(self, engine_id: int, ident: ev.EngineIdentity) -> None:
         launch = self.pool.launches.pop(ident.engine_set, None)
         engine = Engine(id=engine_id, host=ident.host, host_key=ident.host_key, pid=ident.pid,
                         pid_started=ident.pid_started,
@@ -239,7 +237,7 @@ class EngineOwner:
         if not self._drive("load", engine, lambda: self.driver.load(engine, config)):
             self.kill_engine(engine, "init_failed")
 
-    def _gpu_for(self: SupervisorCore, ident: ev.EngineIdentity, launch: Launch | None) -> str:
+    def _gpu_for(self, ident: ev.EngineIdentity, launch: Launch | None) -> str:
         if ident.gpu:
             return ident.gpu  # pinned when it was started: by our launch, a batch system, a join agent
         if launch is not None:
@@ -249,7 +247,7 @@ class EngineOwner:
         except ValueError:
             return ""
 
-    def _loaded(self: SupervisorCore, engine: Engine, event: ev.EngineLoaded) -> None:
+    def _loaded(self, engine: Engine, event: ev.EngineLoaded) -> None:
         if engine.state is not S.STARTING:
             return
         engine.backend = dict(event.backend)
@@ -267,7 +265,7 @@ class EngineOwner:
         else:
             self._mark_ready(engine, self.mono())
 
-    def _mark_ready(self: SupervisorCore, engine: Engine, now: float) -> None:
+    def _mark_ready(self, engine: Engine, now: float) -> None:
         if engine.state is not S.STARTING:
             return
         engine.last_beat = now
@@ -277,7 +275,7 @@ class EngineOwner:
         move(engine, S.IDLE, "ready")
         self.wake_dispatch()
 
-    def _wants_standby(self: SupervisorCore, engine: Engine) -> bool:
+    def _wants_standby(self, engine: Engine) -> bool:
         if not engine.set_id:
             return self.agent_wants_standby(engine)
         own = [e for e in self._own() if e is not engine]
@@ -285,7 +283,7 @@ class EngineOwner:
         standbys = sum(1 for e in own if e.state is S.STANDBY)
         return self.driver.can_launch and active >= self.settings.engines and standbys < self.standby_target
 
-    def _promote_standby(self: SupervisorCore, lost: Engine) -> None:
+    def _promote_standby(self, lost: Engine) -> None:
         """A standby takes the place of an engine that is going (it keeps its own devices)."""
         if self.stopping:
             return
@@ -297,14 +295,14 @@ class EngineOwner:
         self.wake_dispatch()
 
     # losing, killing, recycling, replacing ------------------------------------------------------
-    def _take_out(self: SupervisorCore, engine: Engine, target: EngineState, why: str) -> None:
+    def _take_out(self, engine: Engine, target: EngineState, why: str) -> None:
         """Take a going engine out of service; a standby takes its place (unless it was one)."""
         was_standby = engine.state is S.STANDBY
         move(engine, target, why)
         if not was_standby:
             self._promote_standby(engine)
 
-    def engine_lost(self: SupervisorCore, engine: Engine, why: str) -> None:
+    def engine_lost(self, engine: Engine, why: str) -> None:
         """The engine died under us (or left the cluster): its jobs settle, a replacement is launched."""
         if self.pool.get(engine.id) is not engine or engine.state is S.RESTARTING:
             return  # handled already, or a kill / recycle in progress settles it
@@ -313,7 +311,7 @@ class EngineOwner:
         self.settle_engine_jobs(engine, why, False)
         self._gone(engine, "lost", release=False)
 
-    def kill_engine(self: SupervisorCore, engine: Engine, reason: str) -> None:
+    def kill_engine(self, engine: Engine, reason: str) -> None:
         """SIGKILL the engine (its jobs settle when the driver reports it killed), then replace it."""
         if engine.state in GONE:
             return
@@ -322,14 +320,14 @@ class EngineOwner:
         if not self._drive("kill", engine, lambda: self.driver.kill(engine)):
             self.report(ev.EngineKilled(engine.id))  # take it as gone: retire kills and stops its set once more
 
-    def recycle(self: SupervisorCore, engine: Engine, why: str) -> None:
+    def recycle(self, engine: Engine, why: str) -> None:
         """Release the backend, stop the engine, start a fresh one on the same devices."""
         if engine.state in GONE:
             return
         self._take_out(engine, S.RESTARTING, f"recycle: {why}")
         self._gone(engine, "recycled", release=True)
 
-    def maybe_recycle(self: SupervisorCore, engine: Engine) -> None:
+    def maybe_recycle(self, engine: Engine) -> None:
         """Recycle between jobs (a busy batched engine drains first, then recycles when empty)."""
         s = self.settings
         if self.stopping or engine.state in GONE:
@@ -346,7 +344,7 @@ class EngineOwner:
         else:
             self.recycle(engine, engine.recycle_why)
 
-    def _gone(self: SupervisorCore, engine: Engine, reason: str, release: bool) -> None:
+    def _gone(self, engine: Engine, reason: str, release: bool) -> None:
         """Hand the engine to the driver to take away; a released one stays in view (restarting) until then."""
         if not release:
             move(engine, S.DEAD, reason)
@@ -356,7 +354,7 @@ class EngineOwner:
         if not self._drive("retire", engine, lambda: self.driver.retire(engine, release=release)):
             self._replace(engine.id)
 
-    def _replace(self: SupervisorCore, engine_id: int) -> None:
+    def _replace(self, engine_id: int) -> None:
         engine = self._retiring.pop(engine_id, None)
         if engine is None:
             return
@@ -369,7 +367,7 @@ class EngineOwner:
         elif self.driver.can_launch and not self.stopping:
             self.launch(engine.gpu, restarts=engine.restarts + 1, host=engine.launched_on)
 
-    def check_beats(self: SupervisorCore, now: float) -> None:
+    def check_beats(self, now: float) -> None:
         """A batched engine whose serving loop stopped beating is lost."""
         limit = self.settings.engine_beat_timeout_s
         for engine in self.pool:
@@ -378,17 +376,17 @@ class EngineOwner:
                 self.kill_engine(engine, f"no heartbeat for {now - engine.last_beat:.1f}s")
 
     # admin operations ----------------------------------------------------------------------------
-    def engine_views(self: SupervisorCore) -> list[dict[str, Any]]:
+    def engine_views(self) -> list[dict[str, Any]]:
         now = self.mono()
         return [e.view(now) for e in sorted(self.pool.engines.values(), key=lambda e: e.id)]
 
-    def find_engine(self: SupervisorCore, engine_id: int) -> Engine:
+    def find_engine(self, engine_id: int) -> Engine:
         engine = self.pool.get(engine_id)
         if engine is None:
             raise EngineNotFound(engine_id)
         return engine
 
-    def interrupt_engine(self: SupervisorCore, engine_id: int) -> list[str]:
+    def interrupt_engine(self, engine_id: int) -> list[str]:
         """Interrupt every job on the engine (they end cancelled); the engine stays."""
         engine = self.find_engine(engine_id)
         ids = list(engine.jobs)
@@ -396,7 +394,7 @@ class EngineOwner:
             self.cancel(jid, note=f"interrupted by admin on engine {engine_id}")
         return ids
 
-    def restart_engine(self: SupervisorCore, engine_id: int) -> list[str]:
+    def restart_engine(self, engine_id: int) -> list[str]:
         """Replace the engine: recycled cleanly when idle, killed when busy (its jobs re-queued, uncharged).
         Raises EngineBusy when it is already on its way out."""
         engine = self.find_engine(engine_id)
@@ -409,7 +407,7 @@ class EngineOwner:
             self.recycle(engine, "admin_restart")
         return jobs
 
-    def drain_engine(self: SupervisorCore, engine_id: int, drain: bool = True) -> None:
+    def drain_engine(self, engine_id: int, drain: bool = True) -> None:
         """A draining engine finishes its jobs and takes no new ones (until undrained)."""
         engine = self.find_engine(engine_id)
         if drain and engine.state in (S.IDLE, S.BUSY):

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from llmsup.supervisor import reports as ev
+from llmsup.supervisor.core_parts import CoreParts
 from llmsup.supervisor.engine_state import ACTIVE, GONE, Engine, EngineState
 from llmsup.supervisor.jobs import JobStatus
 from llmsup.supervisor.outcomes import Settlement, lost
 
 if TYPE_CHECKING:
-    from llmsup.supervisor.core import SupervisorCore
     from llmsup.supervisor.running import RunningJob
 
 log = logging.getLogger("llmsup.hosts")
@@ -68,26 +69,26 @@ class Host:
         return max(times) if times else None
 
 
-class HostOwner:
-    def _init_hosts(self: SupervisorCore) -> None:
+class HostOwner(CoreParts):
+    def _init_hosts(self) -> None:
         self.hosts: dict[str, Host] = {}
         self._hosts_checked_at: float | None = None
 
-    def _host(self: SupervisorCore, key: str, name: str) -> Host:
+    def _host(self, key: str, name: str) -> Host:
         host = self.hosts.get(key)
         if host is None:
             host = self.hosts[key] = Host(key, name)
         return host
 
-    def engines_on(self: SupervisorCore, host: Host) -> list[Engine]:
+    def engines_on(self, host: Host) -> list[Engine]:
         return [e for e in self.pool if e.host_key == host.key]
 
-    def agent_engines_wanted(self: SupervisorCore) -> int:
+    def agent_engines_wanted(self) -> int:
         """Serving engines the join agents of the hosts that are up keep."""
         return sum(h.engines_wanted for h in self.hosts.values() if h.agent and h.lost_at is None)
 
     # reports ------------------------------------------------------------------------------------
-    def on_host_heard(self: SupervisorCore, event: ev.HostHeard, now: float) -> None:
+    def on_host_heard(self, event: ev.HostHeard, now: float) -> None:
         host = self._host(event.host_key, event.host)
         if host.agent != event.agent:
             log.info("host %s joined: agent %s, %d engines (%d standby), %d GPUs", event.host, event.agent,
@@ -98,7 +99,7 @@ class HostOwner:
         self._host_back(host, "its agent beats again")
         self._fence(host)
 
-    def on_report_of_gone_engine(self: SupervisorCore, event: ev.Report, now: float) -> None:
+    def on_report_of_gone_engine(self, event: ev.Report, now: float) -> None:
         """A report about an engine the pool does not hold: one taken out with a lost host. Its beat: the host is
         heard again. The controller dropping it: without an agent there nothing can reach it any more (an ssh
         launcher's set is stopped by the launcher); with one, the agent's beats say when it is gone."""
@@ -113,13 +114,13 @@ class HostOwner:
                 del host.fenced[engine_id]
             return
 
-    def _host_back(self: SupervisorCore, host: Host, why: str) -> None:
+    def _host_back(self, host: Host, why: str) -> None:
         if host.lost_at is not None:
             log.warning("host %s is back (%s): %d engines taken out to be replaced", host.name, why,
                         len(host.fenced))
             host.lost_at = None
 
-    def _fence(self: SupervisorCore, host: Host) -> None:
+    def _fence(self, host: Host) -> None:
         """Have the engines taken out while the host was cut off killed (their replacements come as new engines)."""
         if not host.fenced:
             return
@@ -131,11 +132,11 @@ class HostOwner:
                 self._drive("fence", None, lambda: self.driver.order_host(host.agent, fence=pids))
             return
         for engine in host.fenced.values():  # no agent: through the nanny (its set, if launched here, is stopped)
-            self._drive("fence", engine, lambda e=engine: self.driver.kill(e))
+            self._drive("fence", engine, partial(self.driver.kill, engine))
         host.fenced.clear()
 
     # losing a host --------------------------------------------------------------------------------
-    def check_hosts(self: SupervisorCore, now: float) -> None:
+    def check_hosts(self, now: float) -> None:
         """Take as lost every other host none of whose engines (nor its agent) was heard for host_loss_s.
 
         Not right after the supervisor itself stood still (a check comes every fraction of a second): the beats
@@ -154,7 +155,7 @@ class HostOwner:
             if engines and last is not None and now - last > limit:
                 self.host_lost(host, now, now - last)
 
-    def host_lost(self: SupervisorCore, host: Host, now: float, silent_s: float) -> None:
+    def host_lost(self, host: Host, now: float, silent_s: float) -> None:
         engines = [e for e in self.engines_on(host) if e.state not in GONE]
         jobs = sum(len(e.jobs) for e in engines)
         log.error("host %s lost: nothing heard from it for %.1fs (host_loss_s=%.1f); %d engines taken out, %d jobs "
@@ -172,7 +173,7 @@ class HostOwner:
                     self._settle(run, self._cut_off(run, host, now))
             self._gone(engine, "host_lost", release=False)
 
-    def _cut_off(self: SupervisorCore, run: RunningJob, host: Host, now: float) -> Settlement:
+    def _cut_off(self, run: RunningJob, host: Host, now: float) -> Settlement:
         """A job on a lost host: past its deadline (or being cancelled) it ends with what it streamed; else it
         runs again elsewhere, not charged an attempt."""
         if run.escalation is None and now < run.deadline_at:
@@ -182,7 +183,7 @@ class HostOwner:
         return Settlement(reason, run.text, len(run.pieces), f"{what}; host {host.name} lost before the engine answered")
 
     # standbys of join agents -----------------------------------------------------------------------
-    def agent_wants_standby(self: SupervisorCore, engine: Engine) -> bool:
+    def agent_wants_standby(self, engine: Engine) -> bool:
         """A ready engine from a join agent's host stays a standby while that host has its serving count."""
         host = self.hosts.get(engine.host_key)
         if engine.set_id or host is None or not host.agent:
@@ -193,7 +194,7 @@ class HostOwner:
         return active >= host.engines_wanted and standbys < host.standby_wanted
 
     # admin --------------------------------------------------------------------------------------------
-    def host_views(self: SupervisorCore) -> list[dict[str, Any]]:
+    def host_views(self) -> list[dict[str, Any]]:
         now = self.mono()
         local = getattr(self.driver, "local_key", "")
         for engine in self.pool:  # hosts seen only through engines (no agent)

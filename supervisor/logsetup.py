@@ -9,10 +9,10 @@ from typing import TextIO
 from llmsup.engines.logformat import formatter
 
 
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to the ``sys.stderr`` of the moment (not the one at set-up: it may be replaced, e.g. in tests)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> TextIO:
         return sys.stderr
 

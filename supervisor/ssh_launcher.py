@@ -19,7 +19,7 @@ from tornado import ioloop
 from traitlets import default
 
 
-class _SSHEngineLauncher(SSHEngineLauncher):  # type: ignore[misc]  # untyped base
+class _SSHEngineLauncher(SSHEngineLauncher):
     @default("loop")
     def _loop_default(self) -> ioloop.IOLoop:
         return self.parent.loop  # created in a worker thread: callbacks still go to the supervisor's loop
@@ -28,7 +28,7 @@ class _SSHEngineLauncher(SSHEngineLauncher):  # type: ignore[misc]  # untyped ba
         threading.Thread(target=super().signal, args=(sig,), name="llmsup-ssh-signal", daemon=True).start()
 
 
-class SSHEngineSetLauncherOffLoop(SSHEngineSetLauncher):  # type: ignore[misc]  # untyped base
+class SSHEngineSetLauncherOffLoop(SSHEngineSetLauncher):
     launcher_class = _SSHEngineLauncher
 
     def start(self, n: int) -> Any:

@@ -11,6 +11,7 @@ those of a server without API keys, are one owner of their own).
 
 from __future__ import annotations
 
+import builtins  # the stores' method `list` shadows the builtin in their class bodies
 import itertools
 import json
 import sqlite3
@@ -60,7 +61,7 @@ class JobStore(Protocol):
     ) -> list[Job]:
         """Jobs newest first, optionally filtered by status and owner."""
 
-    def next_queued(self, now: float, limit: int) -> list[Job]:
+    def next_queued(self, now: float, limit: int) -> builtins.list[Job]:
         """Queued jobs ready to run at ``now``: highest priority first, FIFO within a priority."""
 
     def counts(self) -> dict[JobStatus, int]:
@@ -72,7 +73,7 @@ class JobStore(Protocol):
     def count_owned(self, status: JobStatus, owner: str) -> int:
         """Number of one owner's jobs in one status (cheap: the per-owner quota on submit)."""
 
-    def expired(self, now: float, limit: int) -> list[Job]:
+    def expired(self, now: float, limit: int) -> builtins.list[Job]:
         """Queued jobs whose queue timeout (created_at + queue_timeout_s) has passed at ``now``."""
 
     def prune(self, finished_before: float | None, keep: int | None, limit: int = PRUNE_BATCH) -> int:
@@ -132,7 +133,7 @@ class MemoryStore:
         jobs.sort(key=lambda j: j.seq, reverse=True)
         return jobs[offset : offset + limit]
 
-    def next_queued(self, now: float, limit: int) -> list[Job]:
+    def next_queued(self, now: float, limit: int) -> builtins.list[Job]:
         ready = [j for j in self._jobs.values() if j.status is JobStatus.QUEUED and j.not_before <= now]
         return sorted(ready, key=_order_key)[:limit]
 
@@ -148,18 +149,18 @@ class MemoryStore:
     def count_owned(self, status: JobStatus, owner: str) -> int:
         return sum(1 for j in self._jobs.values() if j.status is status and j.owner == owner)
 
-    def expired(self, now: float, limit: int) -> list[Job]:
+    def expired(self, now: float, limit: int) -> builtins.list[Job]:
         due = [j for j in self._jobs.values() if j.status is JobStatus.QUEUED and _expires_at(j) <= now]
         return sorted(due, key=lambda j: j.seq)[:limit]
 
     def prune(self, finished_before: float | None, keep: int | None, limit: int = PRUNE_BATCH) -> int:
-        done = sorted((j for j in self._jobs.values() if j.status in TERMINAL and j.finished_at is not None),
-                      key=lambda j: (j.finished_at, j.seq))
+        done = sorted(((j.finished_at, j.seq, j) for j in self._jobs.values()
+                       if j.status in TERMINAL and j.finished_at is not None), key=lambda row: row[:2])
         doomed: dict[str, Job] = {}
         if finished_before is not None:
-            doomed.update((j.id, j) for j in done if j.finished_at < finished_before)
+            doomed.update((j.id, j) for finished_at, _, j in done if finished_at < finished_before)
         if keep is not None:
-            doomed.update((j.id, j) for j in done[: max(0, len(done) - keep)])
+            doomed.update((j.id, j) for _, _, j in done[: max(0, len(done) - keep)])
         victims = list(doomed.values())[:limit]
         for job in victims:
             del self._jobs[job.id]
@@ -294,7 +295,7 @@ class SQLiteStore:
     ) -> list[Job]:
         return _parse(self._db.execute(*_list_query(statuses, owner, limit, offset)).fetchall())
 
-    def next_queued(self, now: float, limit: int) -> list[Job]:
+    def next_queued(self, now: float, limit: int) -> builtins.list[Job]:
         rows = self._db.execute(
             "SELECT data FROM jobs WHERE status='queued' AND not_before<=? ORDER BY priority DESC, seq LIMIT ?",
             (now, limit),
@@ -312,7 +313,7 @@ class SQLiteStore:
         row = self._db.execute("SELECT COUNT(*) FROM jobs WHERE owner=? AND status=?", (owner, status.value))
         return int(row.fetchone()[0])
 
-    def expired(self, now: float, limit: int) -> list[Job]:
+    def expired(self, now: float, limit: int) -> builtins.list[Job]:
         rows = self._db.execute(
             "SELECT data FROM jobs WHERE status='queued' AND expires_at<=? ORDER BY seq LIMIT ?", (now, limit)
         ).fetchall()

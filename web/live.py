@@ -65,7 +65,8 @@ def shared_counts(request: Request) -> SharedCounts:
     state = request.app.state
     if getattr(state, "live_counts", None) is None:
         state.live_counts = SharedCounts()
-    return state.live_counts
+    counts: SharedCounts = state.live_counts  # Starlette's app state holds untyped attributes
+    return counts
 
 
 class SharedStatusReads:

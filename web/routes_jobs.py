@@ -132,13 +132,14 @@ async def _job_events(updates: AsyncIterator[Update], job_id: str, principal: Pr
             yield sse.PING
         elif u.kind == "token":
             yield sse.event({"job_id": job_id, "seq": u.seq, "text": u.text}, "token", u.seq)
-        elif u.kind == "job":
-            yield sse.event(job_out(u.job, principal).model_dump(mode="json"), "job")
-        else:
-            yield sse.event({"job_id": job_id, "status": u.status.value, "attempts": u.job.attempts,
-                             "tokens": u.job.tokens}, "status")
-        if u.status is not None and u.status.terminal:
-            yield sse.event(job_out(u.job, principal).model_dump(mode="json"), "end")
+        elif u.job is not None and u.status is not None:  # "job" and "status" updates carry both
+            if u.kind == "job":
+                yield sse.event(job_out(u.job, principal).model_dump(mode="json"), "job")
+            else:
+                yield sse.event({"job_id": job_id, "status": u.status.value, "attempts": u.job.attempts,
+                                 "tokens": u.job.tokens}, "status")
+            if u.status.terminal:
+                yield sse.event(job_out(u.job, principal).model_dump(mode="json"), "end")
 
 
 def _gauge(request: Request):  # type: ignore[no-untyped-def]
