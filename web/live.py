@@ -99,7 +99,8 @@ def shared_reads(request: Request) -> SharedStatusReads:
     state = request.app.state
     if getattr(state, "live_reads", None) is None:
         state.live_reads = SharedStatusReads()
-    return state.live_reads
+    reads: SharedStatusReads = state.live_reads  # Starlette's app state holds untyped attributes
+    return reads
 
 
 def stream_slot(request: Request, principal: Principal) -> Callable[[], None] | None:
