@@ -1,7 +1,9 @@
 """Soak: 10,000 short jobs through REST with 32 SSE subscribers attached, retention on. Per window of jobs:
-submit and list latencies, the server's RSS, the store's size on disk — all should stay flat.
+submit and list latencies, the server's RSS, the store's size on disk — all should stay flat. With several
+subscriber counts (``--subscribers 0,32``, the default) each runs on a fresh server in turn, and a last table
+puts them side by side with the ratio to the first.
 
-    .venv/bin/python -m bench.bench_soak [--jobs 10000] [--subscribers 32] [--retain-jobs 2000]
+    .venv/bin/python -m bench.bench_soak [--jobs 10000] [--subscribers 0,32] [--retain-jobs 2000]
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ async def soak(url: str, run_dir: Path, pid: int, jobs: int, subscribers: int, w
     return rows
 
 
-def main(jobs: int, subscribers: int, retain_jobs: int) -> None:
+def run_one(jobs: int, subscribers: int, retain_jobs: int) -> list[list[object]]:
     with tempfile.TemporaryDirectory() as tmp:
         env = {"LLMSUP_RETAIN_JOBS": str(retain_jobs), "LLMSUP_SIM_TOKEN_S": "0", "LLMSUP_SSE_MAX_TOTAL": "1000",
                "LLMSUP_SSE_MAX_PER_OWNER": "1000", "LLMSUP_OWNER_QUEUE_MAX": "100000"}
@@ -101,13 +103,33 @@ def main(jobs: int, subscribers: int, retain_jobs: int) -> None:
     print(table(f"Soak: {jobs} jobs through REST, {subscribers} SSE subscribers on /v1/events, retain_jobs={retain_jobs} "
                 f"(server RSS at start {rss0:.1f} MB)",
                 ["jobs", "jobs/s", "submit p50 ms", "submit p99 ms", "list p50 ms", "list p99 ms", "server RSS MB",
-                 "store MB", "SSE events read"], rows))
+                 "store MB", "SSE events read"], rows), flush=True)
+    return rows
+
+
+def main(jobs: int, subscriber_counts: list[int], retain_jobs: int) -> None:
+    results = {n: run_one(jobs, n, retain_jobs) for n in subscriber_counts}
+    if len(results) < 2:
+        return
+    base = results[subscriber_counts[0]]
+
+    def median(rows: list[list[object]], col: int) -> float:
+        return pct([float(r[col]) for r in rows], 0.5)
+
+    summary = []
+    for n, rows in results.items():
+        rate, p50 = median(rows, 1), median(rows, 2)
+        summary.append([n, rate, p50, median(rows, 3), rows[-1][6], f"{rate / median(base, 1):.2f}x",
+                        f"{p50 / median(base, 2):.2f}x"])
+    print(table(f"Soak side by side: {jobs} jobs each, medians over the windows",
+                ["subscribers", "jobs/s", "submit p50 ms", "submit p99 ms", "RSS at end MB",
+                 f"jobs/s vs {subscriber_counts[0]}", f"submit p50 vs {subscriber_counts[0]}"], summary))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--subscribers", type=int, default=32)
+    parser.add_argument("--subscribers", default="0,32", help="comma-separated subscriber counts, run in turn")
     parser.add_argument("--retain-jobs", type=int, default=2000)
     a = parser.parse_args()
-    main(a.jobs, a.subscribers, a.retain_jobs)
+    main(a.jobs, [int(x) for x in a.subscribers.split(",")], a.retain_jobs)
