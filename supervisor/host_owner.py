@@ -180,7 +180,8 @@ class HostOwner(CoreParts):
             return lost(run, f"host {host.name} lost", self.settings.max_attempts, charge=False)
         reason = run.interrupt_reason or JobStatus.TIMED_OUT
         what = f"deadline of {run.job.deadline_s}s passed" if reason is JobStatus.TIMED_OUT else run.cancel_note
-        return Settlement(reason, run.text, len(run.pieces), f"{what}; host {host.name} lost before the engine answered")
+        return Settlement(reason, run.text, len(run.pieces), f"{what}; host {host.name} lost before the engine answered",
+                          extras=run.streamed_extras())
 
     # standbys of join agents -----------------------------------------------------------------------
     def agent_wants_standby(self, engine: Engine) -> bool:

@@ -10,6 +10,7 @@ import pytest
 
 from fakes import FakeClock, FakeDriver
 from llmsup.engines.messages import JobResult
+from llmsup.engines.protocol import TokenLogprob
 from llmsup.supervisor import reports as ev
 from llmsup.supervisor.core import SupervisorCore
 from llmsup.supervisor.engine_state import Engine, EngineState
@@ -47,8 +48,10 @@ def join_engine(core: SupervisorCore, clock: FakeClock, engine_id: int, pid: int
     return core.find_engine(engine_id)
 
 
-def start_on(core: SupervisorCore, clock: FakeClock, engine_id: int, deadline_s: float = 10.0) -> str:
-    """Submit one job and dispatch it to ``engine_id`` (the others drained meanwhile)."""
+def start_on(core: SupervisorCore, clock: FakeClock, engine_id: int, deadline_s: float = 10.0,
+             first: TokenLogprob | None = None) -> str:
+    """Submit one job and dispatch it to ``engine_id`` (the others drained meanwhile); its first piece comes with
+    ``first`` (its id and logprob entry) when given."""
     drained = [e for e in core.pool if e.id != engine_id and e.state is E.IDLE]
     for e in drained:
         core.drain_engine(e.id)
@@ -59,7 +62,8 @@ def start_on(core: SupervisorCore, clock: FakeClock, engine_id: int, deadline_s:
     run = core.running_job(job.id)
     assert run is not None and run.engine.id == engine_id
     core.report(ev.TaskStarted(run.key), clock.mono)
-    core.report(ev.TokenPiece(run.key, 0, "partial "), clock.mono)
+    core.report(ev.TokenPiece(run.key, 0, "partial ", token_id=first.token_id if first else None, logprob=first),
+                clock.mono)
     return job.id
 
 
@@ -135,6 +139,20 @@ def test_a_job_past_its_deadline_on_a_lost_host_ends_timed_out_with_its_output(t
     core.check_hosts(clock.mono)
     job = core.get(job_id)
     assert job.status is S.TIMED_OUT and job.output == "partial " and "host remote lost" in (job.error or "")
+
+
+def test_a_job_cut_off_by_a_lost_host_keeps_the_logprobs_and_token_ids_it_streamed(tmp_path: Path) -> None:
+    core, driver, clock = remote_core(tmp_path, loss_s=1.5)
+    entries = [TokenLogprob(5, "partial ", -0.5, 2), TokenLogprob(7, "more", -0.25, 1)]
+    job_id = start_on(core, clock, 10, deadline_s=1.0, first=entries[0])
+    run = core.running_job(job_id)
+    assert run is not None
+    core.report(ev.TokenPiece(run.key, 1, "more", token_id=7, logprob=entries[1]), clock.mono)
+    tick_to(core, clock, clock.mono + 1.6)  # past the deadline, and the host silent past host_loss_s
+    core.check_hosts(clock.mono)
+    job = core.get(job_id)
+    assert job.status is S.TIMED_OUT and job.output == "partial more" and "host remote lost" in (job.error or "")
+    assert job.logprobs == tuple(entries) and job.token_ids == (5, 7)
 
 
 def test_back_from_a_cut_its_old_engines_are_fenced_and_replaced(tmp_path: Path) -> None:
