@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from conftest import make_settings
@@ -13,6 +10,7 @@ from llmsup.supervisor.engine_state import EngineState
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
 from nethosts import HostNet, HostProcess, TestHost
+from support.waiting import eventually_async as until  # noqa: F401 (the host tests import it from here)
 
 
 def host_settings(net: HostNet, run_dir: Path, **overrides: object) -> Settings:
@@ -30,16 +28,6 @@ def start_agent(net: HostNet, host: TestHost, sup: Supervisor, engines: int, sta
     argv = [sys.executable, "-m", "llmsup.supervisor.cli", "join", str(join_file), "--engines", str(engines),
             "--standby", str(standby), "--work-dir", str(work)]
     return net.spawn(host, argv, log_name=f"agent-{host.name}")
-
-
-async def until(check: Callable[[], object], timeout: float, what: str, every: float = 0.05) -> object:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        await asyncio.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def serving_on(sup: Supervisor, host_name: str) -> list[int]:

@@ -14,6 +14,7 @@ from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import SQLiteStore
 from llmsup.supervisor.transitions import transition
+from support.waiting import eventually_async
 from test_web_guards import open_app
 
 pytestmark = pytest.mark.timeout(30)
@@ -59,9 +60,7 @@ async def test_pruning_runs_in_the_background(tmp_path: Path, store: SQLiteStore
     task = asyncio.ensure_future(retention.prune_forever(store, Settings(run_dir=tmp_path, retain_s=10),
                                                          clock=lambda: 1e9, every_s=0.01))
     try:
-        async with asyncio.timeout(10):
-            while store.count(JobStatus.SUCCEEDED):
-                await asyncio.sleep(0.01)  # polling for the outcome, bounded by the timeout
+        await eventually_async(lambda: not store.count(JobStatus.SUCCEEDED), 10, "the finished jobs pruned")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -73,6 +72,4 @@ async def test_the_server_prunes_while_it_serves(tmp_path: Path, monkeypatch: py
         store = a.sup.store
         for i in range(3):
             finished(store, at=float(i))
-        async with asyncio.timeout(10):
-            while store.count(JobStatus.SUCCEEDED) > 1:
-                await asyncio.sleep(0.01)
+        await eventually_async(lambda s=store: s.count(JobStatus.SUCCEEDED) <= 1, 10, "all but the newest pruned")

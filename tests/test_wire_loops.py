@@ -48,6 +48,7 @@ from llmsup.engines.stream import TokenStream
 from llmsup.supervisor.batching import ControlChannel
 from llmsup.supervisor.metrics import Metrics
 from llmsup.supervisor.stream_reader import StreamReader
+from support.waiting import eventually_async
 
 pytestmark = pytest.mark.timeout(30)
 BIND = "tcp://127.0.0.1"
@@ -148,9 +149,7 @@ async def test_a_failing_sink_does_not_stop_the_stream(zctx: zmq.asyncio.Context
     try:
         await push.send(encode(TaskStarted("a")))
         await push.send(encode(TaskStarted("b")))
-        end = time.monotonic() + 10
-        while len(seen) < 2 and time.monotonic() < end:
-            await asyncio.sleep(0.01)
+        await eventually_async(lambda: len(seen) >= 2, 10, "both events at the sink")
         assert [e.key for e in seen] == ["a", "b"] and not loop_task.done()  # type: ignore[union-attr]
         assert any("TaskStarted" in r.getMessage() and r.exc_info for r in caplog.records)
     finally:
