@@ -11,12 +11,16 @@ commands, how the engine is watched) is IPyParallel's own, configured as usual i
 from __future__ import annotations
 
 import asyncio
+import logging
+import subprocess
 import threading
 from typing import Any
 
 from ipyparallel.cluster.launcher import SSHEngineLauncher, SSHEngineSetLauncher
 from tornado import ioloop
 from traitlets import default
+
+log = logging.getLogger("llmsup.ssh")
 
 
 class _SSHEngineLauncher(SSHEngineLauncher):
@@ -25,7 +29,16 @@ class _SSHEngineLauncher(SSHEngineLauncher):
         return self.parent.loop  # created in a worker thread: callbacks still go to the supervisor's loop
 
     def signal(self, sig: int) -> None:
-        threading.Thread(target=super().signal, args=(sig,), name="llmsup-ssh-signal", daemon=True).start()
+        threading.Thread(target=self._signal, args=(sig,), name="llmsup-ssh-signal", daemon=True).start()
+
+    def _signal(self, sig: int) -> None:
+        """The remote kill fails when the engine is already gone (ProcessLookupError on its host, so ssh exits
+        1) or the host is unreachable: either way there is nothing left to signal from here, and the supervisor
+        learns of the engine's end from its heartbeats, not from this call."""
+        try:
+            super().signal(sig)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+            log.info("signal %d to remote engine pid %s not delivered: %s", sig, self.pid, exc)
 
 
 class SSHEngineSetLauncherOffLoop(SSHEngineSetLauncher):
