@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from hostfixtures import host_settings, serving_on, until
-from llmsup.supervisor.jobs import JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.jobs import JobStatus
+from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from nethosts import HostNet, hostnet, sshd_unavailable, start_sshd  # noqa: F401 (fixture)
 

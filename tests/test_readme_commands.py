@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from llmsup.supervisor import cli
+from llmsup.supervisor.cli import commands as cli
 
 pytestmark = pytest.mark.timeout(30)
 README = Path(__file__).resolve().parents[1] / "README.md"
