@@ -224,13 +224,15 @@ class Settings(BaseSettings):
         json_schema_extra=cli(SECURITY),
     )
     api_keys: SecretStr | None = Field(
-        None, description="API keys for job routes, comma-separated 'key' or 'owner:key'",
+        None, description="API keys, comma-separated 'key' or 'owner:key' (also read from VLLM_API_KEY)",
         json_schema_extra=cli(SECURITY, "--api-key"),
     )
     api_keys_file: Path | None = Field(None, description="file of API keys, one 'key' or 'owner:key' a line",
                                        json_schema_extra=cli(SECURITY))
     require_api_keys: Literal["auto", "on", "off"] = Field(
-        "auto", description="job routes need an API key: auto = only when bound to a non-loopback address",
+        "auto", description="every route but health, version and the dashboard needs an API key, on any bind: the "
+        "keys given, else (auto, on) one generated into <run-dir>/api_key; off: no key (vLLM's open mode; the Host "
+        "header is then checked against allowed_hosts)",
         json_schema_extra=cli(SECURITY),
     )
     max_body_bytes: int = Field(2_000_000, ge=1024, description="request bodies above this get 413",

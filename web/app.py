@@ -81,7 +81,8 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
     app.state.live_counts = SharedCounts()
     app.state.live_reads = live.SharedStatusReads()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(HostAllowlist, allowed=allowed_hosts(settings), wildcard_bind=is_wildcard(settings.host))
+    if settings.require_api_keys == "off":  # the DNS-rebinding guard: keyless, a browser's page could reach us
+        app.add_middleware(HostAllowlist, allowed=allowed_hosts(settings), wildcard_bind=is_wildcard(settings.host))
     app.add_middleware(HTTPMetrics)
     for module in (routes_jobs, live, routes_openai, routes_serving, routes_admin, metrics, dashboard):
         app.include_router(module.router)
