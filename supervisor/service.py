@@ -32,6 +32,7 @@ from llmsup.supervisor.core import reports as ev
 from llmsup.supervisor.core.engine_state import EngineState, move
 from llmsup.supervisor.core.jobs import Job
 from llmsup.supervisor.core.owner import SupervisorCore
+from llmsup.supervisor.core.start_failures import EngineStartFailed, give_up
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import JobStore, SQLiteStore
 
@@ -108,9 +109,13 @@ class Supervisor(SupervisorCore):
 
     async def wait_for_engines(self, n: int, timeout: float) -> None:
         """Until ``n`` engines serve; ``TimeoutError`` once ``timeout`` has passed since the start and since the
-        latest start progress of any engine (a model still downloading keeps the wait going)."""
+        latest start progress of any engine (a model still downloading keeps the wait going);
+        ``EngineStartFailed`` when no engine can load the model (``core/start_failures.py``)."""
         start = time.monotonic()
         while len(self.pool.serving()) < n:
+            error = give_up(self.start_failures, n, len(self.pool.serving()))
+            if error is not None:
+                raise EngineStartFailed(error)
             if time.monotonic() - max(start, self.last_engine_progress) > timeout:
                 raise TimeoutError(f"only {len(self.pool.serving())} of {n} engines ready after {timeout}s")
             await asyncio.sleep(0.05)

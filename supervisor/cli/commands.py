@@ -76,10 +76,11 @@ def serve(model_arg: str | None = None, config: Path | None = None, **values: An
     Every setting is an option here, an LLMSUP_<NAME> environment variable and a key of the --config file
     (options win over the environment, which wins over the file).
     """
-    import uvicorn
+    import asyncio
+
     from pydantic import ValidationError
 
-    from llmsup.supervisor.cli import logsetup
+    from llmsup.supervisor.cli import logsetup, serving
     from llmsup.supervisor.rundir import RunDirError, prepare_run_dir
     from llmsup.supervisor.settings import load_settings, unknown_variables
     from llmsup.web.app import create_app
@@ -103,11 +104,15 @@ def serve(model_arg: str | None = None, config: Path | None = None, **values: An
     logsetup.configure(settings.log_level, settings.log_format)
     for warning in unknown_variables(os.environ):
         log.warning("%s", warning)
-    # A shell that started us in the background may have left SIGINT ignored; Ctrl-C must still work.
+    # A shell that started us in the background may have left SIGINT ignored; Ctrl-C must still work (the runner
+    # handles it from its loop on; this covers the moments before).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                log_config=None, timeout_graceful_shutdown=5, limit_concurrency=settings.http_limit_concurrency,
-                backlog=settings.http_backlog)
+    uvicorn_options = dict(host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
+                           timeout_graceful_shutdown=5, limit_concurrency=settings.http_limit_concurrency,
+                           backlog=settings.http_backlog)
+    status = asyncio.run(serving.run(settings, lambda s, sup: create_app(s, sup), uvicorn_options))
+    if status:
+        raise typer.Exit(status)
 
 
 app.command("serve")(cli_options.command(serve, SETTING_OPTIONS, SERVE_LEADING))

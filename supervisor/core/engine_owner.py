@@ -36,6 +36,7 @@ class EngineOwner(CoreParts):
         self.gpu_count = 0
         self.memory_shares: dict[str, float] = {}  # devices -> gpu_memory_utilization of an engine there
         self.last_engine_progress = float("-inf")  # monotonic: an engine reported a step of its start
+        self.start_failures: list[str] = []  # load errors, in order (core/start_failures.py decides on them)
         self._last_launch = float("-inf")
         self._controller_down = False
         self._retiring: dict[int, Engine] = {}  # gone engines whose devices are not free yet
@@ -197,6 +198,7 @@ class EngineOwner(CoreParts):
 
     def _failed(self, engine: Engine, why: str) -> None:
         if engine.state is S.STARTING:
+            self.start_failures.append(why)
             log.error("%s failed to initialise: %s%s", engine.tag(), why,
                       f" (engine log: {engine.log_file})" if engine.log_file else "")
             self.kill_engine(engine, "init_failed")

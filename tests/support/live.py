@@ -206,9 +206,10 @@ class LiveServer(ServerProcess):
         """The API key's bearer header."""
         return {"Authorization": f"Bearer {self.api_key}"}
 
-    def client(self, **kwargs: Any) -> httpx.Client:
-        """An HTTP client for this server (``timeout`` 30 s unless given), sending the run directory's API key."""
-        headers = {**self.auth, **kwargs.pop("headers", {})}
+    def client(self, keyed: bool = True, **kwargs: Any) -> httpx.Client:
+        """An HTTP client for this server (``timeout`` 30 s unless given), sending the run directory's API key
+        unless not ``keyed``."""
+        headers = {**(self.auth if keyed else {}), **kwargs.pop("headers", {})}
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 30), headers=headers, **kwargs)
 
 

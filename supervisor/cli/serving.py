@@ -1,0 +1,115 @@
+"""``llmsup serve`` from the first engine launched to the last process stopped, in one asyncio loop.
+
+The supervisor starts first (controller, engines, model loads), then uvicorn serves the web app. This runner, not
+uvicorn, owns SIGINT and SIGTERM for the whole life of the process:
+
+- during start-up a signal cancels the start, which stops whatever was started (``Supervisor.start``), and the
+  process exits 128 + the signal's number;
+- a model that no engine can load ends the start (``EngineStartFailed``): the engine's error on one line on stderr,
+  everything stopped, exit status 1; so does a start that shows no progress for ``engine_start_timeout_s``;
+- once serving, the first signal is uvicorn's graceful shutdown, a second SIGINT its forced one; then the supervisor
+  stops every process it started and the process exits 0.
+
+Once the web app listens, one ready banner says where it is, what it serves and where its key is (:mod:`banner`).
+The web app is built by the caller (``make_app``): this module imports nothing of ``llmsup.web``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Generator
+from typing import Any
+
+import uvicorn
+
+from llmsup.supervisor.cli import banner
+from llmsup.supervisor.core.start_failures import EngineStartFailed
+from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.settings import Settings
+
+log = logging.getLogger("llmsup.cli")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class ServeServer(uvicorn.Server):
+    """uvicorn without signal handlers of its own (the runner's handle every moment, start-up included), which calls
+    ``on_ready`` once it listens."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_ready = on_ready
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if not self.should_exit:
+            self.on_ready()
+
+
+class Stopper:
+    """What a SIGINT or SIGTERM does at this moment: cancel the start (once), or ask uvicorn to shut down."""
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+        self.start: asyncio.Future[None] | None = None
+        self.server: uvicorn.Server | None = None
+
+    def __call__(self, sig: int) -> None:
+        first = not self.signals
+        self.signals.append(sig)
+        name = signal.Signals(sig).name
+        if self.start is not None and not self.start.done():
+            if first:  # once: a second cancel would cut short the stop that the first one began
+                _say(f"llmsup: {name} during start-up: stopping everything started so far")
+                self.start.cancel()
+        elif self.server is not None:
+            if self.server.should_exit and sig == signal.SIGINT:
+                self.server.force_exit = True
+            self.server.should_exit = True
+
+
+async def run(settings: Settings, make_app: Callable[[Settings, Supervisor], Any],
+              uvicorn_options: dict[str, Any]) -> int:
+    """Start, serve until a signal, stop; returns the exit status."""
+    loop = asyncio.get_running_loop()
+    stopper = Stopper()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stopper, sig)
+    sup = Supervisor(settings)
+    try:
+        stopper.start = asyncio.ensure_future(sup.start())
+        try:
+            await stopper.start
+        except asyncio.CancelledError:
+            if not stopper.signals:
+                raise
+            return 128 + stopper.signals[0]
+        except EngineStartFailed as exc:
+            _say(f"llmsup: the model cannot be loaded, stopping: {exc}")
+            return 1
+        except TimeoutError as exc:
+            _say(f"llmsup: the engines did not start, stopping: {exc}")
+            return 1
+        if stopper.signals:
+            return 0
+        app = make_app(settings, sup)
+        config = uvicorn.Config(app, **uvicorn_options)
+        server = ServeServer(config, lambda: banner.ready(settings, sup, app, config))
+        stopper.server = server
+        await server.serve()
+        return 0
+    finally:
+        await sup.stop()  # nothing after a failed or cancelled start (it stopped itself); else every process
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
