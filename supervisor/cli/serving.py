@@ -111,5 +111,17 @@ async def run(settings: Settings, make_app: Callable[[Settings, Supervisor], Any
             loop.remove_signal_handler(sig)
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's settings from llmsup's (TLS, root path, its log level and access log as vLLM's flags name them)."""
+    return dict(host=settings.host, port=settings.port, log_level=settings.uvicorn_log_level or settings.log_level,
+                log_config=None, timeout_graceful_shutdown=5, limit_concurrency=settings.http_limit_concurrency,
+                backlog=settings.http_backlog, root_path=settings.root_path,
+                access_log=not settings.disable_uvicorn_access_log,
+                ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+                ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+                ssl_ca_certs=str(settings.ssl_ca_certs) if settings.ssl_ca_certs else None,
+                ssl_cert_reqs=settings.ssl_cert_reqs)
+
+
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
