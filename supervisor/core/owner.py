@@ -109,7 +109,7 @@ class SupervisorCore(EngineOwner, HostOwner):
         except DuplicateKey as dup:
             return Submitted(self._view(dup.existing), created=False)
         self.metrics.jobs_submitted.inc()
-        joblog.submitted(job)
+        joblog.submitted(job, s.max_log_len if s.enable_log_requests else -1)
         self._publish_status(job)
         self.wake_dispatch()
         return Submitted(job, created=True)
