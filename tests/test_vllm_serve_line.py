@@ -17,9 +17,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 def test_a_vllm_serve_line_runs_unchanged(tmp_path: Path, tiny_model: str) -> None:  # noqa: F811
     port = free_port()
+    run_dir = tmp_path / ".llmsup"  # the default run directory, in the directory it is started from
     line = [tiny_model, "--enable-prefix-caching", "--max-num-batched-tokens", "4096", "--disable-log-requests",
             "--api-key", "sk-x", "--port", str(port)]
-    env = sim_environment(tmp_path, {"LLMSUP_ENGINES": "1", "LLMSUP_STANDBY": "0", "LLMSUP_RUN_DIR": str(tmp_path / "run"),
+    env = sim_environment(tmp_path, {"LLMSUP_ENGINES": "1", "LLMSUP_STANDBY": "0",
                                      "LLMSUP_ENGINE_START_TIMEOUT_S": "400", "LLMSUP_ENGINE_BEAT_TIMEOUT_S": "90",
                                      "LLMSUP_DEADLINE_S": "120"})
     server = spawn("llmsup serve (a vllm serve line)", [*LLMSUP, "serve", *line], port, tmp_path / "serve.log", env,
@@ -28,7 +29,7 @@ def test_a_vllm_serve_line_runs_unchanged(tmp_path: Path, tiny_model: str) -> No
         wait_ready(server, "/health", timeout=420)
         log = server.log_tail(200_000)
         assert "backend vllm" in log  # --backend auto + vLLM's engine flags: vLLM
-        engine_logs = "".join(p.read_text() for p in (tmp_path / "run" / "logs").glob("engine-*.log"))
+        engine_logs = "".join(p.read_text() for p in (run_dir / "logs").glob("engine-*.log"))
         assert "'enable_prefix_caching': True" in engine_logs and "'max_num_batched_tokens': 4096" in engine_logs
         body = {"model": tiny_model, "prompt": "hello", "max_tokens": 3}
         with httpx.Client(base_url=server.url, timeout=120) as http:
@@ -39,6 +40,6 @@ def test_a_vllm_serve_line_runs_unchanged(tmp_path: Path, tiny_model: str) -> No
         with openai.OpenAI(base_url=server.url + "/v1", api_key="sk-x", max_retries=0, timeout=120) as client:
             done = client.completions.create(model=tiny_model, prompt="hello", max_tokens=3)
             assert done.choices[0].finish_reason in ("length", "stop") and done.usage is not None
-        assert not (tmp_path / "run" / "api_key").exists()  # a key was given: none generated
+        assert not (run_dir / "api_key").exists()  # a key was given: none generated
     finally:
         assert not stop(server), server.log_tail()

@@ -99,8 +99,6 @@ def serve(ctx: typer.Context, model_arg: str | None = None, config: Path | None 
     (options win over the environment, which wins over the file). Every flag of vllm serve works too (vLLM's engine
     flags go to the engines): llmsup serve --help-vllm lists them.
     """
-    import asyncio
-
     from llmsup.supervisor.cli import logsetup, serving, vllm_flags
     from llmsup.supervisor.rundir import RunDirError, prepare_run_dir
     from llmsup.supervisor.settings import unknown_variables
@@ -127,9 +125,7 @@ def serve(ctx: typer.Context, model_arg: str | None = None, config: Path | None 
     # A shell that started us in the background may have left SIGINT ignored; Ctrl-C must still work (the runner
     # handles it from its loop on; this covers the moments before).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    status = asyncio.run(serving.run(settings, lambda s, sup: create_app(s, sup), serving.uvicorn_options(settings)))
-    if status:
-        raise typer.Exit(status)
+    serving.main(settings, lambda s, sup: create_app(s, sup))
 
 
 def _serve_settings(config: Path | None, given: dict[str, Any], vllm_tokens: list[str]) -> Any:
@@ -150,8 +146,8 @@ def _serve_settings(config: Path | None, given: dict[str, Any], vllm_tokens: lis
         if flags.engine_args:
             given["engine_args"] = {**flags.engine_args, **given.get("engine_args", {})}
         settings = load_settings(path, {k: v for k, v in file_values.items() if k in own}, **given)
-        if flags.engine_args and settings.backend == "auto":
-            settings = settings.model_copy(update={"backend": "vllm"})  # vLLM's engine flags: the user wants vLLM
+        if (flags.engine_args or settings.engine_args) and settings.backend == "auto" and vllm_flags.installed():
+            settings = settings.model_copy(update={"backend": "vllm"})  # vLLM's engine arguments: the user wants vLLM
         vllm_flags.check_backend(flags, settings.resolved_backend())
         if settings.engine_args and settings.resolved_backend() != "vllm" and not flags.engine_args:
             raise vllm_flags.FlagError(f"--engine-arg: vllm.LLM arguments that the {settings.resolved_backend()} "

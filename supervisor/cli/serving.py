@@ -10,7 +10,8 @@ uvicorn, owns SIGINT and SIGTERM for the whole life of the process:
 - once serving, the first signal is uvicorn's graceful shutdown, a second SIGINT its forced one; then the supervisor
   stops every process it started and the process exits 0.
 
-Once the web app listens, one ready banner says where it is, what it serves and where its key is (:mod:`banner`).
+While engines start, the backend's key lines of their logs are shown (:mod:`engine_lines`). Once the web app
+listens, one ready banner says where it is, what it serves and where its key is (:mod:`banner`).
 The web app is built by the caller (``make_app``): this module imports nothing of ``llmsup.web``.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Generator
@@ -26,7 +28,7 @@ from typing import Any
 
 import uvicorn
 
-from llmsup.supervisor.cli import banner
+from llmsup.supervisor.cli import banner, engine_lines
 from llmsup.supervisor.core.start_failures import EngineStartFailed
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
@@ -85,6 +87,8 @@ async def run(settings: Settings, make_app: Callable[[Settings, Supervisor], Any
     sup = Supervisor(settings)
     try:
         stopper.start = asyncio.ensure_future(sup.start())
+        started = asyncio.Event()
+        lines = asyncio.ensure_future(engine_lines.follow(sup, started))
         try:
             await stopper.start
         except asyncio.CancelledError:
@@ -97,6 +101,9 @@ async def run(settings: Settings, make_app: Callable[[Settings, Supervisor], Any
         except TimeoutError as exc:
             _say(f"llmsup: the engines did not start, stopping: {exc}")
             return 1
+        finally:
+            started.set()
+            await asyncio.gather(lines, return_exceptions=True)
         if stopper.signals:
             return 0
         app = make_app(settings, sup)
@@ -109,6 +116,20 @@ async def run(settings: Settings, make_app: Callable[[Settings, Supervisor], Any
         await sup.stop()  # nothing after a failed or cancelled start (it stopped itself); else every process
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+
+
+def main(settings: Settings, make_app: Callable[[Settings, Supervisor], Any]) -> None:
+    """Run the server in this process and end the process with its exit status.
+
+    Everything it started is stopped when :func:`run` returns, so the process ends at once (``os._exit`` after the
+    output is flushed): the interpreter's own finalization, after vLLM's parser was imported, took 20 s and more of
+    garbage collection on a loaded 2-core host, past the stop bound a supervisor of this process allows.
+    """
+    status = asyncio.run(run(settings, make_app, uvicorn_options(settings)))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

@@ -104,13 +104,6 @@ def _is_option(token: str) -> bool:
 def split(args: list[str], own_flags: dict[str, bool]) -> Split:
     """Separate vLLM's flags (with their values) from llmsup's own arguments. ``own_flags``: llmsup's option names,
     each with whether it takes a value. vLLM is imported only if an option llmsup does not know is there."""
-    unknown = [a for a in args if _is_option(a) and _name(a) not in own_flags and a != "--"]
-    if not unknown:
-        return Split(list(args))
-    if not installed():
-        raise FlagError(f"{unknown[0].partition('=')[0]} is not an option of llmsup serve, and vLLM is not installed "
-                        "here to read it as one of vLLM's (see llmsup serve --help)")
-    actions = _actions()
     own: list[str] = []
     vllm: list[str] = []
     i = 0
@@ -127,15 +120,24 @@ def split(args: list[str], own_flags: dict[str, bool]) -> Split:
                 own.append(args[i])  # its value, whatever it looks like
                 i += 1
             continue
-        action = actions.get(name)
-        if action is None:
-            raise FlagError(f"no such option: {token.partition('=')[0]} (neither llmsup's nor vLLM's)")
+        action = _vllm_action(token)
         vllm.append(name + (token[len(token.partition("=")[0]):] if "=" in token else ""))
         if "=" not in token:
             taken = _values(action, args[i:])
             vllm += taken
             i += len(taken)
     return Split(own, vllm)
+
+
+def _vllm_action(token: str) -> argparse.Action:
+    option = token.partition("=")[0]
+    if not installed():
+        raise FlagError(f"{option} is not an option of llmsup serve, and vLLM is not installed here to read it as "
+                        "one of vLLM's (see llmsup serve --help)")
+    action = _actions().get(_name(token))
+    if action is None:
+        raise FlagError(f"no such option: {option} (neither llmsup's nor vLLM's)")
+    return action
 
 
 def _values(action: argparse.Action, rest: list[str]) -> list[str]:
