@@ -549,8 +549,8 @@ def load_settings(config_file: Path | None = None, file_values: dict[str, Any] |
     if file_values is None:
         file_values = read_config(path) if path is not None else {}
     aliases = setting_aliases()
-    file_values = {aliases.get(key, key): value for key, value in file_values.items()}
-    unknown = set(file_values) - set(Settings.model_fields)
+    from_file = {aliases.get(key, key): value for key, value in file_values.items()}
+    unknown = set(from_file) - set(Settings.model_fields)
     if unknown:
         raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
 
@@ -564,7 +564,7 @@ def load_settings(config_file: Path | None = None, file_values: dict[str, Any] |
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             return (init_settings, env_settings, AliasEnvironment(settings_cls),
-                    InitSettingsSource(settings_cls, init_kwargs=file_values))
+                    InitSettingsSource(settings_cls, init_kwargs=from_file))
 
     values = _FromFile(**{k: v for k, v in given.items() if v is not None})
     return Settings.model_construct(**values.model_dump())

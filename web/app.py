@@ -76,9 +76,11 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
                 await sup.stop()
             _remove_server_file(settings)
 
-    docs = {} if not settings.disable_fastapi_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    docs = not settings.disable_fastapi_docs
     app = FastAPI(title="llmsup", version=__version__, lifespan=lifespan,
-                  description="LLM job supervisor on IPyParallel: deadlines that really free the engine.", **docs)
+                  description="LLM job supervisor on IPyParallel: deadlines that really free the engine.",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
     errors.install(app)
     app.state.stream_slots = StreamSlots(settings.sse_max_per_owner, settings.sse_max_total)
     app.state.live_counts = SharedCounts()

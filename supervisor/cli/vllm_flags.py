@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     def error(message: str) -> None:  # instead of printing vLLM's usage and exiting
         raise FlagError(message)
 
-    made.error = error  # type: ignore[method-assign]
+    made.error = error
     return made
 
 
@@ -83,6 +83,39 @@ def engine_dests() -> frozenset[str]:
 
 def _actions() -> dict[str, argparse.Action]:
     return {opt: action for action in parser()._actions for opt in action.option_strings}
+
+
+def _arity(action: argparse.Action) -> str:
+    return str(action.nargs) if action.nargs in (0, "+", "*", "?") else "1"
+
+
+@cache
+def arities() -> dict[str, str]:
+    """Each option of ``vllm serve`` -> how many values it takes ("0", "1", "?", "+", "*"): all that splitting the
+    command line needs. Kept in the user's cache per vLLM install (reading it from vLLM is an import of vLLM)."""
+    import json
+    import os
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("vllm")
+    origin = Path(spec.origin) if spec is not None and spec.origin else None
+    stamp = f"{_version()}-{int(origin.stat().st_mtime) if origin else 0}".replace("/", "_").replace(" ", "_")
+    cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmsup"
+    path = cache_dir / f"vllm-flags-{stamp}.json"
+    try:
+        table: dict[str, str] = json.loads(path.read_text())
+        return table
+    except (OSError, ValueError):
+        pass
+    table = {name: _arity(action) for name, action in _actions().items()}
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table))
+        tmp.replace(path)
+    except OSError as exc:  # a cache only
+        log.debug("vLLM's flags not cached at %s: %s", path, exc)
+    return table
 
 
 def _name(token: str) -> str:
@@ -120,35 +153,35 @@ def split(args: list[str], own_flags: dict[str, bool]) -> Split:
                 own.append(args[i])  # its value, whatever it looks like
                 i += 1
             continue
-        action = _vllm_action(token)
+        arity = _vllm_arity(token)
         vllm.append(name + (token[len(token.partition("=")[0]):] if "=" in token else ""))
         if "=" not in token:
-            taken = _values(action, args[i:])
+            taken = _values(arity, args[i:])
             vllm += taken
             i += len(taken)
     return Split(own, vllm)
 
 
-def _vllm_action(token: str) -> argparse.Action:
+def _vllm_arity(token: str) -> str:
     option = token.partition("=")[0]
     if not installed():
         raise FlagError(f"{option} is not an option of llmsup serve, and vLLM is not installed here to read it as "
                         "one of vLLM's (see llmsup serve --help)")
-    action = _actions().get(_name(token))
-    if action is None:
+    arity = arities().get(_name(token))
+    if arity is None:
         raise FlagError(f"no such option: {option} (neither llmsup's nor vLLM's)")
-    return action
+    return arity
 
 
-def _values(action: argparse.Action, rest: list[str]) -> list[str]:
-    """The value tokens of ``action`` at the start of ``rest`` (as argparse takes them: none, one, or up to the next
-    option)."""
-    if action.nargs == 0:
+def _values(arity: str, rest: list[str]) -> list[str]:
+    """The value tokens of an option of this arity at the start of ``rest`` (as argparse takes them: none, one, or
+    up to the next option)."""
+    if arity == "0":
         return []
-    if action.nargs in ("+", "*"):
+    if arity in ("+", "*"):
         end = next((n for n, token in enumerate(rest) if _is_option(token)), len(rest))
         return rest[:end]
-    if action.nargs == "?":
+    if arity == "?":
         return rest[:1] if rest and not _is_option(rest[0]) else []
     return rest[:1]
 
