@@ -32,6 +32,8 @@ from llmsup.supervisor.core import reports as ev
 from llmsup.supervisor.core.engine_state import EngineState, move
 from llmsup.supervisor.core.jobs import Job
 from llmsup.supervisor.core.owner import SupervisorCore
+from llmsup.supervisor.pipelines.runner import PipelineRunner
+from llmsup.supervisor.pipelines.store import MemoryPipelineStore, SQLitePipelineStore
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import JobStore, SQLiteStore
 
@@ -51,6 +53,7 @@ class Supervisor(SupervisorCore):
         self._owns_run_dir = False
         self.started = False
         self.stream_address = ""
+        self.pipelines = PipelineRunner(self, MemoryPipelineStore(), wake=self.wake_timers)
 
     # hooks of the core ---------------------------------------------------------------
     def wake_dispatch(self) -> None:
@@ -63,6 +66,8 @@ class Supervisor(SupervisorCore):
         for fut in self._waiters.pop(job.id, []):
             if not fut.done():
                 fut.set_result(job)
+        if job.pipeline is not None:  # its pipeline goes on after this settlement is done, not inside it
+            asyncio.get_running_loop().call_soon(lambda: self.pipelines.on_job_settled(job, self.clock()))
 
     # lifecycle -------------------------------------------------------------------------
     async def start(self, wait_for_engines: bool = True) -> None:
@@ -81,6 +86,9 @@ class Supervisor(SupervisorCore):
         if self._store is None:
             self._store = SQLiteStore(s.db_path)
         self.recover(self.clock())
+        if isinstance(self._store, SQLiteStore):
+            self.pipelines.store = SQLitePipelineStore(s.run_dir / "pipelines.sqlite")
+        self.pipelines.recover(self.clock())
         self._zmq = zmq.asyncio.Context()
         # llmsup's channels: CURVE, and only peers with the client keys (our engines, join agents) get in
         self.keys = ChannelKeys.generate()
@@ -138,6 +146,8 @@ class Supervisor(SupervisorCore):
         if hasattr(self, "_zmq"):
             self._zmq.term()
         self.hub.close_all()
+        self.pipelines.hub.close_all()
+        self.pipelines.store.close()
         if self._store is not None:
             self._store.close()
 
@@ -190,6 +200,9 @@ class Supervisor(SupervisorCore):
             self._timers_changed.clear()
             now = self.mono()
             self.tick(now)
+            due = self.pipelines.next_deadline()
+            if due is not None and due <= self.clock():
+                self.pipelines.tick(self.clock())
             wake = self.next_wakeup()
             delay = 0.25 if wake is None else min(0.25, max(0.0, wake - self.mono()))
             if delay > 0:
