@@ -77,6 +77,15 @@ def advance(p: Pipeline, jobs: Mapping[str, Job], now: float) -> Advance:
     return Advance(replace(p, status=PipelineStatus.RUNNING if started else PipelineStatus.QUEUED), tuple(starts))
 
 
+def view(p: Pipeline, jobs: Mapping[str, Job]) -> Pipeline:
+    """The pipeline as its jobs stand now (a step whose job started reads ``running``), deciding nothing."""
+    if p.status.terminal:
+        return p
+    p = replace(p, steps=tuple(_refresh(p, rec, jobs) for rec in p.steps))
+    started = any(s.status in (StepStatus.RUNNING, StepStatus.SUCCEEDED) for s in p.steps)
+    return replace(p, status=PipelineStatus.RUNNING if started else p.status)
+
+
 def end(p: Pipeline, jobs: Mapping[str, Job], status: PipelineStatus, why: str, now: float) -> Advance:
     """End the pipeline: jobs still queued or running are cancelled, steps that never started are skipped."""
     cancels: list[str] = []

@@ -17,7 +17,7 @@ from typing import Protocol
 from llmsup.supervisor.core.events import EventHub
 from llmsup.supervisor.core.jobs import Job
 from llmsup.supervisor.core.requests import JobNotFound, JobRequest, Submitted, SupervisorError
-from llmsup.supervisor.pipelines.plan import Advance, advance, deadline_at, end
+from llmsup.supervisor.pipelines.plan import Advance, advance, deadline_at, end, view
 from llmsup.supervisor.pipelines.records import Pipeline, PipelineStatus, StepRecord
 from llmsup.supervisor.pipelines.spec import PipelineSpec
 from llmsup.supervisor.pipelines.store import DuplicatePipeline, PipelineStore
@@ -67,7 +67,11 @@ class PipelineRunner:
         return self.get(p.id), True
 
     def get(self, pipeline_id: str) -> Pipeline:
-        p = self._active.get(pipeline_id) or self.store.get(pipeline_id)
+        """The pipeline as it stands now: an active one's steps read from their jobs (``running`` once a job runs)."""
+        active = self._active.get(pipeline_id)
+        if active is not None:
+            return view(active, self._jobs_of(active))
+        p = self.store.get(pipeline_id)
         if p is None:
             raise PipelineNotFound(pipeline_id)
         return p
@@ -76,9 +80,9 @@ class PipelineRunner:
         return self.store.recent(owner, limit)
 
     def cancel(self, pipeline_id: str, now: float, note: str = "cancelled by user") -> Pipeline:
-        p = self.get(pipeline_id)
-        if p.status.terminal:
-            return p
+        p = self._active.get(pipeline_id)
+        if p is None:
+            return self.get(pipeline_id)
         self._apply(end(p, self._jobs_of(p), PipelineStatus.CANCELLED, note, now), now)
         return self.get(pipeline_id)
 
