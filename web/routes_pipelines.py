@@ -64,8 +64,23 @@ async def list_pipelines(sup: SupervisorDep, principal: PrincipalDep,
 
 
 @router.get("/{pipeline_id}", response_model=PipelineOut, responses=errors(*AUTH, 404, 422))
-async def get_pipeline(pipeline_id: str, sup: SupervisorDep, principal: PrincipalDep) -> PipelineOut:
-    return PipelineOut.of(_visible(sup, pipeline_id, principal))
+async def get_pipeline(
+    pipeline_id: str,
+    sup: SupervisorDep,
+    principal: PrincipalDep,
+    wait_s: Annotated[float, Query(ge=0, le=60, description="long-poll: answer when it changes or ends")] = 0,
+) -> PipelineOut:
+    p = _visible(sup, pipeline_id, principal)
+    if wait_s > 0 and not p.status.terminal:
+        sub = sup.pipelines.hub.subscribe(pipeline_id, maxsize=1000)
+        try:
+            await asyncio.wait_for(sub.get(), wait_s)
+        except TimeoutError:
+            pass
+        finally:
+            sub.close()
+        p = sup.pipelines.get(pipeline_id)
+    return PipelineOut.of(p)
 
 
 @router.post("/{pipeline_id}/cancel", status_code=202, response_model=PipelineOut, responses=errors(*AUTH, 404, 422))
