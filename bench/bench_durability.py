@@ -27,11 +27,11 @@ from pathlib import Path
 
 from bench.bench_core import settings
 from bench.stats import pct, summary_ms, table
-from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.jobs import EngineRef, Job, JobStatus
+from llmsup.supervisor.core.requests import JobRequest
+from llmsup.supervisor.core.transitions import transition
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.store import SQLiteStore, SyncMode
-from llmsup.supervisor.transitions import transition
 
 MODES: tuple[SyncMode, ...] = ("normal", "full", "terminal")
 

@@ -26,8 +26,8 @@ from typing import Any
 from bench.bench_core import interrupt_latency
 from bench.load import saturate
 from bench.stats import summary_ms, table
-from llmsup.supervisor.jobs import Job, JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.jobs import Job, JobStatus
+from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
 

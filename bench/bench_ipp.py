@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_ipp [--runs 100] [--task-s 0.2]
 
-Every SIGINT goes to the engine's main thread, as the supervisor sends it (``supervisor/signals.py``):
+Every SIGINT goes to the engine's main thread, as the supervisor sends it (``supervisor/cluster/signals.py``):
 
 - lost reply: a SIGINT sent as a ``--task-s`` task should end: the task completes, is interrupted, or its reply is
   lost (no result, while a no-op sent after it to the same engine completes);
@@ -29,7 +29,7 @@ import psutil
 from ipyparallel.error import RemoteError
 
 from bench.stats import table
-from llmsup.supervisor.signals import interrupt_main_thread
+from llmsup.supervisor.cluster.signals import interrupt_main_thread
 from tests.support.waiting import eventually
 
 REPLY_WAIT_S = 2.0

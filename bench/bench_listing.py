@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench.stats import table
-from llmsup.supervisor.jobs import Job, JobStatus
+from llmsup.supervisor.core.jobs import Job, JobStatus
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import SQLiteStore

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from prometheus_client import generate_latest
 
 from bench.stats import table
-from llmsup.supervisor.engine_state import Engine, EngineState, move
-from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
-from llmsup.supervisor.metrics import Metrics
-from llmsup.supervisor.outcomes import Settlement
-from llmsup.supervisor.running import RunningJob
+from llmsup.supervisor.core.engine_state import Engine, EngineState, move
+from llmsup.supervisor.core.jobs import EngineRef, Job, JobStatus
+from llmsup.supervisor.core.outcomes import Settlement
+from llmsup.supervisor.core.running import RunningJob
+from llmsup.supervisor.metrics.prometheus import Metrics
 
 
 def per_call_us(fn: Callable[[], object], runs: int) -> float:

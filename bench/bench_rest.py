@@ -29,8 +29,8 @@ import httpx
 
 from bench.bench_core import ServeProcess, settings
 from bench.stats import summary_ms, table
-from llmsup.supervisor.jobs import JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.jobs import JobStatus
+from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 
 HEADERS = ["path", "clients", "requests", "req/s", "p50 ms", "p99 ms", "max ms", "all done, jobs/s"]

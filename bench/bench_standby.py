@@ -20,8 +20,8 @@ from typing import Any
 
 from bench.load import saturate
 from bench.stats import pct, table
-from llmsup.supervisor.jobs import Job, JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.jobs import Job, JobStatus
+from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
 

@@ -21,19 +21,19 @@ import zmq.asyncio
 from llmsup.engines import messages as wire
 from llmsup.engines import placement
 from llmsup.engines.messages import StreamEvent
-from llmsup.supervisor import reports as ev
 from llmsup.supervisor.aio import within
-from llmsup.supervisor.batching import ControlChannel
-from llmsup.supervisor.cluster import Channels, ClusterManager, listen_addresses
-from llmsup.supervisor.cluster_driver import ClusterDriver
-from llmsup.supervisor.core import SupervisorCore
-from llmsup.supervisor.curve import ChannelGate, ChannelKeys
-from llmsup.supervisor.engine_state import EngineState, move
-from llmsup.supervisor.jobs import Job
-from llmsup.supervisor.leftovers import ProcessLedger
+from llmsup.supervisor.cluster.control import ControlChannel
+from llmsup.supervisor.cluster.curve import ChannelGate, ChannelKeys
+from llmsup.supervisor.cluster.driver import ClusterDriver
+from llmsup.supervisor.cluster.leftovers import ProcessLedger
+from llmsup.supervisor.cluster.manager import Channels, ClusterManager, listen_addresses
+from llmsup.supervisor.cluster.stream_reader import StreamReader
+from llmsup.supervisor.core import reports as ev
+from llmsup.supervisor.core.engine_state import EngineState, move
+from llmsup.supervisor.core.jobs import Job
+from llmsup.supervisor.core.owner import SupervisorCore
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import JobStore, SQLiteStore
-from llmsup.supervisor.stream_reader import StreamReader
 
 log = logging.getLogger("llmsup.supervisor")
 DISPATCH_BATCH = 8  # jobs started per turn of the dispatch loop

@@ -1,7 +1,7 @@
 """Settings: CLI flags > environment (``LLMSUP_<NAME>``) > config file > defaults.
 
 Each field is one setting, reachable three ways, all derived from this class: the flag ``--<name-with-dashes>``
-(``supervisor/cli_options.py`` generates the options of ``llmsup serve`` from the fields), the environment variable
+(``supervisor/cli/options.py`` generates the options of ``llmsup serve`` from the fields), the environment variable
 ``LLMSUP_<NAME>`` and the TOML key ``<name>``. A field's ``json_schema_extra`` (built by :func:`cli`) names its help
 panel, extra flag names (vLLM's, or older ones) and other names its variable and key also accept.
 """

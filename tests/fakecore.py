@@ -7,8 +7,8 @@ from pathlib import Path
 
 from conftest import make_settings
 from fakes import FakeClock, FakeDriver
-from llmsup.supervisor import reports as ev
-from llmsup.supervisor.core import SupervisorCore
+from llmsup.supervisor.core import reports as ev
+from llmsup.supervisor.core.owner import SupervisorCore
 from llmsup.supervisor.store import MemoryStore
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmsup.engines.messages import JobSpec
-from llmsup.supervisor.engine_state import Engine
+from llmsup.supervisor.core.engine_state import Engine
 
 
 @dataclass

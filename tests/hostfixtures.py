@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from conftest import make_settings
-from llmsup.supervisor.engine_state import EngineState
+from llmsup.supervisor.core.engine_state import EngineState
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
 from nethosts import HostNet, HostProcess, TestHost

@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.engines.chat_template import chat_info
-from llmsup.supervisor.requests import InvalidRequest
+from llmsup.supervisor.core.requests import InvalidRequest
 from llmsup.web.chat import ModelTemplate, SimpleTemplate
 from llmsup.web.openai_schemas import ChatMessage
 

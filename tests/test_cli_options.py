@@ -13,7 +13,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings
 from typer.testing import CliRunner
 
-from llmsup.supervisor import cli, cli_options, logsetup
+from llmsup.supervisor.cli import commands as cli
+from llmsup.supervisor.cli import logsetup
+from llmsup.supervisor.cli import options as cli_options
 from llmsup.supervisor.settings import SECURITY, Settings, load_settings, unknown_variables
 
 pytestmark = pytest.mark.timeout(30)

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from clientfakes import FakeServer
-from llmsup.supervisor import cli
-from llmsup.supervisor.cli_output import job_summary
+from llmsup.supervisor.cli import commands as cli
+from llmsup.supervisor.cli.output import job_summary
 from llmsup.supervisor.client import Client
 
 pytestmark = pytest.mark.timeout(30)

@@ -30,7 +30,7 @@ from llmsup.supervisor.client import (
     QueueFull,
     ServerUnreachable,
 )
-from llmsup.supervisor.client_base import SSEParser, TextTracker, error_from
+from llmsup.supervisor.client.base import SSEParser, TextTracker, error_from
 from support.live import LLMSUP, LiveServer, free_port, serving
 from support.waiting import eventually
 

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clientfakes import FakeCluster, FakeServer, FakeView
-from llmsup.supervisor import cli, progress
+from llmsup.supervisor.cli import commands as cli
 from llmsup.supervisor.client import (
     AsyncClient,
     AsyncJobHandle,
@@ -31,8 +31,9 @@ from llmsup.supervisor.client import (
     JobTimeout,
     NotFound,
     ServerUnreachable,
+    progress,
 )
-from llmsup.supervisor.client_loop import LoopThread, shared_loop
+from llmsup.supervisor.client.loop import LoopThread, shared_loop
 
 pytestmark = pytest.mark.timeout(60)
 URL = "http://llmsup.test"

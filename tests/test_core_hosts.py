@@ -11,11 +11,11 @@ import pytest
 from fakes import FakeClock, FakeDriver
 from llmsup.engines.messages import JobResult
 from llmsup.engines.protocol import TokenLogprob
-from llmsup.supervisor import reports as ev
-from llmsup.supervisor.core import SupervisorCore
-from llmsup.supervisor.engine_state import Engine, EngineState
-from llmsup.supervisor.jobs import JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core import reports as ev
+from llmsup.supervisor.core.engine_state import Engine, EngineState
+from llmsup.supervisor.core.jobs import JobStatus
+from llmsup.supervisor.core.owner import SupervisorCore
+from llmsup.supervisor.core.requests import JobRequest
 from test_core_ladder import make_core, tick_to
 
 S = JobStatus

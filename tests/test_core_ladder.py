@@ -9,12 +9,12 @@ import pytest
 from conftest import make_settings
 from fakes import FakeClock, FakeDriver
 from llmsup.engines.messages import JobResult
-from llmsup.supervisor import ladder
-from llmsup.supervisor import reports as ev
-from llmsup.supervisor.core import SupervisorCore
-from llmsup.supervisor.engine_state import Engine, EngineState, EngineStateError, move
-from llmsup.supervisor.jobs import JobStatus
-from llmsup.supervisor.requests import EngineBusy, JobRequest
+from llmsup.supervisor.core import ladder
+from llmsup.supervisor.core import reports as ev
+from llmsup.supervisor.core.engine_state import Engine, EngineState, EngineStateError, move
+from llmsup.supervisor.core.jobs import JobStatus
+from llmsup.supervisor.core.owner import SupervisorCore
+from llmsup.supervisor.core.requests import EngineBusy, JobRequest
 from llmsup.supervisor.store import MemoryStore
 
 S = JobStatus

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from conftest import make_settings
-from llmsup.supervisor.core import SupervisorCore
-from llmsup.supervisor.driver import NotStarted
-from llmsup.supervisor.jobs import JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.driver import NotStarted
+from llmsup.supervisor.core.jobs import JobStatus
+from llmsup.supervisor.core.owner import SupervisorCore
+from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.store import MemoryStore
 
 pytestmark = pytest.mark.timeout(10)

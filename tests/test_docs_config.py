@@ -10,7 +10,7 @@ import pytest
 import typer
 
 from llmsup.supervisor import cli
-from llmsup.supervisor.config_doc import COMMAND, render
+from llmsup.supervisor.cli.config_doc import COMMAND, render
 from llmsup.supervisor.settings import Settings
 
 pytestmark = pytest.mark.timeout(30)
@@ -28,7 +28,8 @@ def test_every_setting_has_a_row() -> None:
 
 def test_the_flags_shown_are_the_flags_of_serve() -> None:
     serve = typer.main.get_command(cli.app).commands["serve"]  # type: ignore[attr-defined]
-    declared = {flag for param in serve.params if param.param_type_name == "option" for flag in (*param.opts, *param.secondary_opts)}
+    options = [param for param in serve.params if param.param_type_name == "option"]
+    declared = {flag for option in options for flag in (*option.opts, *option.secondary_opts)}
     rows = [line for line in render().splitlines() if line.startswith("| `") and "`--" in line]
     shown = {flag for line in rows for flag in re.findall(r"`(-[-a-z0-9]+)`", line.split(" | ")[1])}
     assert len(rows) == len(Settings.model_fields)

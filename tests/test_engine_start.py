@@ -21,8 +21,8 @@ from conftest import make_settings
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.engines import download, runtime, startup
 from llmsup.engines.protocol import Generation, GenParams, TokenCallback
-from llmsup.supervisor import engine_start
-from llmsup.supervisor.engine_start import Progress
+from llmsup.supervisor.cluster import engine_start
+from llmsup.supervisor.cluster.engine_start import Progress
 from llmsup.supervisor.service import Supervisor
 from llmsup.web.chat import template_for
 from llmsup.web.openai_schemas import ChatMessage

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.jobs import EngineRef, Job, JobStatus
+from llmsup.supervisor.core.requests import JobRequest
+from llmsup.supervisor.core.transitions import transition
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.store import SQLiteStore
-from llmsup.supervisor.transitions import transition
 from support.live import LiveServer as Server
 from support.live import serving
 

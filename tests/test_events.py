@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from llmsup.supervisor.events import EventHub
+from llmsup.supervisor.core.events import EventHub
 
 
 def drain(sub: object) -> list[object]:

@@ -19,8 +19,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fakecore import key_of, make_core
-from llmsup.supervisor import reports as ev
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core import reports as ev
+from llmsup.supervisor.core.requests import JobRequest
 
 pytestmark = pytest.mark.timeout(10)
 DASHBOARD = Path(__file__).parent / "data" / "vllm_grafana.json"

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from hostfixtures import host_settings, serving_on, start_agent, until
-from llmsup.supervisor.events import Subscription
-from llmsup.supervisor.jobs import JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.events import Subscription
+from llmsup.supervisor.core.jobs import JobStatus
+from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from nethosts import HostNet, hostnet  # noqa: F401 (fixture)
 

@@ -17,9 +17,9 @@ import psutil
 import pytest
 
 from hostfixtures import host_settings, serving_on, start_agent, until
-from llmsup.supervisor.engine_state import EngineState
-from llmsup.supervisor.jobs import JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.engine_state import EngineState
+from llmsup.supervisor.core.jobs import JobStatus
+from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from nethosts import HostNet, hostnet  # noqa: F401 (fixture)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from hostfixtures import host_settings, serving_on, until
-from llmsup.supervisor.jobs import JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.jobs import JobStatus
+from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from nethosts import HostNet, hostnet, sshd_unavailable, start_sshd  # noqa: F401 (fixture)
 
@@ -26,7 +26,7 @@ async def test_ssh_launcher_starts_and_replaces_engines_on_its_host(hostnet: Hos
                              hosts=[f"root@{host.address}"])
     profile = settings.ipython_dir / "profile_llmsup"
     profile.mkdir(parents=True)
-    (profile / "ipcluster_config.py").write_text(  # what a user writes for their cluster (README: SSH)
+    (profile / "ipcluster_config.py").write_text(  # what a user writes for their cluster (docs/deployment.md: SSH)
         f"c.SSHLauncher.ssh_args = {access.options!r}\n"
         f"c.SSHLauncher.scp_args = {access.options!r}\n"
         f"c.SSHLauncher.remote_python = {sys.executable!r}\n")

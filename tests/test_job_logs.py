@@ -12,9 +12,9 @@ import pytest
 
 from llmsup.engines.logformat import JsonFormatter
 from llmsup.engines.messages import JobResult
-from llmsup.supervisor import logsetup
-from llmsup.supervisor import reports as ev
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.cli import logsetup
+from llmsup.supervisor.core import reports as ev
+from llmsup.supervisor.core.requests import JobRequest
 from test_core_ladder import key_of, make_core
 
 pytestmark = pytest.mark.timeout(10)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from llmsup.engines.messages import HostOrder, encode
-from llmsup.supervisor.join import JoinAgent
-from llmsup.supervisor.joinfile import JoinFileError, JoinInfo
+from llmsup.supervisor.cli.join import JoinAgent
+from llmsup.supervisor.cluster.joinfile import JoinFileError, JoinInfo
 
 pytestmark = pytest.mark.timeout(30)
 KEYS = {"server_public": "s" * 40, "client_public": "c" * 40, "client_secret": "x" * 40}

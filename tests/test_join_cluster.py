@@ -8,8 +8,8 @@ import ipyparallel as ipp
 import pytest
 
 from conftest import make_settings
-from llmsup.supervisor.jobs import JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.jobs import JobStatus
+from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 
 pytestmark = pytest.mark.timeout(90)

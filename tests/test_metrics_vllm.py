@@ -11,12 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fakecore import key_of, make_core
 from llmsup.engines.messages import JobResult
-from llmsup.supervisor import metric_buckets
-from llmsup.supervisor import reports as ev
-from llmsup.supervisor.core import SupervisorCore
-from llmsup.supervisor.jobs import JobStatus
-from llmsup.supervisor.metrics import restart_label
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core import reports as ev
+from llmsup.supervisor.core.jobs import JobStatus
+from llmsup.supervisor.core.owner import SupervisorCore
+from llmsup.supervisor.core.requests import JobRequest
+from llmsup.supervisor.metrics import buckets as metric_buckets
+from llmsup.supervisor.metrics.prometheus import restart_label
 
 pytestmark = pytest.mark.timeout(10)
 S = JobStatus

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from llmsup.engines import messages
 from llmsup.engines.protocol import GenParams, Structured, TokenBias, TokenLogprob, TopLogprob
 from llmsup.engines.sampling import LogitsProcessor, pick_next, token_logprob
-from llmsup.supervisor.jobs import Job
+from llmsup.supervisor.core.jobs import Job
 from llmsup.supervisor.store import SQLiteStore
 from llmsup.web.openai_format import chat_logprobs, completion_logprobs, prompt_logprobs_out, usage
 from llmsup.web.openai_params import features_used, structured_of
@@ -108,7 +108,7 @@ def test_requests_ignore_unknown_fields_and_take_vllm_shapes(caplog: pytest.LogC
 
 
 def test_a_streamed_choice_sends_each_position_once_and_the_rest_with_the_result() -> None:
-    from llmsup.supervisor.jobs import JobStatus
+    from llmsup.supervisor.core.jobs import JobStatus
     from llmsup.web.follow import Update
     from llmsup.web.openai_stream import ChoiceState, _final_chunk
 

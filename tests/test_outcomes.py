@@ -9,15 +9,16 @@ import pytest
 
 from conftest import make_settings
 from llmsup.engines.messages import JobResult
-from llmsup.supervisor.engine_state import Engine
-from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
-from llmsup.supervisor.ladder import Escalation, Rung
-from llmsup.supervisor.outcomes import decode_reply, from_exception, from_result, lost
-from llmsup.supervisor.requests import InvalidRequest, JobRequest, QueueFull
-from llmsup.supervisor.running import RunningJob
+from llmsup.supervisor.cluster.task_errors import task_failure
+from llmsup.supervisor.core.engine_state import Engine
+from llmsup.supervisor.core.jobs import EngineRef, Job, JobStatus
+from llmsup.supervisor.core.ladder import Escalation, Rung
+from llmsup.supervisor.core.outcomes import decode_reply, from_failure, from_result, lost
+from llmsup.supervisor.core.requests import InvalidRequest, JobRequest, QueueFull
+from llmsup.supervisor.core.running import RunningJob
+from llmsup.supervisor.core.transitions import transition
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.store import MemoryStore
-from llmsup.supervisor.transitions import transition
 
 S = JobStatus
 pytestmark = pytest.mark.timeout(10)
@@ -81,19 +82,19 @@ def test_a_reply_this_build_cannot_read_fails_the_job_saying_so() -> None:
 
 
 def test_exceptions_keyboard_interrupt_engine_error_other() -> None:
-    assert from_exception(RemoteError("KeyboardInterrupt"), running(reason=S.TIMED_OUT), 3).status is S.TIMED_OUT
-    lost_one = from_exception(RemoteError("EngineError"), running(attempts=1), 3)
+    assert from_failure(task_failure(RemoteError("KeyboardInterrupt")), running(reason=S.TIMED_OUT), 3).status is S.TIMED_OUT
+    lost_one = from_failure(task_failure(RemoteError("EngineError")), running(attempts=1), 3)
     assert lost_one.status is S.QUEUED and lost_one.engine_lost
-    assert from_exception(RemoteError("EngineError"), running(attempts=3), 3).status is S.FAILED
+    assert from_failure(task_failure(RemoteError("EngineError")), running(attempts=3), 3).status is S.FAILED
     killed = running(reason=S.TIMED_OUT)
     killed.killed = True
-    st = from_exception(RemoteError("EngineError"), killed, 3)
+    st = from_failure(task_failure(RemoteError("EngineError")), killed, 3)
     assert st.status is S.TIMED_OUT and st.text == "a b " and "engine killed" in st.error
-    other = from_exception(RemoteError("ZeroDivisionError"), running(), 3)
+    other = from_failure(task_failure(RemoteError("ZeroDivisionError")), running(), 3)
     assert other.status is S.FAILED and other.error_detail is None
     escaped = RemoteError("SystemExit")
     escaped.traceback = "Traceback (most recent call last): ...\nSystemExit: 3"  # as ipyparallel's RemoteError
-    assert from_exception(escaped, running(), 3).error_detail == escaped.traceback
+    assert from_failure(task_failure(escaped), running(), 3).error_detail == escaped.traceback
 
 
 def test_uncharged_requeues_are_bounded() -> None:

@@ -127,8 +127,8 @@ def test_the_core_launches_the_plan_and_gives_each_engine_its_share(
     (``options["gpu_memory_utilization"]``), and the start log's map."""
     from conftest import make_settings
     from fakes import FakeClock, FakeDriver
-    from llmsup.supervisor import reports as ev
-    from llmsup.supervisor.core import SupervisorCore
+    from llmsup.supervisor.core import reports as ev
+    from llmsup.supervisor.core.owner import SupervisorCore
     from llmsup.supervisor.store import MemoryStore
 
     clock, driver = FakeClock(), FakeDriver()

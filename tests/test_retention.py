@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from llmsup.supervisor import retention
-from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
+from llmsup.supervisor.core.jobs import EngineRef, Job, JobStatus
+from llmsup.supervisor.core.transitions import transition
 from llmsup.supervisor.settings import Settings
-from llmsup.supervisor.store import SQLiteStore
-from llmsup.supervisor.transitions import transition
+from llmsup.supervisor.store import SQLiteStore, retention
 from support.waiting import eventually_async
 from test_web_guards import open_app
 

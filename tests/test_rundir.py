@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from llmsup.supervisor import cli
-from llmsup.supervisor.leftovers import ProcessLedger
+from llmsup.supervisor.cli import commands as cli
+from llmsup.supervisor.cluster.leftovers import ProcessLedger
 from llmsup.supervisor.rundir import RunDirError, create_private, prepare_run_dir, write_private
 from llmsup.supervisor.settings import Settings
 from llmsup.web.auth import Auth

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from llmsup.supervisor.signals import interrupt_main_thread, kill_group, process_started, same_process
+from llmsup.supervisor.cluster.signals import interrupt_main_thread, kill_group, process_started, same_process
 
 pytestmark = pytest.mark.timeout(30)
 

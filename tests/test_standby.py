@@ -7,9 +7,9 @@ import signal
 
 import pytest
 
-from llmsup.supervisor.engine_state import EngineState
-from llmsup.supervisor.jobs import JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.engine_state import EngineState
+from llmsup.supervisor.core.jobs import JobStatus
+from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from support.waiting import eventually_async as until
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
+from llmsup.supervisor.core.jobs import EngineRef, Job, JobStatus
+from llmsup.supervisor.core.transitions import transition
 from llmsup.supervisor.store import DuplicateKey, JobStore, MemoryStore, SQLiteStore
-from llmsup.supervisor.transitions import transition
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
+from llmsup.supervisor.core.jobs import EngineRef, Job, JobStatus
+from llmsup.supervisor.core.transitions import transition
 from llmsup.supervisor.store import SQLiteStore
-from llmsup.supervisor.transitions import transition
 
 pytestmark = pytest.mark.timeout(30)
 

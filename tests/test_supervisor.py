@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from llmsup.supervisor.jobs import JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.jobs import JobStatus
+from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from support.waiting import eventually_async
 
@@ -185,7 +185,7 @@ async def test_streamed_output_visible_while_running(sup: Supervisor) -> None:
 @pytest.mark.settings(engines=1)
 async def test_dispatch_to_an_engine_that_left_requeues_without_charge(sup: Supervisor) -> None:
     """The controller dropped an engine before the pool noticed: the job goes back, uncharged, and runs."""
-    from llmsup.supervisor.engine_state import Engine, EngineState, move
+    from llmsup.supervisor.core.engine_state import Engine, EngineState, move
 
     real = next(iter(sup.pool))
     ghost = Engine(id=999, host="gone", host_key="elsewhere", pid=2**22 + 1, gpu="", set_id="")

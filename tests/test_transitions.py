@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from llmsup.supervisor.jobs import EngineRef, Job, JobStatus
-from llmsup.supervisor.transitions import InvalidTransition, can_move, transition
+from llmsup.supervisor.core.jobs import EngineRef, Job, JobStatus
+from llmsup.supervisor.core.transitions import InvalidTransition, can_move, transition
 
 pytestmark = pytest.mark.timeout(10)
 S = JobStatus

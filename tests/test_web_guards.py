@@ -16,8 +16,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from llmsup.supervisor.jobs import Job, JobStatus
-from llmsup.supervisor.requests import InvalidRequest, JobRequest
+from llmsup.supervisor.core.jobs import Job, JobStatus
+from llmsup.supervisor.core.requests import InvalidRequest, JobRequest
 from llmsup.supervisor.rundir import prepare_run_dir
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings

@@ -1,7 +1,7 @@
 """Garbage of every shape into real zmq socket pairs: the loops that read engines' messages keep running.
 
-- the supervisor's token stream (PULL, supervisor/stream_reader.py),
-- the supervisor's control channel (ROUTER, supervisor/batching.py),
+- the supervisor's token stream (PULL, supervisor/cluster/stream_reader.py),
+- the supervisor's control channel (ROUTER, supervisor/cluster/control.py),
 - a batched engine's serving loop (DEALER, engines/batch.py).
 
 Each unreadable message is counted (``llmsup_malformed_messages_total{channel}`` on the supervisor) and logged
@@ -45,9 +45,9 @@ from llmsup.engines.messages import (
 from llmsup.engines.protocol import GenParams
 from llmsup.engines.sim import SimBackend
 from llmsup.engines.stream import TokenStream
-from llmsup.supervisor.batching import ControlChannel
-from llmsup.supervisor.metrics import Metrics
-from llmsup.supervisor.stream_reader import StreamReader
+from llmsup.supervisor.cluster.control import ControlChannel
+from llmsup.supervisor.cluster.stream_reader import StreamReader
+from llmsup.supervisor.metrics.prometheus import Metrics
 from support.waiting import eventually_async
 
 pytestmark = pytest.mark.timeout(30)

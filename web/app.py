@@ -11,10 +11,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from llmsup.supervisor import __version__, retention
+from llmsup.supervisor import __version__
 from llmsup.supervisor.rundir import prepare_run_dir, write_private
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
+from llmsup.supervisor.store import retention
 from llmsup.web import (
     dashboard,
     errors,

@@ -7,8 +7,8 @@
   and the server is bound to a non-loopback address. Keys come from ``LLMSUP_API_KEYS`` / ``api_keys_file``
   (``key`` or ``owner:key``); if keys are required and none are configured, one is generated into
   ``<run-dir>/api_key``. A key user sees and cancels only their own jobs; the admin token works as a key that
-  sees every job. Owner names are checked (``supervisor/requests.py: check_owner_name``) when keys are read.
-- Idempotency keys are per owner in the store itself (``supervisor/store.py``), so no owner can reach
+  sees every job. Owner names are checked (``supervisor/core/requests.py: check_owner_name``) when keys are read.
+- Idempotency keys are per owner in the store itself (``supervisor/store/sqlite.py``), so no owner can reach
   another owner's job through a key; jobs without an owner (the admin's, keys off) are one owner of their own.
 
 Every comparison is constant-time (``hmac.compare_digest`` over SHA-256 digests, all keys compared).
@@ -27,8 +27,8 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from llmsup.supervisor.jobs import Job
-from llmsup.supervisor.requests import InvalidRequest, JobNotFound, check_owner_name
+from llmsup.supervisor.core.jobs import Job
+from llmsup.supervisor.core.requests import InvalidRequest, JobNotFound, check_owner_name
 from llmsup.supervisor.rundir import prepare_run_dir, write_private
 from llmsup.supervisor.settings import Settings
 

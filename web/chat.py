@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from llmsup.supervisor.requests import InvalidRequest
+from llmsup.supervisor.core.requests import InvalidRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.web.openai_schemas import ChatMessage
 

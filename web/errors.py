@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from llmsup.supervisor.requests import EngineBusy, EngineNotFound, InvalidRequest, JobNotFound, QueueFull
-from llmsup.supervisor.transitions import InvalidTransition
+from llmsup.supervisor.core.requests import EngineBusy, EngineNotFound, InvalidRequest, JobNotFound, QueueFull
+from llmsup.supervisor.core.transitions import InvalidTransition
 
 log = logging.getLogger("llmsup.web")
 OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from llmsup.engines.protocol import TokenLogprob
-from llmsup.supervisor.jobs import Job, JobStatus
+from llmsup.supervisor.core.jobs import Job, JobStatus
 from llmsup.supervisor.service import Supervisor
 
 

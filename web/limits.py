@@ -86,7 +86,7 @@ def check_job_limits(settings: Any, prompt: str, max_tokens: int | None, deadlin
                      min_tokens: int | None = None) -> None:
     """The limits the served OpenAPI spec states (web/openapi.py), checked before the supervisor sees the
     request, so that no path (an idempotent replay included) accepts what the spec says is invalid."""
-    from llmsup.supervisor.requests import InvalidRequest
+    from llmsup.supervisor.core.requests import InvalidRequest
 
     if len(prompt) > settings.max_prompt_chars:
         raise InvalidRequest(f"prompt longer than {settings.max_prompt_chars} characters")

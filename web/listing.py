@@ -19,8 +19,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from llmsup.supervisor.jobs import Job, JobStatus
-from llmsup.supervisor.requests import JobNotFound
+from llmsup.supervisor.core.jobs import Job, JobStatus
+from llmsup.supervisor.core.requests import JobNotFound
 from llmsup.supervisor.service import Supervisor
 
 T = TypeVar("T")

@@ -25,8 +25,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from llmsup.supervisor.jobs import Job, JobStatus
-from llmsup.supervisor.requests import JobNotFound
+from llmsup.supervisor.core.jobs import Job, JobStatus
+from llmsup.supervisor.core.requests import JobNotFound
 from llmsup.supervisor.service import Supervisor
 from llmsup.web import sse
 from llmsup.web.auth import Principal, PrincipalDep

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from llmsup.engines.protocol import TokenLogprob
-from llmsup.supervisor.jobs import Job, JobStatus
+from llmsup.supervisor.core.jobs import Job, JobStatus
 from llmsup.web.openai_responses import (
     ChatLogprobs,
     ChatTokenLogprob,

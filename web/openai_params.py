@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmsup.engines.protocol import Structured, TokenBias
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.web.auth import Principal
 from llmsup.web.errors import OpenAIHTTPError

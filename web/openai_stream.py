@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmsup.engines.protocol import TokenLogprob
-from llmsup.supervisor.jobs import Job, JobStatus
+from llmsup.supervisor.core.jobs import Job, JobStatus
 from llmsup.supervisor.service import Supervisor
 from llmsup.web import sse
 from llmsup.web.follow import TextTracker, Update, follow

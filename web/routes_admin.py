@@ -8,9 +8,9 @@ from typing import Annotated
 import psutil
 from fastapi import APIRouter, Depends, Query
 
-from llmsup.supervisor.cluster_driver import ClusterDriver
-from llmsup.supervisor.engine_state import Engine
-from llmsup.supervisor.requests import JobNotFound
+from llmsup.supervisor.cluster.driver import ClusterDriver
+from llmsup.supervisor.core.engine_state import Engine
+from llmsup.supervisor.core.requests import JobNotFound
 from llmsup.supervisor.service import Supervisor
 from llmsup.web.auth import require_admin
 from llmsup.web.deps import SupervisorDep

@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
-from llmsup.supervisor.jobs import Job, JobStatus
-from llmsup.supervisor.requests import JobRequest
+from llmsup.supervisor.core.jobs import Job, JobStatus
+from llmsup.supervisor.core.requests import JobRequest
 from llmsup.web import listing, sse
 from llmsup.web.auth import Principal, PrincipalDep, visible
 from llmsup.web.deps import SupervisorDep

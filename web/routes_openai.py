@@ -19,8 +19,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from llmsup.engines.protocol import TokenLogprob
-from llmsup.supervisor.jobs import Job
-from llmsup.supervisor.model_name import served_model_name
+from llmsup.supervisor.core.jobs import Job
+from llmsup.supervisor.core.model_name import served_model_name
 from llmsup.supervisor.service import Supervisor
 from llmsup.web import sse
 from llmsup.web.auth import PrincipalDep

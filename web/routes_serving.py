@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field, model_validator
 
 from llmsup.supervisor import __version__
-from llmsup.supervisor.jobs import JobStatus
+from llmsup.supervisor.core.jobs import JobStatus
 from llmsup.web.auth import PrincipalDep
 from llmsup.web.chat import render_chat, template_for
 from llmsup.web.deps import SupervisorDep

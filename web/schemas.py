@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-from llmsup.supervisor.jobs import Job, JobStatus
+from llmsup.supervisor.core.jobs import Job, JobStatus
 
 
 def iso(ts: float | None) -> str | None:

@@ -1,0 +1,126 @@
+"""The supervisor's end of batched engines' control channel (a pyzmq ROUTER).
+
+Each batched engine's serving loop (engines/batch.py) connects a DEALER whose
+identity is its engine id and says :class:`Hello` on it; :class:`Submit`,
+:class:`Abort` and :class:`Stop` go out here; tokens and results come back on
+the shared token stream. A host's join agent (``llmsup join``) connects a DEALER
+whose identity starts with ``host:`` and beats :class:`HostBeat` on it; its
+:class:`HostOrder` s go out here. A message that cannot be read is dropped,
+counted and logged once per peer and problem; the loop goes on. With keys, the
+socket is a CURVE server that admits only peers holding the client keys
+(``supervisor/cluster/curve.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TypeVar, cast
+
+import zmq
+import zmq.asyncio
+
+from llmsup.engines.messages import ControlOp, Hello, HostBeat, HostOrder, ProtocolError, decode_for_supervisor, encode
+from llmsup.supervisor.cluster.curve import ChannelKeys, secure_server
+from llmsup.supervisor.cluster.malformed import MalformedLog
+from llmsup.supervisor.cluster.stream_reader import YIELD_EVERY
+from llmsup.supervisor.metrics.prometheus import Metrics
+
+log = logging.getLogger("llmsup.batching")
+P = TypeVar("P")
+M = TypeVar("M")
+
+
+AGENT_PREFIX = b"host:"  # the DEALER identity of a join agent starts with this
+
+
+def read_host_beat(frames: list[bytes]) -> tuple[str, HostBeat]:
+    """``[identity, message]`` from a join agent: its identity (to answer it) and its beat."""
+    if len(frames) != 2:
+        raise ProtocolError("frames", f"{len(frames) - 1} frames after the identity, a message is one")
+    identity, raw = frames
+    return identity.decode("ascii", "replace"), decode_for_supervisor(raw, expect=(HostBeat,))
+
+
+def read_hello(frames: list[bytes]) -> tuple[int, Hello]:
+    """``[identity, message]`` from the ROUTER: the engine id (its DEALER identity) and its hello."""
+    if len(frames) != 2:
+        raise ProtocolError("frames", f"{len(frames) - 1} frames after the identity, a message is one")
+    identity, raw = frames
+    try:
+        engine_id = int(identity.decode("ascii"))
+    except ValueError:
+        raise ProtocolError("identity", f"identity {identity[:40]!r} is not an engine id") from None
+    return engine_id, decode_for_supervisor(raw, expect=(Hello,))
+
+
+def _log_failure(peer: str, sent: asyncio.Future[zmq.MessageTracker | None]) -> bool:
+    """Log a failed send; True if it failed."""
+    exc = None if sent.cancelled() else sent.exception()
+    if exc is not None:
+        log.warning("control message to %s failed: %s", peer, exc)
+    return exc is not None or sent.cancelled()
+
+
+class ControlChannel:
+    def __init__(self, ctx: zmq.asyncio.Context, bind: str, metrics: Metrics, keys: ChannelKeys | None = None,
+                 advertise: str | None = None) -> None:
+        self.malformed = MalformedLog(metrics.malformed, "control")
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown or gone engine is an error, not a silent drop
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a join agent that reconnects under its identity takes it over
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            secure_server(self.sock, keys)
+        port = self.sock.bind_to_random_port(bind)
+        self.address = f"{advertise or bind}:{port}"
+
+    def send(self, engine_id: int, op: ControlOp) -> bool:
+        """Send one control op to a batched engine; False if it is not connected."""
+        return self._send(str(engine_id), encode(op))
+
+    def order(self, agent: str, op: HostOrder) -> bool:
+        """Send an order to a join agent (by the identity it beats under); False if it is not connected."""
+        return self._send(agent, encode(op))
+
+    def _send(self, identity: str, frame: bytes) -> bool:
+        # A non-blocking send on an asyncio socket is tried at once and its Future comes back done, holding the
+        # error of a peer that is not connected (ROUTER_MANDATORY): read it there, or it is lost.
+        # (pyzmq annotates the result as an Awaitable; an asyncio socket's send returns an asyncio Future)
+        sent = cast("asyncio.Future[zmq.MessageTracker | None]",
+                    self.sock.send_multipart([identity.encode(), frame], flags=zmq.NOBLOCK))
+        if not sent.done():  # queued behind another send: its outcome is only logged
+            sent.add_done_callback(lambda fut: _log_failure(identity, fut))
+            return True
+        return not _log_failure(identity, sent)
+
+    async def receive(self, on_hello: Callable[[int, Hello], None],
+                      on_host: Callable[[str, HostBeat], None] | None = None) -> None:
+        """Read until cancelled: every engine's hello goes to ``on_hello(engine_id, hello)``, every join agent's
+        beat to ``on_host(identity, beat)``."""
+        read = 0
+        while True:
+            frames = await self.sock.recv_multipart()
+            read += 1
+            if read % YIELD_EVERY == 0:  # a backlog is not read in one go (see StreamReader.run)
+                await asyncio.sleep(0)
+            if on_host is not None and frames[0].startswith(AGENT_PREFIX):
+                self._handle(frames, read_host_beat, on_host)
+            else:
+                self._handle(frames, read_hello, on_hello)
+
+    def _handle(self, frames: list[bytes], read: Callable[[list[bytes]], tuple[P, M]],
+                handler: Callable[[P, M], None]) -> None:
+        try:
+            peer, message = read(frames)
+        except ProtocolError as exc:
+            self.malformed.reject(f"identity {frames[0][:40]!r}", exc)
+            return
+        try:
+            handler(peer, message)
+        except Exception:  # a failing handler is a bug to log, not a reason to stop the channel
+            log.exception("handling %s from %s failed", type(message).__name__, peer)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)

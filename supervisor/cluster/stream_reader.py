@@ -1,0 +1,77 @@
+"""The supervisor's end of the engines' token stream (a pyzmq PULL socket).
+
+Engines push typed messages (``engines/messages.py``): :class:`TaskStarted`, :class:`TokenPiece`,
+:class:`JobDone`, :class:`EngineBeat`. The reader decodes each one and hands it to the one sink given at
+construction. A message it cannot read (wrong frame count, not JSON, another protocol version, a wrong
+field type, a kind that does not belong on this stream) is dropped and counted; a sink that raises is
+logged. Neither stops the loop. With keys, the socket is a CURVE server that admits only peers holding
+the client keys (``supervisor/cluster/curve.py``): others never get a message through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import zmq
+import zmq.asyncio
+
+from llmsup.engines.messages import STREAM_EVENTS, ProtocolError, StreamEvent, decode_for_supervisor
+from llmsup.supervisor.cluster.curve import ChannelKeys, secure_server
+from llmsup.supervisor.cluster.malformed import MalformedLog
+from llmsup.supervisor.metrics.prometheus import Metrics
+
+log = logging.getLogger("llmsup.stream")
+YIELD_EVERY = 64
+
+
+def peer_of(frame: zmq.Frame) -> str:
+    """The sender's address as zmq knows it (TCP peers), else "unknown"."""
+    try:
+        return str(frame.get("Peer-Address"))
+    except zmq.ZMQError:
+        return "unknown"
+
+
+def decode_frames(frames: list[zmq.Frame]) -> StreamEvent:
+    if len(frames) != 1:
+        raise ProtocolError("frames", f"{len(frames)} frames, a message is one")
+    return decode_for_supervisor(frames[0].bytes, expect=STREAM_EVENTS)
+
+
+class StreamReader:
+    def __init__(self, ctx: zmq.asyncio.Context, bind: str, on_event: Callable[[StreamEvent], None],
+                 metrics: Metrics, keys: ChannelKeys | None = None, advertise: str | None = None) -> None:
+        self.on_event = on_event
+        self.malformed = MalformedLog(metrics.malformed, "stream")
+        self.sock = ctx.socket(zmq.PULL)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            secure_server(self.sock, keys)
+        port = self.sock.bind_to_random_port(bind)
+        self.address = f"{advertise or bind}:{port}"  # where engines connect (``advertise``: bound to every interface)
+
+    async def run(self) -> None:
+        """Read until cancelled. A receive that finds messages waiting returns without giving the event loop a
+        turn: after a backlog (many engines beating, the loop held up), reading it all in one go would hold up
+        the timers and dispatch for as long; so the loop gets a turn every YIELD_EVERY messages."""
+        read = 0
+        while True:
+            frames = await self.sock.recv_multipart(copy=False)
+            read += 1
+            if read % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            try:
+                event = decode_frames(frames)
+            except ProtocolError as exc:
+                self.malformed.reject(peer_of(frames[0]), exc)
+                continue
+            try:
+                self.on_event(event)
+            except Exception:  # a failing sink is a bug to log, not a reason to stop the stream
+                log.exception("handling %s from the token stream failed", type(event).__name__)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)

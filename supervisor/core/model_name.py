@@ -1,0 +1,18 @@
+"""The served model name: what clients call the model (OpenAI routes) and the ``model_name`` label of metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from llmsup.supervisor.core.engine_state import Engine
+from llmsup.supervisor.settings import Settings
+
+UNKNOWN = "default"  # no name given and no engine loaded yet
+
+
+def served_model_name(settings: Settings, engines: Iterable[Engine]) -> str:
+    """``served_model_name``, else ``--model``, else the backend named, else the model the engines loaded."""
+    name = settings.served_model_name or settings.model or (settings.backend if settings.backend != "auto" else None)
+    if name is None:
+        name = next((e.backend["model"] for e in engines if e.backend.get("model")), None)
+    return name or UNKNOWN

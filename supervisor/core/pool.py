@@ -1,0 +1,55 @@
+"""The engines the supervisor knows, the launches on their way, and where the next job goes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from llmsup.supervisor.core.engine_state import SERVING, Engine
+
+
+@dataclass(frozen=True)
+class Launch:
+    """An engine asked for and not registered yet."""
+
+    set_id: str
+    gpu: str
+    since: float  # wall clock
+    restarts: int = 0  # the engines that held this place before (0: a first start)
+    host: str = ""  # the host a launcher that starts engines on named hosts (ssh) was asked for
+
+
+class EnginePool:
+    def __init__(self) -> None:
+        self.engines: dict[int, Engine] = {}
+        self.launches: dict[str, Launch] = {}  # engine set -> launch in flight
+
+    def add(self, engine: Engine) -> None:
+        self.engines[engine.id] = engine
+
+    def remove(self, engine_id: int) -> Engine | None:
+        return self.engines.pop(engine_id, None)
+
+    def get(self, engine_id: int) -> Engine | None:
+        return self.engines.get(engine_id)
+
+    def __iter__(self) -> Iterator[Engine]:
+        return iter(list(self.engines.values()))
+
+    def serving(self) -> list[Engine]:
+        return [e for e in self.engines.values() if e.state in SERVING]
+
+    def free_slots(self) -> int:
+        return sum(e.free_slots for e in self.engines.values())
+
+    def on_host(self, host_key: str) -> int:
+        return sum(1 for e in self.engines.values() if e.host_key == host_key)
+
+    def pick(self, avoid: Iterable[int] = ()) -> Engine | None:
+        """The least-loaded engine with a free slot, preferring engines not in ``avoid``."""
+        avoid = set(avoid)
+        candidates = [e for e in self.engines.values() if e.free_slots > 0]
+        if not candidates:
+            return None
+        candidates.sort(key=lambda e: (e.id in avoid, len(e.jobs) / e.slots, e.jobs_done, e.id))
+        return candidates[0]

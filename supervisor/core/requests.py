@@ -1,0 +1,88 @@
+"""What a caller asks for, and the errors the supervisor's API raises."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmsup.supervisor.core.jobs import Job
+
+OWNER_NAME = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
+
+
+def check_owner_name(owner: str) -> str:
+    """An owner name (from the API key configuration): 1-64 of ``A-Z a-z 0-9 . _ @ + -``; no ``/``, which
+    separates the owner from the idempotency key in the store. Raises InvalidRequest."""
+    if not OWNER_NAME.fullmatch(owner):
+        raise InvalidRequest(f"invalid owner name {owner[:80]!r}: 1-64 characters of A-Z a-z 0-9 . _ @ + -")
+    return owner
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    prompt: str
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    deadline_s: float | None = None
+    queue_timeout_s: float | None = None
+    priority: int = 0
+    idempotency_key: str | None = None
+    owner: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # further sampling params (top_p, top_k, seed, ...)
+
+    def __post_init__(self) -> None:
+        if self.owner is not None:
+            check_owner_name(self.owner)
+
+
+class SupervisorError(Exception):
+    """Base of the errors a caller can act on (mapped to 4xx by the web layer)."""
+
+
+class QueueFull(SupervisorError):
+    """The queue (``owner`` None), or one owner's share of it, is full."""
+
+    def __init__(self, limit: int, retry_after_s: float, owner: str | None = None) -> None:
+        if owner is None:
+            super().__init__(f"queue full ({limit} jobs waiting)")
+        else:
+            super().__init__(f"{owner!r} has {limit} jobs queued, the most one owner may (owner_queue_max)")
+        self.retry_after_s = retry_after_s
+        self.owner = owner
+        self.code = "queue_full" if owner is None else "owner_queue_full"
+
+
+class JobNotFound(SupervisorError, KeyError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r}")
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class EngineNotFound(SupervisorError, KeyError):
+    def __init__(self, engine_id: int) -> None:
+        super().__init__(f"no engine {engine_id}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class EngineBusy(SupervisorError):
+    """An admin operation on an engine that is already being killed, recycled or restarted."""
+
+    def __init__(self, engine_id: int, state: str) -> None:
+        super().__init__(f"engine {engine_id} is {state}")
+
+
+class InvalidRequest(SupervisorError, ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: Job
+    created: bool  # False: an existing job returned for a repeated idempotency key

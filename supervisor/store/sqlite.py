@@ -1,0 +1,213 @@
+"""The SQLite job store: one writer (the supervisor), WAL, and readers that never block it."""
+
+from __future__ import annotations
+
+import builtins  # the stores' method `list` shadows the builtin in their class bodies
+import itertools
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import quote
+
+from llmsup.supervisor.core.jobs import TERMINAL, Job, JobStatus
+from llmsup.supervisor.rundir import create_private, tighten
+from llmsup.supervisor.store.migrate import migrate
+from llmsup.supervisor.store.protocol import PRUNE_BATCH, DuplicateKey, SyncMode, expires_at, scoped_key
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    not_before REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    owner TEXT,
+    idempotency_key TEXT UNIQUE,
+    data TEXT NOT NULL,
+    finished_at REAL,
+    error_detail TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (status, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq);
+CREATE INDEX IF NOT EXISTS jobs_owner_status ON jobs (owner, status);
+CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (status, expires_at);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+"""
+TERMINAL_SQL = ",".join(f"'{s.value}'" for s in sorted(TERMINAL, key=lambda s: s.value))
+
+
+def _parse(rows: Iterable[tuple[str]]) -> list[Job]:
+    return [Job.from_dict(json.loads(r[0])) for r in rows]
+
+
+def _list_query(
+    statuses: Iterable[JobStatus] | None, owner: str | None, limit: int, offset: int
+) -> tuple[str, tuple[object, ...]]:
+    where, args = [], []  # type: list[str], list[object]
+    if statuses:
+        values = [s.value for s in statuses]
+        where.append(f"status IN ({','.join('?' * len(values))})")
+        args.extend(values)
+    if owner is not None:
+        where.append("owner=?")
+        args.append(owner)
+    sql = "SELECT data FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+    return sql + " ORDER BY seq DESC LIMIT ? OFFSET ?", (*args, limit, offset)
+
+
+class SQLiteStore:
+    """Jobs in one SQLite file (WAL mode); the record is JSON beside indexed columns.
+
+    The file and its ``-wal`` / ``-shm`` companions are 0600. ``sync``: ``terminal`` (default) commits a
+    job's terminal transition with ``synchronous=FULL`` (the WAL is fsynced: the outcome survives a power
+    loss) and everything else with ``NORMAL``; ``full`` fsyncs every commit; ``normal`` none (a power loss
+    can undo the last commits, never corrupt the file). Costs: docs/benchmarks.md, "Durability".
+    """
+
+    def __init__(self, path: Path | str, sync: SyncMode = "terminal") -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            create_private(Path(self.path))  # SQLite gives -wal and -shm the database file's mode
+            for side in ("-wal", "-shm", "-journal"):
+                tighten(Path(self.path + side))
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self.set_sync(sync)
+        migrate(self._db, scoped_key)
+        self._db.executescript(SCHEMA)
+        row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
+        self._seq = itertools.count(int(row[0]) + 1)
+        self._reader: StoreReader | None = None
+
+    def set_sync(self, sync: SyncMode) -> None:
+        """Change the durability of later commits (see the class docs)."""
+        self.sync = sync
+        self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+
+    @staticmethod
+    def _row(job: Job) -> tuple[object, ...]:
+        return (job.status.value, job.priority, job.not_before, expires_at(job), job.owner, json.dumps(job.to_dict()),
+                job.finished_at if job.status.terminal else None, job.error_detail)
+
+    def add(self, job: Job) -> Job:
+        job = job.with_changes(seq=next(self._seq))
+        key = scoped_key(job.owner, job.idempotency_key) if job.idempotency_key is not None else None
+        try:
+            self._db.execute(
+                "INSERT INTO jobs (status, priority, not_before, expires_at, owner, data, finished_at, error_detail,"
+                " id, seq, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*self._row(job), job.id, job.seq, key),
+            )
+        except sqlite3.IntegrityError:
+            existing = self.by_key(job.idempotency_key, job.owner) if job.idempotency_key is not None else None
+            if existing is None:
+                raise
+            raise DuplicateKey(existing) from None
+        return job
+
+    def put(self, job: Job) -> None:
+        durable = self.sync == "terminal" and job.status.terminal
+        if durable:
+            self._db.execute("PRAGMA synchronous=FULL")  # this commit fsyncs the WAL
+        try:
+            cur = self._db.execute(
+                "UPDATE jobs SET status=?, priority=?, not_before=?, expires_at=?, owner=?, data=?, finished_at=?,"
+                " error_detail=? WHERE id=?",
+                (*self._row(job), job.id),
+            )
+        finally:
+            if durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+        if cur.rowcount != 1:
+            raise KeyError(job.id)
+
+    def _one(self, sql: str, arg: object) -> Job | None:
+        row = self._db.execute(sql, (arg,)).fetchone()
+        return Job.from_dict(json.loads(row[0])) if row else None
+
+    def get(self, job_id: str) -> Job | None:
+        return self._one("SELECT data FROM jobs WHERE id=?", job_id)
+
+    def by_key(self, idempotency_key: str, owner: str | None = None) -> Job | None:
+        return self._one("SELECT data FROM jobs WHERE idempotency_key=?", scoped_key(owner, idempotency_key))
+
+    def list(
+        self, statuses: Iterable[JobStatus] | None = None, owner: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Job]:
+        return _parse(self._db.execute(*_list_query(statuses, owner, limit, offset)).fetchall())
+
+    def next_queued(self, now: float, limit: int) -> builtins.list[Job]:
+        rows = self._db.execute(
+            "SELECT data FROM jobs WHERE status='queued' AND not_before<=? ORDER BY priority DESC, seq LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return _parse(rows)
+
+    def counts(self) -> dict[JobStatus, int]:
+        """One indexed count per status (each reads only its own range of the status index)."""
+        return {s: self.count(s) for s in JobStatus}
+
+    def count(self, status: JobStatus) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (status.value,)).fetchone()[0])
+
+    def count_owned(self, status: JobStatus, owner: str) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM jobs WHERE owner=? AND status=?", (owner, status.value))
+        return int(row.fetchone()[0])
+
+    def expired(self, now: float, limit: int) -> builtins.list[Job]:
+        rows = self._db.execute(
+            "SELECT data FROM jobs WHERE status='queued' AND expires_at<=? ORDER BY seq LIMIT ?", (now, limit)
+        ).fetchall()
+        return _parse(rows)
+
+    def prune(self, finished_before: float | None, keep: int | None, limit: int = PRUNE_BATCH) -> int:
+        ids: dict[str, None] = {}
+        done = f"finished_at IS NOT NULL AND status IN ({TERMINAL_SQL})"
+        if finished_before is not None:
+            rows = self._db.execute(f"SELECT id FROM jobs WHERE {done} AND finished_at<? ORDER BY finished_at LIMIT ?",
+                                    (finished_before, limit))
+            ids.update((r[0], None) for r in rows)
+        if keep is not None and len(ids) < limit:
+            rows = self._db.execute(
+                f"SELECT id FROM jobs WHERE {done} ORDER BY finished_at DESC, seq DESC LIMIT ? OFFSET ?",
+                (limit - len(ids), keep))
+            ids.update((r[0], None) for r in rows)
+        if not ids:
+            return 0
+        cur = self._db.execute(f"DELETE FROM jobs WHERE id IN ({','.join('?' * len(ids))}) AND {done}", tuple(ids))
+        return cur.rowcount
+
+    def reader(self) -> StoreReader:
+        """A read-only view on its own connection, for listing from a worker thread (off the event loop)."""
+        if self._reader is None:
+            self._reader = StoreReader(self.path)
+        return self._reader
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        self._db.close()
+
+
+class StoreReader:
+    """Read-only queries on a connection of their own: safe to call from any one thread at a time (locked),
+    concurrently with the writer (WAL readers see the last commit)."""
+
+    def __init__(self, path: str) -> None:
+        uri = f"file:{quote(str(Path(path).resolve()))}?mode=ro"
+        self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+
+    def list(
+        self, statuses: Iterable[JobStatus] | None = None, owner: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(*_list_query(statuses, owner, limit, offset)).fetchall()
+        return _parse(rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
