@@ -15,12 +15,16 @@ SAMPLING = ("top_p", "top_k", "seed", "stop")
 
 
 class StepCreate(JSONModel):
-    name: Annotated[str, Field(min_length=1, max_length=64, description="unique in the pipeline")]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$", description="unique in the pipeline")]
     prompt: Annotated[str, Field(min_length=1, description="{{a}}: step a's output; {{item}}: a map's item")]
     after: Annotated[list[str], Field(max_length=MAX_STEPS, description="steps that must succeed first")] = []
     pool: Annotated[str | None, Field(description="the engine pool (model) to run on")] = None
     affinity: Annotated[str | None, Field(description="run where this step (one of after) ran, when it has room")] = None
-    map: Annotated[list[Any] | str | None, Field(description='items, or "{{a}}": step a\'s output as a JSON list')] = None
+    map: Annotated[
+        Annotated[list[Any], Field(min_length=1, max_length=MAX_MAP_ITEMS)]
+        | Annotated[str, Field(pattern=r"^\{\{\s*[A-Za-z_][A-Za-z0-9_-]{0,63}\s*\}\}$")] | None,
+        Field(description='items, or "{{a}}": step a\'s output as a JSON list'),
+    ] = None
     map_concurrency: Annotated[int | None, Field(ge=1, le=MAX_MAP_ITEMS)] = None
     deadline_s: Annotated[float | None, Field(gt=0, le=86_400, description="each job's run-time limit")] = None
     max_tokens: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
