@@ -6,6 +6,7 @@
 - ``supervisor/store/`` and ``supervisor/metrics/`` import nothing from ``cluster/`` or ``web/``.
 - ``engines/`` imports nothing from ``supervisor/`` or ``web/`` (it is shipped to engine processes).
 - ``supervisor/`` imports nothing from ``web/``, except the CLI's ``serve``: the composition root above both.
+- nothing in ``supervisor/core/`` reads a clock: its decisions take the moment from the caller.
 """
 
 from __future__ import annotations
@@ -89,3 +90,39 @@ def test_every_folder_says_what_lives_there_and_what_it_may_import() -> None:
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         if init.parent != ROOT / "supervisor":
             assert "May import" in doc, f"{init.relative_to(ROOT)} has no docstring naming what it may import"
+
+
+# reading a clock: the time module's clocks, datetime's "now", an event loop's time, an injected clock function
+CLOCK_CALLS = {"time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns", "process_time",
+               "now", "utcnow", "today", "mono", "clock"}
+CLOCK_MODULES = ("time", "datetime")
+
+
+def clock_reads(source: str) -> list[tuple[int, str]]:
+    """(line, what) of every clock read in ``source``: a call of a clock function by attribute or by name, or a
+    clock imported by name from ``time`` / ``datetime``."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if name in CLOCK_CALLS:
+                found.append((node.lineno, f"{ast.unparse(func)}()"))
+        elif isinstance(node, ast.ImportFrom) and node.module in CLOCK_MODULES:
+            found += [(node.lineno, f"from {node.module} import {a.name}") for a in node.names
+                      if a.name in CLOCK_CALLS or a.name in ("datetime", "date")]
+    return found
+
+
+def test_the_clock_check_catches_every_way_to_read_one() -> None:
+    for read in ("time.time()", "time.monotonic()", "time.perf_counter()", "datetime.now()",
+                 "datetime.datetime.now(tz)", "self.mono()", "self.clock()", "loop.time()", "monotonic()",
+                 "from time import monotonic", "from datetime import datetime"):
+        assert clock_reads(read), read
+    assert not clock_reads("now.mono + run.deadline_s\nNow(1.0, 2.0)\nladder.due(esc, now.mono, grace)")
+
+
+def test_the_core_reads_no_clock() -> None:
+    reads = [f"{path.relative_to(ROOT)}:{line}: {what}" for path in sorted((ROOT / "supervisor" / "core").rglob("*.py"))
+             for line, what in clock_reads(path.read_text())]
+    assert not reads, "the core takes the time from its caller; it reads a clock at:\n" + "\n".join(reads)
