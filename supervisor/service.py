@@ -61,7 +61,7 @@ class Supervisor:
         self.pool: EnginePool = self.core.pool
         self.hub: EventHub = self.core.hub
         self.metrics: Metrics = self.core.metrics
-        self.ledger = ProcessLedger(settings.run_dir / "processes.json")
+        self.ledger = ProcessLedger(settings.ledger_path)
         self.cluster = ClusterManager(settings, self.ledger)
         self._waiters: dict[str, list[asyncio.Future[Job]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -2,7 +2,8 @@
 
 - ``supervisor/core/`` (the owner of state) imports nothing from ``cluster/``, ``web/``, the CLI, the client, the
   service shell, zmq or ipyparallel: engine errors reach it as data.
-- ``supervisor/client/`` imports nothing else of llmsup's (it talks to the server over HTTP only).
+- ``supervisor/client/`` imports nothing else of llmsup's (it talks to the server over HTTP only) but the run
+  directory's names (``supervisor/runfiles.py``, which imports nothing).
 - ``supervisor/store/`` and ``supervisor/metrics/`` import nothing from ``cluster/`` or ``web/``.
 - ``engines/`` imports nothing from ``supervisor/`` or ``web/`` (it is shipped to engine processes).
 - ``supervisor/`` imports nothing from ``web/``, except the CLI's ``serve``: the composition root above both.
@@ -21,7 +22,8 @@ CORE_BANNED = ("llmsup.supervisor.cluster", "llmsup.supervisor.cli", "llmsup.sup
                "llmsup.web", "zmq", "ipyparallel")
 RULES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [  # (package, banned prefixes, allowed exceptions)
     ("llmsup.supervisor.core", CORE_BANNED, ()),
-    ("llmsup.supervisor.client", ("llmsup.",), ("llmsup.supervisor.client",)),
+    ("llmsup.supervisor.client", ("llmsup.",), ("llmsup.supervisor.client", "llmsup.supervisor.runfiles")),
+    ("llmsup.supervisor.runfiles", ("llmsup.",), ()),
     ("llmsup.supervisor.store", ("llmsup.supervisor.cluster", "llmsup.web", "zmq", "ipyparallel"), ()),
     ("llmsup.supervisor.metrics", ("llmsup.supervisor.cluster", "llmsup.web"), ()),
     ("llmsup.engines", ("llmsup.supervisor", "llmsup.web"), ()),
