@@ -20,7 +20,7 @@ from llmsup.supervisor.core.jobs import Job, JobParams, JobStatus
 from llmsup.supervisor.core.now import Now
 from llmsup.supervisor.core.outcomes import Settlement
 from llmsup.supervisor.core.parts import EnginesPort, Shared
-from llmsup.supervisor.core.requests import InvalidRequest, JobNotFound, JobRequest, QueueFull, Submitted
+from llmsup.supervisor.core.requests import InvalidRequest, JobNotFound, JobRequest, QueueFull, Submitted, check_limits
 from llmsup.supervisor.core.running import RunningJob
 from llmsup.supervisor.core.transitions import transition
 from llmsup.supervisor.store import DuplicateKey, JobStore
@@ -97,17 +97,7 @@ class JobSide:
 
     def _validated(self, req: JobRequest) -> tuple[float, JobParams]:
         """The request's deadline and sampling parameters, or InvalidRequest saying what is wrong."""
-        s = self.settings
-        if not req.prompt:
-            raise InvalidRequest("prompt must not be empty")
-        if len(req.prompt) > s.max_prompt_chars:
-            raise InvalidRequest(f"prompt longer than {s.max_prompt_chars} characters")
-        deadline = req.deadline_s if req.deadline_s is not None else s.deadline_s
-        if not 0 < deadline <= s.max_deadline_s:
-            raise InvalidRequest(f"deadline_s must be in (0, {s.max_deadline_s}]")
-        max_tokens = req.max_tokens if req.max_tokens is not None else s.default_max_tokens
-        if not 1 <= max_tokens <= s.max_tokens_limit:
-            raise InvalidRequest(f"max_tokens must be in [1, {s.max_tokens_limit}]")
+        max_tokens, deadline = check_limits(self.settings, req.prompt, req.max_tokens, req.deadline_s)
         try:
             params = JobParams.from_dict({**req.extra, "max_tokens": max_tokens, "temperature": req.temperature,
                                           "stop": req.stop})
