@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmsup.engines.protocol import TokenLogprob
+from llmsup.supervisor.client.events import TextTracker
 from llmsup.supervisor.core.jobs import Job, JobStatus
 from llmsup.supervisor.service import Supervisor
 from llmsup.web import sse
-from llmsup.web.follow import TextTracker, Update, follow
+from llmsup.web.follow import Update, follow, new_text
 from llmsup.web.openai_format import finish_reason, info, usage, usage_of
 
 # make(index, text, finish=None, role=False, entries=(), ids=(), offset=0) -> chunk: ``entries`` / ``ids`` are the
@@ -141,7 +142,7 @@ def chunks(sup: Supervisor, states: list[ChoiceState], make: Chunk, include_usag
             if u.kind == "ping":
                 yield sse.PING
                 continue
-            delta = state.tracker.update(u)
+            delta = new_text(state.tracker, u)
             terminal = u.status is not None and u.status.terminal
             if u.kind == "token":
                 state.tokens = max(state.tokens, u.seq + 1)
