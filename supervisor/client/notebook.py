@@ -91,7 +91,7 @@ def _pick(engines: dict[int, dict[str, Any]]) -> int | None:
     return None
 
 
-async def _acquire(client: AsyncClient, engine_id: int | None, end: Deadline) -> int:
+async def _acquire(client: AsyncClient, engine_id: int | None, end: Deadline) -> int:  # noqa: C901 - the borrow loop: one state machine over engine states
     chosen, drained = engine_id, False
     try:
         while True:
