@@ -12,7 +12,3 @@ class Now:
 
     mono: float
     wall: float
-
-    def later(self, seconds: float) -> Now:
-        """The moment ``seconds`` after this one, on both clocks."""
-        return Now(self.mono + seconds, self.wall + seconds)
