@@ -40,7 +40,7 @@ from llmsup.web.schemas import Health
 log = logging.getLogger("llmsup.web")
 
 
-def create_app(settings: Settings | None = None, supervisor: Supervisor | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, supervisor: Supervisor | None = None) -> FastAPI:  # noqa: C901 - the factory's nested lifespan and health routes
     """Build the app. With ``supervisor`` given, its owner starts and stops it; otherwise the lifespan does."""
     settings = settings or (supervisor.settings if supervisor else Settings())
 
