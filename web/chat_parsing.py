@@ -77,6 +77,8 @@ class ChatParsing:
         """The request's parsing, after vLLM's availability checks (a 400 with its message); None when the
         answer is plain content."""
         choice = body.tool_choice
+        if self.error is not None and (choice not in (None, "none") or self.names.reasoning_parser):
+            raise bad(f"the server's chat parsers are unavailable: {self.error}", "tool_choice")
         if choice not in (None, "none") and self.tool_parser_cls is None:
             if choice == "auto" and not self.names.enable_auto_tool_choice:
                 raise bad('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
