@@ -26,10 +26,12 @@ from llmsup.web import (
     routes_admin,
     routes_jobs,
     routes_openai,
+    routes_pipelines,
     routes_serving,
     tokens,
 )
 from llmsup.web.auth import Auth
+from llmsup.web.chat_parsing import parsing_for
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.hosts import HostAllowlist, allowed_hosts, is_wildcard
 from llmsup.web.limits import BodySizeLimit, StreamSlots
@@ -37,11 +39,12 @@ from llmsup.web.listing import SharedCounts
 from llmsup.web.metrics import HTTPMetrics, WebMetrics
 from llmsup.web.request_id import RequestIdHeaders
 from llmsup.web.schemas import Health
+from llmsup.web.serving_chat import parser_names
 
 log = logging.getLogger("llmsup.web")
 
 
-def create_app(settings: Settings | None = None, supervisor: Supervisor | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, supervisor: Supervisor | None = None) -> FastAPI:  # noqa: C901 - the factory's nested lifespan and health routes
     """Build the app. With ``supervisor`` given, its owner starts and stops it; otherwise the lifespan does."""
     settings = settings or (supervisor.settings if supervisor else Settings())
 
@@ -64,7 +67,7 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
         pruner = None
         if retention.enabled(settings) and (owned or sup.started):
             pruner = asyncio.ensure_future(retention.prune_forever(sup.store, settings, sup.clock))
-        warm_tokenizer = asyncio.ensure_future(tokens.warm(sup))
+        warm_tokenizer = asyncio.ensure_future(_warm(sup))
         try:
             yield
         finally:
@@ -95,7 +98,7 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
                            allow_methods=settings.allowed_methods, allow_headers=settings.allowed_headers,
                            allow_credentials=settings.allow_credentials)
-    for module in (routes_jobs, live, routes_openai, routes_serving, routes_admin, metrics, dashboard):
+    for module in (routes_jobs, routes_pipelines, live, routes_openai, routes_serving, routes_admin, metrics, dashboard):
         app.include_router(module.router)
     openapi.install(app, settings)
 
@@ -124,3 +127,13 @@ def _write_server_file(settings: Settings) -> None:
 
 def _remove_server_file(settings: Settings) -> None:
     settings.server_file.unlink(missing_ok=True)
+
+
+async def _warm(sup: Supervisor) -> None:
+    """The tokenizer, then the chat parsers the server names (they import vLLM: seconds), before the first request
+    needs them."""
+    await tokens.warm(sup)
+    names = parser_names(sup)
+    if names.any:
+        tok = await tokens.tokenizer_for(tokens.served_model(sup))
+        await parsing_for(names, tok.tok if isinstance(tok, tokens.HFTokenizer) else None)
