@@ -39,11 +39,11 @@ from llmsup.supervisor.core.host_side import Host
 from llmsup.supervisor.core.jobs import Job, JobStatus
 from llmsup.supervisor.core.now import Now
 from llmsup.supervisor.core.owner import SupervisorCore
-from llmsup.supervisor.core.start_failures import EngineStartFailed, give_up
 from llmsup.supervisor.core.parts import Hooks
 from llmsup.supervisor.core.pool import EnginePool
 from llmsup.supervisor.core.requests import JobRequest, Submitted
 from llmsup.supervisor.core.running import RunningJob
+from llmsup.supervisor.core.start_failures import EngineStartFailed, give_up
 from llmsup.supervisor.metrics.prometheus import Metrics
 from llmsup.supervisor.pipelines.runner import PipelineRunner
 from llmsup.supervisor.pipelines.store import MemoryPipelineStore, SQLitePipelineStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from llmsup.web.limits import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = b"x-request-id"
 MAX_CHARS = 200  # a longer id the client sent is replaced by one of ours

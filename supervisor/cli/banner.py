@@ -45,7 +45,7 @@ def ready(settings: Settings, sup: Supervisor, app: Any, config: uvicorn.Config)
     url = base_url(settings, config)
     model = settings.served_model_name or settings.model or "a tiny local model (random weights; --model to name one)"
     rows = [
-        ("model", f"{model} (backend {sup.engine_config.get('backend', settings.backend)})"),
+        ("model", f"{model} (backend {sup.core.engine_config.get('backend', settings.backend)})"),
         ("engines", engines_line(sup)),
         ("API key", key_line(settings, app)),
         ("admin", f"token in {settings.admin_token_path.resolve()}"
