@@ -13,6 +13,7 @@ SERVER_FILE = "server.json"  # the serving web app's URL, while it serves (clien
 ADMIN_TOKEN = "admin_token"  # the admin bearer token, generated at each start unless one is configured
 API_KEY = "api_key"  # a generated API key for the job routes, where keys are required
 JOB_STORE = "jobs.sqlite"  # the SQLite job store
+PIPELINE_STORE = "pipelines.sqlite"  # the pipelines' records (beside a SQLite job store)
 PROCESSES = "processes.json"  # the ledger of processes this server started (a leftover's is swept at the next start)
 JOIN_FILE = "join.json"  # what another host needs to add engines (``llmsup join``): a secret
 IPYTHON_DIR = "ipython"  # IPyParallel's files: IPYTHONDIR

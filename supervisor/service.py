@@ -43,6 +43,8 @@ from llmsup.supervisor.core.pool import EnginePool
 from llmsup.supervisor.core.requests import JobRequest, Submitted
 from llmsup.supervisor.core.running import RunningJob
 from llmsup.supervisor.metrics.prometheus import Metrics
+from llmsup.supervisor.pipelines.runner import PipelineRunner
+from llmsup.supervisor.pipelines.store import MemoryPipelineStore, SQLitePipelineStore
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import JobStore, SQLiteStore
 
@@ -70,6 +72,7 @@ class Supervisor:
         self._owns_run_dir = False
         self.started = False
         self.stream_address = ""
+        self.pipelines = PipelineRunner(self, MemoryPipelineStore(), wake=self._wake_timers)
 
     def now(self) -> Now:
         """This moment, as the core takes it."""
@@ -151,6 +154,8 @@ class Supervisor:
         for fut in self._waiters.pop(job.id, []):
             if not fut.done():
                 fut.set_result(job)
+        if job.pipeline is not None:  # its pipeline goes on after this settlement is done, not inside it
+            asyncio.get_running_loop().call_soon(lambda: self.pipelines.on_job_settled(job, self.clock()))
 
     # lifecycle -------------------------------------------------------------------------
     async def start(self, wait_for_engines: bool = True) -> None:
@@ -169,6 +174,9 @@ class Supervisor:
         if not self.core.has_store:
             self.core.store = SQLiteStore(s.db_path)
         self.core.recover(self.now())
+        if isinstance(self.store, SQLiteStore):
+            self.pipelines.store = SQLitePipelineStore(s.pipeline_db_path)
+        self.pipelines.recover(self.clock())
         self._zmq = zmq.asyncio.Context()
         # llmsup's channels: CURVE, and only peers with the client keys (our engines, join agents) get in
         self.keys = ChannelKeys.generate()
@@ -227,6 +235,8 @@ class Supervisor:
         if hasattr(self, "_zmq"):
             self._zmq.term()
         self.hub.close_all()
+        self.pipelines.hub.close_all()
+        self.pipelines.store.close()
         if self.core.has_store:
             self.store.close()
 
@@ -277,7 +287,11 @@ class Supervisor:
         """Deadlines and ladder steps: the core's tick at its next wake-up."""
         while not self.stopping:
             self._timers_changed.clear()
-            self.core.tick(self.now())
+            now = self.now()
+            self.core.tick(now)
+            due = self.pipelines.next_deadline()
+            if due is not None and due <= now.wall:
+                self.pipelines.tick(now.wall)
             wake = self.core.next_wakeup()
             delay = 0.25 if wake is None else min(0.25, max(0.0, wake - self.mono()))
             if delay > 0:

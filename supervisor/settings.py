@@ -325,6 +325,10 @@ class Settings(BaseSettings):
         return self.run_dir / runfiles.JOB_STORE
 
     @property
+    def pipeline_db_path(self) -> Path:
+        return self.run_dir / runfiles.PIPELINE_STORE
+
+    @property
     def ipython_dir(self) -> Path:
         return self.run_dir / runfiles.IPYTHON_DIR
 

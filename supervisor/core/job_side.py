@@ -16,7 +16,7 @@ from llmsup.engines.messages import JobResult, JobSpec
 from llmsup.supervisor.core import joblog, ladder, outcomes
 from llmsup.supervisor.core import reports as ev
 from llmsup.supervisor.core.engine_state import Engine, EngineState, after_jobs_change, move
-from llmsup.supervisor.core.jobs import Job, JobParams, JobStatus
+from llmsup.supervisor.core.jobs import EngineRef, Job, JobParams, JobStatus
 from llmsup.supervisor.core.now import Now
 from llmsup.supervisor.core.outcomes import Settlement
 from llmsup.supervisor.core.parts import EnginesPort, Shared
@@ -84,7 +84,8 @@ class JobSide:
             raise QueueFull(s.owner_queue_max, retry_after_s=max(1.0, deadline / 4), owner=req.owner)
         job = Job(prompt=req.prompt, params=params, deadline_s=deadline,
                   queue_timeout_s=req.queue_timeout_s or s.queue_timeout_s, priority=req.priority,
-                  idempotency_key=req.idempotency_key, owner=req.owner, created_at=now.wall)
+                  idempotency_key=req.idempotency_key, owner=req.owner, created_at=now.wall, pipeline=req.pipeline,
+                  affinity=EngineRef.from_dict(req.affinity))
         try:
             job = self.store.add(job)
         except DuplicateKey as dup:
@@ -138,7 +139,7 @@ class JobSide:
             return 0
         started = 0
         for job in self.store.next_queued(now.wall, free):
-            engine = pool.pick(job.lost_engines)
+            engine = pool.pick(job.lost_engines, job.affinity)
             if engine is None:
                 break
             self._start(job, engine, now)
