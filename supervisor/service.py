@@ -23,6 +23,7 @@ import zmq.asyncio
 from llmsup.engines import messages as wire
 from llmsup.engines import placement
 from llmsup.engines.messages import StreamEvent
+from llmsup.supervisor import runfiles
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.cluster.control import ControlChannel
 from llmsup.supervisor.cluster.curve import ChannelGate, ChannelKeys
@@ -174,8 +175,8 @@ class Supervisor:
         if not self.core.has_store:
             self.core.store = SQLiteStore(s.db_path)
         self.core.recover(self.now())
-        if isinstance(self.store, SQLiteStore):
-            self.pipelines.store = SQLitePipelineStore(s.pipeline_db_path)
+        if isinstance(self.core.store, SQLiteStore):
+            self.pipelines.store = SQLitePipelineStore(s.run_dir / runfiles.PIPELINE_STORE)
         self.pipelines.recover(self.clock())
         self._zmq = zmq.asyncio.Context()
         # llmsup's channels: CURVE, and only peers with the client keys (our engines, join agents) get in

@@ -162,6 +162,22 @@ class Settings(BaseSettings):
         None, description="chat template for /v1/chat/completions: a Jinja file's path, or the template itself; "
         "default: the model's own", json_schema_extra=cli(MODEL),
     )
+    chat_template_content_format: Literal["auto", "string", "openai"] = Field(
+        "auto", description="how message content reaches the chat template: a string, or OpenAI's list of parts; "
+        "auto: as the template reads it (vLLM's rule)", json_schema_extra=cli(MODEL),
+    )
+    trust_request_chat_template: bool = Field(False, description="let a chat request bring its own chat_template "
+                                              "(else such a request is a 400)", json_schema_extra=cli(MODEL))
+    enable_auto_tool_choice: bool = Field(False, description="tool_choice auto: the model decides to call tools "
+                                          "(needs tool_call_parser)", json_schema_extra=cli(MODEL))
+    tool_call_parser: str | None = Field(
+        None, description="vLLM's tool-call parser for the model's output (hermes, llama3_json, mistral, pythonic, "
+        "...); needed for tool_choice auto, required or a named function", json_schema_extra=cli(MODEL),
+    )
+    reasoning_parser: str | None = Field(
+        None, description="vLLM's reasoning parser (deepseek_r1, qwen3, ...): the model's reasoning goes to "
+        "reasoning_content, not content", json_schema_extra=cli(MODEL),
+    )
     hf_home: Path | None = Field(
         None, description="Hugging Face home for the engines (model cache and hub token), e.g. .llmsup/huggingface "
         "to keep downloads in the run directory; unset: the user's own (HF_HOME, else ~/.cache/huggingface)",
@@ -309,6 +325,8 @@ class Settings(BaseSettings):
             raise ValueError("kill_grace_s must be >= interrupt_grace_s")
         if self.deadline_s > self.max_deadline_s:
             raise ValueError("deadline_s must be <= max_deadline_s")
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("enable_auto_tool_choice needs tool_call_parser (--tool-call-parser NAME)")
         if self.engine_launcher == "ssh" and not self.hosts:
             raise ValueError("engine_launcher ssh needs hosts (--hosts h1,h2)")
         return self
@@ -323,10 +341,6 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.run_dir / runfiles.JOB_STORE
-
-    @property
-    def pipeline_db_path(self) -> Path:
-        return self.run_dir / runfiles.PIPELINE_STORE
 
     @property
     def ipython_dir(self) -> Path:
