@@ -293,10 +293,11 @@ class Supervisor:
         """Deadlines and ladder steps: the core's tick at its next wake-up."""
         while not self.stopping:
             self._timers_changed.clear()
-            self.core.tick(self.now())
+            now = self.now()
+            self.core.tick(now)
             due = self.pipelines.next_deadline()
-            if due is not None and due <= self.clock():
-                self.pipelines.tick(self.clock())
+            if due is not None and due <= now.wall:
+                self.pipelines.tick(now.wall)
             wake = self.core.next_wakeup()
             delay = 0.25 if wake is None else min(0.25, max(0.0, wake - self.mono()))
             if delay > 0:
