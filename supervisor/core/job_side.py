@@ -26,6 +26,7 @@ from llmsup.supervisor.core.transitions import transition
 from llmsup.supervisor.store import DuplicateKey, JobStore
 
 log = logging.getLogger("llmsup.supervisor")
+QUEUE_LOOKAHEAD = 256  # with several pools: queued jobs looked at beyond the free slots (others' may be ahead)
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 
 
@@ -85,7 +86,7 @@ class JobSide:
         job = Job(prompt=req.prompt, params=params, deadline_s=deadline,
                   queue_timeout_s=req.queue_timeout_s or s.queue_timeout_s, priority=req.priority,
                   idempotency_key=req.idempotency_key, owner=req.owner, created_at=now.wall, pipeline=req.pipeline,
-                  affinity=EngineRef.from_dict(req.affinity))
+                  affinity=EngineRef.from_dict(req.affinity), pool=req.pool)
         try:
             job = self.store.add(job)
         except DuplicateKey as dup:
@@ -137,13 +138,21 @@ class JobSide:
         free = pool.free_slots() if limit is None else min(limit, pool.free_slots())
         if free <= 0 or self.shared.stopping:
             return 0
-        started = 0
-        for job in self.store.next_queued(now.wall, free):
-            engine = pool.pick(job.lost_engines, job.affinity)
+        started, full = 0, set()  # full: pools with no free slot left
+        several = len(self.shared.pool_names) > 1  # jobs of a full pool must not hold up the others'
+        for job in self.store.next_queued(now.wall, free + QUEUE_LOOKAHEAD if several else free):
+            if job.pool in full:
+                continue
+            engine = pool.pick(job.lost_engines, job.affinity, job.pool)
             if engine is None:
-                break
+                if not several:
+                    break
+                full.add(job.pool)
+                continue
             self._start(job, engine, now)
             started += 1
+            if started >= free:
+                break
         return started
 
     def _start(self, job: Job, engine: Engine, now: Now) -> None:

@@ -53,6 +53,7 @@ class JobRequest:
     extra: dict[str, Any] = field(default_factory=dict)  # further sampling params (top_p, top_k, seed, ...)
     pipeline: str | None = None  # the pipeline this job is a step of
     affinity: dict[str, Any] | None = None  # an engine record (id, host, ...) to run on when it has room
+    pool: str = "default"  # the engine pool to run in
 
     def __post_init__(self) -> None:
         if self.owner is not None:
