@@ -17,10 +17,19 @@ from llmsup.supervisor.core import joblog, ladder, outcomes
 from llmsup.supervisor.core import reports as ev
 from llmsup.supervisor.core.engine_state import Engine, EngineState, after_jobs_change, move
 from llmsup.supervisor.core.jobs import EngineRef, Job, JobParams, JobStatus
+from llmsup.supervisor.core.model_name import pool_named
 from llmsup.supervisor.core.now import Now
 from llmsup.supervisor.core.outcomes import Settlement
 from llmsup.supervisor.core.parts import EnginesPort, Shared
-from llmsup.supervisor.core.requests import InvalidRequest, JobNotFound, JobRequest, QueueFull, Submitted, check_limits
+from llmsup.supervisor.core.requests import (
+    InvalidRequest,
+    JobNotFound,
+    JobRequest,
+    PoolNotFound,
+    QueueFull,
+    Submitted,
+    check_limits,
+)
 from llmsup.supervisor.core.running import RunningJob
 from llmsup.supervisor.core.transitions import transition
 from llmsup.supervisor.store import DuplicateKey, JobStore
@@ -75,6 +84,9 @@ class JobSide:
         """Validate and queue a job; a repeated idempotency key returns the job it created."""
         s = self.settings
         deadline, params = self._validated(req)
+        pool = pool_named(s, self.shared.pool.engines.values(), req.pool)
+        if pool is None:
+            raise PoolNotFound(str(req.pool), list(self.shared.pool_names))
         if req.idempotency_key is not None:
             existing = self.store.by_key(req.idempotency_key, req.owner)
             if existing is not None:
@@ -86,7 +98,7 @@ class JobSide:
         job = Job(prompt=req.prompt, params=params, deadline_s=deadline,
                   queue_timeout_s=req.queue_timeout_s or s.queue_timeout_s, priority=req.priority,
                   idempotency_key=req.idempotency_key, owner=req.owner, created_at=now.wall, pipeline=req.pipeline,
-                  affinity=EngineRef.from_dict(req.affinity), pool=req.pool)
+                  affinity=EngineRef.from_dict(req.affinity), pool=pool)
         try:
             job = self.store.add(job)
         except DuplicateKey as dup:
