@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from llmsup.supervisor import runfiles
+from llmsup.supervisor.pools import PoolFields
 
 BackendName = Literal["auto", "sim", "transformers", "vllm"]
 DType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
@@ -51,7 +52,7 @@ def _default_engines(data: dict[str, Any]) -> int:
     return default_engines(detect_gpu_count(), int(data.get("gpus_per_engine") or 1))
 
 
-class Settings(BaseSettings):
+class Settings(PoolFields):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
 
     # cluster

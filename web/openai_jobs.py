@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Request
 
 from llmsup.supervisor.core.jobs import Job
-from llmsup.supervisor.core.model_name import served_model_name
+from llmsup.supervisor.core.model_name import served_pools
 from llmsup.supervisor.service import Supervisor
 from llmsup.web import sse
 from llmsup.web.errors import OpenAIHTTPError
@@ -22,7 +22,8 @@ DISCONNECT_NOTE = "cancelled: the client disconnected"
 
 
 def served_models(sup: Supervisor) -> list[str]:
-    return [served_model_name(sup.settings, sup.pool.engines.values())]
+    """Every pool's served model name (the first: the model of a request that names none)."""
+    return list(served_pools(sup.settings, sup.pool.engines.values()))
 
 
 

@@ -83,6 +83,8 @@ def _value(option: SettingOption) -> str:
         return "JSON object"
     if option.kind == "list":
         return "list"
+    if option.kind == "records":
+        return "`KEY=VALUE,...` (repeatable); `[[NAME]]` tables in the file"
     if option.choices:
         return " \\| ".join(f"`{choice}`" for choice in option.choices)
     return {int: "integer", float: "number", Path: "path"}.get(option.value_type, "text")
