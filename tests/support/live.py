@@ -290,3 +290,15 @@ def job_status(client: httpx.Client, job_id: str, headers: dict[str, str] | None
     """``GET /v1/jobs/{job_id}`` as JSON."""
     body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
     return body
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` still running (a zombie counts as gone)."""
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
