@@ -20,19 +20,21 @@ from llmsup.web import (
     dashboard,
     errors,
     live,
+    lora,
     metrics,
     openapi,
     routes_admin,
     routes_jobs,
     routes_openai,
     routes_serving,
+    serving_responses,
     tokens,
 )
 from llmsup.web.auth import Auth
 from llmsup.web.chat_parsing import parsing_for
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.hosts import HostAllowlist, allowed_hosts, is_wildcard
-from llmsup.web.limits import BodySizeLimit, StreamSlots
+from llmsup.web.limits import BodySizeLimit, RequestIdHeader, StreamSlots
 from llmsup.web.listing import SharedCounts
 from llmsup.web.metrics import HTTPMetrics, WebMetrics
 from llmsup.web.schemas import Health
@@ -85,7 +87,10 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HostAllowlist, allowed=allowed_hosts(settings), wildcard_bind=is_wildcard(settings.host))
     app.add_middleware(HTTPMetrics)
-    for module in (routes_jobs, live, routes_openai, routes_serving, routes_admin, metrics, dashboard):
+    if settings.enable_request_id_headers:
+        app.add_middleware(RequestIdHeader)
+    for module in (routes_jobs, live, routes_openai, serving_responses, lora, routes_serving, routes_admin, metrics,
+                   dashboard):
         app.include_router(module.router)
     openapi.install(app, settings)
 

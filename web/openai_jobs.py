@@ -10,10 +10,11 @@ from typing import Any
 from fastapi import Request
 
 from llmsup.supervisor.core.jobs import Job
-from llmsup.supervisor.core.model_name import served_model_name
+from llmsup.supervisor.core.model_name import served_model_names
 from llmsup.supervisor.service import Supervisor
 from llmsup.web import sse
 from llmsup.web.errors import OpenAIHTTPError
+from llmsup.web.lora import Adapter, adapters
 from llmsup.web.openai_params import Plan
 from llmsup.web.openai_schemas import ChatCompletionRequest, CompletionRequest
 from llmsup.web.openai_stream import ChoiceState, chunks, failed_job, stream_response
@@ -22,19 +23,29 @@ DISCONNECT_NOTE = "cancelled: the client disconnected"
 
 
 def served_models(sup: Supervisor) -> list[str]:
-    return [served_model_name(sup.settings, sup.pool.engines.values())]
+    return served_model_names(sup.settings, sup.pool.engines.values())
 
 
 
 
-def check_model(sup: Supervisor, model: str | None) -> str:
+def check_model(sup: Supervisor, model: str | None) -> tuple[str, Adapter | None]:
+    """The name answers carry (the first served name, as vLLM's, whichever alias the request named; a LoRA
+    adapter's own name) and the adapter the request names, if any."""
     names = served_models(sup)
-    if model is None:
-        return names[0]
-    if model not in names:
-        raise OpenAIHTTPError(404, f"The model `{model}` does not exist (served: {', '.join(names)})",
+    adapter = adapters(sup).get(model) if model is not None and model not in names else None
+    if adapter is not None:
+        return adapter.name, adapter
+    if model is not None and model not in names:
+        served = [*names, *adapters(sup)]
+        raise OpenAIHTTPError(404, f"The model `{model}` does not exist (served: {', '.join(served)})",
                               code="model_not_found", param="model")
-    return model
+    return names[0], None
+
+
+def response_id(request: Request, request_id: str | None, prefix: str, job_id: str) -> str:
+    """vLLM's answer id: the ``X-Request-Id`` header, else the body's ``request_id``, else (llmsup) the job's id."""
+    given = request.headers.get("x-request-id") or request_id
+    return f"{prefix}-{given[:256] if given else job_id}"
 
 
 def submit(sup: Supervisor, plan: Plan, release: Callable[[], None] | None = None) -> list[Job]:

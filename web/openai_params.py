@@ -200,10 +200,11 @@ def _logit_bias(body: SamplingRequest, tok: Tokenizer | None) -> tuple[TokenBias
 
 async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest, raw_prompts: list[str | list[int]],
                     add_special_tokens: bool = True, prompt_logprobs: int | None = None,
-                    forced: Structured | None = None, token_ids: bool = False) -> Plan:
+                    forced: Structured | None = None, token_ids: bool = False,
+                    lora: dict[str, Any] | None = None) -> Plan:
     """Check the request against the served model and build one job request per choice; ``forced``: a
     constraint that replaces the request's own (forced tool calls), ``token_ids``: the generated ids are needed
-    (the chat parsers read them) whether or not the client asked for them."""
+    (the chat parsers read them) whether or not the client asked for them, ``lora``: the adapter's parameters."""
     model = served_model(sup)
     tok = await tokenizer_for(model)
     token_prompts = any(isinstance(p, list) for p in raw_prompts) or (
@@ -236,7 +237,7 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
                 "structured": structured, "prompt_token_ids": prompt.token_ids,
                 "return_token_ids": bool(body.return_token_ids) or token_ids,
                 "include_stop_str_in_output": body.include_stop_str_in_output,
-                "skip_special_tokens": body.skip_special_tokens,
+                "skip_special_tokens": body.skip_special_tokens, **(lora or {}),
             }
             requests.append(JobRequest(
                 prompt=prompt.text, max_tokens=max_tokens, temperature=body.temperature or 0.0, stop=body.stops(),

@@ -80,6 +80,13 @@ async def health(sup: SupervisorDep) -> Response:
     return Response(status_code=200 if sup.ready() else 503)
 
 
+@router.api_route("/ping", methods=["GET", "POST"], response_class=Response,
+                  responses={200: {"description": "serving (empty body)"}, 503: {"description": "no engine serves"}})
+async def ping(sup: SupervisorDep) -> Response:
+    """vLLM's (SageMaker's) health check: as ``/health``."""
+    return Response(status_code=200 if sup.ready() else 503)
+
+
 @router.get("/version", response_model=VersionOut)
 async def version(sup: SupervisorDep) -> VersionOut:
     model = served_model(sup)
