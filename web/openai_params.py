@@ -210,6 +210,8 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
     token_prompts = any(isinstance(p, list) for p in raw_prompts) or (
         isinstance(tok, HFTokenizer) and (not add_special_tokens or body.truncate_prompt_tokens is not None))
     _check_model(body, model, token_prompts, tok)
+    if lora and model is not None and model.backend != "vllm":
+        raise bad(f"LoRA adapters are served by the vllm backend only, not {model.backend}", "model")
     structured = forced or structured_of(body)
     bias = _logit_bias(body, tok)
     s = sup.settings
