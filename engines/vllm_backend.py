@@ -131,7 +131,7 @@ class VLLMBackend:
             self.dead = True
             raise EngineDead("vLLM EngineCore died; restart this engine") from exc
 
-    def _generate(self, prompt: str, params: GenParams, on_token: TokenCallback) -> Generation:
+    def _generate(self, prompt: str, params: GenParams, on_token: TokenCallback) -> Generation:  # noqa: C901 - one step loop with its tokens, logprobs, token ids and finish
         eng = self.llm.llm_engine
         self._stop.clear()
         if eng.output_processor.request_states:

@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from llmsup.supervisor import runfiles
 from llmsup.supervisor.settings_meta import ENGINES as ENGINES
 from llmsup.supervisor.settings_meta import JOBS as JOBS
 from llmsup.supervisor.settings_meta import MODEL as MODEL
@@ -206,7 +207,7 @@ class Settings(ServingFeatures):
     # web
     host: str = Field("127.0.0.1", description="address the web app binds", json_schema_extra=cli(SERVER))
     port: int = Field(8000, ge=0, le=65535, description="port of the web app", json_schema_extra=cli(SERVER))
-    run_dir: Path = Field(Path(".llmsup"), description="SQLite store, IPyParallel files, caches, tokens, logs",
+    run_dir: Path = Field(Path(runfiles.DEFAULT_RUN_DIR), description="SQLite store, IPyParallel files, caches, tokens, logs",
                           json_schema_extra=cli(SERVER))
     stream_bind: str = Field("tcp://127.0.0.1", description="where engines send tokens (an address engines reach); "
                              "with a cluster_ip other than loopback, that address",
@@ -319,32 +320,32 @@ class Settings(ServingFeatures):
 
     @property
     def db_path(self) -> Path:
-        return self.run_dir / "jobs.sqlite"
+        return self.run_dir / runfiles.JOB_STORE
 
     @property
     def ipython_dir(self) -> Path:
-        return self.run_dir / "ipython"
+        return self.run_dir / runfiles.IPYTHON_DIR
 
     @property
     def log_dir(self) -> Path:
-        return self.run_dir / "logs"
+        return self.run_dir / runfiles.LOG_DIR
 
     # files in the run directory (all 0600, the directory 0700: supervisor/rundir.py)
     @property
     def admin_token_path(self) -> Path:
-        return self.run_dir / "admin_token"
+        return self.run_dir / runfiles.ADMIN_TOKEN
 
     @property
     def api_key_path(self) -> Path:
-        return self.run_dir / "api_key"
+        return self.run_dir / runfiles.API_KEY
 
     @property
     def server_file(self) -> Path:
-        return self.run_dir / "server.json"
+        return self.run_dir / runfiles.SERVER_FILE
 
     @property
     def ledger_path(self) -> Path:
-        return self.run_dir / "processes.json"
+        return self.run_dir / runfiles.PROCESSES
 
     def resolved_backend(self) -> str:
         if self.backend != "auto":

@@ -26,6 +26,7 @@ from llmsup.web import (
     routes_admin,
     routes_jobs,
     routes_openai,
+    routes_pipelines,
     routes_serving,
     serving_responses,
     tokens,
@@ -43,7 +44,7 @@ from llmsup.web.serving_chat import parser_names
 log = logging.getLogger("llmsup.web")
 
 
-def create_app(settings: Settings | None = None, supervisor: Supervisor | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, supervisor: Supervisor | None = None) -> FastAPI:  # noqa: C901 - the factory's nested lifespan and health routes
     """Build the app. With ``supervisor`` given, its owner starts and stops it; otherwise the lifespan does."""
     settings = settings or (supervisor.settings if supervisor else Settings())
 
@@ -89,8 +90,8 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
     app.add_middleware(HTTPMetrics)
     if settings.enable_request_id_headers:
         app.add_middleware(RequestIdHeader)
-    for module in (routes_jobs, live, routes_openai, serving_responses, lora, routes_serving, routes_admin, metrics,
-                   dashboard):
+    for module in (routes_jobs, routes_pipelines, live, routes_openai, serving_responses, lora, routes_serving,
+                   routes_admin, metrics, dashboard):
         app.include_router(module.router)
     openapi.install(app, settings)
 
