@@ -21,9 +21,14 @@ from llmsup.supervisor.service import Supervisor
 from llmsup.web.auth import require_admin
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.errors import OpenAIHTTPError
+from llmsup.web.openai_responses import OpenAIError
 from llmsup.web.openai_schemas import Lenient
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_admin)])
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": OpenAIError, "description": "OpenAI-style error",
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}}}
+    for code in (400, 401, 403, 404, 413)}
 _IDS = itertools.count(1)
 
 
@@ -59,20 +64,24 @@ class UnloadLoRA(Lenient):
     lora_int_id: int | None = None
 
 
-@router.post("/load_lora_adapter", response_class=PlainTextResponse)
+@router.post("/load_lora_adapter", response_class=PlainTextResponse, responses=ERRORS)
 async def load_lora_adapter(body: LoadLoRA, sup: SupervisorDep) -> str:
     loaded = adapters(sup)
     if body.lora_name in loaded:
         raise OpenAIHTTPError(400, f"The lora adapter '{body.lora_name}' has already been loaded.", param="lora_name")
     if body.lora_name in _base_names(sup):
         raise OpenAIHTTPError(400, f"'{body.lora_name}' is the base model's name", param="lora_name")
-    if not (Path(body.lora_path) / "adapter_config.json").is_file():
+    try:
+        found = (Path(body.lora_path) / "adapter_config.json").is_file()
+    except OSError:  # a name too long, or not one a file system takes
+        found = False
+    if not found:
         raise OpenAIHTTPError(400, f"No adapter found at {body.lora_path} (no adapter_config.json)", param="lora_path")
     loaded[body.lora_name] = Adapter(body.lora_name, body.lora_path, next(_IDS))
     return f"Success: LoRA adapter '{body.lora_name}' added successfully."
 
 
-@router.post("/unload_lora_adapter", response_class=PlainTextResponse)
+@router.post("/unload_lora_adapter", response_class=PlainTextResponse, responses=ERRORS)
 async def unload_lora_adapter(body: UnloadLoRA, sup: SupervisorDep) -> str:
     if adapters(sup).pop(body.lora_name, None) is None:
         raise OpenAIHTTPError(404, f"The lora adapter '{body.lora_name}' cannot be found.", code="not_found",

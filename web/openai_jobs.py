@@ -85,9 +85,10 @@ def first_prompt_token(plan: Plan, choice: int) -> str:
 
 def stream(sup: Supervisor, request: Request, plan: Plan, jobs: list[Job], make: Any,
             body: CompletionRequest | ChatCompletionRequest, head: list[dict[str, Any]],
-            release: Callable[[], None] | None, offsets: Sequence[int] = ()) -> sse.EventStream:
-    """Stream the choices; ``offsets``: each choice's first text offset (completions with an echoed prompt)."""
-    wants_logprobs, wants_ids = body.sample_logprobs() is not None, bool(body.return_token_ids)
+            release: Callable[[], None] | None, offsets: Sequence[int] = (), need_ids: bool = False) -> sse.EventStream:
+    """Stream the choices; ``offsets``: each choice's first text offset (completions with an echoed prompt);
+    ``need_ids``: ``make`` gets each token's id even when the client did not ask for ids (the chat parsers)."""
+    wants_logprobs, wants_ids = body.sample_logprobs() is not None, bool(body.return_token_ids) or need_ids
     states = [ChoiceState(i, job.id, job.params.max_tokens, plan.prompt_of(i).length or 0, wants_logprobs, wants_ids,
                           offset=offsets[i] if i < len(offsets) else 0)
               for i, job in enumerate(jobs)]

@@ -80,10 +80,18 @@ async def health(sup: SupervisorDep) -> Response:
     return Response(status_code=200 if sup.ready() else 503)
 
 
-@router.api_route("/ping", methods=["GET", "POST"], response_class=Response,
-                  responses={200: {"description": "serving (empty body)"}, 503: {"description": "no engine serves"}})
+PING: dict[int | str, dict[str, Any]] = {200: {"description": "serving (empty body)"}, 503: {"description": "no engine serves"}}
+
+
+@router.get("/ping", response_class=Response, responses=PING)
 async def ping(sup: SupervisorDep) -> Response:
     """vLLM's (SageMaker's) health check: as ``/health``."""
+    return Response(status_code=200 if sup.ready() else 503)
+
+
+@router.post("/ping", response_class=Response, responses=PING)
+async def ping_post(sup: SupervisorDep) -> Response:
+    """``/ping`` by POST, as vLLM takes it too."""
     return Response(status_code=200 if sup.ready() else 503)
 
 

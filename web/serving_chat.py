@@ -95,7 +95,7 @@ class ChatServing:
 
             head = [make(i, "", role=True) for i in range(len(jobs))]
             head += [_echo_chunk(make(i, "", role=True), echo) for i in range(len(jobs))] if echo else []
-            return stream(sup, request, plan, jobs, make, body, head, release)
+            return stream(sup, request, plan, jobs, make, body, head, release, need_ids=parsing is not None)
         response.headers["X-Llmsup-Job-Id"] = jobs[0].id
         done = await wait_all(sup, request, [j.id for j in jobs])
         choices = []

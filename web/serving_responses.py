@@ -62,8 +62,8 @@ class ResponsesRequest(Lenient):
         return {k: v for k, v in body.items() if v is not None}
 
 
-@router.post("/responses", responses={400: {"model": OpenAIError}, 404: {"model": OpenAIError},
-                                      429: {"model": OpenAIError}, 500: {"model": OpenAIError}})
+@router.post("/responses", responses={code: {"model": OpenAIError, "description": "OpenAI-style error"}
+                                      for code in (400, 401, 403, 404, 413, 429, 500)})
 async def create_response(body: ResponsesRequest, request: Request, sup: SupervisorDep, principal: PrincipalDep,
                           response: Response) -> dict[str, Any]:
     try:
