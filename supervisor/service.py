@@ -43,6 +43,7 @@ from llmsup.supervisor.core.parts import Hooks
 from llmsup.supervisor.core.pool import EnginePool
 from llmsup.supervisor.core.requests import JobRequest, Submitted
 from llmsup.supervisor.core.running import RunningJob
+from llmsup.supervisor.core.start_failures import EngineStartFailed, give_up
 from llmsup.supervisor.metrics.prometheus import Metrics
 from llmsup.supervisor.pipelines.runner import PipelineRunner
 from llmsup.supervisor.pipelines.store import MemoryPipelineStore, SQLitePipelineStore
@@ -206,9 +207,13 @@ class Supervisor:
 
     async def wait_for_engines(self, n: int, timeout: float) -> None:
         """Until ``n`` engines serve; ``TimeoutError`` once ``timeout`` has passed since the start and since the
-        latest start progress of any engine (a model still downloading keeps the wait going)."""
+        latest start progress of any engine (a model still downloading keeps the wait going);
+        ``EngineStartFailed`` when no engine can load the model (``core/start_failures.py``)."""
         start = self.mono()
         while len(self.pool.serving()) < n:
+            error = give_up(self.core.start_failures, n, len(self.pool.serving()))
+            if error is not None:
+                raise EngineStartFailed(error)
             if self.mono() - max(start, self.core.last_engine_progress) > timeout:
                 raise TimeoutError(f"only {len(self.pool.serving())} of {n} engines ready after {timeout}s")
             await asyncio.sleep(0.05)
@@ -288,10 +293,11 @@ class Supervisor:
         """Deadlines and ladder steps: the core's tick at its next wake-up."""
         while not self.stopping:
             self._timers_changed.clear()
-            self.core.tick(self.now())
+            now = self.now()
+            self.core.tick(now)
             due = self.pipelines.next_deadline()
-            if due is not None and due <= self.clock():
-                self.pipelines.tick(self.clock())
+            if due is not None and due <= now.wall:
+                self.pipelines.tick(now.wall)
             wake = self.core.next_wakeup()
             delay = 0.25 if wake is None else min(0.25, max(0.0, wake - self.mono()))
             if delay > 0:

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from llmsup.supervisor import runfiles
 from llmsup.supervisor.settings_meta import ENGINES as ENGINES
+from llmsup.supervisor.settings_meta import FRONTEND as FRONTEND
 from llmsup.supervisor.settings_meta import JOBS as JOBS
 from llmsup.supervisor.settings_meta import MODEL as MODEL
 from llmsup.supervisor.settings_meta import SECURITY as SECURITY
@@ -224,13 +225,15 @@ class Settings(ServingFeatures):
         json_schema_extra=cli(SECURITY),
     )
     api_keys: SecretStr | None = Field(
-        None, description="API keys for job routes, comma-separated 'key' or 'owner:key'",
+        None, description="API keys, comma-separated 'key' or 'owner:key' (also read from VLLM_API_KEY)",
         json_schema_extra=cli(SECURITY, "--api-key"),
     )
     api_keys_file: Path | None = Field(None, description="file of API keys, one 'key' or 'owner:key' a line",
                                        json_schema_extra=cli(SECURITY))
     require_api_keys: Literal["auto", "on", "off"] = Field(
-        "auto", description="job routes need an API key: auto = only when bound to a non-loopback address",
+        "auto", description="every route but health, version and the dashboard needs an API key, on any bind: the "
+        "keys given, else (auto, on) one generated into <run-dir>/api_key; off: no key (vLLM's open mode; the Host "
+        "header is then checked against allowed_hosts)",
         json_schema_extra=cli(SECURITY),
     )
     max_body_bytes: int = Field(2_000_000, ge=1024, description="request bodies above this get 413",
@@ -274,6 +277,49 @@ class Settings(ServingFeatures):
     retain_jobs: int = Field(0, ge=0, description="keep at most this many finished jobs, newest first (0: all)",
                              json_schema_extra=cli(JOBS))
 
+    # vLLM's API server flags, same names and meanings (the rest of vLLM's flags: supervisor/cli/vllm_flags.py)
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="CORS: origins a browser page may call from, as a JSON list (vLLM's "
+        "form, e.g. '[\"*\"]') or comma-separated; none: no CORS headers", json_schema_extra=cli(FRONTEND),
+    )
+    allowed_methods: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"], description="CORS: methods allowed (with allowed_origins)",
+        json_schema_extra=cli(FRONTEND),
+    )
+    allowed_headers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"], description="CORS: request headers allowed (with allowed_origins)",
+        json_schema_extra=cli(FRONTEND),
+    )
+    allow_credentials: bool = Field(False, description="CORS: allow credentials (with allowed_origins)",
+                                    json_schema_extra=cli(FRONTEND))
+    ssl_keyfile: Path | None = Field(None, description="TLS: the private key file (with ssl_certfile: HTTPS)",
+                                     json_schema_extra=cli(FRONTEND))
+    ssl_certfile: Path | None = Field(None, description="TLS: the certificate file", json_schema_extra=cli(FRONTEND))
+    ssl_ca_certs: Path | None = Field(None, description="TLS: CA certificates to verify clients with",
+                                      json_schema_extra=cli(FRONTEND))
+    ssl_cert_reqs: int = Field(0, ge=0, le=2, description="TLS: client certificates (0 none, 1 optional, 2 required; "
+                               "Python's ssl.CERT_*)", json_schema_extra=cli(FRONTEND))
+    root_path: str = Field("", description="path prefix the server is reached under behind a proxy (ASGI root_path)",
+                           json_schema_extra=cli(FRONTEND))
+    uvicorn_log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] | None = Field(
+        None, description="uvicorn's log level; default: log_level", json_schema_extra=cli(FRONTEND),
+    )
+    disable_uvicorn_access_log: bool = Field(False, description="no access log line per HTTP request",
+                                             json_schema_extra=cli(FRONTEND))
+    enable_request_id_headers: bool = Field(
+        False, description="answers carry X-Request-Id (the request's own, else a new one)",
+        json_schema_extra=cli(FRONTEND),
+    )
+    enable_log_requests: bool = Field(
+        False, description="log each job's prompt and sampling parameters when it is submitted (off: only its id, "
+        "deadline and size)",
+        json_schema_extra=cli(FRONTEND, "--enable-log-requests/--disable-log-requests", " /--no-enable-log-requests"),
+    )
+    max_log_len: int | None = Field(None, ge=0, description="characters of a prompt logged by enable_log_requests "
+                                    "(default: all)", json_schema_extra=cli(FRONTEND))
+    disable_fastapi_docs: bool = Field(False, description="no /docs, /redoc, /openapi.json",
+                                       json_schema_extra=cli(FRONTEND))
+
     @classmethod
     def settings_customise_sources(
         cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -282,11 +328,11 @@ class Settings(ServingFeatures):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, AliasEnvironment(settings_cls)
 
-    @field_validator("allowed_hosts", "hosts", mode="before")
+    @field_validator("allowed_hosts", "hosts", "allowed_origins", "allowed_methods", "allowed_headers", mode="before")
     @classmethod
     def _split_hosts(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [name.strip() for name in value.split(",") if name.strip()]
+            return split_list(value)
         return value
 
     @field_validator("log_level", mode="before")
@@ -303,6 +349,8 @@ class Settings(ServingFeatures):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
+        if (self.ssl_keyfile is None) != (self.ssl_certfile is None):
+            raise ValueError("TLS needs both ssl_keyfile and ssl_certfile")
         if self.kill_grace_s < self.interrupt_grace_s:
             raise ValueError("kill_grace_s must be >= interrupt_grace_s")
         if self.deadline_s > self.max_deadline_s:
@@ -392,6 +440,20 @@ class Settings(ServingFeatures):
         }
 
 
+def split_list(text: str) -> list[str]:
+    """A list setting's text: a JSON list (vLLM's form, ``'["a", "b"]'``), else comma-separated."""
+    import json
+
+    if text.strip().startswith("["):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if isinstance(value, list):
+            return [str(item) for item in value]
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _is_inline_template(value: str) -> bool:
     return "{{" in value or "{%" in value
 
@@ -444,26 +506,55 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     return warnings
 
 
-def load_settings(config_file: Path | None = None, **given: Any) -> Settings:
-    """Settings from CLI values (``given``, None = not given) > ``LLMSUP_*`` environment > TOML file > defaults.
+def config_path(config_file: Path | None = None) -> Path | None:
+    """The settings file: ``config_file``, else ``$LLMSUP_CONFIG``, else none."""
+    return config_file or (Path(os.environ["LLMSUP_CONFIG"]) if os.environ.get("LLMSUP_CONFIG") else None)
 
-    The file is ``config_file``, else ``$LLMSUP_CONFIG``; its keys are the setting names (or their aliases, e.g.
-    ``tensor_parallel_size``), at the top level or under ``[llmsup]``.
-    """
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A settings file's values, keys with underscores: TOML (top level or ``[llmsup]``), or YAML as ``vllm serve
+    --config`` reads it (``.yaml`` / ``.yml``, or a file that is not TOML); keys may be written with dashes."""
     import tomllib
 
+    import yaml
+
+    text = path.read_text()
+    data: Any
+    if path.suffix.lower() in (".yaml", ".yml"):
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = tomllib.loads(text)
+            data = data.get("llmsup", data)
+        except tomllib.TOMLDecodeError as toml_error:
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise ValueError(f"{path}: neither TOML ({toml_error}) nor YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a table of settings (KEY = VALUE, or KEY: VALUE)")
+    return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def load_settings(config_file: Path | None = None, file_values: dict[str, Any] | None = None,
+                  **given: Any) -> Settings:
+    """Settings from CLI values (``given``, None = not given) > ``LLMSUP_*`` environment > config file > defaults.
+
+    The file is ``config_file``, else ``$LLMSUP_CONFIG`` (:func:`read_config`: TOML or YAML); its keys are the setting
+    names (or their aliases, e.g. ``tensor_parallel_size``). ``file_values``: the file's values read already.
+    """
     from pydantic_settings import InitSettingsSource
 
-    path = config_file or (Path(os.environ["LLMSUP_CONFIG"]) if os.environ.get("LLMSUP_CONFIG") else None)
-    file_values: dict[str, Any] = {}
-    if path is not None:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-        aliases = setting_aliases()
-        file_values = {aliases.get(key, key): value for key, value in data.get("llmsup", data).items()}
-        unknown = set(file_values) - set(Settings.model_fields)
-        if unknown:
-            raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+    path = config_path(config_file)
+    if file_values is None:
+        file_values = read_config(path) if path is not None else {}
+    aliases = setting_aliases()
+    from_file = {aliases.get(key, key): value for key, value in file_values.items()}
+    unknown = set(from_file) - set(Settings.model_fields)
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
 
     class _FromFile(Settings):
         model_config = SettingsConfigDict(title="llmsup settings")
@@ -475,7 +566,7 @@ def load_settings(config_file: Path | None = None, **given: Any) -> Settings:
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             return (init_settings, env_settings, AliasEnvironment(settings_cls),
-                    InitSettingsSource(settings_cls, init_kwargs=file_values))
+                    InitSettingsSource(settings_cls, init_kwargs=from_file))
 
     values = _FromFile(**{k: v for k, v in given.items() if v is not None})
     return Settings.model_construct(**values.model_dump())

@@ -6,6 +6,7 @@ from typing import Any
 
 # help panels of `llmsup serve --help`
 SERVER, ENGINES, MODEL, JOBS, SECURITY = "Server", "Engines", "Model", "Jobs and deadlines", "Security"
+FRONTEND = "HTTP server (vLLM's API server flags)"
 
 
 def cli(panel: str, *flags: str, aliases: tuple[str, ...] = (), pairs: bool = False) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Settings of what the OpenAI routes serve beyond plain generation: chat-template handling, vLLM's tool-call and
-reasoning parsers, LoRA adapters, request-id headers. :class:`ServingFeatures` is a base of
+reasoning parsers, LoRA adapters. :class:`ServingFeatures` is a base of
 :class:`~llmsup.supervisor.settings.Settings` (each field is a flag, a variable and a key like any other)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode
 
-from llmsup.supervisor.settings_meta import MODEL, SERVER, cli
+from llmsup.supervisor.settings_meta import MODEL, cli
 
 
 class ServingFeatures(BaseSettings):
@@ -28,8 +28,6 @@ class ServingFeatures(BaseSettings):
         "(comma-separated); a request's model picks one", json_schema_extra=cli(MODEL))
     max_loras: int = Field(1, ge=1, le=64, description="LoRA adapters in a batch", json_schema_extra=cli(MODEL))
     max_lora_rank: int = Field(16, ge=1, le=512, description="highest LoRA rank", json_schema_extra=cli(MODEL))
-    enable_request_id_headers: bool = Field(False, description="answer with an X-Request-Id header (the request's "
-                                            "own, else a new id), as vLLM", json_schema_extra=cli(SERVER))
 
     @field_validator("lora_modules", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from llmsup.supervisor import __version__
 from llmsup.supervisor.rundir import prepare_run_dir, write_private
@@ -35,9 +36,10 @@ from llmsup.web.auth import Auth
 from llmsup.web.chat_parsing import parsing_for
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.hosts import HostAllowlist, allowed_hosts, is_wildcard
-from llmsup.web.limits import BodySizeLimit, RequestIdHeader, StreamSlots
+from llmsup.web.limits import BodySizeLimit, StreamSlots
 from llmsup.web.listing import SharedCounts
 from llmsup.web.metrics import HTTPMetrics, WebMetrics
+from llmsup.web.request_id import RequestIdHeaders
 from llmsup.web.schemas import Health
 from llmsup.web.serving_chat import parser_names
 
@@ -79,17 +81,25 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
                 await sup.stop()
             _remove_server_file(settings)
 
+    docs = not settings.disable_fastapi_docs
     app = FastAPI(title="llmsup", version=__version__, lifespan=lifespan,
-                  description="LLM job supervisor on IPyParallel: deadlines that really free the engine.")
+                  description="LLM job supervisor on IPyParallel: deadlines that really free the engine.",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
     errors.install(app)
     app.state.stream_slots = StreamSlots(settings.sse_max_per_owner, settings.sse_max_total)
     app.state.live_counts = SharedCounts()
     app.state.live_reads = live.SharedStatusReads()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(HostAllowlist, allowed=allowed_hosts(settings), wildcard_bind=is_wildcard(settings.host))
+    if settings.require_api_keys == "off":  # the DNS-rebinding guard: keyless, a browser's page could reach us
+        app.add_middleware(HostAllowlist, allowed=allowed_hosts(settings), wildcard_bind=is_wildcard(settings.host))
     app.add_middleware(HTTPMetrics)
     if settings.enable_request_id_headers:
-        app.add_middleware(RequestIdHeader)
+        app.add_middleware(RequestIdHeaders)
+    if settings.allowed_origins:  # CORS as vLLM's server: outermost, so that a preflight is answered first
+        app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
+                           allow_methods=settings.allowed_methods, allow_headers=settings.allowed_headers,
+                           allow_credentials=settings.allow_credentials)
     for module in (routes_jobs, routes_pipelines, live, routes_openai, serving_responses, lora, routes_serving,
                    routes_admin, metrics, dashboard):
         app.include_router(module.router)

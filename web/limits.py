@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -136,25 +135,3 @@ class StreamSlots:
 
         return release
 
-
-class RequestIdHeader:
-    """vLLM's ``--enable-request-id-headers``: every answer carries ``X-Request-Id``, the request's own (so a
-    proxy's id comes back) or a new one."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"")
-        request_id = given[:256] or uuid.uuid4().hex.encode()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"]
-                message = {**message, "headers": [*headers, (b"x-request-id", request_id)]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)

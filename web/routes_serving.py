@@ -80,18 +80,18 @@ async def health(sup: SupervisorDep) -> Response:
     return Response(status_code=200 if sup.ready() else 503)
 
 
-PING: dict[int | str, dict[str, Any]] = {200: {"description": "serving (empty body)"}, 503: {"description": "no engine serves"}}
+PING_ANSWERS: dict[int | str, dict[str, Any]] = {200: {"description": "serving (empty body)"},
+                                                  503: {"description": "no engine serves"}}
 
 
-@router.get("/ping", response_class=Response, responses=PING)
+@router.get("/ping", response_class=Response, responses=PING_ANSWERS)
 async def ping(sup: SupervisorDep) -> Response:
-    """vLLM's (SageMaker's) health check: as ``/health``."""
+    """vLLM's (and SageMaker's) liveness probe: the same answer as ``/health``, no key needed."""
     return Response(status_code=200 if sup.ready() else 503)
 
 
-@router.post("/ping", response_class=Response, responses=PING)
+@router.post("/ping", response_class=Response, responses=PING_ANSWERS)
 async def ping_post(sup: SupervisorDep) -> Response:
-    """``/ping`` by POST, as vLLM takes it too."""
     return Response(status_code=200 if sup.ready() else 503)
 
 

@@ -14,9 +14,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llmsup.supervisor.cli.options import OTHER_PANEL, SettingOption, setting_options
-from llmsup.supervisor.settings import ENGINES, ENV_PREFIX, JOBS, MODEL, OTHER_VARIABLES, SECURITY, SERVER, Settings, cli_meta
+from llmsup.supervisor.settings import (
+    ENGINES,
+    ENV_PREFIX,
+    FRONTEND,
+    JOBS,
+    MODEL,
+    OTHER_VARIABLES,
+    SECURITY,
+    SERVER,
+    Settings,
+    cli_meta,
+)
 
-PANELS = (SERVER, ENGINES, MODEL, JOBS, SECURITY, OTHER_PANEL)
+PANELS = (SERVER, FRONTEND, ENGINES, MODEL, JOBS, SECURITY, OTHER_PANEL)
 COMMAND = "python -m llmsup.supervisor.cli.config_doc --write docs/configuration.md"
 
 HEAD = f"""# Configuration
@@ -72,6 +83,8 @@ def _value(option: SettingOption) -> str:
         return "JSON object"
     if option.kind == "list":
         return "list"
+    if option.kind == "records":
+        return "`KEY=VALUE,...` (repeatable); `[[NAME]]` tables in the file"
     if option.choices:
         return " \\| ".join(f"`{choice}`" for choice in option.choices)
     return {int: "integer", float: "number", Path: "path"}.get(option.value_type, "text")

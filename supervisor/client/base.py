@@ -34,7 +34,7 @@ class Endpoint:
     source: str
     run_dir: Path
     admin_token: str | None  # given explicitly; else looked up at each admin call
-    api_key: str | None = None  # given explicitly; else LLMSUP_API_KEY, else <run-dir>/api_key
+    api_key: str | None = None  # given explicitly; else LLMSUP_API_KEY or VLLM_API_KEY, else <run-dir>/api_key
 
     @classmethod
     def resolve(cls, url: str | None, run_dir: Path | str | None, admin_token: str | None,
@@ -81,8 +81,9 @@ def find_api_key(key: str | None = None, run_dir: Path | str | None = None) -> s
     """An API key for the job routes (needed only where the server requires keys)."""
     if key:
         return key
-    if os.environ.get("LLMSUP_API_KEY"):
-        return os.environ["LLMSUP_API_KEY"]
+    for variable in ("LLMSUP_API_KEY", "VLLM_API_KEY"):  # the second: as the server reads it (vLLM's name)
+        if os.environ.get(variable):
+            return os.environ[variable]
     try:
         return ((Path(run_dir) if run_dir else run_dir_default()) / API_KEY).read_text().strip() or None
     except OSError:

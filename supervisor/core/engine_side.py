@@ -48,6 +48,7 @@ class EngineSide:
         self.gpu_count = 0
         self.memory_shares: dict[str, float] = {}  # devices -> gpu_memory_utilization of an engine there
         self.last_engine_progress = float("-inf")  # monotonic: an engine reported a step of its start
+        self.start_failures: list[str] = []  # load errors, in order (core/start_failures.py decides on them)
         self._last_launch = float("-inf")
         self._controller_down = False
         self._retiring: dict[int, Engine] = {}  # gone engines whose devices are not free yet
@@ -208,6 +209,7 @@ class EngineSide:
 
     def _failed(self, engine: Engine, why: str, now: Now) -> None:
         if engine.state is S.STARTING:
+            self.start_failures.append(why)
             log.error("%s failed to initialise: %s%s", engine.tag(), why,
                       f" (engine log: {engine.log_file})" if engine.log_file else "")
             self.kill_engine(engine, "init_failed", now)

@@ -91,7 +91,7 @@ class JobSide:
         except DuplicateKey as dup:
             return Submitted(self.view(dup.existing), created=False)
         self.metrics.jobs_submitted.inc()
-        joblog.submitted(job)
+        joblog.submitted(job, s.max_log_len if s.enable_log_requests else -1)
         self._publish_status(job)
         self.shared.hooks.wake_dispatch()
         return Submitted(job, created=True)

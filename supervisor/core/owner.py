@@ -100,6 +100,11 @@ class SupervisorCore:
     def last_engine_progress(self) -> float:
         return self.engine_side.last_engine_progress
 
+    @property
+    def start_failures(self) -> builtins.list[str]:
+        """Engines' load errors since the start, in order (``core/start_failures.py`` decides on them)."""
+        return self.engine_side.start_failures
+
     # jobs ------------------------------------------------------------------------------------
     def recover(self, now: Now) -> None:
         """After a restart: queued jobs stay queued; jobs that were running are re-queued."""
