@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from llmsup.supervisor import runfiles
+from llmsup.supervisor.pools import PoolFields
 from llmsup.supervisor.settings_meta import ENGINES as ENGINES
 from llmsup.supervisor.settings_meta import FRONTEND as FRONTEND
 from llmsup.supervisor.settings_meta import JOBS as JOBS
@@ -49,7 +50,7 @@ def _default_engines(data: dict[str, Any]) -> int:
     return default_engines(detect_gpu_count(), int(data.get("gpus_per_engine") or 1))
 
 
-class Settings(ServingFeatures):
+class Settings(ServingFeatures, PoolFields):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
 
     # cluster

@@ -15,7 +15,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from llmsup.supervisor.core.requests import EngineBusy, EngineNotFound, InvalidRequest, JobNotFound, QueueFull
+from llmsup.supervisor.core.requests import (
+    EngineBusy,
+    EngineNotFound,
+    InvalidRequest,
+    JobNotFound,
+    PoolNotFound,
+    QueueFull,
+)
 from llmsup.supervisor.core.transitions import InvalidTransition
 
 log = logging.getLogger("llmsup.web")
@@ -113,6 +120,10 @@ def install(app: FastAPI) -> None:  # noqa: C901 - one exception handler per err
 
     @app.exception_handler(JobNotFound)
     async def _no_job(request: Request, exc: JobNotFound) -> JSONResponse:
+        return _error(request, 404, str(exc))
+
+    @app.exception_handler(PoolNotFound)
+    async def _no_pool(request: Request, exc: PoolNotFound) -> JSONResponse:
         return _error(request, 404, str(exc))
 
     @app.exception_handler(EngineNotFound)

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Request
 
 from llmsup.supervisor.core.jobs import Job
-from llmsup.supervisor.core.model_name import served_model_names
+from llmsup.supervisor.core.model_name import served_pools
 from llmsup.supervisor.service import Supervisor
 from llmsup.web import sse
 from llmsup.web.errors import OpenAIHTTPError
@@ -23,7 +23,9 @@ DISCONNECT_NOTE = "cancelled: the client disconnected"
 
 
 def served_models(sup: Supervisor) -> list[str]:
-    return served_model_names(sup.settings, sup.pool.engines.values())
+    """Every pool's served model names (a single pool: each alias; the first: the model of a request that names
+    none)."""
+    return list(served_pools(sup.settings, sup.pool.engines.values()))
 
 
 
@@ -31,15 +33,17 @@ def served_models(sup: Supervisor) -> list[str]:
 def check_model(sup: Supervisor, model: str | None) -> tuple[str, Adapter | None]:
     """The name answers carry (the first served name, as vLLM's, whichever alias the request named; a LoRA
     adapter's own name) and the adapter the request names, if any."""
-    names = served_models(sup)
-    adapter = adapters(sup).get(model) if model is not None and model not in names else None
+    pools = served_pools(sup.settings, sup.pool.engines.values())
+    names = list(pools)
+    adapter = adapters(sup).get(model) if model is not None and model not in pools else None
     if adapter is not None:
         return adapter.name, adapter
-    if model is not None and model not in names:
+    if model is not None and model not in pools:
         served = [*names, *adapters(sup)]
         raise OpenAIHTTPError(404, f"The model `{model}` does not exist (served: {', '.join(served)})",
                               code="model_not_found", param="model")
-    return names[0], None
+    pool = pools[model] if model is not None else pools[names[0]]
+    return next(name for name in names if pools[name] == pool), None  # an alias answers as its model's first name
 
 
 def response_id(request: Request, request_id: str | None, prefix: str, job_id: str) -> str:

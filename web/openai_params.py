@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmsup.engines.protocol import Structured, TokenBias
+from llmsup.supervisor.core.model_name import served_pools
 from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.web.auth import Principal
@@ -206,6 +207,8 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
     constraint that replaces the request's own (forced tool calls), ``token_ids``: the generated ids are needed
     (the chat parsers read them) whether or not the client asked for them, ``lora``: the adapter's parameters."""
     model = served_model(sup)
+    pools = served_pools(sup.settings, sup.pool.engines.values())
+    pool = pools.get(body.model or "") or next(iter(pools.values()))  # the model is checked: its pool, else the first
     tok = await tokenizer_for(model)
     token_prompts = any(isinstance(p, list) for p in raw_prompts) or (
         isinstance(tok, HFTokenizer) and (not add_special_tokens or body.truncate_prompt_tokens is not None))
@@ -245,6 +248,7 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
                 prompt=prompt.text, max_tokens=max_tokens, temperature=body.temperature or 0.0, stop=body.stops(),
                 deadline_s=body.deadline, queue_timeout_s=body.queue_timeout_s,
                 priority=priority, owner=principal.owner, extra={k: v for k, v in extra.items() if v is not None},
+                pool=pool,
             ))
     return Plan(prompts, requests, n, model, tok)
 

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from llmsup.supervisor.core.events import Subscription
-from llmsup.supervisor.core.model_name import served_model_name
+from llmsup.supervisor.core.model_name import served_pools
 from llmsup.supervisor.core.requests import JobNotFound
 from llmsup.supervisor.pipelines.records import Pipeline
 from llmsup.supervisor.pipelines.runner import PipelineNotFound
@@ -27,8 +27,9 @@ AUTH = (401,)
 
 
 def pools(sup: SupervisorDep) -> list[str]:
-    """The pools a step may name: one pool today, by its name and by its model's served name."""
-    return ["default", served_model_name(sup.settings, sup.pool.engines.values())]
+    """The pools a step may name: by their names and by their models' served names."""
+    served = served_pools(sup.settings, sup.pool.engines.values())
+    return list(dict.fromkeys([*served.values(), *served]))
 
 
 def _visible(sup: SupervisorDep, pipeline_id: str, principal: Principal) -> Pipeline:

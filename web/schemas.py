@@ -47,6 +47,8 @@ class JobCreate(JSONModel):
     deadline_s: Annotated[float | None, Field(gt=0, le=86_400, description="run-time limit in seconds")] = None
     queue_timeout_s: Annotated[float | None, Field(gt=0, le=86_400)] = None
     priority: Annotated[int, Field(ge=-1000, le=1000, description="higher runs first")] = 0
+    pool: Annotated[str | None, Field(min_length=1, max_length=200, description="the engine pool to run in (a "
+                                      "pool's name or its model's served name); unset: the first pool")] = None
     idempotency_key: Annotated[str | None, Field(min_length=1, max_length=200)] = None
     top_p: Annotated[float | None, Field(gt=0, le=1)] = None
     top_k: Annotated[int | None, Field(ge=0, le=100_000)] = None
@@ -79,6 +81,7 @@ class JobOut(BaseModel):
     owner: str | None = None
     prompt_tokens: int = 0
     pipeline: str | None = Field(None, description="the pipeline this job is a step of")
+    pool: str = Field("default", description="the engine pool it runs in")
     params: dict[str, Any]
     created_at: str | None
     started_at: str | None
@@ -103,7 +106,7 @@ class JobOut(BaseModel):
             attempts=job.attempts, error=job.error, finish_reason=job.finish_reason,
             engine=EngineRefOut(**job.engine.__dict__) if job.engine else None, priority=job.priority,
             deadline_s=job.deadline_s, queue_timeout_s=job.queue_timeout_s, idempotency_key=job.idempotency_key,
-            owner=job.owner, prompt_tokens=job.prompt_tokens, pipeline=job.pipeline,
+            owner=job.owner, prompt_tokens=job.prompt_tokens, pipeline=job.pipeline, pool=job.pool,
             params={k: (list(v) if isinstance(v, tuple) else v) for k, v in job.params.__dict__.items()},
             created_at=iso(job.created_at), started_at=iso(job.started_at), finished_at=iso(job.finished_at),
         )
@@ -139,6 +142,7 @@ class EngineOut(BaseModel):
     deadline_s: float | None = None  # the current job's deadline
     uptime_s: float | None = None
     log_file: str | None = None  # the engine's own log file (vLLM's and transformers' lines too)
+    pool: str = "default"  # the engine pool it serves
 
 
 class StartingEngineOut(BaseModel):

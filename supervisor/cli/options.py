@@ -28,7 +28,7 @@ from pydantic_core import PydanticUndefined
 from llmsup.supervisor.settings import ENV_PREFIX, Settings, cli_meta, split_list
 
 OTHER_PANEL = "More settings"
-Kind = Literal["value", "flag", "json", "pairs", "list"]
+Kind = Literal["value", "flag", "json", "pairs", "list", "records"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,8 @@ def _option(name: str, field: FieldInfo) -> SettingOption:
         kind, choices = "value", tuple(str(c) for c in typing.get_args(base))
     elif typing.get_origin(base) is dict or base is dict:
         kind = "pairs" if meta.get("pairs") else "json"
+    elif meta.get("records"):
+        kind = "records"  # one KEY=VALUE,KEY=VALUE record per use of the flag
     elif typing.get_origin(base) in (list, tuple, set) or base in (list, tuple, set):
         kind = "list"
     else:
@@ -111,7 +113,7 @@ def parameters(options: list[SettingOption]) -> list[inspect.Parameter]:
 
 
 def _python_type(option: SettingOption) -> Any:
-    if option.kind in ("pairs", "list"):
+    if option.kind in ("pairs", "list", "records"):
         return list[str] | None
     if option.choices:
         return Literal[option.choices] | None
@@ -127,6 +129,8 @@ def _typer_option(option: SettingOption) -> Any:
         help_text += " (JSON object)"
     elif option.kind == "list":
         help_text += " (comma-separated, repeatable)"
+    elif option.kind == "records":
+        help_text += " (KEY=VALUE,KEY=VALUE, repeatable)"
     return typer.Option(
         *flags, help=help_text, rich_help_panel=option.panel, show_default=option.default or False,
         case_sensitive=False,
@@ -137,6 +141,8 @@ def _typer_option(option: SettingOption) -> Any:
 def _metavar(option: SettingOption) -> str | None:
     if option.kind == "pairs":
         return "KEY=VALUE"
+    if option.kind == "records":
+        return "KEY=VALUE,..."
     if option.kind == "json":
         return "JSON"
     return None
@@ -165,12 +171,14 @@ def given_settings(options: list[SettingOption], values: dict[str, Any]) -> dict
     given: dict[str, Any] = {}
     for option in options:
         value = values.get(option.name)
-        if value is None or (option.kind in ("pairs", "list") and not value):
+        if value is None or (option.kind in ("pairs", "list", "records") and not value):
             continue
         if option.kind == "json":
             given[option.name] = _json_object(value, option)
         elif option.kind == "pairs":
             given[option.name] = dict(_pair(item, option) for item in value)
+        elif option.kind == "records":
+            given[option.name] = [dict(_pair(part, option) for part in item.split(",")) for item in value]
         elif option.kind == "list":
             given[option.name] = [part for item in value for part in split_list(item)]
         else:

@@ -18,19 +18,16 @@ from llmsup.supervisor.core.engine_state import ACTIVE, GONE, Engine, EngineStat
 from llmsup.supervisor.core.now import Now
 from llmsup.supervisor.core.parts import HostsPort, JobsPort, Shared
 from llmsup.supervisor.core.pool import Launch
+from llmsup.supervisor.core.pool_plan import PoolPlan, plans_for
 from llmsup.supervisor.core.requests import EngineBusy, EngineNotFound
-from llmsup.supervisor.core.standby import default_standby, pick_standby
+from llmsup.supervisor.core.standby import pick_standby
+from llmsup.supervisor.pools import DEFAULT
 
 if TYPE_CHECKING:
     from llmsup.supervisor.core.driver import EngineDriver
 
 log = logging.getLogger("llmsup.engines")
 S = EngineState
-
-
-def default_slots(backend: str) -> int:
-    """Jobs at once per engine when not set: vLLM fills a batch, the others run one job at a time."""
-    return 32 if backend == "vllm" else 1
 
 
 class EngineSide:
@@ -42,11 +39,8 @@ class EngineSide:
         self.settings = shared.settings
         self.pool = shared.pool
         self.metrics = shared.metrics
-        self.engine_config: dict[str, Any] = {}  # what every engine loads (set by the shell before engines start)
-        self.slots = 1
-        self.standby_target = 0
-        self.gpu_count = 0
-        self.memory_shares: dict[str, float] = {}  # devices -> gpu_memory_utilization of an engine there
+        # per engine pool: what its engines load, slots, standbys, devices (set by the shell before engines start)
+        self.plans: dict[str, PoolPlan] = {DEFAULT: PoolPlan(DEFAULT, self.settings, {})}
         self.last_engine_progress = float("-inf")  # monotonic: an engine reported a step of its start
         self.start_failures: list[str] = []  # load errors, in order (core/start_failures.py decides on them)
         self._last_launch = float("-inf")
@@ -62,65 +56,65 @@ class EngineSide:
         return self.shared.drive(what, engine, call)
 
     def configure_engines(self, engine_config: dict[str, Any], gpu_count: int = 0) -> None:
-        s = self.settings
-        backend = engine_config.get("backend", "sim")
-        self.engine_config = engine_config
-        self.slots = s.slots_per_engine or default_slots(backend)
-        self.gpu_count = gpu_count
-        if s.standby is not None:
-            self.standby_target, why = s.standby, "--standby"
-        else:
-            self.standby_target, why = default_standby(backend, gpu_count, s.engines, s.gpus_per_engine)
-        if self.driver.can_launch:
-            log.info("standby engines: %d (%s)", self.standby_target, why)
-        else:
-            self.standby_target = 0  # engines of a joined cluster are started (and kept) by someone else
+        plans = plans_for(self.settings, engine_config, gpu_count, self.driver.can_launch)
+        self.plans = {plan.name: plan for plan in plans}
 
     @property
-    def batched(self) -> bool:
-        return self.slots > 1
+    def engine_config(self) -> dict[str, Any]:
+        return next(iter(self.plans.values())).engine_config
+
+    @property
+    def standby_target(self) -> int:
+        return sum(plan.standby for plan in self.plans.values())
+
+    def plan_of(self, name: str) -> PoolPlan:
+        """The plan of a pool (an engine of a pool this server does not run: the first pool's)."""
+        return self.plans.get(name) or next(iter(self.plans.values()))
 
     def expected_engines(self) -> int:
         """Serving engines the cluster should have: what we launch and keep replacing, plus what the join agents
         of the hosts that are up keep (a joined cluster: what is there)."""
         if not self.driver.can_launch:
             return len(self.pool.engines)
-        return self.settings.engines + self.hosts.agent_engines_wanted()
+        return sum(p.settings.engines for p in self.plans.values()) + self.hosts.agent_engines_wanted()
 
     # launching -------------------------------------------------------------------------
-    def _launch_plan(self, n: int) -> list[tuple[str, str]]:
-        """(host, devices) of ``n`` engines of our own: spread over the launcher's hosts in turn (ssh; else one
-        unnamed host), devices from each engine's rank on its host."""
+    def _launch_plan(self, plan: PoolPlan, n: int) -> list[tuple[str, str]]:
+        """(host, devices) of ``n`` engines of our own in a pool: spread over the launcher's hosts in turn (ssh;
+        else one unnamed host), devices from each engine's rank on its host."""
         s = self.settings
         hosts = s.hosts if s.engine_launcher == "ssh" and s.hosts else [""]
-        return [(hosts[rank % len(hosts)], placement.devices_for_rank(rank // len(hosts), self.gpu_count,
-                                                                      s.gpus_per_engine)) for rank in range(n)]
+        return [(hosts[rank % len(hosts)], plan.devices(rank // len(hosts))) for rank in range(n)]
 
     def start_engines(self, n: int, now: Now) -> None:
-        """Launch ``n`` serving engines and the standbys, one set of devices each (the start log maps them)."""
+        """Launch the serving engines (``n`` with one pool; else each pool's own count) and the standbys, one set
+        of devices each (the start log maps them)."""
         if not self.driver.can_launch:
             return
-        plan = self._launch_plan(n + self.standby_target)
-        one_host = [gpu for host, gpu in plan if host == plan[0][0]] if plan else []  # shares: per host
-        total = self.engine_config.get("options", {}).get("gpu_memory_utilization")
-        self.memory_shares = placement.memory_shares(one_host, total or placement.DEFAULT_GPU_MEMORY_UTILIZATION)
-        shown = self.memory_shares if self.engine_config.get("backend") == "vllm" else {}
-        lines = placement.describe([gpu for _, gpu in plan], n, shown)
-        for line, (host, _gpu) in zip(lines, plan):
-            log.info("%s%s", line, f" of {host}" if host else "")
-        for host, gpu in plan:
-            self.launch(gpu, now, host=host)
+        for plan in self.plans.values():
+            serving = n if len(self.plans) == 1 else plan.settings.engines
+            places = self._launch_plan(plan, serving + plan.standby)
+            one_host = [gpu for host, gpu in places if host == places[0][0]] if places else []  # shares: per host
+            total = plan.engine_config.get("options", {}).get("gpu_memory_utilization")
+            plan.memory_shares = placement.memory_shares(one_host, total or placement.DEFAULT_GPU_MEMORY_UTILIZATION)
+            shown = plan.memory_shares if plan.engine_config.get("backend") == "vllm" else {}
+            named = "" if plan.name == DEFAULT else f" (pool {plan.name})"
+            for line, (host, _gpu) in zip(placement.describe([gpu for _, gpu in places], serving, shown), places):
+                log.info("%s%s%s", line, named, f" of {host}" if host else "")
+            for host, gpu in places:
+                self.launch(gpu, now, host=host, pool=plan.name)
 
-    def launch(self, gpu: str, now: Now, restarts: int = 0, host: str = "") -> None:
-        """Start an engine on these devices (a launch that fails is retried by :meth:`reconcile`)."""
+    def launch(self, gpu: str, now: Now, restarts: int = 0, host: str = "", pool: str = DEFAULT) -> None:
+        """Start an engine of a pool on these devices (a launch that fails is retried by :meth:`reconcile`)."""
         set_ids: list[str] = []
         if self._drive("launch", None, lambda: set_ids.append(self.driver.launch(gpu, host))):
-            self.pool.launches[set_ids[0]] = Launch(set_ids[0], gpu, now.wall, restarts, host)
+            self.pool.launches[set_ids[0]] = Launch(set_ids[0], gpu, now.wall, restarts, host, pool)
         self._last_launch = now.mono
 
-    def _own(self) -> list[Engine]:
-        """The engines this supervisor launched (and replaces); a join agent's, or a joined cluster's, are not."""
-        return [e for e in self.pool if e.set_id]
+    def _own(self, pool: str | None = None) -> list[Engine]:
+        """The engines this supervisor launched (and replaces), of one pool or all; a join agent's, or a joined
+        cluster's, are not."""
+        return [e for e in self.pool if e.set_id and (pool is None or e.pool == pool)]
 
     def reconcile(self, now: Now) -> None:
         """Keep the engine count: launch what is missing (a failed launch, an engine set that never came up).
@@ -132,19 +126,22 @@ class EngineSide:
         for launch in [la for la in self.pool.launches.values() if wall - la.since > self.settings.engine_start_timeout_s]:
             log.error("engine set %s never registered in %.0fs: forgotten", launch.set_id, wall - launch.since)
             del self.pool.launches[launch.set_id]
-        present = len(self._own()) + len(self.pool.launches) + sum(
-            1 for eid, e in self._retiring.items() if eid not in self.pool.engines and e.set_id)
-        for host, gpu in self._missing_devices(self.settings.engines + self.standby_target - present):
-            log.warning("engine count short of %d: launching one on %s%s", self.settings.engines + self.standby_target,
-                        gpu or "CPU", f" of {host}" if host else "")
-            self.launch(gpu, now, host=host)
+        for plan in self.plans.values():
+            present = len(self._own(plan.name)) + sum(1 for la in self.pool.launches.values() if la.pool == plan.name) \
+                + sum(1 for eid, e in self._retiring.items() if eid not in self.pool.engines and e.set_id
+                      and e.pool == plan.name)
+            for host, gpu in self._missing_devices(plan, plan.wanted - present):
+                log.warning("engine count%s short of %d: launching one on %s%s",
+                            "" if plan.name == DEFAULT else f" of pool {plan.name}", plan.wanted, gpu or "CPU",
+                            f" of {host}" if host else "")
+                self.launch(gpu, now, host=host, pool=plan.name)
 
-    def _missing_devices(self, missing: int) -> list[tuple[str, str]]:
+    def _missing_devices(self, pool: PoolPlan, missing: int) -> list[tuple[str, str]]:
         if missing <= 0:
             return []
-        plan = self._launch_plan(self.settings.engines + self.standby_target)
-        taken = Counter([(e.launched_on, e.gpu) for e in self._own()] +
-                        [(launch.host, launch.gpu) for launch in self.pool.launches.values()])
+        plan = self._launch_plan(pool, pool.wanted)
+        taken = Counter([(e.launched_on, e.gpu) for e in self._own(pool.name)] +
+                        [(la.host, la.gpu) for la in self.pool.launches.values() if la.pool == pool.name])
         free = []
         for place in plan:  # the planned places nobody holds, first
             if taken[place]:
@@ -236,27 +233,29 @@ class EngineSide:
 
     def _adopt(self, engine_id: int, ident: ev.EngineIdentity, now: Now) -> None:
         launch = self.pool.launches.pop(ident.engine_set, None)
+        plan = self.plan_of(launch.pool if launch else DEFAULT)
         engine = Engine(id=engine_id, host=ident.host, host_key=ident.host_key, pid=ident.pid,
                         pid_started=ident.pid_started,
-                        gpu=self._gpu_for(ident, launch), set_id=launch.set_id if launch else "", slots=self.slots,
-                        batched=self.batched, started_at=now.wall, restarts=launch.restarts if launch else 0,
-                        launched_on=launch.host if launch else "")
+                        gpu=self._gpu_for(ident, launch, plan), set_id=launch.set_id if launch else "",
+                        slots=plan.slots, batched=plan.batched, started_at=now.wall,
+                        restarts=launch.restarts if launch else 0, launched_on=launch.host if launch else "",
+                        pool=plan.name)
         self.pool.add(engine)
         self.hosts.host_back(self.hosts.host(ident.host_key, ident.host), f"engine {engine_id} registered")
         # one-job engines beat from a thread (a batched engine's serving loop beats by itself)
-        config = dict(self.engine_config, engine_id=engine_id, gpu=engine.gpu, beat=not self.batched)
-        if engine.gpu in self.memory_shares:  # engines that share a GPU split its memory
-            config["options"] = {**config.get("options", {}), "gpu_memory_utilization": self.memory_shares[engine.gpu]}
+        config = dict(plan.engine_config, engine_id=engine_id, gpu=engine.gpu, beat=not plan.batched)
+        if engine.gpu in plan.memory_shares:  # engines that share a GPU split its memory
+            config["options"] = {**config.get("options", {}), "gpu_memory_utilization": plan.memory_shares[engine.gpu]}
         if not self._drive("load", engine, lambda: self.driver.load(engine, config)):
             self.kill_engine(engine, "init_failed", now)
 
-    def _gpu_for(self, ident: ev.EngineIdentity, launch: Launch | None) -> str:
+    def _gpu_for(self, ident: ev.EngineIdentity, launch: Launch | None, plan: PoolPlan) -> str:
         if ident.gpu:
             return ident.gpu  # pinned when it was started: by our launch, a batch system, a join agent
         if launch is not None:
             return launch.gpu
         try:
-            return placement.devices_for_rank(self.pool.on_host(ident.host_key), 0, self.settings.gpus_per_engine)
+            return placement.devices_for_rank(self.pool.on_host(ident.host_key), 0, plan.settings.gpus_per_engine)
         except ValueError:
             return ""
 
@@ -291,16 +290,17 @@ class EngineSide:
     def _wants_standby(self, engine: Engine) -> bool:
         if not engine.set_id:
             return self.hosts.agent_wants_standby(engine)
-        own = [e for e in self._own() if e is not engine]
+        plan = self.plan_of(engine.pool)
+        own = [e for e in self._own(engine.pool) if e is not engine]
         active = sum(1 for e in own if e.state in ACTIVE)
         standbys = sum(1 for e in own if e.state is S.STANDBY)
-        return self.driver.can_launch and active >= self.settings.engines and standbys < self.standby_target
+        return self.driver.can_launch and active >= plan.settings.engines and standbys < plan.standby
 
     def _promote_standby(self, lost: Engine) -> None:
         """A standby takes the place of an engine that is going (it keeps its own devices)."""
         if self.shared.stopping:
             return
-        standby = pick_standby(list(self.pool), lost.host_key)
+        standby = pick_standby([e for e in self.pool if e.pool == lost.pool], lost.host_key)
         if standby is None:
             return
         move(standby, S.IDLE, f"promoted in place of engine {lost.id}")
@@ -378,7 +378,7 @@ class EngineSide:
             log.warning("%s gone: whoever started it (its host's join agent, or the cluster's owner) replaces it",
                         engine.tag())
         elif self.driver.can_launch and not self.shared.stopping:
-            self.launch(engine.gpu, now, restarts=engine.restarts + 1, host=engine.launched_on)
+            self.launch(engine.gpu, now, restarts=engine.restarts + 1, host=engine.launched_on, pool=engine.pool)
 
     def check_beats(self, now: Now) -> None:
         """A batched engine whose serving loop stopped beating is lost."""

@@ -75,6 +75,7 @@ class Engine:
     restarts: int = 0  # engines that held this place before it (killed, lost or recycled)
     launched_on: str = ""  # the host its launcher was asked to start it on (ssh launcher; "" otherwise)
     log_file: str = ""  # the engine process's own log file, as it reported it
+    pool: str = "default"  # the engine pool it serves (its model, backend and settings)
     _state: EngineState = S.STARTING
 
     @property
@@ -101,7 +102,7 @@ class Engine:
             "jobs_done": self.jobs_done, "rss_mb": self.rss_mb,
             "gpu_mem_mb": self.gpu_mem_mb, "backend": self.backend.get("backend"),
             "model": self.backend.get("model"), "engine_set": self.set_id, "restarts": self.restarts,
-            "log_file": self.log_file or None,
+            "log_file": self.log_file or None, "pool": self.pool,
         }
 
 

@@ -17,15 +17,25 @@ from llmsup.supervisor.core import joblog, ladder, outcomes
 from llmsup.supervisor.core import reports as ev
 from llmsup.supervisor.core.engine_state import Engine, EngineState, after_jobs_change, move
 from llmsup.supervisor.core.jobs import EngineRef, Job, JobParams, JobStatus
+from llmsup.supervisor.core.model_name import pool_named
 from llmsup.supervisor.core.now import Now
 from llmsup.supervisor.core.outcomes import Settlement
 from llmsup.supervisor.core.parts import EnginesPort, Shared
-from llmsup.supervisor.core.requests import InvalidRequest, JobNotFound, JobRequest, QueueFull, Submitted, check_limits
+from llmsup.supervisor.core.requests import (
+    InvalidRequest,
+    JobNotFound,
+    JobRequest,
+    PoolNotFound,
+    QueueFull,
+    Submitted,
+    check_limits,
+)
 from llmsup.supervisor.core.running import RunningJob
 from llmsup.supervisor.core.transitions import transition
 from llmsup.supervisor.store import DuplicateKey, JobStore
 
 log = logging.getLogger("llmsup.supervisor")
+QUEUE_LOOKAHEAD = 256  # with several pools: queued jobs looked at beyond the free slots (others' may be ahead)
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 
 
@@ -74,6 +84,9 @@ class JobSide:
         """Validate and queue a job; a repeated idempotency key returns the job it created."""
         s = self.settings
         deadline, params = self._validated(req)
+        pool = pool_named(s, self.shared.pool.engines.values(), req.pool)
+        if pool is None:
+            raise PoolNotFound(str(req.pool), list(self.shared.pool_names))
         if req.idempotency_key is not None:
             existing = self.store.by_key(req.idempotency_key, req.owner)
             if existing is not None:
@@ -85,7 +98,7 @@ class JobSide:
         job = Job(prompt=req.prompt, params=params, deadline_s=deadline,
                   queue_timeout_s=req.queue_timeout_s or s.queue_timeout_s, priority=req.priority,
                   idempotency_key=req.idempotency_key, owner=req.owner, created_at=now.wall, pipeline=req.pipeline,
-                  affinity=EngineRef.from_dict(req.affinity))
+                  affinity=EngineRef.from_dict(req.affinity), pool=pool)
         try:
             job = self.store.add(job)
         except DuplicateKey as dup:
@@ -137,13 +150,21 @@ class JobSide:
         free = pool.free_slots() if limit is None else min(limit, pool.free_slots())
         if free <= 0 or self.shared.stopping:
             return 0
-        started = 0
-        for job in self.store.next_queued(now.wall, free):
-            engine = pool.pick(job.lost_engines, job.affinity)
+        started, full = 0, set()  # full: pools with no free slot left
+        several = len(self.shared.pool_names) > 1  # jobs of a full pool must not hold up the others'
+        for job in self.store.next_queued(now.wall, free + QUEUE_LOOKAHEAD if several else free):
+            if job.pool in full:
+                continue
+            engine = pool.pick(job.lost_engines, job.affinity, job.pool)
             if engine is None:
-                break
+                if not several:
+                    break
+                full.add(job.pool)
+                continue
             self._start(job, engine, now)
             started += 1
+            if started >= free:
+                break
         return started
 
     def _start(self, job: Job, engine: Engine, now: Now) -> None:

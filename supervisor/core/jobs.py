@@ -81,6 +81,7 @@ class Job:
     prompt_token_ids: tuple[int, ...] = ()
     pipeline: str | None = None  # the pipeline this job is a step of
     affinity: EngineRef | None = None  # run on this engine when it has room, else on its host, else anywhere
+    pool: str = "default"  # the engine pool it runs in
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -32,6 +32,7 @@ from llmsup.supervisor.core.requests import JobRequest, Submitted
 from llmsup.supervisor.core.running import RunningJob
 from llmsup.supervisor.metrics.buckets import Limits
 from llmsup.supervisor.metrics.prometheus import Metrics
+from llmsup.supervisor.pools import pools_of
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import JobStore
 
@@ -48,6 +49,7 @@ class SupervisorCore:
         self.shared = Shared(settings, driver if driver is not None else NotStarted(), pool, metrics, EventHub(),
                              hooks or Hooks())
         self.pool, self.metrics, self.hub = pool, metrics, self.shared.hub
+        self.shared.pool_names = tuple(p.name for p in pools_of(settings))
         self.job_side = JobSide(self.shared, store)
         self.engine_side = EngineSide(self.shared)
         self.host_side = HostSide(self.shared)

@@ -64,6 +64,7 @@ class Shared:
     hub: EventHub
     hooks: Hooks = field(default_factory=Hooks)
     stopping: bool = False
+    pool_names: tuple[str, ...] = ("default",)  # the engine pools the server runs
 
     def drive(self, what: str, engine: Engine | None, call: Callable[[], object], job_id: str | None = None) -> bool:
         """Ask the driver for something; an unexpected error is logged with the job and engine, counted, and

@@ -18,6 +18,7 @@ class Launch:
     since: float  # wall clock
     restarts: int = 0  # the engines that held this place before (0: a first start)
     host: str = ""  # the host a launcher that starts engines on named hosts (ssh) was asked for
+    pool: str = "default"  # the engine pool it is for
 
 
 class EnginePool:
@@ -43,14 +44,18 @@ class EnginePool:
     def free_slots(self) -> int:
         return sum(e.free_slots for e in self.engines.values())
 
+    def pool_names(self) -> set[str]:
+        return {e.pool for e in self.engines.values()}
+
     def on_host(self, host_key: str) -> int:
         return sum(1 for e in self.engines.values() if e.host_key == host_key)
 
-    def pick(self, avoid: Iterable[int] = (), affinity: EngineRef | None = None) -> Engine | None:
-        """The least-loaded engine with a free slot, preferring engines not in ``avoid``; with an ``affinity``, that
-        engine when it has room, else one on its host, else any."""
+    def pick(self, avoid: Iterable[int] = (), affinity: EngineRef | None = None,
+             pool: str = "default") -> Engine | None:
+        """The least-loaded engine of ``pool`` with a free slot, preferring engines not in ``avoid``; with an
+        ``affinity``, that engine when it has room, else one on its host, else any."""
         avoid = set(avoid)
-        candidates = [e for e in self.engines.values() if e.free_slots > 0]
+        candidates = [e for e in self.engines.values() if e.free_slots > 0 and e.pool == pool]
         if not candidates:
             return None
 

@@ -53,6 +53,7 @@ class JobRequest:
     extra: dict[str, Any] = field(default_factory=dict)  # further sampling params (top_p, top_k, seed, ...)
     pipeline: str | None = None  # the pipeline this job is a step of
     affinity: dict[str, Any] | None = None  # an engine record (id, host, ...) to run on when it has room
+    pool: str | None = None  # the engine pool to run in: its name or its model's served name (None: the first)
 
     def __post_init__(self) -> None:
         if self.owner is not None:
@@ -88,6 +89,14 @@ class JobNotFound(SupervisorError, KeyError):
 class EngineNotFound(SupervisorError, KeyError):
     def __init__(self, engine_id: int) -> None:
         super().__init__(f"no engine {engine_id}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class PoolNotFound(SupervisorError, KeyError):
+    def __init__(self, pool: str, pools: list[str]) -> None:
+        super().__init__(f"no pool {pool!r}; pools: {', '.join(pools)}")
 
     def __str__(self) -> str:
         return self.args[0]

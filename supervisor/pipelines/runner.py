@@ -138,7 +138,8 @@ class PipelineRunner:
             req = JobRequest(prompt=start.prompt, max_tokens=spec.max_tokens, temperature=spec.temperature,
                              stop=tuple(spec.params.get("stop") or ()), deadline_s=start.deadline_s,
                              priority=p.spec.priority, idempotency_key=f"{p.id}:{start.step}:{start.index}",
-                             owner=p.owner, extra=params, pipeline=p.id, affinity=start.affinity)
+                             owner=p.owner, extra=params, pipeline=p.id, affinity=start.affinity,
+                             pool=spec.pool)
             try:
                 job = self.jobs.submit(req).job
             except SupervisorError as exc:  # refused (queue full, invalid): the step and its pipeline fail, saying why

@@ -203,8 +203,8 @@ class LiveServer(ServerProcess):
 
     @property
     def auth(self) -> dict[str, str]:
-        """The API key's bearer header."""
-        return {"Authorization": f"Bearer {self.api_key}"}
+        """The bearer header of the run directory's API key (none when the server has no generated key)."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key != "unused" else {}
 
     def client(self, keyed: bool = True, **kwargs: Any) -> httpx.Client:
         """An HTTP client for this server (``timeout`` 30 s unless given), sending the run directory's API key

@@ -1,0 +1,67 @@
+"""What the engine side keeps per engine pool: its settings, what its engines load, slots, standbys and devices."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmsup.engines import placement
+from llmsup.supervisor.core.standby import default_standby
+from llmsup.supervisor.pools import DEFAULT, check_gpus, pools_of, shifted
+from llmsup.supervisor.settings import Settings
+
+log = logging.getLogger("llmsup.engines")
+
+
+def default_slots(backend: str) -> int:
+    """Jobs at once per engine when not set: vLLM fills a batch, the others run one job at a time."""
+    return 32 if backend == "vllm" else 1
+
+
+@dataclass
+class PoolPlan:
+    name: str
+    settings: Settings  # the server's settings with the pool's own over them
+    engine_config: dict[str, Any]  # what each of its engines loads
+    slots: int = 1
+    standby: int = 0
+    gpu_count: int = 0  # devices of its own (0: its engines run on the CPU)
+    first_gpu: int = 0  # its devices start here
+    memory_shares: dict[str, float] = field(default_factory=dict)  # devices -> gpu_memory_utilization there
+
+    @property
+    def batched(self) -> bool:
+        return self.slots > 1
+
+    @property
+    def wanted(self) -> int:
+        """Engines of its own to keep: serving and standby."""
+        return self.settings.engines + self.standby
+
+    def devices(self, rank: int) -> str:
+        """The devices of its engine with this host-local rank (within the pool)."""
+        return shifted(placement.devices_for_rank(rank, self.gpu_count, self.settings.gpus_per_engine), self.first_gpu)
+
+
+def plans_for(settings: Settings, engine_config: dict[str, Any], gpu_count: int, can_launch: bool) -> list[PoolPlan]:
+    """One plan per pool; raises ValueError when the pools ask for more GPUs than there are."""
+    pools = pools_of(settings)
+    check_gpus(pools, gpu_count)
+    plans = []
+    for pool in pools:
+        s = pool.settings
+        config = engine_config if pool.name == DEFAULT else {**engine_config, **s.for_engines()}
+        backend = config.get("backend", "sim")
+        own_gpus = gpu_count if len(pools) == 1 else (pool.gpus if gpu_count else 0)
+        if s.standby is not None:
+            standby, why = s.standby, "--standby"
+        else:
+            standby, why = default_standby(backend, own_gpus, s.engines, s.gpus_per_engine)
+        if can_launch:
+            log.info("standby engines%s: %d (%s)", "" if pool.name == DEFAULT else f" of pool {pool.name}", standby, why)
+        else:
+            standby = 0  # engines of a joined cluster are started (and kept) by someone else
+        plans.append(PoolPlan(pool.name, s, config, s.slots_per_engine or default_slots(backend), standby, own_gpus,
+                              pool.first_gpu))
+    return plans
