@@ -82,6 +82,9 @@ class GenParams:
     return_token_ids: bool = False  # the result carries the generated token ids
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    lora_name: str = ""  # a LoRA adapter to apply (vLLM's LoRARequest): its name, id and local directory
+    lora_id: int = 0
+    lora_path: str = ""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GenParams":

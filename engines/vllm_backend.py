@@ -44,6 +44,15 @@ def _client_errors() -> tuple[type[BaseException], ...]:
     return (VLLMClientError, ValueError, TypeError)
 
 
+def lora_request(params: GenParams) -> Any:
+    """vLLM's LoRARequest for a request that names an adapter, else None."""
+    if not params.lora_name:
+        return None
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(params.lora_name, params.lora_id, params.lora_path)
+
+
 class EngineDead(RuntimeError):
     """vLLM's EngineCore is gone (e.g. a SIGINT to the whole process group): this engine must be replaced."""
 
@@ -108,7 +117,8 @@ class VLLMBackend:
         eng = self.llm.llm_engine
         sampling = self._sampling_params(params)
         try:
-            eng.add_request(request_id, self._render(engine_prompt(prompt, params)), sampling)
+            eng.add_request(request_id, self._render(engine_prompt(prompt, params)), sampling,
+                            lora_request=lora_request(params))
         except _client_errors() as exc:
             raise RequestRejected(str(exc)) from None
 

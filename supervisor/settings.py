@@ -20,15 +20,20 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from llmsup.supervisor import runfiles
 from llmsup.supervisor.pools import PoolFields
+from llmsup.supervisor.settings_meta import ENGINES as ENGINES
+from llmsup.supervisor.settings_meta import FRONTEND as FRONTEND
+from llmsup.supervisor.settings_meta import JOBS as JOBS
+from llmsup.supervisor.settings_meta import MODEL as MODEL
+from llmsup.supervisor.settings_meta import SECURITY as SECURITY
+from llmsup.supervisor.settings_meta import SERVER as SERVER
+from llmsup.supervisor.settings_meta import cli as cli
+from llmsup.supervisor.settings_serving import ServingFeatures
 
 BackendName = Literal["auto", "sim", "transformers", "vllm"]
 DType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 ENV_PREFIX = "LLMSUP_"
 
-# help panels of `llmsup serve --help`
-SERVER, ENGINES, MODEL, JOBS, SECURITY = "Server", "Engines", "Model", "Jobs and deadlines", "Security"
-FRONTEND = "HTTP server (vLLM's API server flags)"
 # LLMSUP_* variables read elsewhere than by Settings (not misspelt settings)
 OTHER_VARIABLES = {
     "LLMSUP_CONFIG": "the TOML settings file",
@@ -39,20 +44,13 @@ OTHER_VARIABLES = {
 }
 
 
-def cli(panel: str, *flags: str, aliases: tuple[str, ...] = (), pairs: bool = False) -> dict[str, Any]:
-    """A field's command-line metadata: its help panel, flag names besides ``--<name-with-dashes>``, other
-    setting names (``aliases``) that its environment variable and TOML key also accept, and for a dict setting
-    ``pairs``: its flag takes ``KEY=VALUE`` (repeatable) instead of a JSON object."""
-    return {"cli": {"panel": panel, "flags": list(flags), "aliases": list(aliases), "pairs": pairs}}
-
-
 def _default_engines(data: dict[str, Any]) -> int:
     from llmsup.engines.placement import default_engines, detect_gpu_count
 
     return default_engines(detect_gpu_count(), int(data.get("gpus_per_engine") or 1))
 
 
-class Settings(PoolFields):
+class Settings(ServingFeatures, PoolFields):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
 
     # cluster
@@ -164,22 +162,6 @@ class Settings(PoolFields):
         None, description="chat template for /v1/chat/completions: a Jinja file's path, or the template itself; "
         "default: the model's own", json_schema_extra=cli(MODEL),
     )
-    chat_template_content_format: Literal["auto", "string", "openai"] = Field(
-        "auto", description="how message content reaches the chat template: a string, or OpenAI's list of parts; "
-        "auto: as the template reads it (vLLM's rule)", json_schema_extra=cli(MODEL),
-    )
-    trust_request_chat_template: bool = Field(False, description="let a chat request bring its own chat_template "
-                                              "(else such a request is a 400)", json_schema_extra=cli(MODEL))
-    enable_auto_tool_choice: bool = Field(False, description="tool_choice auto: the model decides to call tools "
-                                          "(needs tool_call_parser)", json_schema_extra=cli(MODEL))
-    tool_call_parser: str | None = Field(
-        None, description="vLLM's tool-call parser for the model's output (hermes, llama3_json, mistral, pythonic, "
-        "...); needed for tool_choice auto, required or a named function", json_schema_extra=cli(MODEL),
-    )
-    reasoning_parser: str | None = Field(
-        None, description="vLLM's reasoning parser (deepseek_r1, qwen3, ...): the model's reasoning goes to "
-        "reasoning_content, not content", json_schema_extra=cli(MODEL),
-    )
     hf_home: Path | None = Field(
         None, description="Hugging Face home for the engines (model cache and hub token), e.g. .llmsup/huggingface "
         "to keep downloads in the run directory; unset: the user's own (HF_HOME, else ~/.cache/huggingface)",
@@ -259,8 +241,8 @@ class Settings(PoolFields):
                                 json_schema_extra=cli(SERVER))
     cancel_on_disconnect: bool = Field(True, description="OpenAI routes: a client that goes away cancels its job",
                                        json_schema_extra=cli(SERVER))
-    served_model_name: str | None = Field(None, description="model name on the OpenAI routes (default: model/backend)",
-                                          json_schema_extra=cli(MODEL))
+    served_model_name: str | None = Field(None, description="model name(s) on the OpenAI routes, comma-separated "
+                                          "aliases (default: model/backend)", json_schema_extra=cli(MODEL))
     sse_ping_s: float = Field(15.0, gt=0, le=300, description="keep-alive comment interval of SSE streams",
                               json_schema_extra=cli(SERVER))
     # web: safe by default on loopback
@@ -374,8 +356,6 @@ class Settings(PoolFields):
             raise ValueError("kill_grace_s must be >= interrupt_grace_s")
         if self.deadline_s > self.max_deadline_s:
             raise ValueError("deadline_s must be <= max_deadline_s")
-        if self.enable_auto_tool_choice and not self.tool_call_parser:
-            raise ValueError("enable_auto_tool_choice needs tool_call_parser (--tool-call-parser NAME)")
         if self.engine_launcher == "ssh" and not self.hosts:
             raise ValueError("engine_launcher ssh needs hosts (--hosts h1,h2)")
         return self
@@ -437,8 +417,10 @@ class Settings(PoolFields):
                  "gpu_memory_utilization": self.gpu_memory_utilization, "seed": self.seed,
                  "max_num_seqs": self.slots_per_engine, "trust_remote_code": self.trust_remote_code or None}
         options.update({key: value for key, value in named.items() if value is not None})
-        if self.engine_args:
-            options["engine_args"] = {**(options.get("engine_args") or {}), **self.engine_args}
+        lora = {"enable_lora": True, "max_loras": self.max_loras, "max_lora_rank": self.max_lora_rank}
+        if self.engine_args or self.lora_modules:
+            options["engine_args"] = {**(lora if self.lora_modules else {}), **(options.get("engine_args") or {}),
+                                      **self.engine_args}
         return options
 
     def for_engines(self) -> dict[str, Any]:

@@ -50,3 +50,38 @@ def backend_config(backend: str, model: str, run_dir: pathlib.Path, **extra: Any
     }
     config.update(extra)
     return config
+
+
+def build_tiny_lora(model_dir: str, out_dir: str, rank: int = 8, seed: int = 0) -> str:
+    """A LoRA adapter for the tiny model in PEFT's format (``adapter_config.json`` + ``adapter_model.safetensors``,
+    the files ``peft``'s ``save_pretrained`` writes), on every layer's q_proj and v_proj, with random A and B (a
+    fresh PEFT adapter's B is zeros: it would change nothing), so the adapted model's text differs."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    config = json.loads(pathlib.Path(model_dir, "config.json").read_text())
+    hidden = config["hidden_size"]
+    kv = config["num_key_value_heads"] * config.get("head_dim", hidden // config["num_attention_heads"])
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(config["num_hidden_layers"]):
+        for proj, out in (("q_proj", hidden), ("v_proj", kv)):
+            key = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, hidden, generator=gen) * 0.5
+            tensors[f"{key}.lora_B.weight"] = torch.randn(out, rank, generator=gen) * 0.5
+    path = pathlib.Path(out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    (path / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj"], "bias": "none", "base_model_name_or_path": model_dir,
+        "fan_in_fan_out": False, "modules_to_save": None, "use_rslora": False, "use_dora": False}))
+    return str(path)
+
+
+@pytest.fixture(scope="session", name="tiny_lora")
+def tiny_lora_fixture(tiny_model: str, models_run_dir: pathlib.Path) -> str:
+    """A random LoRA adapter of the tiny model, built once per session; returns its directory."""
+    return build_tiny_lora(tiny_model, str(models_run_dir / "models" / "tiny-lora"))

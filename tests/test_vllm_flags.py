@@ -47,9 +47,6 @@ def test_vllm_flags_are_taken_off_with_their_values() -> None:
 
 @needs_vllm
 @pytest.mark.parametrize(("tokens", "says"), [
-    (["--lora-modules", "a=/x"], "LoRA adapters are not supported by llmsup yet"),
-    (["--enable-lora"], "LoRA adapters are not supported by llmsup yet"),
-    (["--max-loras", "2"], "LoRA adapters are not supported by llmsup yet"),
     (["--tool-parser-plugin", "x.py"], "--tool-parser-plugin is a flag of vLLM's own API server that llmsup does not"),
     (["--headless"], "--headless is a flag of vLLM's own API server that llmsup does not implement"),
     (["--max-num-batched-tokens", "lots"], "invalid human_readable_int value: 'lots'"),
@@ -61,7 +58,8 @@ def test_what_cannot_apply_is_refused_saying_why(tokens: list[str], says: str) -
 
 @needs_vllm
 def test_an_api_server_flag_at_its_default_is_accepted() -> None:
-    assert vllm_flags.interpret(["--response-role", "assistant", "--no-enable-lora"]).engine_args == {}
+    assert vllm_flags.interpret(["--response-role", "assistant"]).engine_args == {}
+    assert vllm_flags.interpret(["--no-enable-lora"]).engine_args == {"enable_lora": False}  # an engine flag
 
 
 @needs_vllm
@@ -70,7 +68,7 @@ def test_serve_refuses_engine_flags_on_a_backend_that_is_not_vllm(tmp_path: Path
     assert code == 2 and "No such option" not in out
     assert "--enable-prefix-caching: vLLM engine option that the sim backend cannot apply (it is not vLLM)" in out
     code, out = serve("--backend", "sim", "--enable-lora", "--run-dir", str(tmp_path / "run"))
-    assert code == 2 and "LoRA adapters are not supported by llmsup yet" in out
+    assert code == 2 and "--enable-lora: vLLM engine option that the sim backend cannot apply" in out
     code, out = serve("--backend", "sim", "--no-such-flag-anywhere", "--run-dir", str(tmp_path / "run"))
     assert code == 2 and "neither llmsup's nor vLLM's" in out
     assert not (tmp_path / "run").exists()  # refused before anything started

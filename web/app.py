@@ -21,6 +21,7 @@ from llmsup.web import (
     dashboard,
     errors,
     live,
+    lora,
     metrics,
     openapi,
     routes_admin,
@@ -28,6 +29,7 @@ from llmsup.web import (
     routes_openai,
     routes_pipelines,
     routes_serving,
+    serving_responses,
     tokens,
 )
 from llmsup.web.auth import Auth
@@ -98,7 +100,8 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
                            allow_methods=settings.allowed_methods, allow_headers=settings.allowed_headers,
                            allow_credentials=settings.allow_credentials)
-    for module in (routes_jobs, routes_pipelines, live, routes_openai, routes_serving, routes_admin, metrics, dashboard):
+    for module in (routes_jobs, routes_pipelines, live, routes_openai, serving_responses, lora, routes_serving,
+                   routes_admin, metrics, dashboard):
         app.include_router(module.router)
     openapi.install(app, settings)
 

@@ -134,3 +134,4 @@ class StreamSlots:
                 del self.open[key]
 
         return release
+

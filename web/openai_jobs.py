@@ -14,6 +14,7 @@ from llmsup.supervisor.core.model_name import served_pools
 from llmsup.supervisor.service import Supervisor
 from llmsup.web import sse
 from llmsup.web.errors import OpenAIHTTPError
+from llmsup.web.lora import Adapter, adapters
 from llmsup.web.openai_params import Plan
 from llmsup.web.openai_schemas import ChatCompletionRequest, CompletionRequest
 from llmsup.web.openai_stream import ChoiceState, chunks, failed_job, stream_response
@@ -22,20 +23,33 @@ DISCONNECT_NOTE = "cancelled: the client disconnected"
 
 
 def served_models(sup: Supervisor) -> list[str]:
-    """Every pool's served model name (the first: the model of a request that names none)."""
+    """Every pool's served model names (a single pool: each alias; the first: the model of a request that names
+    none)."""
     return list(served_pools(sup.settings, sup.pool.engines.values()))
 
 
 
 
-def check_model(sup: Supervisor, model: str | None) -> str:
-    names = served_models(sup)
-    if model is None:
-        return names[0]
-    if model not in names:
-        raise OpenAIHTTPError(404, f"The model `{model}` does not exist (served: {', '.join(names)})",
+def check_model(sup: Supervisor, model: str | None) -> tuple[str, Adapter | None]:
+    """The name answers carry (the first served name, as vLLM's, whichever alias the request named; a LoRA
+    adapter's own name) and the adapter the request names, if any."""
+    pools = served_pools(sup.settings, sup.pool.engines.values())
+    names = list(pools)
+    adapter = adapters(sup).get(model) if model is not None and model not in pools else None
+    if adapter is not None:
+        return adapter.name, adapter
+    if model is not None and model not in pools:
+        served = [*names, *adapters(sup)]
+        raise OpenAIHTTPError(404, f"The model `{model}` does not exist (served: {', '.join(served)})",
                               code="model_not_found", param="model")
-    return model
+    pool = pools[model] if model is not None else pools[names[0]]
+    return next(name for name in names if pools[name] == pool), None  # an alias answers as its model's first name
+
+
+def response_id(request: Request, request_id: str | None, prefix: str, job_id: str) -> str:
+    """vLLM's answer id: the ``X-Request-Id`` header, else the body's ``request_id``, else (llmsup) the job's id."""
+    given = request.headers.get("x-request-id") or request_id
+    return f"{prefix}-{given[:256] if given else job_id}"
 
 
 def submit(sup: Supervisor, plan: Plan, release: Callable[[], None] | None = None) -> list[Job]:
@@ -75,9 +89,10 @@ def first_prompt_token(plan: Plan, choice: int) -> str:
 
 def stream(sup: Supervisor, request: Request, plan: Plan, jobs: list[Job], make: Any,
             body: CompletionRequest | ChatCompletionRequest, head: list[dict[str, Any]],
-            release: Callable[[], None] | None, offsets: Sequence[int] = ()) -> sse.EventStream:
-    """Stream the choices; ``offsets``: each choice's first text offset (completions with an echoed prompt)."""
-    wants_logprobs, wants_ids = body.sample_logprobs() is not None, bool(body.return_token_ids)
+            release: Callable[[], None] | None, offsets: Sequence[int] = (), need_ids: bool = False) -> sse.EventStream:
+    """Stream the choices; ``offsets``: each choice's first text offset (completions with an echoed prompt);
+    ``need_ids``: ``make`` gets each token's id even when the client did not ask for ids (the chat parsers)."""
+    wants_logprobs, wants_ids = body.sample_logprobs() is not None, bool(body.return_token_ids) or need_ids
     states = [ChoiceState(i, job.id, job.params.max_tokens, plan.prompt_of(i).length or 0, wants_logprobs, wants_ids,
                           offset=offsets[i] if i < len(offsets) else 0)
               for i, job in enumerate(jobs)]

@@ -201,10 +201,11 @@ def _logit_bias(body: SamplingRequest, tok: Tokenizer | None) -> tuple[TokenBias
 
 async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest, raw_prompts: list[str | list[int]],
                     add_special_tokens: bool = True, prompt_logprobs: int | None = None,
-                    forced: Structured | None = None, token_ids: bool = False) -> Plan:
+                    forced: Structured | None = None, token_ids: bool = False,
+                    lora: dict[str, Any] | None = None) -> Plan:
     """Check the request against the served model and build one job request per choice; ``forced``: a
     constraint that replaces the request's own (forced tool calls), ``token_ids``: the generated ids are needed
-    (the chat parsers read them) whether or not the client asked for them."""
+    (the chat parsers read them) whether or not the client asked for them, ``lora``: the adapter's parameters."""
     model = served_model(sup)
     pools = served_pools(sup.settings, sup.pool.engines.values())
     pool = pools.get(body.model or "") or next(iter(pools.values()))  # the model is checked: its pool, else the first
@@ -212,6 +213,8 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
     token_prompts = any(isinstance(p, list) for p in raw_prompts) or (
         isinstance(tok, HFTokenizer) and (not add_special_tokens or body.truncate_prompt_tokens is not None))
     _check_model(body, model, token_prompts, tok)
+    if lora and model is not None and model.backend != "vllm":
+        raise bad(f"LoRA adapters are served by the vllm backend only, not {model.backend}", "model")
     structured = forced or structured_of(body)
     bias = _logit_bias(body, tok)
     s = sup.settings
@@ -239,7 +242,7 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
                 "structured": structured, "prompt_token_ids": prompt.token_ids,
                 "return_token_ids": bool(body.return_token_ids) or token_ids,
                 "include_stop_str_in_output": body.include_stop_str_in_output,
-                "skip_special_tokens": body.skip_special_tokens,
+                "skip_special_tokens": body.skip_special_tokens, **(lora or {}),
             }
             requests.append(JobRequest(
                 prompt=prompt.text, max_tokens=max_tokens, temperature=body.temperature or 0.0, stop=body.stops(),

@@ -111,6 +111,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "llmsup"
     root: str | None = None
+    parent: str | None = Field(None, description="a LoRA adapter's base model")
     max_model_len: int | None = None
 
 

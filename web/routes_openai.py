@@ -22,12 +22,14 @@ from llmsup.web import sse
 from llmsup.web.auth import PrincipalDep
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.live import stream_slot
+from llmsup.web.lora import adapters
 from llmsup.web.openai_format import completion_logprobs, finish_reason, info, prompt_logprobs_out, usage
 from llmsup.web.openai_jobs import (
     check_model,
     first_prompt_token,
     prompt_ids,
     prompt_job,
+    response_id,
     served_models,
     stream,
     submit,
@@ -62,20 +64,24 @@ STREAM_OR_JSON = sse.sse_response("JSON, or with stream=true SSE chunks (JSON) e
 async def list_models(sup: SupervisorDep, principal: PrincipalDep) -> ModelList:
     created = int(time.time())
     model = served_model(sup)
-    return ModelList(data=[ModelCard(id=name, created=created, root=model.path if model else None,
-                                     max_model_len=model.max_model_len if model else None)
-                           for name in served_models(sup)])
+    names = served_models(sup)
+    cards = [ModelCard(id=name, created=created, root=model.path if model else None,
+                       max_model_len=model.max_model_len if model else None) for name in names]
+    cards += [ModelCard(id=a.name, created=created, root=a.path, parent=names[0],
+                        max_model_len=model.max_model_len if model else None) for a in adapters(sup).values()]
+    return ModelList(data=cards)
 
 
 @router.post("/completions", response_model=CompletionResponse, response_model_exclude_none=False,
              responses={200: STREAM_OR_JSON, **ERRORS})
 async def completions(body: CompletionRequest, request: Request, sup: SupervisorDep, principal: PrincipalDep,
                       response: Response) -> Any:
-    model = check_model(sup, body.model)
+    model, adapter = check_model(sup, body.model)
     plan = await plan_jobs(sup, principal, body, body.prompts(), add_special_tokens=body.add_special_tokens is not False,
-                           prompt_logprobs=completion_prompt_logprobs(body))
+                           prompt_logprobs=completion_prompt_logprobs(body), lora=adapter.params() if adapter else None)
     release = stream_slot(request, principal) if body.stream else None
     jobs = submit(sup, plan, release)
+    rid = response_id(request, body.request_id, "cmpl", jobs[0].id)
     as_ids = bool(body.return_tokens_as_token_ids)
     k = body.logprobs or 0
     if body.stream:
@@ -86,7 +92,7 @@ async def completions(body: CompletionRequest, request: Request, sup: Supervisor
                 choice["logprobs"] = completion_logprobs(entries, k, as_ids, offset=offset).model_dump()
             if body.return_token_ids and ids:
                 choice["token_ids"] = list(ids)
-            return {"id": f"cmpl-{jobs[0].id}", "object": "text_completion", "created": int(jobs[0].created_at),
+            return {"id": rid, "object": "text_completion", "created": int(jobs[0].created_at),
                     "model": model, "choices": [choice]}
 
         head = [make(i, plan.prompt_of(i).text) for i in range(len(jobs))] if body.echo else []
@@ -112,7 +118,7 @@ async def completions(body: CompletionRequest, request: Request, sup: Supervisor
             token_ids=list(job.token_ids) if body.return_token_ids else None,
             llmsup=info(job) if len(done) > 1 else None,
         ))
-    return CompletionResponse(id=f"cmpl-{jobs[0].id}", created=int(jobs[0].created_at), model=model, choices=choices,
+    return CompletionResponse(id=rid, created=int(jobs[0].created_at), model=model, choices=choices,
                               usage=usage(done, plan.n, [p.length for p in plan.prompts]), llmsup=info(done[0]))
 
 

@@ -22,7 +22,7 @@ from llmsup.web.chat_parsing import ParserNames, RequestParsing, Streamer, parsi
 from llmsup.web.errors import OpenAIHTTPError
 from llmsup.web.live import stream_slot
 from llmsup.web.openai_format import chat_logprobs, finish_reason, info, prompt_logprobs_out, usage
-from llmsup.web.openai_jobs import check_model, prompt_ids, stream, submit, wait_all
+from llmsup.web.openai_jobs import check_model, prompt_ids, response_id, stream, submit, wait_all
 from llmsup.web.openai_params import plan_jobs
 from llmsup.web.openai_responses import AssistantMessage, ChatChoice, ChatCompletionResponse
 from llmsup.web.openai_schemas import ChatCompletionRequest
@@ -47,7 +47,7 @@ class ChatServing:
 
     async def create(self, body: ChatCompletionRequest, request: Request, response: Response) -> Any:
         sup = self.sup
-        model = check_model(sup, body.model)
+        model, adapter = check_model(sup, body.model)
         served = served_model(sup)
         tok = await tokenizer_for(served)
         hf = tok.tok if isinstance(tok, HFTokenizer) else None
@@ -64,9 +64,11 @@ class ChatServing:
                          dict(body.chat_template_kwargs or {}), body.tool_dicts(), body.chat_template)
         prompt = await render_chat(template_for(sup, hf), chat)
         plan = await plan_jobs(sup, self.principal, body, [prompt], add_special_tokens=bool(body.add_special_tokens),
-                               forced=forced, token_ids=parsing is not None)
+                               forced=forced, token_ids=parsing is not None,
+                               lora=adapter.params() if adapter else None)
         release = stream_slot(request, self.principal) if body.stream else None
         jobs = submit(sup, plan, release)
+        rid = response_id(request, body.request_id, "chatcmpl", jobs[0].id)
         last = body.messages[-1]
         echo = last.text if body.echo and last.role == "assistant" else ""
         k = 1 << 30 if body.top_logprobs == -1 else (body.top_logprobs or 0)  # -1: every alternative there is
@@ -88,12 +90,12 @@ class ChatServing:
                     choice["logprobs"] = chat_logprobs(entries, k, as_ids).model_dump()
                 if body.return_token_ids and ids:
                     choice["token_ids"] = list(ids)
-                return {"id": f"chatcmpl-{jobs[0].id}", "object": "chat.completion.chunk",
+                return {"id": rid, "object": "chat.completion.chunk",
                         "created": int(jobs[0].created_at), "model": model, "choices": [choice]}
 
             head = [make(i, "", role=True) for i in range(len(jobs))]
             head += [_echo_chunk(make(i, "", role=True), echo) for i in range(len(jobs))] if echo else []
-            return stream(sup, request, plan, jobs, make, body, head, release)
+            return stream(sup, request, plan, jobs, make, body, head, release, need_ids=parsing is not None)
         response.headers["X-Llmsup-Job-Id"] = jobs[0].id
         done = await wait_all(sup, request, [j.id for j in jobs])
         choices = []
@@ -106,7 +108,7 @@ class ChatServing:
                 finish_reason=finish, token_ids=list(job.token_ids) if body.return_token_ids else None,
                 llmsup=info(job) if len(done) > 1 else None))
         return ChatCompletionResponse(
-            id=f"chatcmpl-{jobs[0].id}", created=int(jobs[0].created_at), model=model, choices=choices,
+            id=rid, created=int(jobs[0].created_at), model=model, choices=choices,
             usage=usage(done, plan.n, [p.length for p in plan.prompts]), llmsup=info(done[0]),
             prompt_logprobs=prompt_logprobs_out(done[0].prompt_logprobs, body.prompt_logprobs is not None),
             prompt_token_ids=list(prompt_ids(plan, done, 0)) if body.return_token_ids else None,

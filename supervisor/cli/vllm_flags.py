@@ -9,7 +9,7 @@ and its value converted by that parser, so names, types, defaults and errors are
   ``--max-num-batched-tokens``) goes to every engine as a ``vllm.LLM`` argument, as ``--engine-arg KEY=VALUE`` does;
   a backend other than vLLM cannot apply it and the start is refused with why (``--backend auto`` given engine
   flags means vLLM);
-- a flag of a feature llmsup does not have yet (LoRA adapters) is refused naming the feature;
+- a flag of a feature llmsup does not have yet (``NOT_YET``) is refused naming the feature;
 - any other flag of vLLM's own API server is refused as not implemented, unless it is given its default value.
 
 Never a silent no-op. Without vLLM installed an unknown option is refused with that reason.
@@ -26,9 +26,10 @@ from typing import Any
 
 log = logging.getLogger("llmsup.cli")
 # features of vLLM's server llmsup does not have yet: a flag whose name holds the key is refused naming the feature
-# (tool calling and reasoning parsers are llmsup's own options: --enable-auto-tool-choice, --tool-call-parser,
-# --reasoning-parser; their other vLLM flags are refused as not implemented)
-NOT_YET = {"lora": "LoRA adapters"}
+# (tool calling, reasoning parsers and LoRA adapters are llmsup's own options: --enable-auto-tool-choice,
+# --tool-call-parser, --reasoning-parser, --lora-modules, --max-loras, --max-lora-rank; vLLM's other LoRA engine
+# flags reach the engines as engine arguments)
+NOT_YET: dict[str, str] = {}
 
 
 class FlagError(ValueError):

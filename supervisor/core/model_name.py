@@ -11,9 +11,18 @@ from llmsup.supervisor.settings import Settings
 UNKNOWN = "default"  # no name given and no engine loaded yet
 
 
+def served_model_names(settings: Settings, engines: Iterable[Engine]) -> list[str]:
+    """Every name the model answers to: ``served_model_name`` (several, comma-separated, as vLLM takes several;
+    the first is the one responses and metrics carry), else the one of :func:`served_model_name`."""
+    names = [n.strip() for n in (settings.served_model_name or "").split(",") if n.strip()]
+    return names or [served_model_name(settings, engines)]
+
+
 def served_model_name(settings: Settings, engines: Iterable[Engine]) -> str:
-    """``served_model_name``, else ``--model``, else the backend named, else the model the engines loaded."""
-    name = settings.served_model_name or settings.model or (settings.backend if settings.backend != "auto" else None)
+    """``served_model_name`` (its first name), else ``--model``, else the backend named, else the model the engines
+    loaded."""
+    given = [n.strip() for n in (settings.served_model_name or "").split(",") if n.strip()]
+    name = given[0] if given else settings.model or (settings.backend if settings.backend != "auto" else None)
     if name is None:
         name = next((e.backend["model"] for e in engines if e.backend.get("model")), None)
     return name or UNKNOWN
@@ -22,8 +31,8 @@ def served_model_name(settings: Settings, engines: Iterable[Engine]) -> str:
 def served_pools(settings: Settings, engines: Iterable[Engine]) -> dict[str, str]:
     """Each pool's served model name -> the pool's name (one pool: today's served name -> ``default``)."""
     pools = pools_of(settings)
-    if len(pools) == 1:
-        return {served_model_name(settings, engines): pools[0].name}
+    if len(pools) == 1:  # every alias of the one model
+        return {name: pools[0].name for name in served_model_names(settings, engines)}
     return {served_name(pool): pool.name for pool in pools}
 
 
