@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from llmsup.supervisor import runfiles
 from llmsup.supervisor.pools import PoolFields
 
-BackendName = Literal["auto", "sim", "transformers", "vllm"]
+BackendName = Literal["auto", "sim", "transformers", "vllm", "python"]
 DType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 ENV_PREFIX = "LLMSUP_"
