@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
-from support.live import LiveServer, sim_environment, start_llmsup, stop, tagged_processes
+from support.live import LiveServer, alive, sim_environment, start_llmsup, stop, tagged_processes
 from support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(180)
@@ -131,15 +130,6 @@ def test_idempotency_key_returns_the_same_pipeline_and_cancel_ends_it(server: Li
         eventually(lambda: job(http, jid)["status"] == "cancelled", 20, "the running step's job cancelled")
 
 
-def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    out = []
-    for proc in procs:
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                out.append(proc)
-        except psutil.NoSuchProcess:
-            continue
-    return out
 
 
 def test_a_pipeline_survives_a_supervisor_sigkill_and_no_step_runs_twice(tmp_path: Path) -> None:
@@ -176,7 +166,7 @@ def test_a_pipeline_survives_a_supervisor_sigkill_and_no_step_runs_twice(tmp_pat
                              if j.get("pipeline") == p["id"]]
             assert len(pipeline_jobs) == 3
     finally:
-        for proc in _alive(old_tree):
+        for proc in alive(old_tree):
             proc.kill()
         stop(first)
         if second is not None:

@@ -10,7 +10,7 @@ from typing import Any
 import psutil
 import pytest
 
-from support.live import sim_environment, start_llmsup, stop, tagged_processes
+from support.live import alive, sim_environment, start_llmsup, stop, tagged_processes
 from support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
@@ -48,15 +48,6 @@ class Server:
         stop(self.live, grace=0)
 
 
-def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 def kill_all(procs: list[psutil.Process]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
+from llmsup.supervisor.cli.engine_lines import LogFollower
 from support.live import LLMSUP, ServerProcess, free_port, sim_environment, spawn, stop, tagged_processes, wait_ready
 from support.waiting import eventually
 
@@ -27,6 +28,29 @@ def log_has(server: ServerProcess, text: str) -> bool:
     if server.proc.poll() is not None:
         raise AssertionError(f"llmsup serve exited early ({server.proc.returncode}):\n{server.log_tail()}")
     return text in server.log_tail(200_000)
+
+
+def test_the_backends_key_lines_are_picked_from_an_engine_log(tmp_path: Path) -> None:
+    log = tmp_path / "engine-e0.log"
+    log.write_text(
+        "2026-12-04 19:13:56,676 INFO vllm.model_executor.model_loader.default_loader: Loading weights took 0.33 s\n"
+        "2026-12-04 19:13:56,700 INFO vllm.v1.worker.cpu_model_runner: Starting to load model m...\n"
+        "2026-12-04 19:14:01,851 INFO vllm.v1.core.kv_cache_utils: CPU KV cache size: 131,072 tokens, Maximum "
+        "concurrency for 2,048 tokens per request: 64.00x\n"
+        "2026-12-04 19:14:02,000 WARNING py.warnings: x.py:1: FutureWarning: old\n"
+        "2026-12-04 19:14:03,000 ERROR vllm.v1.engine.core: out of memory\n"
+        "2026-12-04 19:14:04,000 INFO vllm.v1.engine.core: init engine (profile, create kv cache, warmup model) took")
+    follower = LogFollower()
+    assert follower.read("0", str(log)) == [
+        "engine 0: INFO vllm.model_executor.model_loader.default_loader: Loading weights took 0.33 s",
+        "engine 0: INFO vllm.v1.core.kv_cache_utils: CPU KV cache size: 131,072 tokens, Maximum concurrency for "
+        "2,048 tokens per request: 64.00x",
+        "engine 0: ERROR vllm.v1.engine.core: out of memory"]  # the last line is not complete yet
+    with log.open("a") as f:
+        f.write(" 3.43 s\n")
+    assert follower.read("0", str(log)) == [
+        "engine 0: INFO vllm.v1.engine.core: init engine (profile, create kv cache, warmup model) took 3.43 s"]
+    assert follower.read("0", str(log)) == [] and follower.read("1", str(tmp_path / "missing.log")) == []
 
 
 def test_a_model_path_that_is_not_there_ends_the_server_with_the_error(tmp_path: Path) -> None:

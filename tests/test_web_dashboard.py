@@ -43,6 +43,13 @@ def browser() -> Iterator[object]:
             chromium.close()
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The dashboard's browser tests drive a server in vLLM's open mode (no API key to type into the page)."""
+    with serving(tmp_path_factory.mktemp("dashboard"), require_api_keys="off") as live:
+        yield live
+
+
 @pytest.fixture
 def page(browser: object, server: Server) -> Iterator[object]:
     context = browser.new_context(viewport={"width": 1400, "height": 900})
@@ -122,7 +129,7 @@ def test_hosts_show_with_their_engine_count(page, server: Server) -> None:
 @pytest.fixture(scope="module")
 def standby_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One serving engine and one warm standby."""
-    with serving(tmp_path_factory.mktemp("standby"), engines=1, standby=1) as live:
+    with serving(tmp_path_factory.mktemp("standby"), engines=1, standby=1, require_api_keys="off") as live:
         yield live
 
 

@@ -116,7 +116,7 @@ def test_cancel_on_disconnect_option(server: Server) -> None:
 
 def test_global_feed(server: Server) -> None:
     with server.client() as c:
-        with c.stream("GET", "/v1/events", params={"engines_every_s": 0.2}) as resp:
+        with c.stream("GET", "/v1/events", params={"engines_every_s": 0.2}, headers=server.admin) as resp:
             stream = sse_events(resp.iter_lines())
             name, snap = next(stream)
             assert name == "snapshot" and isinstance(snap["jobs"], list)

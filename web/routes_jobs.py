@@ -29,7 +29,7 @@ def job_out(job: Job, principal: Principal) -> JobOut:
     return out
 
 
-@router.post("", status_code=202, response_model=JobOut, responses=errors(*AUTH, 403, 409, 413, 422, 429))
+@router.post("", status_code=202, response_model=JobOut, responses=errors(*AUTH, 403, 404, 409, 413, 422, 429))
 async def submit_job(body: JobCreate, sup: SupervisorDep, principal: PrincipalDep, response: Response) -> JobOut:
     """Queue a job. ``priority`` above ``max_user_priority`` needs the admin token (403). ``idempotency_key``: the
     same key from the same owner returns the job it created (``Idempotent-Replayed: true``)."""

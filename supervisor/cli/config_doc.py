@@ -14,9 +14,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llmsup.supervisor.cli.options import OTHER_PANEL, SettingOption, setting_options
-from llmsup.supervisor.settings import ENGINES, ENV_PREFIX, JOBS, MODEL, OTHER_VARIABLES, SECURITY, SERVER, Settings, cli_meta
+from llmsup.supervisor.settings import (
+    ENGINES,
+    ENV_PREFIX,
+    FRONTEND,
+    JOBS,
+    MODEL,
+    OTHER_VARIABLES,
+    SECURITY,
+    SERVER,
+    Settings,
+    cli_meta,
+)
 
-PANELS = (SERVER, ENGINES, MODEL, JOBS, SECURITY, OTHER_PANEL)
+PANELS = (SERVER, FRONTEND, ENGINES, MODEL, JOBS, SECURITY, OTHER_PANEL)
 COMMAND = "python -m llmsup.supervisor.cli.config_doc --write docs/configuration.md"
 
 HEAD = f"""# Configuration

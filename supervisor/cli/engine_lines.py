@@ -22,7 +22,8 @@ KEY_LINES = re.compile(
     r"init engine|torch\.compile takes|Memory profiling|model weights took|vllm: loaded|transformers: loaded|"
     r"\b(?:WARNING|ERROR|CRITICAL)\b"
 )
-NOISE = re.compile(r"Triton|llmsup\.engine: engine start|global random seed|set_num_threads")
+NOISE = re.compile(r"Triton|llmsup\.engine: engine start|global random seed|set_num_threads|FutureWarning|"
+                   r"DeprecationWarning")
 RECORD = re.compile(r"^\S+ \S+ (?P<level>[A-Z]+) (?P<logger>\S+): (?P<text>.*)$")
 MAX_CHARS = 400
 READ_BYTES = 1 << 20

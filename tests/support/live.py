@@ -203,8 +203,8 @@ class LiveServer(ServerProcess):
 
     @property
     def auth(self) -> dict[str, str]:
-        """The API key's bearer header."""
-        return {"Authorization": f"Bearer {self.api_key}"}
+        """The bearer header of the run directory's API key (none when the server has no generated key)."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key != "unused" else {}
 
     def client(self, keyed: bool = True, **kwargs: Any) -> httpx.Client:
         """An HTTP client for this server (``timeout`` 30 s unless given), sending the run directory's API key
@@ -290,3 +290,15 @@ def job_status(client: httpx.Client, job_id: str, headers: dict[str, str] | None
     """``GET /v1/jobs/{job_id}`` as JSON."""
     body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
     return body
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` still running (a zombie counts as gone)."""
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
