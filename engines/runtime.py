@@ -103,6 +103,10 @@ def make_backend(config: dict[str, Any]) -> Backend:
         from llmsup.engines.vllm_backend import VLLMBackend
 
         return VLLMBackend(config)
+    if kind == "python":
+        from llmsup.engines.python_backend import PythonBackend
+
+        return PythonBackend(dict(config.get("functions") or {}))
     raise ValueError(f"unknown backend {kind!r}")
 
 

@@ -29,7 +29,7 @@ from llmsup.supervisor.settings_meta import SERVER as SERVER
 from llmsup.supervisor.settings_meta import cli as cli
 from llmsup.supervisor.settings_serving import ServingFeatures
 
-BackendName = Literal["auto", "sim", "transformers", "vllm"]
+BackendName = Literal["auto", "sim", "transformers", "vllm", "python"]
 DType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 ENV_PREFIX = "LLMSUP_"

@@ -52,7 +52,7 @@ def test_every_pool_is_served_with_its_own_engines(pooled: LiveServer) -> None:
 
 
 def test_openai_requests_run_in_the_pool_of_their_model(pooled: LiveServer) -> None:
-    sdk = openai.OpenAI(base_url=pooled.url + "/v1", api_key="none", max_retries=0)
+    sdk = openai.OpenAI(base_url=pooled.url + "/v1", api_key=pooled.api_key, max_retries=0)
     with pooled.client() as http:
         engine_pools = pools_of_engines(http, pooled)
         for model, pool in (("m-small", "small"), ("m-big", "big"), ("m-big", "big"), ("m-small", "small")):

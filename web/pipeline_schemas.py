@@ -33,12 +33,14 @@ class StepCreate(JSONModel):
     top_k: Annotated[int | None, Field(ge=0, le=100_000)] = None
     seed: Annotated[int | None, Field(ge=0, le=2**53 - 1)] = None
     stop: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]] | None, Field(max_length=16)] = None
+    fn: Annotated[str | None, Field(min_length=1, max_length=200,
+                                    description="a registered function, called with the prompt as its input")] = None
 
     def spec(self) -> StepSpec:
         params = {k: getattr(self, k) for k in SAMPLING if getattr(self, k) is not None}
         items = tuple(item_text(i) for i in self.map) if isinstance(self.map, list) else self.map
         return StepSpec(self.name, self.prompt, tuple(self.after), self.pool, self.affinity, items,
-                        self.map_concurrency, self.deadline_s, self.max_tokens, self.temperature, params)
+                        self.map_concurrency, self.deadline_s, self.max_tokens, self.temperature, params, self.fn)
 
 
 class PipelineCreate(JSONModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -14,7 +15,8 @@ from llmsup.supervisor.core.model_name import served_pools
 from llmsup.supervisor.core.requests import JobNotFound
 from llmsup.supervisor.pipelines.records import Pipeline
 from llmsup.supervisor.pipelines.runner import PipelineNotFound
-from llmsup.supervisor.pipelines.spec import check
+from llmsup.supervisor.pipelines.spec import PipelineSpec, check
+from llmsup.supervisor.pools import pools_of
 from llmsup.web import sse
 from llmsup.web.auth import Principal, PrincipalDep
 from llmsup.web.deps import SupervisorDep
@@ -32,6 +34,15 @@ def pools(sup: SupervisorDep) -> list[str]:
     return list(dict.fromkeys([*served.values(), *served]))
 
 
+def _fn_pools(sup: SupervisorDep, spec: PipelineSpec) -> PipelineSpec:
+    """Function steps that name no pool run in the first pool of python engines."""
+    python = [p.name for p in pools_of(sup.settings) if p.settings.backend == "python"]
+    if not python:
+        return spec
+    steps = tuple(replace(st, pool=python[0]) if st.fn and st.pool is None else st for st in spec.steps)
+    return replace(spec, steps=steps)
+
+
 def _visible(sup: SupervisorDep, pipeline_id: str, principal: Principal) -> Pipeline:
     try:
         p = sup.pipelines.get(pipeline_id)
@@ -47,7 +58,7 @@ async def create_pipeline(body: PipelineCreate, sup: SupervisorDep, principal: P
                           response: Response) -> PipelineOut:
     """Queue a pipeline: steps run when every step in their ``after`` succeeded; a failed or timed-out step ends the
     pipeline with its status (running steps cancelled, waiting ones skipped); ``deadline_s`` bounds the whole."""
-    spec = check(body.spec(), pools(sup))
+    spec = check(_fn_pools(sup, body.spec()), pools(sup), sup.settings.functions)
     p, created = sup.pipelines.create(spec, principal.owner, body.idempotency_key, sup.clock())
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -53,6 +53,8 @@ def plans_for(settings: Settings, engine_config: dict[str, Any], gpu_count: int,
         s = pool.settings
         config = engine_config if pool.name == DEFAULT else {**engine_config, **s.for_engines()}
         backend = config.get("backend", "sim")
+        if backend == "python":  # the registered functions its engines import
+            config = {**config, "functions": dict(s.functions)}
         own_gpus = gpu_count if len(pools) == 1 else (pool.gpus if gpu_count else 0)
         if s.standby is not None:
             standby, why = s.standby, "--standby"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
+from llmsup.engines.python_backend import call_payload
 from llmsup.supervisor.core.events import EventHub
 from llmsup.supervisor.core.jobs import Job
 from llmsup.supervisor.core.requests import JobNotFound, JobRequest, Submitted, SupervisorError
@@ -135,7 +136,8 @@ class PipelineRunner:
         for start in adv.starts:
             spec = p.spec.get(start.step)
             params = {k: v for k, v in spec.params.items() if k != "stop"}
-            req = JobRequest(prompt=start.prompt, max_tokens=spec.max_tokens, temperature=spec.temperature,
+            prompt = call_payload(spec.fn, start.prompt) if spec.fn else start.prompt
+            req = JobRequest(prompt=prompt, max_tokens=spec.max_tokens, temperature=spec.temperature,
                              stop=tuple(spec.params.get("stop") or ()), deadline_s=start.deadline_s,
                              priority=p.spec.priority, idempotency_key=f"{p.id}:{start.step}:{start.index}",
                              owner=p.owner, extra=params, pipeline=p.id, affinity=start.affinity,

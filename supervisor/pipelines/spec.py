@@ -9,6 +9,7 @@ JSON list. ``affinity: "a"`` runs the step where step a ran when that engine (el
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ class StepSpec:
     max_tokens: int | None = None
     temperature: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)  # further sampling params (top_p, seed, stop, ...)
+    fn: str | None = None  # a registered function to call with the prompt as its input (a python pool runs it)
 
     @property
     def map_source(self) -> str | None:
@@ -78,9 +80,9 @@ def item_text(item: Any) -> str:
     return item if isinstance(item, str) else json.dumps(item)
 
 
-def check(spec: PipelineSpec, pools: list[str]) -> PipelineSpec:
+def check(spec: PipelineSpec, pools: list[str], functions: Collection[str] = ()) -> PipelineSpec:
     """The spec if it can run: unique names, known ``after`` steps, no cycle, placeholders and map sources among a
-    step's ``after``, affinity to one of them, a known pool."""
+    step's ``after``, affinity to one of them, a known pool, a registered function."""
     names = spec.names()
     if not 1 <= len(names) <= MAX_STEPS:
         raise InvalidRequest(f"a pipeline has 1 to {MAX_STEPS} steps")
@@ -93,6 +95,9 @@ def check(spec: PipelineSpec, pools: list[str]) -> PipelineSpec:
         raise InvalidRequest(f"step names must be unique: {', '.join(dupes)}")
     for step in spec.steps:
         _check_step(step, set(names), pools)
+        if step.fn is not None and step.fn not in functions:
+            raise InvalidRequest(f"step {step.name!r}: no function {step.fn!r}; registered: "
+                                 f"{', '.join(sorted(functions)) or 'none (llmsup serve --function NAME=module:callable)'}")
     _check_acyclic(spec)
     return spec
 
