@@ -24,7 +24,7 @@ def oai(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Iterator[o
     with serving(tmp_path_factory.mktemp("oai-reasoning"), engines=1, backend="vllm", start_timeout_s=600,
                  model=tiny_model, served_model_name=MODEL, slots_per_engine=4, engine_start_timeout_s=500,
                  deadline_s=120, engine_beat_timeout_s=90, reasoning_parser="granite") as server:
-        with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300) as client:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=server.api_key, max_retries=0, timeout=300) as client:
             yield client
 
 

@@ -41,7 +41,7 @@ def tools_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, tiny
 
 @pytest.fixture(scope="module")
 def oai(tools_server: Server) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=tools_server.url + "/v1", api_key="unused", max_retries=0, timeout=300) as client:
+    with openai.OpenAI(base_url=tools_server.url + "/v1", api_key=tools_server.api_key, max_retries=0, timeout=300) as client:
         yield client
 
 
@@ -108,7 +108,7 @@ def test_responses_text_in_text_out(oai: openai.OpenAI) -> None:
 
 def test_served_names_ping_and_request_ids(tools_server: Server, oai: openai.OpenAI) -> None:
     assert [m.id for m in oai.models.list().data] == [MODEL, ALIAS, "ad1"]
-    with httpx.Client(base_url=tools_server.url, timeout=60) as c:
+    with tools_server.client(timeout=60) as c:
         assert c.get("/ping").status_code == 200 and c.post("/ping").status_code == 200
         given = c.post("/v1/completions", json={"model": ALIAS, "prompt": "x", "max_tokens": 2},
                        headers={"X-Request-Id": "my-trace-1"})
@@ -132,14 +132,14 @@ def test_a_lora_adapter_is_chosen_by_model(tools_server: Server, oai: openai.Ope
     base, adapted = ids(MODEL), ids("ad1")
     assert base != adapted and ids("ad1") == adapted  # the adapter changes the text, the same way each time
     other = build_tiny_lora(tiny_model, str(tmp_path_factory.mktemp("lora2")), seed=1)
-    with httpx.Client(base_url=tools_server.url, timeout=60) as c:
+    with tools_server.client(timeout=60) as c:
         body = {"lora_name": "ad2", "lora_path": other}
         assert c.post("/v1/load_lora_adapter", json=body).status_code == 401  # behind the admin token
         loaded = c.post("/v1/load_lora_adapter", json=body, headers=tools_server.admin)
         assert loaded.status_code == 200 and "added successfully" in loaded.text
         assert c.post("/v1/load_lora_adapter", json=body, headers=tools_server.admin).status_code == 400
     assert ids("ad2") not in (base, adapted)
-    with httpx.Client(base_url=tools_server.url, timeout=60) as c:
+    with tools_server.client(timeout=60) as c:
         gone = c.post("/v1/unload_lora_adapter", json={"lora_name": "ad2"}, headers=tools_server.admin)
         assert gone.status_code == 200 and "removed successfully" in gone.text
     with pytest.raises(openai.NotFoundError):
