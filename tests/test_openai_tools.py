@@ -131,7 +131,7 @@ def test_a_lora_adapter_is_chosen_by_model(tools_server: Server, oai: openai.Ope
     base, adapted = ids(MODEL), ids("ad1")
     assert base != adapted and ids("ad1") == adapted  # the adapter changes the text, the same way each time
     other = build_tiny_lora(tiny_model, str(tmp_path_factory.mktemp("lora2")), seed=1)
-    with tools_server.client(timeout=60) as c:
+    with tools_server.client(keyed=False, timeout=60) as c:
         body = {"lora_name": "ad2", "lora_path": other}
         assert c.post("/v1/load_lora_adapter", json=body).status_code == 401  # behind the admin token
         loaded = c.post("/v1/load_lora_adapter", json=body, headers=tools_server.admin)
