@@ -39,10 +39,6 @@ class Advance:
     starts: tuple[Start, ...] = ()
     cancels: tuple[str, ...] = ()  # job ids to cancel (the pipeline ended under them)
 
-    @property
-    def changed(self) -> bool:
-        return bool(self.starts or self.cancels)
-
 
 def deadline_at(p: Pipeline) -> float | None:
     return None if p.spec.deadline_s is None else p.created_at + p.spec.deadline_s

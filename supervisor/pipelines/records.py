@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
@@ -54,8 +55,6 @@ class StepRecord:
         """What ``{{name}}`` stands for: the text of a plain step, the JSON list of a map step's outputs."""
         if self.items is None:
             return self.outputs[0] if self.outputs else ""
-        import json
-
         return json.dumps(list(self.outputs))
 
 

@@ -8,6 +8,7 @@ JSON list. ``affinity: "a"`` runs the step where step a ran when that engine (el
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
@@ -75,8 +76,6 @@ class PipelineSpec:
 
 def item_text(item: Any) -> str:
     """A map item as it goes into ``{{item}}``: a string as is, anything else as JSON."""
-    import json
-
     return item if isinstance(item, str) else json.dumps(item)
 
 
