@@ -81,8 +81,9 @@ def respect_min_tokens(body: object) -> dict | None:
 
 def respect_pipeline_rules(body: object) -> dict | None:
     """A pipeline's rules between steps (unique names, ``after`` naming steps that exist, no cycle, placeholders and
-    map sources among a step's ``after``, affinity to one of them) are not JSON Schema either (the spec says them in
-    words): a generated body is returned with each step standing alone. Breaking them is a 422
+    map sources among a step's ``after``, affinity to one of them, ``fn`` naming a function the server registered)
+    are not JSON Schema either (the spec says them in words): a generated body is returned with each step standing
+    alone, a prompt step (the fuzz server registers no function). Breaking them is a 422
     (tests/test_pipelines.py, tests/test_pipelines_plan.py)."""
     if not isinstance(body, dict) or not isinstance(body.get("steps"), list):
         return None
@@ -90,7 +91,7 @@ def respect_pipeline_rules(body: object) -> dict | None:
     for i, step in enumerate(body["steps"]):
         if not isinstance(step, dict):
             return None
-        alone = {k: v for k, v in step.items() if k not in ("after", "affinity", "pool", "map", "map_concurrency")}
+        alone = {k: v for k, v in step.items() if k not in ("after", "affinity", "pool", "map", "map_concurrency", "fn")}
         if isinstance(step.get("map"), list):
             alone["map"] = step["map"]
             if "map_concurrency" in step:
