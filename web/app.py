@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from llmsup.supervisor import __version__
+from llmsup.supervisor.metrics.loop_lag import LoopLag
 from llmsup.supervisor.rundir import prepare_run_dir, write_private
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
@@ -34,6 +35,7 @@ from llmsup.web.hosts import HostAllowlist, allowed_hosts, is_wildcard
 from llmsup.web.limits import BodySizeLimit, StreamSlots
 from llmsup.web.listing import SharedCounts
 from llmsup.web.metrics import HTTPMetrics, WebMetrics
+from llmsup.web.schema_check import SchemaChecker
 from llmsup.web.schemas import Health
 
 log = logging.getLogger("llmsup.web")
@@ -63,10 +65,13 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
         if retention.enabled(settings) and (owned or sup.started):
             pruner = asyncio.ensure_future(retention.prune_forever(sup.store, settings, sup.clock))
         warm_tokenizer = asyncio.ensure_future(tokens.warm(sup))
+        loop_lag = asyncio.ensure_future(LoopLag.of(sup.metrics.registry).run())
         try:
             yield
         finally:
             warm_tokenizer.cancel()
+            loop_lag.cancel()
+            app.state.schema_checker.close()
             if pruner is not None:
                 pruner.cancel()
                 await asyncio.gather(pruner, return_exceptions=True)
@@ -77,6 +82,7 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
     app = FastAPI(title="llmsup", version=__version__, lifespan=lifespan,
                   description="LLM job supervisor on IPyParallel: deadlines that really free the engine.")
     errors.install(app)
+    app.state.schema_checker = SchemaChecker()  # its worker process starts with the first schema
     app.state.stream_slots = StreamSlots(settings.sse_max_per_owner, settings.sse_max_total)
     app.state.live_counts = SharedCounts()
     app.state.live_reads = live.SharedStatusReads()

@@ -82,7 +82,8 @@ async def list_models(sup: SupervisorDep, principal: PrincipalDep) -> ModelList:
 async def completions(body: CompletionRequest, request: Request, sup: SupervisorDep, principal: PrincipalDep,
                       response: Response) -> Any:
     model = _check_model(sup, body.model)
-    plan = await plan_jobs(sup, principal, body, body.prompts(), add_special_tokens=body.add_special_tokens is not False,
+    plan = await plan_jobs(sup, principal, body, body.prompts(), request.app.state.schema_checker,
+                           add_special_tokens=body.add_special_tokens is not False,
                            prompt_logprobs=completion_prompt_logprobs(body))
     release = stream_slot(request, principal) if body.stream else None
     jobs = _submit(sup, plan, release)
@@ -130,9 +131,15 @@ async def completions(body: CompletionRequest, request: Request, sup: Supervisor
 async def chat_completions(body: ChatCompletionRequest, request: Request, sup: SupervisorDep,
                            principal: PrincipalDep, response: Response) -> Any:
     model = _check_model(sup, body.model)
-    prompt = render_chat(template_for(sup), body.messages, body.add_generation_prompt and not body.continue_final_message,
-                         bool(body.continue_final_message), body.chat_template_kwargs or {})
-    plan = await plan_jobs(sup, principal, body, [prompt], add_special_tokens=bool(body.add_special_tokens))
+    limit = sup.settings.max_prompt_chars  # the messages' size first: it bounds the rendering, done off the loop
+    if sum(len(m.text) for m in body.messages) > limit:
+        raise OpenAIHTTPError(400, f"messages longer than {limit} characters in all (max_prompt_chars)",
+                              param="messages")
+    prompt = await asyncio.to_thread(
+        render_chat, template_for(sup), body.messages, body.add_generation_prompt and not body.continue_final_message,
+        bool(body.continue_final_message), body.chat_template_kwargs or {})
+    plan = await plan_jobs(sup, principal, body, [prompt], request.app.state.schema_checker,
+                           add_special_tokens=bool(body.add_special_tokens))
     release = stream_slot(request, principal) if body.stream else None
     jobs = _submit(sup, plan, release)
     last = body.messages[-1]
