@@ -55,13 +55,13 @@ async def main(items: int, props: int) -> None:
         for name, schema in ((f"type: {items} mixed items", quadratic(items)), (f"{props} properties", wide(props))):
             text = json.dumps(schema)
 
-            async def on_loop() -> object:
+            async def on_loop(text: str = text) -> object:
                 return check_schema_text(text)
 
-            async def in_thread() -> object:
+            async def in_thread(text: str = text) -> object:
                 return await asyncio.to_thread(check_schema_text, text)
 
-            async def in_process() -> object:
+            async def in_process(text: str = text) -> object:
                 try:
                     return await checker.check(text)
                 except SchemaTooComplex as exc:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llmsup.engines.modelpath import looks_like_path
+
 log = logging.getLogger("llmsup.engine")
 SKIPPED = ("original/*", "*.gguf", "*.onnx", "onnx/*", "*.msgpack", "*.h5", "*.ot", "*.tflite", "coreml/*",
            "openvino/*", "*.mlmodel", "*.onnx_data")
@@ -41,8 +43,8 @@ def offline() -> bool:
 def fetch(model: str | None, report: Report, hub: Any = None) -> None:
     """Download ``model`` (a hub id) into the Hugging Face cache, calling ``report`` with the progress.
     ``hub``: the ``snapshot_download`` function (a stand-in in tests)."""
-    if not model or os.path.isdir(model) or offline():
-        return
+    if not model or os.path.isdir(model) or looks_like_path(model) or offline():
+        return  # a path that is not there: the backend's load says so
     if hub is None:
         try:
             from huggingface_hub import snapshot_download as hub

@@ -167,6 +167,10 @@ def init_engine(config: dict[str, Any]) -> dict[str, Any]:
         progress = StartProgress(log_file)
         progress.report("start", f"pid {os.getpid()} on {socket.gethostname()}, log file {log_file or '-'}")
         lower_priority(int(config.get("nice") or 0))
+        if config.get("backend") in ("transformers", "vllm"):
+            from llmsup.engines.modelpath import check_model_path
+
+            check_model_path(config.get("model"))  # before the backend's imports: a wrong path is said in a moment
         gpu = prepare_environment(config)
         backend = make_backend(config)
         t0 = time.monotonic()

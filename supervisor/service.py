@@ -1,15 +1,17 @@
-"""The supervisor process: the core (``core.py``) with its drivers and loops on one asyncio loop.
+"""The supervisor process: the core (``core/owner.py``) with its drivers and loops on one asyncio loop.
 
 This shell starts and stops what the core needs (job store, IPyParallel
 cluster, token stream, control channel), runs the loops that feed the core
-(dispatch, timers, health), and lets callers wait for a job to end. All
-decisions are the core's; every loop is supervised: an unexpected error is
+(dispatch, timers, health), and lets callers wait for a job to end. It reads
+the clocks and hands the core the moment of each call (the core reads none).
+All decisions are the core's; every loop is supervised: an unexpected error is
 logged and the loop goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins  # the method `list` shadows the builtin in the class body
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +23,7 @@ import zmq.asyncio
 from llmsup.engines import messages as wire
 from llmsup.engines import placement
 from llmsup.engines.messages import StreamEvent
+from llmsup.supervisor import runfiles
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.cluster.control import ControlChannel
 from llmsup.supervisor.cluster.curve import ChannelGate, ChannelKeys
@@ -29,9 +32,21 @@ from llmsup.supervisor.cluster.leftovers import ProcessLedger
 from llmsup.supervisor.cluster.manager import Channels, ClusterManager, listen_addresses
 from llmsup.supervisor.cluster.stream_reader import StreamReader
 from llmsup.supervisor.core import reports as ev
-from llmsup.supervisor.core.engine_state import EngineState, move
-from llmsup.supervisor.core.jobs import Job
+from llmsup.supervisor.core.driver import EngineDriver
+from llmsup.supervisor.core.engine_state import Engine, EngineState, move
+from llmsup.supervisor.core.events import EventHub
+from llmsup.supervisor.core.host_side import Host
+from llmsup.supervisor.core.jobs import Job, JobStatus
+from llmsup.supervisor.core.now import Now
 from llmsup.supervisor.core.owner import SupervisorCore
+from llmsup.supervisor.core.parts import Hooks
+from llmsup.supervisor.core.pool import EnginePool
+from llmsup.supervisor.core.requests import JobRequest, Submitted
+from llmsup.supervisor.core.running import RunningJob
+from llmsup.supervisor.core.start_failures import EngineStartFailed, give_up
+from llmsup.supervisor.metrics.prometheus import Metrics
+from llmsup.supervisor.pipelines.runner import PipelineRunner
+from llmsup.supervisor.pipelines.store import MemoryPipelineStore, SQLitePipelineStore
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import JobStore, SQLiteStore
 
@@ -39,10 +54,18 @@ log = logging.getLogger("llmsup.supervisor")
 DISPATCH_BATCH = 8  # jobs started per turn of the dispatch loop
 
 
-class Supervisor(SupervisorCore):
-    def __init__(self, settings: Settings, store: JobStore | None = None, clock: Callable[[], float] = time.time):
-        super().__init__(settings, store, clock=clock)
-        self.ledger = ProcessLedger(settings.run_dir / "processes.json")
+class Supervisor:
+    def __init__(self, settings: Settings, store: JobStore | None = None, clock: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock  # wall, for records
+        self.mono = mono  # monotonic, for deadlines, the ladder, beats
+        self.core = SupervisorCore(settings, store, hooks=Hooks(self._wake_dispatch, self._wake_timers,
+                                                                  self._on_settled))
+        self.pool: EnginePool = self.core.pool
+        self.hub: EventHub = self.core.hub
+        self.metrics: Metrics = self.core.metrics
+        self.ledger = ProcessLedger(settings.ledger_path)
         self.cluster = ClusterManager(settings, self.ledger)
         self._waiters: dict[str, list[asyncio.Future[Job]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -51,18 +74,90 @@ class Supervisor(SupervisorCore):
         self._owns_run_dir = False
         self.started = False
         self.stream_address = ""
+        self.pipelines = PipelineRunner(self, MemoryPipelineStore(), wake=self._wake_timers)
+
+    def now(self) -> Now:
+        """This moment, as the core takes it."""
+        return Now(self.mono(), self.clock())
+
+    # the core's state, as callers read it ---------------------------------------------
+    @property
+    def store(self) -> JobStore:
+        return self.core.store
+
+    @property
+    def driver(self) -> EngineDriver:
+        return self.core.driver
+
+    @property
+    def stopping(self) -> bool:
+        return self.core.stopping
+
+    @property
+    def hosts(self) -> dict[str, Host]:
+        return self.core.hosts
+
+    # the core's operations, at this moment --------------------------------------------
+    def submit(self, req: JobRequest) -> Submitted:
+        return self.core.submit(req, self.now())
+
+    def get(self, job_id: str) -> Job:
+        return self.core.get(job_id)
+
+    def list(self, statuses: builtins.list[JobStatus] | None = None, owner: str | None = None, limit: int = 100,
+             offset: int = 0) -> builtins.list[Job]:
+        return self.core.list(statuses, owner, limit, offset)
+
+    def cancel(self, job_id: str, note: str = "cancelled by user") -> Job:
+        return self.core.cancel(job_id, self.now(), note)
+
+    def kill(self, job_id: str) -> Job:
+        return self.core.kill(job_id, self.now())
+
+    def running_job(self, job_id: str) -> RunningJob | None:
+        return self.core.running_job(job_id)
+
+    def report(self, event: ev.Report) -> None:
+        """The drivers' sink: the event, at the moment it is handled."""
+        self.core.report(event, self.now())
+
+    def expected_engines(self) -> int:
+        return self.core.expected_engines()
+
+    def engine_views(self) -> builtins.list[dict[str, Any]]:
+        return self.core.engine_views(self.now())
+
+    def host_views(self) -> builtins.list[dict[str, Any]]:
+        return self.core.host_views(self.now())
+
+    def find_engine(self, engine_id: int) -> Engine:
+        return self.core.find_engine(engine_id)
+
+    def interrupt_engine(self, engine_id: int) -> builtins.list[str]:
+        return self.core.interrupt_engine(engine_id, self.now())
+
+    def restart_engine(self, engine_id: int) -> builtins.list[str]:
+        return self.core.restart_engine(engine_id, self.now())
+
+    def drain_engine(self, engine_id: int, drain: bool = True) -> None:
+        self.core.drain_engine(engine_id, drain)
+
+    def update_gauges(self) -> None:
+        self.core.update_gauges(self.now())
 
     # hooks of the core ---------------------------------------------------------------
-    def wake_dispatch(self) -> None:
+    def _wake_dispatch(self) -> None:
         self._wake.set()
 
-    def wake_timers(self) -> None:
+    def _wake_timers(self) -> None:
         self._timers_changed.set()
 
-    def on_settled(self, job: Job) -> None:
+    def _on_settled(self, job: Job) -> None:
         for fut in self._waiters.pop(job.id, []):
             if not fut.done():
                 fut.set_result(job)
+        if job.pipeline is not None:  # its pipeline goes on after this settlement is done, not inside it
+            asyncio.get_running_loop().call_soon(lambda: self.pipelines.on_job_settled(job, self.clock()))
 
     # lifecycle -------------------------------------------------------------------------
     async def start(self, wait_for_engines: bool = True) -> None:
@@ -78,9 +173,12 @@ class Supervisor(SupervisorCore):
         s.run_dir.mkdir(parents=True, exist_ok=True)
         self.ledger.claim()  # refuses a run directory a live supervisor owns
         self._owns_run_dir = True
-        if self._store is None:
-            self._store = SQLiteStore(s.db_path)
-        self.recover(self.clock())
+        if not self.core.has_store:
+            self.core.store = SQLiteStore(s.db_path)
+        self.core.recover(self.now())
+        if isinstance(self.core.store, SQLiteStore):
+            self.pipelines.store = SQLitePipelineStore(s.run_dir / runfiles.PIPELINE_STORE)
+        self.pipelines.recover(self.clock())
         self._zmq = zmq.asyncio.Context()
         # llmsup's channels: CURVE, and only peers with the client keys (our engines, join agents) get in
         self.keys = ChannelKeys.generate()
@@ -92,35 +190,40 @@ class Supervisor(SupervisorCore):
         self.cluster.channels = Channels(self.stream_address, self.control.address, self.keys)
         await self.cluster.start()
         driver = ClusterDriver(s, self.cluster, self.ledger, self.report, self.control)
-        self.driver = driver
-        self.configure_engines(dict(s.for_engines(), stream_address=self.stream_address,
+        self.core.driver = driver
+        self.core.configure_engines(dict(s.for_engines(), stream_address=self.stream_address,
                                     channel_keys=self.keys.for_clients()),
                                placement.detect_gpu_count() if self.cluster.local else 0)
         for name, loop in (("token stream", self.stream.run), ("dispatch", self._dispatch_loop),
                            ("timers", self._timer_loop), ("health", self._health_loop),
                            ("control channel", lambda: self.control.receive(driver.on_hello, driver.on_host))):
             self._spawn(self._supervised(name, loop))
-        self.start_engines(s.engines)
+        self.core.start_engines(s.engines, self.now())
         self.started = True
         if wait_for_engines:
             await self.wait_for_engines(self.expected_engines(), s.engine_start_timeout_s)
-        log.info("supervisor ready: %d engines, backend %s", len(self.pool.serving()), self.engine_config["backend"])
+        log.info("supervisor ready: %d engines, backend %s", len(self.pool.serving()),
+                 self.core.engine_config["backend"])
 
     async def wait_for_engines(self, n: int, timeout: float) -> None:
         """Until ``n`` engines serve; ``TimeoutError`` once ``timeout`` has passed since the start and since the
-        latest start progress of any engine (a model still downloading keeps the wait going)."""
-        start = time.monotonic()
+        latest start progress of any engine (a model still downloading keeps the wait going);
+        ``EngineStartFailed`` when no engine can load the model (``core/start_failures.py``)."""
+        start = self.mono()
         while len(self.pool.serving()) < n:
-            if time.monotonic() - max(start, self.last_engine_progress) > timeout:
+            error = give_up(self.core.start_failures, n, len(self.pool.serving()))
+            if error is not None:
+                raise EngineStartFailed(error)
+            if self.mono() - max(start, self.core.last_engine_progress) > timeout:
                 raise TimeoutError(f"only {len(self.pool.serving())} of {n} engines ready after {timeout}s")
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         """Stop every process this supervisor started; safe after a partial start."""
-        if self.stopping:
+        if self.core.stopping:
             return
-        self.stopping = True
-        busy = self.requeue_all("supervisor stopped") if self._store is not None else set()
+        self.core.stopping = True
+        busy = self.core.requeue_all("supervisor stopped", self.now()) if self.core.has_store else set()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -138,11 +241,13 @@ class Supervisor(SupervisorCore):
         if hasattr(self, "_zmq"):
             self._zmq.term()
         self.hub.close_all()
-        if self._store is not None:
-            self._store.close()
+        self.pipelines.hub.close_all()
+        self.pipelines.store.close()
+        if self.core.has_store:
+            self.store.close()
 
     def ready(self) -> bool:
-        return self.started and super().ready()
+        return self.started and self.core.ready()
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
         job = self.get(job_id)
@@ -176,7 +281,7 @@ class Supervisor(SupervisorCore):
             self._wake.clear()
             started = 0
             try:  # a batch at a time: with many engines free at once, timers and reads get turns in between
-                started = self.dispatch_ready(self.mono(), limit=DISPATCH_BATCH)
+                started = self.core.dispatch_ready(self.now(), limit=DISPATCH_BATCH)
             except Exception:  # dispatch must go on: log, and try again at the next wake-up
                 log.exception("dispatch failed")
             if started == DISPATCH_BATCH:
@@ -188,9 +293,12 @@ class Supervisor(SupervisorCore):
         """Deadlines and ladder steps: the core's tick at its next wake-up."""
         while not self.stopping:
             self._timers_changed.clear()
-            now = self.mono()
-            self.tick(now)
-            wake = self.next_wakeup()
+            now = self.now()
+            self.core.tick(now)
+            due = self.pipelines.next_deadline()
+            if due is not None and due <= now.wall:
+                self.pipelines.tick(now.wall)
+            wake = self.core.next_wakeup()
             delay = 0.25 if wake is None else min(0.25, max(0.0, wake - self.mono()))
             if delay > 0:
                 await _wait_event(self._timers_changed, delay)
@@ -201,12 +309,12 @@ class Supervisor(SupervisorCore):
             try:
                 if isinstance(self.driver, ClusterDriver):
                     self.driver.poll()
-                now = self.mono()
-                self.check_beats(now)
-                self.check_hosts(now)
-                self.reconcile(now)
-                self.expire_queued(self.clock())
-                self.update_gauges()
+                now = self.now()
+                self.core.check_beats(now)
+                self.core.check_hosts(now)
+                self.core.reconcile(now)
+                self.core.expire_queued(now)
+                self.core.update_gauges(now)
             except Exception:  # one bad tick must not stop supervision
                 log.exception("health tick failed")
             await asyncio.sleep(period)

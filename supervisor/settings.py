@@ -18,6 +18,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from llmsup.supervisor import runfiles
+
 BackendName = Literal["auto", "sim", "transformers", "vllm"]
 DType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -25,6 +27,7 @@ ENV_PREFIX = "LLMSUP_"
 
 # help panels of `llmsup serve --help`
 SERVER, ENGINES, MODEL, JOBS, SECURITY = "Server", "Engines", "Model", "Jobs and deadlines", "Security"
+FRONTEND = "HTTP server (vLLM's API server flags)"
 # LLMSUP_* variables read elsewhere than by Settings (not misspelt settings)
 OTHER_VARIABLES = {
     "LLMSUP_CONFIG": "the TOML settings file",
@@ -160,6 +163,22 @@ class Settings(BaseSettings):
         None, description="chat template for /v1/chat/completions: a Jinja file's path, or the template itself; "
         "default: the model's own", json_schema_extra=cli(MODEL),
     )
+    chat_template_content_format: Literal["auto", "string", "openai"] = Field(
+        "auto", description="how message content reaches the chat template: a string, or OpenAI's list of parts; "
+        "auto: as the template reads it (vLLM's rule)", json_schema_extra=cli(MODEL),
+    )
+    trust_request_chat_template: bool = Field(False, description="let a chat request bring its own chat_template "
+                                              "(else such a request is a 400)", json_schema_extra=cli(MODEL))
+    enable_auto_tool_choice: bool = Field(False, description="tool_choice auto: the model decides to call tools "
+                                          "(needs tool_call_parser)", json_schema_extra=cli(MODEL))
+    tool_call_parser: str | None = Field(
+        None, description="vLLM's tool-call parser for the model's output (hermes, llama3_json, mistral, pythonic, "
+        "...); needed for tool_choice auto, required or a named function", json_schema_extra=cli(MODEL),
+    )
+    reasoning_parser: str | None = Field(
+        None, description="vLLM's reasoning parser (deepseek_r1, qwen3, ...): the model's reasoning goes to "
+        "reasoning_content, not content", json_schema_extra=cli(MODEL),
+    )
     hf_home: Path | None = Field(
         None, description="Hugging Face home for the engines (model cache and hub token), e.g. .llmsup/huggingface "
         "to keep downloads in the run directory; unset: the user's own (HF_HOME, else ~/.cache/huggingface)",
@@ -213,7 +232,7 @@ class Settings(BaseSettings):
     # web
     host: str = Field("127.0.0.1", description="address the web app binds", json_schema_extra=cli(SERVER))
     port: int = Field(8000, ge=0, le=65535, description="port of the web app", json_schema_extra=cli(SERVER))
-    run_dir: Path = Field(Path(".llmsup"), description="SQLite store, IPyParallel files, caches, tokens, logs",
+    run_dir: Path = Field(Path(runfiles.DEFAULT_RUN_DIR), description="SQLite store, IPyParallel files, caches, tokens, logs",
                           json_schema_extra=cli(SERVER))
     stream_bind: str = Field("tcp://127.0.0.1", description="where engines send tokens (an address engines reach); "
                              "with a cluster_ip other than loopback, that address",
@@ -230,13 +249,15 @@ class Settings(BaseSettings):
         json_schema_extra=cli(SECURITY),
     )
     api_keys: SecretStr | None = Field(
-        None, description="API keys for job routes, comma-separated 'key' or 'owner:key'",
+        None, description="API keys, comma-separated 'key' or 'owner:key' (also read from VLLM_API_KEY)",
         json_schema_extra=cli(SECURITY, "--api-key"),
     )
     api_keys_file: Path | None = Field(None, description="file of API keys, one 'key' or 'owner:key' a line",
                                        json_schema_extra=cli(SECURITY))
     require_api_keys: Literal["auto", "on", "off"] = Field(
-        "auto", description="job routes need an API key: auto = only when bound to a non-loopback address",
+        "auto", description="every route but health, version and the dashboard needs an API key, on any bind: the "
+        "keys given, else (auto, on) one generated into <run-dir>/api_key; off: no key (vLLM's open mode; the Host "
+        "header is then checked against allowed_hosts)",
         json_schema_extra=cli(SECURITY),
     )
     max_body_bytes: int = Field(2_000_000, ge=1024, description="request bodies above this get 413",
@@ -280,6 +301,49 @@ class Settings(BaseSettings):
     retain_jobs: int = Field(0, ge=0, description="keep at most this many finished jobs, newest first (0: all)",
                              json_schema_extra=cli(JOBS))
 
+    # vLLM's API server flags, same names and meanings (the rest of vLLM's flags: supervisor/cli/vllm_flags.py)
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="CORS: origins a browser page may call from, as a JSON list (vLLM's "
+        "form, e.g. '[\"*\"]') or comma-separated; none: no CORS headers", json_schema_extra=cli(FRONTEND),
+    )
+    allowed_methods: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"], description="CORS: methods allowed (with allowed_origins)",
+        json_schema_extra=cli(FRONTEND),
+    )
+    allowed_headers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"], description="CORS: request headers allowed (with allowed_origins)",
+        json_schema_extra=cli(FRONTEND),
+    )
+    allow_credentials: bool = Field(False, description="CORS: allow credentials (with allowed_origins)",
+                                    json_schema_extra=cli(FRONTEND))
+    ssl_keyfile: Path | None = Field(None, description="TLS: the private key file (with ssl_certfile: HTTPS)",
+                                     json_schema_extra=cli(FRONTEND))
+    ssl_certfile: Path | None = Field(None, description="TLS: the certificate file", json_schema_extra=cli(FRONTEND))
+    ssl_ca_certs: Path | None = Field(None, description="TLS: CA certificates to verify clients with",
+                                      json_schema_extra=cli(FRONTEND))
+    ssl_cert_reqs: int = Field(0, ge=0, le=2, description="TLS: client certificates (0 none, 1 optional, 2 required; "
+                               "Python's ssl.CERT_*)", json_schema_extra=cli(FRONTEND))
+    root_path: str = Field("", description="path prefix the server is reached under behind a proxy (ASGI root_path)",
+                           json_schema_extra=cli(FRONTEND))
+    uvicorn_log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] | None = Field(
+        None, description="uvicorn's log level; default: log_level", json_schema_extra=cli(FRONTEND),
+    )
+    disable_uvicorn_access_log: bool = Field(False, description="no access log line per HTTP request",
+                                             json_schema_extra=cli(FRONTEND))
+    enable_request_id_headers: bool = Field(
+        False, description="answers carry X-Request-Id (the request's own, else a new one)",
+        json_schema_extra=cli(FRONTEND),
+    )
+    enable_log_requests: bool = Field(
+        False, description="log each job's prompt and sampling parameters when it is submitted (off: only its id, "
+        "deadline and size)",
+        json_schema_extra=cli(FRONTEND, "--enable-log-requests/--disable-log-requests", " /--no-enable-log-requests"),
+    )
+    max_log_len: int | None = Field(None, ge=0, description="characters of a prompt logged by enable_log_requests "
+                                    "(default: all)", json_schema_extra=cli(FRONTEND))
+    disable_fastapi_docs: bool = Field(False, description="no /docs, /redoc, /openapi.json",
+                                       json_schema_extra=cli(FRONTEND))
+
     @classmethod
     def settings_customise_sources(
         cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -288,11 +352,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, AliasEnvironment(settings_cls)
 
-    @field_validator("allowed_hosts", "hosts", mode="before")
+    @field_validator("allowed_hosts", "hosts", "allowed_origins", "allowed_methods", "allowed_headers", mode="before")
     @classmethod
     def _split_hosts(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [name.strip() for name in value.split(",") if name.strip()]
+            return split_list(value)
         return value
 
     @field_validator("log_level", mode="before")
@@ -309,10 +373,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
+        if (self.ssl_keyfile is None) != (self.ssl_certfile is None):
+            raise ValueError("TLS needs both ssl_keyfile and ssl_certfile")
         if self.kill_grace_s < self.interrupt_grace_s:
             raise ValueError("kill_grace_s must be >= interrupt_grace_s")
         if self.deadline_s > self.max_deadline_s:
             raise ValueError("deadline_s must be <= max_deadline_s")
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("enable_auto_tool_choice needs tool_call_parser (--tool-call-parser NAME)")
         if self.engine_launcher == "ssh" and not self.hosts:
             raise ValueError("engine_launcher ssh needs hosts (--hosts h1,h2)")
         return self
@@ -326,32 +394,32 @@ class Settings(BaseSettings):
 
     @property
     def db_path(self) -> Path:
-        return self.run_dir / "jobs.sqlite"
+        return self.run_dir / runfiles.JOB_STORE
 
     @property
     def ipython_dir(self) -> Path:
-        return self.run_dir / "ipython"
+        return self.run_dir / runfiles.IPYTHON_DIR
 
     @property
     def log_dir(self) -> Path:
-        return self.run_dir / "logs"
+        return self.run_dir / runfiles.LOG_DIR
 
     # files in the run directory (all 0600, the directory 0700: supervisor/rundir.py)
     @property
     def admin_token_path(self) -> Path:
-        return self.run_dir / "admin_token"
+        return self.run_dir / runfiles.ADMIN_TOKEN
 
     @property
     def api_key_path(self) -> Path:
-        return self.run_dir / "api_key"
+        return self.run_dir / runfiles.API_KEY
 
     @property
     def server_file(self) -> Path:
-        return self.run_dir / "server.json"
+        return self.run_dir / runfiles.SERVER_FILE
 
     @property
     def ledger_path(self) -> Path:
-        return self.run_dir / "processes.json"
+        return self.run_dir / runfiles.PROCESSES
 
     def resolved_backend(self) -> str:
         if self.backend != "auto":
@@ -394,6 +462,20 @@ class Settings(BaseSettings):
             "log_level": self.log_level,
             "log_format": self.log_format,
         }
+
+
+def split_list(text: str) -> list[str]:
+    """A list setting's text: a JSON list (vLLM's form, ``'["a", "b"]'``), else comma-separated."""
+    import json
+
+    if text.strip().startswith("["):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if isinstance(value, list):
+            return [str(item) for item in value]
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _is_inline_template(value: str) -> bool:
@@ -448,26 +530,55 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     return warnings
 
 
-def load_settings(config_file: Path | None = None, **given: Any) -> Settings:
-    """Settings from CLI values (``given``, None = not given) > ``LLMSUP_*`` environment > TOML file > defaults.
+def config_path(config_file: Path | None = None) -> Path | None:
+    """The settings file: ``config_file``, else ``$LLMSUP_CONFIG``, else none."""
+    return config_file or (Path(os.environ["LLMSUP_CONFIG"]) if os.environ.get("LLMSUP_CONFIG") else None)
 
-    The file is ``config_file``, else ``$LLMSUP_CONFIG``; its keys are the setting names (or their aliases, e.g.
-    ``tensor_parallel_size``), at the top level or under ``[llmsup]``.
-    """
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A settings file's values, keys with underscores: TOML (top level or ``[llmsup]``), or YAML as ``vllm serve
+    --config`` reads it (``.yaml`` / ``.yml``, or a file that is not TOML); keys may be written with dashes."""
     import tomllib
 
+    import yaml
+
+    text = path.read_text()
+    data: Any
+    if path.suffix.lower() in (".yaml", ".yml"):
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = tomllib.loads(text)
+            data = data.get("llmsup", data)
+        except tomllib.TOMLDecodeError as toml_error:
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise ValueError(f"{path}: neither TOML ({toml_error}) nor YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a table of settings (KEY = VALUE, or KEY: VALUE)")
+    return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def load_settings(config_file: Path | None = None, file_values: dict[str, Any] | None = None,
+                  **given: Any) -> Settings:
+    """Settings from CLI values (``given``, None = not given) > ``LLMSUP_*`` environment > config file > defaults.
+
+    The file is ``config_file``, else ``$LLMSUP_CONFIG`` (:func:`read_config`: TOML or YAML); its keys are the setting
+    names (or their aliases, e.g. ``tensor_parallel_size``). ``file_values``: the file's values read already.
+    """
     from pydantic_settings import InitSettingsSource
 
-    path = config_file or (Path(os.environ["LLMSUP_CONFIG"]) if os.environ.get("LLMSUP_CONFIG") else None)
-    file_values: dict[str, Any] = {}
-    if path is not None:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-        aliases = setting_aliases()
-        file_values = {aliases.get(key, key): value for key, value in data.get("llmsup", data).items()}
-        unknown = set(file_values) - set(Settings.model_fields)
-        if unknown:
-            raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+    path = config_path(config_file)
+    if file_values is None:
+        file_values = read_config(path) if path is not None else {}
+    aliases = setting_aliases()
+    from_file = {aliases.get(key, key): value for key, value in file_values.items()}
+    unknown = set(from_file) - set(Settings.model_fields)
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
 
     class _FromFile(Settings):
         model_config = SettingsConfigDict(title="llmsup settings")
@@ -479,7 +590,7 @@ def load_settings(config_file: Path | None = None, **given: Any) -> Settings:
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             return (init_settings, env_settings, AliasEnvironment(settings_cls),
-                    InitSettingsSource(settings_cls, init_kwargs=file_values))
+                    InitSettingsSource(settings_cls, init_kwargs=from_file))
 
     values = _FromFile(**{k: v for k, v in given.items() if v is not None})
     return Settings.model_construct(**values.model_dump())

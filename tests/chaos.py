@@ -102,7 +102,7 @@ class Chaos:
         end = time.monotonic() + 120
         while True:
             try:
-                with httpx.Client(base_url=self.server.url, timeout=10) as http:
+                with self.server.client(timeout=10) as http:
                     return http.request(method, path, **kw)
             except (httpx.TransportError, OSError):
                 if time.monotonic() > end:

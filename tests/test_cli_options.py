@@ -24,13 +24,10 @@ pytestmark = pytest.mark.timeout(30)
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Settings]:
     """``llmsup serve`` runs up to the web server, which is not started: the settings it would serve with."""
-    import uvicorn
-
-    from llmsup.web import app as web_app
+    from llmsup.supervisor.cli import serving
 
     seen: list[Settings] = []
-    monkeypatch.setattr(web_app, "create_app", lambda settings: seen.append(settings) or "app")
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    monkeypatch.setattr(serving, "main", lambda settings, make_app: seen.append(settings))
     monkeypatch.setattr(logsetup, "configure", lambda level, kind: None)
     monkeypatch.chdir(tmp_path)
     for name in [n for n in __import__("os").environ if n.startswith("LLMSUP_")]:

@@ -19,7 +19,7 @@ MODEL = "tiny-hf"
 def oai(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Iterator[openai.OpenAI]:  # noqa: F811
     with (serving(tmp_path_factory.mktemp("oai-hf"), engines=1, backend="transformers", start_timeout_s=240,
                   model=tiny_model, served_model_name=MODEL, standby=0, engine_start_timeout_s=200) as server,
-          openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120) as client):
+          openai.OpenAI(base_url=server.url + "/v1", api_key=server.api_key, max_retries=0, timeout=120) as client):
         yield client
 
 

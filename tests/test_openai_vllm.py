@@ -8,7 +8,6 @@ import json
 import pathlib
 from collections.abc import Iterator
 
-import httpx
 import openai
 import pytest
 
@@ -30,7 +29,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> It
 
 @pytest.fixture(scope="module")
 def oai(vllm_server: Server) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=vllm_server.url + "/v1", api_key="unused", max_retries=0, timeout=120) as client:
+    with openai.OpenAI(base_url=vllm_server.url + "/v1", api_key=vllm_server.api_key, max_retries=0, timeout=120) as client:
         yield client
 
 
@@ -183,7 +182,7 @@ def test_deadline_extension_streams_a_timeout(oai: openai.OpenAI) -> None:
 
 
 def test_serving_routes(vllm_server: Server) -> None:
-    with httpx.Client(base_url=vllm_server.url, timeout=30) as c:
+    with vllm_server.client() as c:
         assert c.get("/health").status_code == 200
         assert c.get("/v1/models").json()["data"][0]["max_model_len"] == 2048
 
@@ -192,7 +191,7 @@ def test_langchain_openai_unchanged(vllm_server: Server) -> None:
     from langchain_core.messages import HumanMessage
     from langchain_openai import ChatOpenAI, OpenAI
 
-    chat = ChatOpenAI(base_url=vllm_server.url + "/v1", api_key="unused", model=MODEL, max_tokens=6,
+    chat = ChatOpenAI(base_url=vllm_server.url + "/v1", api_key=vllm_server.api_key, model=MODEL, max_tokens=6,
                       temperature=0.0, max_retries=0, extra_body={"ignore_eos": True})
     message = chat.invoke("hello")
     assert message.response_metadata["finish_reason"] == "length"
@@ -201,17 +200,17 @@ def test_langchain_openai_unchanged(vllm_server: Server) -> None:
     assert streamed == message.content
     with_lp = chat.bind(logprobs=True, top_logprobs=2).invoke("hello")
     assert len(with_lp.response_metadata["logprobs"]["content"]) == 6
-    several = ChatOpenAI(base_url=vllm_server.url + "/v1", api_key="unused", model=MODEL, max_tokens=4, n=2,
+    several = ChatOpenAI(base_url=vllm_server.url + "/v1", api_key=vllm_server.api_key, model=MODEL, max_tokens=4, n=2,
                          temperature=1.0, max_retries=0).generate([[HumanMessage("hi")]])
     assert len(several.generations[0]) == 2
-    plain = ChatOpenAI(base_url=vllm_server.url + "/v1", api_key="unused", model=MODEL, max_tokens=20, max_retries=0)
+    plain = ChatOpenAI(base_url=vllm_server.url + "/v1", api_key=vllm_server.api_key, model=MODEL, max_tokens=20, max_retries=0)
     schema = {"type": "string", "enum": ["red", "green", "blue"]}
     colour = plain.bind(response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}})
     assert json.loads(str(colour.invoke("a colour").content)) in schema["enum"]  # JSON schema, through langchain
-    timed = ChatOpenAI(base_url=vllm_server.url + "/v1", api_key="unused", model=MODEL, max_tokens=2000,
+    timed = ChatOpenAI(base_url=vllm_server.url + "/v1", api_key=vllm_server.api_key, model=MODEL, max_tokens=2000,
                        max_retries=0, extra_body={"timeout": 0.5, "ignore_eos": True}).invoke("go")
     assert timed.response_metadata["finish_reason"] == "timeout"
-    legacy = OpenAI(base_url=vllm_server.url + "/v1", api_key="unused", model=MODEL, max_tokens=3, max_retries=0)
+    legacy = OpenAI(base_url=vllm_server.url + "/v1", api_key=vllm_server.api_key, model=MODEL, max_tokens=3, max_retries=0)
     assert isinstance(legacy.invoke("The story"), str)
 
 
@@ -219,7 +218,7 @@ def test_async_openai_client(vllm_server: Server) -> None:
     import asyncio
 
     async def main() -> list[str]:
-        async with openai.AsyncOpenAI(base_url=vllm_server.url + "/v1", api_key="unused", max_retries=0) as client:
+        async with openai.AsyncOpenAI(base_url=vllm_server.url + "/v1", api_key=vllm_server.api_key, max_retries=0) as client:
             results = await asyncio.gather(*(client.completions.create(model=MODEL, prompt=f"p {i}", max_tokens=4)
                                              for i in range(4)))
         return [r.choices[0].finish_reason for r in results]

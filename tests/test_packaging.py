@@ -60,7 +60,8 @@ def test_installed_beside_supervisord_both_import_and_serve(wheel: Path, tmp_pat
     server = spawn("llmsup serve from the wheel", argv, port, tmp_path / "server.log", env, cwd=tmp_path)
     try:
         wait_ready(server, "/readyz", timeout=120)
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+        key = (tmp_path / "run" / "api_key").read_text().strip()  # where a client on this machine finds it
+        with httpx.Client(base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as http:
             job = http.post("/v1/jobs", json={"prompt": "hi", "max_tokens": 2}).json()
             done = http.get(f"/v1/jobs/{job['id']}?wait_s=20").json()
         assert done["status"] == "succeeded"

@@ -121,10 +121,10 @@ def test_serve_refuses_a_shared_run_dir_with_one_message(tmp_path: Path) -> None
 
 
 def test_serve_passes_connection_limits_to_uvicorn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvicorn
+    from llmsup.supervisor.cli import serving
 
     seen: dict[str, object] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(serving, "main", lambda settings, make_app: seen.update(serving.uvicorn_options(settings)))
     result = CliRunner().invoke(cli.app, ["serve", "--run-dir", str(tmp_path / "run"), "--backend", "sim",
                                           "--http-limit-concurrency", "77", "--http-backlog", "33"])
     assert result.exit_code == 0, result.output

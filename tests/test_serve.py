@@ -7,7 +7,6 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 
@@ -25,7 +24,7 @@ class Server:
         self.live = start_llmsup(run_dir, run_dir.parent, full_env, engines=engines, args=["--log-level", "warning"],
                                  ignore_sigint=ignore_sigint, log_name="serve")  # serve-N.log beside run_dir
         self.proc = self.live.proc
-        self.http = httpx.Client(base_url=self.live.url, timeout=10)
+        self.http = self.live.client(timeout=10)
 
     def tree(self) -> list[psutil.Process]:
         """Every process it started (its children, and engines and nannies in sessions of their own)."""

@@ -105,7 +105,8 @@ async def test_unknown_engines_and_jobs_are_404_and_a_queued_job_is_killed_at_on
 
 def test_hosts_list_the_servers_own_host_with_its_engines(server: Server) -> None:
     with server.client() as c:
-        assert c.get("/admin/hosts").status_code == 401
+        with server.client(keyed=False) as bare:
+            assert bare.get("/admin/hosts").status_code == 401
         hosts = c.get("/admin/hosts", headers=server.admin).json()["hosts"]
         assert len(hosts) == 1
         host = hosts[0]

@@ -127,11 +127,11 @@ def test_the_run_directory_is_private(keyed: Server) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
-def test_a_foreign_host_header_gets_400(keyed: Server) -> None:
+def test_with_keys_a_foreign_host_header_is_accepted_but_not_without_a_key(keyed: Server) -> None:
     with keyed.client() as c:
         for path in ("/healthz", "/v1/jobs", "/admin/engines"):
-            assert c.get(path, headers={"Host": "evil.example", **keyed.admin}).status_code == 400
-        assert c.get("/healthz", headers={"Host": "localhost"}).status_code == 200
+            assert c.get(path, headers={"Host": "llmsup.example", **keyed.admin}).status_code == 200
+        assert c.get("/v1/jobs", headers={"Host": "llmsup.example"}).status_code == 401
 
 
 def test_event_streams_per_owner_are_capped_until_one_closes(keyed: Server) -> None:
@@ -155,15 +155,28 @@ def test_event_streams_per_owner_are_capped_until_one_closes(keyed: Server) -> N
 # unit level ------------------------------------------------------------------------------------
 
 
-def test_keys_default_off_on_loopback_and_on_elsewhere(tmp_path: Path) -> None:
-    local = auth.Auth.from_settings(Settings(run_dir=tmp_path / "a", host="127.0.0.1"))
-    assert not local.keys_required
-    wide = auth.Auth.from_settings(Settings(run_dir=tmp_path / "b", host="0.0.0.0"))
-    assert wide.keys_required
-    key_file = tmp_path / "b" / "api_key"  # none configured: one is generated, readable by its owner only
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert wide.owner_of(key_file.read_text().strip()) == "default"
+def test_keys_are_required_on_loopback_too_with_a_generated_key_kept_across_restarts(tmp_path: Path) -> None:
+    local = auth.Auth.from_settings(Settings(run_dir=tmp_path, host="127.0.0.1"))
+    assert local.keys_required
+    key_file = tmp_path / "api_key"  # none configured: one is generated, readable by its owner only
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and local.key_file == key_file.resolve()
+    key = key_file.read_text().strip()
+    assert local.owner_of(key) == "default"
+    again = auth.Auth.from_settings(Settings(run_dir=tmp_path, host="0.0.0.0"))  # a restart: the same key
+    assert again.owner_of(key) == "default" and key_file.read_text().strip() == key
+    given = auth.Auth.from_settings(Settings(run_dir=tmp_path, api_keys="sk-x"))
+    assert given.owner_of("sk-x") and given.owner_of(key) is None and given.key_file is None
+    assert not key_file.exists()  # the generated key is void once keys are given: no client sends it
     assert auth.is_loopback("::1") and auth.is_loopback("localhost") and not auth.is_loopback("10.0.0.1")
+
+
+def test_keys_off_is_open_mode_and_vllm_api_key_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not auth.Auth.from_settings(Settings(run_dir=tmp_path / "a", require_api_keys="off")).keys_required
+    monkeypatch.setenv("VLLM_API_KEY", "sk-from-env")
+    env = auth.Auth.from_settings(Settings(run_dir=tmp_path / "b"))
+    assert env.keys_required and env.owner_of("sk-from-env") and env.key_file is None
+    flag = auth.Auth.from_settings(Settings(run_dir=tmp_path / "c", api_keys="sk-flag"))  # the flag wins
+    assert flag.owner_of("sk-flag") and flag.owner_of("sk-from-env") is None
 
 
 def test_configured_admin_token_is_used_and_not_written(tmp_path: Path) -> None:

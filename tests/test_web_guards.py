@@ -68,6 +68,13 @@ async def guarded(tmp_path: Path) -> AsyncIterator[App]:
         yield app
 
 
+@pytest.fixture
+async def keyless(tmp_path: Path) -> AsyncIterator[App]:
+    """Keys off (vLLM's open mode): the Host header guard is on."""
+    async for app in open_app(tmp_path / "run", require_api_keys="off"):
+        yield app
+
+
 async def submit(a: App, headers: dict[str, str], **body: Any) -> httpx.Response:
     return await a.http.post("/v1/jobs", headers=headers, json={"prompt": "x", **body})
 
@@ -77,17 +84,25 @@ async def submit(a: App, headers: dict[str, str], **body: Any) -> httpx.Response
 
 @pytest.mark.parametrize("path", ["/healthz", "/metrics", "/v1/jobs", "/v1/models", "/admin/engines", "/docs",
                                   "/dashboard", "/v1/events"])
-async def test_an_unknown_host_header_gets_400_on_every_route(guarded: App, path: str) -> None:
-    resp = await guarded.http.get(path, headers={"Host": "evil.example", **guarded.admin})
+async def test_an_unknown_host_header_gets_400_on_every_route_when_keys_are_off(keyless: App, path: str) -> None:
+    resp = await keyless.http.get(path, headers={"Host": "evil.example", **keyless.admin})
     assert resp.status_code == 400 and "Host" in resp.text
-    post = await guarded.http.post("/v1/jobs", headers={"Host": "evil.example:8000", **guarded.admin},
+    post = await keyless.http.post("/v1/jobs", headers={"Host": "evil.example:8000", **keyless.admin},
                                    json={"prompt": "x"})
-    assert post.status_code == 400 and guarded.sup.store.count(JobStatus.QUEUED) == 0  # nothing was created
+    assert post.status_code == 400 and keyless.sup.store.count(JobStatus.QUEUED) == 0  # nothing was created
+
+
+async def test_with_keys_any_host_is_accepted_and_the_key_still_needed(guarded: App) -> None:
+    """A Service or Ingress name reaches a keyed server; a rebinding page cannot, having no key."""
+    service = {"Host": "llmsup.default.svc.cluster.local:8000"}
+    assert (await guarded.http.get("/healthz", headers=service)).status_code == 200
+    assert (await submit(guarded, service)).status_code == 401
+    assert (await submit(guarded, {**service, **ALICE})).status_code == 202
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost", "LOCALHOST.:8000", "[::1]:8000", "127.0.0.2"])
-async def test_local_names_are_accepted(guarded: App, host: str) -> None:
-    assert (await guarded.http.get("/healthz", headers={"Host": host})).status_code == 200
+async def test_local_names_are_accepted(keyless: App, host: str) -> None:
+    assert (await keyless.http.get("/healthz", headers={"Host": host})).status_code == 200
 
 
 def test_host_allowlist_names() -> None:
@@ -110,10 +125,10 @@ def test_a_wildcard_bind_accepts_this_machines_addresses(monkeypatch: pytest.Mon
 
 
 async def test_allowed_hosts_setting_adds_names(tmp_path: Path) -> None:
-    async for a in open_app(tmp_path / "run", host="api.example", allowed_hosts="api.example"):
+    async for a in open_app(tmp_path / "run", host="api.example", allowed_hosts="api.example", require_api_keys="off"):
         assert (await a.http.get("/healthz")).status_code == 200
         assert (await a.http.get("/healthz", headers={"Host": "evil.example"})).status_code == 400
-    async for a in open_app(tmp_path / "run2", host="anything.example", allowed_hosts="*"):
+    async for a in open_app(tmp_path / "run2", host="anything.example", allowed_hosts="*", require_api_keys="off"):
         assert (await a.http.get("/healthz")).status_code == 200
 
 

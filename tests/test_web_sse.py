@@ -93,7 +93,7 @@ def test_a_stream_ends_with_its_client_and_leaves_the_job_alone(server: Server) 
     with server.client() as c:
         base = open_streams(c)
         job = c.post("/v1/jobs", json={"prompt": "silent [sim:hang]", "max_tokens": 50, "deadline_s": 30}).json()
-        with httpx.Client(base_url=server.url, timeout=30) as viewer:
+        with server.client() as viewer:
             with viewer.stream("GET", f"/v1/jobs/{job['id']}/events") as resp:
                 lines = resp.iter_lines()  # (dropping a half-read iterator closes the connection)
                 next(lines)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from llmsup.supervisor import __version__
 from llmsup.supervisor.metrics.loop_lag import LoopLag
@@ -26,22 +27,26 @@ from llmsup.web import (
     routes_admin,
     routes_jobs,
     routes_openai,
+    routes_pipelines,
     routes_serving,
     tokens,
 )
 from llmsup.web.auth import Auth
+from llmsup.web.chat_parsing import parsing_for
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.hosts import HostAllowlist, allowed_hosts, is_wildcard
 from llmsup.web.limits import BodySizeLimit, StreamSlots
 from llmsup.web.listing import SharedCounts
 from llmsup.web.metrics import HTTPMetrics, WebMetrics
+from llmsup.web.request_id import RequestIdHeaders
 from llmsup.web.schema_check import SchemaChecker
 from llmsup.web.schemas import Health
+from llmsup.web.serving_chat import parser_names
 
 log = logging.getLogger("llmsup.web")
 
 
-def create_app(settings: Settings | None = None, supervisor: Supervisor | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, supervisor: Supervisor | None = None) -> FastAPI:  # noqa: C901 - the factory's nested lifespan and health routes
     """Build the app. With ``supervisor`` given, its owner starts and stops it; otherwise the lifespan does."""
     settings = settings or (supervisor.settings if supervisor else Settings())
 
@@ -64,7 +69,7 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
         pruner = None
         if retention.enabled(settings) and (owned or sup.started):
             pruner = asyncio.ensure_future(retention.prune_forever(sup.store, settings, sup.clock))
-        warm_tokenizer = asyncio.ensure_future(tokens.warm(sup))
+        warm_tokenizer = asyncio.ensure_future(_warm(sup))
         loop_lag = asyncio.ensure_future(LoopLag.of(sup.metrics.registry).run())
         try:
             yield
@@ -79,17 +84,27 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
                 await sup.stop()
             _remove_server_file(settings)
 
+    docs = not settings.disable_fastapi_docs
     app = FastAPI(title="llmsup", version=__version__, lifespan=lifespan,
-                  description="LLM job supervisor on IPyParallel: deadlines that really free the engine.")
+                  description="LLM job supervisor on IPyParallel: deadlines that really free the engine.",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
     errors.install(app)
     app.state.schema_checker = SchemaChecker()  # its worker process starts with the first schema
     app.state.stream_slots = StreamSlots(settings.sse_max_per_owner, settings.sse_max_total)
     app.state.live_counts = SharedCounts()
     app.state.live_reads = live.SharedStatusReads()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(HostAllowlist, allowed=allowed_hosts(settings), wildcard_bind=is_wildcard(settings.host))
+    if settings.require_api_keys == "off":  # the DNS-rebinding guard: keyless, a browser's page could reach us
+        app.add_middleware(HostAllowlist, allowed=allowed_hosts(settings), wildcard_bind=is_wildcard(settings.host))
     app.add_middleware(HTTPMetrics)
-    for module in (routes_jobs, live, routes_openai, routes_serving, routes_admin, metrics, dashboard):
+    if settings.enable_request_id_headers:
+        app.add_middleware(RequestIdHeaders)
+    if settings.allowed_origins:  # CORS as vLLM's server: outermost, so that a preflight is answered first
+        app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
+                           allow_methods=settings.allowed_methods, allow_headers=settings.allowed_headers,
+                           allow_credentials=settings.allow_credentials)
+    for module in (routes_jobs, routes_pipelines, live, routes_openai, routes_serving, routes_admin, metrics, dashboard):
         app.include_router(module.router)
     openapi.install(app, settings)
 
@@ -118,3 +133,13 @@ def _write_server_file(settings: Settings) -> None:
 
 def _remove_server_file(settings: Settings) -> None:
     settings.server_file.unlink(missing_ok=True)
+
+
+async def _warm(sup: Supervisor) -> None:
+    """The tokenizer, then the chat parsers the server names (they import vLLM: seconds), before the first request
+    needs them."""
+    await tokens.warm(sup)
+    names = parser_names(sup)
+    if names.any:
+        tok = await tokens.tokenizer_for(tokens.served_model(sup))
+        await parsing_for(names, tok.tok if isinstance(tok, tokens.HFTokenizer) else None)

@@ -3,11 +3,13 @@
 - Admin routes always need ``Authorization: Bearer <admin token>``: missing -> 401, wrong -> 403. The token comes
   from ``LLMSUP_ADMIN_TOKEN``; without it a new one is generated at every start and written to
   ``<run-dir>/admin_token`` (mode 0600), whose path is logged.
-- Job routes (native and OpenAI) need an API key when keys are required: ``require_api_keys=on``, or ``auto``
-  and the server is bound to a non-loopback address. Keys come from ``LLMSUP_API_KEYS`` / ``api_keys_file``
-  (``key`` or ``owner:key``); if keys are required and none are configured, one is generated into
-  ``<run-dir>/api_key``. A key user sees and cancels only their own jobs; the admin token works as a key that
-  sees every job. Owner names are checked (``supervisor/core/requests.py: check_owner_name``) when keys are read.
+- Every route but the keyless ones (``/health``, ``/ping``, ``/version``, ``/healthz``, ``/readyz``, the dashboard's
+  files, and ``/metrics`` with ``metrics_open``) needs an API key, on every bind, loopback too, unless
+  ``require_api_keys=off`` (vLLM's open mode). Keys come from ``--api-key`` / ``LLMSUP_API_KEYS``, ``VLLM_API_KEY``
+  and ``api_keys_file`` (``key`` or ``owner:key``); with none given, one is generated into ``<run-dir>/api_key``
+  (0600; kept across restarts, so a notebook's client keeps working), where the CLI and the Python client find it.
+  A key user sees and cancels only their own jobs; the admin token works as a key that sees every job. Owner names
+  are checked (``supervisor/core/requests.py: check_owner_name``) when keys are read.
 - Idempotency keys are per owner in the store itself (``supervisor/store/sqlite.py``), so no owner can reach
   another owner's job through a key; jobs without an owner (the admin's, keys off) are one owner of their own.
 
@@ -20,6 +22,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,11 +97,39 @@ def parse_keys(text: str) -> dict[str, str]:
     return keys
 
 
+def configured_keys(settings: Settings) -> dict[str, str]:
+    """The API keys given: ``api_keys`` (``--api-key``, ``LLMSUP_API_KEYS``), else ``VLLM_API_KEY`` as vLLM reads it,
+    and the keys file's."""
+    keys: dict[str, str] = {}
+    if settings.api_keys is not None and settings.api_keys.get_secret_value():
+        keys.update(parse_keys(settings.api_keys.get_secret_value()))
+    elif os.environ.get("VLLM_API_KEY"):
+        keys.update(parse_keys(os.environ["VLLM_API_KEY"]))
+    if settings.api_keys_file is not None:
+        keys.update(parse_keys(settings.api_keys_file.read_text()))
+    return keys
+
+
+def generated_key(path: Path) -> str:
+    """The key of ``<run-dir>/api_key``: the one an earlier run wrote (0600 in a private directory: ours), else a new
+    one written there."""
+    try:
+        key = path.read_text().strip() if not path.is_symlink() else ""
+    except OSError:
+        key = ""
+    if not key.startswith("sk-llmsup-"):
+        key = "sk-llmsup-" + secrets.token_urlsafe(24)
+        write_secret(path, key)
+        log.warning("API key written to %s (mode 0600): clients on this machine read it from there", path.resolve())
+    return key
+
+
 class Auth:
-    def __init__(self, admin_token: str, keys: dict[str, str], keys_required: bool) -> None:
+    def __init__(self, admin_token: str, keys: dict[str, str], keys_required: bool, key_file: Path | None = None) -> None:
         self._admin = _digest(admin_token)
         self._keys = [(_digest(k), owner) for k, owner in keys.items()]
         self.keys_required = keys_required
+        self.key_file = key_file  # where the generated key is (None: keys were given, or none are required)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Auth":
@@ -111,22 +142,20 @@ class Auth:
             write_secret(path, admin)
             log.warning("admin token written to %s (mode 0600)", path.resolve())
             print(f"llmsup: admin token written to {path.resolve()}", flush=True)
-        keys: dict[str, str] = {}
-        if settings.api_keys is not None:
-            keys.update(parse_keys(settings.api_keys.get_secret_value()))
-        if settings.api_keys_file is not None:
-            keys.update(parse_keys(settings.api_keys_file.read_text()))
-        mode = settings.require_api_keys
-        required = mode == "on" or (mode == "auto" and not is_loopback(settings.host))
+        keys = configured_keys(settings)
+        required = settings.require_api_keys != "off"
+        key_file = None
         if required and not keys:
-            key = "sk-llmsup-" + secrets.token_urlsafe(24)
-            path = settings.api_key_path
-            write_secret(path, key)
-            keys[key] = "default"
-            log.warning("API keys required but none configured: one written to %s (mode 0600)", path.resolve())
+            keys[generated_key(settings.api_key_path)] = "default"
+            key_file = settings.api_key_path.resolve()
+        elif settings.api_key_path.exists():
+            settings.api_key_path.unlink()  # a key generated by an earlier run is void: clients must not send it
         if required:
-            log.info("job routes need an API key (%d configured)", len(keys))
-        return cls(admin, keys, required)
+            log.info("every route but health, version and the dashboard needs an API key (%d configured)", len(keys))
+        else:
+            log.warning("API keys off (require_api_keys=off): anyone who reaches %s:%s may submit jobs",
+                        settings.host, settings.port)
+        return cls(admin, keys, required, key_file)
 
     def is_admin(self, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(_digest(token), self._admin)

@@ -3,7 +3,9 @@ must not reach the API from the victim's browser (which sends ``Host: evil.examp
 
 Accepted by default: the localhost names and loopback addresses, the address the server is bound to and, for
 a wildcard bind (``0.0.0.0`` / ``::``), this machine's host name and interface addresses. ``allowed_hosts``
-adds names (``*`` accepts any Host). Anything else gets 400 on every route, before the app sees it. A
+adds names (``*`` accepts any Host). Anything else gets 400 on every route, before the app sees it. The guard is on
+only when API keys are off: a request that must carry a key cannot come from a rebinding page, so with keys any Host
+(a Service or Ingress name) is accepted. A
 request without a Host header (HTTP/1.0) is let through: browsers always send one.
 """
 
@@ -16,10 +18,10 @@ import time
 from collections.abc import Iterable
 
 import psutil
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmsup.supervisor.settings import Settings
 from llmsup.web.errors import error_body
-from llmsup.web.limits import ASGIApp, Receive, Scope, Send
 
 LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", "127.0.0.1", "::1")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")

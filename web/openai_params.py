@@ -209,10 +209,12 @@ def _logit_bias(body: SamplingRequest, tok: Tokenizer | None) -> tuple[TokenBias
 
 
 async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest, raw_prompts: list[str | list[int]],
-                    checker: SchemaChecker, add_special_tokens: bool = True,
-                    prompt_logprobs: int | None = None) -> Plan:
-    """Check the request against the served model and build one job request per choice. What may take long
-    (the schema check, tokenizing, decoding ids) runs off the loop, after the size checks that bound it."""
+                    checker: SchemaChecker, add_special_tokens: bool = True, prompt_logprobs: int | None = None,
+                    forced: Structured | None = None, token_ids: bool = False) -> Plan:
+    """Check the request against the served model and build one job request per choice; ``forced``: a
+    constraint that replaces the request's own (forced tool calls), ``token_ids``: the generated ids are needed
+    (the chat parsers read them) whether or not the client asked for them. What may take long (the schema check,
+    tokenizing, decoding ids) runs off the loop, after the size checks that bound it."""
     model = served_model(sup)
     tok = await tokenizer_for(model)
     token_prompts = any(isinstance(p, list) for p in raw_prompts) or (
@@ -225,7 +227,7 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
                       " (max_prompt_chars)", "prompt")
     n = body.choices_per_prompt
     check_budget(s, body, raw_prompts, n)
-    structured = await checked_structured(body, checker)
+    structured = forced or await checked_structured(body, checker)
     bias = _logit_bias(body, tok)
     priority = -(body.priority or 0)  # vLLM: lower runs first; llmsup: higher runs first
     check_priority(s, priority, principal.admin, vllm_scale=True)
@@ -251,7 +253,7 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
                 "logprobs": wanted_lps,
                 "prompt_logprobs": wanted_prompt_lps if j == 0 else None,  # one copy per prompt is enough
                 "structured": structured, "prompt_token_ids": prompt.token_ids,
-                "return_token_ids": bool(body.return_token_ids),
+                "return_token_ids": bool(body.return_token_ids) or token_ids,
                 "include_stop_str_in_output": body.include_stop_str_in_output,
                 "skip_special_tokens": body.skip_special_tokens,
             }

@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 from llmsup.supervisor.cli import options as cli_options
 from llmsup.supervisor.cli import output as cli_output
@@ -61,40 +62,58 @@ def main_options(
 # serve -----------------------------------------------------------------------------------------------------------
 SETTING_OPTIONS = cli_options.setting_options()
 SERVE_LEADING = [
+    inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
     inspect.Parameter("model_arg", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
         str | None, typer.Argument(metavar="MODEL", show_default=False,
                                    help="model path or Hugging Face id (the same as --model)")]),
     inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Path | None, typer.Option("--config", help="TOML settings file (or LLMSUP_CONFIG); keys are the setting names",
-                                  rich_help_panel="Server")]),
+        Path | None, typer.Option("--config", help="settings file (or LLMSUP_CONFIG): TOML, or YAML as vllm serve "
+                                  "reads it; keys are setting names or vLLM flags", rich_help_panel="Server")]),
+    inspect.Parameter("help_vllm", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+        bool, typer.Option("--help-vllm", help="list the flags of vllm serve that llmsup serve takes, and exit",
+                           rich_help_panel="Server")]),
 ]
+OWN_FLAGS = {**cli_options.flag_names(SETTING_OPTIONS), "--config": True, "--help": False, "--help-vllm": False}
 
 
-def serve(model_arg: str | None = None, config: Path | None = None, **values: Any) -> None:
+class ServeCommand(TyperCommand):
+    """``llmsup serve``: vLLM's flags (``vllm_flags``) are taken off the arguments before typer reads its own."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        from llmsup.supervisor.cli.vllm_flags import FlagError, split
+
+        try:
+            parts = split(list(args), OWN_FLAGS)
+        except FlagError as exc:
+            ctx.fail(str(exc))
+        ctx.meta["vllm_tokens"] = parts.vllm
+        result: list[str] = super().parse_args(ctx, parts.own)
+        return result
+
+
+def serve(ctx: typer.Context, model_arg: str | None = None, config: Path | None = None, help_vllm: bool = False,
+          **values: Any) -> None:
     """Start a local cluster (controller + engines) and the web app; Ctrl-C or SIGTERM stops everything.
 
     Every setting is an option here, an LLMSUP_<NAME> environment variable and a key of the --config file
-    (options win over the environment, which wins over the file).
+    (options win over the environment, which wins over the file). Every flag of vllm serve works too (vLLM's engine
+    flags go to the engines): llmsup serve --help-vllm lists them.
     """
-    import uvicorn
-    from pydantic import ValidationError
-
-    from llmsup.supervisor.cli import logsetup
+    from llmsup.supervisor.cli import logsetup, serving, vllm_flags
     from llmsup.supervisor.rundir import RunDirError, prepare_run_dir
-    from llmsup.supervisor.settings import load_settings, unknown_variables
+    from llmsup.supervisor.settings import unknown_variables
     from llmsup.web.app import create_app
 
+    if help_vllm:
+        typer.echo(vllm_flags.help_text())
+        return
     given = cli_options.given_settings(SETTING_OPTIONS, values)
     if model_arg is not None:
         if given.get("model", model_arg) != model_arg:
             typer.echo(f"two models named: {model_arg!r} and --model {given['model']!r}", err=True)
             raise typer.Exit(2)
         given["model"] = model_arg
-    try:
-        settings = load_settings(config, **given)
-    except (ValidationError, ValueError, OSError) as exc:
-        typer.echo(f"invalid settings:\n{exc}", err=True)
-        raise typer.Exit(2) from None
+    settings = _serve_settings(config, given, ctx.meta.get("vllm_tokens", []))
     try:
         prepare_run_dir(settings.run_dir)  # 0700, ours: refused with one message before anything starts
     except RunDirError as exc:
@@ -103,14 +122,46 @@ def serve(model_arg: str | None = None, config: Path | None = None, **values: An
     logsetup.configure(settings.log_level, settings.log_format)
     for warning in unknown_variables(os.environ):
         log.warning("%s", warning)
-    # A shell that started us in the background may have left SIGINT ignored; Ctrl-C must still work.
+    # A shell that started us in the background may have left SIGINT ignored; Ctrl-C must still work (the runner
+    # handles it from its loop on; this covers the moments before).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                log_config=None, timeout_graceful_shutdown=5, limit_concurrency=settings.http_limit_concurrency,
-                backlog=settings.http_backlog)
+    serving.main(settings, lambda s, sup: create_app(s, sup))
 
 
-app.command("serve")(cli_options.command(serve, SETTING_OPTIONS, SERVE_LEADING))
+def _serve_settings(config: Path | None, given: dict[str, Any], vllm_tokens: list[str]) -> Any:
+    """The settings of ``llmsup serve``: options, environment, the config file's llmsup settings; vLLM's engine flags
+    (given, or keys of the file) as engine arguments. Anything wrong: the message, exit status 2."""
+    from pydantic import ValidationError
+
+    from llmsup.supervisor.cli import vllm_flags
+    from llmsup.supervisor.settings import Settings, config_path, load_settings, read_config, setting_aliases
+
+    try:
+        path = config_path(config)
+        file_values = read_config(path) if path is not None else {}
+        own = set(Settings.model_fields) | set(setting_aliases())
+        file_tokens = vllm_flags.tokens_of({k: v for k, v in file_values.items() if k not in own}) if set(
+            file_values) - own else []
+        flags = vllm_flags.interpret(file_tokens + vllm_tokens)  # the command line's last: they win
+        if flags.engine_args:
+            given["engine_args"] = {**flags.engine_args, **given.get("engine_args", {})}
+        settings = load_settings(path, {k: v for k, v in file_values.items() if k in own}, **given)
+        if (flags.engine_args or settings.engine_args) and settings.backend == "auto" and vllm_flags.installed():
+            settings = settings.model_copy(update={"backend": "vllm"})  # vLLM's engine arguments: the user wants vLLM
+        vllm_flags.check_backend(flags, settings.resolved_backend())
+        if settings.engine_args and settings.resolved_backend() != "vllm" and not flags.engine_args:
+            raise vllm_flags.FlagError(f"--engine-arg: vllm.LLM arguments that the {settings.resolved_backend()} "
+                                       "backend cannot apply (it is not vLLM); use --backend vllm")
+    except vllm_flags.FlagError as exc:
+        typer.echo(f"llmsup serve: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (ValidationError, ValueError, OSError) as exc:
+        typer.echo(f"invalid settings:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+    return settings
+
+
+app.command("serve", cls=ServeCommand)(cli_options.command(serve, SETTING_OPTIONS, SERVE_LEADING))
 
 
 # client commands ---------------------------------------------------------------------------------------------------

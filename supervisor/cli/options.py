@@ -25,7 +25,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from llmsup.supervisor.settings import ENV_PREFIX, Settings, cli_meta
+from llmsup.supervisor.settings import ENV_PREFIX, Settings, cli_meta, split_list
 
 OTHER_PANEL = "More settings"
 Kind = Literal["value", "flag", "json", "pairs", "list"]
@@ -74,7 +74,7 @@ def _option(name: str, field: FieldInfo) -> SettingOption:
         kind = "value"
         value_type = base if base in (int, float, Path) else str  # str, SecretStr and anything else: text
     if kind == "flag":  # --x/--no-x, unless the field names its own pair (e.g. "--metrics-open/--metrics-need-key")
-        paired = any(f.split("/")[0] == own for f in extra)
+        paired = any(f.split("/")[0].strip() == own for f in extra)
         flags = extra if paired else (f"{own}/--no-{own.removeprefix('--')}", *extra)
     else:
         flags = (*extra, own)  # the names users know first (vLLM's, older ones)
@@ -172,7 +172,7 @@ def given_settings(options: list[SettingOption], values: dict[str, Any]) -> dict
         elif option.kind == "pairs":
             given[option.name] = dict(_pair(item, option) for item in value)
         elif option.kind == "list":
-            given[option.name] = [part.strip() for item in value for part in item.split(",") if part.strip()]
+            given[option.name] = [part for item in value for part in split_list(item)]
         else:
             given[option.name] = value
     return given
@@ -199,3 +199,14 @@ def _pair(item: str, option: SettingOption) -> tuple[str, Any]:
     except ValueError:
         value = text
     return key.strip().removeprefix("--").replace("-", "_"), value
+
+
+def flag_names(options: list[SettingOption]) -> dict[str, bool]:
+    """Every name of these options (a boolean's ``--x/--no-x`` both), each with whether it takes a value."""
+    names: dict[str, bool] = {}
+    for option in options:
+        for declared in option.flags:
+            for name in declared.split("/"):
+                if name.strip():
+                    names[name.strip()] = option.kind != "flag"
+    return names

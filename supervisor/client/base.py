@@ -16,12 +16,14 @@ from typing import Any, TypedDict
 from llmsup.supervisor.client.discovery import find_admin_token, find_url, run_dir_default
 from llmsup.supervisor.client.errors import ServerUnreachable, checked, error_from
 from llmsup.supervisor.client.events import TERMINAL, SSEParser, TextTracker, apply_event, is_event_stream
+from llmsup.supervisor.runfiles import API_KEY, SERVER_FILE
 
 __all__ = [  # with the event stream's parsing and the error mapping, as before they had modules of their own
     "TERMINAL", "AtEndpoint", "Deadline", "Endpoint", "JobFields", "SSEParser", "SubmitParams", "TextTracker",
     "apply_event", "checked", "error_from", "find_api_key", "is_event_stream", "parse_time", "submit_body", "time_left",
 ]
 WAIT_STEP_S = 25.0  # one long-poll (``GET /v1/jobs/{id}?wait_s=``) at the most; the server allows 60
+PIPELINE_POLL_S = 1.0  # a pipeline long-poll ends when a step ends; a step that starts shows within this
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class Endpoint:
     source: str
     run_dir: Path
     admin_token: str | None  # given explicitly; else looked up at each admin call
-    api_key: str | None = None  # given explicitly; else LLMSUP_API_KEY, else <run-dir>/api_key
+    api_key: str | None = None  # given explicitly; else LLMSUP_API_KEY or VLLM_API_KEY, else <run-dir>/api_key
 
     @classmethod
     def resolve(cls, url: str | None, run_dir: Path | str | None, admin_token: str | None,
@@ -42,10 +44,10 @@ class Endpoint:
             source = "the url argument"
         elif os.environ.get("LLMSUP_URL"):
             source = "LLMSUP_URL"
-        elif (rdir / "server.json").exists():
-            source = str(rdir / "server.json")
+        elif (rdir / SERVER_FILE).exists():
+            source = str(rdir / SERVER_FILE)
         else:
-            source = f"the default (no LLMSUP_URL, no {rdir / 'server.json'})"
+            source = f"the default (no LLMSUP_URL, no {rdir / SERVER_FILE})"
         return cls(find_url(url, rdir), source, rdir, admin_token, api_key)
 
     def headers(self, path: str) -> dict[str, str]:
@@ -79,10 +81,11 @@ def find_api_key(key: str | None = None, run_dir: Path | str | None = None) -> s
     """An API key for the job routes (needed only where the server requires keys)."""
     if key:
         return key
-    if os.environ.get("LLMSUP_API_KEY"):
-        return os.environ["LLMSUP_API_KEY"]
+    for variable in ("LLMSUP_API_KEY", "VLLM_API_KEY"):  # the second: as the server reads it (vLLM's name)
+        if os.environ.get(variable):
+            return os.environ[variable]
     try:
-        return ((Path(run_dir) if run_dir else run_dir_default()) / "api_key").read_text().strip() or None
+        return ((Path(run_dir) if run_dir else run_dir_default()) / API_KEY).read_text().strip() or None
     except OSError:
         return None
 

@@ -32,10 +32,11 @@ import psutil
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.cluster import plain_replies
 from llmsup.supervisor.cluster.curve import ChannelKeys
-from llmsup.supervisor.cluster.joinfile import JOIN_FILE, JoinInfo
+from llmsup.supervisor.cluster.joinfile import JoinInfo
 from llmsup.supervisor.cluster.leftovers import ProcessLedger
 from llmsup.supervisor.cluster.ssh_launcher import SSHEngineSetLauncherOffLoop
 from llmsup.supervisor.rundir import prepare_run_dir
+from llmsup.supervisor.runfiles import JOIN_FILE, PROFILE_DIR
 from llmsup.supervisor.settings import Settings
 
 log = logging.getLogger("llmsup.cluster")
@@ -130,13 +131,13 @@ class ClusterManager:
             self.client = _join(self.settings.cluster_file)
             log.info("joined cluster %s: %d engines", self.settings.cluster_file, len(self.client.ids))
             return
-        _remove_stale_connection_files(ipython_dir / "profile_llmsup")
+        _remove_stale_connection_files(ipython_dir / PROFILE_DIR)
         s = self.settings
         wildcard = s.cluster_ip in WILDCARD
         self.cluster = ipp.Cluster(
             n=0,
             cluster_id="llmsup",
-            profile_dir=str(ipython_dir / "profile_llmsup"),
+            profile_dir=str(ipython_dir / PROFILE_DIR),
             controller_location=this_host_address() if wildcard else s.cluster_ip,
             controller_args=controller_args(s),
             engine_launcher_class=SSHEngineSetLauncherOffLoop if s.engine_launcher == "ssh" else s.engine_launcher,

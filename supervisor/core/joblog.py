@@ -26,10 +26,14 @@ def _tag(engine: Engine | EngineRef) -> str:
     return f"engine={engine.id} host={engine.host} pid={engine.pid} gpu={engine.gpu or 'cpu'}"
 
 
-def submitted(job: Job) -> None:
+def submitted(job: Job, prompt_chars: int | None = -1) -> None:
+    """``prompt_chars``: -1 leaves the prompt and sampling parameters out (vLLM's requests log off), None logs the
+    whole prompt, N its first N characters."""
     if not log.isEnabledFor(logging.INFO):
         return
     owner = f", owner {job.owner}" if job.owner else ""
+    if prompt_chars is None or prompt_chars >= 0:
+        owner += f", prompt {job.prompt[:prompt_chars]!r}, params {job.params}"
     log.info("job=%s submitted: priority %d, deadline %gs, max_tokens %d%s", job.id, job.priority, job.deadline_s,
              job.params.max_tokens, owner,
              extra={"job_id": job.id, "event": "submitted", "priority": job.priority, "deadline_s": job.deadline_s,

@@ -52,10 +52,17 @@ class InProcessApp:
         """The admin bearer header."""
         return {"Authorization": f"Bearer {self.admin_token}"}
 
-    def openai(self, api_key: str = "unused") -> openai.AsyncOpenAI:
+    @property
+    def api_key(self) -> str:
+        """The key generated into the run directory ("unused" when keys were given or are off)."""
+        key_file = self.app.state.auth.key_file
+        return key_file.read_text().strip() if key_file is not None else "unused"
+
+    def openai(self, api_key: str | None = None) -> openai.AsyncOpenAI:
         """The official SDK talking to this app, over an HTTP client of its own (closing the SDK closes that one)."""
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=BASE_URL, timeout=10)
-        return openai.AsyncOpenAI(base_url=f"{BASE_URL}/v1", api_key=api_key, max_retries=0, http_client=http)
+        return openai.AsyncOpenAI(base_url=f"{BASE_URL}/v1", api_key=api_key or self.api_key, max_retries=0,
+                                  http_client=http)
 
 
 def app_settings(run_dir: Path, **overrides: Any) -> Settings:
@@ -70,5 +77,7 @@ async def in_process(run_dir: Path, **settings: Any) -> AsyncIterator[InProcessA
     app = create_app(supervisor.settings, supervisor)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=10) as http:
+        key_file = app.state.auth.key_file  # the run directory's key, sent as a client on this machine would
+        headers = {"Authorization": f"Bearer {key_file.read_text().strip()}"} if key_file is not None else {}
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=10, headers=headers) as http:
             yield InProcessApp(app, supervisor, http)
