@@ -180,6 +180,12 @@ class Settings(ServingFeatures, PoolFields):
                                   json_schema_extra=cli(JOBS))
     max_prompt_chars: int = Field(200_000, ge=1, description="longest prompt accepted, in characters",
                                   json_schema_extra=cli(JOBS))
+    max_request_job_bytes: int = Field(
+        16_000_000, ge=1, description="most bytes of prompts and parameters one request's jobs may hold together "
+        "(a copy per job: n x prompts), else 400", json_schema_extra=cli(JOBS))
+    max_request_logprobs: int = Field(
+        4_000_000, ge=1, description="most logprob records one request may ask for (jobs x tokens x alternatives)",
+        json_schema_extra=cli(JOBS))
     queue_max: int = Field(10_000, ge=1, description="queued jobs accepted before 429", json_schema_extra=cli(JOBS))
     max_attempts: int = Field(3, ge=1, le=100, description="runs per job before it fails (an engine lost mid-job "
                               "costs one)", json_schema_extra=cli(JOBS))

@@ -3,6 +3,8 @@ restart backoff of an engine that keeps dying, and engines replaced when the ser
 
 from __future__ import annotations
 
+import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ import pytest
 from llmsup.engines.messages import HostOrder, encode
 from llmsup.supervisor.cli.join import JoinAgent
 from llmsup.supervisor.cluster.joinfile import JoinFileError, JoinInfo
+from llmsup.supervisor.rundir import RunDirError
 
 pytestmark = pytest.mark.timeout(30)
 KEYS = {"server_public": "s" * 40, "client_public": "c" * 40, "client_secret": "x" * 40}
@@ -86,3 +89,20 @@ def test_a_new_controller_in_the_join_file_replaces_the_engines(agent: JoinAgent
     agent.refresh()
     assert old.poll() is not None and agent.slots[0].proc is None
     assert agent.info.controller["registration"] == 4321
+
+
+@pytest.mark.parametrize("make", ["foreign", "group-writable"])
+def test_a_work_dir_not_its_own_and_private_is_refused(tmp_path: Path, make: str) -> None:
+    path = tmp_path / "join.json"
+    join_info().write(path)
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    if make == "foreign":  # another local user made it first (root here: hand it to nobody)
+        os.chown(work, 65534, 65534)
+    else:
+        os.chmod(work, 0o770)
+    agent = JoinAgent(JoinInfo.read(path), engines=1, standby=0, work_dir=work, join_file=path)
+    with pytest.raises(RunDirError, match="join work dir"):
+        asyncio.run(agent.run())
+    assert not agent.slots or all(slot.proc is None for slot in agent.slots)  # no engine started
+    assert list(work.iterdir()) == []

@@ -273,3 +273,27 @@ def next_event(server: BatchServer, pull: zmq.Socket, kind: type[E]) -> E:
 
 def plain_submit_of_version(version: int) -> bytes:
     return json.dumps({**plain(Submit("k", "p", 1.0)), "version": version}).encode()
+
+
+async def test_a_frame_over_the_limit_drops_its_sender_not_the_reader(zctx: zmq.asyncio.Context) -> None:
+    events: asyncio.Queue[StreamEvent] = asyncio.Queue()
+    reader = StreamReader(zctx, BIND, events.put_nowait, Metrics(), max_message_bytes=4096)
+    assert reader.sock.getsockopt(zmq.RCVHWM) > 0  # a bounded queue per peer
+    loop_task = asyncio.ensure_future(reader.run())
+    big, small = zctx.socket(zmq.PUSH), zctx.socket(zmq.PUSH)
+    for sock in (big, small):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(reader.address)
+    try:
+        await big.send(encode(TokenPiece("job-1#1", 0, "x" * 10_000)))  # over the limit: never delivered
+        await small.send(encode(TaskStarted("job-2#1")))
+        assert await asyncio.wait_for(events.get(), 10) == TaskStarted("job-2#1")
+        await small.send(encode(TokenPiece("job-2#1", 0, "y" * 1000)))
+        assert await asyncio.wait_for(events.get(), 10) == TokenPiece("job-2#1", 0, "y" * 1000)
+        assert events.empty() and not loop_task.done()
+    finally:
+        loop_task.cancel()
+        await asyncio.gather(loop_task, return_exceptions=True)
+        big.close(linger=0)
+        small.close(linger=0)
+        reader.close()

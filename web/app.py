@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from llmsup.supervisor import __version__
+from llmsup.supervisor.metrics.loop_lag import LoopLag
 from llmsup.supervisor.rundir import prepare_run_dir, write_private
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
@@ -40,6 +41,7 @@ from llmsup.web.limits import BodySizeLimit, StreamSlots
 from llmsup.web.listing import SharedCounts
 from llmsup.web.metrics import HTTPMetrics, WebMetrics
 from llmsup.web.request_id import RequestIdHeaders
+from llmsup.web.schema_check import SchemaChecker
 from llmsup.web.schemas import Health
 from llmsup.web.serving_chat import parser_names
 
@@ -70,10 +72,13 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
         if retention.enabled(settings) and (owned or sup.started):
             pruner = asyncio.ensure_future(retention.prune_forever(sup.store, settings, sup.clock))
         warm_tokenizer = asyncio.ensure_future(_warm(sup))
+        loop_lag = asyncio.ensure_future(LoopLag.of(sup.metrics.registry).run())
         try:
             yield
         finally:
             warm_tokenizer.cancel()
+            loop_lag.cancel()
+            app.state.schema_checker.close()
             if pruner is not None:
                 pruner.cancel()
                 await asyncio.gather(pruner, return_exceptions=True)
@@ -87,6 +92,7 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
                   docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
                   openapi_url="/openapi.json" if docs else None)
     errors.install(app)
+    app.state.schema_checker = SchemaChecker()  # its worker process starts with the first schema
     app.state.stream_slots = StreamSlots(settings.sse_max_per_owner, settings.sse_max_total)
     app.state.live_counts = SharedCounts()
     app.state.live_reads = live.SharedStatusReads()

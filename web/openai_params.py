@@ -14,6 +14,7 @@ tokenized here without special tokens (the template places them, as vLLM does) a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from dataclasses import dataclass
@@ -24,9 +25,11 @@ from llmsup.supervisor.core.model_name import served_pools
 from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from llmsup.web.auth import Principal
+from llmsup.web.budgets import check_budget, check_logprob_budget
 from llmsup.web.errors import OpenAIHTTPError
 from llmsup.web.limits import check_job_limits, check_priority
 from llmsup.web.openai_schemas import CompletionRequest, SamplingRequest
+from llmsup.web.schema_check import SchemaChecker, SchemaTooComplex
 from llmsup.web.tokens import HFTokenizer, ServedModel, Tokenizer, served_model, tokenizer_for
 
 
@@ -86,18 +89,22 @@ def structured_of(body: SamplingRequest) -> Structured | None:
 def _schema_text(schema: Any, param: str) -> str:
     if not isinstance(schema, dict):
         raise bad("a JSON schema must be an object", param)
-    try:
-        from jsonschema import Draft202012Validator
-        from jsonschema.exceptions import SchemaError
-    except ImportError:  # the engine's own check still applies
-        return json.dumps(schema)
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        raise bad(f"invalid JSON schema: {exc.message}", param) from None
-    except (ValueError, TypeError, RecursionError) as exc:  # a schema the checker itself cannot walk
-        raise bad(f"invalid JSON schema: {exc}", param) from None
     return json.dumps(schema)
+
+
+async def checked_structured(body: SamplingRequest, checker: SchemaChecker) -> Structured | None:
+    """:func:`structured_of`, its JSON schema checked in the checker's worker process (never on the loop)."""
+    structured = structured_of(body)
+    if structured is None or structured.kind != "json":
+        return structured
+    param = "structured_outputs.json" if body.structured_outputs is not None else "response_format.json_schema.schema"
+    try:
+        error = await checker.check(structured.spec)
+    except SchemaTooComplex as exc:
+        raise bad(str(exc), param) from None
+    if error is not None:
+        raise bad(f"invalid JSON schema: {error}", param)
+    return structured
 
 
 def features_used(body: SamplingRequest, token_prompts: bool) -> dict[str, str]:
@@ -190,7 +197,10 @@ def _max_tokens(body: SamplingRequest, prompt: PromptIn, model: ServedModel | No
 
 
 def _logit_bias(body: SamplingRequest, tok: Tokenizer | None) -> tuple[TokenBias, ...]:
-    bias = tuple(TokenBias(int(k), float(v)) for k, v in (body.logit_bias or {}).items())
+    try:
+        bias = tuple(TokenBias(int(k), float(v)) for k, v in (body.logit_bias or {}).items())
+    except ValueError:
+        raise bad("logit_bias keys are token ids (decimal integers)", "logit_bias") from None
     vocab = tok.vocab_size if isinstance(tok, HFTokenizer) else None
     out_of_vocab = [b.token_id for b in bias if b.token_id < 0 or (vocab is not None and b.token_id >= vocab)]
     if out_of_vocab:
@@ -200,12 +210,14 @@ def _logit_bias(body: SamplingRequest, tok: Tokenizer | None) -> tuple[TokenBias
 
 
 async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest, raw_prompts: list[str | list[int]],
-                    add_special_tokens: bool = True, prompt_logprobs: int | None = None,
+                    checker: SchemaChecker, add_special_tokens: bool = True, prompt_logprobs: int | None = None,
                     forced: Structured | None = None, token_ids: bool = False,
                     lora: dict[str, Any] | None = None) -> Plan:
     """Check the request against the served model and build one job request per choice; ``forced``: a
     constraint that replaces the request's own (forced tool calls), ``token_ids``: the generated ids are needed
-    (the chat parsers read them) whether or not the client asked for them, ``lora``: the adapter's parameters."""
+    (the chat parsers read them) whether or not the client asked for them, ``lora``: the adapter's parameters.
+    What may take long (the schema check, tokenizing, decoding ids) runs off the loop, after the size checks that
+    bound it."""
     model = served_model(sup)
     pools = served_pools(sup.settings, sup.pool.engines.values())
     pool = pools.get(body.model or "") or next(iter(pools.values()))  # the model is checked: its pool, else the first
@@ -215,19 +227,27 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
     _check_model(body, model, token_prompts, tok)
     if lora and model is not None and model.backend != "vllm":
         raise bad(f"LoRA adapters are served by the vllm backend only, not {model.backend}", "model")
-    structured = forced or structured_of(body)
-    bias = _logit_bias(body, tok)
     s = sup.settings
+    for raw in raw_prompts:  # the length in characters (or ids) first: it bounds the tokenizer's work
+        if len(raw) > s.max_prompt_chars:
+            raise bad(f"prompt longer than {s.max_prompt_chars} {'token ids' if isinstance(raw, list) else 'characters'}"
+                      " (max_prompt_chars)", "prompt")
+    n = body.choices_per_prompt
+    check_budget(s, body, raw_prompts, n)
+    structured = forced or await checked_structured(body, checker)
+    bias = _logit_bias(body, tok)
     priority = -(body.priority or 0)  # vLLM: lower runs first; llmsup: higher runs first
     check_priority(s, priority, principal.admin, vllm_scale=True)
-    prompts = [_prompt(p, body, tok, model, add_special_tokens, s.max_prompt_chars) for p in raw_prompts]
-    n = body.choices_per_prompt
+    prompts = await asyncio.to_thread(
+        lambda: [_prompt(p, body, tok, model, add_special_tokens, s.max_prompt_chars) for p in raw_prompts])
     wanted_prompt_lps = _whole_vocabulary(body.prompt_logprobs if body.prompt_logprobs is not None else prompt_logprobs,
                                           tok)
+    wanted_lps = _whole_vocabulary(body.sample_logprobs(), tok)
     requests: list[JobRequest] = []
     for prompt in prompts:
         max_tokens = _max_tokens(body, prompt, model, s.default_max_tokens, s.max_tokens_limit)
         check_job_limits(s, prompt.text, max_tokens, body.deadline, body.min_tokens)
+        check_logprob_budget(s, wanted_lps, max_tokens, n, prompt.length, wanted_prompt_lps)
         for j in range(n):
             extra: dict[str, Any] = {
                 "top_p": body.top_p, "top_k": max(0, body.top_k) if body.top_k is not None else None,
@@ -237,7 +257,7 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
                 "repetition_penalty": body.repetition_penalty, "min_p": body.min_p,
                 "logit_bias": bias, "stop_token_ids": tuple(body.stop_token_ids or ()),
                 "allowed_token_ids": tuple(body.allowed_token_ids or ()),
-                "logprobs": _whole_vocabulary(body.sample_logprobs(), tok),
+                "logprobs": wanted_lps,
                 "prompt_logprobs": wanted_prompt_lps if j == 0 else None,  # one copy per prompt is enough
                 "structured": structured, "prompt_token_ids": prompt.token_ids,
                 "return_token_ids": bool(body.return_token_ids) or token_ids,

@@ -164,7 +164,8 @@ class SamplingRequest(Lenient):
                 self.response_format.type != "text":
             raise ValueError("give structured_outputs or a response_format, not both")
         for key in self.logit_bias or {}:
-            if not key.lstrip("-").isdigit():
+            digits = key[1:] if key.startswith("-") else key
+            if not (digits.isascii() and digits.isdigit()):  # "²".isdigit() is True, int("²") fails
                 raise ValueError(f"logit_bias keys are token ids, not {key[:40]!r}")
         return self
 

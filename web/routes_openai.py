@@ -77,7 +77,8 @@ async def list_models(sup: SupervisorDep, principal: PrincipalDep) -> ModelList:
 async def completions(body: CompletionRequest, request: Request, sup: SupervisorDep, principal: PrincipalDep,
                       response: Response) -> Any:
     model, adapter = check_model(sup, body.model)
-    plan = await plan_jobs(sup, principal, body, body.prompts(), add_special_tokens=body.add_special_tokens is not False,
+    plan = await plan_jobs(sup, principal, body, body.prompts(), request.app.state.schema_checker,
+                           add_special_tokens=body.add_special_tokens is not False,
                            prompt_logprobs=completion_prompt_logprobs(body), lora=adapter.params() if adapter else None)
     release = stream_slot(request, principal) if body.stream else None
     jobs = submit(sup, plan, release)

@@ -38,6 +38,13 @@ def parser_names(sup: Supervisor) -> ParserNames:
                        bool(getattr(s, "enable_auto_tool_choice", False)))
 
 
+def check_messages_size(body: ChatCompletionRequest, limit: int) -> None:
+    """The messages' size, before rendering (it bounds the rendering's work)."""
+    if sum(len(m.text) for m in body.messages) > limit:
+        raise OpenAIHTTPError(400, f"messages longer than {limit} characters in all (max_prompt_chars)",
+                              param="messages")
+
+
 class ChatServing:
     """One chat request, from its body to its answer."""
 
@@ -62,10 +69,11 @@ class ChatServing:
         forced = parsing.structured() if parsing is not None else None
         chat = ChatInput(body.messages, body.add_generation_prompt, bool(body.continue_final_message),
                          dict(body.chat_template_kwargs or {}), body.tool_dicts(), body.chat_template)
+        check_messages_size(body, sup.settings.max_prompt_chars)
         prompt = await render_chat(template_for(sup, hf), chat)
-        plan = await plan_jobs(sup, self.principal, body, [prompt], add_special_tokens=bool(body.add_special_tokens),
-                               forced=forced, token_ids=parsing is not None,
-                               lora=adapter.params() if adapter else None)
+        plan = await plan_jobs(sup, self.principal, body, [prompt], request.app.state.schema_checker,
+                               add_special_tokens=bool(body.add_special_tokens), forced=forced,
+                               token_ids=parsing is not None, lora=adapter.params() if adapter else None)
         release = stream_slot(request, self.principal) if body.stream else None
         jobs = submit(sup, plan, release)
         rid = response_id(request, body.request_id, "chatcmpl", jobs[0].id)

@@ -2,4 +2,5 @@
 
 from llmsup.supervisor.cli.commands import main
 
-main()
+if __name__ == "__main__":  # not when a spawned worker process (the web's schema checker) re-imports the main module
+    main()

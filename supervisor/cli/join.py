@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import zmq
@@ -33,6 +34,7 @@ from llmsup.engines.messages import HostBeat, HostOrder, ProtocolError, decode_f
 from llmsup.engines.runtime import host_key
 from llmsup.engines.stream import secure_client
 from llmsup.supervisor.cluster.joinfile import JoinInfo
+from llmsup.supervisor.rundir import prepare_run_dir
 
 log = logging.getLogger("llmsup.join")
 MAX_BACKOFF_S = 30.0
@@ -199,7 +201,9 @@ class JoinAgent:
 
     async def run(self) -> None:
         """Until SIGTERM / SIGINT or the server's stop order."""
-        self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Engines run there (cwd, IPYTHONDIR): a directory another user made first, or may write, would run their
+        # code as this agent. Refused as the server refuses such a run directory.
+        prepare_run_dir(self.work_dir, "join work dir")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_soon)
@@ -223,10 +227,8 @@ class JoinAgent:
         while not self.stopping:
             self.refresh()
             self.keep_alive(time.monotonic())
-            try:
-                sock.send(encode(self.beat()), flags=zmq.NOBLOCK)
-            except zmq.Again:
-                pass
+            sent = asyncio.ensure_future(sock.send(encode(self.beat()), flags=zmq.NOBLOCK))  # an asyncio socket's
+            sent.add_done_callback(_beat_sent)  # future: its error (zmq.Again while the network is down) read
             if await sock.poll(int(self.beat_s * 1000)):
                 frames = await sock.recv_multipart()
                 if len(frames) == 1:
@@ -235,6 +237,11 @@ class JoinAgent:
     def _stop_soon(self) -> None:
         log.info("stopping this host's engines")
         self.stopping = True
+
+
+def _beat_sent(sent: asyncio.Future[Any]) -> None:
+    if not sent.cancelled() and sent.exception() is not None:  # read: the beat is worth sending fresh or not at all
+        log.debug("beat not sent: %s", sent.exception())
 
 
 def run_agent(join_file: Path, engines: int, standby: int = 0, work_dir: Path | None = None) -> None:

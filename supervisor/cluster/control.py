@@ -22,7 +22,7 @@ import zmq
 import zmq.asyncio
 
 from llmsup.engines.messages import ControlOp, Hello, HostBeat, HostOrder, ProtocolError, decode_for_supervisor, encode
-from llmsup.supervisor.cluster.curve import ChannelKeys, secure_server
+from llmsup.supervisor.cluster.curve import MAX_MESSAGE_BYTES, ChannelKeys, limit_frames, secure_server
 from llmsup.supervisor.cluster.malformed import MalformedLog
 from llmsup.supervisor.cluster.stream_reader import YIELD_EVERY
 from llmsup.supervisor.metrics.prometheus import Metrics
@@ -65,9 +65,10 @@ def _log_failure(peer: str, sent: asyncio.Future[zmq.MessageTracker | None]) -> 
 
 class ControlChannel:
     def __init__(self, ctx: zmq.asyncio.Context, bind: str, metrics: Metrics, keys: ChannelKeys | None = None,
-                 advertise: str | None = None) -> None:
+                 advertise: str | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.malformed = MalformedLog(metrics.malformed, "control")
         self.sock = ctx.socket(zmq.ROUTER)
+        limit_frames(self.sock, max_message_bytes)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown or gone engine is an error, not a silent drop
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a join agent that reconnects under its identity takes it over
         self.sock.setsockopt(zmq.LINGER, 0)

@@ -42,6 +42,17 @@ class ChannelKeys:
                 "client_secret": self.client_secret}
 
 
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # no message of llmsup's channels comes near; a larger frame drops its peer
+RCVHWM = 100_000  # messages queued per peer connection before zmq stops reading from it (the peer waits)
+
+
+def limit_frames(sock: zmq.Socket, max_bytes: int = MAX_MESSAGE_BYTES, rcvhwm: int = RCVHWM) -> None:
+    """Bound what one peer can make this server hold: a message over ``max_bytes`` disconnects that peer (zmq's
+    ``MAXMSGSIZE``; it reconnects, its oversized message is gone), and at most ``rcvhwm`` messages wait per peer."""
+    sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+
+
 def secure_server(sock: zmq.Socket, keys: ChannelKeys) -> None:
     """Make ``sock`` (before it binds) a CURVE server that only admits peers the ZAP handler allows."""
     sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)

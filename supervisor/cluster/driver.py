@@ -129,8 +129,9 @@ class ClusterDriver:
         except Exception as exc:  # reported: the core forgets the launch
             self._report(ev.LaunchFailed(set_id, f"{type(exc).__name__}: {exc}"))
             return
-        for pid in self.cluster.set_pids(set_id):
-            self.ledger.record(f"engine:{set_id}", pid)
+        if self.settings.engine_launcher == "local":  # other launchers' pids are of other hosts (ssh) or jobs
+            for pid in self.cluster.set_pids(set_id):
+                self.ledger.record(f"engine:{set_id}", pid)
 
     def identify(self, engine_id: int) -> None:
         self._spawn(self._identify(engine_id), f"identify engine {engine_id}")
@@ -142,10 +143,10 @@ class ClusterDriver:
         except Exception as exc:  # reported: the core replaces it
             self._report(ev.EngineFailed(engine_id, f"identity: {type(exc).__name__}: {exc}"))
             return
-        if ident.engine_set in self._launched:
-            self.ledger.record(f"engine:{ident.engine_set}", ident.pid)
+        if ident.engine_set in self._launched:  # recorded only if on this host and still that process here
+            self.ledger.record(f"engine:{ident.engine_set}", ident.pid, ident.host_key, ident.pid_started)
             if ident.nanny_pid:  # its own session: stopping the engine's group misses it
-                self.ledger.record(f"nanny:{ident.engine_set}", ident.nanny_pid)
+                self.ledger.record(f"nanny:{ident.engine_set}", ident.nanny_pid, ident.host_key)
         self._report(ev.EngineIdentified(engine_id, ident))
 
     def load(self, engine: Engine, config: dict[str, Any]) -> None:

@@ -1,6 +1,10 @@
 """Processes a supervisor started, recorded in the run directory so that a
 supervisor that died without cleaning up (SIGKILL, power loss) never leaves
-its controller and engines running beside a new cluster."""
+its controller and engines running beside a new cluster.
+
+Only processes of this host are recorded, each by identity (pid, start time, this host's key): an engine on
+another host (started over ssh, or by a join agent) reports its own pid, which here may be any local process.
+Nothing is signalled unless the pid is still the same process of this host."""
 
 from __future__ import annotations
 
@@ -8,13 +12,16 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import psutil
 
+from llmsup.engines.runtime import host_key
 from llmsup.supervisor.cluster.signals import kill_group
 from llmsup.supervisor.rundir import prepare_run_dir, write_private
 
 log = logging.getLogger("llmsup.leftovers")
+LOCAL = host_key()  # this host's name and boot id
 
 
 class ProcessLedger:
@@ -22,16 +29,24 @@ class ProcessLedger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.entries: dict[str, dict[str, float | int]] = {}
+        self.entries: dict[str, dict[str, Any]] = {}
 
     def _write(self) -> None:
         write_private(self.path, json.dumps({"owner": _ident(os.getpid()), "processes": self.entries}))
 
-    def record(self, name: str, pid: int) -> None:
+    def record(self, name: str, pid: int, host_key: str | None = None, started: float | None = None) -> bool:
+        """Record a process of this host; ``host_key`` / ``started``: where the process says it runs and when it
+        started (an engine's own report). A process of another host, or a pid that is another process here now,
+        is not recorded (False)."""
+        if host_key is not None and host_key != LOCAL:
+            log.debug("%s: pid %d is on host %s, not this one: not recorded", name, pid, host_key)
+            return False
         ident = _ident(pid)
-        if ident:
-            self.entries[name] = ident
-            self._write()
+        if not ident or (started is not None and abs(float(ident["create_time"]) - started) >= 0.01):
+            return False
+        self.entries[name] = ident
+        self._write()
+        return True
 
     def forget(self, name: str) -> None:
         if self.entries.pop(name, None) is not None:
@@ -82,7 +97,7 @@ class ProcessLedger:
             pass
 
 
-def _kill_alive(entries: dict[str, dict[str, float | int]]) -> list[str]:
+def _kill_alive(entries: dict[str, dict[str, Any]]) -> list[str]:
     killed = []
     for name, ident in entries.items():
         if _alive(ident):
@@ -91,14 +106,18 @@ def _kill_alive(entries: dict[str, dict[str, float | int]]) -> list[str]:
     return killed
 
 
-def _ident(pid: int) -> dict[str, float | int]:
+def _ident(pid: int) -> dict[str, Any]:
     try:
-        return {"pid": pid, "create_time": psutil.Process(pid).create_time()}
+        return {"pid": pid, "create_time": psutil.Process(pid).create_time(), "host": LOCAL}
     except psutil.Error:
         return {}
 
 
 def _alive(ident: dict) -> bool:
+    """The recorded process, still running on this host (a ledger of another host, or of an older llmsup that
+    recorded no host, names none of ours)."""
+    if ident.get("host") != LOCAL:
+        return False
     try:
         proc = psutil.Process(int(ident["pid"]))
         return abs(proc.create_time() - float(ident["create_time"])) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE

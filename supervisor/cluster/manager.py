@@ -12,6 +12,7 @@ report about themselves.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import json
 import logging
@@ -29,6 +30,7 @@ import ipyparallel as ipp
 import psutil
 
 from llmsup.supervisor.aio import within
+from llmsup.supervisor.cluster import plain_replies
 from llmsup.supervisor.cluster.curve import ChannelKeys
 from llmsup.supervisor.cluster.joinfile import JoinInfo
 from llmsup.supervisor.cluster.leftovers import ProcessLedger
@@ -67,6 +69,34 @@ def heartbeat_misses(settings: Settings) -> int:
     """Missed heartbeats before the controller drops an engine: later than llmsup takes its host as lost (with
     2 s to spare), so that a cut-off host's jobs are re-queued as a host loss (uncharged), not as engine deaths."""
     return max(10, math.ceil((settings.host_loss_timeout_s + 2) * 1000 / settings.heartbeat_ms))
+
+
+def engine_interface(settings: Settings) -> str:
+    """Where the controller listens for engines: ``cluster_ip``; for a wildcard, this host's address (where engines
+    are told to connect), so that the client ports can stay on loopback (0.0.0.0 only if this host has no address)."""
+    if settings.cluster_ip not in WILDCARD:
+        return settings.cluster_ip
+    address = this_host_address()
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        return "0.0.0.0"
+    return address
+
+
+def controller_args(settings: Settings) -> list[str]:
+    """The controller's command line: engines' ports on ``cluster_ip``; the client ports (and the monitor) on
+    loopback, for this server's client only; CURVE on (encrypted, and only key holders get in); no task database
+    (IPyParallel's default keeps every task's request and result, prompts included, for any client to query)."""
+    ip, client_ip = engine_interface(settings), "127.0.0.1"
+    if ip == "0.0.0.0":  # the Hub binds its registration port on both; a wildcard takes loopback's port too
+        client_ip = ip
+    return [f"--HeartMonitor.period={settings.heartbeat_ms}",
+            f"--HeartMonitor.max_heartmonitor_misses={heartbeat_misses(settings)}",
+            "--IPController.enable_curve=True",
+            f"--IPController.engine_ip={ip}", f"--IPController.client_ip={client_ip}",
+            "--IPController.monitor_ip=127.0.0.1",
+            "--IPController.db_class=NoDB"]
 
 
 @dataclass(frozen=True)
@@ -108,15 +138,13 @@ class ClusterManager:
             n=0,
             cluster_id="llmsup",
             profile_dir=str(ipython_dir / PROFILE_DIR),
-            controller_ip="0.0.0.0" if wildcard else s.cluster_ip,
             controller_location=this_host_address() if wildcard else s.cluster_ip,
-            controller_args=[f"--HeartMonitor.period={s.heartbeat_ms}",
-                             f"--HeartMonitor.max_heartmonitor_misses={heartbeat_misses(s)}",
-                             "--IPController.enable_curve=True"],  # encrypted, and only key holders get in
+            controller_args=controller_args(s),
             engine_launcher_class=SSHEngineSetLauncherOffLoop if s.engine_launcher == "ssh" else s.engine_launcher,
             shutdown_atexit=False,
             log_level=logging.ERROR,  # engine deaths are logged by llmsup itself, with context
         )
+        plain_replies.install()  # before the client exists: engines' replies are read as plain data only
         await self.cluster.start_controller()
         controller_pid = getattr(self.cluster.controller, "pid", None)
         if controller_pid:

@@ -18,7 +18,7 @@ import zmq
 import zmq.asyncio
 
 from llmsup.engines.messages import STREAM_EVENTS, ProtocolError, StreamEvent, decode_for_supervisor
-from llmsup.supervisor.cluster.curve import ChannelKeys, secure_server
+from llmsup.supervisor.cluster.curve import MAX_MESSAGE_BYTES, ChannelKeys, limit_frames, secure_server
 from llmsup.supervisor.cluster.malformed import MalformedLog
 from llmsup.supervisor.metrics.prometheus import Metrics
 
@@ -42,11 +42,12 @@ def decode_frames(frames: list[zmq.Frame]) -> StreamEvent:
 
 class StreamReader:
     def __init__(self, ctx: zmq.asyncio.Context, bind: str, on_event: Callable[[StreamEvent], None],
-                 metrics: Metrics, keys: ChannelKeys | None = None, advertise: str | None = None) -> None:
+                 metrics: Metrics, keys: ChannelKeys | None = None, advertise: str | None = None,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.on_event = on_event
         self.malformed = MalformedLog(metrics.malformed, "stream")
         self.sock = ctx.socket(zmq.PULL)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
+        limit_frames(self.sock, max_message_bytes)
         self.sock.setsockopt(zmq.LINGER, 0)
         if keys is not None:
             secure_server(self.sock, keys)
