@@ -1,10 +1,11 @@
-"""The supervisor process: the core (``core.py``) with its drivers and loops on one asyncio loop.
+"""The supervisor process: the core (``core/owner.py``) with its drivers and loops on one asyncio loop.
 
 This shell starts and stops what the core needs (job store, IPyParallel
 cluster, token stream, control channel), runs the loops that feed the core
 (dispatch, timers, health), and lets callers wait for a job to end. All
 decisions are the core's; every loop is supervised: an unexpected error is
-logged and the loop goes on.
+logged and the loop goes on. It is the web app's control plane
+(``supervisor/port.py``: the operations the app may ask).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -33,10 +35,26 @@ from llmsup.supervisor.core.engine_state import EngineState, move
 from llmsup.supervisor.core.jobs import Job
 from llmsup.supervisor.core.owner import SupervisorCore
 from llmsup.supervisor.settings import Settings
-from llmsup.supervisor.store import JobStore, SQLiteStore
+from llmsup.supervisor.store import JobStore, SQLiteStore, retention
 
 log = logging.getLogger("llmsup.supervisor")
 DISPATCH_BATCH = 8  # jobs started per turn of the dispatch loop
+
+
+@dataclass
+class Wires:
+    """llmsup's own channels to engines and join agents, made at start (a ZeroMQ context and its sockets)."""
+
+    context: zmq.asyncio.Context
+    keys: ChannelKeys
+    gate: ChannelGate
+    stream: StreamReader
+    control: ControlChannel
+
+    def close(self) -> None:
+        for sock in (self.stream, self.control, self.gate):
+            sock.close()
+        self.context.term()
 
 
 class Supervisor(SupervisorCore):
@@ -51,6 +69,7 @@ class Supervisor(SupervisorCore):
         self._owns_run_dir = False
         self.started = False
         self.stream_address = ""
+        self.wires: Wires | None = None  # made at start
 
     # hooks of the core ---------------------------------------------------------------
     def wake_dispatch(self) -> None:
@@ -81,24 +100,18 @@ class Supervisor(SupervisorCore):
         if self._store is None:
             self._store = SQLiteStore(s.db_path)
         self.recover(self.clock())
-        self._zmq = zmq.asyncio.Context()
-        # llmsup's channels: CURVE, and only peers with the client keys (our engines, join agents) get in
-        self.keys = ChannelKeys.generate()
-        self.gate = ChannelGate(self._zmq, self.keys)
-        bind, advertise = listen_addresses(s)
-        self.stream = StreamReader(self._zmq, bind, self.on_stream_event, self.metrics, self.keys, advertise)
-        self.stream_address = self.stream.address
-        self.control = ControlChannel(self._zmq, bind, self.metrics, self.keys, advertise)
-        self.cluster.channels = Channels(self.stream_address, self.control.address, self.keys)
+        wires = self.wires = _make_wires(s, self.on_stream_event, self)
+        self.stream_address = wires.stream.address
+        self.cluster.channels = Channels(self.stream_address, wires.control.address, wires.keys)
         await self.cluster.start()
-        driver = ClusterDriver(s, self.cluster, self.ledger, self.report, self.control)
+        driver = ClusterDriver(s, self.cluster, self.ledger, self.report, wires.control)
         self.driver = driver
         self.configure_engines(dict(s.for_engines(), stream_address=self.stream_address,
-                                    channel_keys=self.keys.for_clients()),
+                                    channel_keys=wires.keys.for_clients()),
                                placement.detect_gpu_count() if self.cluster.local else 0)
-        for name, loop in (("token stream", self.stream.run), ("dispatch", self._dispatch_loop),
+        for name, loop in (("token stream", wires.stream.run), ("dispatch", self._dispatch_loop),
                            ("timers", self._timer_loop), ("health", self._health_loop),
-                           ("control channel", lambda: self.control.receive(driver.on_hello, driver.on_host))):
+                           ("control channel", lambda: wires.control.receive(driver.on_hello, driver.on_host))):
             self._spawn(self._supervised(name, loop))
         self.start_engines(s.engines)
         self.started = True
@@ -124,19 +137,16 @@ class Supervisor(SupervisorCore):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if isinstance(self.driver, ClusterDriver):
-            await self.driver.stop(list(self.pool), busy)
+        await self.driver.stop(list(self.pool), busy)
         for engine in self.pool:
             move(engine, EngineState.DEAD, "supervisor stopped")
         await self.cluster.stop()
         if self._owns_run_dir:
             self.ledger.sweep()  # kill anything the cluster failed to stop
             self.ledger.release()
-        for sock in (getattr(self, "stream", None), getattr(self, "control", None), getattr(self, "gate", None)):
-            if sock is not None:
-                sock.close()
-        if hasattr(self, "_zmq"):
-            self._zmq.term()
+        if self.wires is not None:
+            self.wires.close()
+            self.wires = None
         self.hub.close_all()
         if self._store is not None:
             self._store.close()
@@ -156,6 +166,10 @@ class Supervisor(SupervisorCore):
             waiters = self._waiters.get(job_id, [])
             if fut in waiters:
                 waiters.remove(fut)
+
+    # the web app's port (supervisor/port.py): what the core's queries do not cover ------------------------
+    async def prune_forever(self) -> None:
+        await retention.prune_forever(self.store, self.settings, self.clock)
 
     # loops ---------------------------------------------------------------------------------
     async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
@@ -199,8 +213,7 @@ class Supervisor(SupervisorCore):
         period = max(0.05, self.settings.heartbeat_ms / 2000)
         while True:
             try:
-                if isinstance(self.driver, ClusterDriver):
-                    self.driver.poll()
+                self.driver.poll()
                 now = self.mono()
                 self.check_beats(now)
                 self.check_hosts(now)
@@ -227,6 +240,16 @@ class Supervisor(SupervisorCore):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _make_wires(s: Settings, on_event: Callable[[StreamEvent], None], sup: SupervisorCore) -> Wires:
+    """llmsup's channels: CURVE, and only peers with the client keys (our engines, join agents) get in."""
+    context = zmq.asyncio.Context()
+    keys = ChannelKeys.generate()
+    bind, advertise = listen_addresses(s)
+    return Wires(context, keys, ChannelGate(context, keys),
+                 StreamReader(context, bind, on_event, sup.metrics, keys, advertise),
+                 ControlChannel(context, bind, sup.metrics, keys, advertise))
 
 
 async def _wait_event(event: asyncio.Event, timeout: float) -> None:

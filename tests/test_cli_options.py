@@ -29,7 +29,7 @@ def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Settings]:
     from llmsup.web import app as web_app
 
     seen: list[Settings] = []
-    monkeypatch.setattr(web_app, "create_app", lambda settings: seen.append(settings) or "app")
+    monkeypatch.setattr(web_app, "create_app", lambda settings, **kw: seen.append(settings) or "app")
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
     monkeypatch.setattr(logsetup, "configure", lambda level, kind: None)
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,4 @@
-"""The app factory: FastAPI + a lifespan that owns one Supervisor."""
+"""The app factory: FastAPI + a lifespan around one control plane (``supervisor/port.py``)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from llmsup.supervisor import __version__
+from llmsup.supervisor.port import ControlPlane
 from llmsup.supervisor.rundir import prepare_run_dir, write_private
-from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import retention
 from llmsup.web import (
@@ -39,14 +39,21 @@ from llmsup.web.schemas import Health
 log = logging.getLogger("llmsup.web")
 
 
-def create_app(settings: Settings | None = None, supervisor: Supervisor | None = None) -> FastAPI:
-    """Build the app. With ``supervisor`` given, its owner starts and stops it; otherwise the lifespan does."""
+def create_app(settings: Settings | None = None, supervisor: ControlPlane | None = None,
+               make: Callable[[Settings], ControlPlane] | None = None) -> FastAPI:
+    """Build the app. With ``supervisor`` given, its owner starts and stops it; otherwise the lifespan builds one
+    with ``make`` (the composition root passes the supervisor class), starts it and stops it."""
     settings = settings or (supervisor.settings if supervisor else Settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = supervisor is None
-        sup = supervisor or Supervisor(settings)
+        if supervisor is not None:
+            sup = supervisor
+        elif make is not None:
+            sup = make(settings)
+        else:
+            raise RuntimeError("create_app needs a control plane: a supervisor, or make= to build one")
         app.state.supervisor = sup
         app.state.web_metrics = WebMetrics.of(sup.metrics.registry)
         if owned:
@@ -61,7 +68,7 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
         _write_server_file(settings)
         pruner = None
         if retention.enabled(settings) and (owned or sup.started):
-            pruner = asyncio.ensure_future(retention.prune_forever(sup.store, settings, sup.clock))
+            pruner = asyncio.ensure_future(sup.prune_forever())
         warm_tokenizer = asyncio.ensure_future(tokens.warm(sup))
         try:
             yield
@@ -95,7 +102,7 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
     async def readyz(sup: SupervisorDep) -> Health:
         from fastapi.responses import JSONResponse
 
-        n = len(sup.pool.serving())
+        n = sup.serving_engines()
         if not sup.ready():
             return JSONResponse({"status": "not ready", "engines": n}, status_code=503)  # type: ignore[return-value]
         return Health(status="ready", engines=n)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from llmsup.supervisor.core.requests import InvalidRequest
-from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.port import ControlPlane
 from llmsup.web.openai_schemas import ChatMessage
 
 ROLE_NAMES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool",
@@ -77,10 +77,9 @@ def _raise(message: str) -> None:
     raise ValueError(message)
 
 
-def template_for(sup: Supervisor) -> ChatTemplate:
+def template_for(sup: ControlPlane) -> ChatTemplate:
     """The serving model's chat template when an engine published one, else ``Role: content`` lines."""
-    for engine in sup.pool:
-        info = engine.backend
+    for info in sup.model_facts():
         if info.get("chat_template"):
             key = info["chat_template"]
             if key not in _CACHE:

@@ -21,7 +21,7 @@ from typing import Any
 
 from llmsup.engines.protocol import Structured, TokenBias
 from llmsup.supervisor.core.requests import JobRequest
-from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.port import ControlPlane
 from llmsup.web.auth import Principal
 from llmsup.web.errors import OpenAIHTTPError
 from llmsup.web.limits import check_job_limits, check_priority
@@ -198,7 +198,7 @@ def _logit_bias(body: SamplingRequest, tok: Tokenizer | None) -> tuple[TokenBias
     return bias
 
 
-async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest, raw_prompts: list[str | list[int]],
+async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingRequest, raw_prompts: list[str | list[int]],
                     add_special_tokens: bool = True, prompt_logprobs: int | None = None) -> Plan:
     """Check the request against the served model and build one job request per choice."""
     model = served_model(sup)

@@ -20,8 +20,7 @@ from fastapi import APIRouter, Request, Response
 
 from llmsup.engines.protocol import TokenLogprob
 from llmsup.supervisor.core.jobs import Job
-from llmsup.supervisor.core.model_name import served_model_name
-from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.port import ControlPlane
 from llmsup.web import sse
 from llmsup.web.auth import PrincipalDep
 from llmsup.web.chat import render_chat, template_for
@@ -64,8 +63,8 @@ STREAM_OR_JSON = sse.sse_response("JSON, or with stream=true SSE chunks (JSON) e
                                   json_data=False)
 
 
-def served_models(sup: Supervisor) -> list[str]:
-    return [served_model_name(sup.settings, sup.pool.engines.values())]
+def served_models(sup: ControlPlane) -> list[str]:
+    return [sup.served_model_name()]
 
 
 @router.get("/models", response_model=ModelList, responses=_errors(401))
@@ -174,7 +173,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sup: S
 # the jobs behind a completion -----------------------------------------------------------------
 
 
-def _check_model(sup: Supervisor, model: str | None) -> str:
+def _check_model(sup: ControlPlane, model: str | None) -> str:
     names = served_models(sup)
     if model is None:
         return names[0]
@@ -184,7 +183,7 @@ def _check_model(sup: Supervisor, model: str | None) -> str:
     return model
 
 
-def _submit(sup: Supervisor, plan: Plan, release: Callable[[], None] | None = None) -> list[Job]:
+def _submit(sup: ControlPlane, plan: Plan, release: Callable[[], None] | None = None) -> list[Job]:
     """Submit every choice's job; if one is refused (a full queue, a quota), the ones queued are taken back and
     a stream slot taken for the request (``release``) is given back."""
     jobs: list[Job] = []
@@ -219,7 +218,7 @@ def _first_prompt_token(plan: Plan, choice: int) -> str:
         return ""
 
 
-def _stream(sup: Supervisor, request: Request, plan: Plan, jobs: list[Job], make: Any,
+def _stream(sup: ControlPlane, request: Request, plan: Plan, jobs: list[Job], make: Any,
             body: CompletionRequest | ChatCompletionRequest, head: list[dict[str, Any]],
             release: Callable[[], None] | None, offsets: Sequence[int] = ()) -> sse.EventStream:
     """Stream the choices; ``offsets``: each choice's first text offset (completions with an echoed prompt)."""
@@ -234,7 +233,7 @@ def _stream(sup: Supervisor, request: Request, plan: Plan, jobs: list[Job], make
     return stream_response(sup, request, [j.id for j in jobs], body_iter, DISCONNECT_NOTE, release)
 
 
-async def _wait_all(sup: Supervisor, request: Request, job_ids: list[str]) -> list[Job]:
+async def _wait_all(sup: ControlPlane, request: Request, job_ids: list[str]) -> list[Job]:
     """Wait for every job to end; if the client goes away first, cancel them (by default) and stop waiting.
     A job that ended without an answer is the request's error (the others are cancelled)."""
     waiter: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*(sup.wait(j) for j in job_ids)))

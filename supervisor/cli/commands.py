@@ -81,6 +81,7 @@ def serve(model_arg: str | None = None, config: Path | None = None, **values: An
 
     from llmsup.supervisor.cli import logsetup
     from llmsup.supervisor.rundir import RunDirError, prepare_run_dir
+    from llmsup.supervisor.service import Supervisor
     from llmsup.supervisor.settings import load_settings, unknown_variables
     from llmsup.web.app import create_app
 
@@ -105,7 +106,7 @@ def serve(model_arg: str | None = None, config: Path | None = None, **values: An
         log.warning("%s", warning)
     # A shell that started us in the background may have left SIGINT ignored; Ctrl-C must still work.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+    uvicorn.run(create_app(settings, make=Supervisor), host=settings.host, port=settings.port, log_level=settings.log_level,
                 log_config=None, timeout_graceful_shutdown=5, limit_concurrency=settings.http_limit_concurrency,
                 backlog=settings.http_backlog)
 

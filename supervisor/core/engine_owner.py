@@ -378,7 +378,21 @@ class EngineOwner(CoreParts):
     # admin operations ----------------------------------------------------------------------------
     def engine_views(self) -> list[dict[str, Any]]:
         now = self.mono()
-        return [e.view(now) for e in sorted(self.pool.engines.values(), key=lambda e: e.id)]
+        return [{**e.view(now), "local": self.driver.is_local(e), "started_at": e.started_at}
+                for e in sorted(self.pool.engines.values(), key=lambda e: e.id)]
+
+    def engine_view(self, engine_id: int) -> dict[str, Any]:
+        engine = self.find_engine(engine_id)
+        return next(v for v in self.engine_views() if v["id"] == engine.id)
+
+    def starting_engines(self) -> list[tuple[str, str]]:
+        return [(launch.set_id, launch.gpu) for launch in sorted(self.pool.launches.values(), key=lambda x: x.set_id)]
+
+    def serving_engines(self) -> int:
+        return len(self.pool.serving())
+
+    def model_facts(self) -> list[dict[str, Any]]:
+        return [dict(engine.backend) for engine in self.pool if engine.backend]
 
     def find_engine(self, engine_id: int) -> Engine:
         engine = self.pool.get(engine_id)

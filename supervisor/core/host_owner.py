@@ -197,7 +197,7 @@ class HostOwner(CoreParts):
     # admin --------------------------------------------------------------------------------------------
     def host_views(self) -> list[dict[str, Any]]:
         now = self.mono()
-        local = getattr(self.driver, "local_key", "")
+        local = self.driver.local_key
         for engine in self.pool:  # hosts seen only through engines (no agent)
             self._host(engine.host_key, engine.host)
         views = []

@@ -24,7 +24,7 @@ from llmsup.supervisor.core import reports as ev
 from llmsup.supervisor.core.driver import EngineDriver, NotStarted
 from llmsup.supervisor.core.engine_owner import EngineOwner
 from llmsup.supervisor.core.engine_state import Engine, EngineState, after_jobs_change, move
-from llmsup.supervisor.core.events import EventHub
+from llmsup.supervisor.core.events import EventHub, Subscription
 from llmsup.supervisor.core.host_owner import HostOwner
 from llmsup.supervisor.core.jobs import Job, JobParams, JobStatus
 from llmsup.supervisor.core.model_name import served_model_name
@@ -37,6 +37,7 @@ from llmsup.supervisor.metrics.buckets import Limits
 from llmsup.supervisor.metrics.prometheus import Metrics
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import DuplicateKey, JobStore
+from llmsup.supervisor.store.protocol import PageReader
 
 log = logging.getLogger("llmsup.supervisor")
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
@@ -157,6 +158,18 @@ class SupervisorCore(EngineOwner, HostOwner):
             run.cancel_note = note
             self.interrupt(run, JobStatus.CANCELLED, self.mono())
         return job
+
+    def count(self, status: JobStatus) -> int:
+        return self.store.count(status)
+
+    def page_reader(self) -> PageReader | None:
+        return self.store.reader()
+
+    def subscribe(self, job_id: str | None = None) -> Subscription:
+        return self.hub.subscribe(job_id)
+
+    def served_model_name(self) -> str:
+        return self.metrics.model_name()
 
     def kill(self, job_id: str) -> Job:
         return self.cancel(job_id, note="killed by admin")
