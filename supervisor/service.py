@@ -100,6 +100,19 @@ class Supervisor(SupervisorCore):
         if self._store is None:
             self._store = SQLiteStore(s.db_path)
         self.recover(self.clock())
+        feeds = await self._start_driver()
+        for name, loop in (*feeds, ("dispatch", self._dispatch_loop), ("timers", self._timer_loop),
+                           ("health", self._health_loop)):
+            self._spawn(self._supervised(name, loop))
+        self.start_engines(s.engines)
+        self.started = True
+        if wait_for_engines:
+            await self.wait_for_engines(self.expected_engines(), s.engine_start_timeout_s)
+        log.info("supervisor ready: %d engines, backend %s", len(self.pool.serving()), self.engine_config["backend"])
+
+    async def _start_driver(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        """llmsup's channels, the IPyParallel cluster and its driver; returns the loops that read the channels."""
+        s = self.settings
         wires = self.wires = _make_wires(s, self.on_stream_event, self)
         self.stream_address = wires.stream.address
         self.cluster.channels = Channels(self.stream_address, wires.control.address, wires.keys)
@@ -109,15 +122,8 @@ class Supervisor(SupervisorCore):
         self.configure_engines(dict(s.for_engines(), stream_address=self.stream_address,
                                     channel_keys=wires.keys.for_clients()),
                                placement.detect_gpu_count() if self.cluster.local else 0)
-        for name, loop in (("token stream", wires.stream.run), ("dispatch", self._dispatch_loop),
-                           ("timers", self._timer_loop), ("health", self._health_loop),
-                           ("control channel", lambda: wires.control.receive(driver.on_hello, driver.on_host))):
-            self._spawn(self._supervised(name, loop))
-        self.start_engines(s.engines)
-        self.started = True
-        if wait_for_engines:
-            await self.wait_for_engines(self.expected_engines(), s.engine_start_timeout_s)
-        log.info("supervisor ready: %d engines, backend %s", len(self.pool.serving()), self.engine_config["backend"])
+        return [("token stream", wires.stream.run),
+                ("control channel", lambda: wires.control.receive(driver.on_hello, driver.on_host))]
 
     async def wait_for_engines(self, n: int, timeout: float) -> None:
         """Until ``n`` engines serve; ``TimeoutError`` once ``timeout`` has passed since the start and since the

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from support.inprocess import InProcessApp
-from support.live import LiveServer as Server
+from support.inprocess_server import Server
 from support.live import job_status
 from support.waiting import eventually
 
@@ -25,6 +25,7 @@ def engine_running(c: httpx.Client, s: Server, job_id: str) -> dict | None:
     return next((e for e in engines(c, s) if e["job_id"] == job_id), None)
 
 
+@pytest.mark.parametrize("server", ["real"], indirect=True)  # engine processes: pids, RSS
 def test_engine_list_shows_what_runs_where_and_for_how_long(server: Server) -> None:
     with server.client() as c:
         listed = engines(c, server)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from support.inprocess import InProcessApp
-from support.live import LiveServer as Server
+from support.inprocess_server import Server
 from support.live import job_status
 from support.waiting import eventually
 
