@@ -21,7 +21,7 @@ from support.inprocess import InProcessApp, in_process
 from support.inprocess_server import InProcessServer, serving_in_process
 from support.live import LiveServer, serving
 
-REAL_FIXTURES = {"sup", "real_server"}
+REAL_FIXTURES = {"sup", "real_server", "tiny_model", "models_run_dir"}  # a cluster, llmsup serve, transformers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -56,7 +56,8 @@ async def sup(run_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[Su
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if REAL_FIXTURES & set(getattr(item, "fixturenames", ())) or params.get("server") == "real":
+        if REAL_FIXTURES & set(getattr(item, "fixturenames", ())) or params.get("server") == "real" \
+                or item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.real)
 
 

@@ -11,7 +11,7 @@ from llmsup.supervisor.core.requests import InvalidRequest
 from llmsup.web.chat import ModelTemplate, SimpleTemplate
 from llmsup.web.openai_schemas import ChatMessage
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.real, pytest.mark.timeout(60)]
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
 
 

@@ -23,7 +23,7 @@ from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from nethosts import HostNet, hostnet  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.real, pytest.mark.timeout(180)]
 SECRET = "zebra-quartz-1729"  # in a job's prompt and output: a peer must never see it
 PEER = Path(__file__).with_name("garbage_peer.py")
 
