@@ -27,7 +27,7 @@ from llmsup.supervisor.service import Supervisor
 from llmsup.web.chat import template_for
 from llmsup.web.openai_schemas import ChatMessage
 
-pytestmark = [pytest.mark.real, pytest.mark.timeout(60)]
+pytestmark = pytest.mark.timeout(60)
 TEMPLATE = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant]"
 
 
