@@ -10,6 +10,7 @@ runs on the real server. ``make test-fast`` leaves them out (``-m "not real"``);
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -51,6 +52,18 @@ async def sup(run_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[Su
         yield supervisor
     finally:
         await supervisor.stop()
+
+
+REAL_MODULE = re.compile(r"^pytestmark = .*pytest\.mark\.real\b", re.M)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With ``-m "not real"``, modules marked real as a whole are not even imported (vLLM, transformers, Chromium's
+    driver, notebooks: importing them costs more than the fast tests themselves)."""
+    if config.option.markexpr.replace(" ", "") != "notreal" or collection_path.suffix != ".py" \
+            or not collection_path.name.startswith("test_"):
+        return None
+    return True if REAL_MODULE.search(collection_path.read_text()) else None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -210,12 +210,7 @@ class InProcessDriver:
         if run.key not in sim_engine.runs:
             return
         if run.count >= run.limit:
-            if run.end == "crash":
-                self._die(sim_engine.id, "engine process exited (17)", killed=False)
-            elif run.end in ("hang", "hang-nosigint"):
-                run.stuck = run.end
-            else:
-                self._end(sim_engine, run, "completed", "length")
+            self._out_of_tokens(sim_engine, run)
             return
         piece = run.words[run.count % len(run.words)] + " "
         entry = sim.sim_logprob(piece, run.params.logprobs) if run.params.logprobs is not None else None
@@ -231,7 +226,19 @@ class InProcessDriver:
         run.text += piece
         run.count += 1
         self.sink(ev.TokenPiece(run.key, seq, piece, None, entry))
-        run.timers.append(self._later(lambda: self._step(sim_engine, run), run.token_s))
+        if run.count >= run.limit:
+            self._out_of_tokens(sim_engine, run)
+        else:
+            run.timers.append(self._later(lambda: self._step(sim_engine, run), run.token_s))
+
+    def _out_of_tokens(self, sim_engine: _SimEngine, run: _Run) -> None:
+        """Its last token is out: it completes, or its scripted end begins."""
+        if run.end == "crash":
+            self._die(sim_engine.id, "engine process exited (17)", killed=False)
+        elif run.end in ("hang", "hang-nosigint"):
+            run.stuck = run.end
+        else:
+            self._end(sim_engine, run, "completed", "length")
 
     def _end(self, sim_engine: _SimEngine, run: _Run, outcome: str, reason: str | None,
              via_sigint: bool = False) -> None:
