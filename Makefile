@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check
 
-.PHONY: serve test test-fast install install-test links browser sshd lint layout typecheck bench clean
+.PHONY: serve test test-fast install install-test links browser sshd lint layout typecheck bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,10 @@ typecheck: install-test
 
 bench: install-test
 	$(BIN)/python -m bench
+
+# docs/configuration.md is rendered from the settings (tests/test_docs_config.py fails when it is out of date)
+docs: install
+	$(BIN)/python -m llmsup.supervisor.cli.config_doc --write docs/configuration.md
 
 clean:
 	rm -rf $(VENV) .llmsup

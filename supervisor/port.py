@@ -16,6 +16,7 @@ from llmsup.supervisor.core.events import Subscription
 from llmsup.supervisor.core.jobs import Job, JobStatus
 from llmsup.supervisor.core.requests import JobRequest, Submitted
 from llmsup.supervisor.metrics.prometheus import Metrics
+from llmsup.supervisor.pipelines.runner import PipelineRunner
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store.protocol import PageReader
 
@@ -30,6 +31,7 @@ class ControlPlane(Protocol):
     metrics: Metrics  # its registry (``/metrics``), history (``/v1/stats``), served model name
     clock: Callable[[], float]  # wall clock, for records
     started: bool  # its engines and loops run (False: built, or stopped, or never started by its owner)
+    pipelines: PipelineRunner  # multi-step jobs: create, get, list, cancel, their event hub
 
     # lifecycle (the app's lifespan starts and stops a control plane it built itself) -------------------------
     async def start(self) -> None:

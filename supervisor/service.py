@@ -34,6 +34,8 @@ from llmsup.supervisor.core import reports as ev
 from llmsup.supervisor.core.engine_state import EngineState, move
 from llmsup.supervisor.core.jobs import Job
 from llmsup.supervisor.core.owner import SupervisorCore
+from llmsup.supervisor.pipelines.runner import PipelineRunner
+from llmsup.supervisor.pipelines.store import MemoryPipelineStore, SQLitePipelineStore
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import JobStore, SQLiteStore, retention
 
@@ -70,6 +72,7 @@ class Supervisor(SupervisorCore):
         self.started = False
         self.stream_address = ""
         self.wires: Wires | None = None  # made at start
+        self.pipelines = PipelineRunner(self, MemoryPipelineStore(), wake=self.wake_timers)
 
     # hooks of the core ---------------------------------------------------------------
     def wake_dispatch(self) -> None:
@@ -82,6 +85,8 @@ class Supervisor(SupervisorCore):
         for fut in self._waiters.pop(job.id, []):
             if not fut.done():
                 fut.set_result(job)
+        if job.pipeline is not None:  # its pipeline goes on after this settlement is done, not inside it
+            asyncio.get_running_loop().call_soon(lambda: self.pipelines.on_job_settled(job, self.clock()))
 
     # lifecycle -------------------------------------------------------------------------
     async def start(self, wait_for_engines: bool = True) -> None:
@@ -100,6 +105,9 @@ class Supervisor(SupervisorCore):
         if self._store is None:
             self._store = SQLiteStore(s.db_path)
         self.recover(self.clock())
+        if isinstance(self._store, SQLiteStore):
+            self.pipelines.store = SQLitePipelineStore(s.run_dir / "pipelines.sqlite")
+        self.pipelines.recover(self.clock())
         feeds = await self._start_driver()
         for name, loop in (*feeds, ("dispatch", self._dispatch_loop), ("timers", self._timer_loop),
                            ("health", self._health_loop)):
@@ -154,6 +162,8 @@ class Supervisor(SupervisorCore):
             self.wires.close()
             self.wires = None
         self.hub.close_all()
+        self.pipelines.hub.close_all()
+        self.pipelines.store.close()
         if self._store is not None:
             self._store.close()
 
@@ -210,6 +220,9 @@ class Supervisor(SupervisorCore):
             self._timers_changed.clear()
             now = self.mono()
             self.tick(now)
+            due = self.pipelines.next_deadline()
+            if due is not None and due <= self.clock():
+                self.pipelines.tick(self.clock())
             wake = self.next_wakeup()
             delay = 0.25 if wake is None else min(0.25, max(0.0, wake - self.mono()))
             if delay > 0:

@@ -27,7 +27,7 @@ async def test_ssh_launcher_starts_and_replaces_engines_on_its_host(hostnet: Hos
                              hosts=[f"root@{host.address}"])
     profile = settings.ipython_dir / "profile_llmsup"
     profile.mkdir(parents=True)
-    (profile / "ipcluster_config.py").write_text(  # what a user writes for their cluster (README: SSH)
+    (profile / "ipcluster_config.py").write_text(  # what a user writes for their cluster (docs/deployment.md: SSH)
         f"c.SSHLauncher.ssh_args = {access.options!r}\n"
         f"c.SSHLauncher.scp_args = {access.options!r}\n"
         f"c.SSHLauncher.remote_python = {sys.executable!r}\n")

@@ -1,5 +1,5 @@
-"""Every `llmsup ...` command line the README shows parses: its subcommand, flags and values exist (the README can
-never document a flag that does not exist). Lines are parsed by the command's own parser, nothing is run."""
+"""Every `llmsup ...` command line the README and docs/ show parses: its subcommand, flags and values exist (they
+can never document a flag that does not exist). Lines are parsed by the command's own parser, nothing is run."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import typer
 from llmsup.supervisor.cli import commands as cli
 
 pytestmark = pytest.mark.timeout(30)
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_BLOCK = re.compile(r"^```(?:bash|sh|shell|console)\n(.*?)^```", re.M | re.S)
 INLINE = re.compile(r"`(llmsup (?:--?[a-z]|serve|submit|status|kill|engines)[^`]*)`")
 
@@ -53,7 +55,7 @@ def test_the_readme_shows_commands() -> None:
     assert {"serve", "submit", "status", "kill", "engines"} <= subcommands
 
 
-@pytest.mark.parametrize("command", readme_commands(README.read_text()))
+@pytest.mark.parametrize("command", [pytest.param(c, id=f"{p.name}: {c}") for p in PAGES for c in readme_commands(p.read_text())])
 def test_readme_command_parses(command: str) -> None:
     parse(command)
 

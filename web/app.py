@@ -25,6 +25,7 @@ from llmsup.web import (
     routes_admin,
     routes_jobs,
     routes_openai,
+    routes_pipelines,
     routes_serving,
     tokens,
 )
@@ -90,7 +91,7 @@ def create_app(settings: Settings | None = None, supervisor: ControlPlane | None
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HostAllowlist, allowed=allowed_hosts(settings), wildcard_bind=is_wildcard(settings.host))
     app.add_middleware(HTTPMetrics)
-    for module in (routes_jobs, live, routes_openai, routes_serving, routes_admin, metrics, dashboard):
+    for module in (routes_jobs, routes_pipelines, live, routes_openai, routes_serving, routes_admin, metrics, dashboard):
         app.include_router(module.router)
     openapi.install(app, settings)
 

@@ -78,6 +78,7 @@ class JobOut(BaseModel):
     idempotency_key: str | None
     owner: str | None = None
     prompt_tokens: int = 0
+    pipeline: str | None = Field(None, description="the pipeline this job is a step of")
     params: dict[str, Any]
     created_at: str | None
     started_at: str | None
@@ -102,7 +103,7 @@ class JobOut(BaseModel):
             attempts=job.attempts, error=job.error, finish_reason=job.finish_reason,
             engine=EngineRefOut(**job.engine.__dict__) if job.engine else None, priority=job.priority,
             deadline_s=job.deadline_s, queue_timeout_s=job.queue_timeout_s, idempotency_key=job.idempotency_key,
-            owner=job.owner, prompt_tokens=job.prompt_tokens,
+            owner=job.owner, prompt_tokens=job.prompt_tokens, pipeline=job.pipeline,
             params={k: (list(v) if isinstance(v, tuple) else v) for k, v in job.params.__dict__.items()},
             created_at=iso(job.created_at), started_at=iso(job.started_at), finished_at=iso(job.finished_at),
         )

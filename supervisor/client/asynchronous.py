@@ -23,10 +23,19 @@ from urllib.parse import quote
 import httpx
 
 from llmsup.supervisor.client import notebook as notebook_cluster
-from llmsup.supervisor.client.base import WAIT_STEP_S, AtEndpoint, Deadline, Endpoint, JobFields, SubmitParams, submit_body
+from llmsup.supervisor.client.base import (
+    PIPELINE_POLL_S,
+    WAIT_STEP_S,
+    AtEndpoint,
+    Deadline,
+    Endpoint,
+    JobFields,
+    SubmitParams,
+    submit_body,
+)
 from llmsup.supervisor.client.errors import JobFailed, JobTimeout, ServerUnreachable, checked
 from llmsup.supervisor.client.events import SSEParser, TextTracker, apply_event, is_event_stream
-from llmsup.supervisor.client.progress import BatchBar, JobBar, job_updates, watch_batch
+from llmsup.supervisor.client.progress import BatchBar, JobBar, PipelineBar, job_updates, watch_batch
 
 ENGINE_POLL_S = 0.05  # engines and readiness have no long-poll route: read again this often while waiting
 
@@ -199,6 +208,39 @@ class AsyncClient(AtEndpoint):
             async for jobs in watch_batch(handles, timeout, progress, interval):
                 bar.update(jobs)
         return handles
+
+    # pipelines -----------------------------------------------------------------------
+    async def pipeline(self, steps: list[dict[str, Any]], deadline_s: float | None = None, priority: int = 0,
+                       idempotency_key: str | None = None) -> dict[str, Any]:
+        """Queue a pipeline (``POST /v1/pipelines``): each step a dict of ``name``, ``prompt`` (``{{a}}``: step a's
+        output; ``{{item}}``: a map's item), ``after``, ``map``, ``affinity``, ``max_tokens``, ``deadline_s``..."""
+        body: dict[str, Any] = {"steps": steps, "priority": priority}
+        if deadline_s is not None:
+            body["deadline_s"] = deadline_s
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        return await self._request("POST", "/v1/pipelines", json=body)
+
+    async def pipeline_data(self, pipeline_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+        """The pipeline's JSON; with ``wait_s`` (a long-poll) once it changes or ends, or after ``wait_s``."""
+        params = {"wait_s": round(wait_s, 3)} if wait_s > 0 else None
+        return await self._request("GET", f"/v1/pipelines/{pipeline_id}", params=params, read_s=wait_s + self.timeout)
+
+    async def wait_pipeline(self, pipeline_id: str, timeout: float | None = None,
+                            progress: bool = True) -> dict[str, Any]:
+        """Until the pipeline ends; with ``progress``, a live bar of its steps. ``JobTimeout`` on timeout."""
+        deadline = Deadline.after(timeout)
+        data = await self.pipeline_data(pipeline_id)
+        with PipelineBar(data, progress) as bar:
+            while data["status"] in ("queued", "running"):
+                if deadline.passed():
+                    raise JobTimeout(f"pipeline {pipeline_id} still {data['status']} after {timeout}s")
+                data = await self.pipeline_data(pipeline_id, deadline.step(PIPELINE_POLL_S))
+                bar.update(data)
+        return data
+
+    async def cancel_pipeline(self, pipeline_id: str) -> dict[str, Any]:
+        return await self._request("POST", f"/v1/pipelines/{pipeline_id}/cancel")
 
     # admin ---------------------------------------------------------------------------
     async def kill(self, job_id: str) -> AsyncJobHandle:

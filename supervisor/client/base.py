@@ -22,6 +22,7 @@ __all__ = [  # with the event stream's parsing and the error mapping, as before 
     "apply_event", "checked", "error_from", "find_api_key", "is_event_stream", "parse_time", "submit_body", "time_left",
 ]
 WAIT_STEP_S = 25.0  # one long-poll (``GET /v1/jobs/{id}?wait_s=``) at the most; the server allows 60
+PIPELINE_POLL_S = 1.0  # a pipeline long-poll ends when a step ends; a step that starts shows within this
 
 
 @dataclass(frozen=True)

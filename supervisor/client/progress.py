@@ -148,3 +148,28 @@ def watch_batch(handles: list[AsyncJobHandle], timeout: float | None, progress: 
     if progress:
         return batch_updates(handles, timeout, interval, every_job=True)
     return batch_updates(handles, timeout, WAIT_STEP_S, every_job=False)
+
+
+class PipelineBar:
+    """A pipeline's steps ended out of all, with the running ones named (nothing drawn without ``show``)."""
+
+    def __init__(self, pipeline: dict[str, Any], show: bool) -> None:
+        self.bar = _tqdm(total=len(pipeline["steps"]), desc=pipeline["id"], unit="step") if show else None
+        self.update(pipeline)
+
+    def update(self, pipeline: dict[str, Any]) -> None:
+        if self.bar is None:
+            return
+        steps = pipeline["steps"]
+        self.bar.n = sum(1 for s in steps if s["status"] not in ("waiting", "queued", "running"))
+        running = [s["name"] for s in steps if s["status"] == "running"]
+        status = pipeline["status"] + (f": {pipeline['error']}" if pipeline.get("error") else "")
+        self.bar.set_postfix_str(f"running {', '.join(running)}" if running else status, refresh=False)
+        self.bar.refresh()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -40,7 +40,7 @@ from typing import Any, Self, TypeVar, Unpack
 import httpx
 
 from llmsup.supervisor.client.asynchronous import AsyncClient, AsyncJobHandle
-from llmsup.supervisor.client.base import AtEndpoint, Endpoint, JobFields, SubmitParams
+from llmsup.supervisor.client.base import PIPELINE_POLL_S, AtEndpoint, Deadline, Endpoint, JobFields, SubmitParams
 from llmsup.supervisor.client.errors import (
     AuthError,
     BorrowError,
@@ -54,7 +54,7 @@ from llmsup.supervisor.client.errors import (
     ServerUnreachable,
 )
 from llmsup.supervisor.client.loop import shared_loop
-from llmsup.supervisor.client.progress import BatchBar, JobBar, job_updates, watch_batch
+from llmsup.supervisor.client.progress import BatchBar, JobBar, PipelineBar, job_updates, watch_batch
 
 __all__ = [
     "AsyncClient", "AsyncJobHandle", "AuthError", "BorrowError", "Client", "Conflict", "InvalidRequest", "JobFailed",
@@ -170,6 +170,30 @@ class Client(AtEndpoint):
             for jobs in self._iterate(watch_batch([h.core for h in handles], timeout, progress, interval)):
                 bar.update(jobs)
         return handles
+
+    # pipelines -----------------------------------------------------------------------
+    def pipeline(self, steps: list[dict[str, Any]], deadline_s: float | None = None, priority: int = 0,
+                 idempotency_key: str | None = None) -> dict[str, Any]:
+        """Queue a pipeline (see :meth:`AsyncClient.pipeline`); returns its JSON at once."""
+        return self._run(self.core.pipeline(steps, deadline_s, priority, idempotency_key))
+
+    def pipeline_data(self, pipeline_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+        return self._run(self.core.pipeline_data(pipeline_id, wait_s))
+
+    def wait_pipeline(self, pipeline_id: str, timeout: float | None = None, progress: bool = True) -> dict[str, Any]:
+        """Until the pipeline ends, with a live bar of its steps (drawn in this thread)."""
+        data = self.pipeline_data(pipeline_id)
+        deadline = Deadline.after(timeout)
+        with PipelineBar(data, progress) as bar:
+            while data["status"] in ("queued", "running"):
+                if deadline.passed():
+                    raise JobTimeout(f"pipeline {pipeline_id} still {data['status']} after {timeout}s")
+                data = self.pipeline_data(pipeline_id, deadline.step(PIPELINE_POLL_S))
+                bar.update(data)
+        return data
+
+    def cancel_pipeline(self, pipeline_id: str) -> dict[str, Any]:
+        return self._run(self.core.cancel_pipeline(pipeline_id))
 
     # admin ---------------------------------------------------------------------------
     def kill(self, job_id: str) -> JobHandle:

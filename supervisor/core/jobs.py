@@ -79,6 +79,8 @@ class Job:
     prompt_logprobs: tuple[TokenLogprob, ...] = ()  # prompt tokens after the first
     token_ids: tuple[int, ...] = ()
     prompt_token_ids: tuple[int, ...] = ()
+    pipeline: str | None = None  # the pipeline this job is a step of
+    affinity: EngineRef | None = None  # run on this engine when it has room, else on its host, else anywhere
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -91,6 +93,7 @@ class Job:
         data["status"] = JobStatus(data["status"])
         data["params"] = JobParams.from_dict(data.get("params") or {})
         data["engine"] = EngineRef.from_dict(data.get("engine"))
+        data["affinity"] = EngineRef.from_dict(data.get("affinity"))
         data["lost_engines"] = tuple(data.get("lost_engines") or ())
         for name in ("logprobs", "prompt_logprobs"):
             data[name] = logprobs_from_plain(data.get(name) or [])

@@ -26,7 +26,7 @@ from llmsup.supervisor.core.engine_owner import EngineOwner
 from llmsup.supervisor.core.engine_state import Engine, EngineState, after_jobs_change, move
 from llmsup.supervisor.core.events import EventHub, Subscription
 from llmsup.supervisor.core.host_owner import HostOwner
-from llmsup.supervisor.core.jobs import Job, JobParams, JobStatus
+from llmsup.supervisor.core.jobs import EngineRef, Job, JobParams, JobStatus
 from llmsup.supervisor.core.model_name import served_model_name
 from llmsup.supervisor.core.outcomes import Settlement
 from llmsup.supervisor.core.pool import EnginePool
@@ -104,7 +104,8 @@ class SupervisorCore(EngineOwner, HostOwner):
             raise QueueFull(s.owner_queue_max, retry_after_s=max(1.0, deadline / 4), owner=req.owner)
         job = Job(prompt=req.prompt, params=params, deadline_s=deadline,
                   queue_timeout_s=req.queue_timeout_s or s.queue_timeout_s, priority=req.priority,
-                  idempotency_key=req.idempotency_key, owner=req.owner, created_at=self.clock())
+                  idempotency_key=req.idempotency_key, owner=req.owner, created_at=self.clock(), pipeline=req.pipeline,
+                  affinity=EngineRef.from_dict(req.affinity))
         try:
             job = self.store.add(job)
         except DuplicateKey as dup:
@@ -188,7 +189,7 @@ class SupervisorCore(EngineOwner, HostOwner):
             return 0
         started = 0
         for job in self.store.next_queued(self.clock(), free):
-            engine = self.pool.pick(job.lost_engines)
+            engine = self.pool.pick(job.lost_engines, job.affinity)
             if engine is None:
                 break
             self._start(job, engine, now)

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from llmsup.supervisor.core.engine_state import SERVING, Engine
+from llmsup.supervisor.core.jobs import EngineRef
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,18 @@ class EnginePool:
     def on_host(self, host_key: str) -> int:
         return sum(1 for e in self.engines.values() if e.host_key == host_key)
 
-    def pick(self, avoid: Iterable[int] = ()) -> Engine | None:
-        """The least-loaded engine with a free slot, preferring engines not in ``avoid``."""
+    def pick(self, avoid: Iterable[int] = (), affinity: EngineRef | None = None) -> Engine | None:
+        """The least-loaded engine with a free slot, preferring engines not in ``avoid``; with an ``affinity``, that
+        engine when it has room, else one on its host, else any."""
         avoid = set(avoid)
         candidates = [e for e in self.engines.values() if e.free_slots > 0]
         if not candidates:
             return None
-        candidates.sort(key=lambda e: (e.id in avoid, len(e.jobs) / e.slots, e.jobs_done, e.id))
+
+        def near(e: Engine) -> int:  # 0: the affinity's engine, 1: its host, 2: elsewhere
+            if affinity is None:
+                return 0
+            return 0 if e.id == affinity.id else 1 if e.host == affinity.host else 2
+
+        candidates.sort(key=lambda e: (e.id in avoid, near(e), len(e.jobs) / e.slots, e.jobs_done, e.id))
         return candidates[0]

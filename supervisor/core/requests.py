@@ -31,6 +31,8 @@ class JobRequest:
     idempotency_key: str | None = None
     owner: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # further sampling params (top_p, top_k, seed, ...)
+    pipeline: str | None = None  # the pipeline this job is a step of
+    affinity: dict[str, Any] | None = None  # an engine record (id, host, ...) to run on when it has room
 
     def __post_init__(self) -> None:
         if self.owner is not None:

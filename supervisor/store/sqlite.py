@@ -64,7 +64,7 @@ class SQLiteStore:
     The file and its ``-wal`` / ``-shm`` companions are 0600. ``sync``: ``terminal`` (default) commits a
     job's terminal transition with ``synchronous=FULL`` (the WAL is fsynced: the outcome survives a power
     loss) and everything else with ``NORMAL``; ``full`` fsyncs every commit; ``normal`` none (a power loss
-    can undo the last commits, never corrupt the file). Costs: README, "Durability".
+    can undo the last commits, never corrupt the file). Costs: docs/benchmarks.md, "Durability".
     """
 
     def __init__(self, path: Path | str, sync: SyncMode = "terminal") -> None:
