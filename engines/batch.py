@@ -68,7 +68,6 @@ class Request:
     deadline: float  # this process's monotonic clock
     pieces: list[str] = field(default_factory=list)
     tokens: int = 0
-    first_token_s: float | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     prompt_logprobs: tuple[TokenLogprob, ...] = ()

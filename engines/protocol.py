@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length"]
-StructuredKind = Literal["json", "json_object", "regex", "choice", "grammar"]
+StructuredKind = Literal["json", "json_object", "regex", "choice", "grammar", "structural_tag"]
 LOGPROB_FLOOR = -9999.0  # -inf (a masked token) as OpenAI servers report it: JSON has no infinity
 REJECTED = "RequestRejected"  # error prefix of a request its backend refuses (the web layer answers 400)
 
@@ -48,8 +48,8 @@ class TokenBias:
 @dataclass(frozen=True)
 class Structured:
     """A structured-output constraint (vLLM's ``structured_outputs``): ``spec`` is the JSON schema as JSON
-    text (``json``), the regex, the grammar, or the choices as a JSON list (``choice``); ``json_object``: any
-    JSON object."""
+    text (``json``), the regex, the grammar, the choices as a JSON list (``choice``), or vLLM's structural tag as
+    JSON text (``structural_tag``: what its tool parsers ask for); ``json_object``: any JSON object."""
 
     kind: StructuredKind
     spec: str = ""

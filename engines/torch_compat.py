@@ -28,7 +28,6 @@ from collections.abc import MutableMapping
 from pathlib import Path
 
 EXTENSIONS = ("torchvision", "torchaudio", "torchcodec")
-FIX = "pip uninstall -y torchvision torchaudio torchcodec"
 _VERSION = re.compile(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", re.M)
 hidden: dict[str, str] = {}  # name -> why (what this process hid)
 

@@ -121,7 +121,7 @@ class VLLMBackend:
             self.dead = True
             raise EngineDead("vLLM EngineCore died; restart this engine") from exc
 
-    def _generate(self, prompt: str, params: GenParams, on_token: TokenCallback) -> Generation:
+    def _generate(self, prompt: str, params: GenParams, on_token: TokenCallback) -> Generation:  # noqa: C901 - one step loop with its tokens, logprobs, token ids and finish
         eng = self.llm.llm_engine
         self._stop.clear()
         if eng.output_processor.request_states:
@@ -292,7 +292,7 @@ class VLLMBackend:
 
         config = self.llm.llm_engine.model_config
         return {"max_model_len": int(config.max_model_len), "max_logprobs": int(config.max_logprobs),
-                "vllm_version": str(vllm.__version__)}
+                "vllm_version": str(vllm.__version__), "multimodal": bool(config.is_multimodal_model)}
 
     def _chat_info(self) -> dict[str, Any]:
         from llmsup.engines.chat_template import chat_info

@@ -29,6 +29,8 @@ def structured_outputs(structured: Structured | None) -> Any:
         return StructuredOutputsParams(regex=structured.spec)
     if structured.kind == "choice":
         return StructuredOutputsParams(choice=list(json.loads(structured.spec)))
+    if structured.kind == "structural_tag":
+        return StructuredOutputsParams(structural_tag=structured.spec)
     return StructuredOutputsParams(grammar=structured.spec)
 
 

@@ -25,6 +25,6 @@ class InProcessSupervisor(Supervisor):
 
     async def _start_driver(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         loop = asyncio.get_running_loop()
-        self.driver = InProcessDriver(self.report, loop.call_later, self.settings.sim_token_s)
-        self.configure_engines(dict(self.settings.for_engines(), backend="sim"))
+        self.core.driver = InProcessDriver(self.report, loop.call_later, self.settings.sim_token_s)
+        self.core.configure_engines(dict(self.settings.for_engines(), backend="sim"))
         return []  # the driver reports from its timers: no channel to read

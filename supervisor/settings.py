@@ -18,6 +18,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from llmsup.supervisor import runfiles
+
 BackendName = Literal["auto", "sim", "transformers", "vllm"]
 DType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -160,6 +162,22 @@ class Settings(BaseSettings):
         None, description="chat template for /v1/chat/completions: a Jinja file's path, or the template itself; "
         "default: the model's own", json_schema_extra=cli(MODEL),
     )
+    chat_template_content_format: Literal["auto", "string", "openai"] = Field(
+        "auto", description="how message content reaches the chat template: a string, or OpenAI's list of parts; "
+        "auto: as the template reads it (vLLM's rule)", json_schema_extra=cli(MODEL),
+    )
+    trust_request_chat_template: bool = Field(False, description="let a chat request bring its own chat_template "
+                                              "(else such a request is a 400)", json_schema_extra=cli(MODEL))
+    enable_auto_tool_choice: bool = Field(False, description="tool_choice auto: the model decides to call tools "
+                                          "(needs tool_call_parser)", json_schema_extra=cli(MODEL))
+    tool_call_parser: str | None = Field(
+        None, description="vLLM's tool-call parser for the model's output (hermes, llama3_json, mistral, pythonic, "
+        "...); needed for tool_choice auto, required or a named function", json_schema_extra=cli(MODEL),
+    )
+    reasoning_parser: str | None = Field(
+        None, description="vLLM's reasoning parser (deepseek_r1, qwen3, ...): the model's reasoning goes to "
+        "reasoning_content, not content", json_schema_extra=cli(MODEL),
+    )
     hf_home: Path | None = Field(
         None, description="Hugging Face home for the engines (model cache and hub token), e.g. .llmsup/huggingface "
         "to keep downloads in the run directory; unset: the user's own (HF_HOME, else ~/.cache/huggingface)",
@@ -207,7 +225,7 @@ class Settings(BaseSettings):
     # web
     host: str = Field("127.0.0.1", description="address the web app binds", json_schema_extra=cli(SERVER))
     port: int = Field(8000, ge=0, le=65535, description="port of the web app", json_schema_extra=cli(SERVER))
-    run_dir: Path = Field(Path(".llmsup"), description="SQLite store, IPyParallel files, caches, tokens, logs",
+    run_dir: Path = Field(Path(runfiles.DEFAULT_RUN_DIR), description="SQLite store, IPyParallel files, caches, tokens, logs",
                           json_schema_extra=cli(SERVER))
     stream_bind: str = Field("tcp://127.0.0.1", description="where engines send tokens (an address engines reach); "
                              "with a cluster_ip other than loopback, that address",
@@ -307,6 +325,8 @@ class Settings(BaseSettings):
             raise ValueError("kill_grace_s must be >= interrupt_grace_s")
         if self.deadline_s > self.max_deadline_s:
             raise ValueError("deadline_s must be <= max_deadline_s")
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("enable_auto_tool_choice needs tool_call_parser (--tool-call-parser NAME)")
         if self.engine_launcher == "ssh" and not self.hosts:
             raise ValueError("engine_launcher ssh needs hosts (--hosts h1,h2)")
         return self
@@ -320,32 +340,32 @@ class Settings(BaseSettings):
 
     @property
     def db_path(self) -> Path:
-        return self.run_dir / "jobs.sqlite"
+        return self.run_dir / runfiles.JOB_STORE
 
     @property
     def ipython_dir(self) -> Path:
-        return self.run_dir / "ipython"
+        return self.run_dir / runfiles.IPYTHON_DIR
 
     @property
     def log_dir(self) -> Path:
-        return self.run_dir / "logs"
+        return self.run_dir / runfiles.LOG_DIR
 
     # files in the run directory (all 0600, the directory 0700: supervisor/rundir.py)
     @property
     def admin_token_path(self) -> Path:
-        return self.run_dir / "admin_token"
+        return self.run_dir / runfiles.ADMIN_TOKEN
 
     @property
     def api_key_path(self) -> Path:
-        return self.run_dir / "api_key"
+        return self.run_dir / runfiles.API_KEY
 
     @property
     def server_file(self) -> Path:
-        return self.run_dir / "server.json"
+        return self.run_dir / runfiles.SERVER_FILE
 
     @property
     def ledger_path(self) -> Path:
-        return self.run_dir / "processes.json"
+        return self.run_dir / runfiles.PROCESSES
 
     def resolved_backend(self) -> str:
         if self.backend != "auto":

@@ -15,16 +15,15 @@ from llmsup.supervisor.store import MemoryStore
 def make_core(tmp_path: Path, engines: int = 1, gpu_count: int = 0, **settings: object) -> tuple[
         SupervisorCore, FakeDriver, FakeClock]:
     clock, driver = FakeClock(), FakeDriver()
-    core = SupervisorCore(make_settings(tmp_path, engines=engines, **settings), MemoryStore(), driver,
-                          clock=lambda: clock.wall, mono=lambda: clock.mono)
+    core = SupervisorCore(make_settings(tmp_path, engines=engines, **settings), MemoryStore(), driver)
     core.configure_engines({"backend": "sim"}, gpu_count)
-    core.start_engines(engines)
+    core.start_engines(engines, clock.now)
     for i, (_, set_id, gpu) in enumerate(driver.verbs("launch")):
-        core.report(ev.EngineRegistered(i), clock.mono)
+        core.report(ev.EngineRegistered(i), clock.now)
         ident = ev.EngineIdentity(host="h", host_key="h|boot", pid=1000 + i, gpu=gpu, engine_set=set_id)
-        core.report(ev.EngineIdentified(i, ident), clock.mono)
+        core.report(ev.EngineIdentified(i, ident), clock.now)
         core.report(ev.EngineLoaded(i, {"backend": "sim", "model": "sim"}, rss_mb=100.0 + i,
-                                    gpu_mem_mb=2048.0 if gpu else None), clock.mono)
+                                    gpu_mem_mb=2048.0 if gpu else None), clock.now)
     return core, driver, clock
 
 

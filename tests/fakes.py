@@ -9,12 +9,18 @@ from typing import Any
 
 from llmsup.engines.messages import JobSpec
 from llmsup.supervisor.core.engine_state import Engine
+from llmsup.supervisor.core.now import Now
 
 
 @dataclass
 class FakeClock:
     wall: float = 1_000_000.0
     mono: float = 100.0
+
+    @property
+    def now(self) -> Now:
+        """The moment the core is handed (the core reads no clock itself)."""
+        return Now(self.mono, self.wall)
 
     def advance(self, seconds: float) -> None:
         self.wall += seconds

@@ -10,6 +10,7 @@ import pytest
 from conftest import make_settings
 from llmsup.supervisor.core.driver import NotStarted
 from llmsup.supervisor.core.jobs import JobStatus
+from llmsup.supervisor.core.now import Now
 from llmsup.supervisor.core.owner import SupervisorCore
 from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.store import MemoryStore
@@ -21,12 +22,13 @@ def test_a_core_without_a_driver_launches_nothing_and_queues_jobs(tmp_path: Path
     core = SupervisorCore(make_settings(tmp_path, engines=2), MemoryStore())
     assert isinstance(core.driver, NotStarted)
     core.configure_engines({"backend": "sim"})
-    core.start_engines(2)
-    core.reconcile(core.mono())
+    now = Now(mono=100.0, wall=1_000_000.0)
+    core.start_engines(2, now)
+    core.reconcile(now)
     assert core.standby_target == 0 and not core.pool.launches and not core.ready()
-    assert core.expected_engines() == 0 and core.host_views() == [] and core.engine_views() == []
-    job = core.submit(JobRequest(prompt="hello")).job
-    assert core.dispatch_ready(core.mono()) == 0
+    assert core.expected_engines() == 0 and core.host_views(now) == [] and core.engine_views(now) == []
+    job = core.submit(JobRequest(prompt="hello"), now).job
+    assert core.dispatch_ready(now) == 0
     assert core.get(job.id).status is JobStatus.QUEUED
 
 

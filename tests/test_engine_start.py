@@ -24,7 +24,7 @@ from llmsup.engines.protocol import Generation, GenParams, TokenCallback
 from llmsup.supervisor.cluster import engine_start
 from llmsup.supervisor.cluster.engine_start import Progress
 from llmsup.supervisor.service import Supervisor
-from llmsup.web.chat import template_for
+from llmsup.web.chat import ChatInput, template_for
 from llmsup.web.openai_schemas import ChatMessage
 
 pytestmark = pytest.mark.timeout(60)
@@ -267,7 +267,7 @@ async def test_engines_log_to_their_files_publish_progress_and_the_chat_template
         "engine start, start", "engine start, load", "engine start, ready"]
     assert next(v for v in sup.engine_views() if v["id"] == engine.id)["log_file"] == str(log_file)
 
-    prompt = template_for(sup).render([ChatMessage(role="user", content="hi")])
+    prompt = template_for(sup).render(ChatInput([ChatMessage(role="user", content="hi")]))
     assert prompt == "[user] hi\n[assistant]"
 
     seen: list[Progress] = []

@@ -72,15 +72,15 @@ def served_samples(run_dir: Path) -> dict[str, list[dict[str, str]]]:
     """The exposition after a few jobs ran: sample name -> the label sets it carries."""
     core, _, clock = make_core(run_dir)
     for prompt in ("one", "two"):
-        job = core.submit(JobRequest(prompt=prompt, max_tokens=4)).job
-        core.dispatch_ready(clock.mono)
+        job = core.submit(JobRequest(prompt=prompt, max_tokens=4), clock.now).job
+        core.dispatch_ready(clock.now)
         key = key_of(core, job.id)
         for seq in range(3):
             clock.advance(0.05)
-            core.report(ev.TokenPiece(key, seq, "x"), clock.mono)
+            core.report(ev.TokenPiece(key, seq, "x"), clock.now)
         core.report(ev.JobReply(key, result={"outcome": "completed", "text": "xxx", "tokens": 3,
-                                             "finish_reason": "stop", "prompt_tokens": 2}), clock.mono)
-    core.update_gauges()
+                                             "finish_reason": "stop", "prompt_tokens": 2}), clock.now)
+    core.update_gauges(clock.now)
     samples: dict[str, list[dict[str, str]]] = {}
     for family in text_string_to_metric_families(generate_latest(core.metrics.registry).decode()):
         for sample in family.samples:

@@ -27,16 +27,16 @@ def job_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 def test_one_line_per_job_event_with_its_fields(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="llmsup.jobs")
     core, _, clock = make_core(tmp_path, engines=1)
-    job = core.submit(JobRequest(prompt="p", deadline_s=5, max_tokens=3, priority=2)).job
+    job = core.submit(JobRequest(prompt="p", deadline_s=5, max_tokens=3, priority=2), clock.now).job
     clock.advance(0.5)
-    core.dispatch_ready(clock.mono)
+    core.dispatch_ready(clock.now)
     key = key_of(core, job.id)
-    core.report(ev.TaskStarted(key), clock.mono)
+    core.report(ev.TaskStarted(key), clock.now)
     clock.advance(0.25)
-    core.report(ev.TokenPiece(key, 0, "a "), clock.mono)
-    core.report(ev.TokenPiece(key, 1, "b "), clock.mono)  # not the first: no line
+    core.report(ev.TokenPiece(key, 0, "a "), clock.now)
+    core.report(ev.TokenPiece(key, 1, "b "), clock.now)  # not the first: no line
     clock.advance(0.25)
-    core.report(ev.JobReply(key, result=JobResult("completed", "a b ", 2, "stop")), clock.mono)
+    core.report(ev.JobReply(key, result=JobResult("completed", "a b ", 2, "stop")), clock.now)
     lines = job_lines(caplog)
     assert [r.event for r in lines] == ["submitted", "dispatched", "first_token", "finished"]  # type: ignore[attr-defined]
     assert all(r.job_id == job.id for r in lines)  # type: ignore[attr-defined]
@@ -53,11 +53,11 @@ def test_one_line_per_job_event_with_its_fields(tmp_path: Path, caplog: pytest.L
 def test_requeued_and_cancelled_jobs_are_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="llmsup.jobs")
     core, _, clock = make_core(tmp_path, engines=1)
-    job = core.submit(JobRequest(prompt="p")).job
-    core.dispatch_ready(clock.mono)
-    core.report(ev.EngineUnregistered(0), clock.mono)
-    queued = core.submit(JobRequest(prompt="q")).job
-    core.cancel(queued.id)
+    job = core.submit(JobRequest(prompt="p"), clock.now).job
+    core.dispatch_ready(clock.now)
+    core.report(ev.EngineUnregistered(0), clock.now)
+    queued = core.submit(JobRequest(prompt="q"), clock.now).job
+    core.cancel(queued.id, clock.now)
     messages = [r.getMessage() for r in job_lines(caplog)]
     assert any(m.startswith(f"job={job.id} re-queued from engine=0 host=h pid=1000 gpu=cpu: ") for m in messages)
     assert any(m.startswith(f"job={queued.id} finished cancelled after ") and m.endswith(": cancelled by user")

@@ -2,12 +2,14 @@
 
 - ``supervisor/core/`` (the owner of state) imports nothing from ``cluster/``, ``web/``, the CLI, the client, the
   service shell, zmq or ipyparallel: engine errors reach it as data.
-- ``supervisor/client/`` imports nothing else of llmsup's (it talks to the server over HTTP only).
+- ``supervisor/client/`` imports nothing else of llmsup's (it talks to the server over HTTP only) but the run
+  directory's names (``supervisor/runfiles.py``, which imports nothing).
 - ``supervisor/store/`` and ``supervisor/metrics/`` import nothing from ``cluster/`` or ``web/``.
 - ``engines/`` imports nothing from ``supervisor/`` or ``web/`` (it is shipped to engine processes).
 - ``supervisor/`` imports nothing from ``web/``, except the CLI's ``serve``: the composition root above both.
 - ``web/`` imports neither the service shell nor ``cluster/``: it holds the control plane through its port
   (``supervisor/port.py``).
+- nothing in ``supervisor/core/`` reads a clock: its decisions take the moment from the caller.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ CORE_BANNED = ("llmsup.supervisor.cluster", "llmsup.supervisor.cli", "llmsup.sup
                "llmsup.web", "zmq", "ipyparallel")
 RULES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [  # (package, banned prefixes, allowed exceptions)
     ("llmsup.supervisor.core", CORE_BANNED, ()),
-    ("llmsup.supervisor.client", ("llmsup.",), ("llmsup.supervisor.client",)),
+    ("llmsup.supervisor.client", ("llmsup.",), ("llmsup.supervisor.client", "llmsup.supervisor.runfiles")),
+    ("llmsup.supervisor.runfiles", ("llmsup.",), ()),
     ("llmsup.supervisor.store", ("llmsup.supervisor.cluster", "llmsup.web", "zmq", "ipyparallel"), ()),
     ("llmsup.supervisor.metrics", ("llmsup.supervisor.cluster", "llmsup.web"), ()),
     ("llmsup.engines", ("llmsup.supervisor", "llmsup.web"), ()),
@@ -95,3 +98,39 @@ def test_every_folder_says_what_lives_there_and_what_it_may_import() -> None:
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         if init.parent != ROOT / "supervisor":
             assert "May import" in doc, f"{init.relative_to(ROOT)} has no docstring naming what it may import"
+
+
+# reading a clock: the time module's clocks, datetime's "now", an event loop's time, an injected clock function
+CLOCK_CALLS = {"time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns", "process_time",
+               "now", "utcnow", "today", "mono", "clock"}
+CLOCK_MODULES = ("time", "datetime")
+
+
+def clock_reads(source: str) -> list[tuple[int, str]]:
+    """(line, what) of every clock read in ``source``: a call of a clock function by attribute or by name, or a
+    clock imported by name from ``time`` / ``datetime``."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if name in CLOCK_CALLS:
+                found.append((node.lineno, f"{ast.unparse(func)}()"))
+        elif isinstance(node, ast.ImportFrom) and node.module in CLOCK_MODULES:
+            found += [(node.lineno, f"from {node.module} import {a.name}") for a in node.names
+                      if a.name in CLOCK_CALLS or a.name in ("datetime", "date")]
+    return found
+
+
+def test_the_clock_check_catches_every_way_to_read_one() -> None:
+    for read in ("time.time()", "time.monotonic()", "time.perf_counter()", "datetime.now()",
+                 "datetime.datetime.now(tz)", "self.mono()", "self.clock()", "loop.time()", "monotonic()",
+                 "from time import monotonic", "from datetime import datetime"):
+        assert clock_reads(read), read
+    assert not clock_reads("now.mono + run.deadline_s\nNow(1.0, 2.0)\nladder.due(esc, now.mono, grace)")
+
+
+def test_the_core_reads_no_clock() -> None:
+    reads = [f"{path.relative_to(ROOT)}:{line}: {what}" for path in sorted((ROOT / "supervisor" / "core").rglob("*.py"))
+             for line, what in clock_reads(path.read_text())]
+    assert not reads, "the core takes the time from its caller; it reads a clock at:\n" + "\n".join(reads)

@@ -33,17 +33,17 @@ def sim(core: SupervisorCore, name: str, **labels: str) -> float | None:
 
 def test_a_job_phases_count_from_its_arrival_under_vllm_names(tmp_path: Path) -> None:
     core, _, clock = make_core(tmp_path)
-    job = core.submit(JobRequest(prompt="p", max_tokens=8)).job
+    job = core.submit(JobRequest(prompt="p", max_tokens=8), clock.now).job
     clock.advance(2.0)  # waits 2 s in the queue
-    assert core.dispatch_ready(clock.mono) == 1
+    assert core.dispatch_ready(clock.now) == 1
     key = key_of(core, job.id)
     for gap, (seq, text) in zip((0.5, 0.1, 0.2), enumerate(["a", "b", "c"]), strict=True):
         clock.advance(gap)
-        core.report(ev.TokenPiece(key, seq, text), clock.mono)
+        core.report(ev.TokenPiece(key, seq, text), clock.now)
     assert sim(core, "vllm:generation_tokens_total") == 3  # counted as they stream
     clock.advance(0.2)
     core.report(ev.JobReply(key, result=JobResult(**{"outcome": "completed", "text": "abcd", "tokens": 4,
-                                         "finish_reason": "length", "prompt_tokens": 7})), clock.mono)
+                                         "finish_reason": "length", "prompt_tokens": 7})), clock.now)
     assert core.get(job.id).status is S.SUCCEEDED
     expected = {  # histogram -> (count, sum)
         "vllm:time_to_first_token_seconds": (1, 2.5),  # arrival -> first token, not dispatch -> first token
@@ -72,14 +72,14 @@ def test_a_job_phases_count_from_its_arrival_under_vllm_names(tmp_path: Path) ->
 
 def test_a_deadline_the_watchdog_enforced_and_an_expired_job(tmp_path: Path) -> None:
     core, _, clock = make_core(tmp_path, queue_timeout_s=5.0)
-    job = core.submit(JobRequest(prompt="p", deadline_s=1.0)).job
-    core.dispatch_ready(clock.mono)
+    job = core.submit(JobRequest(prompt="p", deadline_s=1.0), clock.now).job
+    core.dispatch_ready(clock.now)
     key = key_of(core, job.id)
-    core.report(ev.TaskStarted(key), clock.mono)
+    core.report(ev.TaskStarted(key), clock.now)
     clock.advance(1.0)
-    core.tick(clock.mono)
-    core.report(ev.SigintDelivered(key), clock.mono)
-    core.report(ev.JobReply(key, result=JobResult(**{"outcome": "interrupted", "text": "", "tokens": 0})), clock.mono)
+    core.tick(clock.now)
+    core.report(ev.SigintDelivered(key), clock.now)
+    core.report(ev.JobReply(key, result=JobResult(**{"outcome": "interrupted", "text": "", "tokens": 0})), clock.now)
     assert core.get(job.id).status is S.TIMED_OUT
     assert value(core, "llmsup_escalations_total", reason="timed_out") == 1
     assert value(core, "llmsup_deadlines_hit_total", enforced_by="watchdog") == 1
@@ -87,11 +87,11 @@ def test_a_deadline_the_watchdog_enforced_and_an_expired_job(tmp_path: Path) -> 
     assert sim(core, "vllm:request_success_total", finished_reason="timeout") == 1
     assert sim(core, "vllm:time_to_first_token_seconds_count") == 0  # no token came: no time to first token
 
-    blocker = core.submit(JobRequest(prompt="p", deadline_s=60.0)).job
-    core.dispatch_ready(clock.mono)  # the one engine is busy now
-    late = core.submit(JobRequest(prompt="p")).job
+    blocker = core.submit(JobRequest(prompt="p", deadline_s=60.0), clock.now).job
+    core.dispatch_ready(clock.now)  # the one engine is busy now
+    late = core.submit(JobRequest(prompt="p"), clock.now).job
     clock.advance(6.0)
-    assert core.expire_queued(clock.wall) == 1 and core.get(late.id).status is S.EXPIRED
+    assert core.expire_queued(clock.now) == 1 and core.get(late.id).status is S.EXPIRED
     assert sim(core, "vllm:request_success_total", finished_reason="expired") == 1
     assert sim(core, "vllm:e2e_request_latency_seconds_count") == 2
     assert sim(core, "vllm:request_queue_time_seconds_count") == 1  # it never ran: no phases
@@ -100,17 +100,17 @@ def test_a_deadline_the_watchdog_enforced_and_an_expired_job(tmp_path: Path) -> 
 
 def test_a_batched_engine_that_stops_a_job_at_its_deadline_counts_as_the_engine_enforcing_it(tmp_path: Path) -> None:
     core, _, clock = make_core(tmp_path)
-    job = core.submit(JobRequest(prompt="p", deadline_s=1.0)).job
-    core.dispatch_ready(clock.mono)
+    job = core.submit(JobRequest(prompt="p", deadline_s=1.0), clock.now).job
+    core.dispatch_ready(clock.now)
     core.report(ev.JobReply(key_of(core, job.id), result=JobResult(**{"outcome": "interrupted", "reason": "deadline",
-                                                          "text": "", "tokens": 0})), clock.mono)
+                                                          "text": "", "tokens": 0})), clock.now)
     assert value(core, "llmsup_deadlines_hit_total", enforced_by="engine") == 1
     assert value(core, "llmsup_escalations_total", reason="timed_out") is None
 
 
 def test_time_buckets_reach_the_largest_deadline_and_token_buckets_the_limits(tmp_path: Path) -> None:
-    core, _, _ = make_core(tmp_path, max_deadline_s=20_000.0, max_tokens_limit=300_000)
-    core.update_gauges()  # a model's series exist from the first scrape on, at 0
+    core, _, clock = make_core(tmp_path, max_deadline_s=20_000.0, max_tokens_limit=300_000)
+    core.update_gauges(clock.now)  # a model's series exist from the first scrape on, at 0
     text = generate_latest(core.metrics.registry).decode()
     last: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -131,25 +131,25 @@ def test_time_buckets_reach_the_largest_deadline_and_token_buckets_the_limits(tm
 
 def test_per_engine_memory_gauges_follow_the_engines(tmp_path: Path) -> None:
     core, _, clock = make_core(tmp_path, engines=2, gpu_count=2)
-    core.update_gauges()
+    core.update_gauges(clock.now)
     assert value(core, "llmsup_engine_rss_bytes", engine="0") == 100 * MIB
     assert value(core, "llmsup_engine_rss_bytes", engine="1") == 101 * MIB
     assert value(core, "llmsup_engine_gpu_memory_bytes", engine="1", gpu="1") == 2048 * MIB
-    core.report(ev.EngineBeat(1, rss_mb=150.0, gpu_mem_mb=4096.0), clock.mono)
-    core.update_gauges()
+    core.report(ev.EngineBeat(1, rss_mb=150.0, gpu_mem_mb=4096.0), clock.now)
+    core.update_gauges(clock.now)
     assert value(core, "llmsup_engine_gpu_memory_bytes", engine="1", gpu="1") == 4096 * MIB
     assert value(core, "llmsup_engine_rss_bytes", engine="1") == 150 * MIB
-    assert core.engine_views()[1]["gpu_mem_mb"] == 4096.0
-    core.report(ev.EngineUnregistered(1), clock.mono)
-    core.update_gauges()
+    assert core.engine_views(clock.now)[1]["gpu_mem_mb"] == 4096.0
+    core.report(ev.EngineUnregistered(1), clock.now)
+    core.update_gauges(clock.now)
     assert value(core, "llmsup_engine_rss_bytes", engine="1") is None  # gone: no series left behind
     assert value(core, "llmsup_engine_gpu_memory_bytes", engine="1", gpu="1") is None
     assert value(core, "llmsup_engine_rss_bytes", engine="0") == 100 * MIB
 
 
 def test_an_engine_on_the_cpu_has_no_gpu_memory_series(tmp_path: Path) -> None:
-    core, _, _ = make_core(tmp_path)
-    core.update_gauges()
+    core, _, clock = make_core(tmp_path)
+    core.update_gauges(clock.now)
     assert value(core, "llmsup_engine_rss_bytes", engine="0") == 100 * MIB
     assert "llmsup_engine_gpu_memory_bytes{" not in generate_latest(core.metrics.registry).decode()
 
@@ -157,9 +157,9 @@ def test_an_engine_on_the_cpu_has_no_gpu_memory_series(tmp_path: Path) -> None:
 def test_scheduler_gauges_and_standbys(tmp_path: Path) -> None:
     core, _, clock = make_core(tmp_path, engines=1, standby=1)
     for _ in range(3):
-        core.submit(JobRequest(prompt="p"))
-    core.dispatch_ready(clock.mono)
-    core.update_gauges()
+        core.submit(JobRequest(prompt="p"), clock.now)
+    core.dispatch_ready(clock.now)
+    core.update_gauges(clock.now)
     assert sim(core, "vllm:num_requests_running") == 1 and sim(core, "vllm:num_requests_waiting") == 2
     assert value(core, "llmsup_queue_depth") == 2 and value(core, "llmsup_running_jobs") == 1
     assert value(core, "llmsup_standby_target") == 1
@@ -167,11 +167,11 @@ def test_scheduler_gauges_and_standbys(tmp_path: Path) -> None:
 
 
 def test_the_model_name_label_moves_with_the_served_name(tmp_path: Path) -> None:
-    core, _, _ = make_core(tmp_path, backend="auto")  # no name given: the engines' model names the series
-    core.update_gauges()
+    core, _, clock = make_core(tmp_path, backend="auto")  # no name given: the engines' model names the series
+    core.update_gauges(clock.now)
     assert sim(core, "vllm:num_requests_waiting") == 0
     core.settings.served_model_name = "my-model"
-    core.update_gauges()
+    core.update_gauges(clock.now)
     assert sim(core, "vllm:num_requests_waiting") is None  # the old name's gauges are gone
     assert value(core, "vllm:num_requests_waiting", model_name="my-model") == 0
     assert value(core, "vllm:request_success_total", model_name="my-model", finished_reason="stop") == 0
@@ -179,23 +179,23 @@ def test_the_model_name_label_moves_with_the_served_name(tmp_path: Path) -> None
 
 def test_history_samples_once_a_second_with_rates(tmp_path: Path) -> None:
     core, _, clock = make_core(tmp_path)
-    core.update_gauges()  # starts the differences
-    job = core.submit(JobRequest(prompt="p")).job
-    core.dispatch_ready(clock.mono)
+    core.update_gauges(clock.now)  # starts the differences
+    job = core.submit(JobRequest(prompt="p"), clock.now).job
+    core.dispatch_ready(clock.now)
     key = key_of(core, job.id)
     for seq in range(10):
-        core.report(ev.TokenPiece(key, seq, "x"), clock.mono)
+        core.report(ev.TokenPiece(key, seq, "x"), clock.now)
     clock.advance(0.5)
-    core.update_gauges()
+    core.update_gauges(clock.now)
     assert list(core.metrics.history.samples) == []  # not a second yet
     clock.advance(0.5)
-    core.update_gauges()
+    core.update_gauges(clock.now)
     (sample,) = core.metrics.history.samples
     assert (sample.running, sample.tokens_per_s, sample.serving, sample.t) == (1, 10.0, 1, clock.wall)
-    core.cancel(job.id)
-    core.report(ev.JobReply(key, result=JobResult(**{"outcome": "interrupted", "text": "x" * 10, "tokens": 10})), clock.mono)
+    core.cancel(job.id, clock.now)
+    core.report(ev.JobReply(key, result=JobResult(**{"outcome": "interrupted", "text": "x" * 10, "tokens": 10})), clock.now)
     clock.advance(1.0)
-    core.update_gauges()
+    core.update_gauges(clock.now)
     assert core.metrics.history.samples[-1].interrupted == 1
     assert core.metrics.history.since(sample.t) == [core.metrics.history.samples[-1]]
 

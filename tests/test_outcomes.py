@@ -13,6 +13,7 @@ from llmsup.supervisor.cluster.task_errors import task_failure
 from llmsup.supervisor.core.engine_state import Engine
 from llmsup.supervisor.core.jobs import EngineRef, Job, JobStatus
 from llmsup.supervisor.core.ladder import Escalation, Rung
+from llmsup.supervisor.core.now import Now
 from llmsup.supervisor.core.outcomes import decode_reply, from_failure, from_result, lost
 from llmsup.supervisor.core.requests import InvalidRequest, JobRequest, QueueFull
 from llmsup.supervisor.core.running import RunningJob
@@ -112,10 +113,10 @@ def test_queue_expiry_uses_the_time_passed_in(tmp_path: Path) -> None:
     sup = offline(tmp_path, queue_timeout_s=60)
     job = sup.submit(JobRequest("wait")).job
     short = sup.submit(JobRequest("short", queue_timeout_s=5)).job
-    assert sup.expire_queued(now=1004.0) == 0
-    assert sup.expire_queued(now=1006.0) == 1
+    assert sup.core.expire_queued(Now(mono=0.0, wall=1004.0)) == 0
+    assert sup.core.expire_queued(Now(mono=0.0, wall=1006.0)) == 1
     assert sup.get(short.id).status is S.EXPIRED and sup.get(job.id).status is S.QUEUED
-    assert sup.expire_queued(now=1061.0) == 1 and sup.get(job.id).status is S.EXPIRED
+    assert sup.core.expire_queued(Now(mono=0.0, wall=1061.0)) == 1 and sup.get(job.id).status is S.EXPIRED
 
 
 def test_recover_requeues_running_jobs_and_fails_exhausted_ones(tmp_path: Path) -> None:
@@ -127,7 +128,7 @@ def test_recover_requeues_running_jobs_and_fails_exhausted_ones(tmp_path: Path) 
     store.put(transition(a, S.RUNNING, 1.0, engine=ref))
     b2 = transition(transition(transition(b, S.RUNNING, 1.0, engine=ref), S.QUEUED, 2.0), S.RUNNING, 3.0, engine=ref)
     store.put(b2)
-    sup.recover(now=10.0)
+    sup.core.recover(Now(mono=0.0, wall=10.0))
     assert store.get(a.id).status is S.QUEUED and store.get(a.id).attempts == 1
     assert store.get(b.id).status is S.FAILED and "out of attempts" in store.get(b.id).error
 

@@ -133,16 +133,16 @@ def test_the_core_launches_the_plan_and_gives_each_engine_its_share(
 
     clock, driver = FakeClock(), FakeDriver()
     core = SupervisorCore(make_settings(tmp_path, engines=engines, gpus_per_engine=tp, standby=0), MemoryStore(),
-                          driver, clock=lambda: clock.wall, mono=lambda: clock.mono)
+                          driver)
     caplog.set_level("INFO", logger="llmsup.engines")
     core.configure_engines({"backend": "vllm", "options": {}}, gpu_count=gpus)
-    core.start_engines(engines)
+    core.start_engines(engines, clock.now)
     launched = driver.verbs("launch")
     assert [gpu for _, _, gpu in launched] == devices
     for engine_id, (_, set_id, gpu) in enumerate(launched):
-        core.report(ev.EngineRegistered(engine_id), clock.mono)
+        core.report(ev.EngineRegistered(engine_id), clock.now)
         core.report(ev.EngineIdentified(engine_id, ev.EngineIdentity("h", "h|b", 100 + engine_id, gpu, set_id)),
-                    clock.mono)
+                    clock.now)
     loaded = [config["options"].get("gpu_memory_utilization") for _, _, config in driver.verbs("load")]
     assert loaded == shares
     if gpus:

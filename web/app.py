@@ -30,17 +30,19 @@ from llmsup.web import (
     tokens,
 )
 from llmsup.web.auth import Auth
+from llmsup.web.chat_parsing import parsing_for
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.hosts import HostAllowlist, allowed_hosts, is_wildcard
 from llmsup.web.limits import BodySizeLimit, StreamSlots
 from llmsup.web.listing import SharedCounts
 from llmsup.web.metrics import HTTPMetrics, WebMetrics
 from llmsup.web.schemas import Health
+from llmsup.web.serving_chat import parser_names
 
 log = logging.getLogger("llmsup.web")
 
 
-def create_app(settings: Settings | None = None, supervisor: ControlPlane | None = None,
+def create_app(settings: Settings | None = None, supervisor: ControlPlane | None = None,  # noqa: C901 - the factory's nested lifespan and health routes
                make: Callable[[Settings], ControlPlane] | None = None) -> FastAPI:
     """Build the app. With ``supervisor`` given, its owner starts and stops it; otherwise the lifespan builds one
     with ``make`` (the composition root passes the supervisor class), starts it and stops it."""
@@ -70,7 +72,7 @@ def create_app(settings: Settings | None = None, supervisor: ControlPlane | None
         pruner = None
         if retention.enabled(settings) and (owned or sup.started):
             pruner = asyncio.ensure_future(sup.prune_forever())
-        warm_tokenizer = asyncio.ensure_future(tokens.warm(sup))
+        warm_tokenizer = asyncio.ensure_future(_warm(sup))
         try:
             yield
         finally:
@@ -120,3 +122,13 @@ def _write_server_file(settings: Settings) -> None:
 
 def _remove_server_file(settings: Settings) -> None:
     settings.server_file.unlink(missing_ok=True)
+
+
+async def _warm(sup: ControlPlane) -> None:
+    """The tokenizer, then the chat parsers the server names (they import vLLM: seconds), before the first request
+    needs them."""
+    await tokens.warm(sup)
+    names = parser_names(sup)
+    if names.any:
+        tok = await tokens.tokenizer_for(tokens.served_model(sup))
+        await parsing_for(names, tok.tok if isinstance(tok, tokens.HFTokenizer) else None)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from llmsup.engines.protocol import TokenLogprob
+from llmsup.supervisor.client.events import TextTracker
 from llmsup.supervisor.core.jobs import Job, JobStatus
 from llmsup.supervisor.port import ControlPlane
 
@@ -77,40 +78,15 @@ def _snapshot(sup: ControlPlane, job_id: str) -> tuple[Job, int]:
     return job, (job.tokens if job.status is JobStatus.RUNNING else 0)
 
 
-class TextTracker:
-    """The text a client has been sent of a job's output, across snapshots, tokens and retries.
-
-    Only text that extends what was sent is returned: text of a new attempt is sent only where it goes past
-    what the client already has. The terminal job's output is authoritative (the engine's result can arrive
-    before its last streamed tokens).
-    """
-
-    def __init__(self) -> None:
-        self.sent = ""
-        self.text = ""  # output of the current attempt as known here
-        self.pieces = 0
-        self.final = False
-
-    def update(self, u: Update) -> str:
-        if self.final:
-            return ""
-        if u.kind == "token":
-            if u.seq == self.pieces:
-                self.text += u.text
-                self.pieces += 1
-        elif u.kind in ("job", "status") and u.job is not None:
-            if u.status is not None and u.status.terminal:
-                self.final = True
-                self.text = u.job.output
-            elif u.kind == "job":
-                self.text, self.pieces = u.job.output, u.job.tokens
-            else:  # queued again or a new attempt: its text starts empty
-                self.text, self.pieces = "", 0
-        return self._delta()
-
-    def _delta(self) -> str:
-        if len(self.text) > len(self.sent) and self.text.startswith(self.sent):
-            new = self.text[len(self.sent):]
-            self.sent = self.text
-            return new
+def new_text(tracker: TextTracker, u: Update) -> str:
+    """The text an update adds to what a client was sent (the client's own rules for retries: ``TextTracker``).
+    The terminal job's output is authoritative (the engine's result can arrive before its last streamed tokens)."""
+    if u.kind == "token":
+        return tracker.token(u.seq, u.text) or ""  # follow() passes tokens in order: no gap reaches here
+    if u.job is None or u.status is None:
         return ""
+    if u.kind == "job" or u.status.terminal:
+        job = u.job
+        return tracker.snapshot(job.status.value, job.output, job.tokens, job.attempts)
+    tracker.status(u.status.value, u.job.attempts)  # queued again, or a new attempt: its text starts empty
+    return ""

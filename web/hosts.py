@@ -16,10 +16,10 @@ import time
 from collections.abc import Iterable
 
 import psutil
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmsup.supervisor.settings import Settings
 from llmsup.web.errors import error_body
-from llmsup.web.limits import ASGIApp, Receive, Scope, Send
 
 LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", "127.0.0.1", "::1")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")

@@ -12,16 +12,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llmsup.supervisor.core.requests import InvalidRequest, check_limits
+from llmsup.supervisor.settings import Settings
 from llmsup.web.errors import PriorityTooHigh, TooManyStreams, error_body
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class BodySizeLimit:
@@ -82,25 +79,17 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def check_job_limits(settings: Any, prompt: str, max_tokens: int | None, deadline_s: float | None,
+def check_job_limits(settings: Settings, prompt: str, max_tokens: int | None, deadline_s: float | None,
                      min_tokens: int | None = None) -> None:
-    """The limits the served OpenAPI spec states (web/openapi.py), checked before the supervisor sees the
-    request, so that no path (an idempotent replay included) accepts what the spec says is invalid."""
-    from llmsup.supervisor.core.requests import InvalidRequest
-
-    if len(prompt) > settings.max_prompt_chars:
-        raise InvalidRequest(f"prompt longer than {settings.max_prompt_chars} characters")
-    if max_tokens is not None and not 1 <= max_tokens <= settings.max_tokens_limit:
-        raise InvalidRequest(f"max_tokens must be in [1, {settings.max_tokens_limit}]")
-    if deadline_s is not None and not 0 < deadline_s <= settings.max_deadline_s:
-        raise InvalidRequest(f"deadline_s must be in (0, {settings.max_deadline_s}]")
-    effective_max = max_tokens if max_tokens is not None else settings.default_max_tokens
+    """The limits the served OpenAPI spec states (web/openapi.py; checked by the supervisor's ``check_limits``),
+    before anything is submitted: every job of a request passes, or none is queued."""
+    effective_max, _ = check_limits(settings, prompt, max_tokens, deadline_s)
     if min_tokens is not None and min_tokens > effective_max:
         given = "max_tokens" if max_tokens is not None else "the default max_tokens"
         raise InvalidRequest(f"min_tokens ({min_tokens}) must not exceed {given} ({effective_max})")
 
 
-def check_priority(settings: Any, priority: int, admin: bool, vllm_scale: bool = False) -> None:
+def check_priority(settings: Settings, priority: int, admin: bool, vllm_scale: bool = False) -> None:
     """Refuse (403, not clamped: the caller learns at once why) a priority above the ceiling for callers
     without the admin token. ``vllm_scale``: the OpenAI routes' priority, where lower runs first."""
     ceiling = settings.max_user_priority

@@ -129,7 +129,7 @@ async def live_events(
                            release=stream_slot(request, principal))
 
 
-async def _feed(sup: ControlPlane, principal: Principal, n_jobs: int, every_s: float,
+async def _feed(sup: ControlPlane, principal: Principal, n_jobs: int, every_s: float,  # noqa: C901 - the dashboard feed's one loop (snapshot, changes, engines, pings)
                 counts: SharedCounts, reads: SharedStatusReads) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     owners: dict[str, str | None] = {}

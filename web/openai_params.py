@@ -199,14 +199,17 @@ def _logit_bias(body: SamplingRequest, tok: Tokenizer | None) -> tuple[TokenBias
 
 
 async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingRequest, raw_prompts: list[str | list[int]],
-                    add_special_tokens: bool = True, prompt_logprobs: int | None = None) -> Plan:
-    """Check the request against the served model and build one job request per choice."""
+                    add_special_tokens: bool = True, prompt_logprobs: int | None = None,
+                    forced: Structured | None = None, token_ids: bool = False) -> Plan:
+    """Check the request against the served model and build one job request per choice; ``forced``: a
+    constraint that replaces the request's own (forced tool calls), ``token_ids``: the generated ids are needed
+    (the chat parsers read them) whether or not the client asked for them."""
     model = served_model(sup)
     tok = await tokenizer_for(model)
     token_prompts = any(isinstance(p, list) for p in raw_prompts) or (
         isinstance(tok, HFTokenizer) and (not add_special_tokens or body.truncate_prompt_tokens is not None))
     _check_model(body, model, token_prompts, tok)
-    structured = structured_of(body)
+    structured = forced or structured_of(body)
     bias = _logit_bias(body, tok)
     s = sup.settings
     priority = -(body.priority or 0)  # vLLM: lower runs first; llmsup: higher runs first
@@ -231,7 +234,7 @@ async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingReque
                 "logprobs": _whole_vocabulary(body.sample_logprobs(), tok),
                 "prompt_logprobs": wanted_prompt_lps if j == 0 else None,  # one copy per prompt is enough
                 "structured": structured, "prompt_token_ids": prompt.token_ids,
-                "return_token_ids": bool(body.return_token_ids),
+                "return_token_ids": bool(body.return_token_ids) or token_ids,
                 "include_stop_str_in_output": body.include_stop_str_in_output,
                 "skip_special_tokens": body.skip_special_tokens,
             }

@@ -75,16 +75,18 @@ class CompletionResponse(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: str | None = None
     tool_calls: list[dict[str, object]] = Field(default_factory=list)
+    reasoning: str | None = Field(None, description="the model's reasoning (with a reasoning parser), as vLLM")
+    reasoning_content: str | None = Field(None, description="the same, under its older name")
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None = None
-    finish_reason: str | None = Field(description="stop | length | timeout | cancelled (see completions)")
+    finish_reason: str | None = Field(description="stop | length | tool_calls | timeout | cancelled (see completions)")
     stop_reason: int | str | None = None
     token_ids: list[int] | None = None
     llmsup: LlmsupInfo | None = None

@@ -101,9 +101,6 @@ NEUTRAL: dict[str, tuple[Any, str]] = {
     "length_penalty": (lambda v: v == 1, "1"),
     "use_beam_search": (lambda v: v is False, "false"),
     "spaces_between_special_tokens": (lambda v: v is True, "true"),
-    "tools": (lambda v: not v, "null/[]"),
-    "tool_choice": (lambda v: v == "none", "null/\"none\""),
-    "chat_template": (lambda v: False, "null (the server's template is used)"),
     "bad_words": (lambda v: not v, "null/[]"),
 }
 
@@ -230,12 +227,45 @@ class TextPart(Lenient):
     text: str
 
 
-class ChatMessage(Lenient):
-    """A chat message; extra keys (``tool_calls``, ``reasoning_content``...) are accepted and ignored."""
+class ImageURL(Lenient):
+    url: Annotated[str, Field(max_length=20_000_000)]
+    detail: Literal["auto", "low", "high"] | None = None
 
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[TextPart] | None = None
+
+class ImagePart(Lenient):
+    """An image (``image_url``: a data URL, an http(s) URL or a file URL); only a multimodal model takes one."""
+
+    type: Literal["image_url", "input_image"]
+    image_url: ImageURL | str | None = None
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class FunctionCallIn(Lenient):
+    name: Annotated[str, Field(max_length=256)]
+    arguments: str | dict[str, Any] | None = None
+
+
+class ToolCallIn(Lenient):
+    """A tool call of an earlier assistant turn (its ``arguments``: a JSON string, as OpenAI sends them)."""
+
+    id: Annotated[str | None, Field(max_length=256)] = None
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
+class ChatMessage(Lenient):
+    """A chat message. Any role is taken (vLLM passes custom roles to the template); an assistant turn may carry
+    its ``tool_calls`` and ``reasoning`` (or ``reasoning_content``), a tool turn its ``tool_call_id``."""
+
+    role: Annotated[str, Field(min_length=1, max_length=64)]
+    content: str | list[ContentPart] | None = None
     name: Annotated[str | None, Field(max_length=256)] = None
+    tool_calls: Annotated[list[ToolCallIn] | None, Field(max_length=128)] = None
+    tool_call_id: Annotated[str | None, Field(max_length=256)] = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
 
     @property
     def text(self) -> str:
@@ -243,7 +273,46 @@ class ChatMessage(Lenient):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(self.parts())
+
+    def parts(self) -> list[str]:
+        """The texts of its text parts."""
+        if self.content is None:
+            return []
+        if isinstance(self.content, str):
+            return [self.content]
+        return [part.text for part in self.content if isinstance(part, TextPart)]
+
+    def images(self) -> int:
+        return sum(isinstance(p, ImagePart) for p in self.content) if isinstance(self.content, list) else 0
+
+    @property
+    def reasoning_text(self) -> str | None:
+        return self.reasoning if self.reasoning is not None else self.reasoning_content
+
+    def plain_tool_calls(self) -> list[dict[str, Any]]:
+        return [c.model_dump(exclude_none=True) for c in self.tool_calls or ()]
+
+
+class FunctionDef(Lenient):
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    description: Annotated[str | None, Field(max_length=100_000)] = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDef(Lenient):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class NamedFunction(Lenient):
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class NamedToolChoice(Lenient):
+    type: Literal["function"] = "function"
+    function: NamedFunction
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -255,12 +324,14 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int | None, Field(ge=-1, le=1_000_000, description="-1: the whole vocabulary")] = None
-    tools: Annotated[list[dict[str, Any]] | None, only(maxItems=0)]
-    tool_choice: Annotated[str | dict[str, Any] | None, only("none")]
+    tools: Annotated[list[ToolDef] | None, Field(max_length=1024)] = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    include_reasoning: bool = True
     add_generation_prompt: bool = True
     continue_final_message: bool | None = None
-    chat_template: Annotated[str | None, only()]
+    chat_template: Annotated[str | None, Field(max_length=200_000, description="this request's own template "
+                                               "(only where the server trusts request templates)")] = None
     chat_template_kwargs: Annotated[dict[str, Any] | None, Field(max_length=64)] = None
     echo: bool | None = None
     add_special_tokens: bool | None = Field(None, description="default false: the chat template places them")
@@ -275,7 +346,32 @@ class ChatCompletionRequest(SamplingRequest):
             raise ValueError("top_logprobs needs logprobs=true")
         if self.continue_final_message and self.add_generation_prompt and "add_generation_prompt" in self.model_fields_set:
             raise ValueError("Cannot set both continue_final_message and add_generation_prompt to true")
+        self._check_tools()
         return self
+
+    def _check_tools(self) -> None:
+        """vLLM's checks of ``tools`` and ``tool_choice`` (its messages); tools without a choice mean "auto"."""
+        if self.tools == []:
+            raise ValueError("`tools` must not be an empty array. Either provide at least one tool or omit the "
+                             "field entirely.")
+        if self.tool_choice is None:
+            self.tool_choice = "auto" if self.tools else None
+            return
+        if self.tool_choice == "none":
+            return
+        if not self.tools:
+            raise ValueError("When using `tool_choice`, `tools` must be set.")
+        if isinstance(self.tool_choice, NamedToolChoice) and \
+                self.tool_choice.function.name not in {t.function.name for t in self.tools}:
+            raise ValueError("The tool specified in `tool_choice` does not match any of the specified `tools`")
+
+    @property
+    def named_tool(self) -> str | None:
+        return self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        """The tools as the chat template receives them."""
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
 
     def sample_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None

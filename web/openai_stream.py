@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmsup.engines.protocol import TokenLogprob
+from llmsup.supervisor.client.events import TextTracker
 from llmsup.supervisor.core.jobs import Job, JobStatus
 from llmsup.supervisor.port import ControlPlane
 from llmsup.web import sse
-from llmsup.web.follow import TextTracker, Update, follow
+from llmsup.web.follow import Update, follow, new_text
 from llmsup.web.openai_format import finish_reason, info, usage, usage_of
 
 # make(index, text, finish=None, role=False, entries=(), ids=(), offset=0) -> chunk: ``entries`` / ``ids`` are the
@@ -121,7 +122,7 @@ def error_event(message: str, code: str, status: int = 500) -> bytes:
     return sse.event({"error": {"message": message, "type": kind, "param": None, "code": code}})
 
 
-def chunks(sup: ControlPlane, states: list[ChoiceState], make: Chunk, include_usage: bool, continuous: bool,
+def chunks(sup: ControlPlane, states: list[ChoiceState], make: Chunk, include_usage: bool, continuous: bool,  # noqa: C901 - its body: one merged loop over every choice's token, snapshot, end and ping updates
            n: int, prompt_lengths: list[int | None], head: list[dict[str, Any]],
            failure: Callable[[Job], tuple[int, str, str] | None]) -> AsyncIterator[bytes]:
     """The SSE body: ``head`` chunks first (chat's role, an echo), then each choice's chunks, then usage."""
@@ -131,7 +132,7 @@ def chunks(sup: ControlPlane, states: list[ChoiceState], make: Chunk, include_us
             chunk["usage"] = usage_of(state.prompt_tokens, state.tokens).model_dump()
         return chunk
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncIterator[bytes]:  # noqa: C901 - one merged loop over every choice's token, snapshot, end and ping updates
         for chunk in head:
             yield sse.event(with_usage(chunk, states[0]))
         async for i, u in merged(sup, [s.job_id for s in states], sup.settings.sse_ping_s):
@@ -141,7 +142,7 @@ def chunks(sup: ControlPlane, states: list[ChoiceState], make: Chunk, include_us
             if u.kind == "ping":
                 yield sse.PING
                 continue
-            delta = state.tracker.update(u)
+            delta = new_text(state.tracker, u)
             terminal = u.status is not None and u.status.terminal
             if u.kind == "token":
                 state.tokens = max(state.tokens, u.seq + 1)

@@ -16,12 +16,12 @@ from pydantic import BaseModel, Field, model_validator
 from llmsup.supervisor import __version__
 from llmsup.supervisor.core.jobs import JobStatus
 from llmsup.web.auth import PrincipalDep
-from llmsup.web.chat import render_chat, template_for
+from llmsup.web.chat import ChatInput, render_chat, template_for
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.errors import OpenAIHTTPError
 from llmsup.web.metrics import metrics_access
 from llmsup.web.openai_responses import OpenAIError
-from llmsup.web.openai_schemas import ChatMessage, Lenient
+from llmsup.web.openai_schemas import ChatMessage, Lenient, ToolDef
 from llmsup.web.tokens import HFTokenizer, NoVocabulary, Tokenizer, served_model, tokenizer_for
 
 router = APIRouter(tags=["vllm"])
@@ -40,6 +40,7 @@ class TokenizeRequest(Lenient):
     continue_final_message: bool = False
     return_token_strs: bool | None = False
     chat_template_kwargs: dict[str, Any] | None = None
+    tools: Annotated[list[ToolDef] | None, Field(max_length=1024)] = None
 
     @model_validator(mode="after")
     def _one(self) -> "TokenizeRequest":
@@ -105,8 +106,10 @@ async def tokenize(body: TokenizeRequest, sup: SupervisorDep, principal: Princip
         raise OpenAIHTTPError(400, f"prompt longer than {limit} characters", param="prompt")
     tok = await _tokenizer(sup)
     if body.messages is not None:
-        text = render_chat(template_for(sup), body.messages, body.add_generation_prompt and not body.continue_final_message,
-                           body.continue_final_message, body.chat_template_kwargs or {})
+        hf = tok.tok if isinstance(tok, HFTokenizer) else None
+        text = await render_chat(template_for(sup, hf), ChatInput(
+            body.messages, body.add_generation_prompt, bool(body.continue_final_message),
+            dict(body.chat_template_kwargs or {}), [t.model_dump(exclude_none=True) for t in body.tools or ()] or None))
         special = bool(body.add_special_tokens)  # chat: the template places the special tokens (vLLM's default)
     else:
         text = body.prompt or ""

@@ -101,6 +101,7 @@ class ServedModel:
     max_logprobs: int = 20
     unsupported: dict[str, str] = field(default_factory=dict)
     vllm_version: str | None = None  # the engines' vLLM, when they run one
+    multimodal: bool = False  # the model takes images (a vision-language model under vLLM)
 
 
 def served_model(sup: ControlPlane) -> ServedModel | None:
@@ -113,6 +114,7 @@ def served_model(sup: ControlPlane) -> ServedModel | None:
                 max_logprobs=int(info.get("max_logprobs") or 20),
                 unsupported=dict(info.get("unsupported") or {}),
                 vllm_version=str(info["vllm_version"]) if info.get("vllm_version") else None,
+                multimodal=bool(info.get("multimodal")),
             )
     return None
 

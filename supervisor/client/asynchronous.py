@@ -104,7 +104,7 @@ class AsyncJobHandle(JobFields):
                 raise JobTimeout(f"job {self.id} still {self.status} after {timeout}s")
             wait_s = poll_interval
 
-    async def _stream_events(self, tracker: TextTracker, end: Deadline) -> AsyncIterator[str]:
+    async def _stream_events(self, tracker: TextTracker, end: Deadline) -> AsyncIterator[str]:  # noqa: C901 - one SSE reconnect loop with its fallbacks in one place
         c, path = self.client, job_path(self.id, "events")
         while not end.passed():
             try:

@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 from llmsup.supervisor.client.discovery import find_admin_token, find_url, run_dir_default
 from llmsup.supervisor.client.errors import ServerUnreachable, checked, error_from
 from llmsup.supervisor.client.events import TERMINAL, SSEParser, TextTracker, apply_event, is_event_stream
+from llmsup.supervisor.runfiles import API_KEY, SERVER_FILE
 
 __all__ = [  # with the event stream's parsing and the error mapping, as before they had modules of their own
     "TERMINAL", "AtEndpoint", "Deadline", "Endpoint", "JobFields", "SSEParser", "SubmitParams", "TextTracker",
@@ -43,10 +44,10 @@ class Endpoint:
             source = "the url argument"
         elif os.environ.get("LLMSUP_URL"):
             source = "LLMSUP_URL"
-        elif (rdir / "server.json").exists():
-            source = str(rdir / "server.json")
+        elif (rdir / SERVER_FILE).exists():
+            source = str(rdir / SERVER_FILE)
         else:
-            source = f"the default (no LLMSUP_URL, no {rdir / 'server.json'})"
+            source = f"the default (no LLMSUP_URL, no {rdir / SERVER_FILE})"
         return cls(find_url(url, rdir), source, rdir, admin_token, api_key)
 
     def headers(self, path: str) -> dict[str, str]:
@@ -83,7 +84,7 @@ def find_api_key(key: str | None = None, run_dir: Path | str | None = None) -> s
     if os.environ.get("LLMSUP_API_KEY"):
         return os.environ["LLMSUP_API_KEY"]
     try:
-        return ((Path(run_dir) if run_dir else run_dir_default()) / "api_key").read_text().strip() or None
+        return ((Path(run_dir) if run_dir else run_dir_default()) / API_KEY).read_text().strip() or None
     except OSError:
         return None
 

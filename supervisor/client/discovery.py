@@ -6,9 +6,11 @@ import json
 import os
 from pathlib import Path
 
+from llmsup.supervisor.runfiles import ADMIN_TOKEN, DEFAULT_RUN_DIR, RUN_DIR_ENV, SERVER_FILE
+
 
 def run_dir_default() -> Path:
-    return Path(os.environ.get("LLMSUP_RUN_DIR", ".llmsup"))
+    return Path(os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR))
 
 
 def find_url(url: str | None = None, run_dir: Path | str | None = None) -> str:
@@ -18,7 +20,7 @@ def find_url(url: str | None = None, run_dir: Path | str | None = None) -> str:
         return os.environ["LLMSUP_URL"].rstrip("/")
     path = Path(run_dir) if run_dir else run_dir_default()
     try:
-        return json.loads((path / "server.json").read_text())["url"].rstrip("/")
+        return json.loads((path / SERVER_FILE).read_text())["url"].rstrip("/")
     except (OSError, ValueError, KeyError):
         return "http://127.0.0.1:8000"
 
@@ -28,7 +30,7 @@ def find_admin_token(token: str | None = None, run_dir: Path | str | None = None
         return token
     if os.environ.get("LLMSUP_ADMIN_TOKEN"):
         return os.environ["LLMSUP_ADMIN_TOKEN"]
-    path = (Path(run_dir) if run_dir else run_dir_default()) / "admin_token"
+    path = (Path(run_dir) if run_dir else run_dir_default()) / ADMIN_TOKEN
     try:
         return path.read_text().strip() or None
     except OSError:

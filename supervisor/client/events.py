@@ -52,7 +52,9 @@ class TextTracker:
 
     ``sent`` is all text handed out. A job whose engine was lost runs again (a new attempt, its text starting
     over): the new attempt's text is handed out only past ``sent`` while it repeats it (deterministic
-    generation); if it differs, the new attempt's text is handed out whole, once.
+    generation); if it differs, the new attempt's text is handed out whole, once. The same rules serve this
+    client's streams (events as JSON: ``from_job`` / ``from_token`` / ``from_status``) and the server's streamed
+    OpenAI completions (``snapshot`` / ``token`` / ``status``).
     """
 
     def __init__(self) -> None:
@@ -89,33 +91,42 @@ class TextTracker:
             self._restart()
         self.attempts = int(attempts)
 
-    def from_job(self, job: dict[str, Any]) -> str:
-        self._attempt(job.get("attempts"))
-        if job["status"] == "queued":
+    def snapshot(self, status: str, output: str, tokens: int, attempts: int | None) -> str:
+        """The new text of the job as it stands (``output``: its text; ``tokens``: the pieces streamed so far)."""
+        self._attempt(attempts)
+        if status == "queued":
             if self.text or self.seq:
                 self._restart()
             return ""
-        self.text = job.get("output") or ""
-        if job["status"] == "running":
-            self.seq = int(job.get("tokens") or 0)
+        self.text = output
+        if status == "running":
+            self.seq = tokens
         return self._delta()
 
-    def from_token(self, event: dict[str, Any]) -> str | None:
+    def token(self, seq: int, text: str) -> str | None:
         """The new text, "" for a piece already handed out, None for a gap (resynchronise from a snapshot)."""
-        seq = int(event.get("seq", -1))
         if seq < self.seq:
             return ""
         if seq > self.seq:
             return None
         self.seq += 1
-        self.text += str(event.get("text", ""))
+        self.text += text
         return self._delta()
 
-    def from_status(self, event: dict[str, Any]) -> None:
+    def status(self, status: str, attempts: int | None) -> None:
         """Queued again, or running (a new attempt): the attempt's text and token seq start over."""
-        self._attempt(event.get("attempts"))
-        if event.get("status") in ("queued", "running") and (self.text or self.seq):
+        self._attempt(attempts)
+        if status in ("queued", "running") and (self.text or self.seq):
             self._restart()
+
+    def from_job(self, job: dict[str, Any]) -> str:
+        return self.snapshot(job["status"], job.get("output") or "", int(job.get("tokens") or 0), job.get("attempts"))
+
+    def from_token(self, event: dict[str, Any]) -> str | None:
+        return self.token(int(event.get("seq", -1)), str(event.get("text", "")))
+
+    def from_status(self, event: dict[str, Any]) -> None:
+        self.status(str(event.get("status")), event.get("attempts"))
 
 
 def apply_event(tracker: TextTracker, event: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None, bool]:

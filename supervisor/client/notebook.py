@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from llmsup.supervisor.client.base import Deadline
 from llmsup.supervisor.client.discovery import run_dir_default
 from llmsup.supervisor.client.errors import BorrowError, NotFound
+from llmsup.supervisor.runfiles import IPYTHON_DIR, PROFILE_DIR
 
 if TYPE_CHECKING:
     from llmsup.supervisor.client.asynchronous import AsyncClient
@@ -41,7 +42,7 @@ POLL_S = 0.05  # engines have no long-poll route: their list is read again this 
 
 
 def profile_dir(run_dir: Path | str | None = None) -> Path:
-    return (Path(run_dir) if run_dir else run_dir_default()) / "ipython" / f"profile_{CLUSTER_ID}"
+    return (Path(run_dir) if run_dir else run_dir_default()) / IPYTHON_DIR / PROFILE_DIR
 
 
 def connection_file(run_dir: Path | str | None = None) -> Path:
@@ -90,7 +91,7 @@ def _pick(engines: dict[int, dict[str, Any]]) -> int | None:
     return None
 
 
-async def _acquire(client: AsyncClient, engine_id: int | None, end: Deadline) -> int:
+async def _acquire(client: AsyncClient, engine_id: int | None, end: Deadline) -> int:  # noqa: C901 - the borrow loop: one state machine over engine states
     chosen, drained = engine_id, False
     try:
         while True:

@@ -15,7 +15,6 @@ from typing import Any
 
 from llmsup.supervisor.rundir import write_private
 
-JOIN_FILE = "join.json"
 VERSION = 1
 
 

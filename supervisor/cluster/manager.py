@@ -30,10 +30,11 @@ import psutil
 
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.cluster.curve import ChannelKeys
-from llmsup.supervisor.cluster.joinfile import JOIN_FILE, JoinInfo
+from llmsup.supervisor.cluster.joinfile import JoinInfo
 from llmsup.supervisor.cluster.leftovers import ProcessLedger
 from llmsup.supervisor.cluster.ssh_launcher import SSHEngineSetLauncherOffLoop
 from llmsup.supervisor.rundir import prepare_run_dir
+from llmsup.supervisor.runfiles import JOIN_FILE, PROFILE_DIR
 from llmsup.supervisor.settings import Settings
 
 log = logging.getLogger("llmsup.cluster")
@@ -100,13 +101,13 @@ class ClusterManager:
             self.client = _join(self.settings.cluster_file)
             log.info("joined cluster %s: %d engines", self.settings.cluster_file, len(self.client.ids))
             return
-        _remove_stale_connection_files(ipython_dir / "profile_llmsup")
+        _remove_stale_connection_files(ipython_dir / PROFILE_DIR)
         s = self.settings
         wildcard = s.cluster_ip in WILDCARD
         self.cluster = ipp.Cluster(
             n=0,
             cluster_id="llmsup",
-            profile_dir=str(ipython_dir / "profile_llmsup"),
+            profile_dir=str(ipython_dir / PROFILE_DIR),
             controller_ip="0.0.0.0" if wildcard else s.cluster_ip,
             controller_location=this_host_address() if wildcard else s.cluster_ip,
             controller_args=[f"--HeartMonitor.period={s.heartbeat_ms}",

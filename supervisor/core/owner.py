@@ -1,460 +1,212 @@
-"""The supervisor core: the one owner of job and engine state.
+"""The supervisor core: the one owner of job, engine and host state.
 
-Synchronous and deterministic: it takes the time in (``now``, monotonic, for
-deadlines and the ladder; ``self.clock()``, wall, for records), asks the
-cluster for work through an :class:`EngineDriver`, and learns what happened
-from the typed events that drivers :meth:`report`. Every job transition is
-written to the store before it is acted on; every engine state change goes
-through ``engine_state.move``. The async shell (``service.Supervisor``) runs
-its loops: dispatch, timers (:meth:`tick` at :meth:`next_wakeup`), health.
+Synchronous and deterministic: every decision takes the moment it acts at (:class:`~llmsup.supervisor.core.now.Now`:
+monotonic for deadlines and the ladder, wall for records) from the caller; nothing here reads a clock. It asks the
+cluster for work through an :class:`EngineDriver` and learns what happened from the typed events that drivers
+:meth:`report`. It is made of three parts (``parts.py``): the job side, the engine side and the host side, which
+reach one another only through small ports. Every job transition is written to the store before it is acted on;
+every engine state change goes through ``engine_state.move``. The async shell (``service.Supervisor``) reads the
+clocks and runs its loops: dispatch, timers (:meth:`tick` at :meth:`next_wakeup`), health.
 """
 
 from __future__ import annotations
 
 import builtins  # the method `list` shadows the builtin in the class body
-import heapq
-import itertools
 import logging
-import time
-from collections.abc import Callable
+from typing import Any
 
-from llmsup.engines.messages import JobResult, JobSpec
-from llmsup.supervisor.core import joblog, ladder, outcomes
+from llmsup.supervisor.core import outcomes
 from llmsup.supervisor.core import reports as ev
 from llmsup.supervisor.core.driver import EngineDriver, NotStarted
-from llmsup.supervisor.core.engine_owner import EngineOwner
-from llmsup.supervisor.core.engine_state import Engine, EngineState, after_jobs_change, move
-from llmsup.supervisor.core.events import EventHub, Subscription
-from llmsup.supervisor.core.host_owner import HostOwner
-from llmsup.supervisor.core.jobs import EngineRef, Job, JobParams, JobStatus
+from llmsup.supervisor.core.engine_side import EngineSide
+from llmsup.supervisor.core.engine_state import Engine
+from llmsup.supervisor.core.events import EventHub
+from llmsup.supervisor.core.host_side import Host, HostSide
+from llmsup.supervisor.core.job_side import JobSide
+from llmsup.supervisor.core.jobs import Job, JobStatus
 from llmsup.supervisor.core.model_name import served_model_name
-from llmsup.supervisor.core.outcomes import Settlement
+from llmsup.supervisor.core.now import Now
+from llmsup.supervisor.core.parts import Hooks, Shared
 from llmsup.supervisor.core.pool import EnginePool
-from llmsup.supervisor.core.requests import InvalidRequest, JobNotFound, JobRequest, QueueFull, Submitted
+from llmsup.supervisor.core.requests import JobRequest, Submitted
 from llmsup.supervisor.core.running import RunningJob
-from llmsup.supervisor.core.transitions import transition
 from llmsup.supervisor.metrics.buckets import Limits
 from llmsup.supervisor.metrics.prometheus import Metrics
 from llmsup.supervisor.settings import Settings
-from llmsup.supervisor.store import DuplicateKey, JobStore
-from llmsup.supervisor.store.protocol import PageReader
+from llmsup.supervisor.store import JobStore
 
 log = logging.getLogger("llmsup.supervisor")
-Q, R = JobStatus.QUEUED, JobStatus.RUNNING
+JOB_EVENTS = (ev.TaskStarted, ev.TokenPiece, ev.JobReply, ev.SigintDelivered, ev.ProbeAnswered)
 
 
-class SupervisorCore(EngineOwner, HostOwner):
+class SupervisorCore:
     def __init__(self, settings: Settings, store: JobStore | None, driver: EngineDriver | None = None,
-                 clock: Callable[[], float] = time.time, mono: Callable[[], float] = time.monotonic) -> None:
+                 hooks: Hooks | None = None) -> None:
         self.settings = settings
-        self.clock = clock
-        self.mono = mono
-        self._store = store
-        self.driver: EngineDriver = driver if driver is not None else NotStarted()  # the shell sets it at start
-        self.pool = EnginePool()
-        self.hub = EventHub()
-        self.metrics = Metrics(Limits.of(settings), lambda: served_model_name(settings, self.pool.engines.values()))
-        self.grace = ladder.Grace(settings.interrupt_grace_s, settings.kill_grace_s)
-        self.stopping = False
-        self._running: dict[str, RunningJob] = {}  # job id -> live handle
-        self._by_key: dict[str, RunningJob] = {}  # stream key -> live handle
-        self._timers: list[tuple[float, int, str]] = []  # (when, seq, job id): deadlines and ladder wake-ups
-        self._timer_seq = itertools.count()
-        self._dispatch_serial = itertools.count(1)  # part of each dispatch's stream key: never used twice
-        self._init_engines()
-        self._init_hosts()
+        pool = EnginePool()
+        metrics = Metrics(Limits.of(settings), lambda: served_model_name(settings, pool.engines.values()))
+        self.shared = Shared(settings, driver if driver is not None else NotStarted(), pool, metrics, EventHub(),
+                             hooks or Hooks())
+        self.pool, self.metrics, self.hub = pool, metrics, self.shared.hub
+        self.job_side = JobSide(self.shared, store)
+        self.engine_side = EngineSide(self.shared)
+        self.host_side = HostSide(self.shared)
+        self.job_side.engines = self.engine_side
+        self.engine_side.jobs, self.engine_side.hosts = self.job_side, self.host_side
+        self.host_side.jobs, self.host_side.engines = self.job_side, self.engine_side
 
+    # shared state ----------------------------------------------------------------------------
     @property
     def store(self) -> JobStore:
-        assert self._store is not None, "supervisor not started"
-        return self._store
+        return self.job_side.store
 
-    # hooks the async shell overrides --------------------------------------------------
-    def wake_dispatch(self) -> None:
-        """A slot or a job became available."""
+    @store.setter
+    def store(self, store: JobStore) -> None:
+        self.job_side.store_or_none = store
 
-    def wake_timers(self) -> None:
-        """A timer earlier than the timer loop's next wake-up may have been added."""
+    @property
+    def has_store(self) -> bool:
+        return self.job_side.store_or_none is not None
 
-    def on_settled(self, job: Job) -> None:
-        """A job reached a terminal status (waiters are woken)."""
+    @property
+    def driver(self) -> EngineDriver:
+        return self.shared.driver
 
-    # jobs: the public API ---------------------------------------------------------------
-    def recover(self, now: float) -> None:
+    @driver.setter
+    def driver(self, driver: EngineDriver) -> None:
+        self.shared.driver = driver  # the shell sets it at start
+
+    @property
+    def stopping(self) -> bool:
+        return self.shared.stopping
+
+    @stopping.setter
+    def stopping(self, stopping: bool) -> None:
+        self.shared.stopping = stopping
+
+    @property
+    def hosts(self) -> dict[str, Host]:
+        return self.host_side.hosts
+
+    @property
+    def standby_target(self) -> int:
+        return self.engine_side.standby_target
+
+    @property
+    def engine_config(self) -> dict[str, Any]:
+        return self.engine_side.engine_config
+
+    @property
+    def last_engine_progress(self) -> float:
+        return self.engine_side.last_engine_progress
+
+    # jobs ------------------------------------------------------------------------------------
+    def recover(self, now: Now) -> None:
         """After a restart: queued jobs stay queued; jobs that were running are re-queued."""
-        for job in self.store.list([R], limit=1_000_000):
-            if job.attempts >= self.settings.max_attempts:
-                new = transition(job, JobStatus.FAILED, now, error="supervisor restarted while running; out of attempts")
-            else:
-                new = transition(job, Q, now, error="re-queued: supervisor restarted while it was running")
-            self.store.put(new)
-            log.warning("recovered job=%s: %s", job.id, new.status.value)
+        self.job_side.recover(now)
 
-    def submit(self, req: JobRequest) -> Submitted:
+    def submit(self, req: JobRequest, now: Now) -> Submitted:
         """Validate and queue a job; a repeated idempotency key returns the job it created."""
-        s = self.settings
-        deadline, params = self._validated(req)
-        if req.idempotency_key is not None:
-            existing = self.store.by_key(req.idempotency_key, req.owner)
-            if existing is not None:
-                return Submitted(self._view(existing), created=False)
-        if self.store.count(Q) >= s.queue_max:
-            raise QueueFull(s.queue_max, retry_after_s=max(1.0, deadline / 4))
-        if req.owner is not None and s.owner_queue_max and self.store.count_owned(Q, req.owner) >= s.owner_queue_max:
-            raise QueueFull(s.owner_queue_max, retry_after_s=max(1.0, deadline / 4), owner=req.owner)
-        job = Job(prompt=req.prompt, params=params, deadline_s=deadline,
-                  queue_timeout_s=req.queue_timeout_s or s.queue_timeout_s, priority=req.priority,
-                  idempotency_key=req.idempotency_key, owner=req.owner, created_at=self.clock(), pipeline=req.pipeline,
-                  affinity=EngineRef.from_dict(req.affinity))
-        try:
-            job = self.store.add(job)
-        except DuplicateKey as dup:
-            return Submitted(self._view(dup.existing), created=False)
-        self.metrics.jobs_submitted.inc()
-        joblog.submitted(job)
-        self._publish_status(job)
-        self.wake_dispatch()
-        return Submitted(job, created=True)
-
-    def _validated(self, req: JobRequest) -> tuple[float, JobParams]:
-        """The request's deadline and sampling parameters, or InvalidRequest saying what is wrong."""
-        s = self.settings
-        if not req.prompt:
-            raise InvalidRequest("prompt must not be empty")
-        if len(req.prompt) > s.max_prompt_chars:
-            raise InvalidRequest(f"prompt longer than {s.max_prompt_chars} characters")
-        deadline = req.deadline_s if req.deadline_s is not None else s.deadline_s
-        if not 0 < deadline <= s.max_deadline_s:
-            raise InvalidRequest(f"deadline_s must be in (0, {s.max_deadline_s}]")
-        max_tokens = req.max_tokens if req.max_tokens is not None else s.default_max_tokens
-        if not 1 <= max_tokens <= s.max_tokens_limit:
-            raise InvalidRequest(f"max_tokens must be in [1, {s.max_tokens_limit}]")
-        try:
-            params = JobParams.from_dict({**req.extra, "max_tokens": max_tokens, "temperature": req.temperature,
-                                          "stop": req.stop})
-        except TypeError as exc:
-            raise InvalidRequest(str(exc)) from None
-        return deadline, params
+        return self.job_side.submit(req, now)
 
     def get(self, job_id: str) -> Job:
-        job = self.store.get(job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        return self._view(job)
+        return self.job_side.get(job_id)
 
-    def list(self, statuses: list[JobStatus] | None = None, owner: str | None = None, limit: int = 100,
-             offset: int = 0) -> list[Job]:
-        return [self._view(j) for j in self.store.list(statuses, owner=owner, limit=limit, offset=offset)]
+    def list(self, statuses: builtins.list[JobStatus] | None = None, owner: str | None = None, limit: int = 100,
+             offset: int = 0) -> builtins.list[Job]:
+        return self.job_side.list(statuses, owner, limit, offset)
 
-    def cancel(self, job_id: str, note: str = "cancelled by user") -> Job:
+    def cancel(self, job_id: str, now: Now, note: str = "cancelled by user") -> Job:
         """Cancel a job: a queued one at once, a running one through the escalation ladder."""
-        job = self.get(job_id)
-        if job.status is Q:
-            new = transition(job, JobStatus.CANCELLED, self.clock(), error=note)
-            self.store.put(new)
-            self._finished(new)
-            return new
-        run = self._running.get(job_id)
-        if run is not None:
-            run.cancel_note = note
-            self.interrupt(run, JobStatus.CANCELLED, self.mono())
-        return job
+        return self.job_side.cancel(job_id, now, note)
 
-    def count(self, status: JobStatus) -> int:
-        return self.store.count(status)
-
-    def page_reader(self) -> PageReader | None:
-        return self.store.reader()
-
-    def subscribe(self, job_id: str | None = None) -> Subscription:
-        return self.hub.subscribe(job_id)
-
-    def served_model_name(self) -> str:
-        return self.metrics.model_name()
-
-    def kill(self, job_id: str) -> Job:
-        return self.cancel(job_id, note="killed by admin")
+    def kill(self, job_id: str, now: Now) -> Job:
+        return self.job_side.cancel(job_id, now, note="killed by admin")
 
     def ready(self) -> bool:
         return bool(self.pool.serving() or any(e.jobs for e in self.pool))
 
     def running_job(self, job_id: str) -> RunningJob | None:
-        return self._running.get(job_id)
+        return self.job_side.running(job_id)
 
-    # dispatch ---------------------------------------------------------------------------
-    def dispatch_ready(self, now: float, limit: int | None = None) -> int:
+    def dispatch_ready(self, now: Now, limit: int | None = None) -> int:
         """Start as many ready jobs as there are free slots (at most ``limit``); returns how many started."""
-        free = self.pool.free_slots() if limit is None else min(limit, self.pool.free_slots())
-        if free <= 0 or self.stopping:
-            return 0
-        started = 0
-        for job in self.store.next_queued(self.clock(), free):
-            engine = self.pool.pick(job.lost_engines, job.affinity)
-            if engine is None:
-                break
-            self._start(job, engine, now)
-            started += 1
-        return started
+        return self.job_side.dispatch_ready(now, limit)
 
-    def _start(self, job: Job, engine: Engine, now: float) -> None:
-        job = transition(job, R, self.clock(), engine=engine.ref, error=None)
-        self.store.put(job)  # stored as running before the task is sent
-        run = RunningJob(job, engine, now, serial=next(self._dispatch_serial))
-        self._running[job.id] = run
-        self._by_key[run.key] = run
-        engine.jobs[job.id] = now
-        after_jobs_change(engine, f"job {job.id} dispatched")
-        self.metrics.queue_wait.observe(max(0.0, job.started_at - job.created_at if job.started_at else 0.0))
-        self._push_timer(run.deadline_at, job.id)
-        joblog.dispatched(job, engine)
-        self._publish_status(job)
-        spec = JobSpec(run.key, job.prompt, job.params)
-        if not self._drive("dispatch", engine, lambda: self.driver.dispatch(engine, run.key, spec, job.deadline_s),
-                           job.id):
-            self._on_reply(run, ev.JobReply(run.key, error=ev.TaskFailure("unreachable", "dispatch failed"), dispatched=False))
+    def next_wakeup(self) -> float | None:
+        """The monotonic time of the next deadline or ladder step (None: nothing is due)."""
+        return self.job_side.next_wakeup()
 
-    # reports from drivers ------------------------------------------------------------------
-    def report(self, event: ev.Report, now: float | None = None) -> None:
+    def tick(self, now: Now) -> None:
+        """Act on every deadline and ladder step that is due at ``now``."""
+        self.job_side.tick(now)
+
+    def requeue_all(self, why: str, now: Now) -> set[int]:
+        """At stop: every running job goes back to the queue (at-least-once); returns the busy engines."""
+        return self.job_side.requeue_all(why, now)
+
+    def expire_queued(self, now: Now) -> int:
+        """Queued jobs that waited past their queue timeout end ``expired``."""
+        return self.job_side.expire_queued(now)
+
+    # reports from drivers ---------------------------------------------------------------------
+    def report(self, event: ev.Report, now: Now) -> None:
         """The one sink of drivers' events."""
-        now = self.mono() if now is None else now
         run = None
         try:
-            if isinstance(event, (ev.TaskStarted, ev.TokenPiece, ev.JobReply, ev.SigintDelivered, ev.ProbeAnswered)):
-                run = self._by_key.get(event.key)
+            if isinstance(event, JOB_EVENTS):
+                run = self.job_side.by_key(event.key)
                 if run is not None and not run.settled:
-                    self._on_job_event(run, event, now)
+                    self.job_side.on_job_event(run, event, now)
             else:
-                self.on_engine_event(event, now)
+                self.engine_side.on_engine_event(event, now)
         except Exception:  # never lose a job to a bug in handling one event: re-queue it, go on
             log.exception("job=%s: handling %s failed", run.job.id if run else "-", type(event).__name__)
             self.metrics.driver_errors.labels("report").inc()
             if run is not None and not run.settled:
-                self._settle(run, outcomes.lost(run, f"internal error handling {type(event).__name__}",
-                                                self.settings.max_attempts))
+                self.job_side.settle(run, outcomes.lost(run, f"internal error handling {type(event).__name__}",
+                                                        self.settings.max_attempts), now)
 
-    def _on_job_event(self, run: RunningJob, event: ev.Report, now: float) -> None:
-        if isinstance(event, ev.TokenPiece):
-            self._on_piece(run, event, now)
-        elif isinstance(event, ev.TaskStarted):
-            run.task_started = True
-            if run.escalation is not None:
-                self._climb(run, *ladder.on_task_started(run.escalation, now, self.grace))
-        elif isinstance(event, ev.SigintDelivered):
-            if run.escalation is not None:
-                self._climb(run, *ladder.on_delivered(run.escalation, now, self.grace))
-        elif isinstance(event, ev.ProbeAnswered):
-            if run.escalation is not None and run.escalation.rung is ladder.Rung.PROBING:
-                self._ladder_log(run, "lost_reply", now, "probe answered while the job's reply never came")
-                self._settle(run, outcomes.partial(run, run.escalation.reason, "; reply lost"))
-        elif isinstance(event, ev.JobReply):
-            self._on_reply(run, event)
+    # engines ----------------------------------------------------------------------------------
+    def configure_engines(self, engine_config: dict[str, Any], gpu_count: int = 0) -> None:
+        self.engine_side.configure_engines(engine_config, gpu_count)
 
-    def _on_piece(self, run: RunningJob, piece: ev.TokenPiece, now: float) -> None:
-        previous = run.last_token_mono
-        if run.add_piece(piece.seq, piece.text, now, piece.token_id, piece.logprob):
-            self.metrics.token_piece(None if previous is None else now - previous)
-            if previous is None:
-                joblog.first_token(run.job, run.engine, now - run.started_mono)
-            self.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": piece.seq, "text": piece.text,
-                                          "token_id": piece.token_id, "logprob": piece.logprob})
+    def expected_engines(self) -> int:
+        return self.engine_side.expected_engines()
 
-    def _on_reply(self, run: RunningJob, reply: ev.JobReply) -> None:
-        max_attempts = self.settings.max_attempts
-        if not reply.dispatched:  # never reached the engine: not an attempt
-            settlement = outcomes.lost(run, reply.error.message if reply.error else "not dispatched", max_attempts,
-                                       charge=False)
-        elif reply.error is not None:
-            settlement = outcomes.from_failure(reply.error, run, max_attempts)
-            if settlement.error_detail is not None:  # an exception that escaped run_job
-                self._log_engine_error(run, settlement.error, settlement.error_detail)
-        else:
-            result = reply.result or JobResult("error", error="the engine answered nothing")
-            run.engine.rss_mb = result.rss_mb or run.engine.rss_mb
-            run.engine.gpu_mem_mb = result.gpu_mem_mb if result.gpu_mem_mb is not None else run.engine.gpu_mem_mb
-            if result.outcome == "error":
-                self._log_engine_error(run, result.error, result.traceback)
-            settlement = outcomes.from_result(result, run, max_attempts)
-        engine = run.engine
-        if settlement.engine_lost and engine.state not in (EngineState.RESTARTING, EngineState.DEAD):
-            move(engine, EngineState.DEAD, f"lost running job {run.job.id}")  # first: nothing new, no recycle
-            self._settle(run, settlement)
-            self.engine_lost(engine, settlement.requeue_reason or settlement.error or "engine lost")
-        else:
-            self._settle(run, settlement)
+    def start_engines(self, n: int, now: Now) -> None:
+        self.engine_side.start_engines(n, now)
 
-    def _log_engine_error(self, run: RunningJob, error: str | None, traceback: str | None) -> None:
-        """The operator's one record of what failed on the engine, and where (the job keeps it for admins)."""
-        log.error("job=%s failed on %s: %s%s", run.job.id, run.engine.tag(), error,
-                  f"\n{traceback.rstrip()}" if traceback else "")
+    def reconcile(self, now: Now) -> None:
+        self.engine_side.reconcile(now)
 
-    # time: deadlines and the ladder ------------------------------------------------------------
-    def _push_timer(self, when: float, job_id: str) -> None:
-        heapq.heappush(self._timers, (when, next(self._timer_seq), job_id))
-        self.wake_timers()
+    def check_beats(self, now: Now) -> None:
+        self.engine_side.check_beats(now)
 
-    def next_wakeup(self) -> float | None:
-        while self._timers and self._timers[0][2] not in self._running:
-            heapq.heappop(self._timers)  # settled since
-        return self._timers[0][0] if self._timers else None
+    def engine_views(self, now: Now) -> builtins.list[dict[str, Any]]:
+        return self.engine_side.engine_views(now)
 
-    def tick(self, now: float) -> None:
-        """Act on every deadline and ladder step that is due at ``now``."""
-        while self._timers and self._timers[0][0] <= now:
-            _, _, job_id = heapq.heappop(self._timers)
-            run = self._running.get(job_id)
-            if run is None or run.settled:
-                continue
-            try:
-                if run.escalation is None:
-                    if now >= run.deadline_at:
-                        self.interrupt(run, JobStatus.TIMED_OUT, now)
-                elif now >= run.escalation.wake_at:
-                    self._climb(run, *ladder.due(run.escalation, now, self.grace, run.engine.sigint_at))
-            except Exception:  # a failed step must not stop the timers of every other job: retry it shortly
-                log.exception("job=%s %s: ladder step failed", job_id, run.engine.tag())
-                self.metrics.driver_errors.labels("ladder").inc()
-                self._push_timer(now + self.grace.interrupt_s, job_id)
+    def find_engine(self, engine_id: int) -> Engine:
+        return self.engine_side.find_engine(engine_id)
 
-    def interrupt(self, run: RunningJob, reason: JobStatus, now: float) -> bool:
-        """Start the ladder for this job; False if it is settled or already being interrupted."""
-        if run.settled or run.escalation is not None:
-            return False
-        engine = run.engine
-        if not engine.batched and engine.state is EngineState.BUSY:
-            move(engine, EngineState.INTERRUPTING, f"job {run.job.id} {reason.value}")
-        self.metrics.interrupt_asked(reason)
-        self._climb(run, *ladder.ask(reason, engine.batched, run.task_started, now, self.grace))
-        return True
+    def interrupt_engine(self, engine_id: int, now: Now) -> builtins.list[str]:
+        return self.engine_side.interrupt_engine(engine_id, now)
 
-    def _climb(self, run: RunningJob, esc: ladder.Escalation, steps: builtins.list[ladder.Step]) -> None:
-        """Carry out the ladder's steps for one job and keep its next wake-up."""
-        previous, run.escalation = run.escalation, esc
-        now = self.mono()
-        engine = run.engine
-        for step in steps:
-            if step is ladder.Step.ABORT:
-                self._drive("abort", engine, lambda: self.driver.abort(engine, run.key), run.job.id)
-                continue
-            if step is ladder.Step.SIGINT:
-                if engine.batched:
-                    engine.sigint_at = now  # one SIGINT per episode, whatever the number of due jobs
-                self._ladder_log(run, "sigint", now, f"path={'batched' if engine.batched else 'engine'}")
-                self._drive("sigint", engine, lambda: self.driver.sigint(engine, run.key), run.job.id)
-            elif step is ladder.Step.PROBE:
-                self._ladder_log(run, "probe", now)
-                self._drive("probe", engine, lambda: self.driver.probe(engine, run.key), run.job.id)
-            elif step is ladder.Step.SIGKILL:
-                self._ladder_log(run, "sigkill", now, f"not settled {self.settings.kill_grace_s}s after the SIGINT")
-                run.killed = True
-                self.kill_engine(engine, "sigint_failed")
-        if not run.settled and (previous is None or esc.wake_at != previous.wake_at) and esc.wake_at != float("inf"):
-            self._push_timer(esc.wake_at, run.job.id)
+    def restart_engine(self, engine_id: int, now: Now) -> builtins.list[str]:
+        return self.engine_side.restart_engine(engine_id, now)
 
-    def _ladder_log(self, run: RunningJob, step: str, now: float, detail: str = "") -> None:
-        esc = run.escalation
-        log.warning("job=%s %s step=%s reason=%s elapsed=%.3fs %s", run.job.id, run.engine.tag(), step,
-                    esc.reason.value if esc else "-", now - (esc.asked_at if esc else now), detail)
-        self.metrics.ladder_step(step)
+    def drain_engine(self, engine_id: int, drain: bool = True) -> None:
+        self.engine_side.drain_engine(engine_id, drain)
 
-    # settling -------------------------------------------------------------------------------
-    def settle_engine_jobs(self, engine: Engine, why: str, killed: bool) -> None:
-        """The engine is gone: due jobs end with their partial output, the others go back to the queue."""
-        now = self.mono()
-        for job_id in list(engine.jobs):
-            run = self._running.get(job_id)
-            if run is None:
-                continue
-            overdue = now >= run.deadline_at
-            if run.killed or (killed and (run.escalation is not None or overdue)):
-                run.killed = True
-                self._settle(run, outcomes.partial(run, run.interrupt_reason or JobStatus.TIMED_OUT))
-            else:
-                # a batch neighbour of a job the watchdog had to kill is not charged an attempt
-                self._settle(run, outcomes.lost(run, why, self.settings.max_attempts, charge=not killed))
+    # hosts ------------------------------------------------------------------------------------
+    def check_hosts(self, now: Now) -> None:
+        self.host_side.check_hosts(now)
 
-    def requeue_all(self, why: str) -> set[int]:
-        """At stop: every running job goes back to the queue (at-least-once); returns the busy engines."""
-        busy = {run.engine.id for run in self._running.values()}
-        for run in list(self._running.values()):
-            self._settle(run, Settlement(Q, requeue_reason=why))
-        return busy
+    def host_views(self, now: Now) -> builtins.list[dict[str, Any]]:
+        return self.host_side.host_views(now)
 
-    def _settle(self, run: RunningJob, st: Settlement) -> None:
-        """The one place a running job's record changes: stored first, then acted on."""
-        if run.settled:
-            return
-        wall = self.clock()
-        job = run.job
-        if st.status is Q:
-            backoff = self.settings.retry_backoff_s * (2 ** max(0, job.attempts - 1)) if st.charge_attempt else 0.0
-            lost = job.lost_engines + ((run.engine.id,) if st.engine_lost else ())
-            attempts = job.attempts if st.charge_attempt else job.attempts - 1
-            new = transition(job, Q, wall, not_before=wall + backoff, error=st.requeue_reason, lost_engines=lost,
-                             attempts=attempts)
-            self.metrics.requeues.labels("engine_lost" if st.engine_lost else "other").inc()
-            joblog.requeued(new, run.engine, st.requeue_reason)
-        else:
-            finish_reason = st.finish_reason
-            if st.status is JobStatus.TIMED_OUT:
-                finish_reason = "deadline"
-            elif st.status is JobStatus.CANCELLED:
-                finish_reason = "cancelled"
-            new = transition(job, st.status, wall, output=st.text, tokens=st.tokens, error=st.error,
-                             finish_reason=finish_reason, prompt_tokens=st.prompt_tokens, error_detail=st.error_detail,
-                             **st.extras)
-        self.store.put(new)  # written before anyone is told
-        run.settled = True
-        self._running.pop(job.id, None)
-        self._by_key.pop(run.key, None)
-        self._observe(run, st)
-        engine = run.engine
-        engine.jobs.pop(job.id, None)
-        if engine.state in (EngineState.IDLE, EngineState.BUSY, EngineState.INTERRUPTING, EngineState.DRAINING):
-            engine.jobs_done += 1
-            after_jobs_change(engine, f"job {job.id} {new.status.value}")
-            self.maybe_recycle(engine)
-        self._finished(new)
-        self.wake_dispatch()
-
-    def _observe(self, run: RunningJob, st: Settlement) -> None:
-        mono = self.mono()
-        self.metrics.run_time.observe(max(0.0, mono - run.started_mono))
-        if run.interrupt_mono is not None:
-            self.metrics.interrupt_latency.observe(max(0.0, mono - run.interrupt_mono))
-        if run.first_token_mono is not None:
-            self.metrics.ttft.observe(max(0.0, run.first_token_mono - run.started_mono))
-        self.metrics.tokens.inc(st.tokens)
-        self.metrics.settled(run, st, mono)
-
-    def _finished(self, job: Job) -> None:
-        self._publish_status(job)
-        if job.status.terminal:
-            self.metrics.job_outcomes.labels(job.status.value).inc()
-            self.metrics.finished(job)
-            joblog.finished(job)
-            self.on_settled(job)
-
-    def expire_queued(self, now: float) -> int:
-        """Queued jobs that waited past their queue timeout end ``expired`` (``now`` is wall clock)."""
-        expired = 0
-        for job in self.store.expired(now, limit=1000):
-            new = transition(job, JobStatus.EXPIRED, now, error=f"waited more than {job.queue_timeout_s}s in the queue")
-            self.store.put(new)
-            self._finished(new)
-            expired += 1
-        return expired
-
-    def update_gauges(self) -> None:
-        queued = self.store.count(Q)  # indexed: this runs every health tick
-        self.metrics.update(queued, len(self._running), list(self.pool), self.standby_target, self.mono(),
-                            self.clock())
-
-    # helpers ---------------------------------------------------------------------------------
-    def _view(self, job: Job) -> Job:
-        run = self._running.get(job.id)
-        if run is not None and job.status is R:
-            return job.with_changes(output=run.text, tokens=len(run.pieces), **run.streamed_extras())
-        return job
-
-    def _publish_status(self, job: Job) -> None:
-        self.hub.publish(job.id, {"type": "status", "job_id": job.id, "status": job.status.value})
+    # gauges -----------------------------------------------------------------------------------
+    def update_gauges(self, now: Now) -> None:
+        queued = self.store.count(JobStatus.QUEUED)  # indexed: this runs every health tick
+        self.metrics.update(queued, self.job_side.running_count(), builtins.list(self.pool),
+                            self.engine_side.standby_target, now.mono, now.wall)

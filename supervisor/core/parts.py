@@ -1,22 +1,30 @@
-"""What the sides of the supervisor core use from one another, declared once for the type checker.
+"""The parts of the supervisor core and the small interfaces between them.
 
-:class:`~llmsup.supervisor.core.owner.SupervisorCore` is one object made of three parts: the job side (``core.py``),
-the engine side (:class:`~llmsup.supervisor.core.engine_owner.EngineOwner`) and the host side
-(:class:`~llmsup.supervisor.core.host_owner.HostOwner`). Each part is a base class of the core and calls members
-that another part defines; :class:`CoreParts`, a base of both owner classes, names those members and their
-types. The core provides every one of them (the type checker verifies it), so nothing here runs.
+:class:`~llmsup.supervisor.core.owner.SupervisorCore` is the one owner of state; it composes three parts:
+
+- the job side (:class:`~llmsup.supervisor.core.job_side.JobSide`): queue, dispatch, the ladder's timers, settling;
+- the engine side (:class:`~llmsup.supervisor.core.engine_side.EngineSide`): engines' lives, launches, standbys;
+- the host side (:class:`~llmsup.supervisor.core.host_side.HostSide`): hosts, and losing one.
+
+Each part holds the :class:`Shared` state and reaches the others only through the protocols below (public
+methods, each taking the moment it acts at). Nothing here reads a clock: every ``now`` comes from the caller.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
+
+from llmsup.supervisor.core.now import Now
 
 if TYPE_CHECKING:
     from llmsup.supervisor.core import reports as ev
     from llmsup.supervisor.core.driver import EngineDriver
     from llmsup.supervisor.core.engine_state import Engine, EngineState
-    from llmsup.supervisor.core.host_owner import Host
+    from llmsup.supervisor.core.events import EventHub
+    from llmsup.supervisor.core.host_side import Host
     from llmsup.supervisor.core.jobs import Job
     from llmsup.supervisor.core.outcomes import Settlement
     from llmsup.supervisor.core.pool import EnginePool
@@ -24,46 +32,88 @@ if TYPE_CHECKING:
     from llmsup.supervisor.metrics.prometheus import Metrics
     from llmsup.supervisor.settings import Settings
 
+log = logging.getLogger("llmsup.engines")
 
-class CoreParts(Protocol):
-    # the core's state (set in SupervisorCore.__init__)
+
+def _nothing() -> None:
+    return None
+
+
+def _settled_nothing(job: Job) -> None:
+    return None
+
+
+@dataclass
+class Hooks:
+    """What the core tells whoever runs it (the async shell's loops and waiters); no-ops by default."""
+
+    wake_dispatch: Callable[[], None] = _nothing  # a slot or a job became available
+    wake_timers: Callable[[], None] = _nothing  # a timer earlier than the timer loop's next wake-up may be added
+    on_settled: Callable[[Job], None] = _settled_nothing  # a job reached a terminal status
+
+
+@dataclass(eq=False)
+class Shared:
+    """What every part reads: settings, the driver (set by the shell at start), the engines, metrics, the event
+    hub, the hooks, and whether the supervisor is stopping."""
+
     settings: Settings
     driver: EngineDriver
     pool: EnginePool
     metrics: Metrics
-    clock: Callable[[], float]  # wall clock, for records
-    mono: Callable[[], float]  # monotonic, for deadlines and the ladder
-    stopping: bool
-    _running: dict[str, RunningJob]  # job id -> live handle
+    hub: EventHub
+    hooks: Hooks = field(default_factory=Hooks)
+    stopping: bool = False
 
-    # the job side (core.py)
-    def wake_dispatch(self) -> None: ...
+    def drive(self, what: str, engine: Engine | None, call: Callable[[], object], job_id: str | None = None) -> bool:
+        """Ask the driver for something; an unexpected error is logged with the job and engine, counted, and
+        reported as False so that the caller takes the failure path (the supervisor never stops on it)."""
+        try:
+            call()
+            return True
+        except Exception:  # a driver bug or an OS error must not leave a job or an engine stuck
+            log.exception("job=%s %s: %s failed", job_id or "-", engine.tag() if engine else "-", what)
+            self.metrics.driver_errors.labels(what).inc()
+            return False
 
-    def report(self, event: ev.Report, now: float | None = None) -> None: ...
 
-    def cancel(self, job_id: str, note: str = "cancelled by user") -> Job: ...
+class JobsPort(Protocol):
+    """What the engine and host sides ask of the job side."""
 
-    def settle_engine_jobs(self, engine: Engine, why: str, killed: bool) -> None: ...
+    def running(self, job_id: str) -> RunningJob | None: ...
 
-    def _settle(self, run: RunningJob, st: Settlement) -> None: ...
+    def cancel(self, job_id: str, now: Now, note: str = "cancelled by user") -> Job: ...
 
-    # the engine side (engine_owner.py)
-    def _drive(self, what: str, engine: Engine | None, call: Callable[[], object], job_id: str | None = None) -> bool:
-        ...
+    def settle(self, run: RunningJob, st: Settlement, now: Now) -> None: ...
 
-    def _take_out(self, engine: Engine, target: EngineState, why: str) -> None: ...
+    def settle_engine_jobs(self, engine: Engine, why: str, killed: bool, now: Now) -> None: ...
 
-    def _gone(self, engine: Engine, reason: str, release: bool) -> None: ...
 
-    # the host side (host_owner.py)
-    def _host(self, key: str, name: str) -> Host: ...
+class EnginesPort(Protocol):
+    """What the job and host sides ask of the engine side."""
 
-    def _host_back(self, host: Host, why: str) -> None: ...
+    def engine_lost(self, engine: Engine, why: str, now: Now) -> None: ...
+
+    def kill_engine(self, engine: Engine, reason: str, now: Now) -> None: ...
+
+    def maybe_recycle(self, engine: Engine, now: Now) -> None: ...
+
+    def take_out(self, engine: Engine, target: EngineState, why: str) -> None: ...
+
+    def gone(self, engine: Engine, reason: str, release: bool, now: Now) -> None: ...
+
+
+class HostsPort(Protocol):
+    """What the engine side asks of the host side."""
+
+    def host(self, key: str, name: str) -> Host: ...
+
+    def host_back(self, host: Host, why: str) -> None: ...
 
     def agent_engines_wanted(self) -> int: ...
 
     def agent_wants_standby(self, engine: Engine) -> bool: ...
 
-    def on_host_heard(self, event: ev.HostHeard, now: float) -> None: ...
+    def on_host_heard(self, event: ev.HostHeard, now: Now) -> None: ...
 
-    def on_report_of_gone_engine(self, event: ev.Report, now: float) -> None: ...
+    def on_report_of_gone_engine(self, event: ev.Report, now: Now) -> None: ...

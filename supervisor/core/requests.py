@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmsup.supervisor.core.jobs import Job
+
+if TYPE_CHECKING:
+    from llmsup.supervisor.settings import Settings
 
 OWNER_NAME = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
 
@@ -17,6 +20,23 @@ def check_owner_name(owner: str) -> str:
     if not OWNER_NAME.fullmatch(owner):
         raise InvalidRequest(f"invalid owner name {owner[:80]!r}: 1-64 characters of A-Z a-z 0-9 . _ @ + -")
     return owner
+
+
+def check_limits(settings: Settings, prompt: str, max_tokens: int | None, deadline_s: float | None) -> tuple[int, float]:
+    """The request's ``max_tokens`` and deadline (the settings' defaults where it gives none), or InvalidRequest
+    naming the limit it breaks. The one check of the limits the served spec states: the supervisor runs it at
+    submit, the web app on every job of a request before it submits any."""
+    if not prompt:
+        raise InvalidRequest("prompt must not be empty")
+    if len(prompt) > settings.max_prompt_chars:
+        raise InvalidRequest(f"prompt longer than {settings.max_prompt_chars} characters")
+    max_tokens = max_tokens if max_tokens is not None else settings.default_max_tokens
+    if not 1 <= max_tokens <= settings.max_tokens_limit:
+        raise InvalidRequest(f"max_tokens must be in [1, {settings.max_tokens_limit}]")
+    deadline = deadline_s if deadline_s is not None else settings.deadline_s
+    if not 0 < deadline <= settings.max_deadline_s:
+        raise InvalidRequest(f"deadline_s must be in (0, {settings.max_deadline_s}]")
+    return max_tokens, deadline
 
 
 @dataclass(frozen=True)

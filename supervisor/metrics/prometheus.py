@@ -24,7 +24,6 @@ from llmsup.supervisor.metrics.vllm import VLLMMetrics
 if TYPE_CHECKING:
     from llmsup.supervisor.core.outcomes import Settlement
 
-LATENCY_BUCKETS = b.LATENCY  # the first bounds (kept importable)
 MIB = 1024 * 1024
 RESTART_REASONS = frozenset({"lost", "recycled", "killed", "sigint_failed", "init_failed", "admin_restart"})
 FINISHED_REASON = {JobStatus.TIMED_OUT: "timeout", JobStatus.CANCELLED: "abort", JobStatus.FAILED: "error",

@@ -1,7 +1,8 @@
 """The supervisor core's engine side: engines' lives decided from drivers' reports, and admin operations.
 
-A part of :class:`~llmsup.supervisor.core.owner.SupervisorCore` (it owns both job and
-engine state); kept apart because engines come and go for their own reasons.
+A part of :class:`~llmsup.supervisor.core.owner.SupervisorCore` (which owns job, engine and host state); kept apart
+because engines come and go for their own reasons. It reaches the job and host sides through their ports
+(``parts.py``) and takes the moment it acts at from the caller.
 """
 
 from __future__ import annotations
@@ -9,15 +10,19 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmsup.engines import placement
 from llmsup.supervisor.core import reports as ev
 from llmsup.supervisor.core.engine_state import ACTIVE, GONE, Engine, EngineState, move
-from llmsup.supervisor.core.parts import CoreParts
+from llmsup.supervisor.core.now import Now
+from llmsup.supervisor.core.parts import HostsPort, JobsPort, Shared
 from llmsup.supervisor.core.pool import Launch
 from llmsup.supervisor.core.requests import EngineBusy, EngineNotFound
 from llmsup.supervisor.core.standby import default_standby, pick_standby
+
+if TYPE_CHECKING:
+    from llmsup.supervisor.core.driver import EngineDriver
 
 log = logging.getLogger("llmsup.engines")
 S = EngineState
@@ -28,8 +33,15 @@ def default_slots(backend: str) -> int:
     return 32 if backend == "vllm" else 1
 
 
-class EngineOwner(CoreParts):
-    def _init_engines(self) -> None:
+class EngineSide:
+    jobs: JobsPort  # set by the core once every part exists
+    hosts: HostsPort
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.settings = shared.settings
+        self.pool = shared.pool
+        self.metrics = shared.metrics
         self.engine_config: dict[str, Any] = {}  # what every engine loads (set by the shell before engines start)
         self.slots = 1
         self.standby_target = 0
@@ -41,17 +53,12 @@ class EngineOwner(CoreParts):
         self._retiring: dict[int, Engine] = {}  # gone engines whose devices are not free yet
         self._kill_reason: dict[int, str] = {}
 
-    def _drive(self, what: str, engine: Engine | None, call: Callable[[], object],
-               job_id: str | None = None) -> bool:
-        """Ask the driver for something; an unexpected error is logged with the job and engine, counted, and
-        reported as False so that the caller takes the failure path (the supervisor never stops on it)."""
-        try:
-            call()
-            return True
-        except Exception:  # a driver bug or an OS error must not leave a job or an engine stuck
-            log.exception("job=%s %s: %s failed", job_id or "-", engine.tag() if engine else "-", what)
-            self.metrics.driver_errors.labels(what).inc()
-            return False
+    @property
+    def driver(self) -> EngineDriver:
+        return self.shared.driver
+
+    def _drive(self, what: str, engine: Engine | None, call: Callable[[], object]) -> bool:
+        return self.shared.drive(what, engine, call)
 
     def configure_engines(self, engine_config: dict[str, Any], gpu_count: int = 0) -> None:
         s = self.settings
@@ -77,7 +84,7 @@ class EngineOwner(CoreParts):
         of the hosts that are up keep (a joined cluster: what is there)."""
         if not self.driver.can_launch:
             return len(self.pool.engines)
-        return self.settings.engines + self.agent_engines_wanted()
+        return self.settings.engines + self.hosts.agent_engines_wanted()
 
     # launching -------------------------------------------------------------------------
     def _launch_plan(self, n: int) -> list[tuple[str, str]]:
@@ -88,7 +95,7 @@ class EngineOwner(CoreParts):
         return [(hosts[rank % len(hosts)], placement.devices_for_rank(rank // len(hosts), self.gpu_count,
                                                                       s.gpus_per_engine)) for rank in range(n)]
 
-    def start_engines(self, n: int) -> None:
+    def start_engines(self, n: int, now: Now) -> None:
         """Launch ``n`` serving engines and the standbys, one set of devices each (the start log maps them)."""
         if not self.driver.can_launch:
             return
@@ -101,26 +108,26 @@ class EngineOwner(CoreParts):
         for line, (host, _gpu) in zip(lines, plan):
             log.info("%s%s", line, f" of {host}" if host else "")
         for host, gpu in plan:
-            self.launch(gpu, host=host)
+            self.launch(gpu, now, host=host)
 
-    def launch(self, gpu: str, restarts: int = 0, host: str = "") -> None:
+    def launch(self, gpu: str, now: Now, restarts: int = 0, host: str = "") -> None:
         """Start an engine on these devices (a launch that fails is retried by :meth:`reconcile`)."""
         set_ids: list[str] = []
         if self._drive("launch", None, lambda: set_ids.append(self.driver.launch(gpu, host))):
-            self.pool.launches[set_ids[0]] = Launch(set_ids[0], gpu, self.clock(), restarts, host)
-        self._last_launch = self.mono()
+            self.pool.launches[set_ids[0]] = Launch(set_ids[0], gpu, now.wall, restarts, host)
+        self._last_launch = now.mono
 
     def _own(self) -> list[Engine]:
         """The engines this supervisor launched (and replaces); a join agent's, or a joined cluster's, are not."""
         return [e for e in self.pool if e.set_id]
 
-    def reconcile(self, now: float) -> None:
+    def reconcile(self, now: Now) -> None:
         """Keep the engine count: launch what is missing (a failed launch, an engine set that never came up).
         Engines on their way out count as present: their replacement is launched when they are gone."""
-        if (not self.driver.can_launch or self.stopping or self._controller_down
-                or now - self._last_launch < self.settings.engine_relaunch_s):
+        if (not self.driver.can_launch or self.shared.stopping or self._controller_down
+                or now.mono - self._last_launch < self.settings.engine_relaunch_s):
             return
-        wall = self.clock()
+        wall = now.wall
         for launch in [la for la in self.pool.launches.values() if wall - la.since > self.settings.engine_start_timeout_s]:
             log.error("engine set %s never registered in %.0fs: forgotten", launch.set_id, wall - launch.since)
             del self.pool.launches[launch.set_id]
@@ -129,7 +136,7 @@ class EngineOwner(CoreParts):
         for host, gpu in self._missing_devices(self.settings.engines + self.standby_target - present):
             log.warning("engine count short of %d: launching one on %s%s", self.settings.engines + self.standby_target,
                         gpu or "CPU", f" of {host}" if host else "")
-            self.launch(gpu, host=host)
+            self.launch(gpu, now, host=host)
 
     def _missing_devices(self, missing: int) -> list[tuple[str, str]]:
         if missing <= 0:
@@ -146,64 +153,68 @@ class EngineOwner(CoreParts):
         return (free + plan)[:missing]
 
     # reports -----------------------------------------------------------------------------
-    def on_engine_event(self, event: ev.Report, now: float) -> None:
+    def on_engine_event(self, event: ev.Report, now: Now) -> None:
         if self._on_cluster_event(event, now):
             return
         engine = self.pool.get(getattr(event, "engine_id", -1))
-        if engine is None:  # a report of an engine the pool no longer holds may be of a lost host: host_owner
-            self.on_report_of_gone_engine(event, now)
+        if engine is None:  # a report of an engine the pool no longer holds may be of a lost host: the host side
+            self.hosts.on_report_of_gone_engine(event, now)
         else:
             self._on_engine_record_event(engine, event, now)
 
-    def _on_cluster_event(self, event: ev.Report, now: float) -> bool:
+    def _on_cluster_event(self, event: ev.Report, now: Now) -> bool:
         """Events about engines the pool does not hold (yet, or any more); True if ``event`` was one."""
         if isinstance(event, ev.EngineRegistered):
             self._drive("identify", None, lambda: self.driver.identify(event.engine_id))
         elif isinstance(event, ev.EngineIdentified):
-            self._adopt(event.engine_id, event.identity)
+            self._adopt(event.engine_id, event.identity, now)
         elif isinstance(event, ev.LaunchFailed):
             self.pool.launches.pop(event.set_id, None)
             log.error("engine set %s failed to start: %s", event.set_id, event.why)
         elif isinstance(event, ev.EngineRetired):
-            self._replace(event.engine_id)
+            self._replace(event.engine_id, now)
         elif isinstance(event, (ev.ControllerLost, ev.ControllerRestarted)):
             self._controller_event(event, now)
         elif isinstance(event, ev.HostHeard):
-            self.on_host_heard(event, now)
+            self.hosts.on_host_heard(event, now)
         else:
             return False
         return True
 
-    def _on_engine_record_event(self, engine: Engine, event: ev.Report, now: float) -> None:
+    def _on_engine_record_event(self, engine: Engine, event: ev.Report, now: Now) -> None:
         if isinstance(event, ev.EngineLoaded):
-            self._loaded(engine, event)
+            self._loaded(engine, event, now)
         elif isinstance(event, ev.EngineProgress):
-            self.last_engine_progress = now
+            self.last_engine_progress = now.mono
             engine.log_file = event.log_file or engine.log_file
             log.info("%s starting: %s%s", engine.tag(), event.phase, f": {event.detail}" if event.detail else "")
         elif isinstance(event, ev.EngineServing):
             self._mark_ready(engine, now)
         elif isinstance(event, ev.EngineBeat):
-            engine.last_beat = now
+            engine.last_beat = now.mono
             engine.rss_mb = engine.rss_mb if event.rss_mb is None else event.rss_mb
             engine.gpu_mem_mb = engine.gpu_mem_mb if event.gpu_mem_mb is None else event.gpu_mem_mb
         elif isinstance(event, ev.EngineFailed):
-            self._failed(engine, event.why)
+            self._failed(engine, event.why, now)
         elif isinstance(event, ev.EngineUnregistered):
-            self.engine_lost(engine, "engine unregistered (process died or heartbeat lost)")
+            self.engine_lost(engine, "engine unregistered (process died or heartbeat lost)", now)
         elif isinstance(event, ev.EngineKilled):
-            self.settle_engine_jobs(engine, f"engine killed ({self._kill_reason.get(engine.id, 'killed')})", True)
-            self._gone(engine, self._kill_reason.pop(engine.id, "killed"), release=False)
+            self._killed(engine, now)
 
-    def _failed(self, engine: Engine, why: str) -> None:
+    def _killed(self, engine: Engine, now: Now) -> None:
+        self.jobs.settle_engine_jobs(engine, f"engine killed ({self._kill_reason.get(engine.id, 'killed')})", True,
+                                     now)
+        self.gone(engine, self._kill_reason.pop(engine.id, "killed"), release=False, now=now)
+
+    def _failed(self, engine: Engine, why: str, now: Now) -> None:
         if engine.state is S.STARTING:
             log.error("%s failed to initialise: %s%s", engine.tag(), why,
                       f" (engine log: {engine.log_file})" if engine.log_file else "")
-            self.kill_engine(engine, "init_failed")
+            self.kill_engine(engine, "init_failed", now)
         else:
-            self.engine_lost(engine, why)
+            self.engine_lost(engine, why, now)
 
-    def _controller_event(self, event: ev.Report, now: float) -> None:
+    def _controller_event(self, event: ev.Report, now: Now) -> None:
         if isinstance(event, ev.ControllerRestarted):
             self._controller_down = False
             self.pool.launches.clear()  # any launched on the old controller will never register
@@ -213,7 +224,7 @@ class EngineOwner(CoreParts):
         log.error("controller lost: every engine is launched anew; running jobs go back to the queue uncharged")
         for engine in list(self.pool):
             move(engine, S.DEAD, "controller lost")
-            self.settle_engine_jobs(engine, "controller lost", True)
+            self.jobs.settle_engine_jobs(engine, "controller lost", True, now)
             self.pool.remove(engine.id)
             self.metrics.engine_restarted("controller_lost")
         self.pool.launches.clear()
@@ -221,21 +232,21 @@ class EngineOwner(CoreParts):
         self._kill_reason.clear()
         self._controller_down = True  # no launch until the new controller runs
 
-    def _adopt(self, engine_id: int, ident: ev.EngineIdentity) -> None:
+    def _adopt(self, engine_id: int, ident: ev.EngineIdentity, now: Now) -> None:
         launch = self.pool.launches.pop(ident.engine_set, None)
         engine = Engine(id=engine_id, host=ident.host, host_key=ident.host_key, pid=ident.pid,
                         pid_started=ident.pid_started,
                         gpu=self._gpu_for(ident, launch), set_id=launch.set_id if launch else "", slots=self.slots,
-                        batched=self.batched, started_at=self.clock(), restarts=launch.restarts if launch else 0,
+                        batched=self.batched, started_at=now.wall, restarts=launch.restarts if launch else 0,
                         launched_on=launch.host if launch else "")
         self.pool.add(engine)
-        self._host_back(self._host(ident.host_key, ident.host), f"engine {engine_id} registered")
+        self.hosts.host_back(self.hosts.host(ident.host_key, ident.host), f"engine {engine_id} registered")
         # one-job engines beat from a thread (a batched engine's serving loop beats by itself)
         config = dict(self.engine_config, engine_id=engine_id, gpu=engine.gpu, beat=not self.batched)
         if engine.gpu in self.memory_shares:  # engines that share a GPU split its memory
             config["options"] = {**config.get("options", {}), "gpu_memory_utilization": self.memory_shares[engine.gpu]}
         if not self._drive("load", engine, lambda: self.driver.load(engine, config)):
-            self.kill_engine(engine, "init_failed")
+            self.kill_engine(engine, "init_failed", now)
 
     def _gpu_for(self, ident: ev.EngineIdentity, launch: Launch | None) -> str:
         if ident.gpu:
@@ -247,7 +258,7 @@ class EngineOwner(CoreParts):
         except ValueError:
             return ""
 
-    def _loaded(self, engine: Engine, event: ev.EngineLoaded) -> None:
+    def _loaded(self, engine: Engine, event: ev.EngineLoaded, now: Now) -> None:
         if engine.state is not S.STARTING:
             return
         engine.backend = dict(event.backend)
@@ -261,23 +272,23 @@ class EngineOwner(CoreParts):
                         "with --model)", engine.tag(), engine.backend.get("model"))
         if engine.batched:
             if not self._drive("start_serving", engine, lambda: self.driver.start_serving(engine)):
-                self.kill_engine(engine, "init_failed")  # ready when its loop says hello
+                self.kill_engine(engine, "init_failed", now)  # ready when its loop says hello
         else:
-            self._mark_ready(engine, self.mono())
+            self._mark_ready(engine, now)
 
-    def _mark_ready(self, engine: Engine, now: float) -> None:
+    def _mark_ready(self, engine: Engine, now: Now) -> None:
         if engine.state is not S.STARTING:
             return
-        engine.last_beat = now
+        engine.last_beat = now.mono
         if self._wants_standby(engine):
             move(engine, S.STANDBY, "ready, kept as a standby")
             return
         move(engine, S.IDLE, "ready")
-        self.wake_dispatch()
+        self.shared.hooks.wake_dispatch()
 
     def _wants_standby(self, engine: Engine) -> bool:
         if not engine.set_id:
-            return self.agent_wants_standby(engine)
+            return self.hosts.agent_wants_standby(engine)
         own = [e for e in self._own() if e is not engine]
         active = sum(1 for e in own if e.state in ACTIVE)
         standbys = sum(1 for e in own if e.state is S.STANDBY)
@@ -285,52 +296,52 @@ class EngineOwner(CoreParts):
 
     def _promote_standby(self, lost: Engine) -> None:
         """A standby takes the place of an engine that is going (it keeps its own devices)."""
-        if self.stopping:
+        if self.shared.stopping:
             return
         standby = pick_standby(list(self.pool), lost.host_key)
         if standby is None:
             return
         move(standby, S.IDLE, f"promoted in place of engine {lost.id}")
         self.metrics.standby_promotions.inc()
-        self.wake_dispatch()
+        self.shared.hooks.wake_dispatch()
 
     # losing, killing, recycling, replacing ------------------------------------------------------
-    def _take_out(self, engine: Engine, target: EngineState, why: str) -> None:
+    def take_out(self, engine: Engine, target: EngineState, why: str) -> None:
         """Take a going engine out of service; a standby takes its place (unless it was one)."""
         was_standby = engine.state is S.STANDBY
         move(engine, target, why)
         if not was_standby:
             self._promote_standby(engine)
 
-    def engine_lost(self, engine: Engine, why: str) -> None:
+    def engine_lost(self, engine: Engine, why: str, now: Now) -> None:
         """The engine died under us (or left the cluster): its jobs settle, a replacement is launched."""
         if self.pool.get(engine.id) is not engine or engine.state is S.RESTARTING:
             return  # handled already, or a kill / recycle in progress settles it
         log.warning("%s lost: %s", engine.tag(), why)
-        self._take_out(engine, S.DEAD, f"lost: {why}")  # first: nothing new goes to it, nothing recycles it
-        self.settle_engine_jobs(engine, why, False)
-        self._gone(engine, "lost", release=False)
+        self.take_out(engine, S.DEAD, f"lost: {why}")  # first: nothing new goes to it, nothing recycles it
+        self.jobs.settle_engine_jobs(engine, why, False, now)
+        self.gone(engine, "lost", release=False, now=now)
 
-    def kill_engine(self, engine: Engine, reason: str) -> None:
+    def kill_engine(self, engine: Engine, reason: str, now: Now) -> None:
         """SIGKILL the engine (its jobs settle when the driver reports it killed), then replace it."""
         if engine.state in GONE:
             return
-        self._take_out(engine, S.RESTARTING, f"kill: {reason}")
+        self.take_out(engine, S.RESTARTING, f"kill: {reason}")
         self._kill_reason[engine.id] = reason
         if not self._drive("kill", engine, lambda: self.driver.kill(engine)):
-            self.report(ev.EngineKilled(engine.id))  # take it as gone: retire kills and stops its set once more
+            self._killed(engine, now)  # take it as gone: retire kills and stops its set once more
 
-    def recycle(self, engine: Engine, why: str) -> None:
+    def recycle(self, engine: Engine, why: str, now: Now) -> None:
         """Release the backend, stop the engine, start a fresh one on the same devices."""
         if engine.state in GONE:
             return
-        self._take_out(engine, S.RESTARTING, f"recycle: {why}")
-        self._gone(engine, "recycled", release=True)
+        self.take_out(engine, S.RESTARTING, f"recycle: {why}")
+        self.gone(engine, "recycled", release=True, now=now)
 
-    def maybe_recycle(self, engine: Engine) -> None:
+    def maybe_recycle(self, engine: Engine, now: Now) -> None:
         """Recycle between jobs (a busy batched engine drains first, then recycles when empty)."""
         s = self.settings
-        if self.stopping or engine.state in GONE:
+        if self.shared.stopping or engine.state in GONE:
             return
         if engine.recycle_why is None:
             if s.max_jobs_per_engine and engine.jobs_done >= s.max_jobs_per_engine:
@@ -342,9 +353,9 @@ class EngineOwner(CoreParts):
         if engine.jobs:
             move(engine, S.DRAINING, f"to recycle when its jobs end: {engine.recycle_why}")
         else:
-            self.recycle(engine, engine.recycle_why)
+            self.recycle(engine, engine.recycle_why, now)
 
-    def _gone(self, engine: Engine, reason: str, release: bool) -> None:
+    def gone(self, engine: Engine, reason: str, release: bool, now: Now) -> None:
         """Hand the engine to the driver to take away; a released one stays in view (restarting) until then."""
         if not release:
             move(engine, S.DEAD, reason)
@@ -352,9 +363,9 @@ class EngineOwner(CoreParts):
         self._retiring[engine.id] = engine
         self.metrics.engine_restarted(reason)
         if not self._drive("retire", engine, lambda: self.driver.retire(engine, release=release)):
-            self._replace(engine.id)
+            self._replace(engine.id, now)
 
-    def _replace(self, engine_id: int) -> None:
+    def _replace(self, engine_id: int, now: Now) -> None:
         engine = self._retiring.pop(engine_id, None)
         if engine is None:
             return
@@ -364,35 +375,20 @@ class EngineOwner(CoreParts):
         if not engine.set_id:
             log.warning("%s gone: whoever started it (its host's join agent, or the cluster's owner) replaces it",
                         engine.tag())
-        elif self.driver.can_launch and not self.stopping:
-            self.launch(engine.gpu, restarts=engine.restarts + 1, host=engine.launched_on)
+        elif self.driver.can_launch and not self.shared.stopping:
+            self.launch(engine.gpu, now, restarts=engine.restarts + 1, host=engine.launched_on)
 
-    def check_beats(self, now: float) -> None:
+    def check_beats(self, now: Now) -> None:
         """A batched engine whose serving loop stopped beating is lost."""
         limit = self.settings.engine_beat_timeout_s
         for engine in self.pool:
             if engine.batched and engine.state not in GONE and engine.state is not S.STARTING \
-                    and now - engine.last_beat > limit:
-                self.kill_engine(engine, f"no heartbeat for {now - engine.last_beat:.1f}s")
+                    and now.mono - engine.last_beat > limit:
+                self.kill_engine(engine, f"no heartbeat for {now.mono - engine.last_beat:.1f}s", now)
 
     # admin operations ----------------------------------------------------------------------------
-    def engine_views(self) -> list[dict[str, Any]]:
-        now = self.mono()
-        return [{**e.view(now), "local": self.driver.is_local(e), "started_at": e.started_at}
-                for e in sorted(self.pool.engines.values(), key=lambda e: e.id)]
-
-    def engine_view(self, engine_id: int) -> dict[str, Any]:
-        engine = self.find_engine(engine_id)
-        return next(v for v in self.engine_views() if v["id"] == engine.id)
-
-    def starting_engines(self) -> list[tuple[str, str]]:
-        return [(launch.set_id, launch.gpu) for launch in sorted(self.pool.launches.values(), key=lambda x: x.set_id)]
-
-    def serving_engines(self) -> int:
-        return len(self.pool.serving())
-
-    def model_facts(self) -> list[dict[str, Any]]:
-        return [dict(engine.backend) for engine in self.pool if engine.backend]
+    def engine_views(self, now: Now) -> list[dict[str, Any]]:
+        return [e.view(now.mono) for e in sorted(self.pool.engines.values(), key=lambda e: e.id)]
 
     def find_engine(self, engine_id: int) -> Engine:
         engine = self.pool.get(engine_id)
@@ -400,15 +396,15 @@ class EngineOwner(CoreParts):
             raise EngineNotFound(engine_id)
         return engine
 
-    def interrupt_engine(self, engine_id: int) -> list[str]:
+    def interrupt_engine(self, engine_id: int, now: Now) -> list[str]:
         """Interrupt every job on the engine (they end cancelled); the engine stays."""
         engine = self.find_engine(engine_id)
         ids = list(engine.jobs)
         for jid in ids:
-            self.cancel(jid, note=f"interrupted by admin on engine {engine_id}")
+            self.jobs.cancel(jid, now, note=f"interrupted by admin on engine {engine_id}")
         return ids
 
-    def restart_engine(self, engine_id: int) -> list[str]:
+    def restart_engine(self, engine_id: int, now: Now) -> list[str]:
         """Replace the engine: recycled cleanly when idle, killed when busy (its jobs re-queued, uncharged).
         Raises EngineBusy when it is already on its way out."""
         engine = self.find_engine(engine_id)
@@ -416,9 +412,9 @@ class EngineOwner(CoreParts):
             raise EngineBusy(engine_id, engine.state.value)
         jobs = list(engine.jobs)
         if jobs or engine.state is S.STARTING:
-            self.kill_engine(engine, "admin_restart")
+            self.kill_engine(engine, "admin_restart", now)
         else:
-            self.recycle(engine, "admin_restart")
+            self.recycle(engine, "admin_restart", now)
         return jobs
 
     def drain_engine(self, engine_id: int, drain: bool = True) -> None:
@@ -428,4 +424,4 @@ class EngineOwner(CoreParts):
             move(engine, S.DRAINING, "drained by admin")
         elif not drain and engine.state is S.DRAINING and engine.recycle_why is None:
             move(engine, S.BUSY if engine.jobs else S.IDLE, "undrained by admin")
-            self.wake_dispatch()
+            self.shared.hooks.wake_dispatch()

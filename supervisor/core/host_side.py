@@ -1,6 +1,6 @@
 """The supervisor core's host side: which hosts engines run on, and what happens when one drops off the network.
 
-A part of :class:`~llmsup.supervisor.core.owner.SupervisorCore` (it owns job, engine and host state). A host is known
+A part of :class:`~llmsup.supervisor.core.owner.SupervisorCore` (which owns job, engine and host state). A host is known
 from its engines' identities (hostname + boot id) and, when a join agent runs its engines, from the agent's
 beats on the control channel. Every engine says it lives by beats on the token stream (a thread in one-job
 engines, the serving loop in batched ones), so a host is *lost* when neither its engines nor its agent have
@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 from llmsup.supervisor.core import reports as ev
 from llmsup.supervisor.core.engine_state import ACTIVE, GONE, Engine, EngineState
 from llmsup.supervisor.core.jobs import JobStatus
+from llmsup.supervisor.core.now import Now
 from llmsup.supervisor.core.outcomes import Settlement, lost
-from llmsup.supervisor.core.parts import CoreParts
+from llmsup.supervisor.core.parts import EnginesPort, JobsPort, Shared
 
 if TYPE_CHECKING:
     from llmsup.supervisor.core.running import RunningJob
@@ -69,12 +70,18 @@ class Host:
         return max(times) if times else None
 
 
-class HostOwner(CoreParts):
-    def _init_hosts(self) -> None:
+class HostSide:
+    jobs: JobsPort  # set by the core once every part exists
+    engines: EnginesPort
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.settings = shared.settings
+        self.pool = shared.pool
         self.hosts: dict[str, Host] = {}
         self._hosts_checked_at: float | None = None
 
-    def _host(self, key: str, name: str) -> Host:
+    def host(self, key: str, name: str) -> Host:
         host = self.hosts.get(key)
         if host is None:
             host = self.hosts[key] = Host(key, name)
@@ -88,18 +95,18 @@ class HostOwner(CoreParts):
         return sum(h.engines_wanted for h in self.hosts.values() if h.agent and h.lost_at is None)
 
     # reports ------------------------------------------------------------------------------------
-    def on_host_heard(self, event: ev.HostHeard, now: float) -> None:
-        host = self._host(event.host_key, event.host)
+    def on_host_heard(self, event: ev.HostHeard, now: Now) -> None:
+        host = self.host(event.host_key, event.host)
         if host.agent != event.agent:
             log.info("host %s joined: agent %s, %d engines (%d standby), %d GPUs", event.host, event.agent,
                      event.engines, event.standby, event.gpus)
         host.agent, host.name, host.gpus = event.agent, event.host, event.gpus
         host.engines_wanted, host.standby_wanted, host.agent_pids = event.engines, event.standby, event.pids
-        host.heard_at = now
-        self._host_back(host, "its agent beats again")
+        host.heard_at = now.mono
+        self.host_back(host, "its agent beats again")
         self._fence(host)
 
-    def on_report_of_gone_engine(self, event: ev.Report, now: float) -> None:
+    def on_report_of_gone_engine(self, event: ev.Report, now: Now) -> None:
         """A report about an engine the pool does not hold: one taken out with a lost host. Its beat: the host is
         heard again. The controller dropping it: without an agent there nothing can reach it any more (an ssh
         launcher's set is stopped by the launcher); with one, the agent's beats say when it is gone."""
@@ -108,13 +115,13 @@ class HostOwner(CoreParts):
             if engine_id not in host.fenced:
                 continue
             if isinstance(event, ev.EngineBeat):
-                self._host_back(host, f"engine {engine_id} beats again")
+                self.host_back(host, f"engine {engine_id} beats again")
                 self._fence(host)
             elif isinstance(event, ev.EngineUnregistered) and not host.agent:
                 del host.fenced[engine_id]
             return
 
-    def _host_back(self, host: Host, why: str) -> None:
+    def host_back(self, host: Host, why: str) -> None:
         if host.lost_at is not None:
             log.warning("host %s is back (%s): %d engines taken out to be replaced", host.name, why,
                         len(host.fenced))
@@ -129,49 +136,50 @@ class HostOwner(CoreParts):
             host.fenced = {eid: e for eid, e in host.fenced.items() if e.pid in alive}
             if host.fenced:
                 pids = tuple(sorted(e.pid for e in host.fenced.values()))
-                self._drive("fence", None, lambda: self.driver.order_host(host.agent, fence=pids))
+                driver = self.shared.driver
+                self.shared.drive("fence", None, lambda: driver.order_host(host.agent, fence=pids))
             return
         for engine in host.fenced.values():  # no agent: through the nanny (its set, if launched here, is stopped)
-            self._drive("fence", engine, partial(self.driver.kill, engine))
+            self.shared.drive("fence", engine, partial(self.shared.driver.kill, engine))
         host.fenced.clear()
 
     # losing a host --------------------------------------------------------------------------------
-    def check_hosts(self, now: float) -> None:
+    def check_hosts(self, now: Now) -> None:
         """Take as lost every other host none of whose engines (nor its agent) was heard for host_loss_s.
 
         Not right after the supervisor itself stood still (a check comes every fraction of a second): the beats
         that arrived meanwhile are still unread, and silence would be our own."""
         limit = self.settings.host_loss_timeout_s
-        previous, self._hosts_checked_at = self._hosts_checked_at, now
-        if previous is not None and now - previous > limit / 2:
+        previous, self._hosts_checked_at = self._hosts_checked_at, now.mono
+        if previous is not None and now.mono - previous > limit / 2:
             log.warning("the supervisor stood still for %.1fs: no host is judged lost before its beats are read",
-                        now - previous)
+                        now.mono - previous)
             return
         for host in list(self.hosts.values()):
-            if host.key == self.driver.local_key or host.lost_at is not None:
+            if host.key == self.shared.driver.local_key or host.lost_at is not None:
                 continue
             engines = [e for e in self.engines_on(host) if e.state not in GONE]
             last = host.last_heard(engines)
-            if engines and last is not None and now - last > limit:
-                self.host_lost(host, now, now - last)
+            if engines and last is not None and now.mono - last > limit:
+                self.host_lost(host, now, now.mono - last)
 
-    def host_lost(self, host: Host, now: float, silent_s: float) -> None:
+    def host_lost(self, host: Host, now: Now, silent_s: float) -> None:
         engines = [e for e in self.engines_on(host) if e.state not in GONE]
         jobs = sum(len(e.jobs) for e in engines)
         log.error("host %s lost: nothing heard from it for %.1fs (host_loss_s=%.1f); %d engines taken out, %d jobs "
                   "re-run elsewhere (not charged an attempt)", host.name, silent_s, self.settings.host_loss_timeout_s,
                   len(engines), jobs)
-        host.lost_at, host.losses = now, host.losses + 1
+        host.lost_at, host.losses = now.mono, host.losses + 1
         for engine in self.engines_on(host):  # those being killed too: the kill cannot reach them now
             if engine.state is not S.DEAD:
                 host.fenced[engine.id] = engine
         for engine in engines:
-            self._take_out(engine, S.DEAD, f"host {host.name} lost")  # first: nothing new goes to it
+            self.engines.take_out(engine, S.DEAD, f"host {host.name} lost")  # first: nothing new goes to it
             for job_id in list(engine.jobs):
-                run = self._running.get(job_id)
+                run = self.jobs.running(job_id)
                 if run is not None:
-                    self._settle(run, self._cut_off(run, host, now))
-            self._gone(engine, "host_lost", release=False)
+                    self.jobs.settle(run, self._cut_off(run, host, now.mono), now)
+            self.engines.gone(engine, "host_lost", release=False, now=now)
 
     def _cut_off(self, run: RunningJob, host: Host, now: float) -> Settlement:
         """A job on a lost host: past its deadline (or being cancelled) it ends with what it streamed; else it
@@ -195,13 +203,12 @@ class HostOwner(CoreParts):
         return active >= host.engines_wanted and standbys < host.standby_wanted
 
     # admin --------------------------------------------------------------------------------------------
-    def host_views(self) -> list[dict[str, Any]]:
-        now = self.mono()
-        local = self.driver.local_key
+    def host_views(self, now: Now) -> list[dict[str, Any]]:
+        local = self.shared.driver.local_key
         for engine in self.pool:  # hosts seen only through engines (no agent)
-            self._host(engine.host_key, engine.host)
+            self.host(engine.host_key, engine.host)
         views = []
         for host in sorted(self.hosts.values(), key=lambda h: (h.key != local, h.name)):
             engines = self.engines_on(host)
-            views.append({**host.view(engines, now, host.key == local), "engines": [e.id for e in engines]})
+            views.append({**host.view(engines, now.mono, host.key == local), "engines": [e.id for e in engines]})
         return views
