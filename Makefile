@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check
 
-.PHONY: serve test install install-test links browser sshd lint layout typecheck bench docs clean
+.PHONY: serve test test-fast install install-test links browser sshd lint layout typecheck bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,12 @@ serve: install
 # The gates run first: lint (ruff: style, import order, complexity), then types (mypy), then the tests
 # (pytest turns warnings into errors, see pyproject.toml).
 test: install-test lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
+
+# Everything that needs no real process (no cluster, llmsup serve, vLLM or transformers, hosts, Chromium, notebooks):
+# the web app, client, CLI and OpenAI routes on the in-process supervisor (tests marked `real` are left out)
+test-fast: install-test
+	$(BIN)/python -m pytest -q -m "not real" --durations=15
 
 lint: install-test typecheck layout
 	$(BIN)/python -m ruff check supervisor engines web tests bench

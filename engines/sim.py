@@ -54,7 +54,8 @@ def prompt_words(prompt: str) -> list[str]:
     return parse_directives(prompt)[0].split() or ["tok"]
 
 
-def _check(params: GenParams) -> None:
+def check_params(params: GenParams) -> None:
+    """Refuse what the sim backend cannot honour (RequestRejected)."""
     used = [name for name, on in (
         ("penalties", params.penalised), ("min_p", params.min_p > 0), ("logit_bias", bool(params.logit_bias)),
         ("stop_token_ids", bool(params.stop_token_ids)), ("allowed_token_ids", bool(params.allowed_token_ids)),
@@ -62,6 +63,14 @@ def _check(params: GenParams) -> None:
         ("token_prompts", bool(params.prompt_token_ids)), ("token_ids", params.return_token_ids)) if on]
     if used:
         raise RequestRejected(f"{', '.join(used)}: {WHY}")
+
+
+def generation_of(text: str, count: int, reason: FinishReason, words: list[str], params: GenParams,
+                  logprobs: list[TokenLogprob]) -> Generation:
+    """A finished simulated generation: its text, tokens, why it ended, and the logprobs asked for."""
+    prompt_lps = tuple(sim_logprob(w + " ", params.prompt_logprobs) for w in words[1:]) if (
+        params.prompt_logprobs is not None) else ()
+    return Generation(text, count, reason, len(words), logprobs=tuple(logprobs), prompt_logprobs=prompt_lps)
 
 
 def parse_directives(prompt: str) -> tuple[str, dict[str, float | None]]:
@@ -83,7 +92,7 @@ class SimBackend:
         return None
 
     def generate(self, prompt: str, params: GenParams, on_token: TokenCallback) -> Generation:
-        _check(params)
+        check_params(params)
         text, directives = parse_directives(prompt)
         words = text.split() or ["tok"]
         token_s = directives.get("slow") or self.token_s
@@ -109,7 +118,7 @@ class SimBackend:
                 logprobs.append(entry)
             if cut is not None:  # the token that completes a stop string: what precedes the stop, if anything
                 on_token(cut[len(out):], None, entry)
-                return self._done(cut, count + 1, "stop", words, params, logprobs)
+                return generation_of(cut, count + 1, "stop", words, params, logprobs)
             out += piece
             count += 1
             on_token(piece, None, entry)
@@ -120,21 +129,14 @@ class SimBackend:
             time.sleep(10**7)
         elif scripted_end == "crash":
             os._exit(17)
-        return self._done(out, count, "length", words, params, logprobs)
-
-    @staticmethod
-    def _done(text: str, count: int, reason: FinishReason, words: list[str], params: GenParams,
-              logprobs: list[TokenLogprob]) -> Generation:
-        prompt_lps = tuple(sim_logprob(w + " ", params.prompt_logprobs) for w in words[1:]) if (
-            params.prompt_logprobs is not None) else ()
-        return Generation(text, count, reason, len(words), logprobs=tuple(logprobs), prompt_logprobs=prompt_lps)
+        return generation_of(out, count, "length", words, params, logprobs)
 
     def abort(self) -> None:
         return None
 
     # batching (engines.batch): each request paced on its own, one token per due step
     def add_request(self, key: str, prompt: str, params: GenParams) -> None:
-        _check(params)
+        check_params(params)
         text, directives = parse_directives(prompt)
         if "error" in directives:
             raise RuntimeError("sim: scripted error")

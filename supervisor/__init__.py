@@ -6,7 +6,9 @@
 - ``client/``: the Python client (async and sync), for notebooks and scripts;
 - ``cli/``: the ``llmsup`` command and the join agent;
 - ``metrics/``: Prometheus metrics;
-- ``service.py``: the async shell that runs the core with its drivers; ``settings.py``; ``rundir.py``.
+- ``service.py``: the async shell that runs the core with its drivers; ``settings.py``; ``rundir.py``;
+- ``port.py``: what the web app may ask of the supervisor (``ControlPlane``); ``inprocess.py``: the whole
+  supervisor in one process on simulated engines, for tests.
 
 May import: ``llmsup.engines``; never ``llmsup.web`` (only the CLI's ``serve``, the composition root, wires the web app
 to the supervisor). The rules are checked by ``tests/test_layout.py``.

@@ -5,7 +5,8 @@ cluster, token stream, control channel), runs the loops that feed the core
 (dispatch, timers, health), and lets callers wait for a job to end. It reads
 the clocks and hands the core the moment of each call (the core reads none).
 All decisions are the core's; every loop is supervised: an unexpected error is
-logged and the loop goes on.
+logged and the loop goes on. It is the web app's control plane
+(``supervisor/port.py``: the operations the app may ask).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import builtins  # the method `list` shadows the builtin in the class body
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -31,10 +33,11 @@ from llmsup.supervisor.cluster.driver import ClusterDriver
 from llmsup.supervisor.cluster.leftovers import ProcessLedger
 from llmsup.supervisor.cluster.manager import Channels, ClusterManager, listen_addresses
 from llmsup.supervisor.cluster.stream_reader import StreamReader
+from llmsup.supervisor.core import model_name
 from llmsup.supervisor.core import reports as ev
 from llmsup.supervisor.core.driver import EngineDriver
 from llmsup.supervisor.core.engine_state import Engine, EngineState, move
-from llmsup.supervisor.core.events import EventHub
+from llmsup.supervisor.core.events import EventHub, Subscription
 from llmsup.supervisor.core.host_side import Host
 from llmsup.supervisor.core.jobs import Job, JobStatus
 from llmsup.supervisor.core.now import Now
@@ -48,10 +51,27 @@ from llmsup.supervisor.metrics.prometheus import Metrics
 from llmsup.supervisor.pipelines.runner import PipelineRunner
 from llmsup.supervisor.pipelines.store import MemoryPipelineStore, SQLitePipelineStore
 from llmsup.supervisor.settings import Settings
-from llmsup.supervisor.store import JobStore, SQLiteStore
+from llmsup.supervisor.store import JobStore, SQLiteStore, retention
+from llmsup.supervisor.store.protocol import PageReader
 
 log = logging.getLogger("llmsup.supervisor")
 DISPATCH_BATCH = 8  # jobs started per turn of the dispatch loop
+
+
+@dataclass
+class Wires:
+    """llmsup's own channels to engines and join agents, made at start (a ZeroMQ context and its sockets)."""
+
+    context: zmq.asyncio.Context
+    keys: ChannelKeys
+    gate: ChannelGate
+    stream: StreamReader
+    control: ControlChannel
+
+    def close(self) -> None:
+        for sock in (self.stream, self.control, self.gate):
+            sock.close()
+        self.context.term()
 
 
 class Supervisor:
@@ -74,6 +94,7 @@ class Supervisor:
         self._owns_run_dir = False
         self.started = False
         self.stream_address = ""
+        self.wires: Wires | None = None  # made at start
         self.pipelines = PipelineRunner(self, MemoryPipelineStore(), wake=self._wake_timers)
 
     def now(self) -> Now:
@@ -125,7 +146,47 @@ class Supervisor:
         return self.core.expected_engines()
 
     def engine_views(self) -> builtins.list[dict[str, Any]]:
-        return self.core.engine_views(self.now())
+        """As the admin API shows them, with ``local`` (on this host) and ``started_at`` (wall clock)."""
+        views = self.core.engine_views(self.now())
+        for view in views:
+            engine = self.pool.get(view["id"])
+            view["local"] = engine is not None and self.driver.is_local(engine)
+            view["started_at"] = engine.started_at if engine is not None else 0.0
+        return views
+
+    def engine_view(self, engine_id: int) -> dict[str, Any]:
+        engine = self.find_engine(engine_id)
+        return next(v for v in self.engine_views() if v["id"] == engine.id)
+
+    def starting_engines(self) -> builtins.list[tuple[str, str]]:
+        return [(launch.set_id, launch.gpu) for launch in sorted(self.pool.launches.values(), key=lambda x: x.set_id)]
+
+    def serving_engines(self) -> int:
+        return len(self.pool.serving())
+
+    def model_facts(self) -> builtins.list[dict[str, Any]]:
+        return [dict(engine.backend) for engine in self.pool if engine.backend]
+
+    def served_model_name(self) -> str:
+        return self.metrics.model_name()
+
+    def served_model_names(self) -> builtins.list[str]:
+        return model_name.served_model_names(self.settings, self.pool.engines.values())
+
+    def served_pools(self) -> dict[str, str]:
+        return model_name.served_pools(self.settings, self.pool.engines.values())
+
+    def count(self, status: JobStatus) -> int:
+        return self.store.count(status)
+
+    def page_reader(self) -> PageReader | None:
+        return self.store.reader()
+
+    def subscribe(self, job_id: str | None = None) -> Subscription:
+        return self.hub.subscribe(job_id)
+
+    async def prune_forever(self) -> None:
+        await retention.prune_forever(self.store, self.settings, self.clock)
 
     def host_views(self) -> builtins.list[dict[str, Any]]:
         return self.core.host_views(self.now())
@@ -179,24 +240,9 @@ class Supervisor:
         if isinstance(self.core.store, SQLiteStore):
             self.pipelines.store = SQLitePipelineStore(s.run_dir / runfiles.PIPELINE_STORE)
         self.pipelines.recover(self.clock())
-        self._zmq = zmq.asyncio.Context()
-        # llmsup's channels: CURVE, and only peers with the client keys (our engines, join agents) get in
-        self.keys = ChannelKeys.generate()
-        self.gate = ChannelGate(self._zmq, self.keys)
-        bind, advertise = listen_addresses(s)
-        self.stream = StreamReader(self._zmq, bind, self.on_stream_event, self.metrics, self.keys, advertise)
-        self.stream_address = self.stream.address
-        self.control = ControlChannel(self._zmq, bind, self.metrics, self.keys, advertise)
-        self.cluster.channels = Channels(self.stream_address, self.control.address, self.keys)
-        await self.cluster.start()
-        driver = ClusterDriver(s, self.cluster, self.ledger, self.report, self.control)
-        self.core.driver = driver
-        self.core.configure_engines(dict(s.for_engines(), stream_address=self.stream_address,
-                                    channel_keys=self.keys.for_clients()),
-                               placement.detect_gpu_count() if self.cluster.local else 0)
-        for name, loop in (("token stream", self.stream.run), ("dispatch", self._dispatch_loop),
-                           ("timers", self._timer_loop), ("health", self._health_loop),
-                           ("control channel", lambda: self.control.receive(driver.on_hello, driver.on_host))):
+        feeds = await self._start_driver()
+        for name, loop in (*feeds, ("dispatch", self._dispatch_loop), ("timers", self._timer_loop),
+                           ("health", self._health_loop)):
             self._spawn(self._supervised(name, loop))
         self.core.start_engines(s.engines, self.now())
         self.started = True
@@ -204,6 +250,21 @@ class Supervisor:
             await self.wait_for_engines(self.expected_engines(), s.engine_start_timeout_s)
         log.info("supervisor ready: %d engines, backend %s", len(self.pool.serving()),
                  self.core.engine_config["backend"])
+
+    async def _start_driver(self) -> builtins.list[tuple[str, Callable[[], Awaitable[None]]]]:
+        """llmsup's channels, the IPyParallel cluster and its driver; returns the loops that read the channels."""
+        s = self.settings
+        wires = self.wires = _make_wires(s, self.on_stream_event, self.metrics)
+        self.stream_address = wires.stream.address
+        self.cluster.channels = Channels(self.stream_address, wires.control.address, wires.keys)
+        await self.cluster.start()
+        driver = ClusterDriver(s, self.cluster, self.ledger, self.report, wires.control)
+        self.core.driver = driver
+        self.core.configure_engines(dict(s.for_engines(), stream_address=self.stream_address,
+                                         channel_keys=wires.keys.for_clients()),
+                                    placement.detect_gpu_count() if self.cluster.local else 0)
+        return [("token stream", wires.stream.run),
+                ("control channel", lambda: wires.control.receive(driver.on_hello, driver.on_host))]
 
     async def wait_for_engines(self, n: int, timeout: float) -> None:
         """Until ``n`` engines serve; ``TimeoutError`` once ``timeout`` has passed since the start and since the
@@ -227,19 +288,16 @@ class Supervisor:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if isinstance(self.driver, ClusterDriver):
-            await self.driver.stop(list(self.pool), busy)
+        await self.driver.stop(list(self.pool), busy)
         for engine in self.pool:
             move(engine, EngineState.DEAD, "supervisor stopped")
         await self.cluster.stop()
         if self._owns_run_dir:
             self.ledger.sweep()  # kill anything the cluster failed to stop
             self.ledger.release()
-        for sock in (getattr(self, "stream", None), getattr(self, "control", None), getattr(self, "gate", None)):
-            if sock is not None:
-                sock.close()
-        if hasattr(self, "_zmq"):
-            self._zmq.term()
+        if self.wires is not None:
+            self.wires.close()
+            self.wires = None
         self.hub.close_all()
         self.pipelines.hub.close_all()
         self.pipelines.store.close()
@@ -307,8 +365,7 @@ class Supervisor:
         period = max(0.05, self.settings.heartbeat_ms / 2000)
         while True:
             try:
-                if isinstance(self.driver, ClusterDriver):
-                    self.driver.poll()
+                self.driver.poll()
                 now = self.now()
                 self.core.check_beats(now)
                 self.core.check_hosts(now)
@@ -335,6 +392,15 @@ class Supervisor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _make_wires(s: Settings, on_event: Callable[[StreamEvent], None], metrics: Metrics) -> Wires:
+    """llmsup's channels: CURVE, and only peers with the client keys (our engines, join agents) get in."""
+    context = zmq.asyncio.Context()
+    keys = ChannelKeys.generate()
+    bind, advertise = listen_addresses(s)
+    return Wires(context, keys, ChannelGate(context, keys), StreamReader(context, bind, on_event, metrics, keys, advertise),
+                 ControlChannel(context, bind, metrics, keys, advertise))
 
 
 async def _wait_event(event: asyncio.Event, timeout: float) -> None:

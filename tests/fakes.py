@@ -42,6 +42,12 @@ class FakeDriver:
     def engine_ids(self) -> set[int]:
         return set()
 
+    def is_local(self, engine: Engine) -> bool:
+        return engine.host_key == self.local_key
+
+    def poll(self) -> None:
+        return None
+
     def launch(self, gpu: str, host: str = "") -> str:
         set_id = f"e{next(self._sets)}"
         self.calls.append(("launch", set_id, gpu))

@@ -27,6 +27,8 @@ from llmsup.engines.runtime import make_backend, prepare_environment
 from llmsup.engines.stopflag import StopRequested
 from support.waiting import eventually
 
+pytestmark = pytest.mark.real  # real processes (see tests/conftest.py)
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROMPT = "Hello, the engine"
 LONG = GenParams(max_tokens=100_000, ignore_eos=True)  # runs until the model's context is full (seconds)

@@ -12,7 +12,7 @@ from llmsup.supervisor.service import Supervisor
 from support.waiting import eventually_async
 
 S = JobStatus
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.real, pytest.mark.timeout(90)]
 BATCH = dict(engines=1, slots_per_engine=8, sim_token_s=0.01, engine_test_hooks=True)
 
 

@@ -8,6 +8,8 @@ import pytest
 
 from chaos import Chaos, Plan
 
+pytestmark = pytest.mark.real  # real processes (see tests/conftest.py)
+
 
 @pytest.mark.timeout(900)
 def test_nothing_lost_nothing_twice_no_orphans(tmp_path: Path) -> None:

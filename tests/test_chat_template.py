@@ -14,7 +14,7 @@ from llmsup.supervisor.core.requests import InvalidRequest
 from llmsup.web.chat import ChatInput, ModelTemplate, SimpleTemplate, build_conversation, detect_content_format
 from llmsup.web.openai_schemas import ChatMessage
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.real, pytest.mark.timeout(120)]
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]

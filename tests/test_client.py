@@ -1,6 +1,7 @@
-"""The Python client (sync and async) against a live ``llmsup serve`` with 2 sim engines.
+"""The Python client (sync and async) against a server with 2 sim engines.
 
-The server is started once for the module (``support.live.serving``); every test leaves no job running.
+The server is started once for the module: in-process (``support.inprocess_server``), and a real ``llmsup serve``
+(``support.live.serving``) for the tests that reach its IPyParallel cluster. Every test leaves no job running.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from typer.testing import CliRunner
 
+from llmsup.supervisor import cli
 from llmsup.supervisor.client import (
     AsyncClient,
     AuthError,
@@ -31,7 +34,8 @@ from llmsup.supervisor.client import (
     ServerUnreachable,
 )
 from llmsup.supervisor.client.base import SSEParser, TextTracker, error_from
-from support.live import LLMSUP, LiveServer, free_port, serving
+from support.inprocess_server import Server, serving_in_process
+from support.live import free_port, serving
 from support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,14 +43,20 @@ QUEUE_MAX = 6
 SLOW = "[sim:slow=0.02] "
 
 
+ON_A_REAL_CLUSTER = pytest.mark.parametrize("server", ["real"], indirect=True)  # the notebook's side door: IPyParallel
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with serving(tmp_path_factory.mktemp("client"), queue_max=QUEUE_MAX) as live:
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """In-process, or ``llmsup serve`` for the tests that reach its cluster (parametrized ``"real"``)."""
+    kind = getattr(request, "param", "inprocess")
+    serve = serving if kind == "real" else serving_in_process
+    with serve(tmp_path_factory.mktemp(f"client-{kind}"), queue_max=QUEUE_MAX) as live:
         yield live
 
 
 @pytest.fixture
-def env(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> LiveServer:
+def env(server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
     for name, value in server.client_env.items():
         monkeypatch.setenv(name, value)
     for name in ("LLMSUP_ADMIN_TOKEN", "LLMSUP_API_KEY"):
@@ -55,7 +65,7 @@ def env(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> LiveServer:
 
 
 @pytest.fixture
-def client(env: LiveServer) -> Iterator[Client]:
+def client(env: Server) -> Iterator[Client]:
     with Client() as c:  # found from the environment, admin token from the run directory
         yield c
         for h in c.jobs(status=["queued", "running"]):
@@ -69,7 +79,7 @@ def running_with_tokens(h: JobHandle, n: int = 3) -> bool:
 
 
 # finding the server ------------------------------------------------------------------------
-def test_finds_server_from_run_dir(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_finds_server_from_run_dir(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LLMSUP_URL", raising=False)
     monkeypatch.setenv("LLMSUP_RUN_DIR", str(server.run_dir))
     with Client() as c:
@@ -78,7 +88,7 @@ def test_finds_server_from_run_dir(server: LiveServer, monkeypatch: pytest.Monke
         assert len(c.engines()) == 2  # admin token read from <run-dir>/admin_token
 
 
-def test_url_argument_and_env_win_over_run_dir(server: LiveServer, monkeypatch: pytest.MonkeyPatch,
+def test_url_argument_and_env_win_over_run_dir(server: Server, monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
     monkeypatch.setenv("LLMSUP_URL", server.url)
     monkeypatch.setenv("LLMSUP_RUN_DIR", str(tmp_path))  # no server.json there
@@ -175,7 +185,7 @@ def test_admin_kill_of_a_running_job(client: Client) -> None:
     assert h.status == "cancelled" and "killed by admin" in h.error and h.output
 
 
-def test_errors_carry_the_server_message_and_status(client: Client, env: LiveServer, tmp_path: Path) -> None:
+def test_errors_carry_the_server_message_and_status(client: Client, env: Server, tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match="max_tokens") as bad:
         client.submit("x", max_tokens=0)
     assert bad.value.status_code == 422 and isinstance(bad.value, ValueError)
@@ -215,7 +225,7 @@ def test_wait_all_and_progress_bars(client: Client, capsys: pytest.CaptureFixtur
         client.wait_all([client.submit(SLOW + "slow", max_tokens=500)], timeout=0.3, progress=False)
 
 
-async def test_async_client(env: LiveServer) -> None:
+async def test_async_client(env: Server) -> None:
     async with AsyncClient() as c:
         h = await c.submit(SLOW + "async words", max_tokens=20, deadline_s=20)
         pieces = [p async for p in h.stream(timeout=30)]
@@ -233,11 +243,13 @@ async def test_async_client(env: LiveServer) -> None:
             await c.job("job-nope")
 
 
-def test_cli_submit_wait_status_and_engines(env: LiveServer) -> None:
-    """The CLI on the client against the real server: the admin token (from the run directory) opens the admin
-    routes; job routes need none on loopback."""
+def test_cli_submit_wait_status_and_engines(env: Server) -> None:
+    """The CLI's commands (called in this process: the console script itself is tested in test_packaging.py) on
+    the client against the server: the admin token (from the run directory) opens the admin routes; job routes need
+    none on loopback."""
     def llmsup(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*LLMSUP, *args], capture_output=True, text=True, timeout=60, check=False)
+        result = CliRunner().invoke(cli.app, list(args))
+        return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
     done = llmsup("submit", "cli words", "--max-tokens", "5", "--deadline", "20", "--wait", "--json")
     assert done.returncode == 0, done.stderr
@@ -250,7 +262,8 @@ def test_cli_submit_wait_status_and_engines(env: LiveServer) -> None:
     assert timed_out.returncode == 3 and json.loads(timed_out.stdout)["status"] == "timed_out"
 
 
-async def test_async_borrow_engine(env: LiveServer) -> None:
+@ON_A_REAL_CLUSTER
+async def test_async_borrow_engine(env: Server) -> None:
     async with AsyncClient() as c:
         async with c.borrow_engine(timeout=30) as view:
             assert {e["id"]: e["state"] for e in await c.engines()}[view.targets] == "draining"
@@ -259,6 +272,7 @@ async def test_async_borrow_engine(env: LiveServer) -> None:
 
 
 # engines and the cluster ------------------------------------------------------------------------
+@ON_A_REAL_CLUSTER
 def test_cluster_client_reads_engine_identity(client: Client) -> None:
     from llmsup.engines.runtime import identity
 
@@ -284,6 +298,7 @@ def test_restart_engine_replaces_its_process(client: Client) -> None:
     assert client.submit("after restart", max_tokens=4).wait(30).status == "succeeded"
 
 
+@ON_A_REAL_CLUSTER
 def test_borrow_engine_keeps_jobs_off_it(client: Client) -> None:
     rc = client.cluster()
     try:
@@ -306,6 +321,7 @@ def test_borrow_engine_keeps_jobs_off_it(client: Client) -> None:
         rc.close()
 
 
+@ON_A_REAL_CLUSTER
 def test_borrowed_engine_stays_drained_while_work_runs(client: Client) -> None:
     rc = client.cluster()
     try:
@@ -322,6 +338,7 @@ def test_borrowed_engine_stays_drained_while_work_runs(client: Client) -> None:
         rc.close()
 
 
+@ON_A_REAL_CLUSTER
 def test_borrow_unknown_engine_fails_cleanly(client: Client) -> None:
     with pytest.raises(BorrowError, match="no engine 999"), client.borrow_engine(engine_id=999, timeout=5):
         pass

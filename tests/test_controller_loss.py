@@ -13,7 +13,7 @@ from llmsup.supervisor.service import Supervisor
 from support.waiting import eventually_async as until
 
 S = JobStatus
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.real, pytest.mark.timeout(120)]
 
 
 @pytest.mark.settings(engines=2, engine_relaunch_s=1.0)

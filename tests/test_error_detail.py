@@ -19,7 +19,7 @@ from llmsup.supervisor.store import SQLiteStore
 from support.live import LiveServer as Server
 from support.live import serving
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.real, pytest.mark.timeout(120)]
 ERROR_PROMPT = "fail here [sim:error]"
 ALICE = {"Authorization": "Bearer key-alice"}
 

@@ -24,7 +24,7 @@ from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from nethosts import HostNet, hostnet  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.real, pytest.mark.timeout(300)]
 S = JobStatus
 JOBS, RUNAWAY_EVERY = 300, 15
 

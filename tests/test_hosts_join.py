@@ -23,7 +23,7 @@ from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from nethosts import HostNet, hostnet  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.real, pytest.mark.timeout(180)]
 SECRET = "zebra-quartz-1729"  # in a job's prompt and output: a peer must never see it
 PEER = Path(__file__).with_name("garbage_peer.py")
 
@@ -63,7 +63,8 @@ async def test_join_agent_serves_and_a_peer_without_keys_gets_nothing(hostnet: H
         assert done.status is JobStatus.SUCCEEDED and SECRET in done.output and done.engine.host == "hosta"
 
         ports = listening_ports(sup, hostnet.server_address)
-        own = [int(addr.rsplit(":", 1)[1]) for addr in (sup.stream_address, sup.control.address)]
+        assert (wires := sup.wires) is not None
+        own = [int(addr.rsplit(":", 1)[1]) for addr in (sup.stream_address, wires.control.address)]
         assert set(own) <= set(ports) and len(ports) >= 8  # llmsup's two channels and the controller's
         targets = [f"{hostnet.server_address}:{p}" for p in ports]
         spec = {"targets": targets, "marker": SECRET, "server_public": keys["server_public"],
@@ -74,7 +75,7 @@ async def test_join_agent_serves_and_a_peer_without_keys_gets_nothing(hostnet: H
             assert again.status is JobStatus.SUCCEEDED
         report = json.loads(peer.output().strip().splitlines()[-1])
         assert report["connected_raw"] == len(targets) and not report["leaked"], report
-        assert sup.gate.refused > 0  # the peer with a key pair of its own was refused by the channels' ZAP check
+        assert wires.gate.refused > 0  # the peer with a key pair of its own was refused by the channels' ZAP check
         assert sup.metrics.malformed.labels("stream")._value.get() == 0  # nothing got past the handshake
         assert sup.metrics.malformed.labels("control")._value.get() == 0
         for engine in sup.pool:

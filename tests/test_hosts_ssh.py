@@ -15,7 +15,8 @@ from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 from nethosts import HostNet, hostnet, sshd_unavailable, start_sshd  # noqa: F401 (fixture)
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.skipif(bool(sshd_unavailable()), reason=str(sshd_unavailable()))]
+pytestmark = [pytest.mark.real, pytest.mark.timeout(240),
+              pytest.mark.skipif(bool(sshd_unavailable()), reason=str(sshd_unavailable()))]
 
 
 async def test_ssh_launcher_starts_and_replaces_engines_on_its_host(hostnet: HostNet,  # noqa: F811

@@ -12,7 +12,7 @@ from llmsup.supervisor.core.jobs import JobStatus
 from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.real, pytest.mark.timeout(90)]
 
 
 async def test_join_existing_cluster_and_interrupt_through_send_signal(tmp_path: Path) -> None:

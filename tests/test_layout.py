@@ -7,6 +7,8 @@
 - ``supervisor/store/`` and ``supervisor/metrics/`` import nothing from ``cluster/`` or ``web/``.
 - ``engines/`` imports nothing from ``supervisor/`` or ``web/`` (it is shipped to engine processes).
 - ``supervisor/`` imports nothing from ``web/``, except the CLI's ``serve``: the composition root above both.
+- ``web/`` imports neither the service shell nor ``cluster/``: it holds the control plane through its port
+  (``supervisor/port.py``).
 - nothing in ``supervisor/core/`` reads a clock: its decisions take the moment from the caller.
 """
 
@@ -28,6 +30,7 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [  # (package, banne
     ("llmsup.supervisor.metrics", ("llmsup.supervisor.cluster", "llmsup.web"), ()),
     ("llmsup.engines", ("llmsup.supervisor", "llmsup.web"), ()),
     ("llmsup.supervisor", ("llmsup.web",), ()),
+    ("llmsup.web", ("llmsup.supervisor.service", "llmsup.supervisor.cluster"), ()),
 ]
 COMPOSITION_ROOT = "llmsup.supervisor.cli.commands"  # `llmsup serve` wires the web app to the supervisor
 
@@ -71,6 +74,9 @@ def test_the_rules_catch_what_they_forbid() -> None:
     assert violations("llmsup.engines.runtime", "llmsup.supervisor.settings")
     assert violations("llmsup.supervisor.service", "llmsup.web.app")
     assert not violations(COMPOSITION_ROOT, "llmsup.web.app")
+    assert violations("llmsup.web.routes_admin", "llmsup.supervisor.cluster.driver")
+    assert violations("llmsup.web.deps", "llmsup.supervisor.service")
+    assert not violations("llmsup.web.deps", "llmsup.supervisor.port")
     assert not violations("llmsup.supervisor.core.owner", "llmsup.engines.messages")
     assert not violations("llmsup.supervisor.core.owner", "zmqlike")  # a prefix is a whole module name
 

@@ -24,6 +24,8 @@ from nbclient import NotebookClient
 
 from support.live import finish_server, start_server
 
+pytestmark = pytest.mark.real  # real processes (see tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 KERNEL = "llmsup-test-python"

@@ -11,7 +11,7 @@ import pytest
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from support.live import serving
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(300)]
 MODEL = "tiny-hf"
 
 

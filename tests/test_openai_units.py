@@ -1,5 +1,5 @@
 """Unit tests of the OpenAI surface's pieces: the wire and store forms of the new sampling fields and logprobs,
-the torch logits processors, the OpenAI formatting of logprobs, request parsing (unknown fields, prompts)."""
+the OpenAI formatting of logprobs, request parsing (unknown fields, prompts)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-import torch
 from pydantic import ValidationError
 
 from llmsup.engines import messages
 from llmsup.engines.protocol import GenParams, Structured, TokenBias, TokenLogprob, TopLogprob
-from llmsup.engines.sampling import LogitsProcessor, pick_next, token_logprob
 from llmsup.supervisor.core.jobs import Job
 from llmsup.supervisor.store import SQLiteStore
 from llmsup.web.openai_format import chat_logprobs, completion_logprobs, prompt_logprobs_out, usage
@@ -43,30 +41,6 @@ def test_new_fields_cross_the_wire_and_the_store(tmp_path: Path) -> None:
     old["status"] = "queued"
     assert Job.from_dict(json.loads(json.dumps(old))).params.logit_bias == ()
     store.close()
-
-
-def test_logits_processor_follows_vllm_definitions() -> None:
-    logits = torch.tensor([2.0, -2.0, 1.0, 0.5])
-    params = GenParams(repetition_penalty=2.0, presence_penalty=0.5, frequency_penalty=0.25,
-                       logit_bias=(TokenBias(3, 10.0),))
-    process = LogitsProcessor(params, prompt_ids=[0], vocab=4, device=torch.device("cpu"))
-    process.add(1)
-    process.add(1)
-    out = process(logits)
-    # token 0: seen in the prompt -> 2/2; token 1: seen, negative -> -2*2, then -(0.25*2 + 0.5); token 3: +10
-    assert out.tolist() == pytest.approx([1.0, -5.0, 1.0, 10.5])
-    assert pick_next(out, GenParams(temperature=0.0), None) == 3
-    only_top = pick_next(torch.tensor([5.0, 0.0, 0.0]), GenParams(temperature=1.0, min_p=0.5),
-                         torch.Generator().manual_seed(0))
-    assert only_top == 0  # min_p drops tokens under half the top probability
-
-
-def test_token_logprob_is_of_the_raw_distribution() -> None:
-    logits = torch.tensor([0.0, 1.0, 2.0])
-    entry = token_logprob(logits, 1, 2, decode=lambda i: f"t{i}")
-    expected = torch.log_softmax(logits, -1)
-    assert entry.logprob == pytest.approx(float(expected[1])) and entry.rank == 2 and entry.token == "t1"
-    assert [t.token_id for t in entry.top] == [2, 1]
 
 
 def test_openai_logprob_forms() -> None:

@@ -15,7 +15,7 @@ from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: 
 from support.live import LiveServer as Server
 from support.live import job_status, serving
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(600)]
 MODEL = "tiny"
 
 

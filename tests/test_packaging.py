@@ -16,7 +16,7 @@ import pytest
 from support.live import free_port, spawn, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.real, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")

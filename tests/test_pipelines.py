@@ -37,6 +37,7 @@ def job(http: httpx.Client, job_id: str) -> dict[str, Any]:
     return http.get(f"/v1/jobs/{job_id}").json()
 
 
+@pytest.mark.parametrize("server", ["inprocess", "real"], indirect=True)  # one HTTP contract, both servers
 def test_three_steps_whose_later_prompts_hold_earlier_outputs(server: LiveServer) -> None:
     with server.client() as http:
         p = create(http, {"steps": [
@@ -132,6 +133,7 @@ def test_idempotency_key_returns_the_same_pipeline_and_cancel_ends_it(server: Li
 
 
 
+@pytest.mark.real  # llmsup serve killed and started again on its run directory
 def test_a_pipeline_survives_a_supervisor_sigkill_and_no_step_runs_twice(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     env = sim_environment(tmp_path, {"LLMSUP_MAX_ATTEMPTS": "3"})

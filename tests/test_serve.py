@@ -13,7 +13,7 @@ import pytest
 from support.live import alive, sim_environment, start_llmsup, stop, tagged_processes
 from support.waiting import eventually
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.real, pytest.mark.timeout(120)]
 
 
 class Server:

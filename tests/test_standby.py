@@ -14,7 +14,7 @@ from llmsup.supervisor.service import Supervisor
 from support.waiting import eventually_async as until
 
 S = JobStatus
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.real, pytest.mark.timeout(90)]
 
 
 def standbys(sup: Supervisor) -> list[int]:

@@ -13,7 +13,7 @@ from llmsup.supervisor.service import Supervisor
 from support.waiting import eventually_async
 
 S = JobStatus
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.real, pytest.mark.timeout(90)]
 
 
 def submit(sup: Supervisor, prompt: str, **kw: object):  # type: ignore[no-untyped-def]

@@ -14,6 +14,8 @@ import pytest
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.engines.tinymodel import MARKER, ensure_tiny_model, is_tiny_model
 
+pytestmark = pytest.mark.real  # real processes (see tests/conftest.py)
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -15,7 +15,7 @@ from llmsup.supervisor.service import Supervisor
 from support.waiting import eventually_async
 
 S = JobStatus
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(240)]
 LONG = {"ignore_eos": True}
 
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from support.inprocess import InProcessApp
-from support.live import LiveServer as Server
+from support.inprocess_server import Server
 from support.live import job_status
 from support.waiting import eventually
 
@@ -25,6 +25,7 @@ def engine_running(c: httpx.Client, s: Server, job_id: str) -> dict | None:
     return next((e for e in engines(c, s) if e["job_id"] == job_id), None)
 
 
+@pytest.mark.parametrize("server", ["real"], indirect=True)  # engine processes: pids, RSS
 def test_engine_list_shows_what_runs_where_and_for_how_long(server: Server) -> None:
     with server.client() as c:
         listed = engines(c, server)
@@ -48,6 +49,7 @@ def test_engine_list_shows_what_runs_where_and_for_how_long(server: Server) -> N
         assert idle["jobs_done"] == later["jobs_done"] + 1 and idle["pid"] == later["pid"]  # same engine, no restart
 
 
+@pytest.mark.parametrize("server", ["inprocess", "real"], indirect=True)  # one HTTP contract, both servers
 def test_interrupt_engine_frees_it_for_the_next_job(server: Server) -> None:
     with server.client() as c:
         job = c.post("/v1/jobs", json={"prompt": "[sim:hang]", "deadline_s": 40}).json()
@@ -72,6 +74,7 @@ def test_drain_and_undrain(server: Server) -> None:
         assert back["state"] in ("idle", "busy") and back["draining"] is False
 
 
+@pytest.mark.parametrize("server", ["inprocess", "real"], indirect=True)  # one HTTP contract, both servers
 def test_restart_engine_replaces_it(server: Server) -> None:
     with server.client() as c:
         old = engines(c, server)[0]

@@ -14,8 +14,8 @@ import pytest
 from llmsup.supervisor.settings import Settings
 from llmsup.web import auth
 from llmsup.web.app import create_app
-from support.live import LiveServer as Server
-from support.live import job_status, serving
+from support.inprocess_server import Server, serving_in_process
+from support.live import job_status
 from support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
@@ -24,7 +24,7 @@ ALICE, BOB = {"Authorization": "Bearer key-alice"}, {"Authorization": "Bearer ke
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serving(tmp_path_factory.mktemp("keyed"), require_api_keys="on", api_keys="alice:key-alice,bob:key-bob",
+    with serving_in_process(tmp_path_factory.mktemp("keyed"), require_api_keys="on", api_keys="alice:key-alice,bob:key-bob",
                  sse_max_per_owner=1) as live:
         yield live
 
@@ -117,8 +117,8 @@ def test_generated_admin_token_file(keyed: Server) -> None:
         assert c.get("/admin/engines", headers=keyed.admin).status_code == 200
 
 
-def test_the_run_directory_is_private(keyed: Server) -> None:
-    run = keyed.run_dir
+def test_the_run_directory_is_private(real_server: Server) -> None:
+    run = real_server.run_dir  # the real server's: its store, its cluster's connection files
     assert stat.S_IMODE(run.stat().st_mode) == 0o700 and stat.S_IMODE((run / "ipython").stat().st_mode) == 0o700
     private = ["jobs.sqlite", "jobs.sqlite-wal", "jobs.sqlite-shm", "admin_token", "server.json", "processes.json"]
     connection_files = list((run / "ipython" / "profile_llmsup" / "security").glob("ipcontroller-*.json"))

@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, settings
 
 from llmsup.supervisor.settings import Settings
 from llmsup.web.app import create_app
-from support.live import LiveServer as Server
-from support.live import serving
+from support.inprocess_server import Server, serving_in_process
 
 pytestmark = pytest.mark.timeout(240)
 EXAMPLES = int(os.environ.get("LLMSUP_FUZZ_EXAMPLES", "12"))
@@ -32,7 +31,7 @@ FUZZ_SETTINGS_DEFAULT_MAX_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serving(tmp_path_factory.mktemp("fuzz"), **FUZZ_SETTINGS) as live:
+    with serving_in_process(tmp_path_factory.mktemp("fuzz"), **FUZZ_SETTINGS) as live:
         yield live
 
 

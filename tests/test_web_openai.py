@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from support.inprocess import InProcessApp
-from support.live import LiveServer as Server
+from support.inprocess_server import Server
 from support.live import job_status
 from support.waiting import eventually
 
@@ -34,6 +34,7 @@ async def test_models(web: InProcessApp) -> None:
         assert [m.id async for m in oai.models.list()] == ["sim"]
 
 
+@pytest.mark.parametrize("server", ["inprocess", "real"], indirect=True)  # one HTTP contract, both servers
 def test_completion_usage_and_finish_reasons(oai: openai.OpenAI, server: Server) -> None:
     resp = oai.completions.create(model="sim", prompt="alpha beta gamma", max_tokens=5)
     choice = resp.choices[0]
@@ -65,6 +66,7 @@ def test_chat_completion(oai: openai.OpenAI) -> None:
     assert resp.object == "chat.completion"
 
 
+@pytest.mark.parametrize("server", ["inprocess", "real"], indirect=True)  # one HTTP contract, both servers
 def test_completion_stream_matches_the_job(oai: openai.OpenAI, server: Server) -> None:
     stream = oai.completions.create(
         model="sim", prompt="a b c [sim:slow=0.01]", max_tokens=12, stream=True, stream_options={"include_usage": True},
@@ -81,6 +83,7 @@ def test_completion_stream_matches_the_job(oai: openai.OpenAI, server: Server) -
     assert sum(1 for t in texts if t) >= 2  # it really streamed, piece by piece
 
 
+@pytest.mark.parametrize("server", ["inprocess", "real"], indirect=True)  # one HTTP contract, both servers
 def test_chat_stream(oai: openai.OpenAI) -> None:
     stream = oai.chat.completions.create(
         model="sim", max_tokens=6, stream=True, messages=[{"role": "user", "content": "x y [sim:slow=0.005]"}],
@@ -93,6 +96,7 @@ def test_chat_stream(oai: openai.OpenAI) -> None:
     assert all(c.object == "chat.completion.chunk" for c in chunks)
 
 
+@pytest.mark.parametrize("server", ["inprocess", "real"], indirect=True)  # one HTTP contract, both servers
 def test_deadline_stops_a_runaway_with_a_clear_reason(oai: openai.OpenAI) -> None:
     resp = oai.completions.create(model="sim", prompt="spin [sim:hang]", max_tokens=100, extra_body={"timeout": 1})
     assert resp.choices[0].finish_reason == "timeout"
@@ -233,6 +237,7 @@ def test_failed_job_is_a_500_with_the_job_error(oai: openai.OpenAI) -> None:
     assert err.value.code == "job_failed" and "scripted error" in err.value.message
 
 
+@pytest.mark.parametrize("server", ["inprocess", "real"], indirect=True)  # one HTTP contract, both servers
 def test_stream_disconnect_cancels_the_job(server: Server) -> None:
     with server.client() as c:
         body = {"model": "sim", "prompt": "runaway [sim:hang]", "max_tokens": 50, "stream": True, "timeout": 60}

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from support.inprocess import InProcessApp
-from support.live import LiveServer as Server
+from support.inprocess_server import Server
 from support.live import job_status
 from support.waiting import eventually
 
@@ -41,6 +41,7 @@ def open_streams(c: httpx.Client) -> float:
     return float(re.search(r"^llmsup_sse_streams (\S+)$", text, re.M).group(1))
 
 
+@pytest.mark.parametrize("server", ["inprocess", "real"], indirect=True)  # one HTTP contract, both servers
 def test_job_events_in_order_from_queued_to_succeeded(server: Server) -> None:
     with server.client() as c:
         # drained engines hold the job in the queue, so the stream sees every status change
@@ -114,6 +115,7 @@ def test_cancel_on_disconnect_option(server: Server) -> None:
         assert "event stream was closed" in done["error"]
 
 
+@pytest.mark.parametrize("server", ["inprocess", "real"], indirect=True)  # one HTTP contract, both servers
 def test_global_feed(server: Server) -> None:
     with server.client() as c:
         with c.stream("GET", "/v1/events", params={"engines_every_s": 0.2}, headers=server.admin) as resp:

@@ -1,4 +1,4 @@
-"""The app factory: FastAPI + a lifespan that owns one Supervisor."""
+"""The app factory: FastAPI + a lifespan around one control plane (``supervisor/port.py``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -14,8 +14,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from llmsup.supervisor import __version__
 from llmsup.supervisor.metrics.loop_lag import LoopLag
+from llmsup.supervisor.port import ControlPlane
 from llmsup.supervisor.rundir import prepare_run_dir, write_private
-from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import retention
 from llmsup.web import (
@@ -48,14 +48,21 @@ from llmsup.web.serving_chat import parser_names
 log = logging.getLogger("llmsup.web")
 
 
-def create_app(settings: Settings | None = None, supervisor: Supervisor | None = None) -> FastAPI:  # noqa: C901 - the factory's nested lifespan and health routes
-    """Build the app. With ``supervisor`` given, its owner starts and stops it; otherwise the lifespan does."""
+def create_app(settings: Settings | None = None, supervisor: ControlPlane | None = None,  # noqa: C901 - the factory's nested lifespan and health routes
+               make: Callable[[Settings], ControlPlane] | None = None) -> FastAPI:
+    """Build the app. With ``supervisor`` given, its owner starts and stops it; otherwise the lifespan builds one
+    with ``make`` (the composition root passes the supervisor class), starts it and stops it."""
     settings = settings or (supervisor.settings if supervisor else Settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = supervisor is None
-        sup = supervisor or Supervisor(settings)
+        if supervisor is not None:
+            sup = supervisor
+        elif make is not None:
+            sup = make(settings)
+        else:
+            raise RuntimeError("create_app needs a control plane: a supervisor, or make= to build one")
         app.state.supervisor = sup
         app.state.web_metrics = WebMetrics.of(sup.metrics.registry)
         if owned:
@@ -70,7 +77,7 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
         _write_server_file(settings)
         pruner = None
         if retention.enabled(settings) and (owned or sup.started):
-            pruner = asyncio.ensure_future(retention.prune_forever(sup.store, settings, sup.clock))
+            pruner = asyncio.ensure_future(sup.prune_forever())
         warm_tokenizer = asyncio.ensure_future(_warm(sup))
         loop_lag = asyncio.ensure_future(LoopLag.of(sup.metrics.registry).run())
         try:
@@ -119,7 +126,7 @@ def create_app(settings: Settings | None = None, supervisor: Supervisor | None =
     async def readyz(sup: SupervisorDep) -> Health:
         from fastapi.responses import JSONResponse
 
-        n = len(sup.pool.serving())
+        n = sup.serving_engines()
         if not sup.ready():
             return JSONResponse({"status": "not ready", "engines": n}, status_code=503)  # type: ignore[return-value]
         return Health(status="ready", engines=n)
@@ -138,7 +145,7 @@ def _remove_server_file(settings: Settings) -> None:
     settings.server_file.unlink(missing_ok=True)
 
 
-async def _warm(sup: Supervisor) -> None:
+async def _warm(sup: ControlPlane) -> None:
     """The tokenizer, then the chat parsers the server names (they import vLLM: seconds), before the first request
     needs them."""
     await tokens.warm(sup)

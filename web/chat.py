@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from llmsup.supervisor.core.requests import InvalidRequest
-from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.port import ControlPlane
 from llmsup.web.openai_schemas import ChatMessage
 
 log = logging.getLogger("llmsup.web")
@@ -153,11 +153,10 @@ def _template_call(call: dict[str, Any]) -> dict[str, Any]:
     return call
 
 
-def template_for(sup: Supervisor, tokenizer: Any = None) -> ChatTemplate:
+def template_for(sup: ControlPlane, tokenizer: Any = None) -> ChatTemplate:
     """The serving template (server's or model's, as an engine published it), else ``Role: content`` lines;
     ``tokenizer``: the web process's Hugging Face tokenizer, when it has one."""
-    for engine in sup.pool:
-        info = engine.backend
+    for info in sup.model_facts():
         if info.get("chat_template"):
             fmt: ContentFormat = getattr(sup.settings, "chat_template_content_format", "auto")
             return ModelTemplate(info["chat_template"], info.get("bos_token", ""), info.get("eos_token", ""),

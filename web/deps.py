@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.port import ControlPlane
 from llmsup.supervisor.settings import Settings
 
 
-async def get_supervisor(request: Request) -> Supervisor:  # async: no thread hop per request
-    sup: Supervisor = request.app.state.supervisor
+async def get_supervisor(request: Request) -> ControlPlane:  # async: no thread hop per request
+    sup: ControlPlane = request.app.state.supervisor
     return sup
 
 
@@ -20,5 +20,5 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-SupervisorDep = Annotated[Supervisor, Depends(get_supervisor)]
+SupervisorDep = Annotated[ControlPlane, Depends(get_supervisor)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -17,7 +17,7 @@ from typing import Literal
 from llmsup.engines.protocol import TokenLogprob
 from llmsup.supervisor.client.events import TextTracker
 from llmsup.supervisor.core.jobs import Job, JobStatus
-from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.port import ControlPlane
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,10 @@ class Update:
     logprob: TokenLogprob | None = None  # "token": its logprob record, when the job asked for logprobs
 
 
-async def follow(sup: Supervisor, job_id: str, ping_s: float = 15.0) -> AsyncIterator[Update]:
+async def follow(sup: ControlPlane, job_id: str, ping_s: float = 15.0) -> AsyncIterator[Update]:
     """Yield a ``job`` snapshot, then ``status`` / ``token`` updates (and ``ping`` while nothing happens) until
     a terminal ``status``; raises JobNotFound before yielding anything."""
-    sub = sup.hub.subscribe(job_id)
+    sub = sup.subscribe(job_id)
     try:
         job, next_seq = _snapshot(sup, job_id)  # no await since subscribing: nothing is missed
         yield Update("job", job, job.status)
@@ -51,7 +51,7 @@ async def follow(sup: Supervisor, job_id: str, ping_s: float = 15.0) -> AsyncIte
                 if not sub.overflowed:
                     return  # the supervisor is stopping
                 sub.close()  # fell behind: start over from a fresh snapshot
-                sub = sup.hub.subscribe(job_id)
+                sub = sup.subscribe(job_id)
                 job, next_seq = _snapshot(sup, job_id)
                 update = Update("job", job, job.status)
             elif ev["type"] == "token":
@@ -72,7 +72,7 @@ async def follow(sup: Supervisor, job_id: str, ping_s: float = 15.0) -> AsyncIte
         sub.close()
 
 
-def _snapshot(sup: Supervisor, job_id: str) -> tuple[Job, int]:
+def _snapshot(sup: ControlPlane, job_id: str) -> tuple[Job, int]:
     """The job as stored now, and the seq of the next token expected (tokens streamed so far, if running)."""
     job = sup.get(job_id)
     return job, (job.tokens if job.status is JobStatus.RUNNING else 0)

@@ -2,7 +2,7 @@
 
 A listing parses each row's JSON record, prompt included (up to ``max_prompt_chars`` each, up to 1000 rows a
 page): done on the loop, that delays every deadline, token and dispatch behind it. So pages are read and
-parsed in a worker thread, on the store's own read-only connection (``SQLiteStore.reader``), and rendered
+parsed in a worker thread, on the store's own read-only connection (``ControlPlane.page_reader``), and rendered
 to JSON there too; only running jobs are looked up again on the loop, for their live output. Stores
 without a reader (the in-memory twin) are listed in place.
 
@@ -21,23 +21,22 @@ from pydantic import BaseModel
 
 from llmsup.supervisor.core.jobs import Job, JobStatus
 from llmsup.supervisor.core.requests import JobNotFound
-from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.port import ControlPlane
 
 T = TypeVar("T")
 
 
-async def list_jobs(sup: Supervisor, statuses: Iterable[JobStatus] | None = None, owner: str | None = None,
+async def list_jobs(sup: ControlPlane, statuses: Iterable[JobStatus] | None = None, owner: str | None = None,
                     limit: int = 100, offset: int = 0) -> list[Job]:
-    """Newest first, as ``Supervisor.list``; parsed in a worker thread when the store allows it."""
-    make_reader = getattr(sup.store, "reader", None)
-    if make_reader is None:
+    """Newest first, as ``ControlPlane.list``; parsed in a worker thread when the store allows it."""
+    reader = sup.page_reader()
+    if reader is None:
         return sup.list(list(statuses) if statuses else None, owner=owner, limit=limit, offset=offset)
-    reader = make_reader()
     jobs = await asyncio.to_thread(reader.list, list(statuses) if statuses else None, owner, limit, offset)
     return [_live(sup, job) for job in jobs]
 
 
-def _live(sup: Supervisor, job: Job) -> Job:
+def _live(sup: ControlPlane, job: Job) -> Job:
     if job.status is not JobStatus.RUNNING:
         return job
     try:
@@ -76,10 +75,10 @@ class SharedCounts:
         self._counts: dict[str, int] = {}
         self.computed = 0  # how many times the store was asked (tests, metrics)
 
-    def get(self, sup: Supervisor) -> dict[str, int]:
+    def get(self, sup: ControlPlane) -> dict[str, int]:
         now = asyncio.get_running_loop().time()
         if now - self._at >= self.ttl_s:
-            self._counts = {status.value: sup.store.count(status) for status in JobStatus}
+            self._counts = {status.value: sup.count(status) for status in JobStatus}
             self._at = now
             self.computed += 1
         return dict(self._counts)

@@ -27,7 +27,7 @@ from fastapi import APIRouter, Query, Request
 
 from llmsup.supervisor.core.jobs import Job, JobStatus
 from llmsup.supervisor.core.requests import JobNotFound
-from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.port import ControlPlane
 from llmsup.web import sse
 from llmsup.web.auth import Principal, PrincipalDep
 from llmsup.web.deps import SupervisorDep
@@ -54,7 +54,7 @@ def summary(job: Job, now: float | None = None) -> dict[str, Any]:
     }
 
 
-def _engines(sup: Supervisor, principal: Principal, counts: SharedCounts) -> dict[str, Any]:
+def _engines(sup: ControlPlane, principal: Principal, counts: SharedCounts) -> dict[str, Any]:
     if not principal.sees_all:
         return {"engines": None, "starting": [], "counts": None}
     data = engine_list(sup).model_dump(mode="json")
@@ -79,7 +79,7 @@ class SharedStatusReads:
         self._entries: OrderedDict[int, tuple[dict[str, Any], Job | None, bytes]] = OrderedDict()
         self.reads = 0  # store reads made (tests)
 
-    def get(self, sup: Supervisor, ev: dict[str, Any]) -> tuple[Job | None, bytes]:
+    def get(self, sup: ControlPlane, ev: dict[str, Any]) -> tuple[Job | None, bytes]:
         hit = self._entries.get(id(ev))
         if hit is not None and hit[0] is ev:
             return hit[1], hit[2]
@@ -129,7 +129,7 @@ async def live_events(
                            release=stream_slot(request, principal))
 
 
-async def _feed(sup: Supervisor, principal: Principal, n_jobs: int, every_s: float,  # noqa: C901 - the dashboard feed's one loop (snapshot, changes, engines, pings)
+async def _feed(sup: ControlPlane, principal: Principal, n_jobs: int, every_s: float,  # noqa: C901 - the dashboard feed's one loop (snapshot, changes, engines, pings)
                 counts: SharedCounts, reads: SharedStatusReads) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     owners: dict[str, str | None] = {}
@@ -146,7 +146,7 @@ async def _feed(sup: Supervisor, principal: Principal, n_jobs: int, every_s: flo
         jobs = await list_jobs(sup, None, owner=principal.owner, limit=n_jobs) if n_jobs else []
         return sse.event({"jobs": [summary(j) for j in jobs], **_engines(sup, principal, counts)}, "snapshot")
 
-    sub = sup.hub.subscribe(None)
+    sub = sup.subscribe(None)
     try:
         yield await snapshot()
         dirty: set[str] = set()
@@ -182,7 +182,7 @@ async def _feed(sup: Supervisor, principal: Principal, n_jobs: int, every_s: flo
                 if not sub.overflowed:
                     return  # the supervisor is stopping
                 sub.close()  # fell behind: start over from a fresh snapshot
-                sub = sup.hub.subscribe(None)
+                sub = sup.subscribe(None)
                 dirty.clear()
                 yield await snapshot()
                 continue

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
-from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.port import ControlPlane
 from llmsup.web.auth import require_admin
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.errors import OpenAIHTTPError
@@ -43,10 +43,10 @@ class Adapter:
         return {"lora_name": self.name, "lora_id": self.lora_id, "lora_path": self.path}
 
 
-_REGISTRIES: weakref.WeakKeyDictionary[Supervisor, dict[str, Adapter]] = weakref.WeakKeyDictionary()
+_REGISTRIES: weakref.WeakKeyDictionary[ControlPlane, dict[str, Adapter]] = weakref.WeakKeyDictionary()
 
 
-def adapters(sup: Supervisor) -> dict[str, Adapter]:
+def adapters(sup: ControlPlane) -> dict[str, Adapter]:
     """The server's adapters by name (``lora_modules`` first, then those loaded at run time)."""
     if sup not in _REGISTRIES:
         loras: dict[str, str] = sup.settings.lora_adapters()
@@ -89,7 +89,5 @@ async def unload_lora_adapter(body: UnloadLoRA, sup: SupervisorDep) -> str:
     return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
 
 
-def _base_names(sup: Supervisor) -> list[str]:
-    from llmsup.supervisor.core.model_name import served_model_names
-
-    return served_model_names(sup.settings, sup.pool.engines.values())
+def _base_names(sup: ControlPlane) -> list[str]:
+    return sup.served_model_names()

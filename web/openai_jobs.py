@@ -10,8 +10,7 @@ from typing import Any
 from fastapi import Request
 
 from llmsup.supervisor.core.jobs import Job
-from llmsup.supervisor.core.model_name import served_pools
-from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.port import ControlPlane
 from llmsup.web import sse
 from llmsup.web.errors import OpenAIHTTPError
 from llmsup.web.lora import Adapter, adapters
@@ -22,18 +21,18 @@ from llmsup.web.openai_stream import ChoiceState, chunks, failed_job, stream_res
 DISCONNECT_NOTE = "cancelled: the client disconnected"
 
 
-def served_models(sup: Supervisor) -> list[str]:
+def served_models(sup: ControlPlane) -> list[str]:
     """Every pool's served model names (a single pool: each alias; the first: the model of a request that names
     none)."""
-    return list(served_pools(sup.settings, sup.pool.engines.values()))
+    return list(sup.served_pools())
 
 
 
 
-def check_model(sup: Supervisor, model: str | None) -> tuple[str, Adapter | None]:
+def check_model(sup: ControlPlane, model: str | None) -> tuple[str, Adapter | None]:
     """The name answers carry (the first served name, as vLLM's, whichever alias the request named; a LoRA
     adapter's own name) and the adapter the request names, if any."""
-    pools = served_pools(sup.settings, sup.pool.engines.values())
+    pools = sup.served_pools()
     names = list(pools)
     adapter = adapters(sup).get(model) if model is not None and model not in pools else None
     if adapter is not None:
@@ -52,7 +51,7 @@ def response_id(request: Request, request_id: str | None, prefix: str, job_id: s
     return f"{prefix}-{given[:256] if given else job_id}"
 
 
-def submit(sup: Supervisor, plan: Plan, release: Callable[[], None] | None = None) -> list[Job]:
+def submit(sup: ControlPlane, plan: Plan, release: Callable[[], None] | None = None) -> list[Job]:
     """Submit every choice's job; if one is refused (a full queue, a quota), the ones queued are taken back and
     a stream slot taken for the request (``release``) is given back."""
     jobs: list[Job] = []
@@ -87,7 +86,7 @@ def first_prompt_token(plan: Plan, choice: int) -> str:
         return ""
 
 
-def stream(sup: Supervisor, request: Request, plan: Plan, jobs: list[Job], make: Any,
+def stream(sup: ControlPlane, request: Request, plan: Plan, jobs: list[Job], make: Any,
             body: CompletionRequest | ChatCompletionRequest, head: list[dict[str, Any]],
             release: Callable[[], None] | None, offsets: Sequence[int] = (), need_ids: bool = False) -> sse.EventStream:
     """Stream the choices; ``offsets``: each choice's first text offset (completions with an echoed prompt);
@@ -103,7 +102,7 @@ def stream(sup: Supervisor, request: Request, plan: Plan, jobs: list[Job], make:
     return stream_response(sup, request, [j.id for j in jobs], body_iter, DISCONNECT_NOTE, release)
 
 
-async def wait_all(sup: Supervisor, request: Request, job_ids: list[str]) -> list[Job]:
+async def wait_all(sup: ControlPlane, request: Request, job_ids: list[str]) -> list[Job]:
     """Wait for every job to end; if the client goes away first, cancel them (by default) and stop waiting.
     A job that ended without an answer is the request's error (the others are cancelled)."""
     waiter: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*(sup.wait(j) for j in job_ids)))

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmsup.engines.protocol import Structured, TokenBias
-from llmsup.supervisor.core.model_name import served_pools
 from llmsup.supervisor.core.requests import JobRequest
-from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.port import ControlPlane
 from llmsup.web.auth import Principal
 from llmsup.web.budgets import check_budget, check_logprob_budget
 from llmsup.web.errors import OpenAIHTTPError
@@ -209,7 +208,7 @@ def _logit_bias(body: SamplingRequest, tok: Tokenizer | None) -> tuple[TokenBias
     return bias
 
 
-async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest, raw_prompts: list[str | list[int]],
+async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingRequest, raw_prompts: list[str | list[int]],
                     checker: SchemaChecker, add_special_tokens: bool = True, prompt_logprobs: int | None = None,
                     forced: Structured | None = None, token_ids: bool = False,
                     lora: dict[str, Any] | None = None) -> Plan:
@@ -219,7 +218,7 @@ async def plan_jobs(sup: Supervisor, principal: Principal, body: SamplingRequest
     What may take long (the schema check, tokenizing, decoding ids) runs off the loop, after the size checks that
     bound it."""
     model = served_model(sup)
-    pools = served_pools(sup.settings, sup.pool.engines.values())
+    pools = sup.served_pools()
     pool = pools.get(body.model or "") or next(iter(pools.values()))  # the model is checked: its pool, else the first
     tok = await tokenizer_for(model)
     token_prompts = any(isinstance(p, list) for p in raw_prompts) or (

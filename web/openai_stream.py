@@ -23,7 +23,7 @@ from typing import Any
 from llmsup.engines.protocol import TokenLogprob
 from llmsup.supervisor.client.events import TextTracker
 from llmsup.supervisor.core.jobs import Job, JobStatus
-from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.port import ControlPlane
 from llmsup.web import sse
 from llmsup.web.follow import Update, follow, new_text
 from llmsup.web.openai_format import finish_reason, info, usage, usage_of
@@ -89,7 +89,7 @@ class ChoiceState:
         return out
 
 
-async def merged(sup: Supervisor, job_ids: list[str], ping_s: float) -> AsyncIterator[tuple[int, Update | None]]:
+async def merged(sup: ControlPlane, job_ids: list[str], ping_s: float) -> AsyncIterator[tuple[int, Update | None]]:
     """Updates of several jobs as they happen, tagged with the job's index; ``(i, None)``: job i's feed ended."""
     queue: asyncio.Queue[tuple[int, Update | None | BaseException]] = asyncio.Queue()
 
@@ -122,7 +122,7 @@ def error_event(message: str, code: str, status: int = 500) -> bytes:
     return sse.event({"error": {"message": message, "type": kind, "param": None, "code": code}})
 
 
-def chunks(sup: Supervisor, states: list[ChoiceState], make: Chunk, include_usage: bool, continuous: bool,  # noqa: C901 - its body: one merged loop over every choice's token, snapshot, end and ping updates
+def chunks(sup: ControlPlane, states: list[ChoiceState], make: Chunk, include_usage: bool, continuous: bool,  # noqa: C901 - its body: one merged loop over every choice's token, snapshot, end and ping updates
            n: int, prompt_lengths: list[int | None], head: list[dict[str, Any]],
            failure: Callable[[Job], tuple[int, str, str] | None]) -> AsyncIterator[bytes]:
     """The SSE body: ``head`` chunks first (chat's role, an echo), then each choice's chunks, then usage."""
@@ -189,7 +189,7 @@ def _final_chunk(state: ChoiceState, job: Job, delta: str, make: Chunk) -> dict[
     return last
 
 
-def stream_response(sup: Supervisor, request: Any, job_ids: list[str], body: AsyncIterator[bytes],
+def stream_response(sup: ControlPlane, request: Any, job_ids: list[str], body: AsyncIterator[bytes],
                     cancel_note: str, release: Callable[[], None] | None = None) -> sse.EventStream:
     """The SSE response; ``release`` gives back the request's stream slot when the stream ends."""
     def on_close(completed: bool) -> None:

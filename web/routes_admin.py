@@ -8,10 +8,8 @@ from typing import Annotated
 import psutil
 from fastapi import APIRouter, Depends, Query
 
-from llmsup.supervisor.cluster.driver import ClusterDriver
-from llmsup.supervisor.core.engine_state import Engine
 from llmsup.supervisor.core.requests import JobNotFound
-from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.port import ControlPlane
 from llmsup.web.auth import require_admin
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.schemas import (
@@ -29,7 +27,7 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 AUTH = (401, 403)
 
 
-def engine_list(sup: Supervisor) -> EngineList:
+def engine_list(sup: ControlPlane) -> EngineList:
     """Engines with what they run, for how long against which deadline, jobs done, RSS and GPU."""
     engines = []
     for view in sup.engine_views():
@@ -41,18 +39,12 @@ def engine_list(sup: Supervisor) -> EngineList:
                 view["deadline_s"] = sup.get(view["job_id"]).deadline_s
             except JobNotFound:
                 pass
-        engine = sup.pool.get(view["id"])
-        if engine is not None and _is_local(sup, engine):
-            view["rss_mb"] = _live_rss_mb(engine.pid, view["rss_mb"])
-        view["uptime_s"] = round(time.time() - engine.started_at, 1) if engine and engine.started_at else None
+        if view["local"]:
+            view["rss_mb"] = _live_rss_mb(view["pid"], view["rss_mb"])
+        view["uptime_s"] = round(time.time() - view["started_at"], 1) if view["started_at"] else None
         engines.append(EngineOut(**view))
-    starting = [StartingEngineOut(engine_set=launch.set_id, gpu=launch.gpu)
-                for launch in sorted(sup.pool.launches.values(), key=lambda launch: launch.set_id)]
+    starting = [StartingEngineOut(engine_set=set_id, gpu=gpu) for set_id, gpu in sup.starting_engines()]
     return EngineList(engines=engines, starting=starting)
-
-
-def _is_local(sup: Supervisor, engine: Engine) -> bool:
-    return isinstance(sup.driver, ClusterDriver) and sup.driver.is_local(engine)
 
 
 def _live_rss_mb(pid: int, fallback: float) -> float:
@@ -84,7 +76,7 @@ async def list_hosts(sup: SupervisorDep) -> HostList:
 
 @router.get("/engines/{engine_id}", response_model=EngineOut, responses=errors(*AUTH, 404, 422))
 async def get_engine(engine_id: int, sup: SupervisorDep) -> EngineOut:
-    sup.find_engine(engine_id)  # 404
+    sup.engine_view(engine_id)  # 404
     return next(e for e in engine_list(sup).engines if e.id == engine_id)
 
 
@@ -109,6 +101,6 @@ async def drain_engine(
 ) -> EngineActionOut:
     """Let the engine finish its jobs and take no new ones (``undo=true`` reverses it)."""
     sup.drain_engine(engine_id, drain=not undo)
-    engine = sup.find_engine(engine_id)
-    return EngineActionOut(engine=engine_id, action="undrain" if undo else "drain", jobs=list(engine.jobs),
-                           state=engine.state.value)
+    view = sup.engine_view(engine_id)
+    return EngineActionOut(engine=engine_id, action="undrain" if undo else "drain",
+                           jobs=[j["job_id"] for j in view["jobs"]], state=view["state"])

@@ -11,7 +11,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from llmsup.supervisor.core.events import Subscription
-from llmsup.supervisor.core.model_name import served_pools
 from llmsup.supervisor.core.requests import JobNotFound
 from llmsup.supervisor.pipelines.records import Pipeline
 from llmsup.supervisor.pipelines.runner import PipelineNotFound
@@ -30,7 +29,7 @@ AUTH = (401,)
 
 def pools(sup: SupervisorDep) -> list[str]:
     """The pools a step may name: by their names and by their models' served names."""
-    served = served_pools(sup.settings, sup.pool.engines.values())
+    served = sup.served_pools()
     return list(dict.fromkeys([*served.values(), *served]))
 
 

@@ -103,7 +103,7 @@ async def version(sup: SupervisorDep) -> VersionOut:
 
 @router.get("/load", response_model=LoadOut, dependencies=[Depends(metrics_access)], responses=ERRORS)
 async def load(sup: SupervisorDep) -> LoadOut:
-    return LoadOut(server_load=sup.store.count(JobStatus.QUEUED) + sup.store.count(JobStatus.RUNNING))
+    return LoadOut(server_load=sup.count(JobStatus.QUEUED) + sup.count(JobStatus.RUNNING))
 
 
 async def _tokenizer(sup: SupervisorDep) -> Tokenizer:

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import Request, Response
 
 from llmsup.engines.protocol import TokenLogprob
-from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.port import ControlPlane
 from llmsup.web.auth import Principal
 from llmsup.web.chat import ChatInput, render_chat, template_for
 from llmsup.web.chat_parsing import ParserNames, RequestParsing, Streamer, parsing_for
@@ -32,7 +32,7 @@ UNTRUSTED_TEMPLATE = ("Chat template is passed with request, but --trust-request
                       "Refused request with untrusted chat template.")
 
 
-def parser_names(sup: Supervisor) -> ParserNames:
+def parser_names(sup: ControlPlane) -> ParserNames:
     s = sup.settings
     return ParserNames(getattr(s, "tool_call_parser", None), getattr(s, "reasoning_parser", None),
                        bool(getattr(s, "enable_auto_tool_choice", False)))
@@ -48,7 +48,7 @@ def check_messages_size(body: ChatCompletionRequest, limit: int) -> None:
 class ChatServing:
     """One chat request, from its body to its answer."""
 
-    def __init__(self, sup: Supervisor, principal: Principal) -> None:
+    def __init__(self, sup: ControlPlane, principal: Principal) -> None:
         self.sup = sup
         self.principal = principal
 

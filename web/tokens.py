@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from llmsup.supervisor.service import Supervisor
+from llmsup.supervisor.port import ControlPlane
 
 log = logging.getLogger("llmsup.web")
 
@@ -104,11 +104,10 @@ class ServedModel:
     multimodal: bool = False  # the model takes images (a vision-language model under vLLM)
 
 
-def served_model(sup: Supervisor) -> ServedModel | None:
+def served_model(sup: ControlPlane) -> ServedModel | None:
     """The model as the first engine that reported its backend describes it (None before any engine is up)."""
-    for engine in sup.pool:
-        info = engine.backend
-        if info and info.get("backend"):
+    for info in sup.model_facts():
+        if info.get("backend"):
             return ServedModel(
                 backend=str(info["backend"]), path=str(info.get("model") or ""),
                 max_model_len=int(info["max_model_len"]) if info.get("max_model_len") else None,
@@ -151,7 +150,7 @@ async def tokenizer_for(model: ServedModel | None) -> Tokenizer | None:
     return _CACHE[model.path]
 
 
-async def warm(sup: Supervisor, poll_s: float = 0.5) -> None:
+async def warm(sup: ControlPlane, poll_s: float = 0.5) -> None:
     """Load the served model's tokenizer as soon as an engine reports its model (so the first request does not
     wait for it); runs until then, as a background task of the app."""
     while True:

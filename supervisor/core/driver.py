@@ -24,6 +24,12 @@ class EngineDriver(Protocol):
     def engine_ids(self) -> set[int]:
         """Engines registered with the controller now."""
 
+    def is_local(self, engine: Engine) -> bool:
+        """The engine runs on the supervisor's own host (its pid can be signalled and read here)."""
+
+    def poll(self) -> None:
+        """Notice what changed in the cluster since the last call (the health loop calls it each tick)."""
+
     def launch(self, gpu: str, host: str = "") -> str:
         """Start one engine on these devices (on ``host``, for launchers that start engines on named hosts; ""
         lets the driver choose); returns its engine set (LaunchFailed if it cannot start)."""
@@ -72,6 +78,12 @@ class NotStarted:
 
     def engine_ids(self) -> set[int]:
         return set()
+
+    def is_local(self, engine: Engine) -> bool:
+        return False
+
+    def poll(self) -> None:
+        return None
 
     def launch(self, gpu: str, host: str = "") -> str:
         raise RuntimeError("supervisor not started: no cluster to launch an engine on")

@@ -204,7 +204,7 @@ class HostSide:
 
     # admin --------------------------------------------------------------------------------------------
     def host_views(self, now: Now) -> list[dict[str, Any]]:
-        local = getattr(self.shared.driver, "local_key", "")
+        local = self.shared.driver.local_key
         for engine in self.pool:  # hosts seen only through engines (no agent)
             self.host(engine.host_key, engine.host)
         views = []

@@ -35,6 +35,15 @@ class DuplicateKey(Exception):
         self.existing = existing
 
 
+class PageReader(Protocol):
+    """Reads pages of jobs from any one thread at a time (off the event loop), concurrently with the writer."""
+
+    def list(
+        self, statuses: Iterable[JobStatus] | None = None, owner: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Job]:
+        """Jobs newest first, as ``JobStore.list``."""
+
+
 class JobStore(Protocol):
     def add(self, job: Job) -> Job:
         """Insert a new job, assigning its ``seq``; raises DuplicateKey for a taken idempotency key."""
@@ -71,6 +80,9 @@ class JobStore(Protocol):
     def prune(self, finished_before: float | None, keep: int | None, limit: int = PRUNE_BATCH) -> int:
         """Delete up to ``limit`` finished jobs: those that ended before ``finished_before``, and those beyond
         the ``keep`` most recently finished. Queued and running jobs are never deleted. Returns how many."""
+
+    def reader(self) -> PageReader | None:
+        """A reader for worker threads (None: list in place, e.g. in memory where a listing is cheap)."""
 
     def close(self) -> None:
         """Release the storage."""
