@@ -7,8 +7,8 @@ package's ``Client`` and ``AsyncClient``, the ``llmsup`` CLI's commands called i
 
 It runs on an event loop of its own, in a thread: a test's synchronous client may block while the server answers.
 ``InProcessServer`` has the attributes of ``support.live.LiveServer`` that tests read (``url``, ``run_dir``,
-``engines``, ``admin``, ``api_key``, ``auth``, ``client()``, ``client_env``, ``log_tail()``, ``log_path``), so a test written against a
-server runs on either (``tests/conftest.py``: the ``server`` fixture and its ``real`` parameter).
+``engines``, ``admin``, ``api_key``, ``auth``, ``client()``, ``client_env``, ``log_tail()``, ``log_path``), so a
+test written against a server runs on either (``tests/conftest.py``: the ``server`` fixture and its ``real`` parameter).
 """
 
 from __future__ import annotations
