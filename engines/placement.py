@@ -1,6 +1,9 @@
 """GPU placement: which devices an engine pins, from its host-local rank, and how much of their memory it takes.
 
-An engine must set ``CUDA_VISIBLE_DEVICES`` before torch or vLLM is imported.
+An engine must set ``CUDA_VISIBLE_DEVICES`` before torch or vLLM is imported. The devices a server may use are the
+ones its own ``CUDA_VISIBLE_DEVICES`` names, as given (indices, ``GPU-<uuid>`` or ``MIG-<uuid>``; "" or -1: none),
+else every GPU ``nvidia-smi -L`` lists: on a shared box ``CUDA_VISIBLE_DEVICES=2,3`` puts the engines on GPUs 2 and
+3, never on 0 and 1. Plans are made over positions in that list (0 .. n-1) and named at the end (:func:`name_group`).
 N engines on a host with G GPUs are spread evenly; an engine may take several
 GPUs (tensor parallelism) with ``gpus_per_engine``. With no engine count given,
 a GPU host runs one engine per group of ``gpus_per_engine`` GPUs; engines that
@@ -14,27 +17,55 @@ import math
 import os
 import subprocess
 from collections import Counter
+from collections.abc import Sequence
 
 DEFAULT_ENGINES_WITHOUT_GPU = 2
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default, for the engines of one GPU together
 
 
-def detect_gpu_count() -> int:
-    """Number of NVIDIA GPUs visible on this host, without importing CUDA libraries."""
+def visible_gpus() -> list[str]:
+    """The GPUs this host lets us use, as ``CUDA_VISIBLE_DEVICES`` names them, without importing CUDA libraries."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    return _nvidia_smi_gpus(os.environ.get("PATH", ""))
+        return parse_visible(visible)
+    return list(_nvidia_smi_gpus(os.environ.get("PATH", "")))
+
+
+def parse_visible(text: str) -> list[str]:
+    """A ``CUDA_VISIBLE_DEVICES`` value's devices, as CUDA reads it: in order, up to a negative index (-1: none)."""
+    names: list[str] = []
+    for entry in (part.strip() for part in text.split(",")):
+        if entry.startswith("-"):
+            break
+        if entry and entry not in names:
+            names.append(entry)
+    return names
+
+
+def detect_gpu_count() -> int:
+    """Number of GPUs this host lets us use (:func:`visible_gpus`)."""
+    return len(visible_gpus())
 
 
 @functools.lru_cache(maxsize=4)
-def _nvidia_smi_gpus(search_path: str) -> int:
-    """``nvidia-smi -L``'s GPU lines (asked once per PATH: settings ask each time they are built)."""
+def _nvidia_smi_gpus(search_path: str) -> tuple[str, ...]:
+    """The indices of ``nvidia-smi -L``'s GPU lines (asked once per PATH: settings ask each time they are built)."""
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+        return ()
+    return tuple(line.split(":", 1)[0].removeprefix("GPU ").strip() for line in out.stdout.splitlines()
+                 if line.startswith("GPU "))
+
+
+def device_names(gpus: int | Sequence[str]) -> list[str]:
+    """The devices of a plan: names as given, or a count meaning devices 0 .. n-1."""
+    return [str(i) for i in range(gpus)] if isinstance(gpus, int) else list(gpus)
+
+
+def name_group(group: str, names: Sequence[str]) -> str:
+    """A device group planned over positions (``"0,1"``) as ``CUDA_VISIBLE_DEVICES`` names its devices."""
+    return ",".join(names[int(i)] for i in group.split(",")) if group else ""
 
 
 def default_engines(gpu_count: int, gpus_per_engine: int = 1) -> int:
@@ -62,9 +93,10 @@ def devices_for_rank(local_rank: int, gpu_count: int, gpus_per_engine: int = 1) 
     return ",".join(str(d) for d in range(first, first + gpus_per_engine))
 
 
-def plan(engines: int, gpu_count: int, gpus_per_engine: int = 1) -> list[str]:
-    """Devices for each of ``engines`` engines on one host."""
-    return [devices_for_rank(rank, gpu_count, gpus_per_engine) for rank in range(engines)]
+def plan(engines: int, gpus: int | Sequence[str], gpus_per_engine: int = 1) -> list[str]:
+    """Devices for each of ``engines`` engines on one host, of ``gpus`` (the visible devices, or their count)."""
+    names = device_names(gpus)
+    return [name_group(devices_for_rank(rank, len(names), gpus_per_engine), names) for rank in range(engines)]
 
 
 def engines_per_gpu(devices: list[str]) -> Counter[str]:

@@ -110,7 +110,7 @@ def parse_record(text: str) -> dict[str, Any]:
 class Pool:
     name: str
     settings: Settings  # the server's settings with the pool's own over them
-    first_gpu: int = 0  # its devices start here: the pools before it hold the ones below
+    first_gpu: int = 0  # its devices start at this position of the visible ones: the pools before it hold those before
 
     @property
     def gpus(self) -> int:
@@ -144,11 +144,12 @@ def check_gpus(pools: list[Pool], gpu_count: int) -> None:
                          "give fewer engines or gpus_per_engine to a pool")
 
 
-def shifted(devices: str, first: int) -> str:
-    """A device group planned from 0, moved to start at ``first`` (a pool's own devices)."""
-    if not devices or not first:
-        return devices
-    return ",".join(str(int(d) + first) for d in devices.split(","))
+def own_devices(pools: list[Pool], pool: Pool, visible: list[str]) -> list[str]:
+    """The devices of a pool, of the host's visible ones (named as CUDA_VISIBLE_DEVICES names them): all of them
+    with one pool, else its own slice in the order the pools were given."""
+    if len(pools) == 1:
+        return list(visible)
+    return visible[pool.first_gpu:pool.first_gpu + pool.gpus] if visible else []
 
 
 def served_name(pool: Pool) -> str:

@@ -262,7 +262,7 @@ class Supervisor:
         self.core.driver = driver
         self.core.configure_engines(dict(s.for_engines(), stream_address=self.stream_address,
                                          channel_keys=wires.keys.for_clients()),
-                                    placement.detect_gpu_count() if self.cluster.local else 0)
+                                    placement.visible_gpus() if self.cluster.local else 0)
         return [("token stream", wires.stream.run),
                 ("control channel", lambda: wires.control.receive(driver.on_hello, driver.on_host))]
 

@@ -135,7 +135,7 @@ def test_the_core_launches_the_plan_and_gives_each_engine_its_share(
     core = SupervisorCore(make_settings(tmp_path, engines=engines, gpus_per_engine=tp, standby=0), MemoryStore(),
                           driver)
     caplog.set_level("INFO", logger="llmsup.engines")
-    core.configure_engines({"backend": "vllm", "options": {}}, gpu_count=gpus)
+    core.configure_engines({"backend": "vllm", "options": {}}, gpus)
     core.start_engines(engines, clock.now)
     launched = driver.verbs("launch")
     assert [gpu for _, _, gpu in launched] == devices

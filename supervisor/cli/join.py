@@ -89,8 +89,9 @@ class JoinAgent:
 
     def __post_init__(self) -> None:
         total = self.engines + self.standby
-        self.gpus = placement.detect_gpu_count()
-        devices = placement.plan(total, self.gpus)
+        visible = placement.visible_gpus()
+        self.gpus = len(visible)
+        devices = placement.plan(total, visible)
         self.slots = [EngineSlot(i, gpu, i >= self.engines) for i, gpu in enumerate(devices)]
         self.host = socket.gethostname()
         self.host_key = host_key()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llmsup.engines import placement
@@ -55,8 +55,9 @@ class EngineSide:
     def _drive(self, what: str, engine: Engine | None, call: Callable[[], object]) -> bool:
         return self.shared.drive(what, engine, call)
 
-    def configure_engines(self, engine_config: dict[str, Any], gpu_count: int = 0) -> None:
-        plans = plans_for(self.settings, engine_config, gpu_count, self.driver.can_launch)
+    def configure_engines(self, engine_config: dict[str, Any], gpus: int | Sequence[str] = 0) -> None:
+        """Plan each pool's engines over the host's visible devices (their names, or their count)."""
+        plans = plans_for(self.settings, engine_config, gpus, self.driver.can_launch)
         self.plans = {plan.name: plan for plan in plans}
 
     @property

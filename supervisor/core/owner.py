@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins  # the method `list` shadows the builtin in the class body
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from llmsup.supervisor.core import outcomes
@@ -175,8 +176,9 @@ class SupervisorCore:
                                                         self.settings.max_attempts), now)
 
     # engines ----------------------------------------------------------------------------------
-    def configure_engines(self, engine_config: dict[str, Any], gpu_count: int = 0) -> None:
-        self.engine_side.configure_engines(engine_config, gpu_count)
+    def configure_engines(self, engine_config: dict[str, Any], gpus: int | Sequence[str] = 0) -> None:
+        """Plan each pool's engines over the host's visible devices (their names, or their count)."""
+        self.engine_side.configure_engines(engine_config, gpus)
 
     def expected_engines(self) -> int:
         return self.engine_side.expected_engines()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmsup.engines import placement
 from llmsup.supervisor.core.standby import default_standby
-from llmsup.supervisor.pools import DEFAULT, check_gpus, pools_of, shifted
+from llmsup.supervisor.pools import DEFAULT, check_gpus, own_devices, pools_of
 from llmsup.supervisor.settings import Settings
 
 log = logging.getLogger("llmsup.engines")
@@ -26,8 +27,7 @@ class PoolPlan:
     engine_config: dict[str, Any]  # what each of its engines loads
     slots: int = 1
     standby: int = 0
-    gpu_count: int = 0  # devices of its own (0: its engines run on the CPU)
-    first_gpu: int = 0  # its devices start here
+    gpus: tuple[str, ...] = ()  # devices of its own, as CUDA_VISIBLE_DEVICES names them (none: on the CPU)
     memory_shares: dict[str, float] = field(default_factory=dict)  # devices -> gpu_memory_utilization there
 
     @property
@@ -39,15 +39,23 @@ class PoolPlan:
         """Engines of its own to keep: serving and standby."""
         return self.settings.engines + self.standby
 
+    @property
+    def gpu_count(self) -> int:
+        return len(self.gpus)
+
     def devices(self, rank: int) -> str:
         """The devices of its engine with this host-local rank (within the pool)."""
-        return shifted(placement.devices_for_rank(rank, self.gpu_count, self.settings.gpus_per_engine), self.first_gpu)
+        group = placement.devices_for_rank(rank, len(self.gpus), self.settings.gpus_per_engine)
+        return placement.name_group(group, self.gpus)
 
 
-def plans_for(settings: Settings, engine_config: dict[str, Any], gpu_count: int, can_launch: bool) -> list[PoolPlan]:
-    """One plan per pool; raises ValueError when the pools ask for more GPUs than there are."""
+def plans_for(settings: Settings, engine_config: dict[str, Any], gpus: int | Sequence[str],
+              can_launch: bool) -> list[PoolPlan]:
+    """One plan per pool, over the host's visible devices (``gpus``: their names, or their count); raises
+    ValueError when the pools ask for more GPUs than there are."""
     pools = pools_of(settings)
-    check_gpus(pools, gpu_count)
+    visible = placement.device_names(gpus)
+    check_gpus(pools, len(visible))
     plans = []
     for pool in pools:
         s = pool.settings
@@ -55,15 +63,15 @@ def plans_for(settings: Settings, engine_config: dict[str, Any], gpu_count: int,
         backend = config.get("backend", "sim")
         if backend == "python":  # the registered functions its engines import
             config = {**config, "functions": dict(s.functions)}
-        own_gpus = gpu_count if len(pools) == 1 else (pool.gpus if gpu_count else 0)
+        own = own_devices(pools, pool, visible)
         if s.standby is not None:
             standby, why = s.standby, "--standby"
         else:
-            standby, why = default_standby(backend, own_gpus, s.engines, s.gpus_per_engine)
+            standby, why = default_standby(backend, len(own), s.engines, s.gpus_per_engine)
         if can_launch:
             log.info("standby engines%s: %d (%s)", "" if pool.name == DEFAULT else f" of pool {pool.name}", standby, why)
         else:
             standby = 0  # engines of a joined cluster are started (and kept) by someone else
-        plans.append(PoolPlan(pool.name, s, config, s.slots_per_engine or default_slots(backend), standby, own_gpus,
-                              pool.first_gpu))
+        plans.append(PoolPlan(pool.name, s, config, s.slots_per_engine or default_slots(backend), standby,
+                              tuple(own)))
     return plans
