@@ -25,6 +25,7 @@ Messages (``engines/messages.py``):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import signal
@@ -174,7 +175,7 @@ class BatchServer:
         if op.key in self.requests:  # a repeated key would orphan the request it replaces
             self._reject(ProtocolError("duplicate key", f"request {op.key!r} is already running"))
             return
-        req = Request(op.key, time.monotonic() + op.deadline_s)
+        req = Request(op.key, time.monotonic() + op.deadline_s if op.deadline_s is not None else math.inf)
         self.requests[op.key] = req
         try:
             with DeferredSigint():

@@ -56,12 +56,12 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class Submit:
-    """A request for a batched engine's serving loop; it ends on its own at ``deadline_s``."""
+    """A request for a batched engine's serving loop; it ends on its own at ``deadline_s`` (None: it has none)."""
 
     KIND: ClassVar[str] = "submit"
     key: str
     prompt: str
-    deadline_s: float
+    deadline_s: float | None
     params: GenParams = field(default_factory=GenParams)
     version: int = PROTOCOL_VERSION
 

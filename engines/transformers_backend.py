@@ -22,6 +22,7 @@ from typing import Any
 
 from llmsup.engines.chat_template import chat_info
 from llmsup.engines.detokenize import TextAssembler
+from llmsup.engines.generation_defaults import from_model_dir
 from llmsup.engines.modelpath import resolve_model
 from llmsup.engines.protocol import Generation, GenParams, RequestRejected, TokenCallback, TokenLogprob
 from llmsup.engines.sampling import LogitsProcessor, make_generator, pick_next, token_logprob
@@ -182,6 +183,7 @@ class TransformersBackend:
             "max_model_len": self.max_len,
             "max_logprobs": MAX_LOGPROBS,
             "unsupported": dict(UNSUPPORTED),
+            "sampling_defaults": from_model_dir(self.model_path),
             "load_s": round(self.load_s, 2),
             **(chat_info(self.tokenizer) if self.tokenizer is not None else {}),
         }

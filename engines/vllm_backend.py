@@ -25,13 +25,14 @@ import os
 import time
 from typing import Any
 
+from llmsup.engines.generation_defaults import from_vllm
 from llmsup.engines.modelpath import resolve_model
 from llmsup.engines.protocol import Generation, GenParams, RequestRejected, StepOutput, TokenCallback, TokenLogprob
 from llmsup.engines.sigdefer import DeferredSigint
 from llmsup.engines.stopflag import StopFlag
 from llmsup.engines.torch_compat import child_environment
 from llmsup.engines.vllm_outputs import engine_prompt, prompt_logprobs, sampling_params, token_logprobs
-from llmsup.engines.vllm_settings import cpu_threads, llm_kwargs, vllm_env
+from llmsup.engines.vllm_settings import cpu_threads, llm_kwargs, vllm_env, with_default_max_num_seqs
 
 log = logging.getLogger("llmsup.engine")
 _REQUEST_IDS = itertools.count()
@@ -96,7 +97,7 @@ class VLLMBackend:
         self._set_num_threads = torch.set_num_threads
         from vllm import LLM
 
-        self.kwargs = llm_kwargs(path, self.options, self.on_gpu, self.config.get("gpu"))
+        self.kwargs = with_default_max_num_seqs(llm_kwargs(path, self.options, self.on_gpu, self.config.get("gpu")))
         self.llm = LLM(**self.kwargs)
         self.model_path = path
         self.load_s = time.monotonic() - t0
@@ -301,8 +302,11 @@ class VLLMBackend:
         import vllm
 
         config = self.llm.llm_engine.model_config
+        scheduler = getattr(getattr(self.llm.llm_engine, "vllm_config", None), "scheduler_config", None)
+        seqs = getattr(scheduler, "max_num_seqs", None) or self.kwargs.get("max_num_seqs")
         return {"max_model_len": int(config.max_model_len), "max_logprobs": int(config.max_logprobs),
-                "vllm_version": str(vllm.__version__), "multimodal": bool(config.is_multimodal_model)}
+                "vllm_version": str(vllm.__version__), "multimodal": bool(config.is_multimodal_model),
+                **({"max_num_seqs": int(seqs)} if seqs else {}), "sampling_defaults": from_vllm(self.llm)}
 
     def _chat_info(self) -> dict[str, Any]:
         from llmsup.engines.chat_template import chat_info

@@ -21,7 +21,9 @@ GPU: vLLM's defaults (multiprocessing on, CUDA graphs, dtype auto),
 ``tensor_parallel_size`` = number of GPUs pinned to the engine,
 ``gpu_memory_utilization`` 0.9 (the supervisor lowers it for engines that
 share a GPU). ``trust_remote_code`` and ``max_num_seqs`` (the engine's slots)
-pass as they are; ``options["engine_args"]`` (``--engine-arg KEY=VALUE``)
+pass as they are; ``max_num_seqs`` unset is vLLM's own default for the device, asked of vLLM as ``vllm serve``
+gets it (:func:`default_max_num_seqs`: 256, 1,024 on GPUs of 70 GiB and more, 128 per CPU worker);
+``options["engine_args"]`` (``--engine-arg KEY=VALUE``)
 passes any other ``vllm.LLM`` argument through, and wins over the above.
 """
 
@@ -71,6 +73,34 @@ def llm_kwargs(model: str, options: dict[str, Any], on_gpu: bool, gpu: str | Non
             kwargs[name] = options[name]
     kwargs.update(options.get("engine_args") or {})
     return kwargs
+
+
+def default_max_num_seqs(world_size: int) -> int | None:
+    """vLLM's own ``max_num_seqs`` default on this device for its OpenAI server (what ``vllm serve`` batches), for
+    an engine of ``world_size`` workers; None when this vLLM cannot say (then vLLM's ``LLM`` picks its own)."""
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.usage.usage_lib import UsageContext
+    except ImportError:
+        return None
+    ask = getattr(EngineArgs, "get_batch_defaults", None)
+    if ask is None:
+        return None
+    try:
+        _tokens, seqs = ask(world_size)
+    except TypeError:  # versions that take no world size
+        _tokens, seqs = ask()
+    value = seqs.get(UsageContext.OPENAI_API_SERVER)
+    return int(value) if value else None
+
+
+def with_default_max_num_seqs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``vllm.LLM``'s arguments with ``max_num_seqs`` as ``vllm serve`` defaults it when none is given."""
+    if kwargs.get("max_num_seqs") is not None:
+        return kwargs
+    world = int(kwargs.get("tensor_parallel_size") or 1) * int(kwargs.get("pipeline_parallel_size") or 1)
+    seqs = default_max_num_seqs(world)
+    return {**kwargs, "max_num_seqs": seqs} if seqs else kwargs
 
 
 def cpu_threads(engines_on_host: int) -> int:

@@ -83,8 +83,9 @@ class EngineFields(BaseSettings):
                                        json_schema_extra=cli(ENGINES))
     slots_per_engine: int | None = Field(
         None, ge=1, le=1024,
-        description="jobs at once per engine (above 1: batched engines; vLLM's max_num_seqs); default: 32 for vLLM, "
-        "else 1", json_schema_extra=cli(ENGINES, "--max-num-seqs", aliases=("max_num_seqs",)),
+        description="jobs at once per engine (above 1: batched engines; vLLM's max_num_seqs); default: vLLM's own "
+        "for the engine's device, as vllm serve (256; 1024 on GPUs of 70 GiB or more; 128 on CPU), else 1",
+        json_schema_extra=cli(ENGINES, "--max-num-seqs", aliases=("max_num_seqs",)),
     )
     engine_options: dict[str, Any] = Field(
         default_factory=dict, description="backend options as JSON, e.g. {\"multiprocessing\": true} for vLLM",

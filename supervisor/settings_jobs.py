@@ -11,11 +11,18 @@ from pydantic_settings import BaseSettings
 
 from llmsup.supervisor.settings_meta import ENGINES, JOBS, cli
 
+NATIVE_DEADLINE_S = 60.0  # the native job API's default run-time limit (docs/deadlines.md)
+
 
 class JobFields(BaseSettings):
     # jobs
-    deadline_s: float = Field(60.0, gt=0, description="default run-time limit of a job",
-                              json_schema_extra=cli(JOBS, "--deadline"))
+    deadline_s: float | None = Field(
+        None, gt=0, description="run-time limit of a job that names none; unset: 60 s on the native job API, none on "
+        "the OpenAI routes (a generation the user did not bound is never cut: stall_timeout_s guards them)",
+        json_schema_extra=cli(JOBS, "--deadline", "--job-deadline"))
+    stall_timeout_s: float = Field(
+        30.0, ge=0, description="a running job that produces no token for this long is interrupted as a runaway "
+        "(also a hung kernel), whatever its deadline; 0: off", json_schema_extra=cli(JOBS))
     max_deadline_s: float = Field(3600.0, gt=0, description="longest deadline a job may ask",
                                   json_schema_extra=cli(JOBS))
     queue_timeout_s: float = Field(600.0, gt=0, description="a queued job expires after this wait",
@@ -64,10 +71,17 @@ class JobFields(BaseSettings):
     retain_jobs: int = Field(0, ge=0, description="keep at most this many finished jobs, newest first (0: all)",
                              json_schema_extra=cli(JOBS))
 
+    def default_deadline_s(self, unbounded: bool = False) -> float | None:
+        """The run-time limit of a job that names none: ``deadline_s`` when set, else none for ``unbounded``
+        requests (the OpenAI routes), else the native API's 60 s (at most ``max_deadline_s``)."""
+        if self.deadline_s is not None:
+            return self.deadline_s
+        return None if unbounded else min(NATIVE_DEADLINE_S, self.max_deadline_s)
+
     @model_validator(mode="after")
     def _check_jobs(self) -> "JobFields":
         if self.kill_grace_s < self.interrupt_grace_s:
             raise ValueError("kill_grace_s must be >= interrupt_grace_s")
-        if self.deadline_s > self.max_deadline_s:
+        if self.deadline_s is not None and self.deadline_s > self.max_deadline_s:
             raise ValueError("deadline_s must be <= max_deadline_s")
         return self

@@ -65,7 +65,7 @@ class FakeDriver:
     def start_serving(self, engine: Engine) -> None:
         self.calls.append(("start_serving", engine.id, None))
 
-    def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float) -> None:
+    def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float | None) -> None:
         self.calls.append(("dispatch", engine.id, key))
 
     def abort(self, engine: Engine, key: str) -> None:

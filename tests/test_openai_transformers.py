@@ -41,9 +41,19 @@ def test_logprobs_penalties_and_seed(oai: openai.OpenAI) -> None:
     assert set(allowed.choices[0].model_extra["token_ids"]) <= {100, 101}
 
 
+def test_without_temperature_the_choices_are_sampled_and_greedy_only_when_asked(oai: openai.OpenAI) -> None:
+    """vLLM's defaults: no temperature is the model's generation_config (the tiny model has none: 1.0), not greedy."""
+    request = dict(model=MODEL, max_tokens=12, messages=[{"role": "user", "content": "Tell me a story"}],
+                   extra_body={"ignore_eos": True})
+    sampled = oai.chat.completions.create(n=3, **request)
+    assert len({c.message.content for c in sampled.choices}) > 1
+    greedy = oai.chat.completions.create(n=3, temperature=0.0, **request)
+    assert len({c.message.content for c in greedy.choices}) == 1
+
+
 def test_streamed_chat_sends_each_token_with_its_logprobs_and_id(oai: openai.OpenAI) -> None:
     request = dict(model=MODEL, max_tokens=8, logprobs=True, top_logprobs=2, messages=[{"role": "user", "content": "hi"}],
-                   extra_body={"ignore_eos": True, "return_token_ids": True})
+                   temperature=0.0, extra_body={"ignore_eos": True, "return_token_ids": True})
     chunks = list(oai.chat.completions.create(stream=True, **request))
     tokens = [c.choices[0] for c in chunks if c.choices[0].logprobs]
     assert len(tokens) == 8 and all(len(c.logprobs.content) == len(c.model_extra["token_ids"]) == 1 for c in tokens)

@@ -147,3 +147,42 @@ def test_the_core_launches_the_plan_and_gives_each_engine_its_share(
     assert loaded == shares
     if gpus:
         assert f"engine 1 of {engines} on GPU" in caplog.text and "gpu_memory_utilization" in caplog.text
+
+
+# slots: vLLM's own max_num_seqs default for the engine's device ---------------------------------------------------------
+@pytest.mark.parametrize(("asked", "reported", "slots"), [
+    (None, 1024, 1024),  # an H100-class GPU: the engine reports what vLLM chose, the supervisor fills that many
+    (None, 128, 128),  # vLLM on CPU
+    (16, 1024, 16),  # --max-num-seqs given: it wins
+])
+def test_a_vllm_engine_takes_the_slots_its_device_gets_from_vllm(
+        tmp_path: pathlib.Path, asked: int | None, reported: int, slots: int) -> None:
+    from conftest import make_settings
+    from fakes import FakeClock, FakeDriver
+    from llmsup.supervisor.core import reports as ev
+    from llmsup.supervisor.core.owner import SupervisorCore
+    from llmsup.supervisor.store import MemoryStore
+
+    clock, driver = FakeClock(), FakeDriver()
+    settings = make_settings(tmp_path, engines=1, standby=0, slots_per_engine=asked)
+    core = SupervisorCore(settings, MemoryStore(), driver)
+    core.configure_engines({"backend": "vllm", "options": {}}, ["0"])
+    core.start_engines(1, clock.now)
+    (_, set_id, gpu), = driver.verbs("launch")
+    core.report(ev.EngineRegistered(0), clock.now)
+    core.report(ev.EngineIdentified(0, ev.EngineIdentity("h", "h|b", 100, gpu, set_id)), clock.now)
+    core.report(ev.EngineLoaded(0, {"backend": "vllm", "max_num_seqs": reported}), clock.now)
+    assert core.find_engine(0).slots == slots
+
+
+def test_vllm_is_asked_for_its_max_num_seqs_default_as_vllm_serve_gets_it() -> None:
+    pytest.importorskip("vllm")
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    from llmsup.engines.vllm_settings import default_max_num_seqs, with_default_max_num_seqs
+
+    expected = EngineArgs.get_batch_defaults(1)[1][UsageContext.OPENAI_API_SERVER]
+    assert default_max_num_seqs(1) == expected  # this machine: vLLM's CPU build, 128
+    assert with_default_max_num_seqs({"model": "m"})["max_num_seqs"] == expected
+    assert with_default_max_num_seqs({"model": "m", "max_num_seqs": 4})["max_num_seqs"] == 4

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from llmsup.engines.generation_defaults import SAMPLING_KEYS
 from llmsup.engines.protocol import Structured, TokenBias
 from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.port import ControlPlane
@@ -242,6 +243,7 @@ async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingReque
     wanted_prompt_lps = _whole_vocabulary(body.prompt_logprobs if body.prompt_logprobs is not None else prompt_logprobs,
                                           tok)
     wanted_lps = _whole_vocabulary(body.sample_logprobs(), tok)
+    sampled = sampling(body, model)
     requests: list[JobRequest] = []
     for prompt in prompts:
         max_tokens = _max_tokens(body, prompt, model, s.default_max_tokens, s.max_tokens_limit)
@@ -249,11 +251,11 @@ async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingReque
         check_logprob_budget(s, wanted_lps, max_tokens, n, prompt.length, wanted_prompt_lps)
         for j in range(n):
             extra: dict[str, Any] = {
-                "top_p": body.top_p, "top_k": max(0, body.top_k) if body.top_k is not None else None,
+                "top_p": sampled["top_p"], "top_k": max(0, sampled["top_k"]) if sampled["top_k"] is not None else None,
                 "seed": body.seed + j if body.seed is not None else None,
                 "ignore_eos": body.ignore_eos, "min_tokens": body.min_tokens,
-                "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
-                "repetition_penalty": body.repetition_penalty, "min_p": body.min_p,
+                "presence_penalty": sampled["presence_penalty"], "frequency_penalty": sampled["frequency_penalty"],
+                "repetition_penalty": sampled["repetition_penalty"], "min_p": sampled["min_p"],
                 "logit_bias": bias, "stop_token_ids": tuple(body.stop_token_ids or ()),
                 "allowed_token_ids": tuple(body.allowed_token_ids or ()),
                 "logprobs": wanted_lps,
@@ -264,12 +266,30 @@ async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingReque
                 "skip_special_tokens": body.skip_special_tokens, **(lora or {}),
             }
             requests.append(JobRequest(
-                prompt=prompt.text, max_tokens=max_tokens, temperature=body.temperature or 0.0, stop=body.stops(),
-                deadline_s=body.deadline, queue_timeout_s=body.queue_timeout_s,
+                prompt=prompt.text, max_tokens=max_tokens, temperature=sampled["temperature"], stop=body.stops(),
+                deadline_s=body.deadline, unbounded=True, queue_timeout_s=body.queue_timeout_s,
                 priority=priority, owner=principal.owner, extra={k: v for k, v in extra.items() if v is not None},
                 pool=pool,
             ))
     return Plan(prompts, requests, n, model, tok)
+
+
+def sampling(body: SamplingRequest, model: ServedModel | None) -> dict[str, Any]:
+    """The request's sampling values, each unset one from the model's ``generation_config.json`` (what vLLM's
+    ``generation_config="auto"`` does; those the backend cannot apply left out), else vLLM's neutral default:
+    temperature 1.0 (sampling: greedy only when asked with temperature 0), top_p 1.0, the others off."""
+    defaults = dict(model.sampling_defaults) if model is not None else {}
+    if model is not None and "penalties" in model.unsupported:
+        defaults = {k: v for k, v in defaults.items() if not k.endswith("_penalty")}
+    if model is not None and "min_p" in model.unsupported:
+        defaults.pop("min_p", None)
+    values: dict[str, Any] = {}
+    for key in SAMPLING_KEYS:
+        given = getattr(body, key)
+        values[key] = given if given is not None else defaults.get(key)
+    if values["temperature"] is None:
+        values["temperature"] = 1.0
+    return values
 
 
 def completion_prompt_logprobs(body: CompletionRequest) -> int | None:

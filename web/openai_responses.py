@@ -18,7 +18,7 @@ class LlmsupInfo(BaseModel):
 
     job_id: str
     status: str  # succeeded | timed_out | cancelled | ...
-    deadline_s: float
+    deadline_s: float | None  # None: it has no deadline (docs/deadlines.md)
     error: str | None = None
 
 

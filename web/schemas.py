@@ -75,7 +75,7 @@ class JobOut(BaseModel):
     finish_reason: str | None
     engine: EngineRefOut | None
     priority: int
-    deadline_s: float
+    deadline_s: float | None  # None: no deadline (an OpenAI request the user did not bound)
     queue_timeout_s: float
     idempotency_key: str | None
     owner: str | None = None

@@ -102,6 +102,7 @@ class ServedModel:
     unsupported: dict[str, str] = field(default_factory=dict)
     vllm_version: str | None = None  # the engines' vLLM, when they run one
     multimodal: bool = False  # the model takes images (a vision-language model under vLLM)
+    sampling_defaults: dict[str, float] = field(default_factory=dict)  # the model's generation_config.json
 
 
 def served_model(sup: ControlPlane) -> ServedModel | None:
@@ -115,6 +116,7 @@ def served_model(sup: ControlPlane) -> ServedModel | None:
                 unsupported=dict(info.get("unsupported") or {}),
                 vllm_version=str(info["vllm_version"]) if info.get("vllm_version") else None,
                 multimodal=bool(info.get("multimodal")),
+                sampling_defaults=dict(info.get("sampling_defaults") or {}),
             )
     return None
 

@@ -85,7 +85,7 @@ def print_job(console: Console, job: dict[str, Any]) -> None:
     table.add_row("tokens", f"{job.get('tokens', 0)} (prompt {job.get('prompt_tokens', 0)})")
     table.add_row("attempts", str(job.get("attempts", 0)))
     table.add_row("engine", engine_ref(job.get("engine")))
-    table.add_row("deadline", f"{job.get('deadline_s')}s")
+    table.add_row("deadline", f"{job['deadline_s']}s" if job.get("deadline_s") is not None else "none")
     table.add_row("queued", _duration(_seconds(job.get("created_at"), job.get("started_at"))))
     table.add_row("ran", _duration(_seconds(job.get("started_at"), job.get("finished_at"))))
     if job.get("finish_reason"):

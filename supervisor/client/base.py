@@ -185,6 +185,6 @@ def parse_time(value: str | None) -> float | None:
 def time_left(job: dict[str, Any], now: float) -> float | None:
     """Seconds before a running job's deadline (server start time, this machine's clock), else None."""
     started = parse_time(job.get("started_at"))
-    if job.get("status") != "running" or started is None:
+    if job.get("status") != "running" or started is None or job.get("deadline_s") is None:
         return None
     return max(0.0, float(job["deadline_s"]) - (now - started))

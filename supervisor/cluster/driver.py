@@ -203,7 +203,7 @@ class ClusterDriver:
             log.warning("join agent %s not reachable for its order (fence %s, stop %s)", agent, list(fence), stop)
 
     # jobs --------------------------------------------------------------------------------------
-    def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float) -> None:
+    def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float | None) -> None:
         if engine.batched:
             assert self.control is not None
             if not self.control.send(engine.id, Submit(key, spec.prompt, deadline_s, spec.params)):

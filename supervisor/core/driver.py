@@ -43,7 +43,7 @@ class EngineDriver(Protocol):
     def start_serving(self, engine: Engine) -> None:
         """Start a batched engine's serving loop (EngineServing when it says hello, EngineFailed when it ends)."""
 
-    def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float) -> None:
+    def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float | None) -> None:
         """Run one job on exactly this engine (TaskStarted, TokenPiece..., then JobReply)."""
 
     def abort(self, engine: Engine, key: str) -> None:
@@ -97,7 +97,7 @@ class NotStarted:
     def start_serving(self, engine: Engine) -> None:
         self._refuse()
 
-    def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float) -> None:
+    def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float | None) -> None:
         self._refuse()
 
     def abort(self, engine: Engine, key: str) -> None:

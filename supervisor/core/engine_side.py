@@ -267,6 +267,12 @@ class EngineSide:
         engine.rss_mb = event.rss_mb
         engine.gpu_mem_mb = event.gpu_mem_mb
         engine.log_file = event.log_file or engine.log_file
+        reported = engine.backend.get("max_num_seqs")
+        if self.plan_of(engine.pool).slots_from_engine and isinstance(reported, int) and reported > 0:
+            engine.slots = reported  # vLLM's own default for the engine's device
+        reported = engine.backend.get("max_num_seqs")
+        if self.plan_of(engine.pool).slots_from_engine and isinstance(reported, int) and reported > 0:
+            engine.slots = reported  # vLLM's own default for the engine's device
         log.info("%s loaded in %.2fs (%s), engine log %s", engine.tag(), event.load_s, engine.backend.get("backend"),
                  engine.log_file or "-")
         if engine.backend.get("tiny_random_model"):

@@ -32,6 +32,7 @@ from llmsup.supervisor.core.requests import (
 )
 from llmsup.supervisor.core.running import RunningJob
 from llmsup.supervisor.core.transitions import transition
+from llmsup.supervisor.settings_jobs import NATIVE_DEADLINE_S
 from llmsup.supervisor.store import DuplicateKey, JobStore
 
 log = logging.getLogger("llmsup.supervisor")
@@ -91,10 +92,11 @@ class JobSide:
             existing = self.store.by_key(req.idempotency_key, req.owner)
             if existing is not None:
                 return Submitted(self.view(existing), created=False)
+        retry_after = max(1.0, (deadline if deadline is not None else NATIVE_DEADLINE_S) / 4)
         if self.store.count(Q) >= s.queue_max:
-            raise QueueFull(s.queue_max, retry_after_s=max(1.0, deadline / 4))
+            raise QueueFull(s.queue_max, retry_after_s=retry_after)
         if req.owner is not None and s.owner_queue_max and self.store.count_owned(Q, req.owner) >= s.owner_queue_max:
-            raise QueueFull(s.owner_queue_max, retry_after_s=max(1.0, deadline / 4), owner=req.owner)
+            raise QueueFull(s.owner_queue_max, retry_after_s=retry_after, owner=req.owner)
         job = Job(prompt=req.prompt, params=params, deadline_s=deadline,
                   queue_timeout_s=req.queue_timeout_s or s.queue_timeout_s, priority=req.priority,
                   idempotency_key=req.idempotency_key, owner=req.owner, created_at=now.wall, pipeline=req.pipeline,
@@ -109,9 +111,10 @@ class JobSide:
         self.shared.hooks.wake_dispatch()
         return Submitted(job, created=True)
 
-    def _validated(self, req: JobRequest) -> tuple[float, JobParams]:
+    def _validated(self, req: JobRequest) -> tuple[float | None, JobParams]:
         """The request's deadline and sampling parameters, or InvalidRequest saying what is wrong."""
-        max_tokens, deadline = check_limits(self.settings, req.prompt, req.max_tokens, req.deadline_s)
+        max_tokens, deadline = check_limits(self.settings, req.prompt, req.max_tokens, req.deadline_s,
+                                              req.unbounded)
         try:
             params = JobParams.from_dict({**req.extra, "max_tokens": max_tokens, "temperature": req.temperature,
                                           "stop": req.stop})
@@ -176,7 +179,7 @@ class JobSide:
         engine.jobs[job.id] = now.mono
         after_jobs_change(engine, f"job {job.id} dispatched")
         self.metrics.queue_wait.observe(max(0.0, job.started_at - job.created_at if job.started_at else 0.0))
-        self._push_timer(run.deadline_at, job.id)
+        self._push_timer(run.due_at(self.settings.stall_timeout_s), job.id)
         joblog.dispatched(job, engine)
         self._publish_status(job)
         spec = JobSpec(run.key, job.prompt, job.params)
@@ -245,6 +248,8 @@ class JobSide:
 
     # time: deadlines and the ladder ------------------------------------------------------------
     def _push_timer(self, when: float, job_id: str) -> None:
+        if when == float("inf"):
+            return  # no deadline and no stall limit: nothing to wake for
         heapq.heappush(self._timers, (when, next(self._timer_seq), job_id))
         self.shared.hooks.wake_timers()
 
@@ -262,14 +267,26 @@ class JobSide:
                 continue
             try:
                 if run.escalation is None:
-                    if now.mono >= run.deadline_at:
-                        self.interrupt(run, JobStatus.TIMED_OUT, now)
+                    self._check_time(run, now)
                 elif now.mono >= run.escalation.wake_at:
                     self._climb(run, *ladder.due(run.escalation, now.mono, self.grace, run.engine.sigint_at), now)
             except Exception:  # a failed step must not stop the timers of every other job: retry it shortly
                 log.exception("job=%s %s: ladder step failed", job_id, run.engine.tag())
                 self.metrics.driver_errors.labels("ladder").inc()
                 self._push_timer(now.mono + self.grace.interrupt_s, job_id)
+
+    def _check_time(self, run: RunningJob, now: Now) -> None:
+        """Its deadline passed, or it went the stall limit without a token: interrupted as timed out; else its
+        next check (a token since moved its stall limit on)."""
+        stall_s = self.settings.stall_timeout_s
+        if now.mono >= run.deadline_at:
+            self.interrupt(run, JobStatus.TIMED_OUT, now)
+        elif now.mono >= run.stall_at(stall_s):
+            run.stalled_s = stall_s
+            log.warning("job=%s %s: no token for %gs: interrupted as a runaway", run.job.id, run.engine.tag(), stall_s)
+            self.interrupt(run, JobStatus.TIMED_OUT, now)
+        else:
+            self._push_timer(run.due_at(stall_s), run.job.id)
 
     def interrupt(self, run: RunningJob, reason: JobStatus, now: Now) -> bool:
         """Start the ladder for this job; False if it is settled or already being interrupted."""

@@ -34,7 +34,8 @@ def submitted(job: Job, prompt_chars: int | None = -1) -> None:
     owner = f", owner {job.owner}" if job.owner else ""
     if prompt_chars is None or prompt_chars >= 0:
         owner += f", prompt {job.prompt[:prompt_chars]!r}, params {job.params}"
-    log.info("job=%s submitted: priority %d, deadline %gs, max_tokens %d%s", job.id, job.priority, job.deadline_s,
+    deadline = f"{job.deadline_s:g}s" if job.deadline_s is not None else "none"
+    log.info("job=%s submitted: priority %d, deadline %s, max_tokens %d%s", job.id, job.priority, deadline,
              job.params.max_tokens, owner,
              extra={"job_id": job.id, "event": "submitted", "priority": job.priority, "deadline_s": job.deadline_s,
                     "owner": job.owner})

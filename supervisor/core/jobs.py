@@ -53,7 +53,7 @@ def new_job_id() -> str:
 class Job:
     prompt: str
     params: JobParams = field(default_factory=JobParams)
-    deadline_s: float = 60.0
+    deadline_s: float | None = 60.0  # None: no deadline (an OpenAI request the user did not bound)
     queue_timeout_s: float = 600.0
     priority: int = 0
     idempotency_key: str | None = None

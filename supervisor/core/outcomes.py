@@ -30,6 +30,8 @@ class Settlement:
 def note(run: RunningJob, reason: JobStatus) -> str:
     if reason is JobStatus.TIMED_OUT:
         how = "engine killed" if run.killed else "interrupted"
+        if run.stalled_s:
+            return f"no token for {run.stalled_s:g}s: stopped as a runaway (stall limit, {how})"
         return f"deadline of {run.job.deadline_s}s passed ({how})"
     return run.cancel_note + (" (engine killed)" if run.killed else "")
 

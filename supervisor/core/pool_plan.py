@@ -15,9 +15,13 @@ from llmsup.supervisor.settings import Settings
 log = logging.getLogger("llmsup.engines")
 
 
+VLLM_SLOTS_UNTIL_LOADED = 256  # vLLM's default on most devices; each engine then reports its own (below)
+
+
 def default_slots(backend: str) -> int:
-    """Jobs at once per engine when not set: vLLM fills a batch, the others run one job at a time."""
-    return 32 if backend == "vllm" else 1
+    """Jobs at once per engine when not set: vLLM fills a batch (as many as vLLM's own ``max_num_seqs`` default for
+    the engine's device, which the engine reports when loaded), the others run one job at a time."""
+    return VLLM_SLOTS_UNTIL_LOADED if backend == "vllm" else 1
 
 
 @dataclass
@@ -26,6 +30,7 @@ class PoolPlan:
     settings: Settings  # the server's settings with the pool's own over them
     engine_config: dict[str, Any]  # what each of its engines loads
     slots: int = 1
+    slots_from_engine: bool = False  # not set: each engine's backend reports its own (vLLM's max_num_seqs)
     standby: int = 0
     gpus: tuple[str, ...] = ()  # devices of its own, as CUDA_VISIBLE_DEVICES names them (none: on the CPU)
     memory_shares: dict[str, float] = field(default_factory=dict)  # devices -> gpu_memory_utilization there
@@ -72,6 +77,6 @@ def plans_for(settings: Settings, engine_config: dict[str, Any], gpus: int | Seq
             log.info("standby engines%s: %d (%s)", "" if pool.name == DEFAULT else f" of pool {pool.name}", standby, why)
         else:
             standby = 0  # engines of a joined cluster are started (and kept) by someone else
-        plans.append(PoolPlan(pool.name, s, config, s.slots_per_engine or default_slots(backend), standby,
-                              tuple(own)))
+        plans.append(PoolPlan(pool.name, s, config, s.slots_per_engine or default_slots(backend),
+                              s.slots_per_engine is None and backend == "vllm", standby, tuple(own)))
     return plans

@@ -22,8 +22,10 @@ def check_owner_name(owner: str) -> str:
     return owner
 
 
-def check_limits(settings: Settings, prompt: str, max_tokens: int | None, deadline_s: float | None) -> tuple[int, float]:
-    """The request's ``max_tokens`` and deadline (the settings' defaults where it gives none), or InvalidRequest
+def check_limits(settings: Settings, prompt: str, max_tokens: int | None, deadline_s: float | None,
+                 unbounded: bool = False) -> tuple[int, float | None]:
+    """The request's ``max_tokens`` and deadline (the settings' defaults where it gives none; for an ``unbounded``
+    request none unless the server sets one: docs/deadlines.md), or InvalidRequest
     naming the limit it breaks. The one check of the limits the served spec states: the supervisor runs it at
     submit, the web app on every job of a request before it submits any."""
     if not prompt:
@@ -33,8 +35,8 @@ def check_limits(settings: Settings, prompt: str, max_tokens: int | None, deadli
     max_tokens = max_tokens if max_tokens is not None else settings.default_max_tokens
     if not 1 <= max_tokens <= settings.max_tokens_limit:
         raise InvalidRequest(f"max_tokens must be in [1, {settings.max_tokens_limit}]")
-    deadline = deadline_s if deadline_s is not None else settings.deadline_s
-    if not 0 < deadline <= settings.max_deadline_s:
+    deadline = deadline_s if deadline_s is not None else settings.default_deadline_s(unbounded)
+    if deadline is not None and not 0 < deadline <= settings.max_deadline_s:
         raise InvalidRequest(f"deadline_s must be in (0, {settings.max_deadline_s}]")
     return max_tokens, deadline
 
@@ -45,7 +47,8 @@ class JobRequest:
     max_tokens: int | None = None
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
-    deadline_s: float | None = None
+    deadline_s: float | None = None  # None: the server's default (docs/deadlines.md)
+    unbounded: bool = False  # an OpenAI request: with no deadline_s and no server default it runs without one
     queue_timeout_s: float | None = None
     priority: int = 0
     idempotency_key: str | None = None

@@ -25,6 +25,7 @@ class RunningJob:
     task_started: bool = False  # the engine said it runs the job (a SIGINT now reaches it)
     escalation: Escalation | None = None  # the ladder, once an interrupt is asked
     killed: bool = False  # the watchdog SIGKILLed its engine
+    stalled_s: float = 0.0  # above 0: interrupted for producing no token for this long (a runaway)
     cancel_note: str = "cancelled by user"
     settled: bool = False
 
@@ -36,7 +37,18 @@ class RunningJob:
 
     @property
     def deadline_at(self) -> float:
-        return self.started_mono + self.job.deadline_s
+        """When its deadline passes (monotonic; inf: it has none)."""
+        return float("inf") if self.job.deadline_s is None else self.started_mono + self.job.deadline_s
+
+    def stall_at(self, stall_s: float) -> float:
+        """When it has gone ``stall_s`` without a token (from its start before the first; inf: no stall limit)."""
+        if stall_s <= 0:
+            return float("inf")
+        return (self.last_token_mono if self.last_token_mono is not None else self.started_mono) + stall_s
+
+    def due_at(self, stall_s: float) -> float:
+        """Its next check: its deadline or its stall limit, whichever comes first."""
+        return min(self.deadline_at, self.stall_at(stall_s))
 
     @property
     def interrupt_reason(self) -> JobStatus | None:

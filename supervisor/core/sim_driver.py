@@ -137,7 +137,7 @@ class InProcessDriver:
     def start_serving(self, engine: Engine) -> None:
         self._report(ev.EngineServing(engine.id))
 
-    def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float) -> None:
+    def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float | None) -> None:
         sim_engine = self._engines.get(engine.id)
         if sim_engine is None:
             self._report(ev.JobReply(key, error=ev.TaskFailure("unreachable", f"engine {engine.id} gone at dispatch"),
@@ -151,7 +151,7 @@ class InProcessDriver:
         sim_engine.runs[key] = run
         self._report(ev.TaskStarted(key))
         run.timers.append(self._later(lambda: self._step(sim_engine, run), run.token_s))
-        if engine.batched:  # a batched engine ends a request at its deadline on its own
+        if engine.batched and deadline_s is not None:  # a batched engine ends a request at its deadline on its own
             run.timers.append(self._later(lambda: self._end(sim_engine, run, "interrupted", "deadline"), deadline_s))
 
     def abort(self, engine: Engine, key: str) -> None:

@@ -183,7 +183,7 @@ function render() {
       el("td", { class: "text" }, j.id),
       el("td", { class: "status " + j.status }, j.status),
       el("td", {}, j.engine == null ? "" : String(j.engine)),
-      el("td", {}, elapsedSpan(elapsed, j.status === "running", now), " / " + secs(j.deadline_s)),
+      el("td", {}, elapsedSpan(elapsed, j.status === "running", now), j.deadline_s != null ? " / " + secs(j.deadline_s) : " / no deadline"),
       el("td", {}, String(j.tokens)),
       el("td", { class: "text", title: j.prompt }, j.prompt),
       el("td", { class: "text", title: j.error || j.output_tail }, j.error ? "[" + j.error + "] " + j.output_tail
