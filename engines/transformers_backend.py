@@ -11,7 +11,8 @@ Config: ``model`` (dir or hub id; default the tiny local model under
 intra-op threads; default 1 on the CPU, which was ~3x faster than 2 on the tiny
 model on a 2-core host, and lets one engine per core run side by side), and
 ``options``: ``dtype`` ("auto": float32 on CPU, bfloat16 on GPU), ``trust_remote_code``,
-``max_model_len`` (caps the model's own context length).
+``max_model_len`` (caps the model's own context length), ``kv_cache`` ("auto": static on a GPU, dynamic on the
+CPU; "static" or "dynamic") and ``compile`` ("auto": on a GPU with a static cache): engines/decode_cache.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from typing import Any
 
 from llmsup.engines.chat_template import chat_info
+from llmsup.engines.decode_cache import DecodeCache, choose
 from llmsup.engines.detokenize import TextAssembler
 from llmsup.engines.generation_defaults import from_model_dir
 from llmsup.engines.modelpath import resolve_model
@@ -52,6 +54,7 @@ class TransformersBackend:
         self.max_len = 0
         self.load_s = 0.0
         self._stop = StopFlag()
+        self.decode: DecodeCache | None = None
 
     def load(self) -> None:
         import torch
@@ -81,15 +84,11 @@ class TransformersBackend:
         self.max_len = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
         if self.options.get("max_model_len"):
             self.max_len = min(self.max_len, int(self.options["max_model_len"]))
+        static = choose(self.options.get("kv_cache", "auto"), use_gpu)
+        self.decode = DecodeCache(self.model, self.device, static, static and choose(self.options.get("compile"), use_gpu))
         self.load_s = time.monotonic() - t0
-        log.info(
-            "transformers: loaded %s on %s (%s, %d threads) in %.2fs",
-            path,
-            self.device,
-            self.dtype,
-            self.threads,
-            self.load_s,
-        )
+        log.info("transformers: loaded %s on %s (%s, %d threads, %s KV cache) in %.2fs", path, self.device,
+                 self.dtype, self.threads, self.decode.kind, self.load_s)
 
     def request_stop(self) -> None:
         """Stop the running generation between two tokens (any thread); it raises StopRequested."""
@@ -97,12 +96,12 @@ class TransformersBackend:
 
     def generate(self, prompt: str, params: GenParams, on_token: TokenCallback) -> Generation:
         import torch
-        from transformers import DynamicCache
 
         if params.structured is not None:
             raise RequestRejected(UNSUPPORTED["structured_outputs"])
         self._stop.clear()
-        model, device = self.model, self.device
+        model, device, decode = self.model, self.device, self.decode
+        assert decode is not None, "generate before load"
         prompt_ids: list[int] = list(params.prompt_token_ids) or self.tokenizer(prompt).input_ids
         budget = min(params.max_tokens, self.max_len - len(prompt_ids))
         if budget < 1:
@@ -118,10 +117,12 @@ class TransformersBackend:
         prompt_lps: tuple[TokenLogprob, ...] = ()
         finish = "length"
         with torch.inference_mode():
-            cache = DynamicCache(config=model.config)
+            cache = decode.begin(len(prompt_ids) + budget)
             step_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+            position = 0
             for count in range(1, budget + 1):
-                all_logits = model(input_ids=step_ids, past_key_values=cache, use_cache=True).logits[0]
+                all_logits = decode.forward(step_ids, cache, position)
+                position += step_ids.shape[1]
                 if count == 1 and params.prompt_logprobs is not None:
                     prompt_lps = tuple(token_logprob(all_logits[i], prompt_ids[i + 1], params.prompt_logprobs,
                                                      self._decode_one) for i in range(len(prompt_ids) - 1))
@@ -182,6 +183,7 @@ class TransformersBackend:
             "max_len": self.max_len,
             "max_model_len": self.max_len,
             "max_logprobs": MAX_LOGPROBS,
+            "kv_cache": self.decode.kind if self.decode is not None else None,
             "unsupported": dict(UNSUPPORTED),
             "sampling_defaults": from_model_dir(self.model_path),
             "load_s": round(self.load_s, 2),

@@ -128,3 +128,24 @@ def test_the_native_api_keeps_its_default_and_an_asked_deadline_applies(srv: InP
         cut = client.post("/v1/completions", json={"prompt": "a long story", "max_tokens": 500, "ignore_eos": True,
                                                    "deadline_s": 0.3}).json()
         assert cut["choices"][0]["finish_reason"] == "timeout"
+
+
+@pytest.mark.real
+async def test_a_stalled_job_on_an_engine_process_is_interrupted_and_the_engine_serves_on(tmp_path: Path) -> None:
+    """Real engine processes: a job spinning without a token is SIGINTed at the stall limit, its partial text
+    kept, and the same engine takes the next job."""
+    from llmsup.supervisor.service import Supervisor
+
+    sup = Supervisor(make_settings(tmp_path / "run", engines=1, standby=0, deadline_s=None, stall_timeout_s=1.0))
+    try:
+        await sup.start()
+        hang = sup.submit(JobRequest("spin here [sim:hang]", unbounded=True)).job
+        nxt = sup.submit(JobRequest("after the runaway", max_tokens=5, unbounded=True)).job
+        hang = await sup.wait(hang.id, 30)
+        assert hang.status is S.TIMED_OUT and hang.deadline_s is None and hang.output.startswith("spin here")
+        assert "no token for 1s" in (hang.error or "")
+        nxt = await sup.wait(nxt.id, 30)
+        assert nxt.status is S.SUCCEEDED and nxt.engine is not None and hang.engine is not None
+        assert nxt.engine.pid == hang.engine.pid
+    finally:
+        await sup.stop()
