@@ -31,6 +31,7 @@ from llmsup.engines.sigdefer import DeferredSigint
 from llmsup.engines.stopflag import StopFlag
 from llmsup.engines.torch_compat import child_environment
 from llmsup.engines.vllm_outputs import engine_prompt, prompt_logprobs, sampling_params, token_logprobs
+from llmsup.engines.vllm_pooling import is_pooling, pooled_output, pooling_facts, pooling_params
 from llmsup.engines.vllm_settings import cpu_threads, llm_kwargs, vllm_env
 
 log = logging.getLogger("llmsup.engine")
@@ -77,6 +78,8 @@ class VLLMBackend:
         self._stop = StopFlag()
         self._set_num_threads: Any = None  # torch's own, which vLLM's CPU worker replaces
         self._batch_params: dict[str, GenParams] = {}  # batched requests that asked for logprobs or token ids
+        self.pooling: dict[str, Any] = {}  # the model's tasks (and, for a pooling model, its pooler's facts)
+        self.warm_up_params: GenParams | None = None  # a pooling model warms up with its own task
 
     def load(self) -> None:
         import torch
@@ -99,6 +102,9 @@ class VLLMBackend:
         self.kwargs = llm_kwargs(path, self.options, self.on_gpu, self.config.get("gpu"))
         self.llm = LLM(**self.kwargs)
         self.model_path = path
+        self.pooling = pooling_facts(self.llm)
+        if self.pooling.get("pooling_task"):
+            self.warm_up_params = GenParams(max_tokens=1, pooling_task=self.pooling["pooling_task"])
         self.load_s = time.monotonic() - t0
         log.info("vllm: loaded %s in %.2fs, env %s, args %s", path, self.load_s, self.env, self.kwargs)
 
@@ -108,7 +114,7 @@ class VLLMBackend:
 
     def _sampling_params(self, params: GenParams) -> Any:
         try:
-            return sampling_params(params)
+            return pooling_params(params) if params.pooling_task else sampling_params(params)
         except _client_errors() as exc:  # vLLM's own checks of the request
             raise RequestRejected(str(exc)) from None
 
@@ -157,6 +163,11 @@ class VLLMBackend:
             for out in outputs:
                 if out.request_id != request_id:
                     continue
+                if is_pooling(out):
+                    if not out.finished:
+                        continue
+                    pooled, shape = pooled_output(out)
+                    return Generation("", 0, "stop", len(out.prompt_token_ids or ()), pooled=pooled, pooled_shape=shape)
                 delta = out.outputs[0]
                 ids = list(delta.token_ids)
                 step_logprobs = token_logprobs(ids, delta.logprobs, params.logprobs)
@@ -219,6 +230,12 @@ class VLLMBackend:
             raise EngineDead("vLLM EngineCore died; restart this engine") from exc
         steps = []
         for out in outputs:
+            if is_pooling(out):
+                self._batch_params.pop(out.request_id, None)
+                pooled, shape = pooled_output(out) if out.finished else ((), ())
+                steps.append(StepOutput(out.request_id, "", 0, out.finished, "stop" if out.finished else None,
+                                        len(out.prompt_token_ids or ()), pooled=pooled, pooled_shape=shape))
+                continue
             delta = out.outputs[0]
             reason = delta.finish_reason if out.finished else None
             if out.finished and reason not in ("stop", "length"):
@@ -290,6 +307,7 @@ class VLLMBackend:
             "threads": self.threads,
             "dead": self.dead,
             **self._limits(),
+            **self.pooling,
             "unsupported": {},
             **self._chat_info(),
         }

@@ -99,7 +99,8 @@ class ControlPlane(Protocol):
 
     # the model and figures ------------------------------------------------------------------------------------
     def model_facts(self) -> builtins.list[dict[str, Any]]:
-        """What each engine reported of its backend (backend, model path, max_model_len, chat template...)."""
+        """What each engine reported of its backend (backend, model path, max_model_len, chat template, pooling
+        tasks...) and ``pool``: the pool it serves."""
 
     def served_model_name(self) -> str:
         """The model name the OpenAI routes answer to (the first pool's first name)."""

@@ -165,7 +165,7 @@ class Supervisor:
         return len(self.pool.serving())
 
     def model_facts(self) -> builtins.list[dict[str, Any]]:
-        return [dict(engine.backend) for engine in self.pool if engine.backend]
+        return [{**engine.backend, "pool": engine.pool} for engine in self.pool if engine.backend]
 
     def served_model_name(self) -> str:
         return self.metrics.model_name()

@@ -217,9 +217,12 @@ async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingReque
     (the chat parsers read them) whether or not the client asked for them, ``lora``: the adapter's parameters.
     What may take long (the schema check, tokenizing, decoding ids) runs off the loop, after the size checks that
     bound it."""
-    model = served_model(sup)
     pools = sup.served_pools()
     pool = pools.get(body.model or "") or next(iter(pools.values()))  # the model is checked: its pool, else the first
+    model = served_model(sup, pool) or served_model(sup)
+    if model is not None and model.pooling_only:  # vLLM's server has no generation routes for a pooling model
+        api = "Completions API" if isinstance(body, CompletionRequest) else "Chat Completions API"
+        raise OpenAIHTTPError(501, f"The model does not support {api}", code="not_implemented")
     tok = await tokenizer_for(model)
     token_prompts = any(isinstance(p, list) for p in raw_prompts) or (
         isinstance(tok, HFTokenizer) and (not add_special_tokens or body.truncate_prompt_tokens is not None))

@@ -102,12 +102,29 @@ class ServedModel:
     unsupported: dict[str, str] = field(default_factory=dict)
     vllm_version: str | None = None  # the engines' vLLM, when they run one
     multimodal: bool = False  # the model takes images (a vision-language model under vLLM)
+    pooling: dict[str, Any] = field(default_factory=dict)  # vLLM: runner, supported_tasks, the pooler's facts
+
+    @property
+    def tasks(self) -> list[str] | None:
+        """The tasks the model runs (vLLM's supported tasks; None: not known, e.g. another backend)."""
+        tasks = self.pooling.get("supported_tasks")
+        return [str(t) for t in tasks] if isinstance(tasks, list) else None
+
+    @property
+    def pooling_only(self) -> bool:
+        """A pooling model (vLLM's pooling runner): it generates no text."""
+        return self.pooling.get("runner") == "pooling"
 
 
-def served_model(sup: ControlPlane) -> ServedModel | None:
-    """The model as the first engine that reported its backend describes it (None before any engine is up)."""
+POOLING_FACTS = ("runner", "supported_tasks", "pooling_task", "embedding_size", "matryoshka", "matryoshka_dimensions",
+                 "num_labels", "labels")
+
+
+def served_model(sup: ControlPlane, pool: str | None = None) -> ServedModel | None:
+    """The model as the first engine (of ``pool``, if given) that reported its backend describes it (None before
+    any such engine is up)."""
     for info in sup.model_facts():
-        if info.get("backend"):
+        if info.get("backend") and (pool is None or info.get("pool", pool) == pool):
             return ServedModel(
                 backend=str(info["backend"]), path=str(info.get("model") or ""),
                 max_model_len=int(info["max_model_len"]) if info.get("max_model_len") else None,
@@ -115,6 +132,7 @@ def served_model(sup: ControlPlane) -> ServedModel | None:
                 unsupported=dict(info.get("unsupported") or {}),
                 vllm_version=str(info["vllm_version"]) if info.get("vllm_version") else None,
                 multimodal=bool(info.get("multimodal")),
+                pooling={key: info[key] for key in POOLING_FACTS if key in info},
             )
     return None
 
