@@ -88,6 +88,9 @@ class GenParams:
     pooling_task: str = ""  # a pooling model's task (vLLM's PoolingParams.task: embed, classify, token_embed...)
     dimensions: int | None = None  # embed: keep this many dimensions (Matryoshka models)
     use_activation: bool | None = None  # pooling: the pooler's activation (normalize, softmax); None: its default
+    beam_width: int = 0  # above 0: beam search of this width (vLLM's), answering with the beam of rank beam_index
+    beam_index: int = 0
+    length_penalty: float = 1.0  # beam search: the score is the cumulative logprob / length ** length_penalty
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GenParams":

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from llmsup.engines.tinymodel import ensure_tiny_model
+from llmsup.engines.tinymodel import ensure_tiny_cross_encoder, ensure_tiny_embedder, ensure_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -87,36 +87,12 @@ def tiny_lora_fixture(tiny_model: str, models_run_dir: pathlib.Path) -> str:
     return build_tiny_lora(tiny_model, str(models_run_dir / "models" / "tiny-lora"))
 
 
+
 def build_tiny_embedder(model_dir: str, out_dir: str) -> str:
-    """The tiny model as an embedding model: its files with ``is_matryoshka`` in its config (so that vLLM takes
-    ``dimensions``); served with vLLM's ``runner=pooling, convert=embed`` (the last token's hidden state,
-    normalized: 256 dimensions)."""
-    import json
-    import shutil
-
-    path = pathlib.Path(out_dir)
-    if not (path / "config.json").exists():
-        shutil.copytree(model_dir, path, ignore=shutil.ignore_patterns("*.lock"))
-        config = json.loads((path / "config.json").read_text())
-        config["is_matryoshka"] = True
-        (path / "config.json").write_text(json.dumps(config))
-    return str(path)
+    """The tiny model as a Matryoshka embedding model (``engines.tinymodel.ensure_tiny_embedder``)."""
+    return ensure_tiny_embedder(model_dir, out_dir)
 
 
-def build_tiny_cross_encoder(model_dir: str, out_dir: str, seed: int = 0) -> str:
-    """A tiny cross-encoder: a ``LlamaForSequenceClassification`` with one label on the tiny model's config and
-    tokenizer, random weights (fixed seed), saved with ``save_pretrained``: vLLM runs it as a classifier that
-    scores (query, document) pairs."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
-    path = pathlib.Path(out_dir)
-    if (path / "config.json").exists():
-        return str(path)
-    config = LlamaConfig.from_pretrained(model_dir)
-    config.num_labels = 1
-    config.architectures = ["LlamaForSequenceClassification"]
-    torch.manual_seed(seed)
-    LlamaForSequenceClassification(config).save_pretrained(str(path), safe_serialization=True)
-    AutoTokenizer.from_pretrained(model_dir, local_files_only=True).save_pretrained(str(path))
-    return str(path)
+def build_tiny_cross_encoder(model_dir: str, out_dir: str) -> str:
+    """A tiny one-label classifier: a cross-encoder (``engines.tinymodel.ensure_tiny_cross_encoder``)."""
+    return ensure_tiny_cross_encoder(model_dir, out_dir)

@@ -84,7 +84,7 @@ def test_pooling_route_vectors_and_rows(http: httpx.Client) -> None:
     rows = http.post("/pooling", json={"model": EMBED, "input": [[5, 6, 7]], "task": "token_embed"}).json()
     assert len(rows["data"][0]["data"]) == 3 and all(len(r) == HIDDEN for r in rows["data"][0]["data"])
     wrong = http.post("/pooling", json={"model": EMBED, "input": "x", "task": "classify"})
-    assert wrong.status_code == 501 and "does not support Pooling API" in wrong.json()["error"]["message"]
+    assert wrong.status_code == 404 and "does not support Pooling API" in wrong.json()["error"]["message"]
 
 
 def test_score_by_embeddings(http: httpx.Client) -> None:
@@ -112,13 +112,13 @@ def test_cross_encoder_rerank_score_and_classify(http: httpx.Client) -> None:
     assert [d["num_classes"] for d in classes["data"]] == [1, 1] and classes["data"][0]["label"] == "LABEL_0"
 
 
-def test_unsupported_routes_answer_vllms_501(oai: openai.OpenAI, http: httpx.Client) -> None:
+def test_unsupported_routes_answer_404(oai: openai.OpenAI, http: httpx.Client) -> None:
     with pytest.raises(openai.APIStatusError) as err:
         oai.embeddings.create(model=RERANK, input="x")
-    assert err.value.status_code == 501 and "does not support Embeddings API" in err.value.message
+    assert err.value.status_code == 404 and "does not support Embeddings API" in err.value.message
     chat = http.post("/v1/chat/completions", json={"model": EMBED, "messages": [{"role": "user", "content": "hi"}]})
-    assert chat.status_code == 501 and "does not support Chat Completions API" in chat.json()["error"]["message"]
+    assert chat.status_code == 404 and "does not support Chat Completions API" in chat.json()["error"]["message"]
     classify = http.post("/classify", json={"model": EMBED, "input": "x"})
-    assert classify.status_code == 501
+    assert classify.status_code == 404
     models = {m.id for m in oai.models.list().data}
     assert {EMBED, RERANK} <= models

@@ -4,7 +4,8 @@ Each input is one job of the pool that serves the request's ``model`` (``pooling
 ``max_tokens`` 1: the engine runs one forward pass), with the request's deadline, priority and owner: it is
 queued, scheduled, interrupted at its deadline, retried and accounted like any other job. The model's facts come
 from its engines (``describe()``: vLLM's supported tasks, embedding size, labels); a route the model does not
-serve answers vLLM's own 501 (``The model does not support Embeddings API``), a task the model does not run or a
+serve answers 404 with vLLM's message (``The model does not support Embeddings API``: ``vllm serve`` has no
+such route for that model), a task the model does not run or a
 parameter it does not take vLLM's own 400 (the engine's refusal, e.g. ``dimensions`` on a model without
 Matryoshka embeddings). A prompt over the context is refused here with vLLM's message.
 """
@@ -51,11 +52,11 @@ def target(sup: ControlPlane, name: str | None) -> Target:
 
 def unsupported(api: str) -> OpenAIHTTPError:
     """vLLM's answer to a route its model does not serve."""
-    return OpenAIHTTPError(501, f"The model does not support {api}", code="not_implemented")
+    return OpenAIHTTPError(404, f"The model does not support {api}", code="not_found")
 
 
 def require_task(t: Target, task: str, api: str) -> ServedModel:
-    """The model's facts, when it runs ``task``: else vLLM's 501; a 503 before any of its engines is up (what it
+    """The model's facts, when it runs ``task``: else a 404 (vLLM's message); a 503 before any of its engines is up (what it
     runs is not known yet)."""
     if t.model is None:
         raise OpenAIHTTPError(503, f"no engine of model {t.name!r} is up yet: retry", code="not_ready",

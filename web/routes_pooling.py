@@ -59,7 +59,7 @@ from llmsup.web.tokens import tokenizer_for
 
 router = APIRouter(tags=["pooling"])
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": OpenAIError, "description": "OpenAI-style error"} for code in (400, 401, 404, 413, 429, 500, 501)}
+    code: {"model": OpenAIError, "description": "OpenAI-style error"} for code in (400, 401, 404, 413, 429, 500, 503)}
 
 
 def _encode(values: list[float], body: Encoded) -> list[float] | str:
