@@ -153,11 +153,11 @@ def _template_call(call: dict[str, Any]) -> dict[str, Any]:
     return call
 
 
-def template_for(sup: ControlPlane, tokenizer: Any = None) -> ChatTemplate:
-    """The serving template (server's or model's, as an engine published it), else ``Role: content`` lines;
-    ``tokenizer``: the web process's Hugging Face tokenizer, when it has one."""
+def template_for(sup: ControlPlane, tokenizer: Any = None, pool: str | None = None) -> ChatTemplate:
+    """The serving template (server's or model's, as an engine of ``pool``, if given, published it), else
+    ``Role: content`` lines; ``tokenizer``: the web process's Hugging Face tokenizer, when it has one."""
     for info in sup.model_facts():
-        if info.get("chat_template"):
+        if info.get("chat_template") and (pool is None or info.get("pool", pool) == pool):
             fmt: ContentFormat = getattr(sup.settings, "chat_template_content_format", "auto")
             return ModelTemplate(info["chat_template"], info.get("bos_token", ""), info.get("eos_token", ""),
                                  tokenizer, fmt)

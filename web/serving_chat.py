@@ -55,7 +55,9 @@ class ChatServing:
     async def create(self, body: ChatCompletionRequest, request: Request, response: Response) -> Any:
         sup = self.sup
         model, adapter = check_model(sup, body.model)
-        served = served_model(sup)
+        pools = sup.served_pools()
+        pool = pools.get(body.model or "") or next(iter(pools.values()))  # the pool of the model it names
+        served = served_model(sup, pool) or served_model(sup)
         tok = await tokenizer_for(served)
         hf = tok.tok if isinstance(tok, HFTokenizer) else None
         if body.chat_template is not None and not sup.settings.trust_request_chat_template:
@@ -70,7 +72,7 @@ class ChatServing:
         chat = ChatInput(body.messages, body.add_generation_prompt, bool(body.continue_final_message),
                          dict(body.chat_template_kwargs or {}), body.tool_dicts(), body.chat_template)
         check_messages_size(body, sup.settings.max_prompt_chars)
-        prompt = await render_chat(template_for(sup, hf), chat)
+        prompt = await render_chat(template_for(sup, hf, pool), chat)
         plan = await plan_jobs(sup, self.principal, body, [prompt], request.app.state.schema_checker,
                                add_special_tokens=bool(body.add_special_tokens), forced=forced,
                                token_ids=parsing is not None, lora=adapter.params() if adapter else None)
