@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -27,6 +27,7 @@ from llmsup.supervisor.settings_meta import MODEL as MODEL
 from llmsup.supervisor.settings_meta import SECURITY as SECURITY
 from llmsup.supervisor.settings_meta import SERVER as SERVER
 from llmsup.supervisor.settings_meta import cli as cli
+from llmsup.supervisor.settings_secrets import SecretSettings
 from llmsup.supervisor.settings_serving import ServingFeatures
 
 BackendName = Literal["auto", "sim", "transformers", "vllm", "python"]
@@ -50,7 +51,7 @@ def _default_engines(data: dict[str, Any]) -> int:
     return default_engines(detect_gpu_count(), int(data.get("gpus_per_engine") or 1))
 
 
-class Settings(ServingFeatures, PoolFields):
+class Settings(ServingFeatures, PoolFields, SecretSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
 
     # cluster
@@ -227,22 +228,6 @@ class Settings(ServingFeatures, PoolFields):
         json_schema_extra=cli(SERVER),
     )
     # web: security and limits
-    admin_token: SecretStr | None = Field(
-        None, description="admin bearer token; unset: a new one is generated at start into <run-dir>/admin_token",
-        json_schema_extra=cli(SECURITY),
-    )
-    api_keys: SecretStr | None = Field(
-        None, description="API keys, comma-separated 'key' or 'owner:key' (also read from VLLM_API_KEY)",
-        json_schema_extra=cli(SECURITY, "--api-key"),
-    )
-    api_keys_file: Path | None = Field(None, description="file of API keys, one 'key' or 'owner:key' a line",
-                                       json_schema_extra=cli(SECURITY))
-    require_api_keys: Literal["auto", "on", "off"] = Field(
-        "auto", description="every route but health, version and the dashboard needs an API key, on any bind: the "
-        "keys given, else (auto, on) one generated into <run-dir>/api_key; off: no key (vLLM's open mode; the Host "
-        "header is then checked against allowed_hosts)",
-        json_schema_extra=cli(SECURITY),
-    )
     max_body_bytes: int = Field(2_000_000, ge=1024, description="request bodies above this get 413",
                                 json_schema_extra=cli(SERVER))
     cancel_on_disconnect: bool = Field(True, description="OpenAI routes: a client that goes away cancels its job",
