@@ -33,7 +33,7 @@ from llmsup.supervisor.cluster.driver import ClusterDriver
 from llmsup.supervisor.cluster.leftovers import ProcessLedger
 from llmsup.supervisor.cluster.manager import Channels, ClusterManager, listen_addresses
 from llmsup.supervisor.cluster.stream_reader import StreamReader
-from llmsup.supervisor.core import model_name
+from llmsup.supervisor.core import model_facts, model_name
 from llmsup.supervisor.core import reports as ev
 from llmsup.supervisor.core.driver import EngineDriver
 from llmsup.supervisor.core.engine_state import Engine, EngineState, move
@@ -164,8 +164,8 @@ class Supervisor:
     def serving_engines(self) -> int:
         return len(self.pool.serving())
 
-    def model_facts(self) -> builtins.list[dict[str, Any]]:
-        return [dict(engine.backend) for engine in self.pool if engine.backend]
+    def model_facts(self, pool: str | None = None) -> builtins.list[dict[str, Any]]:
+        return model_facts.pool_facts(self.settings, self.pool, self.driver.is_local, pool)
 
     def served_model_name(self) -> str:
         return self.metrics.model_name()

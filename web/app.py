@@ -35,6 +35,7 @@ from llmsup.web import (
 )
 from llmsup.web.auth import Auth
 from llmsup.web.chat_parsing import parsing_for
+from llmsup.web.crosssite import CrossSiteGuard
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.hosts import HostAllowlist, allowed_hosts, is_wildcard
 from llmsup.web.limits import BodySizeLimit, StreamSlots
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None, supervisor: ControlPlane | None
     app.state.live_counts = SharedCounts()
     app.state.live_reads = live.SharedStatusReads()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CrossSiteGuard, allowed_origins=settings.allowed_origins)  # on its headers: before the body
     if settings.require_api_keys == "off":  # the DNS-rebinding guard: keyless, a browser's page could reach us
         app.add_middleware(HostAllowlist, allowed=allowed_hosts(settings), wildcard_bind=is_wildcard(settings.host))
     app.add_middleware(HTTPMetrics)

@@ -29,7 +29,7 @@ from llmsup.web.errors import OpenAIHTTPError
 from llmsup.web.limits import check_job_limits, check_priority
 from llmsup.web.openai_schemas import CompletionRequest, SamplingRequest
 from llmsup.web.schema_check import SchemaChecker, SchemaTooComplex
-from llmsup.web.tokens import HFTokenizer, ServedModel, Tokenizer, served_model, tokenizer_for
+from llmsup.web.tokens import HFTokenizer, ServedModel, Tokenizer, pool_for, served_model, tokenizer_for
 
 
 @dataclass(frozen=True)
@@ -217,9 +217,8 @@ async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingReque
     (the chat parsers read them) whether or not the client asked for them, ``lora``: the adapter's parameters.
     What may take long (the schema check, tokenizing, decoding ids) runs off the loop, after the size checks that
     bound it."""
-    model = served_model(sup)
-    pools = sup.served_pools()
-    pool = pools.get(body.model or "") or next(iter(pools.values()))  # the model is checked: its pool, else the first
+    pool = pool_for(sup, body.model)  # the model is checked: its pool, else the first
+    model = served_model(sup, pool)
     tok = await tokenizer_for(model)
     token_prompts = any(isinstance(p, list) for p in raw_prompts) or (
         isinstance(tok, HFTokenizer) and (not add_special_tokens or body.truncate_prompt_tokens is not None))
