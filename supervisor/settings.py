@@ -309,7 +309,8 @@ class Settings(ServingFeatures, PoolFields, SecretSettings):
     )
     max_log_len: int | None = Field(None, ge=0, description="characters of a prompt logged by enable_log_requests "
                                     "(default: all)", json_schema_extra=cli(FRONTEND))
-    disable_fastapi_docs: bool = Field(False, description="no /docs, /redoc, /openapi.json",
+    disable_fastapi_docs: bool = Field(False, description="no /docs (a plain page of the operations, nothing loaded "
+                                       "from elsewhere) nor /openapi.json",
                                        json_schema_extra=cli(FRONTEND))
 
     @classmethod

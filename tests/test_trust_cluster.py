@@ -18,6 +18,7 @@ from llmsup.supervisor.cluster.manager import controller_args
 from llmsup.supervisor.cluster.plain_replies import REFUSED
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
+from support.waiting import eventually_async
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -37,7 +38,12 @@ def plain_reply() -> dict[str, Any]:
     return {"host": "fine", "ids": [1, 2, 3], "blob": b"x" * 100_000, "pair": (1, 2.5), "set": {1}}
 
 
-malicious_reply.__module__ = plain_reply.__module__ = "__main__"  # shipped by code: tests/ is not on engines' path
+def echo_reply(text: str) -> dict[str, Any]:
+    return {"output": text}
+
+
+# shipped by code: tests/ is not on engines' path
+malicious_reply.__module__ = plain_reply.__module__ = echo_reply.__module__ = "__main__"
 
 
 @pytest.mark.settings(engines=1)
@@ -64,6 +70,23 @@ async def test_the_hub_keeps_no_task_records(sup: Supervisor) -> None:
         assert exc.ename == "NoData"
         records = []
     assert records == []
+
+
+@pytest.mark.settings(engines=1)
+async def test_a_read_reply_leaves_the_clients_caches(sup: Supervisor) -> None:
+    eid = next(iter(sup.cluster.engine_ids()))
+    client = sup.cluster.client
+    assert client is not None
+    marker = "an unbatched job's output " + "q" * 50
+    assert await asyncio.wrap_future(sup.cluster.apply(eid, echo_reply, marker)) == {"output": marker}
+
+    def kept() -> list[str]:
+        futures = [f.result() for f in client._futures.values() if f.done() and not f.exception()]
+        caches = {"results": client.results, "metadata": client.metadata, "futures": futures}
+        return [name for name, cache in caches.items() if marker in repr(cache)]
+
+    await eventually_async(lambda: not kept(), timeout=10, what="the reply purged from the client's caches")
+    assert not any(marker in repr(m) for m in client.metadata.values())
 
 
 def test_controller_client_ports_listen_on_loopback_only(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import retention
 from llmsup.web import (
     dashboard,
+    docs_page,
     errors,
     live,
     lora,
@@ -97,8 +98,7 @@ def create_app(settings: Settings | None = None, supervisor: ControlPlane | None
     docs = not settings.disable_fastapi_docs
     app = FastAPI(title="llmsup", version=__version__, lifespan=lifespan,
                   description="LLM job supervisor on IPyParallel: deadlines that really free the engine.",
-                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
-                  openapi_url="/openapi.json" if docs else None)
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json" if docs else None)
     errors.install(app)
     app.state.schema_checker = SchemaChecker()  # its worker process starts with the first schema
     app.state.stream_slots = StreamSlots(settings.sse_max_per_owner, settings.sse_max_total)
@@ -119,6 +119,8 @@ def create_app(settings: Settings | None = None, supervisor: ControlPlane | None
                    routes_admin, metrics, dashboard):
         app.include_router(module.router)
     openapi.install(app, settings)
+    if docs:
+        docs_page.install(app, settings.root_path)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

@@ -211,7 +211,9 @@ class ClusterManager:
     def apply(self, engine_id: int, fn: Callable[..., Any], *args: Any) -> Future:
         """Run ``fn(*args)`` on exactly this engine; a concurrent future of its result."""
         assert self.client is not None
-        return self.client[engine_id].apply_async(fn, *args)
+        result = self.client[engine_id].apply_async(fn, *args)
+        plain_replies.forget_when_done(self.client, result, asyncio.get_running_loop())
+        return result
 
     def send_signal(self, engine_id: int, sig: int) -> Future:
         """Signal one engine through the controller and its nanny (works for remote engines)."""

@@ -64,7 +64,8 @@ class SQLiteStore:
     The file and its ``-wal`` / ``-shm`` companions are 0600. ``sync``: ``terminal`` (default) commits a
     job's terminal transition with ``synchronous=FULL`` (the WAL is fsynced: the outcome survives a power
     loss) and everything else with ``NORMAL``; ``full`` fsyncs every commit; ``normal`` none (a power loss
-    can undo the last commits, never corrupt the file). Costs: docs/benchmarks.md, "Durability".
+    can undo the last commits, never corrupt the file). Costs: docs/benchmarks.md, "Durability". A deleted job
+    leaves nothing readable behind: ``secure_delete`` zeroes its pages, and a prune ends with the WAL truncated.
     """
 
     def __init__(self, path: Path | str, sync: SyncMode = "terminal") -> None:
@@ -75,6 +76,7 @@ class SQLiteStore:
                 tighten(Path(self.path + side))
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # a deleted job's prompt and output are zeroed, not left in free pages
         self.set_sync(sync)
         migrate(self._db, scoped_key)
         self._db.executescript(SCHEMA)
@@ -178,6 +180,8 @@ class SQLiteStore:
         if not ids:
             return 0
         cur = self._db.execute(f"DELETE FROM jobs WHERE id IN ({','.join('?' * len(ids))}) AND {done}", tuple(ids))
+        if cur.rowcount and self.path != ":memory:":
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL's older copies of those pages go too
         return cur.rowcount
 
     def reader(self) -> StoreReader:
