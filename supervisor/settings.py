@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,6 +35,9 @@ BackendName = Literal["auto", "sim", "transformers", "vllm", "python"]
 DType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 ENV_PREFIX = "LLMSUP_"
+# an ssh destination and nothing else: [user@]host[:port], neither part starting with "-" (an ssh option)
+SSH_HOST = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,63}@)?"
+                      r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 
 # LLMSUP_* variables read elsewhere than by Settings (not misspelt settings)
 OTHER_VARIABLES = {
@@ -326,6 +330,15 @@ class Settings(ServingFeatures, PoolFields, SecretSettings):
     def _split_hosts(cls, value: Any) -> Any:
         if isinstance(value, str):
             return split_list(value)
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not SSH_HOST.fullmatch(host):
+                raise ValueError(f"hosts: {host!r} is not [user@]host[:port] (a name or address; nothing ssh would "
+                                 "read as an option)")
         return value
 
     @field_validator("log_level", mode="before")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from llmsup.supervisor.client.base import Endpoint
+from llmsup.supervisor.client.discovery import DEFAULT_URL, find_url
 from llmsup.supervisor.core.jobs import Job
 from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import SQLiteStore, retention
@@ -53,3 +58,28 @@ async def test_docs_load_nothing_from_elsewhere(tmp_path: Path) -> None:
         assert "default-src 'none'" in page.headers["content-security-policy"]
         assert (await a.http.get("/redoc")).status_code == 404  # ReDoc's page loads its script from a CDN
         assert (await a.http.get("/openapi.json")).status_code == 200
+
+
+def test_a_server_file_that_is_not_the_users_own_private_file_is_ignored(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLMSUP_URL", raising=False)
+    planted = tmp_path / "server.json"
+    planted.write_text(json.dumps({"url": "http://attacker.example:8000"}))
+    os.chmod(planted, 0o644)
+    assert find_url(None, tmp_path) == DEFAULT_URL
+    assert "ignored: not a private file" in Endpoint.resolve(None, tmp_path, None).source
+    os.chmod(planted, 0o600)
+    assert find_url(None, tmp_path) == "http://attacker.example:8000"  # now it is a private file of this user
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "server.json").symlink_to(planted)
+    assert find_url(None, tmp_path / "elsewhere") == DEFAULT_URL  # a link: not followed
+    if os.geteuid() == 0:  # as root the test can give the file to another user
+        os.chown(planted, 4242, -1)
+        assert find_url(None, tmp_path) == DEFAULT_URL
+
+
+@pytest.mark.parametrize("host", ["-oProxyCommand=touch /tmp/x", "user@-oX", "gpu1 -p 22", "h;id", "@h", "h:"])
+def test_hosts_take_ssh_destinations_only(host: str) -> None:
+    with pytest.raises(ValidationError, match="is not \\[user@\\]host\\[:port\\]"):
+        Settings(hosts=host)
+    assert Settings(hosts="gpu1, root@gpu2:2222,10.0.0.3,[fd00::1]:22").hosts[1] == "root@gpu2:2222"
