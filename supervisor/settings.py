@@ -255,9 +255,10 @@ class Settings(ServingFeatures, PoolFields, SecretSettings):
     )
     http_backlog: int = Field(2048, ge=1, le=65_535, description="TCP listen backlog of the web server",
                               json_schema_extra=cli(SERVER))
-    # quotas per owner (an API key's owner; keys off: every caller is one anonymous owner)
+    # quotas per owner (an API key's owner; keys off: every caller together is one owner, 'keyless')
     owner_queue_max: int = Field(
-        1000, ge=0, description="queued jobs per API-key owner before 429 (0: no limit; the admin is exempt)",
+        1000, ge=0, description="queued jobs per owner before 429: an API key's owner; with keys off, every caller "
+        "together as one owner (0: no limit; the admin is exempt)",
         json_schema_extra=cli(SECURITY),
     )
     max_user_priority: int = Field(

@@ -11,7 +11,8 @@
   A secret file must be readable by its owner only, and every key and token given at least ``min_key_length``
   characters long: otherwise :class:`SecretError` (``llmsup serve`` says why and does not start).
   A key user sees and cancels only their own jobs; the admin token works as a key that sees every job. Owner names
-  are checked (``supervisor/core/requests.py: check_owner_name``) when keys are read.
+  are checked (``supervisor/core/requests.py: check_owner_name``) when keys are read. With keys off, every caller's
+  jobs belong to one owner, ``keyless``: one queue quota and one fair share for all of them.
 - Idempotency keys are per owner in the store itself (``supervisor/store/sqlite.py``), so no owner can reach
   another owner's job through a key; jobs without an owner (the admin's, keys off) are one owner of their own.
 
@@ -44,12 +45,21 @@ log = logging.getLogger("llmsup.web.auth")
 BEARER = {"WWW-Authenticate": "Bearer"}
 
 
+KEYLESS = "keyless"  # the owner of the jobs callers without a key submit (require_api_keys=off)
+
+
 @dataclass(frozen=True)
 class Principal:
     """The caller of a job route. ``owner`` None with ``admin`` or keys off: sees every job."""
 
     owner: str | None
     admin: bool = False
+
+    @property
+    def job_owner(self) -> str | None:
+        """The owner of the jobs it submits: its key's owner; callers without a key (keys off) are all one owner,
+        :data:`KEYLESS`, with that owner's queue quota and fair share; the admin none (exempt from quotas)."""
+        return KEYLESS if self.owner is None and not self.admin else self.owner
 
     @property
     def sees_all(self) -> bool:

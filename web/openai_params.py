@@ -265,7 +265,7 @@ async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingReque
             requests.append(JobRequest(
                 prompt=prompt.text, max_tokens=max_tokens, temperature=body.temperature or 0.0, stop=body.stops(),
                 deadline_s=body.deadline, queue_timeout_s=body.queue_timeout_s,
-                priority=priority, owner=principal.owner, extra={k: v for k, v in extra.items() if v is not None},
+                priority=priority, owner=principal.job_owner, extra={k: v for k, v in extra.items() if v is not None},
                 pool=pool,
             ))
     return Plan(prompts, requests, n, model, tok)
