@@ -18,6 +18,7 @@ from llmsup.engines.messages import HostOrder, encode
 from llmsup.supervisor.cli.join import JoinAgent
 from llmsup.supervisor.cluster.joinfile import JoinFileError, JoinInfo
 from llmsup.supervisor.rundir import RunDirError
+from support.waiting import eventually_async
 
 pytestmark = pytest.mark.timeout(30)
 KEYS = {"server_public": "s" * 40, "client_public": "c" * 40, "client_secret": "x" * 40}
@@ -150,3 +151,30 @@ async def test_a_new_control_channel_in_the_join_file_gets_a_new_socket(tmp_path
         for channel in (old, new):
             channel.sock.close(linger=0)
         ctx.term()
+
+
+async def test_beats_while_the_server_is_unreachable_leave_no_unretrieved_error(tmp_path: Path) -> None:
+    import gc
+
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+    ctx = zmq.asyncio.Context()
+    channel = Channel(ctx)  # its keys; nothing listens at the address the agent is given
+    channel.sock.close(linger=0)
+    path = tmp_path / "join.json"
+    JoinInfo({"registration": 1}, "tcp://127.0.0.1:1", channel.address, channel.keys, 500, 5.0).write(path)
+    agent = JoinAgent(JoinInfo.read(path), engines=0, work_dir=tmp_path / "work", join_file=path, beat_s=0.02)
+    beats = []
+    beat = agent.beat
+    agent.beat = lambda: beats.append(1) or beat()  # type: ignore[method-assign]
+    running = asyncio.ensure_future(agent.run())
+    try:  # each beat refused by the socket (no peer: zmq.Again), as while the network is down
+        await eventually_async(lambda: len(beats) >= 10, timeout=10, what="ten beats")
+    finally:
+        agent.stopping = True
+        await asyncio.wait_for(running, 10)
+        ctx.term()
+    gc.collect()
+    await asyncio.sleep(0)  # the loop reports what the collection found
+    assert not [c for c in unhandled if "never retrieved" in str(c.get("message"))]
