@@ -28,7 +28,7 @@ async def test_a_body_not_declared_json_gets_415(tmp_path: Path, path: str, cont
 
 
 async def test_a_foreign_origin_is_refused_on_non_get_requests(tmp_path: Path) -> None:
-    async for a in open_app(tmp_path / "run"):
+    async for a in open_app(tmp_path / "run", owner_queue_max=0):
         foreign = {**ALICE, "origin": "https://evil.example"}
         refused = await a.http.post("/v1/jobs", json={"prompt": "x"}, headers=foreign)
         assert refused.status_code == 403 and "evil.example" in refused.text and "allowed_origins" in refused.text
@@ -39,6 +39,9 @@ async def test_a_foreign_origin_is_refused_on_non_get_requests(tmp_path: Path) -
         assert own.status_code == 202  # the server's own page (the dashboard)
         other_port = await a.http.post("/v1/jobs", json={"prompt": "x"}, headers={**ALICE, "origin": "http://127.0.0.1:9"})
         assert other_port.status_code == 403  # another origin on the same host
+        proxied = await a.http.post("/v1/jobs", json={"prompt": "x"}, headers={
+            **ALICE, "origin": "https://llm.example", "x-forwarded-host": "llm.example"})
+        assert proxied.status_code == 202  # the server's own page, behind a proxy that forwards the name
         assert (await a.http.post("/v1/jobs", json={"prompt": "x"}, headers=ALICE)).status_code == 202  # no Origin
 
 

@@ -4,7 +4,8 @@
   may send a "simple" cross-site POST (``text/plain``, a form, or no type at all) without a CORS preflight, so such a
   body is never read as JSON: 415, naming the type expected. Every route with a body takes JSON.
 - A request other than GET, HEAD or OPTIONS that carries an ``Origin`` must come from this server's own origin (the
-  ``Host`` it was sent to) or from one of ``allowed_origins`` (``*``: any): 403 otherwise. Clients outside a browser
+  ``Host`` it was sent to, or the ``X-Forwarded-Host`` of a proxy) or from one of ``allowed_origins`` (``*``: any):
+  403 otherwise. Clients outside a browser
   send no ``Origin`` and are not concerned; a browser always sends one with such a request.
 """
 
@@ -53,8 +54,12 @@ class CrossSiteGuard:
         if self.any_origin or origin.rstrip("/").lower() in self.origins:
             return False
         parts = urlsplit(origin)
-        host = (_header(scope, b"host") or "").lower()
-        return not (parts.scheme in ("http", "https") and parts.netloc.lower() == host and host)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return True
+        # this server as the browser reached it: the Host header, or the one a proxy forwards (a page of another
+        # site cannot set X-Forwarded-Host without a CORS preflight, which it would not pass)
+        names = {(_header(scope, b"host") or "").lower(), (_header(scope, b"x-forwarded-host") or "").lower()}
+        return parts.netloc.lower() not in names - {""}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
