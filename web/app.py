@@ -30,6 +30,7 @@ from llmsup.web import (
     routes_jobs,
     routes_openai,
     routes_pipelines,
+    routes_pooling,
     routes_serving,
     serving_responses,
     tokens,
@@ -116,7 +117,7 @@ def create_app(settings: Settings | None = None, supervisor: ControlPlane | None
                            allow_methods=settings.allowed_methods, allow_headers=settings.allowed_headers,
                            allow_credentials=settings.allow_credentials)
     for module in (routes_jobs, routes_pipelines, live, routes_openai, serving_responses, lora, routes_serving,
-                   routes_admin, metrics, dashboard):
+                   routes_pooling, routes_admin, metrics, dashboard):
         app.include_router(module.router)
     openapi.install(app, settings)
     if docs:

@@ -106,6 +106,22 @@ class ServedModel:
     unsupported: dict[str, str] = field(default_factory=dict)
     vllm_version: str | None = None  # the engines' vLLM, when they run one
     multimodal: bool = False  # the model takes images (a vision-language model under vLLM)
+    pooling: dict[str, Any] = field(default_factory=dict)  # vLLM: runner, supported_tasks, the pooler's facts
+
+    @property
+    def tasks(self) -> list[str] | None:
+        """The tasks the model runs (vLLM's supported tasks; None: not known, e.g. another backend)."""
+        tasks = self.pooling.get("supported_tasks")
+        return [str(t) for t in tasks] if isinstance(tasks, list) else None
+
+    @property
+    def pooling_only(self) -> bool:
+        """A pooling model (vLLM's pooling runner): it generates no text."""
+        return self.pooling.get("runner") == "pooling"
+
+
+POOLING_FACTS = ("runner", "supported_tasks", "pooling_task", "embedding_size", "matryoshka", "matryoshka_dimensions",
+                 "num_labels", "labels")
 
 
 def pool_for(sup: ControlPlane, model: str | None) -> str:
@@ -149,6 +165,7 @@ def served_model(sup: ControlPlane, pool: str | None = None) -> ServedModel | No
         unsupported=dict(first.get("unsupported") or {}),
         vllm_version=str(first["vllm_version"]) if first.get("vllm_version") else None,
         multimodal=bool(first.get("multimodal")),
+        pooling={key: first[key] for key in POOLING_FACTS if key in first},
     )
 
 
