@@ -41,8 +41,9 @@ class SecretSettings(BaseSettings):
         json_schema_extra=cli(SECURITY),
     )
     min_key_length: int = Field(
-        16, ge=1, le=256, description="shortest API key or admin token accepted (a shorter one given: the server "
-        "refuses to start)", json_schema_extra=cli(SECURITY),
+        16, ge=1, le=256, description="shortest API key or admin token accepted beyond loopback (a shorter "
+        "one given: the server refuses to start; on a loopback bind it is accepted with a warning)",
+        json_schema_extra=cli(SECURITY),
     )
     auth_backoff_s: float = Field(
         0.5, ge=0, le=10, description="after a failed authentication, the next attempt from the same client address "

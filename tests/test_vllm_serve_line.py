@@ -19,7 +19,7 @@ def test_a_vllm_serve_line_runs_unchanged(tmp_path: Path, tiny_model: str) -> No
     port = free_port()
     run_dir = tmp_path / ".llmsup"  # the default run directory, in the directory it is started from
     line = [tiny_model, "--enable-prefix-caching", "--max-num-batched-tokens", "4096", "--disable-log-requests",
-            "--api-key", "sk-x-a-vllm-line-key", "--port", str(port)]
+            "--api-key", "sk-x", "--port", str(port)]
     env = sim_environment(tmp_path, {"LLMSUP_ENGINES": "1", "LLMSUP_STANDBY": "0",
                                      "LLMSUP_ENGINE_START_TIMEOUT_S": "400", "LLMSUP_ENGINE_BEAT_TIMEOUT_S": "90",
                                      "LLMSUP_DEADLINE_S": "120"})
@@ -37,7 +37,7 @@ def test_a_vllm_serve_line_runs_unchanged(tmp_path: Path, tiny_model: str) -> No
             assert http.post("/v1/jobs", json={"prompt": "x"}).status_code == 401
             assert http.post("/v1/completions", json=body, headers={"Authorization": "Bearer sk-y"}).status_code == 401
             assert http.get("/health").status_code == 200 and http.get("/version").status_code == 200  # keyless
-        with openai.OpenAI(base_url=server.url + "/v1", api_key="sk-x-a-vllm-line-key", max_retries=0, timeout=120) as client:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key="sk-x", max_retries=0, timeout=120) as client:
             done = client.completions.create(model=tiny_model, prompt="hello", max_tokens=3)
             assert done.choices[0].finish_reason in ("length", "stop") and done.usage is not None
         assert not (run_dir / "api_key").exists()  # a key was given: none generated

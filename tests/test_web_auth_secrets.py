@@ -47,15 +47,20 @@ def test_the_admin_token_and_keys_come_from_private_files(tmp_path: Path) -> Non
         Settings(admin_token="x" * 20, admin_token_file=token)
 
 
-def test_a_short_key_or_token_is_refused_naming_the_minimum(tmp_path: Path) -> None:
+def test_a_short_key_or_token_is_refused_beyond_loopback_naming_the_minimum(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    wide = {"run_dir": tmp_path, "host": "0.0.0.0"}
     with pytest.raises(auth.SecretError, match=r"API key of 'alice' is 5 characters long: at least 16 .*min_key_length"):
-        auth.check_secrets(Settings(run_dir=tmp_path, api_keys="alice:short"))
+        auth.check_secrets(Settings(**wide, api_keys="alice:short"))
     with pytest.raises(auth.SecretError, match="admin token is 3 characters long"):
-        auth.Auth.from_settings(Settings(run_dir=tmp_path, admin_token="adm"))
+        auth.Auth.from_settings(Settings(**wide, admin_token="adm"))
     short = private(tmp_path / "keys", "tiny-key\n")
     with pytest.raises(auth.SecretError, match="8 characters"):
-        auth.check_secrets(Settings(run_dir=tmp_path, api_keys_file=short))
-    auth.check_secrets(Settings(run_dir=tmp_path, api_keys_file=short, min_key_length=8))  # the minimum is a setting
+        auth.check_secrets(Settings(**wide, api_keys_file=short))
+    auth.check_secrets(Settings(**wide, api_keys_file=short, min_key_length=8))  # the minimum is a setting
+    with caplog.at_level("WARNING", logger="llmsup.web.auth"):  # loopback: a vllm serve line's short key runs, warned
+        auth.check_secrets(Settings(run_dir=tmp_path, api_keys="alice:short"))
+    assert "5 characters long" in caplog.text and "binds 127.0.0.1 only" in caplog.text
 
 
 def test_llmsup_serve_refuses_a_short_key_before_anything_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,14 +71,16 @@ def test_llmsup_serve_refuses_a_short_key_before_anything_starts(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     for name in [n for n in os.environ if n.startswith("LLMSUP_")]:
         monkeypatch.delenv(name)
-    res = CliRunner().invoke(cli.app, ["serve", "m", "--backend", "sim", "--api-key", "sk-mine"])
+    res = CliRunner().invoke(cli.app, ["serve", "m", "--backend", "sim", "--host", "0.0.0.0", "--api-key", "sk-mine"])
     assert res.exit_code == 2 and not started
     assert "API key" in res.output and "7 characters long: at least 16" in res.output
     assert "Traceback" not in res.output
     keys = private(tmp_path / "keys", f"{LONG}\n")
-    ok = CliRunner().invoke(cli.app, ["serve", "m", "--backend", "sim", "--api-keys-file", str(keys)])
+    ok = CliRunner().invoke(cli.app, ["serve", "m", "--backend", "sim", "--host", "0.0.0.0", "--api-keys-file", str(keys)])
     assert ok.exit_code == 0, ok.output
     assert started and started[0].api_keys_file == keys
+    loopback = CliRunner().invoke(cli.app, ["serve", "m", "--backend", "sim", "--api-key", "sk-mine"])  # vllm's line
+    assert loopback.exit_code == 0, loopback.output
 
 
 # back-off after a failed authentication -----------------------------------------------------------------------------

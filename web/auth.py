@@ -111,11 +111,19 @@ def read_secret_file(path: Path, what: str) -> str:
         raise SecretError(f"{what} {path}: {exc.strerror}") from None
 
 
-def check_length(secret: str, what: str, minimum: int) -> str:
-    if len(secret) < minimum:
-        raise SecretError(f"{what} is {len(secret)} characters long: at least {minimum} needed (min_key_length); "
-                          "e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'")
-    return secret
+def check_length(secret: str, what: str, settings: Settings) -> str:
+    """The secret, if at least ``min_key_length`` long; a shorter one is accepted on a loopback bind only (a
+    ``vllm serve --api-key sk-x`` line runs unchanged there), with a warning."""
+    minimum = settings.min_key_length
+    if len(secret) >= minimum:
+        return secret
+    if is_loopback(settings.host):
+        log.warning("%s is %d characters long (min_key_length %d): accepted because the server binds %s only",
+                    what, len(secret), minimum, settings.host)
+        return secret
+    raise SecretError(f"{what} is {len(secret)} characters long: at least {minimum} needed (min_key_length) when "
+                      f"the server binds {settings.host}; "
+                      "e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'")
 
 
 def parse_keys(text: str) -> dict[str, str]:
@@ -148,7 +156,7 @@ def configured_keys(settings: Settings) -> dict[str, str]:
     if settings.api_keys_file is not None:
         keys.update(parse_keys(read_secret_file(settings.api_keys_file, "api_keys_file")))
     for key, owner in keys.items():
-        check_length(key, f"the API key of {owner!r}", settings.min_key_length)
+        check_length(key, f"the API key of {owner!r}", settings)
     return keys
 
 
@@ -160,7 +168,7 @@ def configured_admin_token(settings: Settings) -> str | None:
         token = settings.admin_token.get_secret_value()
     else:
         return None
-    return check_length(token, "the admin token", settings.min_key_length) if token else None
+    return check_length(token, "the admin token", settings) if token else None
 
 
 def check_secrets(settings: Settings) -> None:
