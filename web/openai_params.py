@@ -29,7 +29,7 @@ from llmsup.web.errors import OpenAIHTTPError
 from llmsup.web.limits import check_job_limits, check_priority
 from llmsup.web.openai_schemas import CompletionRequest, SamplingRequest
 from llmsup.web.schema_check import SchemaChecker, SchemaTooComplex
-from llmsup.web.tokens import HFTokenizer, ServedModel, Tokenizer, served_model, tokenizer_for
+from llmsup.web.tokens import HFTokenizer, ServedModel, Tokenizer, pool_for, served_model, tokenizer_for
 
 
 @dataclass(frozen=True)
@@ -233,9 +233,8 @@ async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingReque
     (the chat parsers read them) whether or not the client asked for them, ``lora``: the adapter's parameters.
     What may take long (the schema check, tokenizing, decoding ids) runs off the loop, after the size checks that
     bound it."""
-    pools = sup.served_pools()
-    pool = pools.get(body.model or "") or next(iter(pools.values()))  # the model is checked: its pool, else the first
-    model = served_model(sup, pool) or served_model(sup)
+    pool = pool_for(sup, body.model)  # the model is checked: its pool, else the first
+    model = served_model(sup, pool)
     if model is not None and model.pooling_only:  # vLLM's server has no generation routes for a pooling model: 404
         api = "Completions API" if isinstance(body, CompletionRequest) else "Chat Completions API"
         raise OpenAIHTTPError(404, f"The model does not support {api}", code="not_found")
@@ -287,7 +286,7 @@ async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingReque
             requests.append(JobRequest(
                 prompt=prompt.text, max_tokens=max_tokens, temperature=body.temperature or 0.0, stop=body.stops(),
                 deadline_s=body.deadline, queue_timeout_s=body.queue_timeout_s,
-                priority=priority, owner=principal.owner, extra={k: v for k, v in extra.items() if v is not None},
+                priority=priority, owner=principal.job_owner, extra={k: v for k, v in extra.items() if v is not None},
                 pool=pool,
             ))
     return Plan(prompts, requests, n, model, tok)

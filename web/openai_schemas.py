@@ -23,7 +23,8 @@ log = logging.getLogger("llmsup.web")
 PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 MAX_CHOICES = 128  # n x prompts of one request (each is one job)
-_WARNED: set[frozenset[str]] = set()  # sets of ignored field names already logged (bounded)
+_WARNED: set[frozenset[str]] = set()  # sets of ignored field names already logged
+WARNED_MAX, NAMES_MAX, NAME_CHARS = 1000, 16, 64  # its bounds: sets, names a set, characters a name (~1 MB in all)
 
 
 def only(*values: Any, **schema: Any) -> Any:
@@ -42,11 +43,15 @@ class Lenient(JSONModel):
     def _warn_unknown(cls, data: Any) -> Any:
         if isinstance(data, dict):
             known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
-            unknown = frozenset(str(k) for k in data if k not in known)
-            if unknown and unknown not in _WARNED and len(_WARNED) < 1000:
-                _WARNED.add(unknown)
-                log.warning("The following fields were present in the request but ignored: %s (%s)",
-                            sorted(unknown), cls.__name__)
+            names = [str(k) for k in data if k not in known]
+            if names:
+                shown = sorted({name[:NAME_CHARS] for name in names})
+                key = frozenset(shown[:NAMES_MAX])
+                if key not in _WARNED and len(_WARNED) < WARNED_MAX:
+                    _WARNED.add(key)
+                    more = f" and {len(shown) - NAMES_MAX} more" if len(shown) > NAMES_MAX else ""
+                    log.warning("The following fields were present in the request but ignored: %s%s (%s)",
+                                shown[:NAMES_MAX], more, cls.__name__)
         return data
 
 

@@ -26,7 +26,7 @@ from llmsup.web.openai_jobs import check_model, prompt_ids, response_id, stream,
 from llmsup.web.openai_params import plan_jobs
 from llmsup.web.openai_responses import AssistantMessage, ChatChoice, ChatCompletionResponse
 from llmsup.web.openai_schemas import ChatCompletionRequest
-from llmsup.web.tokens import HFTokenizer, served_model, tokenizer_for
+from llmsup.web.tokens import HFTokenizer, pool_for, served_model, tokenizer_for
 
 UNTRUSTED_TEMPLATE = ("Chat template is passed with request, but --trust-request-chat-template is not set. "
                       "Refused request with untrusted chat template.")
@@ -55,9 +55,8 @@ class ChatServing:
     async def create(self, body: ChatCompletionRequest, request: Request, response: Response) -> Any:
         sup = self.sup
         model, adapter = check_model(sup, body.model)
-        pools = sup.served_pools()
-        pool = pools.get(body.model or "") or next(iter(pools.values()))  # the pool of the model it names
-        served = served_model(sup, pool) or served_model(sup)
+        pool = pool_for(sup, body.model)
+        served = served_model(sup, pool)
         tok = await tokenizer_for(served)
         hf = tok.tok if isinstance(tok, HFTokenizer) else None
         if body.chat_template is not None and not sup.settings.trust_request_chat_template:
