@@ -201,7 +201,7 @@ def init_engine(config: dict[str, Any]) -> dict[str, Any]:
 def warm_up(backend: Backend, progress: StartProgress) -> None:
     """One token through the model before the first job (first-call costs: kernels, caches, allocations);
     a failure is logged, and jobs then say what is wrong."""
-    if backend.name == "sim":
+    if backend.name in ("sim", "python"):  # nothing to warm: no model (a function step imports at load)
         return
     progress.report("warm-up", "one token")
     try:

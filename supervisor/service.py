@@ -46,7 +46,7 @@ from llmsup.supervisor.core.parts import Hooks
 from llmsup.supervisor.core.pool import EnginePool
 from llmsup.supervisor.core.requests import JobRequest, Submitted
 from llmsup.supervisor.core.running import RunningJob
-from llmsup.supervisor.core.start_failures import EngineStartFailed, give_up
+from llmsup.supervisor.core.start_failures import EngineStartFailed
 from llmsup.supervisor.metrics.prometheus import Metrics
 from llmsup.supervisor.pipelines.runner import PipelineRunner
 from llmsup.supervisor.pipelines.store import MemoryPipelineStore, SQLitePipelineStore
@@ -272,7 +272,7 @@ class Supervisor:
         ``EngineStartFailed`` when no engine can load the model (``core/start_failures.py``)."""
         start = self.mono()
         while len(self.pool.serving()) < n:
-            error = give_up(self.core.start_failures, n, len(self.pool.serving()))
+            error = self.core.start_give_up(n)
             if error is not None:
                 raise EngineStartFailed(error)
             if self.mono() - max(start, self.core.last_engine_progress) > timeout:

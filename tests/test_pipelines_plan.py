@@ -62,6 +62,24 @@ def test_a_spec_is_checked_whole() -> None:
     assert check(PipelineSpec((ok, StepSpec("b", "Summarize: {{ a }}", after=("a",)))), POOLS)
 
 
+def test_function_steps_are_placed_in_a_pool_of_functions_and_prompt_steps_on_a_model() -> None:
+    fns = ("fetch",)
+    placed = check(PipelineSpec((StepSpec("f", "/doc", fn="fetch"), StepSpec("b", "{{f}}", after=("f",)))),
+                   POOLS, fns, ["io", "io2"])
+    assert [s.pool for s in placed.steps] == ["io", None]  # the first pool of functions; None: the first model's
+    assert check(PipelineSpec((StepSpec("f", "x", fn="fetch", pool="io2"),)), POOLS, fns, ["io", "io2"]).steps[0].pool == "io2"
+    for steps, function_pools, words in [
+        ((StepSpec("f", "x", fn="fetch"),), [], "needs a pool of backend python"),
+        ((StepSpec("f", "x", fn="fetch", pool="tiny"),), ["io"], "pool 'tiny' runs a model"),
+        ((StepSpec("p", "x", pool="io"),), ["io"], "pool 'io' runs functions"),
+        ((StepSpec("f", "x", fn="nope"),), ["io"], "no function 'nope'; registered: fetch"),
+    ]:
+        with pytest.raises(InvalidRequest, match=words):
+            check(PipelineSpec(steps), POOLS, fns, function_pools)
+    with pytest.raises(InvalidRequest, match="functions only"):  # one pool, of functions: a prompt step has no model
+        check(PipelineSpec((StepSpec("p", "x"),)), ["default"], fns, ["default"])
+
+
 def test_render_substitutes_plain_text_only() -> None:
     assert render("S: {{a}} / {{item}} / {{b}} {% x %}", {"a": "{{b}}"}, "it") == "S: {{b}} / it / {{b}} {% x %}"
 

@@ -181,6 +181,10 @@ class SupervisorCore:
     def expected_engines(self) -> int:
         return self.engine_side.expected_engines()
 
+    def start_give_up(self, n: int) -> str | None:
+        """The load error to end the start on, or None to go on waiting for ``n`` engines."""
+        return self.engine_side.start_give_up(n)
+
     def start_engines(self, n: int, now: Now) -> None:
         self.engine_side.start_engines(n, now)
 
