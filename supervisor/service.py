@@ -168,7 +168,7 @@ class Supervisor:
         return [dict(engine.backend) for engine in self.pool if engine.backend]
 
     def served_model_name(self) -> str:
-        return self.metrics.model_name()
+        return next(iter(self.served_pools()))  # the first model pool's first name
 
     def served_model_names(self) -> builtins.list[str]:
         return model_name.served_model_names(self.settings, self.pool.engines.values())

@@ -44,3 +44,14 @@ def pool_named(settings: Settings, engines: Iterable[Engine], name: str | None) 
     if name is None:
         return next(iter(pools.values()))
     return name if name in {p.name for p in pools_of(settings)} else pools.get(name)
+
+
+def pool_model_name(settings: Settings, engines: Iterable[Engine], pool: str) -> str:
+    """The ``model_name`` a pool's metrics carry: its served model name (the first), else its name."""
+    pools = pools_of(settings)
+    if len(pools) == 1:
+        return served_model_name(settings, engines)
+    named = next((p for p in pools if p.name == pool), None)
+    if named is None or named.runs_functions:
+        return pool
+    return served_name(named).split(",")[0].strip() or pool
