@@ -7,7 +7,8 @@ import itertools
 from collections.abc import Iterable
 
 from llmsup.supervisor.core.jobs import TERMINAL, Job, JobStatus
-from llmsup.supervisor.store.protocol import PRUNE_BATCH, DuplicateKey, expires_at, ready_order, scoped_key
+from llmsup.supervisor.store.fairness import Turns
+from llmsup.supervisor.store.protocol import PRUNE_BATCH, DuplicateKey, expires_at, scoped_key
 
 
 class MemoryStore:
@@ -17,6 +18,8 @@ class MemoryStore:
         self._jobs: dict[str, Job] = {}
         self._keys: dict[str, str] = {}
         self._seq = itertools.count(1)
+        self._turns = Turns()
+        self._turn: dict[str, float] = {}  # job id -> its turn (supervisor/store/fairness.py)
 
     def add(self, job: Job) -> Job:
         key = scoped_key(job.owner, job.idempotency_key) if job.idempotency_key is not None else None
@@ -24,6 +27,7 @@ class MemoryStore:
             raise DuplicateKey(self._jobs[self._keys[key]])
         job = job.with_changes(seq=next(self._seq))
         self._jobs[job.id] = job
+        self._turn[job.id] = self._turns.take(job.owner, job.priority)
         if key is not None:
             self._keys[key] = job.id
         return job
@@ -53,7 +57,9 @@ class MemoryStore:
 
     def next_queued(self, now: float, limit: int) -> builtins.list[Job]:
         ready = [j for j in self._jobs.values() if j.status is JobStatus.QUEUED and j.not_before <= now]
-        return sorted(ready, key=ready_order)[:limit]
+        picked = sorted(ready, key=lambda j: (-j.priority, self._turn.get(j.id, 0.0), j.seq))[:limit]
+        self._turns.read((j.priority, self._turn.get(j.id, 0.0)) for j in picked)
+        return picked
 
     def counts(self) -> dict[JobStatus, int]:
         out = {s: 0 for s in JobStatus}
@@ -82,6 +88,7 @@ class MemoryStore:
         victims = list(doomed.values())[:limit]
         for job in victims:
             del self._jobs[job.id]
+            self._turn.pop(job.id, None)
             if job.idempotency_key is not None:
                 self._keys.pop(scoped_key(job.owner, job.idempotency_key), None)
         return len(victims)

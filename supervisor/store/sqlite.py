@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from llmsup.supervisor.core.jobs import TERMINAL, Job, JobStatus
 from llmsup.supervisor.rundir import create_private, tighten
+from llmsup.supervisor.store.fairness import Turns
 from llmsup.supervisor.store.migrate import migrate
 from llmsup.supervisor.store.protocol import PRUNE_BATCH, DuplicateKey, SyncMode, expires_at, scoped_key
 
@@ -28,9 +29,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     idempotency_key TEXT UNIQUE,
     data TEXT NOT NULL,
     finished_at REAL,
-    error_detail TEXT
+    error_detail TEXT,
+    turn REAL NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (status, priority DESC, seq);
+DROP INDEX IF EXISTS jobs_ready;
+CREATE INDEX IF NOT EXISTS jobs_turn ON jobs (status, priority DESC, turn, seq);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq);
 CREATE INDEX IF NOT EXISTS jobs_owner_status ON jobs (owner, status);
 CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (status, expires_at);
@@ -64,7 +67,8 @@ class SQLiteStore:
     The file and its ``-wal`` / ``-shm`` companions are 0600. ``sync``: ``terminal`` (default) commits a
     job's terminal transition with ``synchronous=FULL`` (the WAL is fsynced: the outcome survives a power
     loss) and everything else with ``NORMAL``; ``full`` fsyncs every commit; ``normal`` none (a power loss
-    can undo the last commits, never corrupt the file). Costs: docs/benchmarks.md, "Durability".
+    can undo the last commits, never corrupt the file). Costs: docs/benchmarks.md, "Durability". A deleted job
+    leaves nothing readable behind: ``secure_delete`` zeroes its pages, and a prune ends with the WAL truncated.
     """
 
     def __init__(self, path: Path | str, sync: SyncMode = "terminal") -> None:
@@ -75,11 +79,16 @@ class SQLiteStore:
                 tighten(Path(self.path + side))
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # a deleted job's prompt and output are zeroed, not left in free pages
         self.set_sync(sync)
         migrate(self._db, scoped_key)
         self._db.executescript(SCHEMA)
         row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
         self._seq = itertools.count(int(row[0]) + 1)
+        self._turns = Turns()
+        self._turns.restore(
+            self._db.execute("SELECT owner, priority, MAX(turn) FROM jobs WHERE status='queued' GROUP BY owner, priority"),
+            self._db.execute("SELECT priority, MIN(turn) - 1 FROM jobs WHERE status='queued' GROUP BY priority"))
         self._reader: StoreReader | None = None
 
     def set_sync(self, sync: SyncMode) -> None:
@@ -98,8 +107,8 @@ class SQLiteStore:
         try:
             self._db.execute(
                 "INSERT INTO jobs (status, priority, not_before, expires_at, owner, data, finished_at, error_detail,"
-                " id, seq, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*self._row(job), job.id, job.seq, key),
+                " id, seq, idempotency_key, turn) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*self._row(job), job.id, job.seq, key, self._turns.take(job.owner, job.priority)),
             )
         except sqlite3.IntegrityError:
             existing = self.by_key(job.idempotency_key, job.owner) if job.idempotency_key is not None else None
@@ -141,9 +150,10 @@ class SQLiteStore:
 
     def next_queued(self, now: float, limit: int) -> builtins.list[Job]:
         rows = self._db.execute(
-            "SELECT data FROM jobs WHERE status='queued' AND not_before<=? ORDER BY priority DESC, seq LIMIT ?",
-            (now, limit),
+            "SELECT data, priority, turn FROM jobs WHERE status='queued' AND not_before<=?"
+            " ORDER BY priority DESC, turn, seq LIMIT ?", (now, limit),
         ).fetchall()
+        self._turns.read((priority, turn) for _, priority, turn in rows)
         return _parse(rows)
 
     def counts(self) -> dict[JobStatus, int]:
@@ -178,6 +188,8 @@ class SQLiteStore:
         if not ids:
             return 0
         cur = self._db.execute(f"DELETE FROM jobs WHERE id IN ({','.join('?' * len(ids))}) AND {done}", tuple(ids))
+        if cur.rowcount and self.path != ":memory:":
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL's older copies of those pages go too
         return cur.rowcount
 
     def reader(self) -> StoreReader:
