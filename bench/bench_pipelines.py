@@ -88,6 +88,34 @@ def row(name: str, clients: int, latencies: list[float], rate: float) -> list[ob
     return [name, clients, s["n"], s["p50"], s["p99"], rate]
 
 
+def store_writes(tmp: Path, n: int = 500) -> list[list[object]]:
+    """A running pipeline's record written ``n`` times: as the store does (no fsync between its creation and its
+    end), against an fsync on every write (``synchronous=FULL``)."""
+    from dataclasses import replace
+
+    from llmsup.supervisor.pipelines.records import Pipeline, PipelineStatus, StepRecord
+    from llmsup.supervisor.pipelines.spec import PipelineSpec, StepSpec
+    from llmsup.supervisor.pipelines.store import SQLitePipelineStore
+
+    rows: list[list[object]] = []
+    for name, full in (("store writes between (NORMAL)", False), ("every write fsynced (FULL)", True)):
+        store = SQLitePipelineStore(tmp / f"{full}.sqlite")
+        steps = tuple(StepSpec(f"s{i}", "x" * 200) for i in range(8))
+        p = store.add(Pipeline(PipelineSpec(steps), steps=tuple(StepRecord(s.name) for s in steps)))
+        running = replace(p, status=PipelineStatus.RUNNING)
+        if full:
+            store._db.execute("PRAGMA synchronous=FULL")
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            store.put(running)
+            times.append(time.perf_counter() - t0)
+        store.close()
+        s = summary_ms(times)
+        rows.append([name, 1, s["n"], s["p50"], s["p99"], n / sum(times)])
+    return rows
+
+
 def others() -> list[list[object]]:
     """Celery and Ray equivalents: only with those installed (and a broker for Celery); else said missing."""
     rows: list[list[object]] = []
@@ -101,6 +129,7 @@ def others() -> list[list[object]]:
 
 async def main(runs: int, clients: int, total: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="llmsup-bench-pipelines-"))
+    writes = store_writes(tmp)
     env = dict(os.environ, LLMSUP_SIM_TOKEN_S="0", LLMSUP_QUEUE_MAX="100000",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])))
     args = ["--log-level", "warning", "--pool", "name=sim,backend=sim,engines=2",
@@ -119,6 +148,7 @@ async def main(runs: int, clients: int, total: int) -> None:
     base = seq[0][3]
     print(table(f"Pipelines over plain jobs (sim 0 s/token, 2 sim engines + 1 python engine; load {loadavg()})",
                 HEADERS, [*seq, *par, *others()]))
+    print(table("A pipeline record's write (SQLite, WAL, the run directory's disk)", HEADERS, writes))
     for name, _, _, p50, _, _ in seq[1:]:
         print(f"overhead of {name} over a plain job (p50, one client): {float(str(p50)) - float(str(base)):.2f} ms")
 

@@ -192,3 +192,21 @@ def test_pipeline_store_contract(kind: str, tmp_path) -> None:  # type: ignore[n
     assert [p.id for p in store.recent("bob", 10)][-1] == b.id and all(p.owner == "bob" for p in store.recent("bob", 10))
     assert store.get(a.id) == a  # the spec (a map of items) round-trips whole
     store.close()
+
+
+def test_pipeline_store_fsyncs_only_a_new_pipeline_and_its_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = SQLitePipelineStore(tmp_path / "p.sqlite")
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    p = pipeline(StepSpec("a", "x"), StepSpec("b", "{{a}}", after=("a",)))
+    store.add(p)
+    insert = next(i for i, s in enumerate(statements) if s.startswith("INSERT"))
+    assert statements[insert - 1:insert + 2:2] == ["PRAGMA synchronous=FULL", "PRAGMA synchronous=NORMAL"]
+    statements.clear()
+    store.put(replace(p, status=PipelineStatus.RUNNING))
+    assert not any("synchronous" in s for s in statements)  # a change between: no fsync
+    store.put(replace(p, status=PipelineStatus.SUCCEEDED))
+    update = [i for i, s in enumerate(statements) if s.startswith("UPDATE")][-1]
+    assert statements[update - 1:update + 2:2] == ["PRAGMA synchronous=FULL", "PRAGMA synchronous=NORMAL"]
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 1 and store.get(p.id).status is PipelineStatus.SUCCEEDED
+    store.close()
