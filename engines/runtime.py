@@ -227,6 +227,7 @@ def identity() -> dict[str, Any]:
         "jobs_done": rt.jobs_done if rt else 0,
         "backend": rt.describe() if rt else None,
         "engine_set": os.environ.get("LLMSUP_ENGINE_SET", ""),
+        "pool": os.environ.get("LLMSUP_POOL", ""),  # set by a join agent of one pool (llmsup join --pool)
         "nanny_pid": nanny_pid(),
         "pid_started": process_started(),
         "log_file": rt.log_file if rt else "",

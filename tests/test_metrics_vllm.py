@@ -234,3 +234,13 @@ def test_restart_reasons_are_a_small_set_of_label_values() -> None:
     assert restart_label("sigint_failed") == "sigint_failed"
     assert restart_label("no heartbeat for 10.3s") == "no_heartbeat"
     assert restart_label("lost") == "lost"
+
+
+def test_an_engine_started_for_a_pool_by_someone_else_joins_that_pool(tmp_path: Path) -> None:
+    pools = [{"name": "small", "engines": 1}, {"name": "big", "engines": 1, "served_model_name": "m-big"}]
+    core, _, clock = make_core(tmp_path, engines=2, pools=pools)
+    for engine_id, pool in ((50, "big"), (51, ""), (52, "nope")):  # a join agent's engines (no launch of ours)
+        core.report(ev.EngineRegistered(engine_id), clock.now)
+        ident = ev.EngineIdentity(host="other", host_key="other|boot", pid=5000 + engine_id, gpu="0", pool=pool)
+        core.report(ev.EngineIdentified(engine_id, ident), clock.now)
+    assert {e.id: e.pool for e in core.pool if e.id >= 50} == {50: "big", 51: "small", 52: "small"}

@@ -245,7 +245,10 @@ class EngineSide:
 
     def _adopt(self, engine_id: int, ident: ev.EngineIdentity, now: Now) -> None:
         launch = self.pool.launches.pop(ident.engine_set, None)
-        plan = self.plan_of(launch.pool if launch else DEFAULT)
+        if launch is None and ident.pool and ident.pool not in self.plans:
+            log.warning("engine %d says pool %r, which this server does not run (pools: %s): it serves the first",
+                        engine_id, ident.pool, ", ".join(self.plans))
+        plan = self.plan_of(launch.pool if launch else (ident.pool or DEFAULT))
         engine = Engine(id=engine_id, host=ident.host, host_key=ident.host_key, pid=ident.pid,
                         pid_started=ident.pid_started,
                         gpu=self._gpu_for(ident, launch, plan), set_id=launch.set_id if launch else "",
