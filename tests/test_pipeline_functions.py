@@ -130,6 +130,8 @@ def test_a_function_that_raises_fails_its_step_saying_why(served: LiveServer) ->
 def test_steps_on_the_wrong_kind_of_pool_are_refused(served: LiveServer) -> None:
     with served.client() as http:
         assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["m-small", "m-big"]  # io runs no model
+        assert "pools      io: functions (backend python, 1 engines); small: m-small (backend sim" \
+            in served.log_tail(20_000)  # the ready banner
         for step, words in [
             ({"name": "a", "fn": "nope", "prompt": "x"}, "no function 'nope'"),
             ({"name": "a", "fn": "fetch", "prompt": "x", "pool": "small"}, "pool 'small' runs a model"),
