@@ -67,6 +67,10 @@ class SupervisorCore:
         self.job_side.store_or_none = store
 
     @property
+    def store_or_none(self) -> JobStore | None:
+        return self.job_side.store_or_none
+
+    @property
     def has_store(self) -> bool:
         return self.job_side.store_or_none is not None
 
