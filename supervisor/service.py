@@ -122,6 +122,9 @@ class Supervisor:
     def submit(self, req: JobRequest) -> Submitted:
         return self.core.submit(req, self.now())
 
+    def submit_many(self, reqs: builtins.list[JobRequest]) -> builtins.list[Submitted]:
+        return self.core.submit_many(reqs, self.now())
+
     async def committed(self) -> None:
         if isinstance(self.core.store_or_none, SQLiteStore):
             await self.core.store_or_none.committed()

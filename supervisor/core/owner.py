@@ -120,6 +120,10 @@ class SupervisorCore:
         """Validate and queue a job; a repeated idempotency key returns the job it created."""
         return self.job_side.submit(req, now)
 
+    def submit_many(self, reqs: builtins.list[JobRequest], now: Now) -> builtins.list[Submitted]:
+        """Queue many jobs with one quota check: all or none."""
+        return self.job_side.submit_many(reqs, now)
+
     def get(self, job_id: str) -> Job:
         return self.job_side.get(job_id)
 
