@@ -205,7 +205,8 @@ def warm_up(backend: Backend, progress: StartProgress) -> None:
         return
     progress.report("warm-up", "one token")
     try:
-        backend.generate("Hello", GenParams(max_tokens=1), lambda *token: None)
+        params = getattr(backend, "warm_up_params", None) or GenParams(max_tokens=1)  # a pooling model: its task
+        backend.generate("Hello", params, lambda *token: None)
     except Exception as exc:  # the engine still serves; each job reports its own error
         log.warning("warm-up failed: %s: %s", type(exc).__name__, exc)
     finally:
@@ -282,7 +283,7 @@ def run_job(spec_data: dict[str, Any]) -> dict[str, Any]:
         gen = rt.backend.generate(spec.prompt, spec.params, emitter)
         result = JobResult("completed", gen.text, gen.tokens, gen.finish_reason, gen.prompt_tokens,
                            logprobs=gen.logprobs, prompt_logprobs=gen.prompt_logprobs, token_ids=gen.token_ids,
-                           prompt_token_ids=gen.prompt_token_ids)
+                           prompt_token_ids=gen.prompt_token_ids, pooled=gen.pooled, pooled_shape=gen.pooled_shape)
     except KeyboardInterrupt:
         rt.backend.abort()
         result = JobResult("interrupted", emitter.text, emitter.count, logprobs=tuple(emitter.logprobs),

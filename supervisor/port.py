@@ -105,8 +105,9 @@ class ControlPlane(Protocol):
         """Let the engine finish its jobs and take no new ones (``drain=False``: undo)."""
 
     # the model and figures ------------------------------------------------------------------------------------
-    def model_facts(self) -> builtins.list[dict[str, Any]]:
-        """What each engine reported of its backend (backend, model path, max_model_len, chat template...)."""
+    def model_facts(self, pool: str | None = None) -> builtins.list[dict[str, Any]]:
+        """What the pool's engines (None: the first pool's) reported of its configured model (backend, model path,
+        max_model_len, chat template...), its own host's engines first (``local``): ``supervisor/core/model_facts.py``."""
 
     def served_model_name(self) -> str:
         """The model name the OpenAI routes answer to (the first pool's first name)."""

@@ -28,12 +28,12 @@ from llmsup.engines.messages import StreamEvent
 from llmsup.supervisor import runfiles
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.cluster.control import ControlChannel
-from llmsup.supervisor.cluster.curve import ChannelGate, ChannelKeys
+from llmsup.supervisor.cluster.curve import ChannelGate, ChannelKeys, engine_of
 from llmsup.supervisor.cluster.driver import ClusterDriver
 from llmsup.supervisor.cluster.leftovers import ProcessLedger
 from llmsup.supervisor.cluster.manager import Channels, ClusterManager, listen_addresses
 from llmsup.supervisor.cluster.stream_reader import StreamReader
-from llmsup.supervisor.core import model_name
+from llmsup.supervisor.core import model_facts, model_name
 from llmsup.supervisor.core import reports as ev
 from llmsup.supervisor.core.driver import EngineDriver
 from llmsup.supervisor.core.engine_state import Engine, EngineState, move
@@ -171,8 +171,8 @@ class Supervisor:
     def serving_engines(self) -> int:
         return len(self.pool.serving())
 
-    def model_facts(self) -> builtins.list[dict[str, Any]]:
-        return [dict(engine.backend) for engine in self.pool if engine.backend]
+    def model_facts(self, pool: str | None = None) -> builtins.list[dict[str, Any]]:
+        return model_facts.pool_facts(self.settings, self.pool, self.driver.is_local, pool)
 
     def served_model_name(self) -> str:
         return self.metrics.model_name()
@@ -263,11 +263,11 @@ class Supervisor:
     async def _start_driver(self) -> builtins.list[tuple[str, Callable[[], Awaitable[None]]]]:
         """llmsup's channels, the IPyParallel cluster and its driver; returns the loops that read the channels."""
         s = self.settings
-        wires = self.wires = _make_wires(s, self.on_stream_event, self.metrics)
+        wires = self.wires = _make_wires(s, self.on_stream_event, self.metrics, self.sent_by_its_engine)
         self.stream_address = wires.stream.address
         self.cluster.channels = Channels(self.stream_address, wires.control.address, wires.keys)
         await self.cluster.start()
-        driver = ClusterDriver(s, self.cluster, self.ledger, self.report, wires.control)
+        driver = ClusterDriver(s, self.cluster, self.ledger, self.report, wires.control, wires.gate)
         self.core.driver = driver
         self.core.configure_engines(dict(s.for_engines(), stream_address=self.stream_address,
                                          channel_keys=wires.keys.for_clients()),
@@ -385,6 +385,17 @@ class Supervisor:
                 log.exception("health tick failed")
             await asyncio.sleep(period)
 
+    def sent_by_its_engine(self, event: StreamEvent, sender: str) -> bool:
+        """A token stream message may come from this sender: an engine's own key, about that engine (its beat) or a
+        job running on it. A job the core does not know is let through: the core drops it (late, or stale)."""
+        engine_id = engine_of(sender)
+        if engine_id is None:  # the join file's key (join agents): nothing of theirs travels on the stream
+            return False
+        if isinstance(event, wire.EngineBeat):
+            return event.engine_id == engine_id
+        run = self.core.job_side.by_key(event.key)
+        return run is None or run.engine.id == engine_id
+
     def on_stream_event(self, event: StreamEvent) -> None:
         """One message of the engines' token stream (decoded by the StreamReader), reported to the core."""
         if isinstance(event, wire.EngineBeat):
@@ -403,12 +414,14 @@ class Supervisor:
         return task
 
 
-def _make_wires(s: Settings, on_event: Callable[[StreamEvent], None], metrics: Metrics) -> Wires:
-    """llmsup's channels: CURVE, and only peers with the client keys (our engines, join agents) get in."""
+def _make_wires(s: Settings, on_event: Callable[[StreamEvent], None], metrics: Metrics,
+                check: Callable[[StreamEvent, str], bool]) -> Wires:
+    """llmsup's channels: CURVE, and only peers with known keys (each engine's own, the join agents') get in."""
     context = zmq.asyncio.Context()
     keys = ChannelKeys.generate()
     bind, advertise = listen_addresses(s)
-    return Wires(context, keys, ChannelGate(context, keys), StreamReader(context, bind, on_event, metrics, keys, advertise),
+    return Wires(context, keys, ChannelGate(context, keys),
+                 StreamReader(context, bind, on_event, metrics, keys, advertise, check=check),
                  ControlChannel(context, bind, metrics, keys, advertise))
 
 

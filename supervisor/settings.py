@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -27,12 +28,16 @@ from llmsup.supervisor.settings_meta import MODEL as MODEL
 from llmsup.supervisor.settings_meta import SECURITY as SECURITY
 from llmsup.supervisor.settings_meta import SERVER as SERVER
 from llmsup.supervisor.settings_meta import cli as cli
+from llmsup.supervisor.settings_secrets import SecretSettings
 from llmsup.supervisor.settings_serving import ServingFeatures
 
 BackendName = Literal["auto", "sim", "transformers", "vllm", "python"]
 DType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 ENV_PREFIX = "LLMSUP_"
+# an ssh destination and nothing else: [user@]host[:port], neither part starting with "-" (an ssh option)
+SSH_HOST = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,63}@)?"
+                      r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 
 # LLMSUP_* variables read elsewhere than by Settings (not misspelt settings)
 OTHER_VARIABLES = {
@@ -50,7 +55,7 @@ def _default_engines(data: dict[str, Any]) -> int:
     return default_engines(detect_gpu_count(), int(data.get("gpus_per_engine") or 1))
 
 
-class Settings(ServingFeatures, PoolFields):
+class Settings(ServingFeatures, PoolFields, SecretSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
 
     # cluster
@@ -227,22 +232,6 @@ class Settings(ServingFeatures, PoolFields):
         json_schema_extra=cli(SERVER),
     )
     # web: security and limits
-    admin_token: SecretStr | None = Field(
-        None, description="admin bearer token; unset: a new one is generated at start into <run-dir>/admin_token",
-        json_schema_extra=cli(SECURITY),
-    )
-    api_keys: SecretStr | None = Field(
-        None, description="API keys, comma-separated 'key' or 'owner:key' (also read from VLLM_API_KEY)",
-        json_schema_extra=cli(SECURITY, "--api-key"),
-    )
-    api_keys_file: Path | None = Field(None, description="file of API keys, one 'key' or 'owner:key' a line",
-                                       json_schema_extra=cli(SECURITY))
-    require_api_keys: Literal["auto", "on", "off"] = Field(
-        "auto", description="every route but health, version and the dashboard needs an API key, on any bind: the "
-        "keys given, else (auto, on) one generated into <run-dir>/api_key; off: no key (vLLM's open mode; the Host "
-        "header is then checked against allowed_hosts)",
-        json_schema_extra=cli(SECURITY),
-    )
     max_body_bytes: int = Field(2_000_000, ge=1024, description="request bodies above this get 413",
                                 json_schema_extra=cli(SERVER))
     cancel_on_disconnect: bool = Field(True, description="OpenAI routes: a client that goes away cancels its job",
@@ -266,9 +255,10 @@ class Settings(ServingFeatures, PoolFields):
     )
     http_backlog: int = Field(2048, ge=1, le=65_535, description="TCP listen backlog of the web server",
                               json_schema_extra=cli(SERVER))
-    # quotas per owner (an API key's owner; keys off: every caller is one anonymous owner)
+    # quotas per owner (an API key's owner; keys off: every caller together is one owner, 'keyless')
     owner_queue_max: int = Field(
-        1000, ge=0, description="queued jobs per API-key owner before 429 (0: no limit; the admin is exempt)",
+        1000, ge=0, description="queued jobs per owner before 429: an API key's owner; with keys off, every caller "
+        "together as one owner (0: no limit; the admin is exempt)",
         json_schema_extra=cli(SECURITY),
     )
     max_user_priority: int = Field(
@@ -324,7 +314,8 @@ class Settings(ServingFeatures, PoolFields):
     )
     max_log_len: int | None = Field(None, ge=0, description="characters of a prompt logged by enable_log_requests "
                                     "(default: all)", json_schema_extra=cli(FRONTEND))
-    disable_fastapi_docs: bool = Field(False, description="no /docs, /redoc, /openapi.json",
+    disable_fastapi_docs: bool = Field(False, description="no /docs (a plain page of the operations, nothing loaded "
+                                       "from elsewhere) nor /openapi.json",
                                        json_schema_extra=cli(FRONTEND))
 
     @classmethod
@@ -340,6 +331,15 @@ class Settings(ServingFeatures, PoolFields):
     def _split_hosts(cls, value: Any) -> Any:
         if isinstance(value, str):
             return split_list(value)
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not SSH_HOST.fullmatch(host):
+                raise ValueError(f"hosts: {host!r} is not [user@]host[:port] (a name or address; nothing ssh would "
+                                 "read as an option)")
         return value
 
     @field_validator("log_level", mode="before")

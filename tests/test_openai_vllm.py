@@ -228,3 +228,17 @@ def test_async_openai_client(vllm_server: Server) -> None:
 
 def test_tiny_model_is_used(tiny_model: str) -> None:  # noqa: F811
     assert pathlib.Path(tiny_model, "config.json").is_file()
+
+
+def test_beam_search_through_the_sdk(oai: openai.OpenAI) -> None:
+    request = dict(model=MODEL, prompt="The engine and the queue", max_tokens=6, n=3,
+                   extra_body={"use_beam_search": True, "length_penalty": 1.0})
+    resp = oai.completions.create(**request)
+    texts = [c.text for c in resp.choices]
+    assert len(set(texts)) == 3 and [c.index for c in resp.choices] == [0, 1, 2]  # the 3 best beams, best first
+    assert [c.text for c in oai.completions.create(**request).choices] == texts  # a search, not a sample
+    chat = oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a queue"}], max_tokens=4,
+                                       n=2, extra_body={"use_beam_search": True})
+    assert len({c.message.content for c in chat.choices}) == 2 and chat.usage.completion_tokens <= 8
+    with pytest.raises(openai.BadRequestError, match="logprobs with use_beam_search"):
+        oai.completions.create(model=MODEL, prompt="x", max_tokens=2, logprobs=1, extra_body={"use_beam_search": True})

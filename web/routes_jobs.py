@@ -41,7 +41,7 @@ async def submit_job(body: JobCreate, sup: SupervisorDep, principal: PrincipalDe
         JobRequest(
             prompt=body.prompt, max_tokens=body.max_tokens, temperature=body.temperature, stop=tuple(body.stop or ()),
             deadline_s=body.deadline_s, queue_timeout_s=body.queue_timeout_s, priority=body.priority,
-            idempotency_key=body.idempotency_key, owner=principal.owner, extra=extra, pool=body.pool,
+            idempotency_key=body.idempotency_key, owner=principal.job_owner, extra=extra, pool=body.pool,
         )
     )
     if not submitted.created:

@@ -58,7 +58,7 @@ async def create_pipeline(body: PipelineCreate, sup: SupervisorDep, principal: P
     """Queue a pipeline: steps run when every step in their ``after`` succeeded; a failed or timed-out step ends the
     pipeline with its status (running steps cancelled, waiting ones skipped); ``deadline_s`` bounds the whole."""
     spec = check(_fn_pools(sup, body.spec()), pools(sup), sup.settings.functions)
-    p, created = sup.pipelines.create(spec, principal.owner, body.idempotency_key, sup.clock())
+    p, created = sup.pipelines.create(spec, principal.job_owner, body.idempotency_key, sup.clock())
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/pipelines/{p.id}"

@@ -103,6 +103,7 @@ def serve(ctx: typer.Context, model_arg: str | None = None, config: Path | None 
     from llmsup.supervisor.rundir import RunDirError, prepare_run_dir
     from llmsup.supervisor.settings import unknown_variables
     from llmsup.web.app import create_app
+    from llmsup.web.auth import check_secrets
 
     if help_vllm:
         typer.echo(vllm_flags.help_text())
@@ -116,7 +117,8 @@ def serve(ctx: typer.Context, model_arg: str | None = None, config: Path | None 
     settings = _serve_settings(config, given, ctx.meta.get("vllm_tokens", []))
     try:
         prepare_run_dir(settings.run_dir)  # 0700, ours: refused with one message before anything starts
-    except RunDirError as exc:
+        check_secrets(settings)  # a key too short, a key file others may read: refused before engines start
+    except (RunDirError, ValueError) as exc:
         typer.echo(f"llmsup: {exc}", err=True)
         raise typer.Exit(2) from None
     logsetup.configure(settings.log_level, settings.log_format)

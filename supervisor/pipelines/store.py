@@ -99,6 +99,7 @@ class SQLitePipelineStore:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # deleted steps' text is zeroed, not left in free pages
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM pipelines").fetchone()

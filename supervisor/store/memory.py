@@ -7,6 +7,7 @@ import itertools
 from collections.abc import Iterable
 
 from llmsup.supervisor.core.jobs import TERMINAL, Job, JobStatus
+from llmsup.supervisor.store.fairness import Turns
 from llmsup.supervisor.store.openjobs import OpenJobs
 from llmsup.supervisor.store.protocol import PRUNE_BATCH, DuplicateKey, expires_at, scoped_key
 
@@ -18,6 +19,7 @@ class MemoryStore:
         self._jobs: dict[str, Job] = {}
         self._keys: dict[str, str] = {}
         self._seq = itertools.count(1)
+        self._turns = Turns()  # fair turns (supervisor/store/fairness.py)
         self.open = OpenJobs()  # queued and running: counts and the queue's order without a scan
 
     def add(self, job: Job) -> Job:
@@ -26,7 +28,7 @@ class MemoryStore:
             raise DuplicateKey(self._jobs[self._keys[key]])
         job = job.with_changes(seq=next(self._seq))
         self._jobs[job.id] = job
-        self.open.track(job)
+        self.open.track(job, self._turns.take(job.owner, job.priority))
         if key is not None:
             self._keys[key] = job.id
         return job
@@ -56,7 +58,9 @@ class MemoryStore:
         return jobs[offset : offset + limit]
 
     def next_queued(self, now: float, limit: int) -> builtins.list[Job]:
-        return self.open.next_queued(now, limit)
+        picked = self.open.next_queued(now, limit)
+        self._turns.read((j.priority, self.open.turn(j.id)) for j in picked)
+        return picked
 
     def counts(self) -> dict[JobStatus, int]:
         out = {s: 0 for s in JobStatus}

@@ -2,7 +2,8 @@
 
 A store keeps this index in step with every write (``track`` after an insert or a replace) and answers from it
 what the supervisor asks on every submit, dispatch and poll: a job by id, the number queued (and per owner),
-and the next queued jobs in start order. None of these then costs a query, nor grows with the jobs in the
+and the next queued jobs in start order (priority, then the owner's fair turn of ``fairness.py``, then
+arrival). None of these then costs a query, nor grows with the jobs in the
 queue: a count is a counter, the next jobs come off a heap (entries of jobs that have moved on are dropped
 when met, and the heaps are rebuilt when stale entries outnumber live ones).
 """
@@ -15,7 +16,8 @@ from collections import Counter
 from llmsup.supervisor.core.jobs import Job, JobStatus
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
-Entry = tuple[float, int, str]  # (order key, seq, job id)
+Entry = tuple[float, int, str]  # (not_before, seq, job id)
+Ready = tuple[int, float, int, str]  # (-priority, turn, seq, job id)
 
 
 class OpenJobs:
@@ -23,7 +25,8 @@ class OpenJobs:
         self.jobs: dict[str, Job] = {}
         self._counts: Counter[JobStatus] = Counter()
         self._owned: Counter[tuple[str, JobStatus]] = Counter()
-        self._ready: list[Entry] = []  # (-priority, seq, id): queued and due (not_before passed)
+        self._turns: dict[str, float] = {}  # job id -> its fair turn, given at submission
+        self._ready: list[Ready] = []  # queued and due (not_before passed)
         self._later: list[Entry] = []  # (not_before, seq, id): queued, maybe not due yet
 
     def get(self, job_id: str) -> Job | None:
@@ -35,8 +38,14 @@ class OpenJobs:
     def count_owned(self, status: JobStatus, owner: str) -> int:
         return self._owned[(owner, status)]
 
-    def track(self, job: Job) -> None:
-        """The job as just written: kept while queued or running, forgotten once terminal."""
+    def turn(self, job_id: str) -> float:
+        return self._turns.get(job_id, 0.0)
+
+    def track(self, job: Job, turn: float | None = None) -> None:
+        """The job as just written (``turn``: the one it was given, when it is new): kept while queued or running,
+        forgotten once terminal."""
+        if turn is not None:
+            self._turns[job.id] = turn
         old = self.jobs.get(job.id)
         if old is not None:
             self._counts[old.status] -= 1
@@ -44,6 +53,7 @@ class OpenJobs:
                 self._owned[(old.owner, old.status)] -= 1
         if job.status.terminal:
             self.jobs.pop(job.id, None)
+            self._turns.pop(job.id, None)
             return
         self.jobs[job.id] = job
         self._counts[job.status] += 1
@@ -66,13 +76,13 @@ class OpenJobs:
             _, seq, job_id = heapq.heappop(self._later)
             job = self.jobs.get(job_id)
             if job is not None and job.status is Q and job.not_before <= now:
-                heapq.heappush(self._ready, (-job.priority, seq, job_id))
+                heapq.heappush(self._ready, (-job.priority, self.turn(job_id), seq, job_id))
         out: list[Job] = []
-        kept: list[Entry] = []
+        kept: list[Ready] = []
         seen: set[str] = set()
         while self._ready and len(out) < limit:
             entry = heapq.heappop(self._ready)
-            job = self.jobs.get(entry[2])
+            job = self.jobs.get(entry[3])
             if (job is None or job.status is not Q or job.id in seen or -job.priority != entry[0]
                     or job.not_before > now):
                 continue  # moved on, a duplicate, or re-queued for later (its ``later`` entry brings it back)

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from llmsup.supervisor.core.jobs import TERMINAL, Job, JobStatus
 from llmsup.supervisor.rundir import create_private, tighten
+from llmsup.supervisor.store.fairness import Turns
 from llmsup.supervisor.store.migrate import migrate
 from llmsup.supervisor.store.openjobs import OpenJobs
 from llmsup.supervisor.store.protocol import PRUNE_BATCH, DuplicateKey, SyncMode, expires_at, scoped_key
@@ -42,9 +43,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     idempotency_key TEXT UNIQUE,
     data TEXT NOT NULL,
     finished_at REAL,
-    error_detail TEXT
+    error_detail TEXT,
+    turn REAL NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (status, priority DESC, seq);
+DROP INDEX IF EXISTS jobs_ready;
+CREATE INDEX IF NOT EXISTS jobs_turn ON jobs (status, priority DESC, turn, seq);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq);
 CREATE INDEX IF NOT EXISTS jobs_owner_status ON jobs (owner, status);
 CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (status, expires_at);
@@ -78,7 +81,8 @@ class SQLiteStore:
     The file and its ``-wal`` / ``-shm`` companions are 0600. ``sync``: ``terminal`` (default) commits a
     job's terminal transition with ``synchronous=FULL`` (the WAL is fsynced: the outcome survives a power
     loss) and everything else with ``NORMAL``; ``full`` fsyncs every commit; ``normal`` none (a power loss
-    can undo the last commits, never corrupt the file). Costs: docs/benchmarks.md, "Durability".
+    can undo the last commits, never corrupt the file). Costs: docs/benchmarks.md, "Durability". A deleted job
+    leaves nothing readable behind: ``secure_delete`` zeroes its pages, and a prune ends with the WAL truncated.
     """
 
     def __init__(self, path: Path | str, sync: SyncMode = "terminal") -> None:
@@ -89,15 +93,20 @@ class SQLiteStore:
                 tighten(Path(self.path + side))
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # a deleted job's prompt and output are zeroed, not left in free pages
         self.set_sync(sync)
         migrate(self._db, scoped_key)
         self._db.executescript(SCHEMA)
         row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
         self._seq = itertools.count(int(row[0]) + 1)
+        self._turns = Turns()
+        self._turns.restore(
+            self._db.execute("SELECT owner, priority, MAX(turn) FROM jobs WHERE status='queued' GROUP BY owner, priority"),
+            self._db.execute("SELECT priority, MIN(turn) - 1 FROM jobs WHERE status='queued' GROUP BY priority"))
         self._reader: StoreReader | None = None
         self.open = OpenJobs()
-        for job in _parse(self._db.execute("SELECT data FROM jobs WHERE status IN ('queued', 'running')")):
-            self.open.track(job)
+        for data, turn in self._db.execute("SELECT data, turn FROM jobs WHERE status IN ('queued', 'running')"):
+            self.open.track(Job.from_dict(json.loads(data)), turn)
         self._schedule: Schedule | None = None
         self._durable = False  # the open transaction holds a terminal transition
         self._commit_waiters: list[asyncio.Future[None]] = []
@@ -175,18 +184,19 @@ class SQLiteStore:
         job = job.with_changes(seq=next(self._seq))
         key = scoped_key(job.owner, job.idempotency_key) if job.idempotency_key is not None else None
         self._write(job.status.terminal)
+        turn = self._turns.take(job.owner, job.priority)
         try:
             self._db.execute(
                 "INSERT INTO jobs (status, priority, not_before, expires_at, owner, data, finished_at, error_detail,"
-                " id, seq, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*self._row(job), job.id, job.seq, key),
+                " id, seq, idempotency_key, turn) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*self._row(job), job.id, job.seq, key, turn),
             )
         except sqlite3.IntegrityError:
             existing = self.by_key(job.idempotency_key, job.owner) if job.idempotency_key is not None else None
             if existing is None:
                 raise
             raise DuplicateKey(existing) from None
-        self.open.track(job)
+        self.open.track(job, turn)
         return job
 
     def put(self, job: Job) -> None:
@@ -230,7 +240,9 @@ class SQLiteStore:
         return _parse(self._db.execute(*_list_query(statuses, owner, limit, offset)).fetchall())
 
     def next_queued(self, now: float, limit: int) -> builtins.list[Job]:
-        return self.open.next_queued(now, limit)
+        picked = self.open.next_queued(now, limit)
+        self._turns.read((j.priority, self.open.turn(j.id)) for j in picked)
+        return picked
 
     def counts(self) -> dict[JobStatus, int]:
         """One indexed count per status (each reads only its own range of the status index)."""
@@ -269,6 +281,9 @@ class SQLiteStore:
             return 0
         self._write(False)
         cur = self._db.execute(f"DELETE FROM jobs WHERE id IN ({','.join('?' * len(ids))}) AND {done}", tuple(ids))
+        if cur.rowcount and self.path != ":memory:":
+            self.commit()  # (grouped writes: a checkpoint runs outside a transaction)
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL's older copies of those pages go too
         return cur.rowcount
 
     def reader(self) -> StoreReader:
