@@ -47,6 +47,13 @@ class ControlPlane(Protocol):
     def submit(self, req: JobRequest) -> Submitted:
         """Queue a job (or return the existing one for a repeated idempotency key)."""
 
+    def submit_many(self, reqs: builtins.list[JobRequest]) -> builtins.list[Submitted]:
+        """Queue many jobs with one quota check: all or none (InvalidRequest names the one at fault)."""
+
+    async def committed(self) -> None:
+        """Returns once every write so far is in the store (the store groups a loop turn's writes): await it before
+        an answer that promises a write (a 202)."""
+
     def get(self, job_id: str) -> Job:
         """The job with its output so far (JobNotFound)."""
 

@@ -122,6 +122,13 @@ class Supervisor:
     def submit(self, req: JobRequest) -> Submitted:
         return self.core.submit(req, self.now())
 
+    def submit_many(self, reqs: builtins.list[JobRequest]) -> builtins.list[Submitted]:
+        return self.core.submit_many(reqs, self.now())
+
+    async def committed(self) -> None:
+        if isinstance(self.core.store_or_none, SQLiteStore):
+            await self.core.store_or_none.committed()
+
     def get(self, job_id: str) -> Job:
         return self.core.get(job_id)
 
@@ -236,6 +243,8 @@ class Supervisor:
         self._owns_run_dir = True
         if not self.core.has_store:
             self.core.store = SQLiteStore(s.db_path)
+        if isinstance(self.core.store, SQLiteStore):  # a loop turn's writes in one transaction
+            self.core.store.group_commits(asyncio.get_running_loop().call_soon)
         self.core.recover(self.now())
         if isinstance(self.core.store, SQLiteStore):
             self.pipelines.store = SQLitePipelineStore(s.run_dir / runfiles.PIPELINE_STORE)

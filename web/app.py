@@ -27,6 +27,7 @@ from llmsup.web import (
     metrics,
     openapi,
     routes_admin,
+    routes_batch,
     routes_jobs,
     routes_openai,
     routes_pipelines,
@@ -116,8 +117,8 @@ def create_app(settings: Settings | None = None, supervisor: ControlPlane | None
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
                            allow_methods=settings.allowed_methods, allow_headers=settings.allowed_headers,
                            allow_credentials=settings.allow_credentials)
-    for module in (routes_jobs, routes_pipelines, live, routes_openai, serving_responses, lora, routes_serving,
-                   routes_pooling, routes_admin, metrics, dashboard):
+    for module in (routes_batch, routes_jobs, routes_pipelines, live, routes_openai, serving_responses, lora,
+                   routes_serving, routes_pooling, routes_admin, metrics, dashboard):
         app.include_router(module.router)
     openapi.install(app, settings)
     if docs:

@@ -1,4 +1,4 @@
-"""The ``llmsup`` command: serve, submit, status, kill, engines.
+"""The ``llmsup`` command: serve, submit, status, kill, engines, run-batch.
 
 ``llmsup serve [MODEL]`` takes one option per setting (generated from ``Settings`` by ``cli_options``; vLLM's
 names where they mean the same). The client commands print for people by default and the API's JSON with
@@ -303,6 +303,31 @@ def join(
     except JoinFileError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+
+
+@app.command("run-batch")
+def run_batch(
+    input_file: Annotated[Path, typer.Option("-i", "--input-file", help="JSONL of OpenAI Batch API requests")],
+    output_file: Annotated[Path, typer.Option("-o", "--output-file", help="JSONL of results, one a line, in order")],
+    concurrency: Annotated[int, typer.Option(min=1, max=4096, help="requests in flight at once")] = 64,
+    url: UrlOpt = None,
+    run_dir: RunDirOpt = None,
+) -> None:
+    """Run a file of OpenAI Batch API requests (/v1/completions, /v1/chat/completions) on the server, as vLLM's
+    run-batch reads it; every line is accounted for in the output. Exit status 3 if any line failed."""
+    import asyncio
+
+    from llmsup.supervisor.cli.run_batch import run_batch as run
+    from llmsup.supervisor.client.base import Endpoint
+
+    if not input_file.is_file():
+        typer.echo(f"no input file {input_file}", err=True)
+        raise typer.Exit(2)
+    outcome = asyncio.run(run(Endpoint.resolve(url, run_dir, None), input_file, output_file, concurrency))
+    typer.echo(f"{outcome.lines} lines: {outcome.answered} answered, {outcome.failed} failed -> {output_file}",
+               err=True)
+    if outcome.failed:
+        raise typer.Exit(3)
 
 
 def main() -> None:

@@ -97,26 +97,58 @@ class JobSide:
 
     def submit(self, req: JobRequest, now: Now) -> Submitted:
         """Validate and queue a job; a repeated idempotency key returns the job it created."""
-        s = self.settings
-        deadline, params = self._validated(req)
-        pool = pool_named(s, self.shared.pool.engines.values(), req.pool)
+        return self.submit_many([req], now)[0]
+
+    def submit_many(self, reqs: builtins.list[JobRequest], now: Now) -> builtins.list[Submitted]:
+        """Validate every request, then check the quotas once for all of them, then queue them: all or none
+        (InvalidRequest names the request by its index when there are several)."""
+        checked = [self._checked(req, i if len(reqs) > 1 else None) for i, req in enumerate(reqs)]
+        out: dict[int, Submitted] = {}
+        for i, req in enumerate(reqs):
+            if req.idempotency_key is not None:
+                existing = self.store.by_key(req.idempotency_key, req.owner)
+                if existing is not None:
+                    out[i] = Submitted(self.view(existing), created=False)
+        self._check_quotas([req for i, req in enumerate(reqs) if i not in out],
+                           max((deadline for _, deadline, _, _ in checked), default=4.0))
+        for i, (req, deadline, params, pool) in enumerate(checked):
+            if i not in out:
+                out[i] = self._queue(req, deadline, params, pool, now)
+        return [out[i] for i in range(len(reqs))]
+
+    def _checked(self, req: JobRequest, index: int | None) -> tuple[JobRequest, float, JobParams, str]:
+        try:
+            deadline, params = self._validated(req)
+        except InvalidRequest as exc:
+            raise exc if index is None else InvalidRequest(f"jobs[{index}]: {exc}") from None
+        pool = pool_named(self.settings, self.shared.pool.engines.values(), req.pool)
         if pool is None:
             raise PoolNotFound(str(req.pool), list(self.shared.pool_names))
-        if req.idempotency_key is not None:
-            existing = self.store.by_key(req.idempotency_key, req.owner)
-            if existing is not None:
-                return Submitted(self.view(existing), created=False)
-        if self.store.count(Q) >= s.queue_max:
-            raise QueueFull(s.queue_max, retry_after_s=max(1.0, deadline / 4))
-        if req.owner is not None and s.owner_queue_max and self.store.count_owned(Q, req.owner) >= s.owner_queue_max:
-            raise QueueFull(s.owner_queue_max, retry_after_s=max(1.0, deadline / 4), owner=req.owner)
+        return req, deadline, params, pool
+
+    def _check_quotas(self, new: builtins.list[JobRequest], deadline: float) -> None:
+        """QueueFull unless ``new`` all fit in the queue and in each owner's share of it."""
+        s = self.settings
+        retry = max(1.0, deadline / 4)
+        if new and self.store.count(Q) + len(new) > s.queue_max:
+            raise QueueFull(s.queue_max, retry_after_s=retry)
+        owners: dict[str, int] = {}
+        for req in new:
+            if req.owner is not None:
+                owners[req.owner] = owners.get(req.owner, 0) + 1
+        for owner, count in owners.items():
+            if s.owner_queue_max and self.store.count_owned(Q, owner) + count > s.owner_queue_max:
+                raise QueueFull(s.owner_queue_max, retry_after_s=retry, owner=owner)
+
+    def _queue(self, req: JobRequest, deadline: float, params: JobParams, pool: str, now: Now) -> Submitted:
+        s = self.settings
         job = Job(prompt=req.prompt, params=params, deadline_s=deadline,
                   queue_timeout_s=req.queue_timeout_s or s.queue_timeout_s, priority=req.priority,
                   idempotency_key=req.idempotency_key, owner=req.owner, created_at=now.wall, pipeline=req.pipeline,
                   affinity=EngineRef.from_dict(req.affinity), pool=pool)
         try:
             job = self.store.add(job)
-        except DuplicateKey as dup:
+        except DuplicateKey as dup:  # the same key twice in one batch
             return Submitted(self.view(dup.existing), created=False)
         self._queued_pool[job.id] = job.pool
         self.metrics.jobs_submitted.inc()

@@ -67,6 +67,10 @@ class SupervisorCore:
         self.job_side.store_or_none = store
 
     @property
+    def store_or_none(self) -> JobStore | None:
+        return self.job_side.store_or_none
+
+    @property
     def has_store(self) -> bool:
         return self.job_side.store_or_none is not None
 
@@ -115,6 +119,10 @@ class SupervisorCore:
     def submit(self, req: JobRequest, now: Now) -> Submitted:
         """Validate and queue a job; a repeated idempotency key returns the job it created."""
         return self.job_side.submit(req, now)
+
+    def submit_many(self, reqs: builtins.list[JobRequest], now: Now) -> builtins.list[Submitted]:
+        """Queue many jobs with one quota check: all or none."""
+        return self.job_side.submit_many(reqs, now)
 
     def get(self, job_id: str) -> Job:
         return self.job_side.get(job_id)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from llmsup.supervisor.core.engine_state import Engine, EngineState
 from llmsup.supervisor.core.jobs import Job, JobStatus
@@ -45,6 +45,7 @@ class Metrics:
         self.model_name = model_name  # a pool's name -> the model_name its vllm:* series carry
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total: the supervisor's CPU, saturation coming
         latency = b.reaching(b.LATENCY, limits.run_s)
         self.jobs_submitted = Counter("llmsup_jobs_submitted", "Jobs accepted", registry=r)
         self.job_outcomes = Counter("llmsup_job_outcomes", "Jobs that reached a terminal status", ["status"], registry=r)
