@@ -82,10 +82,12 @@ def test_dimensions_and_token_ids(oai: openai.OpenAI, http: httpx.Client) -> Non
 def test_pooling_route_vectors_and_rows(http: httpx.Client) -> None:
     one = http.post("/pooling", json={"model": EMBED, "input": "the stream"}).json()
     assert one["object"] == "list" and one["data"][0]["object"] == "pooling" and len(one["data"][0]["data"]) == HIDDEN
-    rows = http.post("/pooling", json={"model": EMBED, "input": [[5, 6, 7]], "task": "token_embed"}).json()
-    assert len(rows["data"][0]["data"]) == 3 and all(len(r) == HIDDEN for r in rows["data"][0]["data"])
+    same = http.post("/pooling", json={"model": EMBED, "input": [[5, 6, 7]], "task": "embed"}).json()
+    assert len(same["data"][0]["data"]) == HIDDEN and same["usage"]["prompt_tokens"] == 3
+    other = http.post("/pooling", json={"model": EMBED, "input": "x", "task": "token_embed"})  # vLLM's answers
+    assert other.status_code == 400 and "Try switching the model's pooling_task" in other.json()["error"]["message"]
     wrong = http.post("/pooling", json={"model": EMBED, "input": "x", "task": "classify"})
-    assert wrong.status_code == 404 and "does not support Pooling API" in wrong.json()["error"]["message"]
+    assert wrong.status_code == 400 and wrong.json()["error"]["message"].startswith("Unsupported task: 'classify'")
 
 
 def test_score_by_embeddings(http: httpx.Client) -> None:

@@ -75,6 +75,9 @@ def _prompt(raw: str | list[int], body: PoolingBase, tok: Tokenizer | None, mode
         return PromptIn(str(raw))
     keep = body.truncate_prompt_tokens
     context = model.max_model_len if model is not None else None
+    if keep is not None and context is not None and keep > context:
+        raise OpenAIHTTPError(400, "truncate_prompt_tokens value is greater than max_model_len. Please request a "
+                                   "smaller truncation size.", param="truncate_prompt_tokens")
     if keep is not None:
         keep = (context or len(ids)) if keep == -1 else keep
         ids = ids[len(ids) - keep:] if body.truncation_side == "left" and keep < len(ids) else ids[:keep]

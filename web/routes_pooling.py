@@ -97,11 +97,15 @@ async def embeddings(body: EmbeddingRequest, request: Request, sup: SupervisorDe
 
 @router.post("/pooling", response_model=ListResponse, responses=ERRORS)
 async def pooling(body: PoolingRequest, request: Request, sup: SupervisorDep, principal: PrincipalDep) -> ListResponse:
-    """The pooler's raw output per input (``task``: embed, classify, token_embed, token_classify; default the
-    model's own)."""
+    """The pooler's raw output per input, with the model's own task (another ``task``: vLLM's 400)."""
     t = target(sup, body.model)
-    task = body.task or (str(t.model.pooling.get("pooling_task") or "") if t.model is not None else "") or "embed"
-    require_task(t, task, "Pooling API")
+    default = str(t.model.pooling.get("pooling_task") or "") if t.model is not None else ""
+    model = require_task(t, default or "embed", "Pooling API")
+    task = body.task or default
+    if task != default:  # vLLM's server pools with the model's own task only
+        tasks = tuple(model.tasks or ())
+        raise OpenAIHTTPError(400, f"Try switching the model's pooling_task via `PoolerConfig(task=\"{task}\")`"
+                              if task in tasks else f"Unsupported task: {task!r} Supported tasks: {tasks}", param="task")
     jobs, prompts = await _pool(sup, principal, request, t, body, task, dimensions=body.dimensions)
 
     def out(job: Job) -> Any:
