@@ -201,7 +201,7 @@ def init_engine(config: dict[str, Any]) -> dict[str, Any]:
 def warm_up(backend: Backend, progress: StartProgress) -> None:
     """One token through the model before the first job (first-call costs: kernels, caches, allocations);
     a failure is logged, and jobs then say what is wrong."""
-    if backend.name == "sim":
+    if backend.name in ("sim", "python"):  # nothing to warm: no model (a function step imports at load)
         return
     progress.report("warm-up", "one token")
     try:
@@ -227,6 +227,7 @@ def identity() -> dict[str, Any]:
         "jobs_done": rt.jobs_done if rt else 0,
         "backend": rt.describe() if rt else None,
         "engine_set": os.environ.get("LLMSUP_ENGINE_SET", ""),
+        "pool": os.environ.get("LLMSUP_POOL", ""),  # set by a join agent of one pool (llmsup join --pool)
         "nanny_pid": nanny_pid(),
         "pid_started": process_started(),
         "log_file": rt.log_file if rt else "",

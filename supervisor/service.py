@@ -46,7 +46,7 @@ from llmsup.supervisor.core.parts import Hooks
 from llmsup.supervisor.core.pool import EnginePool
 from llmsup.supervisor.core.requests import JobRequest, Submitted
 from llmsup.supervisor.core.running import RunningJob
-from llmsup.supervisor.core.start_failures import EngineStartFailed, give_up
+from llmsup.supervisor.core.start_failures import EngineStartFailed
 from llmsup.supervisor.metrics.prometheus import Metrics
 from llmsup.supervisor.pipelines.runner import PipelineRunner
 from llmsup.supervisor.pipelines.store import MemoryPipelineStore, SQLitePipelineStore
@@ -168,7 +168,7 @@ class Supervisor:
         return model_facts.pool_facts(self.settings, self.pool, self.driver.is_local, pool)
 
     def served_model_name(self) -> str:
-        return self.metrics.model_name()
+        return next(iter(self.served_pools()))  # the first model pool's first name
 
     def served_model_names(self) -> builtins.list[str]:
         return model_name.served_model_names(self.settings, self.pool.engines.values())
@@ -272,7 +272,7 @@ class Supervisor:
         ``EngineStartFailed`` when no engine can load the model (``core/start_failures.py``)."""
         start = self.mono()
         while len(self.pool.serving()) < n:
-            error = give_up(self.core.start_failures, n, len(self.pool.serving()))
+            error = self.core.start_give_up(n)
             if error is not None:
                 raise EngineStartFailed(error)
             if self.mono() - max(start, self.core.last_engine_progress) > timeout:

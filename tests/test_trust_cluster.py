@@ -106,6 +106,7 @@ def this_machines_address() -> str:
     pytest.skip("this machine has no address beyond loopback")
 
 
+@pytest.mark.real  # a real controller
 async def test_the_running_controller_binds_client_ports_on_loopback(run_dir: Path) -> None:
     address = this_machines_address()
     sup = Supervisor(make_settings(run_dir, engines=1, cluster_ip=address))

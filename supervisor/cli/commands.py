@@ -288,6 +288,7 @@ def join(
     engines: Annotated[int, typer.Option(min=0, max=512, help="engines to run on this host")] = 1,
     standby: Annotated[int, typer.Option(min=0, max=64, help="warm standby engines besides")] = 0,
     work_dir: Annotated[Path | None, typer.Option(help="engine logs and caches [./.llmsup-join]")] = None,
+    pool: Annotated[str, typer.Option(help="the server's engine pool to run engines of [its first]")] = "",
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
 ) -> None:
     """Run engines on this host for the server that wrote JOIN_FILE; keep them alive until SIGTERM or the server
@@ -298,7 +299,7 @@ def join(
 
     logsetup.configure(log_level, "text")
     try:
-        run_agent(join_file, engines, standby, work_dir)
+        run_agent(join_file, engines, standby, work_dir, pool)
     except JoinFileError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None

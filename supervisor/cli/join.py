@@ -84,6 +84,7 @@ class JoinAgent:
     work_dir: Path = field(default_factory=lambda: Path(".llmsup-join"))
     beat_s: float = 0.0  # 0: a quarter of the server's host-loss timeout, at most 1 s
     join_file: Path | None = None  # re-read when it changes: a new controller after the old one died
+    pool: str = ""  # the server's engine pool these engines serve ("": its first)
     slots: list[EngineSlot] = field(default_factory=list)
     stopping: bool = False
 
@@ -126,7 +127,9 @@ class JoinAgent:
 
     # engines ------------------------------------------------------------------------------------
     def _env(self, slot: EngineSlot) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "LLMSUP_ENGINE_SET"}
+        env = {k: v for k, v in os.environ.items() if k not in ("LLMSUP_ENGINE_SET", "LLMSUP_POOL")}
+        if self.pool:
+            env["LLMSUP_POOL"] = self.pool  # the engine says it at registration: the server loads the pool's model
         env.update(IPP_CONNECTION_INFO=json.dumps(self.info.controller), CUDA_VISIBLE_DEVICES=slot.gpu,
                    IPYTHONDIR=str(self.work_dir / "ipython"), LLMSUP_ENGINE_RUN_DIR=str(self.work_dir),
                    LLMSUP_ENGINES_ON_HOST=str(len(self.slots)))
@@ -256,8 +259,9 @@ def _beat_sent(sent: asyncio.Future[Any]) -> None:
         log.debug("beat not sent: %s", sent.exception())
 
 
-def run_agent(join_file: Path, engines: int, standby: int = 0, work_dir: Path | None = None) -> None:
+def run_agent(join_file: Path, engines: int, standby: int = 0, work_dir: Path | None = None, pool: str = "") -> None:
     """``llmsup join``: run the agent until it is told to stop."""
     info = JoinInfo.read(join_file)
-    agent = JoinAgent(info, engines, standby, work_dir or Path(".llmsup-join").resolve(), join_file=join_file)
+    agent = JoinAgent(info, engines, standby, work_dir or Path(".llmsup-join").resolve(), join_file=join_file,
+                      pool=pool)
     asyncio.run(agent.run())

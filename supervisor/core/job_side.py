@@ -11,6 +11,7 @@ import builtins  # the method `list` shadows the builtin in the class body
 import heapq
 import itertools
 import logging
+from collections import Counter
 
 from llmsup.engines.messages import JobResult, JobSpec
 from llmsup.supervisor.core import joblog, ladder, outcomes
@@ -53,6 +54,7 @@ class JobSide:
         self._timers: list[tuple[float, int, str]] = []  # (when, seq, job id): deadlines and ladder wake-ups
         self._timer_seq = itertools.count()
         self._dispatch_serial = itertools.count(1)  # part of each dispatch's stream key: never used twice
+        self._queued_pool: dict[str, str] = {}  # queued job id -> its pool (the per-pool gauges)
 
     @property
     def store(self) -> JobStore:
@@ -68,16 +70,29 @@ class JobSide:
     def by_key(self, key: str) -> RunningJob | None:
         return self._by_key.get(key)
 
+    def pool_counts(self) -> tuple[Counter[str], Counter[str]]:
+        """(queued, running) jobs per pool."""
+        return Counter(self._queued_pool.values()), Counter(run.job.pool for run in self._running.values())
+
+    def _put(self, job: Job) -> None:
+        """Store a job's new state (the queued jobs' pools follow)."""
+        self.store.put(job)
+        if job.status is Q:
+            self._queued_pool[job.id] = job.pool
+        else:
+            self._queued_pool.pop(job.id, None)
+
     # jobs: the public API ---------------------------------------------------------------
     def recover(self, now: Now) -> None:
         """After a restart: queued jobs stay queued; jobs that were running are re-queued."""
+        self._queued_pool = {job.id: job.pool for job in self.store.list([Q], limit=1_000_000)}
         for job in self.store.list([R], limit=1_000_000):
             if job.attempts >= self.settings.max_attempts:
                 new = transition(job, JobStatus.FAILED, now.wall,
                                  error="supervisor restarted while running; out of attempts")
             else:
                 new = transition(job, Q, now.wall, error="re-queued: supervisor restarted while it was running")
-            self.store.put(new)
+            self._put(new)
             log.warning("recovered job=%s: %s", job.id, new.status.value)
 
     def submit(self, req: JobRequest, now: Now) -> Submitted:
@@ -103,6 +118,7 @@ class JobSide:
             job = self.store.add(job)
         except DuplicateKey as dup:
             return Submitted(self.view(dup.existing), created=False)
+        self._queued_pool[job.id] = job.pool
         self.metrics.jobs_submitted.inc()
         joblog.submitted(job, s.max_log_len if s.enable_log_requests else -1)
         self._publish_status(job)
@@ -134,7 +150,7 @@ class JobSide:
         job = self.get(job_id)
         if job.status is Q:
             new = transition(job, JobStatus.CANCELLED, now.wall, error=note)
-            self.store.put(new)
+            self._put(new)
             self._finished(new)
             return new
         run = self._running.get(job_id)
@@ -169,7 +185,7 @@ class JobSide:
 
     def _start(self, job: Job, engine: Engine, now: Now) -> None:
         job = transition(job, R, now.wall, engine=engine.ref, error=None)
-        self.store.put(job)  # stored as running before the task is sent
+        self._put(job)  # stored as running before the task is sent
         run = RunningJob(job, engine, now.mono, serial=next(self._dispatch_serial))
         self._running[job.id] = run
         self._by_key[run.key] = run
@@ -207,7 +223,7 @@ class JobSide:
     def _on_piece(self, run: RunningJob, piece: ev.TokenPiece, now: float) -> None:
         previous = run.last_token_mono
         if run.add_piece(piece.seq, piece.text, now, piece.token_id, piece.logprob):
-            self.metrics.token_piece(None if previous is None else now - previous)
+            self.metrics.token_piece(None if previous is None else now - previous, run.job.pool)
             if previous is None:
                 joblog.first_token(run.job, run.engine, now - run.started_mono)
             self.shared.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": piece.seq,
@@ -358,7 +374,7 @@ class JobSide:
             new = transition(job, st.status, wall, output=st.text, tokens=st.tokens, error=st.error,
                              finish_reason=finish_reason, prompt_tokens=st.prompt_tokens, error_detail=st.error_detail,
                              **st.extras)
-        self.store.put(new)  # written before anyone is told
+        self._put(new)  # written before anyone is told
         run.settled = True
         self._running.pop(job.id, None)
         self._by_key.pop(run.key, None)
@@ -395,7 +411,7 @@ class JobSide:
         for job in self.store.expired(now.wall, limit=1000):
             new = transition(job, JobStatus.EXPIRED, now.wall,
                              error=f"waited more than {job.queue_timeout_s}s in the queue")
-            self.store.put(new)
+            self._put(new)
             self._finished(new)
             expired += 1
         return expired
