@@ -17,6 +17,8 @@ def pct(values: Sequence[float], q: float) -> float:
 
 def summary_ms(values: Sequence[float]) -> dict[str, float]:
     ms = [v * 1000 for v in values]
+    if not ms:
+        return {"n": 0, "p50": float("nan"), "p99": float("nan"), "max": float("nan"), "min": float("nan")}
     return {"n": len(ms), "p50": statistics.median(ms), "p99": pct(ms, 0.99), "max": max(ms), "min": min(ms)}
 
 

@@ -73,6 +73,8 @@ class Request:
     token_ids: list[int] = field(default_factory=list)
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
     prompt_token_ids: tuple[int, ...] = ()
+    pooled: tuple[float, ...] = ()
+    pooled_shape: tuple[int, ...] = ()
 
 
 class BatchServer:
@@ -107,7 +109,8 @@ class BatchServer:
         result = replace(result, text="".join(req.pieces), tokens=req.tokens, pid=os.getpid(),
                          rss_mb=round(runtime.rss_mb(), 1), gpu_mem_mb=gpu_memory_mb(self.rt.gpu),
                          jobs_done=self.done + 1, logprobs=tuple(req.logprobs), token_ids=tuple(req.token_ids),
-                         prompt_logprobs=req.prompt_logprobs, prompt_token_ids=req.prompt_token_ids)
+                         prompt_logprobs=req.prompt_logprobs, prompt_token_ids=req.prompt_token_ids,
+                         pooled=req.pooled, pooled_shape=req.pooled_shape)
         self._send(JobDone(req.key, result))
         self.requests.pop(req.key, None)
         self.kill.pop(req.key, None)
@@ -208,6 +211,7 @@ class BatchServer:
             req.token_ids.extend(out.token_ids)
             req.prompt_logprobs = out.prompt_logprobs or req.prompt_logprobs
             req.prompt_token_ids = out.prompt_token_ids or req.prompt_token_ids
+            req.pooled, req.pooled_shape = out.pooled or req.pooled, out.pooled_shape or req.pooled_shape
             self._pieces(req, out)
             if out.finished:
                 self._finish(req, JobResult("completed", finish_reason=out.finish_reason,

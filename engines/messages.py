@@ -108,6 +108,8 @@ class JobResult:
     prompt_logprobs: tuple[TokenLogprob, ...] = ()  # prompt tokens after the first, when asked
     token_ids: tuple[int, ...] = ()  # generated token ids, when asked
     prompt_token_ids: tuple[int, ...] = ()  # when asked
+    pooled: tuple[float, ...] = ()  # a pooling request's output, flattened
+    pooled_shape: tuple[int, ...] = ()
     version: int = PROTOCOL_VERSION
 
 

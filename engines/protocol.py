@@ -85,6 +85,12 @@ class GenParams:
     lora_name: str = ""  # a LoRA adapter to apply (vLLM's LoRARequest): its name, id and local directory
     lora_id: int = 0
     lora_path: str = ""
+    pooling_task: str = ""  # a pooling model's task (vLLM's PoolingParams.task: embed, classify, token_embed...)
+    dimensions: int | None = None  # embed: keep this many dimensions (Matryoshka models)
+    use_activation: bool | None = None  # pooling: the pooler's activation (normalize, softmax); None: its default
+    beam_width: int = 0  # above 0: beam search of this width (vLLM's), answering with the beam of rank beam_index
+    beam_index: int = 0
+    length_penalty: float = 1.0  # beam search: the score is the cumulative logprob / length ** length_penalty
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GenParams":
@@ -137,6 +143,8 @@ class Generation:
     prompt_logprobs: tuple[TokenLogprob, ...] = ()  # prompt tokens 1.. (the first has none), when asked
     token_ids: tuple[int, ...] = ()  # when asked (``return_token_ids``)
     prompt_token_ids: tuple[int, ...] = ()  # when asked
+    pooled: tuple[float, ...] = ()  # a pooling request's output, flattened (row-major)
+    pooled_shape: tuple[int, ...] = ()  # its shape: (dim,) for one vector, (tokens, dim) per token
 
 
 class TokenCallback(Protocol):
@@ -201,6 +209,8 @@ class StepOutput:
     token_ids: tuple[int, ...] = ()  # this step's new token ids, when asked
     prompt_logprobs: tuple[TokenLogprob, ...] = ()  # once, with the first step, when asked
     prompt_token_ids: tuple[int, ...] = ()  # once, with the first step, when asked
+    pooled: tuple[float, ...] = ()  # a pooling request's output (flattened), when it finished
+    pooled_shape: tuple[int, ...] = ()
 
 
 @runtime_checkable

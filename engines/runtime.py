@@ -201,11 +201,12 @@ def init_engine(config: dict[str, Any]) -> dict[str, Any]:
 def warm_up(backend: Backend, progress: StartProgress) -> None:
     """One token through the model before the first job (first-call costs: kernels, caches, allocations);
     a failure is logged, and jobs then say what is wrong."""
-    if backend.name == "sim":
+    if backend.name in ("sim", "python"):  # nothing to warm: no model (a function step imports at load)
         return
     progress.report("warm-up", "one token")
     try:
-        backend.generate("Hello", GenParams(max_tokens=1), lambda *token: None)
+        params = getattr(backend, "warm_up_params", None) or GenParams(max_tokens=1)  # a pooling model: its task
+        backend.generate("Hello", params, lambda *token: None)
     except Exception as exc:  # the engine still serves; each job reports its own error
         log.warning("warm-up failed: %s: %s", type(exc).__name__, exc)
     finally:
@@ -226,6 +227,7 @@ def identity() -> dict[str, Any]:
         "jobs_done": rt.jobs_done if rt else 0,
         "backend": rt.describe() if rt else None,
         "engine_set": os.environ.get("LLMSUP_ENGINE_SET", ""),
+        "pool": os.environ.get("LLMSUP_POOL", ""),  # set by a join agent of one pool (llmsup join --pool)
         "nanny_pid": nanny_pid(),
         "pid_started": process_started(),
         "log_file": rt.log_file if rt else "",
@@ -282,7 +284,7 @@ def run_job(spec_data: dict[str, Any]) -> dict[str, Any]:
         gen = rt.backend.generate(spec.prompt, spec.params, emitter)
         result = JobResult("completed", gen.text, gen.tokens, gen.finish_reason, gen.prompt_tokens,
                            logprobs=gen.logprobs, prompt_logprobs=gen.prompt_logprobs, token_ids=gen.token_ids,
-                           prompt_token_ids=gen.prompt_token_ids)
+                           prompt_token_ids=gen.prompt_token_ids, pooled=gen.pooled, pooled_shape=gen.pooled_shape)
     except KeyboardInterrupt:
         rt.backend.abort()
         result = JobResult("interrupted", emitter.text, emitter.count, logprobs=tuple(emitter.logprobs),

@@ -180,6 +180,45 @@ def ensure_tiny_model(directory: str) -> str:
     return directory
 
 
+def ensure_tiny_embedder(model_dir: str, directory: str) -> str:
+    """The tiny model as an embedding model: its files with ``is_matryoshka`` in its config (vLLM then takes
+    ``dimensions``), for vLLM's ``runner=pooling, convert=embed`` (the last token's hidden state, normalized: 256
+    dimensions). Built once; returns its directory."""
+    if os.path.isfile(os.path.join(directory, "config.json")):
+        return directory
+    os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tiny-embed-", dir=os.path.dirname(os.path.abspath(directory)))
+    shutil.copytree(model_dir, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.lock"))
+    with open(os.path.join(tmp, "config.json")) as f:
+        config = json.load(f)
+    config["is_matryoshka"] = True
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(config, f)
+    os.rename(tmp, directory)
+    return directory
+
+
+def ensure_tiny_cross_encoder(model_dir: str, directory: str, seed: int = 0) -> str:
+    """A tiny cross-encoder: a ``LlamaForSequenceClassification`` with one label on the tiny model's config and
+    tokenizer, random weights (fixed seed), saved with ``save_pretrained``: vLLM runs it as a classifier that
+    scores (query, document) pairs. Built once; returns its directory."""
+    if os.path.isfile(os.path.join(directory, "config.json")):
+        return directory
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig.from_pretrained(model_dir)
+    config.num_labels = 1
+    config.architectures = ["LlamaForSequenceClassification"]
+    torch.manual_seed(seed)
+    os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tiny-rerank-", dir=os.path.dirname(os.path.abspath(directory)))
+    LlamaForSequenceClassification(config).save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(model_dir, local_files_only=True).save_pretrained(tmp)
+    os.rename(tmp, directory)
+    return directory
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m engines.tinymodel DIR", file=sys.stderr)

@@ -31,7 +31,9 @@ from llmsup.engines.protocol import Generation, GenParams, RequestRejected, Step
 from llmsup.engines.sigdefer import DeferredSigint
 from llmsup.engines.stopflag import StopFlag
 from llmsup.engines.torch_compat import child_environment
+from llmsup.engines.vllm_beam import BeamJob
 from llmsup.engines.vllm_outputs import engine_prompt, prompt_logprobs, sampling_params, token_logprobs
+from llmsup.engines.vllm_pooling import is_pooling, pooled_output, pooling_facts, pooling_params
 from llmsup.engines.vllm_settings import cpu_threads, llm_kwargs, vllm_env, with_default_max_num_seqs
 
 log = logging.getLogger("llmsup.engine")
@@ -78,6 +80,9 @@ class VLLMBackend:
         self._stop = StopFlag()
         self._set_num_threads: Any = None  # torch's own, which vLLM's CPU worker replaces
         self._batch_params: dict[str, GenParams] = {}  # batched requests that asked for logprobs or token ids
+        self.pooling: dict[str, Any] = {}  # the model's tasks (and, for a pooling model, its pooler's facts)
+        self.warm_up_params: GenParams | None = None  # a pooling model warms up with its own task
+        self._beams: dict[str, BeamJob] = {}  # batched beam searches by job key
 
     def load(self) -> None:
         import torch
@@ -100,6 +105,9 @@ class VLLMBackend:
         self.kwargs = with_default_max_num_seqs(llm_kwargs(path, self.options, self.on_gpu, self.config.get("gpu")))
         self.llm = LLM(**self.kwargs)
         self.model_path = path
+        self.pooling = pooling_facts(self.llm)
+        if self.pooling.get("pooling_task"):
+            self.warm_up_params = GenParams(max_tokens=1, pooling_task=self.pooling["pooling_task"])
         self.load_s = time.monotonic() - t0
         log.info("vllm: loaded %s in %.2fs, env %s, args %s", path, self.load_s, self.env, self.kwargs)
 
@@ -109,7 +117,7 @@ class VLLMBackend:
 
     def _sampling_params(self, params: GenParams) -> Any:
         try:
-            return sampling_params(params)
+            return pooling_params(params) if params.pooling_task else sampling_params(params)
         except _client_errors() as exc:  # vLLM's own checks of the request
             raise RequestRejected(str(exc)) from None
 
@@ -142,6 +150,8 @@ class VLLMBackend:
             )
             self.abort()
         request_id = f"llmsup-{os.getpid()}-{next(_REQUEST_IDS)}"
+        if params.beam_width:
+            return self._beam_search(request_id, prompt, params, on_token)
         with DeferredSigint():
             self._add(request_id, prompt, params)
         text: list[str] = []
@@ -158,6 +168,11 @@ class VLLMBackend:
             for out in outputs:
                 if out.request_id != request_id:
                     continue
+                if is_pooling(out):
+                    if not out.finished:
+                        continue
+                    pooled, shape = pooled_output(out)
+                    return Generation("", 0, "stop", len(out.prompt_token_ids or ()), pooled=pooled, pooled_shape=shape)
                 delta = out.outputs[0]
                 ids = list(delta.token_ids)
                 step_logprobs = token_logprobs(ids, delta.logprobs, params.logprobs)
@@ -182,6 +197,65 @@ class VLLMBackend:
                                       prompt_logprobs=prompt_lps, token_ids=tuple(token_ids),
                                       prompt_token_ids=prompt_ids if params.return_token_ids else ())
 
+    # beam search (engines.vllm_beam): rounds of one-token requests ------------------------------
+    def _start_beam(self, key: str, prompt: str, params: GenParams) -> BeamJob:
+        try:
+            rendered = self._render(engine_prompt(prompt, params))
+        except _client_errors() as exc:
+            raise RequestRejected(str(exc)) from None
+        ids = rendered.get("prompt_token_ids") if isinstance(rendered, dict) else None
+        if not ids:
+            raise RequestRejected("beam search needs a prompt of tokens")
+        job = BeamJob(key, list(ids), params, self.llm.get_tokenizer())
+        self._beam_round(job)
+        return job
+
+    def _beam_round(self, job: BeamJob) -> None:
+        eng, sampling = self.llm.llm_engine, job.sampling()
+        for rid, beam_prompt in job.next_round():
+            try:
+                eng.add_request(rid, beam_prompt, sampling, lora_request=lora_request(job.params))
+            except _client_errors() as exc:
+                raise RequestRejected(str(exc)) from None
+
+    def _beam_search(self, key: str, prompt: str, params: GenParams, on_token: TokenCallback) -> Generation:
+        """One beam search alone on the engine (an unbatched engine)."""
+        with DeferredSigint():
+            job = self._start_beam(key, prompt, params)
+        eng = self.llm.llm_engine
+        while True:
+            self._stop.check()
+            with DeferredSigint():
+                outputs = eng.step()
+                for out in outputs:
+                    if out.finished and job.owns(out.request_id):
+                        job.take(out.request_id, out)
+                if job.current.done:
+                    if job.advance():
+                        break
+                    self._beam_round(job)
+        answer = job.answer()
+        for i, token_id in enumerate(answer.token_ids):
+            on_token(answer.text if i == len(answer.token_ids) - 1 else "", token_id)
+        return Generation(answer.text, len(answer.token_ids), answer.finish_reason, answer.prompt_tokens,
+                          token_ids=answer.token_ids if params.return_token_ids else ())
+
+    def _beam_step(self, out: Any) -> StepOutput | None:
+        """A batched beam search's request answered: the search's end, when this was its last."""
+        job = next((j for j in self._beams.values() if j.owns(out.request_id)), None)
+        if job is None or not out.finished:
+            return None
+        job.take(out.request_id, out)
+        if not job.current.done:
+            return None
+        if not job.advance():
+            self._beam_round(job)
+            return None
+        del self._beams[job.key]
+        answer = job.answer()
+        return StepOutput(job.key, answer.text, len(answer.token_ids), True, answer.finish_reason, answer.prompt_tokens,
+                          token_ids=answer.token_ids if job.params.return_token_ids else ())
+
     def _render(self, prompt: str) -> Any:
         """The prompt as vLLM's offline API renders it (falls back to the raw string)."""
         render = getattr(self.llm, "_preprocess_cmpl_one", None)
@@ -190,6 +264,7 @@ class VLLMBackend:
     def abort(self) -> None:
         """Abort every request in flight, so the next generate starts at once."""
         self._stop.clear()
+        self._beams.clear()
         if self.llm is None:
             return
         eng = self.llm.llm_engine
@@ -207,6 +282,9 @@ class VLLMBackend:
     # batching (engines.batch): continuous batching in one LLMEngine ---------------------------
     def add_request(self, key: str, prompt: str, params: GenParams) -> None:
         """Queue a request under the job's key; it joins the running batch at the next step."""
+        if params.beam_width:
+            self._beams[key] = self._start_beam(key, prompt, params)
+            return
         self._add(key, prompt, params)
         self._batch_params[key] = params
 
@@ -220,6 +298,17 @@ class VLLMBackend:
             raise EngineDead("vLLM EngineCore died; restart this engine") from exc
         steps = []
         for out in outputs:
+            if self._beams and "#beam" in out.request_id:
+                beam = self._beam_step(out)
+                if beam is not None:
+                    steps.append(beam)
+                continue
+            if is_pooling(out):
+                self._batch_params.pop(out.request_id, None)
+                pooled, shape = pooled_output(out) if out.finished else ((), ())
+                steps.append(StepOutput(out.request_id, "", 0, out.finished, "stop" if out.finished else None,
+                                        len(out.prompt_token_ids or ()), pooled=pooled, pooled_shape=shape))
+                continue
             delta = out.outputs[0]
             reason = delta.finish_reason if out.finished else None
             if out.finished and reason not in ("stop", "length"):
@@ -244,14 +333,19 @@ class VLLMBackend:
         )
 
     def abort_requests(self, keys: list[str]) -> None:
-        """Abort these requests alone (external ids); the rest of the batch goes on."""
+        """Abort these requests alone (external ids; a beam search: its round's requests); the rest of the batch
+        goes on."""
         if self.llm is None or not keys:
             return
         eng = self.llm.llm_engine
-        live = [k for k in keys if k in eng.output_processor.external_req_ids] if hasattr(
-            eng.output_processor, "external_req_ids") else keys
+        ids = list(keys)
         for key in keys:
             self._batch_params.pop(key, None)
+            beam = self._beams.pop(key, None)
+            if beam is not None:
+                ids += [rid for rid in beam.current.beams if rid not in beam.current.answers]
+        live = [k for k in ids if k in eng.output_processor.external_req_ids] if hasattr(
+            eng.output_processor, "external_req_ids") else ids
         if live:
             eng.abort_request(live, internal=False)
 
@@ -291,6 +385,7 @@ class VLLMBackend:
             "threads": self.threads,
             "dead": self.dead,
             **self._limits(),
+            **self.pooling,
             "unsupported": {},
             **self._chat_info(),
         }

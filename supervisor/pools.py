@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from llmsup.supervisor.settings import Settings
 
 DEFAULT = "default"
+FUNCTIONS = "python"  # the backend of pools whose engines run registered functions (no model, no GPU)
 # what a pool may set: what its engines are and load (the server's queue, web and security settings are shared)
 POOL_KEYS = frozenset({
     "engines", "standby", "backend", "model", "gpus_per_engine", "slots_per_engine", "engine_options", "engine_args",
@@ -113,9 +114,14 @@ class Pool:
     first_gpu: int = 0  # its devices start at this position of the visible ones: the pools before it hold those before
 
     @property
+    def runs_functions(self) -> bool:
+        """Its engines run registered functions (function steps), not a model."""
+        return self.settings.backend == FUNCTIONS
+
+    @property
     def gpus(self) -> int:
-        """Devices it takes on a GPU host: one group per serving engine."""
-        return self.settings.engines * self.settings.gpus_per_engine
+        """Devices it takes on a GPU host: one group per serving engine (none for a pool of functions)."""
+        return 0 if self.runs_functions else self.settings.engines * self.settings.gpus_per_engine
 
 
 def pools_of(settings: Settings) -> list[Pool]:
@@ -150,6 +156,11 @@ def own_devices(pools: list[Pool], pool: Pool, visible: list[str]) -> list[str]:
     if len(pools) == 1:
         return list(visible)
     return visible[pool.first_gpu:pool.first_gpu + pool.gpus] if visible else []
+
+
+def model_pools(pools: list[Pool]) -> list[Pool]:
+    """The pools that serve a model (every pool when none does: a server of functions only)."""
+    return [p for p in pools if not p.runs_functions] or pools
 
 
 def served_name(pool: Pool) -> str:

@@ -47,6 +47,13 @@ class ControlPlane(Protocol):
     def submit(self, req: JobRequest) -> Submitted:
         """Queue a job (or return the existing one for a repeated idempotency key)."""
 
+    def submit_many(self, reqs: builtins.list[JobRequest]) -> builtins.list[Submitted]:
+        """Queue many jobs with one quota check: all or none (InvalidRequest names the one at fault)."""
+
+    async def committed(self) -> None:
+        """Returns once every write so far is in the store (the store groups a loop turn's writes): await it before
+        an answer that promises a write (a 202)."""
+
     def get(self, job_id: str) -> Job:
         """The job with its output so far (JobNotFound)."""
 
@@ -98,8 +105,9 @@ class ControlPlane(Protocol):
         """Let the engine finish its jobs and take no new ones (``drain=False``: undo)."""
 
     # the model and figures ------------------------------------------------------------------------------------
-    def model_facts(self) -> builtins.list[dict[str, Any]]:
-        """What each engine reported of its backend (backend, model path, max_model_len, chat template...)."""
+    def model_facts(self, pool: str | None = None) -> builtins.list[dict[str, Any]]:
+        """What the pool's engines (None: the first pool's) reported of its configured model (backend, model path,
+        max_model_len, chat template...), its own host's engines first (``local``): ``supervisor/core/model_facts.py``."""
 
     def served_model_name(self) -> str:
         """The model name the OpenAI routes answer to (the first pool's first name)."""

@@ -28,12 +28,12 @@ from llmsup.engines.messages import StreamEvent
 from llmsup.supervisor import runfiles
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.cluster.control import ControlChannel
-from llmsup.supervisor.cluster.curve import ChannelGate, ChannelKeys
+from llmsup.supervisor.cluster.curve import ChannelGate, ChannelKeys, engine_of
 from llmsup.supervisor.cluster.driver import ClusterDriver
 from llmsup.supervisor.cluster.leftovers import ProcessLedger
 from llmsup.supervisor.cluster.manager import Channels, ClusterManager, listen_addresses
 from llmsup.supervisor.cluster.stream_reader import StreamReader
-from llmsup.supervisor.core import model_name
+from llmsup.supervisor.core import model_facts, model_name
 from llmsup.supervisor.core import reports as ev
 from llmsup.supervisor.core.driver import EngineDriver
 from llmsup.supervisor.core.engine_state import Engine, EngineState, move
@@ -46,7 +46,7 @@ from llmsup.supervisor.core.parts import Hooks
 from llmsup.supervisor.core.pool import EnginePool
 from llmsup.supervisor.core.requests import JobRequest, Submitted
 from llmsup.supervisor.core.running import RunningJob
-from llmsup.supervisor.core.start_failures import EngineStartFailed, give_up
+from llmsup.supervisor.core.start_failures import EngineStartFailed
 from llmsup.supervisor.metrics.prometheus import Metrics
 from llmsup.supervisor.pipelines.runner import PipelineRunner
 from llmsup.supervisor.pipelines.store import MemoryPipelineStore, SQLitePipelineStore
@@ -122,6 +122,13 @@ class Supervisor:
     def submit(self, req: JobRequest) -> Submitted:
         return self.core.submit(req, self.now())
 
+    def submit_many(self, reqs: builtins.list[JobRequest]) -> builtins.list[Submitted]:
+        return self.core.submit_many(reqs, self.now())
+
+    async def committed(self) -> None:
+        if isinstance(self.core.store_or_none, SQLiteStore):
+            await self.core.store_or_none.committed()
+
     def get(self, job_id: str) -> Job:
         return self.core.get(job_id)
 
@@ -164,11 +171,11 @@ class Supervisor:
     def serving_engines(self) -> int:
         return len(self.pool.serving())
 
-    def model_facts(self) -> builtins.list[dict[str, Any]]:
-        return [dict(engine.backend) for engine in self.pool if engine.backend]
+    def model_facts(self, pool: str | None = None) -> builtins.list[dict[str, Any]]:
+        return model_facts.pool_facts(self.settings, self.pool, self.driver.is_local, pool)
 
     def served_model_name(self) -> str:
-        return self.metrics.model_name()
+        return next(iter(self.served_pools()))  # the first model pool's first name
 
     def served_model_names(self) -> builtins.list[str]:
         return model_name.served_model_names(self.settings, self.pool.engines.values())
@@ -236,6 +243,8 @@ class Supervisor:
         self._owns_run_dir = True
         if not self.core.has_store:
             self.core.store = SQLiteStore(s.db_path)
+        if isinstance(self.core.store, SQLiteStore):  # a loop turn's writes in one transaction
+            self.core.store.group_commits(asyncio.get_running_loop().call_soon)
         self.core.recover(self.now())
         if isinstance(self.core.store, SQLiteStore):
             self.pipelines.store = SQLitePipelineStore(s.run_dir / runfiles.PIPELINE_STORE)
@@ -254,11 +263,11 @@ class Supervisor:
     async def _start_driver(self) -> builtins.list[tuple[str, Callable[[], Awaitable[None]]]]:
         """llmsup's channels, the IPyParallel cluster and its driver; returns the loops that read the channels."""
         s = self.settings
-        wires = self.wires = _make_wires(s, self.on_stream_event, self.metrics)
+        wires = self.wires = _make_wires(s, self.on_stream_event, self.metrics, self.sent_by_its_engine)
         self.stream_address = wires.stream.address
         self.cluster.channels = Channels(self.stream_address, wires.control.address, wires.keys)
         await self.cluster.start()
-        driver = ClusterDriver(s, self.cluster, self.ledger, self.report, wires.control)
+        driver = ClusterDriver(s, self.cluster, self.ledger, self.report, wires.control, wires.gate)
         self.core.driver = driver
         self.core.configure_engines(dict(s.for_engines(), stream_address=self.stream_address,
                                          channel_keys=wires.keys.for_clients()),
@@ -272,7 +281,7 @@ class Supervisor:
         ``EngineStartFailed`` when no engine can load the model (``core/start_failures.py``)."""
         start = self.mono()
         while len(self.pool.serving()) < n:
-            error = give_up(self.core.start_failures, n, len(self.pool.serving()))
+            error = self.core.start_give_up(n)
             if error is not None:
                 raise EngineStartFailed(error)
             if self.mono() - max(start, self.core.last_engine_progress) > timeout:
@@ -376,6 +385,17 @@ class Supervisor:
                 log.exception("health tick failed")
             await asyncio.sleep(period)
 
+    def sent_by_its_engine(self, event: StreamEvent, sender: str) -> bool:
+        """A token stream message may come from this sender: an engine's own key, about that engine (its beat) or a
+        job running on it. A job the core does not know is let through: the core drops it (late, or stale)."""
+        engine_id = engine_of(sender)
+        if engine_id is None:  # the join file's key (join agents): nothing of theirs travels on the stream
+            return False
+        if isinstance(event, wire.EngineBeat):
+            return event.engine_id == engine_id
+        run = self.core.job_side.by_key(event.key)
+        return run is None or run.engine.id == engine_id
+
     def on_stream_event(self, event: StreamEvent) -> None:
         """One message of the engines' token stream (decoded by the StreamReader), reported to the core."""
         if isinstance(event, wire.EngineBeat):
@@ -394,12 +414,14 @@ class Supervisor:
         return task
 
 
-def _make_wires(s: Settings, on_event: Callable[[StreamEvent], None], metrics: Metrics) -> Wires:
-    """llmsup's channels: CURVE, and only peers with the client keys (our engines, join agents) get in."""
+def _make_wires(s: Settings, on_event: Callable[[StreamEvent], None], metrics: Metrics,
+                check: Callable[[StreamEvent, str], bool]) -> Wires:
+    """llmsup's channels: CURVE, and only peers with known keys (each engine's own, the join agents') get in."""
     context = zmq.asyncio.Context()
     keys = ChannelKeys.generate()
     bind, advertise = listen_addresses(s)
-    return Wires(context, keys, ChannelGate(context, keys), StreamReader(context, bind, on_event, metrics, keys, advertise),
+    return Wires(context, keys, ChannelGate(context, keys),
+                 StreamReader(context, bind, on_event, metrics, keys, advertise, check=check),
                  ControlChannel(context, bind, metrics, keys, advertise))
 
 

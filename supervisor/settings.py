@@ -35,6 +35,7 @@ from llmsup.supervisor.settings_meta import SERVER as SERVER
 from llmsup.supervisor.settings_meta import cli as cli
 from llmsup.supervisor.settings_meta import cli_meta as cli_meta
 from llmsup.supervisor.settings_meta import split_list as split_list
+from llmsup.supervisor.settings_secrets import SecretSettings
 from llmsup.supervisor.settings_serving import ServingFeatures
 from llmsup.supervisor.settings_sources import ENV_PREFIX as ENV_PREFIX
 from llmsup.supervisor.settings_sources import AliasEnvironment, aliases_of
@@ -53,7 +54,7 @@ OTHER_VARIABLES = {
 }
 
 
-class Settings(FrontendFields, WebFields, JobFields, EngineFields, ServingFeatures, PoolFields):
+class Settings(FrontendFields, WebFields, JobFields, EngineFields, ServingFeatures, PoolFields, SecretSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
 
     @classmethod

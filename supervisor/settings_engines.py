@@ -3,6 +3,7 @@ model's settings). :class:`EngineFields` is a base of :class:`~llmsup.supervisor
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -11,6 +12,9 @@ from pydantic_settings import BaseSettings, NoDecode
 
 from llmsup.supervisor.settings_meta import ENGINES, MODEL, cli, split_list
 
+# an ssh destination and nothing else: [user@]host[:port], neither part starting with "-" (an ssh option)
+SSH_HOST = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,63}@)?"
+                      r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 BackendName = Literal["auto", "sim", "transformers", "vllm", "python"]
 DType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 
@@ -142,6 +146,15 @@ class EngineFields(BaseSettings):
     @classmethod
     def _split_engine_hosts(cls, value: Any) -> Any:
         return split_list(value) if isinstance(value, str) else value
+
+    @field_validator("hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not SSH_HOST.fullmatch(host):
+                raise ValueError(f"hosts: {host!r} is not [user@]host[:port] (a name or address; nothing ssh would "
+                                 "read as an option)")
+        return value
 
     @field_validator("chat_template")
     @classmethod

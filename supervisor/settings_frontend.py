@@ -53,7 +53,8 @@ class FrontendFields(BaseSettings):
     )
     max_log_len: int | None = Field(None, ge=0, description="characters of a prompt logged by enable_log_requests "
                                     "(default: all)", json_schema_extra=cli(FRONTEND))
-    disable_fastapi_docs: bool = Field(False, description="no /docs, /redoc, /openapi.json",
+    disable_fastapi_docs: bool = Field(False, description="no /docs (a plain page of the operations, nothing loaded "
+                                       "from elsewhere) nor /openapi.json",
                                        json_schema_extra=cli(FRONTEND))
 
     @field_validator("allowed_origins", "allowed_methods", "allowed_headers", mode="before")

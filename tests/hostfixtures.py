@@ -21,12 +21,13 @@ def host_settings(net: HostNet, run_dir: Path, **overrides: object) -> Settings:
     return make_settings(run_dir, **values)
 
 
-def start_agent(net: HostNet, host: TestHost, sup: Supervisor, engines: int, standby: int = 0) -> HostProcess:
-    """``llmsup join <run-dir>/join.json --engines N`` on the host, as its PID namespace's pid 1."""
+def start_agent(net: HostNet, host: TestHost, sup: Supervisor, engines: int, standby: int = 0,
+                pool: str = "") -> HostProcess:
+    """``llmsup join <run-dir>/join.json --engines N`` (``--pool``) on the host, as its PID namespace's pid 1."""
     join_file = (sup.settings.run_dir / "join.json").resolve()
     work = net.workdir / f"join-{host.name}"
     argv = [sys.executable, "-m", "llmsup.supervisor.cli", "join", str(join_file), "--engines", str(engines),
-            "--standby", str(standby), "--work-dir", str(work)]
+            "--standby", str(standby), "--work-dir", str(work), *(["--pool", pool] if pool else [])]
     return net.spawn(host, argv, log_name=f"agent-{host.name}")
 
 

@@ -297,27 +297,35 @@ def _gone(pid: int, created: float) -> bool:
         return True
 
 
-def run_mp_engine(tiny_model: str, tmp_path: pathlib.Path, target: str) -> dict[str, Any]:
-    """Run MP_SCRIPT in its own process group; returns its RESULT after checking nothing outlived it."""
+def start_mp_engine(tiny_model: str, tmp_path: pathlib.Path, target: str) -> subprocess.Popen[str]:
+    """Start MP_SCRIPT in its own process group, its output to ``tmp_path/out.log`` (a pipe nobody reads yet would
+    hold it up)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     script = tmp_path / "mp_engine.py"
     script.write_text(MP_SCRIPT)
     config = backend_config("vllm", tiny_model, tmp_path, options={"multiprocessing": True})
     env = dict(os.environ, PYTHONPATH=str(REPO), VLLM_ENABLE_V1_MULTIPROCESSING="1")
-    proc = subprocess.Popen(
-        [sys.executable, str(script), json.dumps(config), target],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        process_group=0,
-    )
+    with open(tmp_path / "out.log", "w") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, str(script), json.dumps(config), target],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            process_group=0,
+        )
+
+
+def finish_mp_engine(proc: subprocess.Popen[str], tmp_path: pathlib.Path) -> dict[str, Any]:
+    """MP_SCRIPT's RESULT, after checking nothing outlived it (its group is killed if it does not end in time)."""
     try:
-        out, _ = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    out = (tmp_path / "out.log").read_text(errors="replace")
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, out[-4000:]
     result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
@@ -328,11 +336,33 @@ def run_mp_engine(tiny_model: str, tmp_path: pathlib.Path, target: str) -> dict[
     return result
 
 
+@pytest.fixture(scope="module")
+def mp_engine_runs(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any] | BaseException]:
+    """MP_SCRIPT for both targets at once, each in its own process group and directory (vLLM's start-up is most of
+    each run): target -> its RESULT, or what went wrong, which the test of that target raises."""
+    base = tmp_path_factory.mktemp("mp-engine")
+    procs = {target: start_mp_engine(tiny_model, base / target, target) for target in ("pid", "group")}
+    runs: dict[str, dict[str, Any] | BaseException] = {}
+    for target, proc in procs.items():
+        try:
+            runs[target] = finish_mp_engine(proc, base / target)
+        except (AssertionError, subprocess.SubprocessError, OSError, ValueError) as exc:
+            runs[target] = exc
+    return runs
+
+
+def mp_result(runs: dict[str, dict[str, Any] | BaseException], target: str) -> dict[str, Any]:
+    run = runs[target]
+    if isinstance(run, BaseException):
+        raise run
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_vllm_multiprocessing_interrupt_and_release(tiny_model: str, tmp_path: pathlib.Path) -> None:
+def test_vllm_multiprocessing_interrupt_and_release(mp_engine_runs: dict[str, Any]) -> None:
     """EngineCore in its own processes: SIGINT to the engine pid + abort, next request; release() stops all."""
-    result = run_mp_engine(tiny_model, tmp_path, "pid")
+    result = mp_result(mp_engine_runs, "pid")
     assert len(result["alive_before_release"]) == len(result["kids"])  # the interrupt killed nothing
     assert (
         result["interrupted"]
@@ -345,9 +375,9 @@ def test_vllm_multiprocessing_interrupt_and_release(tiny_model: str, tmp_path: p
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_vllm_sigint_to_process_group_kills_engine_core(tiny_model: str, tmp_path: pathlib.Path) -> None:
+def test_vllm_sigint_to_process_group_kills_engine_core(mp_engine_runs: dict[str, Any]) -> None:
     """Why the watchdog signals the engine pid only: a group SIGINT kills EngineCore; the backend says so."""
-    result = run_mp_engine(tiny_model, tmp_path, "group")
+    result = mp_result(mp_engine_runs, "group")
     # The running request ends either way: KeyboardInterrupt, or EngineDead when EngineCore's death is seen first.
     assert result["interrupted"] or result["long_error"] == "EngineDead", result
     assert result["error"] == ["EngineDead", True], result  # transient: retry the job on another engine

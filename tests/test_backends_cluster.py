@@ -8,21 +8,20 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import make_settings
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.supervisor.core.jobs import JobStatus
 from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
+from support.clusters import SharedSupervisors
 from support.waiting import eventually_async
 
 S = JobStatus
 pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-async def started(tmp_path: Path, tiny_model: str, **kw: object) -> Supervisor:
-    sup = Supervisor(make_settings(tmp_path / "run", engines=1, model=tiny_model, engine_start_timeout_s=180, **kw))
-    await sup.start()
-    return sup
+def single_engine(tiny_model: str, **kw: object) -> dict[str, object]:
+    """Settings overrides: one engine of ``backend`` on the tiny model."""
+    return dict(engines=1, model=tiny_model, engine_start_timeout_s=180, **kw)
 
 
 def submit(sup: Supervisor, prompt: str, **kw: object):  # type: ignore[no-untyped-def]
@@ -30,12 +29,14 @@ def submit(sup: Supervisor, prompt: str, **kw: object):  # type: ignore[no-untyp
 
 
 @pytest.fixture(params=["transformers", "vllm"])
-async def single(request: pytest.FixtureRequest, tmp_path: Path, tiny_model: str) -> AsyncIterator[Supervisor]:
-    sup = await started(tmp_path, tiny_model, backend=request.param, slots_per_engine=1)
+async def single(request: pytest.FixtureRequest, shared_supervisors: SharedSupervisors,
+                 tiny_model: str) -> AsyncIterator[Supervisor]:  # noqa: F811
+    """One engine of the backend, shared by this module's tests of that backend (reset between them)."""
+    sup = await shared_supervisors.take(single_engine(tiny_model, backend=request.param, slots_per_engine=1))
     try:
         yield sup
     finally:
-        await sup.stop()
+        await shared_supervisors.give_back(sup)
 
 
 async def test_generate_timeout_reuse_and_cancel(single: Supervisor) -> None:
@@ -62,22 +63,32 @@ async def test_generate_timeout_reuse_and_cancel(single: Supervisor) -> None:
     assert sup.metrics.interrupts.labels("sigkill")._value.get() == 0
 
 
+@pytest.mark.parametrize("single", ["vllm"], indirect=True)
+async def test_a_vllm_engine_logs_vllm_records_and_its_warm_up_to_its_file(single: Supervisor) -> None:
+    engine = next(iter(single.pool))
+    text = Path(engine.log_file).read_text()
+    phases = [line.split("engine start, ")[1].split(":")[0] for line in text.splitlines() if "engine start, " in line]
+    assert phases == ["start", "load", "warm-up", "ready"]
+    assert " vllm." in text  # vLLM's own records (its logger does not propagate: routed by its logging config)
+
+
 @pytest.mark.timeout(300)
-async def test_vllm_recycle_leaves_no_orphans(tmp_path: Path, tiny_model: str) -> None:
-    sup = await started(tmp_path, tiny_model, backend="vllm", slots_per_engine=1, max_jobs_per_engine=1,
-                        engine_options={"multiprocessing": True})
+async def test_vllm_recycle_leaves_no_orphans(shared_supervisors: SharedSupervisors, tiny_model: str) -> None:  # noqa: F811
+    sup = await shared_supervisors.take(single_engine(tiny_model, backend="vllm", slots_per_engine=1, max_jobs_per_engine=1,
+                                                      engine_options={"multiprocessing": True}))
     try:
         engine = next(iter(sup.pool))
-        children = psutil.Process(engine.pid).children(recursive=True)
+        process = psutil.Process(engine.pid)
+        children = process.children(recursive=True)
         assert len(children) >= 2  # EngineCore and its worker (and the nanny)
         job = await sup.wait(submit(sup, "Hello", max_tokens=4).id, 120)
         assert job.status is S.SUCCEEDED
-        await eventually_async(lambda: any(e.pid != engine.pid for e in sup.pool.serving()), 200)
-        await eventually_async(lambda: not any(_exists(p) for p in children), 20,
-                               what=f"vLLM's processes to exit: {[p.pid for p in children]}")
-        assert not psutil.pid_exists(engine.pid) or psutil.Process(engine.pid).status() == psutil.STATUS_ZOMBIE
+        # recycled: out of the pool (its replacement is launched then; that it serves is the sim tests' part)
+        await eventually_async(lambda: engine.id not in sup.pool.engines, 120, what="the engine to be recycled")
+        await eventually_async(lambda: not any(_exists(p) for p in [process, *children]), 20,
+                               what=f"the engine and vLLM's processes to exit: {[p.pid for p in [process, *children]]}")
     finally:
-        await sup.stop()
+        await shared_supervisors.close()  # its replacement is still loading: nothing to share
 
 
 def _exists(p: psutil.Process) -> bool:

@@ -14,7 +14,7 @@ from llmsup.web.chat_parsing import ChatParsing, ParserNames
 from llmsup.web.errors import OpenAIHTTPError
 from llmsup.web.openai_schemas import ChatCompletionRequest
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.real, pytest.mark.timeout(180)]  # transformers and vLLM: model libraries
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'

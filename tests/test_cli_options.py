@@ -54,10 +54,10 @@ def test_vllm_flags_reach_the_settings_and_the_engines(served: list[Settings], t
     template = tmp_path / "chat.jinja"
     template.write_text("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>")
     s = serve(served, "org/model", "--max-model-len", "4096", "--gpu-memory-utilization", "0.5", "--dtype", "bfloat16",
-              "-tp", "2", "--max-num-seqs", "8", "--api-key", "k1", "--served-model-name", "mine", "--enforce-eager",
-              "--trust-remote-code", "--chat-template", str(template), "--seed", "7")
+              "-tp", "2", "--max-num-seqs", "8", "--api-key", "k1-0123456789abcdef", "--served-model-name", "mine",
+              "--enforce-eager", "--trust-remote-code", "--chat-template", str(template), "--seed", "7")
     assert (s.model, s.gpus_per_engine, s.slots_per_engine, s.served_model_name) == ("org/model", 2, 8, "mine")
-    assert s.api_keys is not None and s.api_keys.get_secret_value() == "k1"
+    assert s.api_keys is not None and s.api_keys.get_secret_value() == "k1-0123456789abcdef"
     engines = s.for_engines()
     assert engines["options"] == {"max_model_len": 4096, "gpu_memory_utilization": 0.5, "dtype": "bfloat16",
                                   "enforce_eager": True, "trust_remote_code": True, "max_num_seqs": 8, "seed": 7}

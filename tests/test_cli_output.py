@@ -66,12 +66,14 @@ def test_status_and_engines_are_tables(server: FakeServer) -> None:
     code, out, _ = invoke("status", "job-1")
     assert code == 0 and "status    queued" in out and "prompt    first prompt" in out and "output:" in out
     server.engines[0].update(host="h", gpu="0", jobs=[{"job_id": "job-1", "running_s": 1.0}], jobs_done=4,
-                             rss_mb=512.4, uptime_s=75.0, backend="vllm", model="org/m", log_file="/r/logs/engine-e0.log")
+                             rss_mb=512.4, uptime_s=75.0, backend="vllm", model="org/m", log_file="/r/logs/engine-e0.log",
+                             pool="big")
     code, out, _ = invoke("engines")
     lines = out.splitlines()
-    assert code == 0 and lines[0].split() == ["ID", "STATE", "HOST", "PID", "GPU", "JOBS", "DONE", "RSS", "MB", "UP",
-                                              "MODEL"]
-    assert lines[1].split() == ["0", "idle", "h", "1000", "0", "job-1", "4", "512", "1m15s", "vllm:", "org/m"]
+    assert code == 0 and lines[0].split() == ["ID", "POOL", "STATE", "HOST", "PID", "GPU", "JOBS", "DONE", "RSS", "MB",
+                                              "UP", "MODEL"]
+    assert lines[1].split() == ["0", "big", "idle", "h", "1000", "0", "job-1", "4", "512", "1m15s", "vllm:", "org/m"]
+    assert lines[2].split()[:3] == ["1", "default", "idle"]  # a server from before pools: its one pool
     assert "engine 0 log: /r/logs/engine-e0.log" in lines
 
 

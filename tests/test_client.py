@@ -432,6 +432,7 @@ def test_error_mapping_and_auth_headers(tmp_path: Path, monkeypatch: pytest.Monk
     (tmp_path / "admin_token").write_text("adm\n")
     (tmp_path / "api_key").write_text("key\n")
     (tmp_path / "server.json").write_text(json.dumps({"url": "http://llmsup.test", "pid": os.getpid()}))
+    os.chmod(tmp_path / "server.json", 0o600)  # as the server writes it: a file open to others is ignored
     seen: dict[str, str | None] = {}
 
     def handler(request: httpx.Request) -> httpx.Response:

@@ -1,6 +1,7 @@
 """An engine's start: its log file, its progress (published while init runs, read by the supervisor), the start
 timeout counted from the latest progress, the Hugging Face download with progress (a stand-in hub), the user's
-Hugging Face home kept, the server's chat template published; and the same on a real local cluster."""
+Hugging Face home kept, the server's chat template published; and the same on a real local cluster (a vLLM engine's
+own log: tests/test_backends_cluster.py, on the vLLM engine its tests share)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ from typing import Any
 
 import pytest
 
-from conftest import make_settings
-from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.engines import download, runtime, startup
 from llmsup.engines.protocol import Generation, GenParams, TokenCallback
 from llmsup.supervisor.cluster import engine_start
@@ -274,19 +273,3 @@ async def test_engines_log_to_their_files_publish_progress_and_the_chat_template
     task = sup.cluster.apply(engine.id, publishing_start)
     assert await engine_start.wait_started(asyncio.wrap_future(task), engine_start.published(task), 10, seen.append)
     assert [p.phase for p in seen] == ["download", "load", "warm-up"] and seen[0].log_file == "/run/logs/engine-x.log"
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-async def test_a_vllm_engine_logs_vllm_records_and_its_warm_up_to_its_file(tmp_path: Path, tiny_model: str) -> None:
-    sup = Supervisor(make_settings(tmp_path / "run", engines=1, backend="vllm", model=tiny_model, slots_per_engine=1,
-                                   engine_start_timeout_s=180))
-    await sup.start()
-    try:
-        engine = next(iter(sup.pool))
-        text = Path(engine.log_file).read_text()
-    finally:
-        await sup.stop()
-    phases = [line.split("engine start, ")[1].split(":")[0] for line in text.splitlines() if "engine start, " in line]
-    assert phases == ["start", "load", "warm-up", "ready"]
-    assert " vllm." in text  # vLLM's own records (its logger does not propagate: routed by its logging config)

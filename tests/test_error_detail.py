@@ -21,7 +21,7 @@ from support.live import serving
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(120)]
 ERROR_PROMPT = "fail here [sim:error]"
-ALICE = {"Authorization": "Bearer key-alice"}
+ALICE = {"Authorization": "Bearer key-alice-0123456789"}
 
 
 def assert_engine_traceback(detail: str | None) -> None:
@@ -94,7 +94,8 @@ def test_a_store_written_before_error_detail_gains_the_column(tmp_path: Path) ->
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serving(tmp_path_factory.mktemp("detail"), engines=1, require_api_keys="on", api_keys="alice:key-alice") as live:
+    with serving(tmp_path_factory.mktemp("detail"), engines=1, require_api_keys="on",
+                 api_keys="alice:key-alice-0123456789") as live:
         yield live
 
 

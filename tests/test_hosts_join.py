@@ -94,3 +94,29 @@ def wait_exit(popen: subprocess.Popen[bytes], timeout: float) -> int | None:
         return popen.wait(timeout)
     except subprocess.TimeoutExpired:
         return None
+
+
+async def test_an_agent_runs_engines_of_the_pool_it_names(hostnet: HostNet, tmp_path: Path) -> None:  # noqa: F811
+    """``llmsup join --pool big`` on hosta: its engine serves pool big (whose engines this server does not start),
+    and jobs of that pool run there only."""
+    hosta = hostnet.add_host("hosta")
+    pools = [{"name": "small", "engines": 1}, {"name": "big", "engines": 0, "served_model_name": "m-big"}]
+    sup = Supervisor(host_settings(hostnet, tmp_path / "run", engines=1, pools=pools))
+    agent = None
+    try:
+        await sup.start()
+        agent = start_agent(hostnet, hosta, sup, engines=1, pool="big")
+        await until(lambda: len(serving_on(sup, "hosta")) == 1, 60, "hosta: one engine serving")
+        serving = [(e.host == "hosta", e.pool) for e in sup.pool if e.state in (EngineState.IDLE, EngineState.BUSY)]
+        assert sorted(serving) == [(False, "small"), (True, "big")]  # ours on this host, the agent's on hosta
+        jobs = [sup.submit(JobRequest(f"big {i}", max_tokens=2, pool="m-big")).job for i in range(3)]
+        jobs.append(sup.submit(JobRequest("small one", max_tokens=2)).job)
+        done = [await sup.wait(j.id, 30) for j in jobs]
+        assert [d.status for d in done] == [JobStatus.SUCCEEDED] * 4
+        assert [d.engine.host for d in done[:3]] == ["hosta"] * 3 and done[3].engine.host != "hosta"
+        assert [d.pool for d in done] == ["big", "big", "big", "small"]
+    finally:
+        await sup.stop()
+        if agent is not None:
+            status = await asyncio.get_running_loop().run_in_executor(None, wait_exit, agent.popen, 30)
+            assert status == 0, agent.output()[-3000:]

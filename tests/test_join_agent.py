@@ -11,11 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
+import zmq.asyncio
 
 from llmsup.engines.messages import HostOrder, encode
 from llmsup.supervisor.cli.join import JoinAgent
 from llmsup.supervisor.cluster.joinfile import JoinFileError, JoinInfo
 from llmsup.supervisor.rundir import RunDirError
+from support.waiting import eventually_async
 
 pytestmark = pytest.mark.timeout(30)
 KEYS = {"server_public": "s" * 40, "client_public": "c" * 40, "client_secret": "x" * 40}
@@ -106,3 +109,78 @@ def test_a_work_dir_not_its_own_and_private_is_refused(tmp_path: Path, make: str
         asyncio.run(agent.run())
     assert not agent.slots or all(slot.proc is None for slot in agent.slots)  # no engine started
     assert list(work.iterdir()) == []
+
+
+class Channel:
+    """A control channel as the server binds it: a CURVE ROUTER on a port of its own, with its own keys."""
+
+    def __init__(self, ctx: zmq.asyncio.Context) -> None:
+        server_public, server_secret = zmq.curve_keypair()
+        client_public, client_secret = zmq.curve_keypair()
+        self.keys = {"server_public": server_public.decode(), "client_public": client_public.decode(),
+                     "client_secret": client_secret.decode()}
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.curve_server = True
+        self.sock.curve_secretkey = server_secret
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.address = f"tcp://127.0.0.1:{port}"
+
+    async def beat_from(self) -> bytes:
+        identity, _ = await asyncio.wait_for(self.sock.recv_multipart(), 10)
+        return bytes(identity)
+
+
+async def test_a_new_control_channel_in_the_join_file_gets_a_new_socket(tmp_path: Path) -> None:
+    ctx = zmq.asyncio.Context()
+    old, new = Channel(ctx), Channel(ctx)
+    path = tmp_path / "join.json"
+    controller = {"registration": 1, "interface": "tcp://127.0.0.1"}
+    JoinInfo(controller, "tcp://127.0.0.1:1", old.address, old.keys, 500, 5.0).write(path)
+    agent = JoinAgent(JoinInfo.read(path), engines=0, work_dir=tmp_path / "work", join_file=path, beat_s=0.05)
+    running = asyncio.ensure_future(agent.run())
+    try:
+        assert await old.beat_from() == agent.identity.encode()
+        JoinInfo(controller, "tcp://127.0.0.1:1", new.address, new.keys, 500, 5.0).write(path)
+        agent._join_mtime = 0.0  # as if written later than it was read (mtime granularity)
+        assert await new.beat_from() == agent.identity.encode()  # the new address, with the new keys
+        assert agent.info.control_address == new.address
+    finally:
+        agent.stopping = True
+        await asyncio.wait_for(running, 10)
+        for channel in (old, new):
+            channel.sock.close(linger=0)
+        ctx.term()
+
+
+async def test_beats_while_the_server_is_unreachable_leave_no_unretrieved_error(tmp_path: Path) -> None:
+    import gc
+
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+    ctx = zmq.asyncio.Context()
+    channel = Channel(ctx)  # its keys; nothing listens at the address the agent is given
+    channel.sock.close(linger=0)
+    path = tmp_path / "join.json"
+    JoinInfo({"registration": 1}, "tcp://127.0.0.1:1", channel.address, channel.keys, 500, 5.0).write(path)
+    agent = JoinAgent(JoinInfo.read(path), engines=0, work_dir=tmp_path / "work", join_file=path, beat_s=0.02)
+    beats = []
+    beat = agent.beat
+    agent.beat = lambda: beats.append(1) or beat()  # type: ignore[method-assign]
+    running = asyncio.ensure_future(agent.run())
+    try:  # each beat refused by the socket (no peer: zmq.Again), as while the network is down
+        await eventually_async(lambda: len(beats) >= 10, timeout=10, what="ten beats")
+    finally:
+        agent.stopping = True
+        await asyncio.wait_for(running, 10)
+        ctx.term()
+    gc.collect()
+    await asyncio.sleep(0)  # the loop reports what the collection found
+    assert not [c for c in unhandled if "never retrieved" in str(c.get("message"))]
+
+
+def test_an_agent_of_one_pool_tells_its_engines_which(agent: JoinAgent, tmp_path: Path) -> None:
+    assert "LLMSUP_POOL" not in agent._env(agent.slots[0])  # no --pool: the server's first pool
+    pooled = JoinAgent(agent.info, engines=1, work_dir=tmp_path / "work2", pool="big")
+    assert pooled._env(pooled.slots[0])["LLMSUP_POOL"] == "big"

@@ -177,6 +177,36 @@ def test_the_model_name_label_moves_with_the_served_name(tmp_path: Path) -> None
     assert value(core, "vllm:request_success_total", model_name="my-model", finished_reason="stop") == 0
 
 
+def test_each_pool_has_its_model_name_and_its_own_gauges(tmp_path: Path) -> None:
+    pools = [{"name": "small", "engines": 1, "served_model_name": "m-small"},
+             {"name": "big", "engines": 1, "served_model_name": "m-big"}]
+    core, _, clock = make_core(tmp_path, engines=2, pools=pools)
+    big = core.submit(JobRequest(prompt="p", max_tokens=4, pool="big"), clock.now).job
+    small = [core.submit(JobRequest(prompt="p", pool="small"), clock.now).job for _ in range(3)]
+    assert core.dispatch_ready(clock.now) == 2  # one engine each: two small jobs wait
+    key = key_of(core, big.id)
+    for seq in range(3):
+        core.report(ev.TokenPiece(key, seq, "x"), clock.now)
+    core.update_gauges(clock.now)
+    assert value(core, "vllm:generation_tokens_total", model_name="m-big") == 3
+    assert value(core, "vllm:generation_tokens_total", model_name="m-small") == 0
+    assert value(core, "vllm:num_requests_waiting", model_name="m-small") == 2
+    assert value(core, "vllm:num_requests_waiting", model_name="m-big") == 0
+    assert value(core, "vllm:num_requests_running", model_name="m-big") == 1
+    assert value(core, "llmsup_pool_queue_depth", pool="small") == 2
+    assert value(core, "llmsup_pool_running_jobs", pool="small") == 1
+    assert value(core, "llmsup_pool_engines", pool="big", state="busy") == 1
+    assert value(core, "llmsup_pool_engines", pool="small", state="idle") == 0
+    core.report(ev.JobReply(key, result=JobResult(**{"outcome": "completed", "text": "xxxx", "tokens": 4,
+                                         "finish_reason": "length"})), clock.now)
+    core.cancel(small[2].id, clock.now)
+    core.update_gauges(clock.now)
+    assert value(core, "vllm:request_success_total", model_name="m-big", finished_reason="length") == 1
+    assert value(core, "vllm:request_success_total", model_name="m-small", finished_reason="abort") == 1
+    assert value(core, "llmsup_pool_queue_depth", pool="small") == 1
+    assert value(core, "llmsup_pool_engines", pool="big", state="idle") == 1
+
+
 def test_history_samples_once_a_second_with_rates(tmp_path: Path) -> None:
     core, _, clock = make_core(tmp_path)
     core.update_gauges(clock.now)  # starts the differences
@@ -204,3 +234,13 @@ def test_restart_reasons_are_a_small_set_of_label_values() -> None:
     assert restart_label("sigint_failed") == "sigint_failed"
     assert restart_label("no heartbeat for 10.3s") == "no_heartbeat"
     assert restart_label("lost") == "lost"
+
+
+def test_an_engine_started_for_a_pool_by_someone_else_joins_that_pool(tmp_path: Path) -> None:
+    pools = [{"name": "small", "engines": 1}, {"name": "big", "engines": 1, "served_model_name": "m-big"}]
+    core, _, clock = make_core(tmp_path, engines=2, pools=pools)
+    for engine_id, pool in ((50, "big"), (51, ""), (52, "nope")):  # a join agent's engines (no launch of ours)
+        core.report(ev.EngineRegistered(engine_id), clock.now)
+        ident = ev.EngineIdentity(host="other", host_key="other|boot", pid=5000 + engine_id, gpu="0", pool=pool)
+        core.report(ev.EngineIdentified(engine_id, ident), clock.now)
+    assert {e.id: e.pool for e in core.pool if e.id >= 50} == {50: "big", 51: "small", 52: "small"}

@@ -22,7 +22,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from support.live import finish_server, start_server
+from support.live import finish_server, sim_environment, start_llmsup, start_server
 
 pytestmark = pytest.mark.real  # real processes (see tests/conftest.py)
 
@@ -30,6 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 KERNEL = "llmsup-test-python"
 CELL_TIMEOUT_S = 120
+FUNCTIONS = "llmsup.engines.example_functions"
+SERVER_ARGS = {  # notebooks that need more than the default server: its engines and flags
+    "03_pipelines.ipynb": (4, ["--pool", "name=io,backend=python,engines=1",
+                               "--pool", "name=small,backend=sim,engines=2", "--pool", "name=big,backend=sim,engines=1",
+                               "--function", f"fetch={FUNCTIONS}:fetch", "--function", f"split={FUNCTIONS}:split"]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +75,13 @@ def test_notebooks_pass_nbqa_ruff() -> None:
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path, kernel_dir: Path) -> None:
-    server = start_server(tmp_path / "server")
+    if path.name in SERVER_ARGS:
+        engines, args = SERVER_ARGS[path.name]
+        base = tmp_path / "server"
+        base.mkdir()
+        server = start_llmsup(base / "run", base, sim_environment(base), engines=engines, args=args, cwd=base)
+    else:
+        server = start_server(tmp_path / "server")
     try:
         home = tmp_path / "kernel"
         env = {

@@ -3,7 +3,8 @@ server runs vLLM's hermes tool parser (``--tool-call-parser hermes --enable-auto
 text is random, so the calls are forced ("required", a named function: vLLM's structured output of the tool
 parser) and the arguments bounded by a strict schema; the round trip goes on with the tool's answer. The same
 server answers ``/v1/responses``, ``/ping``, two served names, ``X-Request-Id`` (``--enable-request-id-headers``)
-and a LoRA adapter (``--lora-modules ad1=DIR``, a random adapter of the tiny model) chosen by ``model``."""
+and a LoRA adapter (``--lora-modules ad1=DIR``, a random adapter of the tiny model) chosen by ``model``. It is the
+session's ``vllm_server`` (tests/conftest.py), which tests/test_openai_vllm.py shares."""
 
 from __future__ import annotations
 
@@ -13,13 +14,12 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from conftest import VLLM_ALIAS, VLLM_MODEL
 from fixtures_models import build_tiny_lora, models_run_dir_fixture, tiny_lora_fixture, tiny_model_fixture  # noqa: F401
 from support.live import LiveServer as Server
-from support.live import serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-MODEL = "tiny"
-ALIAS = "tiny-alias"
+MODEL, ALIAS = VLLM_MODEL, VLLM_ALIAS
 CITIES = ["Paris", "Rome"]
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "the weather in a city", "strict": True,
@@ -29,13 +29,9 @@ QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def tools_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, tiny_lora: str) -> Iterator[Server]:  # noqa: F811
-    with serving(tmp_path_factory.mktemp("oai-tools"), engines=1, backend="vllm", start_timeout_s=420,
-                 model=tiny_model, slots_per_engine=4, engine_start_timeout_s=400,
-                 deadline_s=120, engine_beat_timeout_s=90, tool_call_parser="hermes",
-                 enable_auto_tool_choice=True, served_model_name=f"{MODEL},{ALIAS}",
-                 enable_request_id_headers=True, lora_modules=f"ad1={tiny_lora}") as server:
-        yield server
+def tools_server(vllm_server: Server) -> Server:
+    """The session's vLLM server (tests/conftest.py: the hermes parser, auto tool choice, both names, ``ad1``)."""
+    return vllm_server
 
 
 @pytest.fixture(scope="module")

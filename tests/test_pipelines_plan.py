@@ -62,6 +62,24 @@ def test_a_spec_is_checked_whole() -> None:
     assert check(PipelineSpec((ok, StepSpec("b", "Summarize: {{ a }}", after=("a",)))), POOLS)
 
 
+def test_function_steps_are_placed_in_a_pool_of_functions_and_prompt_steps_on_a_model() -> None:
+    fns = ("fetch",)
+    placed = check(PipelineSpec((StepSpec("f", "/doc", fn="fetch"), StepSpec("b", "{{f}}", after=("f",)))),
+                   POOLS, fns, ["io", "io2"])
+    assert [s.pool for s in placed.steps] == ["io", None]  # the first pool of functions; None: the first model's
+    assert check(PipelineSpec((StepSpec("f", "x", fn="fetch", pool="io2"),)), POOLS, fns, ["io", "io2"]).steps[0].pool == "io2"
+    for steps, function_pools, words in [
+        ((StepSpec("f", "x", fn="fetch"),), [], "needs a pool of backend python"),
+        ((StepSpec("f", "x", fn="fetch", pool="tiny"),), ["io"], "pool 'tiny' runs a model"),
+        ((StepSpec("p", "x", pool="io"),), ["io"], "pool 'io' runs functions"),
+        ((StepSpec("f", "x", fn="nope"),), ["io"], "no function 'nope'; registered: fetch"),
+    ]:
+        with pytest.raises(InvalidRequest, match=words):
+            check(PipelineSpec(steps), POOLS, fns, function_pools)
+    with pytest.raises(InvalidRequest, match="functions only"):  # one pool, of functions: a prompt step has no model
+        check(PipelineSpec((StepSpec("p", "x"),)), ["default"], fns, ["default"])
+
+
 def test_render_substitutes_plain_text_only() -> None:
     assert render("S: {{a}} / {{item}} / {{b}} {% x %}", {"a": "{{b}}"}, "it") == "S: {{b}} / it / {{b}} {% x %}"
 
@@ -173,4 +191,22 @@ def test_pipeline_store_contract(kind: str, tmp_path) -> None:  # type: ignore[n
     assert [p.id for p in store.active()][:1] == [a.id] and b.id not in [p.id for p in store.active()]
     assert [p.id for p in store.recent("bob", 10)][-1] == b.id and all(p.owner == "bob" for p in store.recent("bob", 10))
     assert store.get(a.id) == a  # the spec (a map of items) round-trips whole
+    store.close()
+
+
+def test_pipeline_store_fsyncs_only_a_new_pipeline_and_its_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = SQLitePipelineStore(tmp_path / "p.sqlite")
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    p = pipeline(StepSpec("a", "x"), StepSpec("b", "{{a}}", after=("a",)))
+    store.add(p)
+    insert = next(i for i, s in enumerate(statements) if s.startswith("INSERT"))
+    assert statements[insert - 1:insert + 2:2] == ["PRAGMA synchronous=FULL", "PRAGMA synchronous=NORMAL"]
+    statements.clear()
+    store.put(replace(p, status=PipelineStatus.RUNNING))
+    assert not any("synchronous" in s for s in statements)  # a change between: no fsync
+    store.put(replace(p, status=PipelineStatus.SUCCEEDED))
+    update = [i for i, s in enumerate(statements) if s.startswith("UPDATE")][-1]
+    assert statements[update - 1:update + 2:2] == ["PRAGMA synchronous=FULL", "PRAGMA synchronous=NORMAL"]
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 1 and store.get(p.id).status is PipelineStatus.SUCCEEDED
     store.close()

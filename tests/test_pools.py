@@ -15,7 +15,7 @@ import pytest
 from support.live import LiveServer, finish_server, sim_environment, start_llmsup
 from support.waiting import eventually
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.real, pytest.mark.timeout(180)]  # llmsup serve as a process
 POOLS = ("--pool", "name=small,backend=sim,engines=1,served_model_name=m-small",
          "--pool", "name=big,backend=sim,engines=2,served_model_name=m-big")
 

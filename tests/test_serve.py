@@ -92,7 +92,7 @@ def test_restart_after_sigkill_requeues_running_and_runs_queued(tmp_path: Path) 
     old_tree = first.tree()
     second = None
     try:
-        running = first.submit("long one [sim:slow=0.05]", max_tokens=400)
+        running = first.submit("long one [sim:slow=0.05]", max_tokens=100)  # 5 s: killed while it runs
         queued = [first.submit(f"queued {i}", max_tokens=3) for i in range(3)]
         eventually(lambda: first.http.get(f"/v1/jobs/{running['id']}").json()["status"] == "running", 20, "running")
         os.kill(first.proc.pid, signal.SIGKILL)  # the supervisor dies; its cluster lives on
@@ -101,7 +101,7 @@ def test_restart_after_sigkill_requeues_running_and_runs_queued(tmp_path: Path) 
         second = Server(run_dir, engines=1, LLMSUP_MAX_ATTEMPTS="3")
         eventually(lambda: not alive(old_tree), 15, "the old cluster stopped by the new supervisor")
         again = second.wait_job(running["id"], 60)
-        assert again["status"] == "succeeded" and again["attempts"] == 2 and again["tokens"] == 400
+        assert again["status"] == "succeeded" and again["attempts"] == 2 and again["tokens"] == 100
         for q in queued:
             assert second.wait_job(q["id"])["status"] == "succeeded"
     finally:

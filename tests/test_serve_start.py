@@ -15,6 +15,7 @@ from support.live import LLMSUP, ServerProcess, free_port, sim_environment, spaw
 from support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(240)
+REAL = pytest.mark.real  # `llmsup serve` as a process (the test of the log lines needs none)
 STOP_WITHIN_S = 10.0
 
 
@@ -53,6 +54,7 @@ def test_the_backends_key_lines_are_picked_from_an_engine_log(tmp_path: Path) ->
     assert follower.read("0", str(log)) == [] and follower.read("1", str(tmp_path / "missing.log")) == []
 
 
+@REAL
 def test_a_model_path_that_is_not_there_ends_the_server_with_the_error(tmp_path: Path) -> None:
     t0 = time.monotonic()
     server = start(tmp_path, str(tmp_path / "no-such-model"), "--engines", "2", "--standby", "0", backend="transformers")
@@ -91,6 +93,7 @@ def test_a_signal_during_start_up_stops_everything_within_10s(tmp_path: Path, ti
         assert not stop(server, grace=5)
 
 
+@REAL
 def test_the_ready_banner_says_where_the_server_and_its_key_are(tmp_path: Path) -> None:
     server = start(tmp_path, "--engines", "1", "--standby", "0")
     try:
@@ -107,6 +110,7 @@ def test_the_ready_banner_says_where_the_server_and_its_key_are(tmp_path: Path) 
         assert not stop(server)
 
 
+@REAL
 def test_sigterm_once_serving_exits_0_leaving_nothing(tmp_path: Path) -> None:
     server = start(tmp_path, "--engines", "1", "--standby", "0")
     try:

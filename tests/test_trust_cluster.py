@@ -11,6 +11,8 @@ from typing import Any
 
 import psutil
 import pytest
+import zmq
+import zmq.asyncio
 from ipyparallel import error as ipp_error
 
 from conftest import make_settings
@@ -18,6 +20,7 @@ from llmsup.supervisor.cluster.manager import controller_args
 from llmsup.supervisor.cluster.plain_replies import REFUSED
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
+from support.waiting import eventually_async
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -37,7 +40,12 @@ def plain_reply() -> dict[str, Any]:
     return {"host": "fine", "ids": [1, 2, 3], "blob": b"x" * 100_000, "pair": (1, 2.5), "set": {1}}
 
 
-malicious_reply.__module__ = plain_reply.__module__ = "__main__"  # shipped by code: tests/ is not on engines' path
+def echo_reply(text: str) -> dict[str, Any]:
+    return {"output": text}
+
+
+# shipped by code: tests/ is not on engines' path
+malicious_reply.__module__ = plain_reply.__module__ = echo_reply.__module__ = "__main__"
 
 
 @pytest.mark.settings(engines=1)
@@ -66,6 +74,23 @@ async def test_the_hub_keeps_no_task_records(sup: Supervisor) -> None:
     assert records == []
 
 
+@pytest.mark.settings(engines=1)
+async def test_a_read_reply_leaves_the_clients_caches(sup: Supervisor) -> None:
+    eid = next(iter(sup.cluster.engine_ids()))
+    client = sup.cluster.client
+    assert client is not None
+    marker = "an unbatched job's output " + "q" * 50
+    assert await asyncio.wrap_future(sup.cluster.apply(eid, echo_reply, marker)) == {"output": marker}
+
+    def kept() -> list[str]:
+        futures = [f.result() for f in client._futures.values() if f.done() and not f.exception()]
+        caches = {"results": client.results, "metadata": client.metadata, "futures": futures}
+        return [name for name, cache in caches.items() if marker in repr(cache)]
+
+    await eventually_async(lambda: not kept(), timeout=10, what="the reply purged from the client's caches")
+    assert not any(marker in repr(m) for m in client.metadata.values())
+
+
 def test_controller_client_ports_listen_on_loopback_only(tmp_path: Path) -> None:
     args = controller_args(Settings(run_dir=tmp_path, cluster_ip="10.1.2.3"))
     assert "--IPController.engine_ip=10.1.2.3" in args and "--IPController.client_ip=127.0.0.1" in args
@@ -81,6 +106,7 @@ def this_machines_address() -> str:
     pytest.skip("this machine has no address beyond loopback")
 
 
+@pytest.mark.real  # a real controller
 async def test_the_running_controller_binds_client_ports_on_loopback(run_dir: Path) -> None:
     address = this_machines_address()
     sup = Supervisor(make_settings(run_dir, engines=1, cluster_ip=address))
@@ -102,3 +128,43 @@ async def check_listening(sup: Supervisor, address: str) -> None:
     assert {listening[p] for p in client_ports} == {"127.0.0.1"}, json.dumps(info["client"])
     assert listening[info["engine"]["mux"]] == address
     assert len(sup.cluster.engine_ids()) == 1  # and an engine got in through them
+
+
+def malformed(sup: Supervisor, channel: str) -> float:
+    return sup.metrics.malformed.labels(channel)._value.get()
+
+
+@pytest.mark.settings(engines=1, slots_per_engine=2, sim_token_s=0.02)
+async def test_the_join_files_key_cannot_take_an_engines_connection_nor_settle_its_job(sup: Supervisor) -> None:
+    from llmsup.engines.messages import Hello, JobDone, JobResult, encode
+    from llmsup.engines.stream import secure_client
+    from llmsup.supervisor.core.jobs import JobStatus
+    from llmsup.supervisor.core.requests import JobRequest
+
+    (engine,) = sup.pool.serving()
+    shared = sup.wires.keys.for_clients()  # what every holder of join.json has
+    ctx = zmq.asyncio.Context()
+    try:
+        pretender = ctx.socket(zmq.DEALER)  # claims engine's identity on the control channel
+        pretender.setsockopt(zmq.LINGER, 0)
+        pretender.setsockopt(zmq.IDENTITY, str(engine.id).encode())
+        secure_client(pretender, shared)
+        pretender.connect(sup.wires.control.address)
+        await pretender.send(encode(Hello(pid=1)))
+        await eventually_async(lambda: malformed(sup, "control") >= 1, timeout=10, what="the hello dropped")
+        job = sup.submit(JobRequest("a long one", max_tokens=150)).job
+        run = await eventually_async(lambda: sup.core.job_side.running(job.id), timeout=10, what="the job running")
+        key = run.key
+        forger = ctx.socket(zmq.PUSH)  # settles the job with a result of its own on the token stream
+        forger.setsockopt(zmq.LINGER, 0)
+        secure_client(forger, shared)
+        forger.connect(sup.wires.stream.address)
+        await forger.send(encode(JobDone(key, JobResult("completed", text="forged", tokens=1))))
+        await eventually_async(lambda: malformed(sup, "stream") >= 1, timeout=10, what="the forged result dropped")
+        done = await sup.wait(job.id, 30)
+        assert done.status is JobStatus.SUCCEEDED and "forged" not in done.output and done.tokens > 1
+        assert not await pretender.poll(100)  # no Submit of the job reached the pretender
+        pretender.close(linger=0)
+        forger.close(linger=0)
+    finally:
+        ctx.term()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from conftest import make_settings
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
 from llmsup.supervisor.core.jobs import JobStatus
 from llmsup.supervisor.core.requests import JobRequest
 from llmsup.supervisor.service import Supervisor
+from support.clusters import SharedSupervisors
 from support.waiting import eventually_async
 
 S = JobStatus
@@ -20,16 +19,16 @@ LONG = {"ignore_eos": True}
 
 
 @pytest.fixture
-async def sup(tmp_path: Path, tiny_model: str) -> AsyncIterator[Supervisor]:
-    supervisor = Supervisor(make_settings(
-        tmp_path / "run", engines=1, backend="vllm", model=tiny_model, slots_per_engine=16,
-        engine_test_hooks=True, engine_start_timeout_s=180, kill_grace_s=1.5,
+async def sup(shared_supervisors: SharedSupervisors, tiny_model: str) -> AsyncIterator[Supervisor]:  # noqa: F811
+    """One batched vLLM engine, shared by this module's tests (``support.clusters``: reset between them)."""
+    supervisor = await shared_supervisors.take(dict(
+        engines=1, backend="vllm", model=tiny_model, slots_per_engine=16, engine_test_hooks=True,
+        engine_start_timeout_s=180, kill_grace_s=1.5,
     ))
-    await supervisor.start()
     try:
         yield supervisor
     finally:
-        await supervisor.stop()
+        await shared_supervisors.give_back(supervisor)
 
 
 def submit(sup: Supervisor, prompt: str, **kw: object):  # type: ignore[no-untyped-def]

@@ -4,6 +4,7 @@ with why (never "No such option", never a silent no-op); vLLM's YAML --config; t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,13 @@ from llmsup.supervisor.settings import load_settings, read_config
 from support.inprocess import in_process
 
 pytestmark = pytest.mark.timeout(300)
-needs_vllm = pytest.mark.skipif(not vllm_flags.installed(), reason="vLLM is not installed")
+_vllm_installed = pytest.mark.skipif(not vllm_flags.installed(), reason="vLLM is not installed")
+
+
+def needs_vllm(test: Callable[..., None]) -> Callable[..., None]:
+    """vLLM's own parser: importing vLLM is a model library's import (``real``: ``make test-fast`` leaves it out)."""
+    marked: Callable[..., None] = pytest.mark.real(_vllm_installed(test))
+    return marked
 
 
 def serve(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:

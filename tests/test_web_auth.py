@@ -19,13 +19,13 @@ from support.live import job_status
 from support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
-ALICE, BOB = {"Authorization": "Bearer key-alice"}, {"Authorization": "Bearer key-bob"}
+ALICE, BOB = {"Authorization": "Bearer key-alice-0123456789"}, {"Authorization": "Bearer key-bob-0123456789ab"}
 
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serving_in_process(tmp_path_factory.mktemp("keyed"), require_api_keys="on", api_keys="alice:key-alice,bob:key-bob",
-                 sse_max_per_owner=1) as live:
+    with serving_in_process(tmp_path_factory.mktemp("keyed"), require_api_keys="on", sse_max_per_owner=1,
+                            api_keys="alice:key-alice-0123456789,bob:key-bob-0123456789ab", auth_backoff_s=0) as live:
         yield live
 
 
@@ -97,7 +97,7 @@ def test_idempotency_keys_are_per_user(keyed: Server) -> None:
 
 
 def test_openai_sdk_with_api_keys(keyed: Server) -> None:
-    with openai.OpenAI(base_url=keyed.url + "/v1", api_key="key-bob", max_retries=0) as bob:
+    with openai.OpenAI(base_url=keyed.url + "/v1", api_key="key-bob-0123456789ab", max_retries=0) as bob:
         resp = bob.completions.create(model="sim", prompt="hi", max_tokens=2)
         job_id = resp.model_extra["llmsup"]["job_id"]
     with keyed.client() as c:
@@ -164,25 +164,25 @@ def test_keys_are_required_on_loopback_too_with_a_generated_key_kept_across_rest
     assert local.owner_of(key) == "default"
     again = auth.Auth.from_settings(Settings(run_dir=tmp_path, host="0.0.0.0"))  # a restart: the same key
     assert again.owner_of(key) == "default" and key_file.read_text().strip() == key
-    given = auth.Auth.from_settings(Settings(run_dir=tmp_path, api_keys="sk-x"))
-    assert given.owner_of("sk-x") and given.owner_of(key) is None and given.key_file is None
+    given = auth.Auth.from_settings(Settings(run_dir=tmp_path, api_keys="sk-x-0123456789abcdef"))
+    assert given.owner_of("sk-x-0123456789abcdef") and given.owner_of(key) is None and given.key_file is None
     assert not key_file.exists()  # the generated key is void once keys are given: no client sends it
     assert auth.is_loopback("::1") and auth.is_loopback("localhost") and not auth.is_loopback("10.0.0.1")
 
 
 def test_keys_off_is_open_mode_and_vllm_api_key_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not auth.Auth.from_settings(Settings(run_dir=tmp_path / "a", require_api_keys="off")).keys_required
-    monkeypatch.setenv("VLLM_API_KEY", "sk-from-env")
+    monkeypatch.setenv("VLLM_API_KEY", "sk-from-env-0123456789")
     env = auth.Auth.from_settings(Settings(run_dir=tmp_path / "b"))
-    assert env.keys_required and env.owner_of("sk-from-env") and env.key_file is None
-    flag = auth.Auth.from_settings(Settings(run_dir=tmp_path / "c", api_keys="sk-flag"))  # the flag wins
-    assert flag.owner_of("sk-flag") and flag.owner_of("sk-from-env") is None
+    assert env.keys_required and env.owner_of("sk-from-env-0123456789") and env.key_file is None
+    flag = auth.Auth.from_settings(Settings(run_dir=tmp_path / "c", api_keys="sk-flag-0123456789"))  # the flag wins
+    assert flag.owner_of("sk-flag-0123456789") and flag.owner_of("sk-from-env-0123456789") is None
 
 
 def test_configured_admin_token_is_used_and_not_written(tmp_path: Path) -> None:
     auth.write_secret(tmp_path / "admin_token", "generated-by-an-earlier-run")
-    a = auth.Auth.from_settings(Settings(run_dir=tmp_path, admin_token="s3cret-token"))
-    assert a.is_admin("s3cret-token") and not a.is_admin("s3cret-tokeN") and not a.is_admin(None)
+    a = auth.Auth.from_settings(Settings(run_dir=tmp_path, admin_token="s3cret-token-0123456789"))
+    assert a.is_admin("s3cret-token-0123456789") and not a.is_admin("s3cret-token-012345678N") and not a.is_admin(None)
     assert not (tmp_path / "admin_token").exists()
 
 

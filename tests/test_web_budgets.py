@@ -105,6 +105,8 @@ async def test_loop_lag_is_a_metric(web: InProcessApp) -> None:
 
     text = (await web.http.get("/metrics")).text  # the app's own monitor runs from its start
     assert "llmsup_event_loop_lag_seconds_count" in text and "llmsup_event_loop_lag_max_seconds" in text
+    cpu = next(line for line in text.splitlines() if line.startswith("process_cpu_seconds_total "))
+    assert float(cpu.split()[1]) > 0  # the supervisor's own CPU seconds
     lag = LoopLag(CollectorRegistry())
     lag.observe(0.2, now=1000.0)
     lag.observe(0.01, now=1001.0)

@@ -182,3 +182,24 @@ def test_charts_of_the_last_minutes_render_and_move_and_the_standby_is_shown(bro
     rss = re.findall(r'^llmsup_engine_rss_bytes\{engine="\d+"\} (\S+)$', text, re.M)
     assert len(rss) == 2 and all(float(v) > 10 * 2**20 for v in rss)  # the serving engine and the standby
     assert "llmsup_engine_gpu_memory_bytes{" not in text  # engines on the CPU: no GPU memory series
+
+
+def test_engines_are_grouped_by_pool(browser, tmp_path: Path) -> None:
+    pools = "name=small,backend=sim,engines=1,served_model_name=m-small;name=big,backend=sim,engines=2"
+    with serving(tmp_path, engines=3, pools=pools, require_api_keys="off") as live:
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            page.goto(live.url + "/dashboard")
+            page.wait_for_function("document.querySelectorAll('.engine[data-engine-id]').length === 3")
+            titles = page.locator(".pool-title").evaluate_all("ts => ts.map(t => [t.dataset.pool, t.innerText])")
+            assert [t[0] for t in titles] == ["big", "small"] and "2 engines" in titles[0][1] \
+                and "1 engine" in titles[1][1], titles
+            order = page.locator("#engines > *").evaluate_all(
+                "els => els.map(e => e.classList.contains('pool-title') ? 'title:' + e.dataset.pool : e.dataset.pool)")
+            assert order == ["title:big", "big", "big", "title:small", "small"]  # each pool's cards under its title
+        finally:
+            context.close()
+        assert not errors, f"JavaScript errors on the page: {errors}"

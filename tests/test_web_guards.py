@@ -31,9 +31,10 @@ from llmsup.web.live import SharedStatusReads, _feed
 from llmsup.web.sse import PING, EventStream
 
 pytestmark = pytest.mark.timeout(60)
-ALICE, BOB = {"Authorization": "Bearer key-alice"}, {"Authorization": "Bearer key-bob"}
-GUARDED = dict(require_api_keys="on", api_keys="alice:key-alice,bob:key-bob", owner_queue_max=2, max_user_priority=10,
-               sse_max_per_owner=2, sse_max_total=3, default_max_tokens=16, backend="sim", engines=0)
+ALICE, BOB = {"Authorization": "Bearer key-alice-0123456789"}, {"Authorization": "Bearer key-bob-0123456789ab"}
+GUARDED = dict(require_api_keys="on", api_keys="alice:key-alice-0123456789,bob:key-bob-0123456789ab",
+               owner_queue_max=2, max_user_priority=10, sse_max_per_owner=2, sse_max_total=3, default_max_tokens=16,
+               backend="sim", engines=0)
 
 
 @dataclass

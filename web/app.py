@@ -20,21 +20,25 @@ from llmsup.supervisor.settings import Settings
 from llmsup.supervisor.store import retention
 from llmsup.web import (
     dashboard,
+    docs_page,
     errors,
     live,
     lora,
     metrics,
     openapi,
     routes_admin,
+    routes_batch,
     routes_jobs,
     routes_openai,
     routes_pipelines,
+    routes_pooling,
     routes_serving,
     serving_responses,
     tokens,
 )
 from llmsup.web.auth import Auth
 from llmsup.web.chat_parsing import parsing_for
+from llmsup.web.crosssite import CrossSiteGuard
 from llmsup.web.deps import SupervisorDep
 from llmsup.web.hosts import HostAllowlist, allowed_hosts, is_wildcard
 from llmsup.web.limits import BodySizeLimit, StreamSlots
@@ -96,14 +100,14 @@ def create_app(settings: Settings | None = None, supervisor: ControlPlane | None
     docs = not settings.disable_fastapi_docs
     app = FastAPI(title="llmsup", version=__version__, lifespan=lifespan,
                   description="LLM job supervisor on IPyParallel: deadlines that really free the engine.",
-                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
-                  openapi_url="/openapi.json" if docs else None)
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json" if docs else None)
     errors.install(app)
     app.state.schema_checker = SchemaChecker()  # its worker process starts with the first schema
     app.state.stream_slots = StreamSlots(settings.sse_max_per_owner, settings.sse_max_total)
     app.state.live_counts = SharedCounts()
     app.state.live_reads = live.SharedStatusReads()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CrossSiteGuard, allowed_origins=settings.allowed_origins)  # on its headers: before the body
     if settings.require_api_keys == "off":  # the DNS-rebinding guard: keyless, a browser's page could reach us
         app.add_middleware(HostAllowlist, allowed=allowed_hosts(settings), wildcard_bind=is_wildcard(settings.host))
     app.add_middleware(HTTPMetrics)
@@ -113,10 +117,12 @@ def create_app(settings: Settings | None = None, supervisor: ControlPlane | None
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
                            allow_methods=settings.allowed_methods, allow_headers=settings.allowed_headers,
                            allow_credentials=settings.allow_credentials)
-    for module in (routes_jobs, routes_pipelines, live, routes_openai, serving_responses, lora, routes_serving,
-                   routes_admin, metrics, dashboard):
+    for module in (routes_batch, routes_jobs, routes_pipelines, live, routes_openai, serving_responses, lora,
+                   routes_serving, routes_pooling, routes_admin, metrics, dashboard):
         app.include_router(module.router)
     openapi.install(app, settings)
+    if docs:
+        docs_page.install(app, settings.root_path)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

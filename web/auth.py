@@ -1,19 +1,23 @@
 """Who is calling: the admin bearer token and the API keys of job routes.
 
 - Admin routes always need ``Authorization: Bearer <admin token>``: missing -> 401, wrong -> 403. The token comes
-  from ``LLMSUP_ADMIN_TOKEN``; without it a new one is generated at every start and written to
-  ``<run-dir>/admin_token`` (mode 0600), whose path is logged.
+  from ``admin_token_file`` or ``LLMSUP_ADMIN_TOKEN``; without it a new one is generated at every start and written
+  to ``<run-dir>/admin_token`` (mode 0600), whose path is logged.
 - Every route but the keyless ones (``/health``, ``/ping``, ``/version``, ``/healthz``, ``/readyz``, the dashboard's
   files, and ``/metrics`` with ``metrics_open``) needs an API key, on every bind, loopback too, unless
   ``require_api_keys=off`` (vLLM's open mode). Keys come from ``--api-key`` / ``LLMSUP_API_KEYS``, ``VLLM_API_KEY``
   and ``api_keys_file`` (``key`` or ``owner:key``); with none given, one is generated into ``<run-dir>/api_key``
   (0600; kept across restarts, so a notebook's client keeps working), where the CLI and the Python client find it.
+  A secret file must be readable by its owner only, and every key and token given at least ``min_key_length``
+  characters long: otherwise :class:`SecretError` (``llmsup serve`` says why and does not start).
   A key user sees and cancels only their own jobs; the admin token works as a key that sees every job. Owner names
-  are checked (``supervisor/core/requests.py: check_owner_name``) when keys are read.
+  are checked (``supervisor/core/requests.py: check_owner_name``) when keys are read. With keys off, every caller's
+  jobs belong to one owner, ``keyless``: one queue quota and one fair share for all of them.
 - Idempotency keys are per owner in the store itself (``supervisor/store/sqlite.py``), so no owner can reach
   another owner's job through a key; jobs without an owner (the admin's, keys off) are one owner of their own.
 
-Every comparison is constant-time (``hmac.compare_digest`` over SHA-256 digests, all keys compared).
+Every comparison is constant-time (``hmac.compare_digest`` over SHA-256 digests, all keys compared). A wrong key or
+token slows its address's next attempts (``web/auth_backoff.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -34,9 +39,13 @@ from llmsup.supervisor.core.jobs import Job
 from llmsup.supervisor.core.requests import InvalidRequest, JobNotFound, check_owner_name
 from llmsup.supervisor.rundir import prepare_run_dir, write_private
 from llmsup.supervisor.settings import Settings
+from llmsup.web.auth_backoff import FailedAuth
 
 log = logging.getLogger("llmsup.web.auth")
 BEARER = {"WWW-Authenticate": "Bearer"}
+
+
+KEYLESS = "keyless"  # the owner of the jobs callers without a key submit (require_api_keys=off)
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,12 @@ class Principal:
 
     owner: str | None
     admin: bool = False
+
+    @property
+    def job_owner(self) -> str | None:
+        """The owner of the jobs it submits: its key's owner; callers without a key (keys off) are all one owner,
+        :data:`KEYLESS`, with that owner's queue quota and fair share; the admin none (exempt from quotas)."""
+        return KEYLESS if self.owner is None and not self.admin else self.owner
 
     @property
     def sees_all(self) -> bool:
@@ -78,6 +93,39 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class SecretError(ValueError):
+    """A secret given cannot be used: the message says which and why."""
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """The text of a secret file: a regular file that neither group nor others may read."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise SecretError(f"{what} {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise SecretError(f"{what} {path} is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}): "
+                              f"run `chmod 600 {path}`")
+        return path.read_text()
+    except OSError as exc:
+        raise SecretError(f"{what} {path}: {exc.strerror}") from None
+
+
+def check_length(secret: str, what: str, settings: Settings) -> str:
+    """The secret, if at least ``min_key_length`` long; a shorter one is accepted on a loopback bind only (a
+    ``vllm serve --api-key sk-x`` line runs unchanged there), with a warning."""
+    minimum = settings.min_key_length
+    if len(secret) >= minimum:
+        return secret
+    if is_loopback(settings.host):
+        log.warning("%s is %d characters long (min_key_length %d): accepted because the server binds %s only",
+                    what, len(secret), minimum, settings.host)
+        return secret
+    raise SecretError(f"{what} is {len(secret)} characters long: at least {minimum} needed (min_key_length) when "
+                      f"the server binds {settings.host}; "
+                      "e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'")
+
+
 def parse_keys(text: str) -> dict[str, str]:
     """``key`` or ``owner:key`` items (commas or new lines) -> {key: owner}."""
     keys: dict[str, str] = {}
@@ -106,8 +154,27 @@ def configured_keys(settings: Settings) -> dict[str, str]:
     elif os.environ.get("VLLM_API_KEY"):
         keys.update(parse_keys(os.environ["VLLM_API_KEY"]))
     if settings.api_keys_file is not None:
-        keys.update(parse_keys(settings.api_keys_file.read_text()))
+        keys.update(parse_keys(read_secret_file(settings.api_keys_file, "api_keys_file")))
+    for key, owner in keys.items():
+        check_length(key, f"the API key of {owner!r}", settings)
     return keys
+
+
+def configured_admin_token(settings: Settings) -> str | None:
+    """The admin token given (``admin_token_file``, ``admin_token``), or None."""
+    if settings.admin_token_file is not None:
+        token = read_secret_file(settings.admin_token_file, "admin_token_file").strip()
+    elif settings.admin_token is not None:
+        token = settings.admin_token.get_secret_value()
+    else:
+        return None
+    return check_length(token, "the admin token", settings) if token else None
+
+
+def check_secrets(settings: Settings) -> None:
+    """Read every secret given, as the app will at start: :class:`SecretError` (or ValueError) if one is unusable."""
+    configured_admin_token(settings)
+    configured_keys(settings)
 
 
 def generated_key(path: Path) -> str:
@@ -125,7 +192,9 @@ def generated_key(path: Path) -> str:
 
 
 class Auth:
-    def __init__(self, admin_token: str, keys: dict[str, str], keys_required: bool, key_file: Path | None = None) -> None:
+    def __init__(self, admin_token: str, keys: dict[str, str], keys_required: bool, key_file: Path | None = None,
+                 failed: FailedAuth | None = None) -> None:
+        self.failed = failed if failed is not None else FailedAuth(0.0)
         self._admin = _digest(admin_token)
         self._keys = [(_digest(k), owner) for k, owner in keys.items()]
         self.keys_required = keys_required
@@ -133,8 +202,9 @@ class Auth:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Auth":
-        if settings.admin_token is not None and settings.admin_token.get_secret_value():
-            admin = settings.admin_token.get_secret_value()
+        given = configured_admin_token(settings)
+        if given is not None:
+            admin = given
             settings.admin_token_path.unlink(missing_ok=True)  # a token generated by an earlier run is void
         else:
             admin = secrets.token_urlsafe(32)
@@ -155,7 +225,7 @@ class Auth:
         else:
             log.warning("API keys off (require_api_keys=off): anyone who reaches %s:%s may submit jobs",
                         settings.host, settings.port)
-        return cls(admin, keys, required, key_file)
+        return cls(admin, keys, required, key_file, FailedAuth(settings.auth_backoff_s))
 
     def is_admin(self, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(_digest(token), self._admin)
@@ -187,11 +257,22 @@ def get_auth(request: Request) -> Auth:
     return auth
 
 
+def _address(request: Request) -> str:
+    return request.client.host if request.client is not None else ""
+
+
+def _failed(request: Request, auth: Auth) -> None:
+    auth.failed.failed(_address(request), auth.failed.clock())
+
+
 async def require_admin(request: Request) -> Principal:  # async: FastAPI runs sync ones in threads
     token = bearer(request)
     if token is None:
         raise HTTPException(401, "admin token required (Authorization: Bearer <token>)", headers=BEARER)
-    if not get_auth(request).is_admin(token):
+    auth = get_auth(request)
+    await auth.failed.gate(_address(request))  # no await between here and the check: one check per slot
+    if not auth.is_admin(token):
+        _failed(request, auth)
         raise HTTPException(403, "invalid admin token")
     return ADMIN
 
@@ -199,6 +280,8 @@ async def require_admin(request: Request) -> Principal:  # async: FastAPI runs s
 async def job_principal(request: Request) -> Principal:
     auth = get_auth(request)
     token = bearer(request)
+    if token is not None:
+        await auth.failed.gate(_address(request))
     if auth.is_admin(token):
         return ADMIN
     if not auth.keys_required:
@@ -207,6 +290,7 @@ async def job_principal(request: Request) -> Principal:
         raise HTTPException(401, "API key required (Authorization: Bearer <key>)", headers=BEARER)
     owner = auth.owner_of(token)
     if owner is None:
+        _failed(request, auth)
         raise HTTPException(401, "invalid API key", headers=BEARER)
     return Principal(owner=owner)
 

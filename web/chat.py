@@ -21,8 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from llmsup.engines.chat_template import chat_info
 from llmsup.supervisor.core.requests import InvalidRequest
 from llmsup.supervisor.port import ControlPlane
+from llmsup.web import tokens
 from llmsup.web.openai_schemas import ChatMessage
 
 log = logging.getLogger("llmsup.web")
@@ -153,14 +155,18 @@ def _template_call(call: dict[str, Any]) -> dict[str, Any]:
     return call
 
 
-def template_for(sup: ControlPlane, tokenizer: Any = None) -> ChatTemplate:
-    """The serving template (server's or model's, as an engine published it), else ``Role: content`` lines;
+def template_for(sup: ControlPlane, tokenizer: Any = None, pool: str | None = None) -> ChatTemplate:
+    """The pool's serving template: the configured one, else the model's own (its tokenizer, loaded here from the
+    configured model), else what the pool's engines of that model published; else ``Role: content`` lines.
     ``tokenizer``: the web process's Hugging Face tokenizer, when it has one."""
-    for info in sup.model_facts():
-        if info.get("chat_template"):
-            fmt: ContentFormat = getattr(sup.settings, "chat_template_content_format", "auto")
-            return ModelTemplate(info["chat_template"], info.get("bos_token", ""), info.get("eos_token", ""),
-                                 tokenizer, fmt)
+    fmt: ContentFormat = getattr(sup.settings, "chat_template_content_format", "auto")
+    configured = tokens.pool_settings(sup, pool).chat_template_text()
+    own = chat_info(tokenizer) if tokenizer is not None else {}
+    published = next((info for info in tokens.trusted_facts(sup, pool) if info.get("chat_template")), {})
+    special = own or published
+    source = configured or own.get("chat_template") or published.get("chat_template")
+    if source:
+        return ModelTemplate(source, special.get("bos_token", ""), special.get("eos_token", ""), tokenizer, fmt)
     return SimpleTemplate()
 
 

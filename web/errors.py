@@ -27,7 +27,8 @@ from llmsup.supervisor.core.transitions import InvalidTransition
 
 log = logging.getLogger("llmsup.web")
 OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info",
-                "/v1/responses", "/v1/load_lora_adapter", "/v1/unload_lora_adapter")
+                "/v1/responses", "/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/v1/embeddings", "/pooling",
+                "/classify", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank")
 OPENAI_TYPES = {
     401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error",
 }

@@ -133,5 +133,5 @@ async def stats(
         sup.update_gauges()
     history = sup.metrics.history
     return StatsOut(now=time.time(), every_s=history.every_s, window_s=history.window_s,
-                    model_name=sup.metrics.model_name(),
+                    model_name=sup.served_model_name(),
                     samples=[StatsSampleOut(**s.to_dict()) for s in history.since(since)])

@@ -30,7 +30,7 @@ from llmsup.web.errors import OpenAIHTTPError
 from llmsup.web.limits import check_job_limits, check_priority
 from llmsup.web.openai_schemas import CompletionRequest, SamplingRequest
 from llmsup.web.schema_check import SchemaChecker, SchemaTooComplex
-from llmsup.web.tokens import HFTokenizer, ServedModel, Tokenizer, served_model, tokenizer_for
+from llmsup.web.tokens import HFTokenizer, ServedModel, Tokenizer, pool_for, served_model, tokenizer_for
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,22 @@ def _check_model(body: SamplingRequest, model: ServedModel | None, token_prompts
                       f"than max allowed: {model.max_logprobs}", param)
 
 
+def _check_beam_search(body: SamplingRequest, model: ServedModel | None) -> bool:
+    """Whether the request asks for beam search (vLLM's, of width ``n``: choice ``j`` is the ``j``-th best beam),
+    checked: the vllm backend only, and without what llmsup's beam search does not return."""
+    if not body.use_beam_search:
+        return False
+    if model is not None and model.backend != "vllm":
+        raise bad(f"use_beam_search: not supported by the {model.backend} backend: vLLM's beam search only",
+                  "use_beam_search")
+    for param, given in (("logprobs", body.sample_logprobs() is not None), ("prompt_logprobs", body.prompt_logprobs
+                         is not None), ("structured_outputs", body.structured_outputs is not None or bool(
+                         body.response_format and body.response_format.type != "text"))):
+        if given:
+            raise bad(f"{param} with use_beam_search is not supported here", param)
+    return True
+
+
 def _whole_vocabulary(k: int | None, tok: Tokenizer | None) -> int | None:
     """vLLM's ``-1``: as many alternatives as the vocabulary has tokens (-1 again when its size is unknown)."""
     if k != -1:
@@ -218,15 +234,18 @@ async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingReque
     (the chat parsers read them) whether or not the client asked for them, ``lora``: the adapter's parameters.
     What may take long (the schema check, tokenizing, decoding ids) runs off the loop, after the size checks that
     bound it."""
-    model = served_model(sup)
-    pools = sup.served_pools()
-    pool = pools.get(body.model or "") or next(iter(pools.values()))  # the model is checked: its pool, else the first
+    pool = pool_for(sup, body.model)  # the model is checked: its pool, else the first
+    model = served_model(sup, pool)
+    if model is not None and model.pooling_only:  # vLLM's server has no generation routes for a pooling model: 404
+        api = "Completions API" if isinstance(body, CompletionRequest) else "Chat Completions API"
+        raise OpenAIHTTPError(404, f"The model does not support {api}", code="not_found")
     tok = await tokenizer_for(model)
     token_prompts = any(isinstance(p, list) for p in raw_prompts) or (
         isinstance(tok, HFTokenizer) and (not add_special_tokens or body.truncate_prompt_tokens is not None))
     _check_model(body, model, token_prompts, tok)
     if lora and model is not None and model.backend != "vllm":
         raise bad(f"LoRA adapters are served by the vllm backend only, not {model.backend}", "model")
+    beam = _check_beam_search(body, model)
     s = sup.settings
     for raw in raw_prompts:  # the length in characters (or ids) first: it bounds the tokenizer's work
         if len(raw) > s.max_prompt_chars:
@@ -264,11 +283,12 @@ async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingReque
                 "return_token_ids": bool(body.return_token_ids) or token_ids,
                 "include_stop_str_in_output": body.include_stop_str_in_output,
                 "skip_special_tokens": body.skip_special_tokens, **(lora or {}),
+                **({"beam_width": n, "beam_index": j, "length_penalty": body.length_penalty} if beam else {}),
             }
             requests.append(JobRequest(
                 prompt=prompt.text, max_tokens=max_tokens, temperature=sampled["temperature"], stop=body.stops(),
                 deadline_s=body.deadline, unbounded=True, queue_timeout_s=body.queue_timeout_s,
-                priority=priority, owner=principal.owner, extra={k: v for k, v in extra.items() if v is not None},
+                priority=priority, owner=principal.job_owner, extra={k: v for k, v in extra.items() if v is not None},
                 pool=pool,
             ))
     return Plan(prompts, requests, n, model, tok)

@@ -5,7 +5,7 @@ Accepted: OpenAI's fields, vLLM's extension fields (``top_k``, ``min_p``, ``repe
 meaning: lower runs first, ...) and llmsup's (``deadline_s`` or its alias ``timeout``: run-time limit in
 seconds; ``queue_timeout_s``). Unknown fields are ignored with a warning in the log, as vLLM does. Known
 fields are checked strictly (no ``"3"`` for 3); a field llmsup knows but cannot honour is accepted only at its
-neutral value (``best_of=1``, ``use_beam_search=false``, ``suffix=null``...). Whether the serving backend can
+neutral value (``best_of=1``, ``suffix=null``...). Whether the serving backend can
 honour the rest (penalties, logprobs, structured outputs...) is checked per backend (``web/openai_params.py``).
 Invalid requests are answered 400 with OpenAI's error body.
 """
@@ -23,7 +23,8 @@ log = logging.getLogger("llmsup.web")
 PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 MAX_CHOICES = 128  # n x prompts of one request (each is one job)
-_WARNED: set[frozenset[str]] = set()  # sets of ignored field names already logged (bounded)
+_WARNED: set[frozenset[str]] = set()  # sets of ignored field names already logged
+WARNED_MAX, NAMES_MAX, NAME_CHARS = 1000, 16, 64  # its bounds: sets, names a set, characters a name (~1 MB in all)
 
 
 def only(*values: Any, **schema: Any) -> Any:
@@ -42,11 +43,15 @@ class Lenient(JSONModel):
     def _warn_unknown(cls, data: Any) -> Any:
         if isinstance(data, dict):
             known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
-            unknown = frozenset(str(k) for k in data if k not in known)
-            if unknown and unknown not in _WARNED and len(_WARNED) < 1000:
-                _WARNED.add(unknown)
-                log.warning("The following fields were present in the request but ignored: %s (%s)",
-                            sorted(unknown), cls.__name__)
+            names = [str(k) for k in data if k not in known]
+            if names:
+                shown = sorted({name[:NAME_CHARS] for name in names})
+                key = frozenset(shown[:NAMES_MAX])
+                if key not in _WARNED and len(_WARNED) < WARNED_MAX:
+                    _WARNED.add(key)
+                    more = f" and {len(shown) - NAMES_MAX} more" if len(shown) > NAMES_MAX else ""
+                    log.warning("The following fields were present in the request but ignored: %s%s (%s)",
+                                shown[:NAMES_MAX], more, cls.__name__)
         return data
 
 
@@ -98,8 +103,6 @@ class ResponseFormat(Lenient):
 NEUTRAL: dict[str, tuple[Any, str]] = {
     "best_of": (lambda v: v == 1, "1"),
     "suffix": (lambda v: v == "", "null"),
-    "length_penalty": (lambda v: v == 1, "1"),
-    "use_beam_search": (lambda v: v is False, "false"),
     "spaces_between_special_tokens": (lambda v: v is True, "true"),
     "bad_words": (lambda v: not v, "null/[]"),
 }
@@ -126,11 +129,12 @@ class SamplingRequest(Lenient):
     top_k: Annotated[int | None, Field(ge=-1, le=100_000, description="-1 or 0: disabled")] = None
     min_p: Annotated[float | None, Field(ge=0, le=1)] = None
     repetition_penalty: Annotated[float | None, Field(gt=0, le=10)] = None
-    length_penalty: Annotated[float | None, only(1)]
+    length_penalty: Annotated[float | None, Field(ge=-10, le=10, description="beam search: the score is the "
+                                                  "cumulative logprob / length ** length_penalty")] = None
     ignore_eos: bool | None = None
     min_tokens: Annotated[int | None, Field(ge=0, le=1_000_000, description="at most max_tokens (400 otherwise)")] = None
     stop_token_ids: Annotated[list[TokenId] | None, Field(max_length=1024)] = None
-    use_beam_search: Annotated[bool | None, only(False)]
+    use_beam_search: Annotated[bool | None, Field(description="vLLM's beam search, of width n (the vllm backend)")] = None
     include_stop_str_in_output: bool | None = None
     skip_special_tokens: bool | None = None
     spaces_between_special_tokens: Annotated[bool | None, only(True)]

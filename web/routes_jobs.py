@@ -41,7 +41,7 @@ async def submit_job(body: JobCreate, sup: SupervisorDep, principal: PrincipalDe
         JobRequest(
             prompt=body.prompt, max_tokens=body.max_tokens, temperature=body.temperature, stop=tuple(body.stop or ()),
             deadline_s=body.deadline_s, queue_timeout_s=body.queue_timeout_s, priority=body.priority,
-            idempotency_key=body.idempotency_key, owner=principal.owner, extra=extra, pool=body.pool,
+            idempotency_key=body.idempotency_key, owner=principal.job_owner, extra=extra, pool=body.pool,
         )
     )
     if not submitted.created:
@@ -49,6 +49,7 @@ async def submit_job(body: JobCreate, sup: SupervisorDep, principal: PrincipalDe
             raise HTTPException(409, "idempotency_key is taken: use another key")
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
+    await sup.committed()  # a 202 promises the job is stored
     return job_out(submitted.job, principal)
 
 
@@ -89,7 +90,9 @@ async def get_job(
 async def cancel_job(job_id: str, sup: SupervisorDep, principal: PrincipalDep) -> JobOut:
     """Cancel: a queued job ends at once; a running one is interrupted (202: poll for the final status)."""
     visible(sup.get(job_id), principal)
-    return job_out(sup.cancel(job_id), principal)
+    job = sup.cancel(job_id)
+    await sup.committed()
+    return job_out(job, principal)
 
 
 @router.get(

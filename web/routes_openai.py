@@ -30,7 +30,6 @@ from llmsup.web.openai_jobs import (
     prompt_ids,
     prompt_job,
     response_id,
-    served_models,
     stream,
     submit,
     wait_all,
@@ -63,12 +62,17 @@ STREAM_OR_JSON = sse.sse_response("JSON, or with stream=true SSE chunks (JSON) e
 @router.get("/models", response_model=ModelList, responses=_errors(401))
 async def list_models(sup: SupervisorDep, principal: PrincipalDep) -> ModelList:
     created = int(time.time())
-    model = served_model(sup)
-    names = served_models(sup)
-    cards = [ModelCard(id=name, created=created, root=model.path if model else None,
-                       max_model_len=model.max_model_len if model else None) for name in names]
-    cards += [ModelCard(id=a.name, created=created, root=a.path, parent=names[0],
-                        max_model_len=model.max_model_len if model else None) for a in adapters(sup).values()]
+    pools = sup.served_pools()
+    models = {pool: served_model(sup, pool) for pool in set(pools.values())}  # each pool's own facts
+    cards = []
+    for name, pool in pools.items():
+        model = models[pool]
+        cards.append(ModelCard(id=name, created=created, root=model.path if model else None,
+                               max_model_len=model.max_model_len if model else None))
+    first = next(iter(pools))
+    base = models[pools[first]]
+    cards += [ModelCard(id=a.name, created=created, root=a.path, parent=first,
+                        max_model_len=base.max_model_len if base else None) for a in adapters(sup).values()]
     return ModelList(data=cards)
 
 

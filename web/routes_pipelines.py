@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -14,7 +13,7 @@ from llmsup.supervisor.core.events import Subscription
 from llmsup.supervisor.core.requests import JobNotFound
 from llmsup.supervisor.pipelines.records import Pipeline
 from llmsup.supervisor.pipelines.runner import PipelineNotFound
-from llmsup.supervisor.pipelines.spec import PipelineSpec, check
+from llmsup.supervisor.pipelines.spec import check
 from llmsup.supervisor.pools import pools_of
 from llmsup.web import sse
 from llmsup.web.auth import Principal, PrincipalDep
@@ -28,18 +27,14 @@ AUTH = (401,)
 
 
 def pools(sup: SupervisorDep) -> list[str]:
-    """The pools a step may name: by their names and by their models' served names."""
+    """The model pools a step may name: by their names and by their models' served names."""
     served = sup.served_pools()
     return list(dict.fromkeys([*served.values(), *served]))
 
 
-def _fn_pools(sup: SupervisorDep, spec: PipelineSpec) -> PipelineSpec:
-    """Function steps that name no pool run in the first pool of python engines."""
-    python = [p.name for p in pools_of(sup.settings) if p.settings.backend == "python"]
-    if not python:
-        return spec
-    steps = tuple(replace(st, pool=python[0]) if st.fn and st.pool is None else st for st in spec.steps)
-    return replace(spec, steps=steps)
+def function_pools(sup: SupervisorDep) -> list[str]:
+    """The pools whose engines run registered functions (function steps)."""
+    return [p.name for p in pools_of(sup.settings) if p.runs_functions]
 
 
 def _visible(sup: SupervisorDep, pipeline_id: str, principal: Principal) -> Pipeline:
@@ -57,8 +52,8 @@ async def create_pipeline(body: PipelineCreate, sup: SupervisorDep, principal: P
                           response: Response) -> PipelineOut:
     """Queue a pipeline: steps run when every step in their ``after`` succeeded; a failed or timed-out step ends the
     pipeline with its status (running steps cancelled, waiting ones skipped); ``deadline_s`` bounds the whole."""
-    spec = check(_fn_pools(sup, body.spec()), pools(sup), sup.settings.functions)
-    p, created = sup.pipelines.create(spec, principal.owner, body.idempotency_key, sup.clock())
+    spec = check(body.spec(), pools(sup), sup.settings.functions, function_pools(sup))
+    p, created = sup.pipelines.create(spec, principal.job_owner, body.idempotency_key, sup.clock())
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/pipelines/{p.id}"

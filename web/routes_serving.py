@@ -22,7 +22,7 @@ from llmsup.web.errors import OpenAIHTTPError
 from llmsup.web.metrics import metrics_access
 from llmsup.web.openai_responses import OpenAIError
 from llmsup.web.openai_schemas import ChatMessage, Lenient, ToolDef
-from llmsup.web.tokens import HFTokenizer, NoVocabulary, Tokenizer, served_model, tokenizer_for
+from llmsup.web.tokens import HFTokenizer, NoVocabulary, Tokenizer, pool_for, served_model, tokenizer_for
 
 router = APIRouter(tags=["vllm"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -106,8 +106,8 @@ async def load(sup: SupervisorDep) -> LoadOut:
     return LoadOut(server_load=sup.count(JobStatus.QUEUED) + sup.count(JobStatus.RUNNING))
 
 
-async def _tokenizer(sup: SupervisorDep) -> Tokenizer:
-    tok = await tokenizer_for(served_model(sup))
+async def _tokenizer(sup: SupervisorDep, pool: str | None = None) -> Tokenizer:
+    tok = await tokenizer_for(served_model(sup, pool))
     if tok is None:
         raise OpenAIHTTPError(400, "no tokenizer is available here (no engine serves yet, or the model's tokenizer "
                                    "cannot be loaded by the web process)", code="no_tokenizer")
@@ -119,10 +119,11 @@ async def tokenize(body: TokenizeRequest, sup: SupervisorDep, principal: Princip
     limit = sup.settings.max_prompt_chars
     if len(body.prompt or "") > limit:
         raise OpenAIHTTPError(400, f"prompt longer than {limit} characters", param="prompt")
-    tok = await _tokenizer(sup)
+    pool = pool_for(sup, body.model)
+    tok = await _tokenizer(sup, pool)
     if body.messages is not None:
         hf = tok.tok if isinstance(tok, HFTokenizer) else None
-        text = await render_chat(template_for(sup, hf), ChatInput(
+        text = await render_chat(template_for(sup, hf, pool), ChatInput(
             body.messages, body.add_generation_prompt, bool(body.continue_final_message),
             dict(body.chat_template_kwargs or {}), [t.model_dump(exclude_none=True) for t in body.tools or ()] or None))
         special = bool(body.add_special_tokens)  # chat: the template places the special tokens (vLLM's default)
@@ -134,7 +135,7 @@ async def tokenize(body: TokenizeRequest, sup: SupervisorDep, principal: Princip
         strs = tok.token_strs(ids) if body.return_token_strs else None
     except NoVocabulary as exc:
         raise OpenAIHTTPError(400, str(exc), code="no_vocabulary") from None
-    model = served_model(sup)
+    model = served_model(sup, pool)
     return TokenizeResponse(count=len(ids), max_model_len=model.max_model_len if model else None, tokens=ids,
                             token_strs=strs)
 
@@ -156,7 +157,7 @@ async def tokenizer_info(sup: SupervisorDep, principal: PrincipalDep) -> dict[st
 async def detokenize(body: DetokenizeRequest, sup: SupervisorDep, principal: PrincipalDep) -> DetokenizeResponse:
     if len(body.tokens) > sup.settings.max_prompt_chars:
         raise OpenAIHTTPError(400, f"more than {sup.settings.max_prompt_chars} tokens", param="tokens")
-    tok = await _tokenizer(sup)
+    tok = await _tokenizer(sup, pool_for(sup, body.model))
     try:
         return DetokenizeResponse(prompt=tok.decode(body.tokens))
     except NoVocabulary as exc:

@@ -26,7 +26,7 @@ from llmsup.web.openai_jobs import check_model, prompt_ids, response_id, stream,
 from llmsup.web.openai_params import plan_jobs
 from llmsup.web.openai_responses import AssistantMessage, ChatChoice, ChatCompletionResponse
 from llmsup.web.openai_schemas import ChatCompletionRequest
-from llmsup.web.tokens import HFTokenizer, served_model, tokenizer_for
+from llmsup.web.tokens import HFTokenizer, pool_for, served_model, tokenizer_for
 
 UNTRUSTED_TEMPLATE = ("Chat template is passed with request, but --trust-request-chat-template is not set. "
                       "Refused request with untrusted chat template.")
@@ -55,7 +55,8 @@ class ChatServing:
     async def create(self, body: ChatCompletionRequest, request: Request, response: Response) -> Any:
         sup = self.sup
         model, adapter = check_model(sup, body.model)
-        served = served_model(sup)
+        pool = pool_for(sup, body.model)
+        served = served_model(sup, pool)
         tok = await tokenizer_for(served)
         hf = tok.tok if isinstance(tok, HFTokenizer) else None
         if body.chat_template is not None and not sup.settings.trust_request_chat_template:
@@ -70,7 +71,7 @@ class ChatServing:
         chat = ChatInput(body.messages, body.add_generation_prompt, bool(body.continue_final_message),
                          dict(body.chat_template_kwargs or {}), body.tool_dicts(), body.chat_template)
         check_messages_size(body, sup.settings.max_prompt_chars)
-        prompt = await render_chat(template_for(sup, hf), chat)
+        prompt = await render_chat(template_for(sup, hf, pool), chat)
         plan = await plan_jobs(sup, self.principal, body, [prompt], request.app.state.schema_checker,
                                add_special_tokens=bool(body.add_special_tokens), forced=forced,
                                token_ids=parsing is not None, lora=adapter.params() if adapter else None)

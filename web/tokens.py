@@ -1,12 +1,14 @@
 """What the front end knows of the served model: context length, limits, the backend's unsupported request
 features, and its tokenizer.
 
-The tokenizer is loaded in the web process (from the model directory or hub id the engines publish in
-``describe()``), not asked of an engine: a batched engine runs one long-lived serving task, so a tokenize call
-sent to it would wait behind that task; and vLLM's own API server tokenizes in its front-end process too. It
-counts prompt tokens (a prompt over the context is a 400 before any job is made), fills in ``max_tokens``
-(the rest of the context), and serves ``/tokenize`` and ``/detokenize``. Loaded once, lazily, in a thread.
-The sim backend's "tokens" are the prompt's words: it has a counter, no vocabulary.
+The facts are the pool's configured model's (``supervisor/core/model_facts.py``): the configuration first, then
+what the pool's engines that serve that model report, never whichever engine registered first. The tokenizer is
+loaded in the web process (from the model directory or hub id configured, or that the supervisor's own engines
+publish in ``describe()``), not asked of an engine: a batched engine runs one long-lived serving task, so a tokenize
+call sent to it would wait behind that task; and vLLM's own API server tokenizes in its front-end process too. It
+counts prompt tokens (a prompt over the context is a 400 before any job is made), fills in ``max_tokens`` (the rest
+of the context), and serves ``/tokenize`` and ``/detokenize``. Loaded once, lazily, in a thread. The sim backend's
+"tokens" are the prompt's words: it has a counter, no vocabulary.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from llmsup.supervisor.core import model_facts
 from llmsup.supervisor.port import ControlPlane
+from llmsup.supervisor.settings import Settings
 
 log = logging.getLogger("llmsup.web")
 
@@ -103,22 +107,68 @@ class ServedModel:
     vllm_version: str | None = None  # the engines' vLLM, when they run one
     multimodal: bool = False  # the model takes images (a vision-language model under vLLM)
     sampling_defaults: dict[str, float] = field(default_factory=dict)  # the model's generation_config.json
+    pooling: dict[str, Any] = field(default_factory=dict)  # vLLM: runner, supported_tasks, the pooler's facts
+
+    @property
+    def tasks(self) -> list[str] | None:
+        """The tasks the model runs (vLLM's supported tasks; None: not known, e.g. another backend)."""
+        tasks = self.pooling.get("supported_tasks")
+        return [str(t) for t in tasks] if isinstance(tasks, list) else None
+
+    @property
+    def pooling_only(self) -> bool:
+        """A pooling model (vLLM's pooling runner): it generates no text."""
+        return self.pooling.get("runner") == "pooling"
 
 
-def served_model(sup: ControlPlane) -> ServedModel | None:
-    """The model as the first engine that reported its backend describes it (None before any engine is up)."""
-    for info in sup.model_facts():
-        if info.get("backend"):
-            return ServedModel(
-                backend=str(info["backend"]), path=str(info.get("model") or ""),
-                max_model_len=int(info["max_model_len"]) if info.get("max_model_len") else None,
-                max_logprobs=int(info.get("max_logprobs") or 20),
-                unsupported=dict(info.get("unsupported") or {}),
-                vllm_version=str(info["vllm_version"]) if info.get("vllm_version") else None,
-                multimodal=bool(info.get("multimodal")),
-                sampling_defaults=dict(info.get("sampling_defaults") or {}),
-            )
-    return None
+POOLING_FACTS = ("runner", "supported_tasks", "pooling_task", "embedding_size", "matryoshka", "matryoshka_dimensions",
+                 "num_labels", "labels")
+
+
+def pool_for(sup: ControlPlane, model: str | None) -> str:
+    """The pool a request's ``model`` names (a served name or alias; a LoRA adapter or none: the first pool)."""
+    pools = sup.served_pools()
+    return pools.get(model or "") or next(iter(pools.values()))
+
+
+def trusted_facts(sup: ControlPlane, pool: str | None = None) -> list[dict[str, Any]]:
+    """What the pool's engines that serve its configured model reported, the supervisor's own host's first."""
+    return [info for info in sup.model_facts(pool) if info.get("backend")]
+
+
+def pool_settings(sup: ControlPlane, pool: str | None = None) -> Settings:
+    """The settings the pool runs with (the server's, with the pool's own over them)."""
+    return model_facts.pool_of(sup.settings, pool).settings
+
+
+def _logprob_limit(facts: list[dict[str, Any]]) -> int:
+    """The tightest limit any of them reports (-1: unlimited)."""
+    limits = [int(info.get("max_logprobs") or 20) for info in facts]
+    bounded = [n for n in limits if n != -1]
+    return min(bounded) if bounded else -1
+
+
+def served_model(sup: ControlPlane, pool: str | None = None) -> ServedModel | None:
+    """The pool's model (None: the first pool's; None before one of its engines is up): its path, context length and
+    chat template as configured, else as reported; the limits the tightest reported. The path a tokenizer is loaded
+    from is the configured model, or one the supervisor's own engines report (never another host's)."""
+    facts = trusted_facts(sup, pool)
+    if not facts:
+        return None
+    configured = pool_settings(sup, pool)
+    first = facts[0]
+    path = configured.model or (str(first.get("model") or "") if first.get("local") else "")
+    lengths = [int(info["max_model_len"]) for info in facts if info.get("max_model_len")]
+    return ServedModel(
+        backend=str(first["backend"]), path=path,
+        max_model_len=configured.max_model_len or (min(lengths) if lengths else None),
+        max_logprobs=_logprob_limit(facts),
+        unsupported=dict(first.get("unsupported") or {}),
+        vllm_version=str(first["vllm_version"]) if first.get("vllm_version") else None,
+        multimodal=bool(first.get("multimodal")),
+        sampling_defaults=dict(first.get("sampling_defaults") or {}),
+        pooling={key: first[key] for key in POOLING_FACTS if key in first},
+    )
 
 
 _CACHE: dict[str, Tokenizer | None] = {}

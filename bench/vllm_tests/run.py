@@ -1,7 +1,8 @@
 """Run vLLM's own OpenAI-entrypoint tests (from a vLLM source tree of the version llmsup serves) against
 ``llmsup serve`` on the tiny local model, and print the pass counts per module.
 
-    python -m bench.vllm_tests.run --vllm-tests /path/to/vllm/tests [--module openai/completion/test_completion.py]
+    python -m bench.vllm_tests.run --vllm-tests /path/to/vllm/tests [--group openai|pooling-tools|all]
+                                   [--module openai/completion/test_completion.py]
 
 The chosen modules are copied unchanged into a scratch tree whose ``tests/utils.py`` is ``shim_utils.py``
 (``RemoteOpenAIServer`` starts llmsup instead of ``vllm serve``) and whose root ``conftest.py`` maps every
@@ -31,6 +32,19 @@ MODULES = (
     "serve/tokenize/test_tokenization.py",
     "serve/instrumentator/test_basic.py",
 )
+# pooling models (tiny embedding model, tiny cross-encoder) and tool calling, offline on the tiny local models
+POOLING_AND_TOOLS = (
+    "pooling/embed/test_online.py",
+    "pooling/embed/test_online_dimensions.py",
+    "pooling/scoring/test_bi_encoder_online.py",
+    "pooling/scoring/test_cross_encoder_online.py",
+    "pooling/classify/test_online.py",
+    "openai/chat_completion/test_completion_with_function_calling.py",
+)
+# what the pooling modules import beside tests/utils.py: model helpers, copied for them alone, and vLLM's root
+# conftest (its HfRunner), which conftest_tests_shim.py stands in for
+POOLING_SUPPORT = ("ci_envs.py", "models", "entrypoints/pooling/scoring/util.py")
+GROUPS = {"openai": MODULES, "pooling-tools": POOLING_AND_TOOLS, "all": MODULES + POOLING_AND_TOOLS}
 HERE = Path(__file__).parent
 COUNT = re.compile(r"(\d+) (passed|failed|error|errors|skipped|xfailed|xpassed)")
 PYTEST_INI = "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
@@ -44,6 +58,15 @@ def assemble(vllm_tests: Path, modules: list[str], root: Path) -> None:
     shutil.copy(HERE / "conftest_shim.py", root / "conftest.py")
     (root / "pytest.ini").write_text(PYTEST_INI)
     shutil.copy(vllm_tests / "entrypoints" / "conftest.py", tests / "entrypoints" / "conftest.py")
+    if any(module.startswith("pooling/") for module in modules):
+        shutil.copy(HERE / "conftest_tests_shim.py", tests / "conftest.py")
+        for name in POOLING_SUPPORT:
+            source, target = vllm_tests / name, tests / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, dirs_exist_ok=True)
+            elif source.exists():
+                shutil.copy(source, target)
     for module in modules:
         source = vllm_tests / "entrypoints" / module
         target = tests / "entrypoints" / module
@@ -72,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vllm-tests", type=Path, required=True, help="a vLLM source tree's tests/ folder")
     parser.add_argument("--module", action="append", help="a module under tests/entrypoints (repeatable)")
+    parser.add_argument("--group", choices=sorted(GROUPS), default="openai", help="the modules run without --module")
     parser.add_argument("--model", help="model directory (default: the tiny local model, built if needed)")
     parser.add_argument("--timeout-s", type=float, default=1800, help="per module")
     args = parser.parse_args(argv)
@@ -82,8 +106,12 @@ def main(argv: list[str] | None = None) -> int:
 
         model = ensure_tiny_model(str(work / "models" / "tiny-llama"))
     os.environ["LLMSUP_VLLM_TESTS_MODEL"] = model
+    from llmsup.engines.tinymodel import ensure_tiny_cross_encoder, ensure_tiny_embedder
+
+    os.environ["LLMSUP_VLLM_TESTS_EMBED_MODEL"] = ensure_tiny_embedder(model, str(work / "models" / "tiny-embed"))
+    os.environ["LLMSUP_VLLM_TESTS_RERANK_MODEL"] = ensure_tiny_cross_encoder(model, str(work / "models" / "tiny-rerank"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    modules = args.module or list(MODULES)
+    modules = args.module or list(GROUPS[args.group])
     root = work / "tree"
     assemble(args.vllm_tests, modules, root)
     print(f"vLLM's entrypoint tests against llmsup serve (model {model}); logs in {work}")

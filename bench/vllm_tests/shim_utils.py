@@ -2,14 +2,22 @@
 
 ``RemoteOpenAIServer(model, args)`` starts ``llmsup serve`` (vLLM backend, one batched engine, the tiny local
 model named by ``LLMSUP_VLLM_TESTS_MODEL``) that serves it under the name the test asked for, and answers
-the same ``url_for`` / ``get_client`` / ``get_async_client`` calls as vLLM's. ``--max-model-len`` and
-``--max-logprobs`` are passed on to the engine; the other ``vllm serve`` flags have no llmsup equivalent.
+the same ``url_for`` / ``get_client`` / ``get_async_client`` calls as vLLM's. ``--max-model-len``,
+``--max-logprobs``, ``--runner``, ``--convert`` and ``--hf-overrides`` are passed on to the engine,
+``--enable-auto-tool-choice``, ``--tool-call-parser``, ``--reasoning-parser`` and ``--chat-template`` to llmsup's
+settings of the same names; the other ``vllm serve`` flags are left out.
+
+Pooling models: a test of an embedding model (``--runner pooling``, or a hub name of one: e5, bge, gte...) gets the
+tiny model as a Matryoshka embedding model (``LLMSUP_VLLM_TESTS_EMBED_MODEL``, ``--convert embed``); a test of a
+reranker or classifier (a hub name with reranker, cross-encoder, apeach) the tiny one-label classifier
+(``LLMSUP_VLLM_TESTS_RERANK_MODEL``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +30,12 @@ import openai
 import requests
 
 START_TIMEOUT_S = 600.0
+ROCM_EXTRA_ARGS: list[str] = []  # vLLM's extra flags on ROCm (none on this platform)
+ROCM_ENGINE_KWARGS: dict[str, Any] = {}
+EMBEDDERS = re.compile(r"e5|bge-(small|base|large|m3)|gte|embed|MiniLM-L6-v2$|nomic|arctic", re.I)
+RERANKERS = re.compile(r"rerank|cross-encoder|apeach|classif", re.I)
+SETTINGS = {"--tool-call-parser": "LLMSUP_TOOL_CALL_PARSER", "--reasoning-parser": "LLMSUP_REASONING_PARSER",
+            "--chat-template": "LLMSUP_CHAT_TEMPLATE"}
 
 
 def _free_port() -> int:
@@ -52,10 +66,28 @@ class RemoteOpenAIServer:
         options: dict[str, Any] = {}
         if _flag(vllm_serve_args, "--max-model-len"):  # past the tiny model's 2048 positions: RoPE goes on
             options["max_model_len"] = int(_flag(vllm_serve_args, "--max-model-len") or 0)
+        engine_args: dict[str, Any] = {}
         if _flag(vllm_serve_args, "--max-logprobs"):
-            options["engine_args"] = {"max_logprobs": int(_flag(vllm_serve_args, "--max-logprobs") or 0)}
-        env = {**os.environ, **(env_dict or {}),
-               "LLMSUP_MODEL": os.environ["LLMSUP_VLLM_TESTS_MODEL"], "LLMSUP_SERVED_MODEL_NAME": model,
+            engine_args["max_logprobs"] = int(_flag(vllm_serve_args, "--max-logprobs") or 0)
+        served = os.environ["LLMSUP_VLLM_TESTS_MODEL"]
+        if RERANKERS.search(model) and os.environ.get("LLMSUP_VLLM_TESTS_RERANK_MODEL"):
+            served, engine_args["runner"] = os.environ["LLMSUP_VLLM_TESTS_RERANK_MODEL"], "pooling"
+        elif (_flag(vllm_serve_args, "--runner") == "pooling" or EMBEDDERS.search(model)) and os.environ.get(
+                "LLMSUP_VLLM_TESTS_EMBED_MODEL"):
+            served = os.environ["LLMSUP_VLLM_TESTS_EMBED_MODEL"]
+            engine_args.update(runner="pooling", convert=_flag(vllm_serve_args, "--convert") or "embed")
+        overrides = _flag(vllm_serve_args, "--hf-overrides") or _flag(vllm_serve_args, "--hf_overrides")
+        if overrides:
+            engine_args["hf_overrides"] = json.loads(overrides)
+        if engine_args:
+            options["engine_args"] = engine_args
+        settings = {var: _flag(vllm_serve_args, flag) for flag, var in SETTINGS.items() if _flag(vllm_serve_args, flag)}
+        if "--enable-auto-tool-choice" in vllm_serve_args:
+            settings["LLMSUP_ENABLE_AUTO_TOOL_CHOICE"] = "true"
+        key = _flag(vllm_serve_args, "--api-key")  # vllm serve without one is open: so is llmsup then
+        settings.update({"LLMSUP_API_KEYS": key} if key else {"LLMSUP_REQUIRE_API_KEYS": "off"})
+        env = {**os.environ, **(env_dict or {}), **settings,
+               "LLMSUP_MODEL": served, "LLMSUP_SERVED_MODEL_NAME": model,
                "LLMSUP_SLOTS_PER_ENGINE": "8", "LLMSUP_ENGINE_OPTIONS": json.dumps(options),
                "LLMSUP_ENGINE_START_TIMEOUT_S": "500", "LLMSUP_ENGINE_BEAT_TIMEOUT_S": "90",
                "LLMSUP_DEADLINE_S": "300", "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1",

@@ -11,6 +11,7 @@ from typing import Any
 import uvicorn
 
 from llmsup.supervisor.core.engine_state import EngineState
+from llmsup.supervisor.pools import pools_of, served_name
 from llmsup.supervisor.service import Supervisor
 from llmsup.supervisor.settings import Settings
 
@@ -21,6 +22,12 @@ def base_url(settings: Settings, config: uvicorn.Config) -> str:
     host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
     scheme = "https" if config.ssl_certfile else "http"
     return f"{scheme}://{host}:{settings.port}{(config.root_path or '').rstrip('/')}"
+
+
+def pools_line(settings: Settings) -> str:
+    """Each pool: its name, what it serves (a model's served name, or functions) and its backend."""
+    return "; ".join(f"{p.name}: {'functions' if p.runs_functions else served_name(p)} "
+                     f"(backend {p.settings.backend}, {p.settings.engines} engines)" for p in pools_of(settings))
 
 
 def engines_line(sup: Supervisor) -> str:
@@ -44,8 +51,9 @@ def key_line(settings: Settings, app: Any) -> str:
 def ready(settings: Settings, sup: Supervisor, app: Any, config: uvicorn.Config) -> None:
     url = base_url(settings, config)
     model = settings.served_model_name or settings.model or "a tiny local model (random weights; --model to name one)"
+    first = ("model", f"{model} (backend {sup.core.engine_config.get('backend', settings.backend)})")
     rows = [
-        ("model", f"{model} (backend {sup.core.engine_config.get('backend', settings.backend)})"),
+        ("pools", pools_line(settings)) if settings.pools else first,
         ("engines", engines_line(sup)),
         ("API key", key_line(settings, app)),
         ("admin", f"token in {settings.admin_token_path.resolve()}"

@@ -1,4 +1,4 @@
-"""The ``llmsup`` command: serve, submit, status, kill, engines.
+"""The ``llmsup`` command: serve, submit, status, kill, engines, run-batch.
 
 ``llmsup serve [MODEL]`` takes one option per setting (generated from ``Settings`` by ``cli_options``; vLLM's
 names where they mean the same). The client commands print for people by default and the API's JSON with
@@ -103,6 +103,7 @@ def serve(ctx: typer.Context, model_arg: str | None = None, config: Path | None 
     from llmsup.supervisor.rundir import RunDirError, prepare_run_dir
     from llmsup.supervisor.settings import unknown_variables
     from llmsup.web.app import create_app
+    from llmsup.web.auth import check_secrets
 
     if help_vllm:
         typer.echo(vllm_flags.help_text())
@@ -116,7 +117,8 @@ def serve(ctx: typer.Context, model_arg: str | None = None, config: Path | None 
     settings = _serve_settings(config, given, ctx.meta.get("vllm_tokens", []))
     try:
         prepare_run_dir(settings.run_dir)  # 0700, ours: refused with one message before anything starts
-    except RunDirError as exc:
+        check_secrets(settings)  # a key too short, a key file others may read: refused before engines start
+    except (RunDirError, ValueError) as exc:
         typer.echo(f"llmsup: {exc}", err=True)
         raise typer.Exit(2) from None
     logsetup.configure(settings.log_level, settings.log_format)
@@ -286,6 +288,7 @@ def join(
     engines: Annotated[int, typer.Option(min=0, max=512, help="engines to run on this host")] = 1,
     standby: Annotated[int, typer.Option(min=0, max=64, help="warm standby engines besides")] = 0,
     work_dir: Annotated[Path | None, typer.Option(help="engine logs and caches [./.llmsup-join]")] = None,
+    pool: Annotated[str, typer.Option(help="the server's engine pool to run engines of [its first]")] = "",
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
 ) -> None:
     """Run engines on this host for the server that wrote JOIN_FILE; keep them alive until SIGTERM or the server
@@ -296,10 +299,35 @@ def join(
 
     logsetup.configure(log_level, "text")
     try:
-        run_agent(join_file, engines, standby, work_dir)
+        run_agent(join_file, engines, standby, work_dir, pool)
     except JoinFileError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+
+
+@app.command("run-batch")
+def run_batch(
+    input_file: Annotated[Path, typer.Option("-i", "--input-file", help="JSONL of OpenAI Batch API requests")],
+    output_file: Annotated[Path, typer.Option("-o", "--output-file", help="JSONL of results, one a line, in order")],
+    concurrency: Annotated[int, typer.Option(min=1, max=4096, help="requests in flight at once")] = 64,
+    url: UrlOpt = None,
+    run_dir: RunDirOpt = None,
+) -> None:
+    """Run a file of OpenAI Batch API requests (/v1/completions, /v1/chat/completions) on the server, as vLLM's
+    run-batch reads it; every line is accounted for in the output. Exit status 3 if any line failed."""
+    import asyncio
+
+    from llmsup.supervisor.cli.run_batch import run_batch as run
+    from llmsup.supervisor.client.base import Endpoint
+
+    if not input_file.is_file():
+        typer.echo(f"no input file {input_file}", err=True)
+        raise typer.Exit(2)
+    outcome = asyncio.run(run(Endpoint.resolve(url, run_dir, None), input_file, output_file, concurrency))
+    typer.echo(f"{outcome.lines} lines: {outcome.answered} answered, {outcome.failed} failed -> {output_file}",
+               err=True)
+    if outcome.failed:
+        raise typer.Exit(3)
 
 
 def main() -> None:

@@ -84,6 +84,7 @@ class JoinAgent:
     work_dir: Path = field(default_factory=lambda: Path(".llmsup-join"))
     beat_s: float = 0.0  # 0: a quarter of the server's host-loss timeout, at most 1 s
     join_file: Path | None = None  # re-read when it changes: a new controller after the old one died
+    pool: str = ""  # the server's engine pool these engines serve ("": its first)
     slots: list[EngineSlot] = field(default_factory=list)
     stopping: bool = False
 
@@ -106,26 +107,30 @@ class JoinAgent:
         except OSError:
             return 0.0
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
         """The server rewrites its join file when it starts a new controller (the old one died): the engines of
-        the old one can never serve again; they are replaced by engines of the new one."""
+        the old one can never serve again; they are replaced by engines of the new one. Returns True when the
+        control channel (its address or keys) changed: the agent's socket is to be made anew."""
         mtime = self._mtime()
         if self.join_file is None or mtime == self._join_mtime:
-            return
+            return False
         self._join_mtime = mtime
         try:
             info = JoinInfo.read(self.join_file)
         except ValueError as exc:  # half written, or replaced by something else: keep what we have
             log.warning("%s changed but cannot be read: %s", self.join_file, exc)
-            return
-        if info.controller != self.info.controller:
+            return False
+        old, self.info = self.info, info
+        if info.controller != old.controller:
             log.warning("the server runs a new controller: replacing this host's engines")
-            self.info = info
             self.fence(tuple(pid for pid in (s.pid for s in self.slots) if pid is not None))
+        return (info.control_address, info.curve) != (old.control_address, old.curve)
 
     # engines ------------------------------------------------------------------------------------
     def _env(self, slot: EngineSlot) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "LLMSUP_ENGINE_SET"}
+        env = {k: v for k, v in os.environ.items() if k not in ("LLMSUP_ENGINE_SET", "LLMSUP_POOL")}
+        if self.pool:
+            env["LLMSUP_POOL"] = self.pool  # the engine says it at registration: the server loads the pool's model
         env.update(IPP_CONNECTION_INFO=json.dumps(self.info.controller), CUDA_VISIBLE_DEVICES=slot.gpu,
                    IPYTHONDIR=str(self.work_dir / "ipython"), LLMSUP_ENGINE_RUN_DIR=str(self.work_dir),
                    LLMSUP_ENGINES_ON_HOST=str(len(self.slots)))
@@ -209,24 +214,34 @@ class JoinAgent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_soon)
         ctx = zmq.asyncio.Context()
+        log.info("joining %s as %s with %d engines (%d standby), %d GPUs", self.info.control_address, self.host,
+                 self.engines, self.standby, self.gpus)
+        try:
+            while not self.stopping:  # a socket per control channel: made anew when the join file names another
+                sock = self._connect(ctx)
+                try:
+                    await self._loop(sock)
+                finally:
+                    sock.close(linger=0)
+        finally:
+            self.stop_all()
+            ctx.term()
+
+    def _connect(self, ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, self.identity.encode())
         sock.setsockopt(zmq.SNDHWM, 4)  # beats are worth sending fresh or not at all
         secure_client(sock, self.info.curve)
         sock.connect(self.info.control_address)
-        log.info("joining %s as %s with %d engines (%d standby), %d GPUs", self.info.control_address, self.host,
-                 self.engines, self.standby, self.gpus)
-        try:
-            await self._loop(sock)
-        finally:
-            self.stop_all()
-            sock.close(linger=0)
-            ctx.term()
+        return sock
 
     async def _loop(self, sock: zmq.asyncio.Socket) -> None:
+        """Beat and read orders until stopped, or until the join file names another control channel."""
         while not self.stopping:
-            self.refresh()
+            if self.refresh():
+                log.warning("the server's control channel is now %s: connecting there", self.info.control_address)
+                return
             self.keep_alive(time.monotonic())
             sent = asyncio.ensure_future(sock.send(encode(self.beat()), flags=zmq.NOBLOCK))  # an asyncio socket's
             sent.add_done_callback(_beat_sent)  # future: its error (zmq.Again while the network is down) read
@@ -245,8 +260,9 @@ def _beat_sent(sent: asyncio.Future[Any]) -> None:
         log.debug("beat not sent: %s", sent.exception())
 
 
-def run_agent(join_file: Path, engines: int, standby: int = 0, work_dir: Path | None = None) -> None:
+def run_agent(join_file: Path, engines: int, standby: int = 0, work_dir: Path | None = None, pool: str = "") -> None:
     """``llmsup join``: run the agent until it is told to stop."""
     info = JoinInfo.read(join_file)
-    agent = JoinAgent(info, engines, standby, work_dir or Path(".llmsup-join").resolve(), join_file=join_file)
+    agent = JoinAgent(info, engines, standby, work_dir or Path(".llmsup-join").resolve(), join_file=join_file,
+                      pool=pool)
     asyncio.run(agent.run())

@@ -122,14 +122,15 @@ def print_engines(console: Console, data: dict[str, Any]) -> None:
     engines = data.get("engines", [])
     if engines:
         table = Table(box=None, header_style="bold", pad_edge=False)
-        for column in ("ID", "STATE", "HOST", "PID", "GPU", "JOBS", "DONE", "RSS MB", "UP", "MODEL"):
+        for column in ("ID", "POOL", "STATE", "HOST", "PID", "GPU", "JOBS", "DONE", "RSS MB", "UP", "MODEL"):
             table.add_column(column, no_wrap=column != "JOBS", overflow="ellipsis",
                              justify="right" if column in ("ID", "PID", "DONE", "RSS MB") else "left")
         for engine in engines:
             jobs = [j["job_id"] for j in engine.get("jobs", [])]
             state = engine.get("state", "?")
             table.add_row(
-                str(engine["id"]), Text(state, style=STATE_STYLE.get(state, "")), engine.get("host", "?"),
+                str(engine["id"]), engine.get("pool") or "default", Text(state, style=STATE_STYLE.get(state, "")),
+                engine.get("host", "?"),
                 str(engine.get("pid", "?")), engine.get("gpu") or "cpu",
                 ", ".join(jobs) if jobs else "-", str(engine.get("jobs_done", 0)),
                 f"{engine.get('rss_mb', 0):.0f}", _duration(engine.get("uptime_s")),

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
-from llmsup.supervisor.client.discovery import find_admin_token, find_url, run_dir_default
+from llmsup.supervisor.client.discovery import find_admin_token, find_url, read_private, run_dir_default
 from llmsup.supervisor.client.errors import ServerUnreachable, checked, error_from
 from llmsup.supervisor.client.events import TERMINAL, SSEParser, TextTracker, apply_event, is_event_stream
 from llmsup.supervisor.runfiles import API_KEY, SERVER_FILE
@@ -44,8 +44,10 @@ class Endpoint:
             source = "the url argument"
         elif os.environ.get("LLMSUP_URL"):
             source = "LLMSUP_URL"
-        elif (rdir / SERVER_FILE).exists():
+        elif read_private(rdir / SERVER_FILE) is not None:
             source = str(rdir / SERVER_FILE)
+        elif (rdir / SERVER_FILE).exists():
+            source = f"the default ({rdir / SERVER_FILE} ignored: not a private file of this user)"
         else:
             source = f"the default (no LLMSUP_URL, no {rdir / SERVER_FILE})"
         return cls(find_url(url, rdir), source, rdir, admin_token, api_key)

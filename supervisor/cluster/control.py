@@ -1,20 +1,22 @@
 """The supervisor's end of batched engines' control channel (a pyzmq ROUTER).
 
 Each batched engine's serving loop (engines/batch.py) connects a DEALER whose
-identity is its engine id and says :class:`Hello` on it; :class:`Submit`,
+identity is its engine id and a secret (``route_for``) and says :class:`Hello` on it; :class:`Submit`,
 :class:`Abort` and :class:`Stop` go out here; tokens and results come back on
 the shared token stream. A host's join agent (``llmsup join``) connects a DEALER
 whose identity starts with ``host:`` and beats :class:`HostBeat` on it; its
 :class:`HostOrder` s go out here. A message that cannot be read is dropped,
 counted and logged once per peer and problem; the loop goes on. With keys, the
-socket is a CURVE server that admits only peers holding the client keys
-(``supervisor/cluster/curve.py``).
+socket is a CURVE server that admits only peers holding known keys
+(``supervisor/cluster/curve.py``), and a message is taken only from the key it belongs to: an engine's hello from
+that engine's own key, a join agent's beat from the join file's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from typing import TypeVar, cast
 
@@ -22,7 +24,15 @@ import zmq
 import zmq.asyncio
 
 from llmsup.engines.messages import ControlOp, Hello, HostBeat, HostOrder, ProtocolError, decode_for_supervisor, encode
-from llmsup.supervisor.cluster.curve import MAX_MESSAGE_BYTES, ChannelKeys, limit_frames, secure_server
+from llmsup.supervisor.cluster.curve import (
+    ENGINE,
+    MAX_MESSAGE_BYTES,
+    SHARED,
+    ChannelKeys,
+    limit_frames,
+    secure_server,
+    sender_of,
+)
 from llmsup.supervisor.cluster.malformed import MalformedLog
 from llmsup.supervisor.cluster.stream_reader import YIELD_EVERY
 from llmsup.supervisor.metrics.prometheus import Metrics
@@ -44,12 +54,13 @@ def read_host_beat(frames: list[bytes]) -> tuple[str, HostBeat]:
 
 
 def read_hello(frames: list[bytes]) -> tuple[int, Hello]:
-    """``[identity, message]`` from the ROUTER: the engine id (its DEALER identity) and its hello."""
+    """``[identity, message]`` from the ROUTER: the engine id (its DEALER identity: ``<id>.<secret>``, or ``<id>``)
+    and its hello."""
     if len(frames) != 2:
         raise ProtocolError("frames", f"{len(frames) - 1} frames after the identity, a message is one")
     identity, raw = frames
     try:
-        engine_id = int(identity.decode("ascii"))
+        engine_id = int(identity.decode("ascii").partition(".")[0])
     except ValueError:
         raise ProtocolError("identity", f"identity {identity[:40]!r} is not an engine id") from None
     return engine_id, decode_for_supervisor(raw, expect=(Hello,))
@@ -67,19 +78,32 @@ class ControlChannel:
     def __init__(self, ctx: zmq.asyncio.Context, bind: str, metrics: Metrics, keys: ChannelKeys | None = None,
                  advertise: str | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.malformed = MalformedLog(metrics.malformed, "control")
+        self._routes: dict[int, str] = {}  # engine id -> the identity it connects under (route_for)
         self.sock = ctx.socket(zmq.ROUTER)
         limit_frames(self.sock, max_message_bytes)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown or gone engine is an error, not a silent drop
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a join agent that reconnects under its identity takes it over
+        # a peer that reconnects under its identity takes it over: a join agent after a network cut, an engine's
+        # DEALER; with keys, a hello under an engine's identity from another key than that engine's is dropped
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.setsockopt(zmq.LINGER, 0)
         if keys is not None:
             secure_server(self.sock, keys)
         port = self.sock.bind_to_random_port(bind)
         self.address = f"{advertise or bind}:{port}"
 
+    def route_for(self, engine_id: int) -> str:
+        """The DEALER identity this engine is to connect under: its id and a secret, handed to it over IPyParallel,
+        so that no other peer can claim its connection (and receive its prompts) by guessing the identity."""
+        route = f"{engine_id}.{secrets.token_hex(16)}"
+        self._routes[engine_id] = route
+        return route
+
+    def forget(self, engine_id: int) -> None:
+        self._routes.pop(engine_id, None)
+
     def send(self, engine_id: int, op: ControlOp) -> bool:
         """Send one control op to a batched engine; False if it is not connected."""
-        return self._send(str(engine_id), encode(op))
+        return self._send(self._routes.get(engine_id, str(engine_id)), encode(op))
 
     def order(self, agent: str, op: HostOrder) -> bool:
         """Send an order to a join agent (by the identity it beats under); False if it is not connected."""
@@ -102,21 +126,26 @@ class ControlChannel:
         beat to ``on_host(identity, beat)``."""
         read = 0
         while True:
-            frames = await self.sock.recv_multipart()
+            parts = await self.sock.recv_multipart(copy=False)
             read += 1
             if read % YIELD_EVERY == 0:  # a backlog is not read in one go (see StreamReader.run)
                 await asyncio.sleep(0)
+            sender = sender_of(parts[-1])  # as the ZAP handler named the peer's key (None: no keys)
+            frames = [part.bytes for part in parts]
             if on_host is not None and frames[0].startswith(AGENT_PREFIX):
-                self._handle(frames, read_host_beat, on_host)
+                self._handle(frames, read_host_beat, on_host, sender, lambda _: SHARED)
             else:
-                self._handle(frames, read_hello, on_hello)
+                self._handle(frames, read_hello, on_hello, sender, lambda engine_id: f"{ENGINE}{engine_id}")
 
     def _handle(self, frames: list[bytes], read: Callable[[list[bytes]], tuple[P, M]],
-                handler: Callable[[P, M], None]) -> None:
+                handler: Callable[[P, M], None], sender: str | None, expected: Callable[[P], str]) -> None:
         try:
             peer, message = read(frames)
         except ProtocolError as exc:
             self.malformed.reject(f"identity {frames[0][:40]!r}", exc)
+            return
+        if sender is not None and sender != expected(peer):  # a key speaks for its own engine, the shared one for none
+            self.malformed.reject(sender, ProtocolError("sender", f"{type(message).__name__} as {peer} from {sender}"))
             return
         try:
             handler(peer, message)

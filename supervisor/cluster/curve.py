@@ -1,10 +1,13 @@
 """CURVE security for llmsup's own channels (the token stream and the control channel), as IPyParallel's.
 
 Both channels are CurveZMQ servers: traffic is encrypted, and a ZAP handler on the supervisor's zmq context
-lets in only peers that hold the client key pair written to the join file (and handed to the engines this
-supervisor initialises, over IPyParallel's own CURVE-encrypted channel). A peer without the keys fails the
-handshake: it gets nothing and its bytes never reach a reader loop. ``ZAP_ENFORCE_DOMAIN`` makes a socket
-refuse every peer while no handler answers, so there is no window before the handler starts.
+lets in only peers that hold a key it knows: the shared client key pair written to the join file (join agents), and
+one key pair per engine, made when the supervisor initialises that engine and handed to it over IPyParallel's own
+CURVE-encrypted channel. The handler names each peer by its key (ZAP's User-Id: ``engine:<id>``, or ``shared``), so
+the readers check every message against its sender (``sender_of``): an engine speaks for itself only, and a holder of
+the join file speaks for no engine. An engine's key is revoked when it leaves. A peer without a known key fails the
+handshake: it gets nothing and its bytes never reach a reader loop. ``ZAP_ENFORCE_DOMAIN`` makes a socket refuse
+every peer while no handler answers, so there is no window before the handler starts.
 """
 
 from __future__ import annotations
@@ -19,6 +22,22 @@ import zmq.utils.z85
 
 log = logging.getLogger("llmsup.curve")
 ZAP_DOMAIN = "llmsup"
+SHARED = "shared"  # the sender name of the join file's key (join agents)
+ENGINE = "engine:"  # the sender name of an engine's own key: engine:<id>
+
+
+def sender_of(frame: zmq.Frame) -> str | None:
+    """Who sent a message, as the ZAP handler named its key (None: a channel without keys)."""
+    try:
+        user = frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
+    return str(user) if user else None
+
+
+def engine_of(sender: str) -> int | None:
+    """The engine id of an engine's sender name, else None."""
+    return int(sender[len(ENGINE):]) if sender.startswith(ENGINE) and sender[len(ENGINE):].isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -62,7 +81,7 @@ def secure_server(sock: zmq.Socket, keys: ChannelKeys) -> None:
 
 
 class ChannelGate:
-    """The ZAP handler of one zmq context: admits the client key of ``keys``, nothing else.
+    """The ZAP handler of one zmq context: admits the client key of ``keys`` and the engines' own keys, nothing else.
 
     It answers in a thread of its own (ZAP, RFC 27, over ``inproc://zeromq.zap.01``): a handshake never waits
     for the supervisor's event loop."""
@@ -70,7 +89,8 @@ class ChannelGate:
     ENDPOINT = "inproc://zeromq.zap.01"
 
     def __init__(self, ctx: zmq.Context[Any], keys: ChannelKeys) -> None:
-        self.allowed = zmq.utils.z85.decode(keys.client_public.encode())
+        self.keys = keys
+        self._senders: dict[bytes, str] = {zmq.utils.z85.decode(keys.client_public.encode()): SHARED}
         self.refused = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(ctx.underlying)  # a blocking view of the same context
         self._sock = self._ctx.socket(zmq.REP)
@@ -96,12 +116,30 @@ class ChannelGate:
         if len(frames) < 6:
             return [b"1.0", b"", b"500", b"malformed request", b"", b""]
         version, request_id, _domain, _address, _identity, mechanism = frames[:6]
-        allowed = mechanism == b"CURVE" and frames[6:7] == [self.allowed]
-        if not allowed:
+        sender = self._senders.get(frames[6]) if mechanism == b"CURVE" and len(frames) == 7 else None
+        if sender is None:
             self.refused += 1
             if self.refused == 1:
                 log.warning("refused a peer on llmsup's channels: unknown CURVE key (further refusals are not logged)")
-        return [version, request_id, b"200" if allowed else b"400", b"OK" if allowed else b"unknown key", b"", b""]
+            return [version, request_id, b"400", b"unknown key", b"", b""]
+        return [version, request_id, b"200", b"OK", sender.encode(), b""]
+
+    def engine_keys(self, engine_id: int) -> dict[str, str]:
+        """A key pair of this engine's own (what it connects with, as ``channel_keys``), admitted from now on."""
+        public, secret = zmq.curve_keypair()
+        self._senders[zmq.utils.z85.decode(public)] = f"{ENGINE}{engine_id}"
+        return {"server_public": self.keys.server_public, "client_public": public.decode(),
+                "client_secret": secret.decode()}
+
+    def revoke_engines(self) -> None:
+        """Admit no engine's own key any more (a new controller: its engines get new ones)."""
+        for key in [k for k, name in list(self._senders.items()) if name.startswith(ENGINE)]:
+            self._senders.pop(key, None)
+
+    def revoke(self, sender: str) -> None:
+        """Admit that sender's keys no more (new connections; one made already stays until it drops)."""
+        for key in [k for k, name in list(self._senders.items()) if name == sender]:
+            self._senders.pop(key, None)
 
     def close(self) -> None:
         self._stopped.set()

@@ -19,6 +19,7 @@ from llmsup.engines.messages import Abort, Hello, HostBeat, HostOrder, JobSpec, 
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.cluster import engine_start
 from llmsup.supervisor.cluster.control import ControlChannel
+from llmsup.supervisor.cluster.curve import ENGINE, ChannelGate
 from llmsup.supervisor.cluster.leftovers import ProcessLedger
 from llmsup.supervisor.cluster.manager import ClusterManager
 from llmsup.supervisor.cluster.signals import interrupt_main_thread, kill_group
@@ -34,8 +35,9 @@ Sink = Callable[[ev.Report], None]
 
 class ClusterDriver:
     def __init__(self, settings: Settings, cluster: ClusterManager, ledger: ProcessLedger, sink: Sink,
-                 control: ControlChannel | None) -> None:
+                 control: ControlChannel | None, gate: ChannelGate | None = None) -> None:
         self.settings = settings
+        self.gate = gate  # each engine gets a key pair of its own on llmsup's channels (None: no keys)
         self.cluster = cluster
         self.ledger = ledger
         self.sink = sink
@@ -88,6 +90,8 @@ class ClusterDriver:
                 task.cancel()
             self._known.clear()
             self._launched.clear()
+            if self.gate is not None:  # the new controller numbers its engines from 0 again
+                self.gate.revoke_engines()
             self.sink(ev.ControllerLost())
             self._spawn(self._restart_cluster(), "controller restart")
             return
@@ -97,6 +101,10 @@ class ClusterDriver:
             self._report(ev.EngineRegistered(eid))
         for eid in sorted(self._known - ids):
             self._known.discard(eid)
+            if self.gate is not None:
+                self.gate.revoke(f"{ENGINE}{eid}")
+            if self.control is not None:
+                self.control.forget(eid)
             self._report(ev.EngineUnregistered(eid))
 
     async def _restart_cluster(self) -> None:
@@ -159,6 +167,8 @@ class ClusterDriver:
         def progressed(p: engine_start.Progress) -> None:
             self._report(ev.EngineProgress(engine.id, p.phase, p.detail, p.log_file))
 
+        if self.gate is not None and config.get("channel_keys"):  # its own key: it can speak for itself only
+            config = {**config, "channel_keys": self.gate.engine_keys(engine.id)}
         try:
             task = self.cluster.apply(engine.id, runtime.init_engine, config)
             ident = await engine_start.wait_started(asyncio.wrap_future(task), engine_start.published(task),
@@ -173,7 +183,7 @@ class ClusterDriver:
 
     def start_serving(self, engine: Engine) -> None:
         assert self.control is not None
-        config = {"identity": engine.id, "control_address": self.control.address,
+        config = {"identity": self.control.route_for(engine.id), "control_address": self.control.address,
                   "test_hooks": self.settings.engine_test_hooks}
         fut = self._apply(engine.id, batch.serve, config)
         self._serving[engine.id] = fut

@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import socket
+import warnings
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -149,7 +150,12 @@ class ClusterManager:
         controller_pid = getattr(self.cluster.controller, "pid", None)
         if controller_pid:
             self.ledger.record("controller", int(controller_pid))
-        self.client = await self.cluster.connect_client()
+        with warnings.catch_warnings():
+            # The client ports listen on loopback while the engines' ports are on the cluster address: IPyParallel
+            # warns that such a controller might be on another machine. It is this process's own controller.
+            warnings.filterwarnings("ignore", message=r"\s*Controller appears to be listening on localhost",
+                                    category=RuntimeWarning)
+            self.client = await self.cluster.connect_client()
         log.info("controller started (pid %s) on %s, profile %s", controller_pid, s.cluster_ip,
                  self.cluster.profile_dir)
         await self._write_join_file()
@@ -211,7 +217,9 @@ class ClusterManager:
     def apply(self, engine_id: int, fn: Callable[..., Any], *args: Any) -> Future:
         """Run ``fn(*args)`` on exactly this engine; a concurrent future of its result."""
         assert self.client is not None
-        return self.client[engine_id].apply_async(fn, *args)
+        result = self.client[engine_id].apply_async(fn, *args)
+        plain_replies.forget_when_done(self.client, result, asyncio.get_running_loop())
+        return result
 
     def send_signal(self, engine_id: int, sig: int) -> Future:
         """Signal one engine through the controller and its nanny (works for remote engines)."""

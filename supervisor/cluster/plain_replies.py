@@ -7,6 +7,9 @@ llmsup's engines return is plain data (dicts, lists, strings, numbers), so the s
 unpickler that resolves no global but a few harmless builtins; a reply that names anything else becomes a
 :class:`~ipyparallel.error.RemoteError` (``ename`` ``RefusedReply``) of that task, as a raised exception would.
 
+:func:`forget_when_done` drops a reply from the client's caches (``results``, ``metadata``) once it has been read:
+an unbatched job's prompt and output would otherwise stay in the server's memory for its whole life.
+
 :func:`install` swaps the ``serialize`` module that ``ipyparallel.client.client`` uses for this one: process-wide,
 so it is called by the server only (a notebook's own client, in its own process, is untouched).
 """
@@ -28,6 +31,22 @@ from ipyparallel.serialize.serialize import MAX_ITEMS, _restore_buffers
 log = logging.getLogger("llmsup.cluster")
 
 REFUSED = "RefusedReply"
+HISTORY_MAX = 10_000  # message ids the client keeps in ``history`` (only integer job indices read it)
+
+
+def forget_when_done(client: Any, result: Any, loop: Any) -> None:
+    """Once ``result`` (an AsyncResult of ``client``) is done and its value handed on (the callbacks before this one,
+    as :func:`asyncio.wrap_future`'s, ran first), purge it from the client's caches, on ``loop``."""
+
+    def purge() -> None:
+        try:
+            client.purge_local_results(jobs=[result])
+        except (RuntimeError, KeyError, TypeError) as exc:  # still outstanding, or a client closed since
+            log.debug("result not purged: %s", exc)
+        if len(client.history) > HISTORY_MAX:
+            del client.history[: len(client.history) - HISTORY_MAX // 2]
+
+    result.add_done_callback(lambda _: loop.call_soon_threadsafe(purge))
 
 # Globals a plain-data pickle may name: constructors of values, none of which runs code of the sender's choosing.
 _ALLOWED: frozenset[tuple[str, str]] = frozenset({

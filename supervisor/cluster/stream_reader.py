@@ -5,7 +5,9 @@ Engines push typed messages (``engines/messages.py``): :class:`TaskStarted`, :cl
 construction. A message it cannot read (wrong frame count, not JSON, another protocol version, a wrong
 field type, a kind that does not belong on this stream) is dropped and counted; a sink that raises is
 logged. Neither stops the loop. With keys, the socket is a CURVE server that admits only peers holding
-the client keys (``supervisor/cluster/curve.py``): others never get a message through.
+known keys (``supervisor/cluster/curve.py``): others never get a message through; and ``check`` (the supervisor's)
+is asked whether each message's sender may send it (an engine's beat names that engine, a job's message is about a
+job on that engine): one that may not is dropped and counted as a malformed one, logged once per sender.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import zmq
 import zmq.asyncio
 
 from llmsup.engines.messages import STREAM_EVENTS, ProtocolError, StreamEvent, decode_for_supervisor
-from llmsup.supervisor.cluster.curve import MAX_MESSAGE_BYTES, ChannelKeys, limit_frames, secure_server
+from llmsup.supervisor.cluster.curve import MAX_MESSAGE_BYTES, ChannelKeys, limit_frames, secure_server, sender_of
 from llmsup.supervisor.cluster.malformed import MalformedLog
 from llmsup.supervisor.metrics.prometheus import Metrics
 
@@ -43,8 +45,10 @@ def decode_frames(frames: list[zmq.Frame]) -> StreamEvent:
 class StreamReader:
     def __init__(self, ctx: zmq.asyncio.Context, bind: str, on_event: Callable[[StreamEvent], None],
                  metrics: Metrics, keys: ChannelKeys | None = None, advertise: str | None = None,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 check: Callable[[StreamEvent, str], bool] | None = None) -> None:
         self.on_event = on_event
+        self.check = check
         self.malformed = MalformedLog(metrics.malformed, "stream")
         self.sock = ctx.socket(zmq.PULL)
         limit_frames(self.sock, max_message_bytes)
@@ -68,6 +72,10 @@ class StreamReader:
                 event = decode_frames(frames)
             except ProtocolError as exc:
                 self.malformed.reject(peer_of(frames[0]), exc)
+                continue
+            sender = sender_of(frames[0])
+            if self.check is not None and sender is not None and not self.check(event, sender):
+                self.malformed.reject(sender, ProtocolError("sender", f"{type(event).__name__} is not {sender}'s to send"))
                 continue
             try:
                 self.on_event(event)

@@ -21,6 +21,7 @@ from llmsup.supervisor.core.pool import Launch
 from llmsup.supervisor.core.pool_plan import PoolPlan, plans_for
 from llmsup.supervisor.core.requests import EngineBusy, EngineNotFound
 from llmsup.supervisor.core.standby import pick_standby
+from llmsup.supervisor.core.start_failures import give_up, pool_give_up
 from llmsup.supervisor.pools import DEFAULT
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class EngineSide:
         self.plans: dict[str, PoolPlan] = {DEFAULT: PoolPlan(DEFAULT, self.settings, {})}
         self.last_engine_progress = float("-inf")  # monotonic: an engine reported a step of its start
         self.start_failures: list[str] = []  # load errors, in order (core/start_failures.py decides on them)
+        self.pool_start_failures: dict[str, list[str]] = {}  # the same, per pool
         self._last_launch = float("-inf")
         self._controller_down = False
         self._retiring: dict[int, Engine] = {}  # gone engines whose devices are not free yet
@@ -78,6 +80,15 @@ class EngineSide:
         if not self.driver.can_launch:
             return len(self.pool.engines)
         return sum(p.settings.engines for p in self.plans.values()) + self.hosts.agent_engines_wanted()
+
+    def start_give_up(self, n: int) -> str | None:
+        """The load error to end the start on (``core/start_failures.py``): with one pool, when none of the ``n``
+        engines can load; with several, when one pool's engines cannot, whatever the others do."""
+        serving = self.pool.serving()
+        if len(self.plans) == 1 or not self.driver.can_launch:
+            return give_up(self.start_failures, n, len(serving))
+        return pool_give_up(self.pool_start_failures, {p.name: p.settings.engines for p in self.plans.values()},
+                            Counter(e.pool for e in serving))
 
     # launching -------------------------------------------------------------------------
     def _launch_plan(self, plan: PoolPlan, n: int) -> list[tuple[str, str]]:
@@ -208,6 +219,7 @@ class EngineSide:
     def _failed(self, engine: Engine, why: str, now: Now) -> None:
         if engine.state is S.STARTING:
             self.start_failures.append(why)
+            self.pool_start_failures.setdefault(engine.pool, []).append(why)
             log.error("%s failed to initialise: %s%s", engine.tag(), why,
                       f" (engine log: {engine.log_file})" if engine.log_file else "")
             self.kill_engine(engine, "init_failed", now)
@@ -234,7 +246,10 @@ class EngineSide:
 
     def _adopt(self, engine_id: int, ident: ev.EngineIdentity, now: Now) -> None:
         launch = self.pool.launches.pop(ident.engine_set, None)
-        plan = self.plan_of(launch.pool if launch else DEFAULT)
+        if launch is None and ident.pool and ident.pool not in self.plans:
+            log.warning("engine %d says pool %r, which this server does not run (pools: %s): it serves the first",
+                        engine_id, ident.pool, ", ".join(self.plans))
+        plan = self.plan_of(launch.pool if launch else (ident.pool or DEFAULT))
         engine = Engine(id=engine_id, host=ident.host, host_key=ident.host_key, pid=ident.pid,
                         pid_started=ident.pid_started,
                         gpu=self._gpu_for(ident, launch, plan), set_id=launch.set_id if launch else "",

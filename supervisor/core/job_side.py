@@ -11,6 +11,7 @@ import builtins  # the method `list` shadows the builtin in the class body
 import heapq
 import itertools
 import logging
+from collections import Counter
 
 from llmsup.engines.messages import JobResult, JobSpec
 from llmsup.supervisor.core import joblog, ladder, outcomes
@@ -54,6 +55,7 @@ class JobSide:
         self._timers: list[tuple[float, int, str]] = []  # (when, seq, job id): deadlines and ladder wake-ups
         self._timer_seq = itertools.count()
         self._dispatch_serial = itertools.count(1)  # part of each dispatch's stream key: never used twice
+        self._queued_pool: dict[str, str] = {}  # queued job id -> its pool (the per-pool gauges)
 
     @property
     def store(self) -> JobStore:
@@ -69,42 +71,88 @@ class JobSide:
     def by_key(self, key: str) -> RunningJob | None:
         return self._by_key.get(key)
 
+    def pool_counts(self) -> tuple[Counter[str], Counter[str]]:
+        """(queued, running) jobs per pool."""
+        return Counter(self._queued_pool.values()), Counter(run.job.pool for run in self._running.values())
+
+    def _put(self, job: Job) -> None:
+        """Store a job's new state (the queued jobs' pools follow)."""
+        self.store.put(job)
+        if job.status is Q:
+            self._queued_pool[job.id] = job.pool
+        else:
+            self._queued_pool.pop(job.id, None)
+
     # jobs: the public API ---------------------------------------------------------------
     def recover(self, now: Now) -> None:
         """After a restart: queued jobs stay queued; jobs that were running are re-queued."""
+        self._queued_pool = {job.id: job.pool for job in self.store.list([Q], limit=1_000_000)}
         for job in self.store.list([R], limit=1_000_000):
             if job.attempts >= self.settings.max_attempts:
                 new = transition(job, JobStatus.FAILED, now.wall,
                                  error="supervisor restarted while running; out of attempts")
             else:
                 new = transition(job, Q, now.wall, error="re-queued: supervisor restarted while it was running")
-            self.store.put(new)
+            self._put(new)
             log.warning("recovered job=%s: %s", job.id, new.status.value)
 
     def submit(self, req: JobRequest, now: Now) -> Submitted:
         """Validate and queue a job; a repeated idempotency key returns the job it created."""
-        s = self.settings
-        deadline, params = self._validated(req)
-        pool = pool_named(s, self.shared.pool.engines.values(), req.pool)
+        return self.submit_many([req], now)[0]
+
+    def submit_many(self, reqs: builtins.list[JobRequest], now: Now) -> builtins.list[Submitted]:
+        """Validate every request, then check the quotas once for all of them, then queue them: all or none
+        (InvalidRequest names the request by its index when there are several)."""
+        checked = [self._checked(req, i if len(reqs) > 1 else None) for i, req in enumerate(reqs)]
+        out: dict[int, Submitted] = {}
+        for i, req in enumerate(reqs):
+            if req.idempotency_key is not None:
+                existing = self.store.by_key(req.idempotency_key, req.owner)
+                if existing is not None:
+                    out[i] = Submitted(self.view(existing), created=False)
+        self._check_quotas([req for i, req in enumerate(reqs) if i not in out],
+                           max((NATIVE_DEADLINE_S if deadline is None else deadline for _, deadline, _, _ in checked),
+                               default=4.0))
+        for i, (req, deadline, params, pool) in enumerate(checked):
+            if i not in out:
+                out[i] = self._queue(req, deadline, params, pool, now)
+        return [out[i] for i in range(len(reqs))]
+
+    def _checked(self, req: JobRequest, index: int | None) -> tuple[JobRequest, float | None, JobParams, str]:
+        try:
+            deadline, params = self._validated(req)
+        except InvalidRequest as exc:
+            raise exc if index is None else InvalidRequest(f"jobs[{index}]: {exc}") from None
+        pool = pool_named(self.settings, self.shared.pool.engines.values(), req.pool)
         if pool is None:
             raise PoolNotFound(str(req.pool), list(self.shared.pool_names))
-        if req.idempotency_key is not None:
-            existing = self.store.by_key(req.idempotency_key, req.owner)
-            if existing is not None:
-                return Submitted(self.view(existing), created=False)
-        retry_after = max(1.0, (deadline if deadline is not None else NATIVE_DEADLINE_S) / 4)
-        if self.store.count(Q) >= s.queue_max:
-            raise QueueFull(s.queue_max, retry_after_s=retry_after)
-        if req.owner is not None and s.owner_queue_max and self.store.count_owned(Q, req.owner) >= s.owner_queue_max:
-            raise QueueFull(s.owner_queue_max, retry_after_s=retry_after, owner=req.owner)
+        return req, deadline, params, pool
+
+    def _check_quotas(self, new: builtins.list[JobRequest], deadline: float | None) -> None:
+        """QueueFull unless ``new`` all fit in the queue and in each owner's share of it."""
+        s = self.settings
+        retry = max(1.0, (deadline if deadline is not None else NATIVE_DEADLINE_S) / 4)
+        if new and self.store.count(Q) + len(new) > s.queue_max:
+            raise QueueFull(s.queue_max, retry_after_s=retry)
+        owners: dict[str, int] = {}
+        for req in new:
+            if req.owner is not None:
+                owners[req.owner] = owners.get(req.owner, 0) + 1
+        for owner, count in owners.items():
+            if s.owner_queue_max and self.store.count_owned(Q, owner) + count > s.owner_queue_max:
+                raise QueueFull(s.owner_queue_max, retry_after_s=retry, owner=owner)
+
+    def _queue(self, req: JobRequest, deadline: float | None, params: JobParams, pool: str, now: Now) -> Submitted:
+        s = self.settings
         job = Job(prompt=req.prompt, params=params, deadline_s=deadline,
                   queue_timeout_s=req.queue_timeout_s or s.queue_timeout_s, priority=req.priority,
                   idempotency_key=req.idempotency_key, owner=req.owner, created_at=now.wall, pipeline=req.pipeline,
                   affinity=EngineRef.from_dict(req.affinity), pool=pool)
         try:
             job = self.store.add(job)
-        except DuplicateKey as dup:
+        except DuplicateKey as dup:  # the same key twice in one batch
             return Submitted(self.view(dup.existing), created=False)
+        self._queued_pool[job.id] = job.pool
         self.metrics.jobs_submitted.inc()
         joblog.submitted(job, s.max_log_len if s.enable_log_requests else -1)
         self._publish_status(job)
@@ -137,7 +185,7 @@ class JobSide:
         job = self.get(job_id)
         if job.status is Q:
             new = transition(job, JobStatus.CANCELLED, now.wall, error=note)
-            self.store.put(new)
+            self._put(new)
             self._finished(new)
             return new
         run = self._running.get(job_id)
@@ -172,7 +220,7 @@ class JobSide:
 
     def _start(self, job: Job, engine: Engine, now: Now) -> None:
         job = transition(job, R, now.wall, engine=engine.ref, error=None)
-        self.store.put(job)  # stored as running before the task is sent
+        self._put(job)  # stored as running before the task is sent
         run = RunningJob(job, engine, now.mono, serial=next(self._dispatch_serial))
         self._running[job.id] = run
         self._by_key[run.key] = run
@@ -210,7 +258,7 @@ class JobSide:
     def _on_piece(self, run: RunningJob, piece: ev.TokenPiece, now: float) -> None:
         previous = run.last_token_mono
         if run.add_piece(piece.seq, piece.text, now, piece.token_id, piece.logprob):
-            self.metrics.token_piece(None if previous is None else now - previous)
+            self.metrics.token_piece(None if previous is None else now - previous, run.job.pool)
             if previous is None:
                 joblog.first_token(run.job, run.engine, now - run.started_mono)
             self.shared.hub.publish(run.job.id, {"type": "token", "job_id": run.job.id, "seq": piece.seq,
@@ -375,7 +423,7 @@ class JobSide:
             new = transition(job, st.status, wall, output=st.text, tokens=st.tokens, error=st.error,
                              finish_reason=finish_reason, prompt_tokens=st.prompt_tokens, error_detail=st.error_detail,
                              **st.extras)
-        self.store.put(new)  # written before anyone is told
+        self._put(new)  # written before anyone is told
         run.settled = True
         self._running.pop(job.id, None)
         self._by_key.pop(run.key, None)
@@ -412,7 +460,7 @@ class JobSide:
         for job in self.store.expired(now.wall, limit=1000):
             new = transition(job, JobStatus.EXPIRED, now.wall,
                              error=f"waited more than {job.queue_timeout_s}s in the queue")
-            self.store.put(new)
+            self._put(new)
             self._finished(new)
             expired += 1
         return expired

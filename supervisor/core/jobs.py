@@ -79,6 +79,8 @@ class Job:
     prompt_logprobs: tuple[TokenLogprob, ...] = ()  # prompt tokens after the first
     token_ids: tuple[int, ...] = ()
     prompt_token_ids: tuple[int, ...] = ()
+    pooled: tuple[float, ...] = ()  # a pooling job's output (an embedding, class probabilities...), flattened
+    pooled_shape: tuple[int, ...] = ()  # its shape
     pipeline: str | None = None  # the pipeline this job is a step of
     affinity: EngineRef | None = None  # run on this engine when it has room, else on its host, else anywhere
     pool: str = "default"  # the engine pool it runs in
@@ -98,7 +100,7 @@ class Job:
         data["lost_engines"] = tuple(data.get("lost_engines") or ())
         for name in ("logprobs", "prompt_logprobs"):
             data[name] = logprobs_from_plain(data.get(name) or [])
-        for name in ("token_ids", "prompt_token_ids"):
+        for name in ("token_ids", "prompt_token_ids", "pooled", "pooled_shape"):
             data[name] = tuple(data.get(name) or ())
         return cls(**data)
 

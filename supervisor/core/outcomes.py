@@ -77,7 +77,7 @@ def decode_reply(reply: object) -> JobResult:
 
 def result_extras(result: JobResult) -> dict[str, tuple]:
     """The optional outputs of a completed job, as Job field -> value (only those it carries)."""
-    names = ("logprobs", "prompt_logprobs", "token_ids", "prompt_token_ids")
+    names = ("logprobs", "prompt_logprobs", "token_ids", "prompt_token_ids", "pooled", "pooled_shape")
     return {name: getattr(result, name) for name in names if getattr(result, name)}
 
 

@@ -25,7 +25,7 @@ from llmsup.supervisor.core.events import EventHub
 from llmsup.supervisor.core.host_side import Host, HostSide
 from llmsup.supervisor.core.job_side import JobSide
 from llmsup.supervisor.core.jobs import Job, JobStatus
-from llmsup.supervisor.core.model_name import served_model_name
+from llmsup.supervisor.core.model_name import pool_model_name
 from llmsup.supervisor.core.now import Now
 from llmsup.supervisor.core.parts import Hooks, Shared
 from llmsup.supervisor.core.pool import EnginePool
@@ -46,7 +46,7 @@ class SupervisorCore:
                  hooks: Hooks | None = None) -> None:
         self.settings = settings
         pool = EnginePool()
-        metrics = Metrics(Limits.of(settings), lambda: served_model_name(settings, pool.engines.values()))
+        metrics = Metrics(Limits.of(settings), lambda name: pool_model_name(settings, pool.engines.values(), name))
         self.shared = Shared(settings, driver if driver is not None else NotStarted(), pool, metrics, EventHub(),
                              hooks or Hooks())
         self.pool, self.metrics, self.hub = pool, metrics, self.shared.hub
@@ -66,6 +66,10 @@ class SupervisorCore:
     @store.setter
     def store(self, store: JobStore) -> None:
         self.job_side.store_or_none = store
+
+    @property
+    def store_or_none(self) -> JobStore | None:
+        return self.job_side.store_or_none
 
     @property
     def has_store(self) -> bool:
@@ -116,6 +120,10 @@ class SupervisorCore:
     def submit(self, req: JobRequest, now: Now) -> Submitted:
         """Validate and queue a job; a repeated idempotency key returns the job it created."""
         return self.job_side.submit(req, now)
+
+    def submit_many(self, reqs: builtins.list[JobRequest], now: Now) -> builtins.list[Submitted]:
+        """Queue many jobs with one quota check: all or none."""
+        return self.job_side.submit_many(reqs, now)
 
     def get(self, job_id: str) -> Job:
         return self.job_side.get(job_id)
@@ -183,6 +191,10 @@ class SupervisorCore:
     def expected_engines(self) -> int:
         return self.engine_side.expected_engines()
 
+    def start_give_up(self, n: int) -> str | None:
+        """The load error to end the start on, or None to go on waiting for ``n`` engines."""
+        return self.engine_side.start_give_up(n)
+
     def start_engines(self, n: int, now: Now) -> None:
         self.engine_side.start_engines(n, now)
 
@@ -218,4 +230,5 @@ class SupervisorCore:
     def update_gauges(self, now: Now) -> None:
         queued = self.store.count(JobStatus.QUEUED)  # indexed: this runs every health tick
         self.metrics.update(queued, self.job_side.running_count(), builtins.list(self.pool),
-                            self.engine_side.standby_target, now.mono, now.wall)
+                            self.engine_side.standby_target, now.mono, now.wall,
+                            self.shared.pool_names, self.job_side.pool_counts())

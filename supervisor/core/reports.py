@@ -26,6 +26,7 @@ class EngineIdentity:
     engine_set: str = ""  # LLMSUP_ENGINE_SET of the process ("" if someone else started it)
     nanny_pid: int | None = None
     pid_started: float | None = None  # the process's start time (tells a reused pid apart)
+    pool: str = ""  # the pool it was started for by someone else (a join agent's --pool; "": the first)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineIdentity:
@@ -33,7 +34,8 @@ class EngineIdentity:
         return cls(host=str(data["host"]), host_key=str(data["host_key"]), pid=int(data["pid"]),
                    gpu=str(data.get("gpu") or ""), engine_set=str(data.get("engine_set") or ""),
                    nanny_pid=int(nanny) if nanny else None,
-                   pid_started=float(data["pid_started"]) if data.get("pid_started") else None)
+                   pid_started=float(data["pid_started"]) if data.get("pid_started") else None,
+                   pool=str(data.get("pool") or ""))
 
 
 # engines coming and going ------------------------------------------------------------

@@ -17,6 +17,8 @@ def default_standby(backend: str, gpus: int, engines: int, gpus_per_engine: int)
     """Standbys when the user did not say: (count, why)."""
     if backend == "sim":
         return 0, "sim engines start in about a second and hold nothing (say --standby 1 to hide even that)"
+    if backend == "python":
+        return 0, "function engines import their functions in well under a second and hold no model"
     if gpus:
         spare = gpus - engines * gpus_per_engine
         if spare >= gpus_per_engine:

@@ -9,6 +9,7 @@ the shell (``Supervisor.wait_for_engines``) asks :func:`give_up` while it waits 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 TRIES_PER_ENGINE = 3  # failed loads per expected engine before the start gives up whatever the errors say
 ERROR_CHARS = 2000  # the most of an engine's error that is shown
@@ -41,4 +42,14 @@ def give_up(failures: list[str], expected: int, serving: int) -> str | None:
         return latest[-1]
     if len(failures) >= TRIES_PER_ENGINE * need:
         return one_line(failures[-1])
+    return None
+
+
+def pool_give_up(failures: Mapping[str, list[str]], expected: Mapping[str, int], serving: Mapping[str, int]) -> str | None:
+    """With several pools: the error to stop on when any one pool gives up (:func:`give_up` over its own engines'
+    loads), named by its pool; the others serving does not keep a pool that cannot start waiting."""
+    for pool, n in expected.items():
+        error = give_up(failures.get(pool, []), n, serving.get(pool, 0))
+        if error is not None:
+            return f"pool {pool}: {error}"
     return None

@@ -8,10 +8,10 @@ methods below at its observation points (dispatch, each streamed piece, settle, 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from llmsup.supervisor.core.engine_state import Engine, EngineState
 from llmsup.supervisor.core.jobs import Job, JobStatus
@@ -20,6 +20,7 @@ from llmsup.supervisor.metrics import buckets as b
 from llmsup.supervisor.metrics.request_times import RequestTimes
 from llmsup.supervisor.metrics.stats_history import StatsHistory, Totals
 from llmsup.supervisor.metrics.vllm import VLLMMetrics
+from llmsup.supervisor.pools import DEFAULT
 
 if TYPE_CHECKING:
     from llmsup.supervisor.core.outcomes import Settlement
@@ -38,11 +39,13 @@ def restart_label(reason: str) -> str:
 
 
 class Metrics:
-    def __init__(self, limits: b.Limits | None = None, model_name: Callable[[], str] = lambda: "default") -> None:
+    def __init__(self, limits: b.Limits | None = None,
+                 model_name: Callable[[str], str] = lambda pool: "default") -> None:
         limits = limits or b.Limits()
-        self.model_name = model_name
+        self.model_name = model_name  # a pool's name -> the model_name its vllm:* series carry
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total: the supervisor's CPU, saturation coming
         latency = b.reaching(b.LATENCY, limits.run_s)
         self.jobs_submitted = Counter("llmsup_jobs_submitted", "Jobs accepted", registry=r)
         self.job_outcomes = Counter("llmsup_job_outcomes", "Jobs that reached a terminal status", ["status"], registry=r)
@@ -50,6 +53,10 @@ class Metrics:
         self.queue_depth = Gauge("llmsup_queue_depth", "Jobs waiting in the queue", registry=r)
         self.running = Gauge("llmsup_running_jobs", "Jobs running on engines", registry=r)
         self.engines = Gauge("llmsup_engines", "Engines by state", ["state"], registry=r)
+        self.pool_engines = Gauge("llmsup_pool_engines", "Engines of each pool by state", ["pool", "state"], registry=r)
+        self.pool_queue_depth = Gauge("llmsup_pool_queue_depth", "Jobs waiting for each pool", ["pool"], registry=r)
+        self.pool_running = Gauge("llmsup_pool_running_jobs", "Jobs running on each pool's engines", ["pool"],
+                                  registry=r)
         self.queue_wait = Histogram("llmsup_queue_wait_seconds", "Arrival to dispatch (of each attempt)",
                                     buckets=b.reaching(b.LATENCY, limits.wait_s), registry=r)
         self.run_time = Histogram("llmsup_run_seconds", "Dispatch to settled", buckets=latency, registry=r)
@@ -99,9 +106,25 @@ class Metrics:
         self._rss_series: set[str] = set()  # engine label values the memory gauges carry now
         self._gpu_series: set[tuple[str, str]] = set()
 
+    def _update_pools(self, queued: int, running: int, engines: list[Engine], pools: tuple[str, ...],
+                      per_pool: tuple[Mapping[str, int], Mapping[str, int]] | None) -> None:
+        waiting, busy = per_pool if per_pool is not None and len(pools) > 1 else ({pools[0]: queued}, {pools[0]: running})
+        by_pool = {(pool, state): 0 for pool in pools for state in EngineState}
+        for engine in engines:
+            by_pool[(engine.pool, engine.state)] = by_pool.get((engine.pool, engine.state), 0) + 1
+        for (pool, state), n in by_pool.items():
+            self.pool_engines.labels(pool, state.value).set(n)
+        queues: dict[str, tuple[int, int]] = {}
+        for pool in pools:
+            self.pool_queue_depth.labels(pool).set(waiting.get(pool, 0))
+            self.pool_running.labels(pool).set(busy.get(pool, 0))
+            w, r = queues.get(self.model_name(pool), (0, 0))
+            queues[self.model_name(pool)] = (w + waiting.get(pool, 0), r + busy.get(pool, 0))
+        self.vllm.set_queues(queues)
+
     # observation points of the core ------------------------------------------------------------
-    def token_piece(self, gap_s: float | None) -> None:
-        self.vllm.series(self.model_name()).token_piece(gap_s)
+    def token_piece(self, gap_s: float | None, pool: str = DEFAULT) -> None:
+        self.vllm.series(self.model_name(pool)).token_piece(gap_s)
         self._tokens += 1
 
     def ladder_step(self, step: str) -> None:
@@ -121,7 +144,7 @@ class Metrics:
         pieces = len(run.pieces)
         self._tokens += max(0, st.tokens - pieces)
         times = RequestTimes.of(run, mono, st.tokens) if ended else None
-        self.vllm.series(self.model_name()).settled(times, st.tokens, pieces, st.prompt_tokens,
+        self.vllm.series(self.model_name(run.job.pool)).settled(times, st.tokens, pieces, st.prompt_tokens,
                                                      run.job.params.max_tokens)
         if st.status in (JobStatus.TIMED_OUT, JobStatus.CANCELLED):
             self._interrupted += 1
@@ -131,11 +154,13 @@ class Metrics:
     def finished(self, job: Job) -> None:
         """A job reached a terminal status (whether it ran or not)."""
         reason = (job.finish_reason or "stop") if job.status is JobStatus.SUCCEEDED else FINISHED_REASON[job.status]
-        self.vllm.series(self.model_name()).finished(reason, (job.finished_at or job.created_at) - job.created_at)
+        self.vllm.series(self.model_name(job.pool)).finished(reason, (job.finished_at or job.created_at) - job.created_at)
 
     def update(self, queued: int, running: int, engines: list[Engine], standby_target: int, mono: float,
-               wall: float) -> None:
-        """Gauges as of now (each health tick and each scrape); a history sample once a second."""
+               wall: float, pools: tuple[str, ...] = (DEFAULT,),
+               per_pool: tuple[Mapping[str, int], Mapping[str, int]] | None = None) -> None:
+        """Gauges as of now (each health tick and each scrape); a history sample once a second. ``pools``: the
+        server's pools; ``per_pool``: (queued, running) jobs of each (one pool: ``queued`` and ``running``)."""
         self.queue_depth.set(queued)
         self.running.set(running)
         by_state = {state: 0 for state in EngineState}
@@ -144,7 +169,7 @@ class Metrics:
         for state, n in by_state.items():
             self.engines.labels(state.value).set(n)
         self.standby_target.set(standby_target)
-        self.vllm.set_queue(self.model_name(), queued, running)
+        self._update_pools(queued, running, engines, pools, per_pool)
         rss: set[str] = set()
         gpu: set[tuple[str, str]] = set()
         for engine in engines:

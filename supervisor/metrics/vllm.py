@@ -129,7 +129,7 @@ class VLLMMetrics:
         self.params_max_tokens = histogram("vllm:request_params_max_tokens", "The max_tokens parameter of jobs.",
                                            b.one_two_five(limits.generation_tokens))
         self._series: dict[str, ModelSeries] = {}
-        self._gauged: str | None = None  # the model name the two gauges carry now
+        self._gauged: set[str] = set()  # the model names the two gauges carry now (one per pool)
 
     def series(self, model: str) -> ModelSeries:
         found = self._series.get(model)
@@ -145,12 +145,13 @@ class VLLMMetrics:
             )
         return found
 
-    def set_queue(self, model: str, waiting: int, running: int) -> None:
-        """The two scheduler gauges, under the current model name only."""
-        if self._gauged not in (None, model):
-            self.waiting.remove(self._gauged)
-            self.running.remove(self._gauged)
-        self._gauged = model
-        self.series(model)
-        self.waiting.labels(model).set(waiting)
-        self.running.labels(model).set(running)
+    def set_queues(self, queues: dict[str, tuple[int, int]]) -> None:
+        """The two scheduler gauges (model name -> (waiting, running)), under the current model names only."""
+        for gone in self._gauged - set(queues):
+            self.waiting.remove(gone)
+            self.running.remove(gone)
+        self._gauged = set(queues)
+        for model, (waiting, running) in queues.items():
+            self.series(model)
+            self.waiting.labels(model).set(waiting)
+            self.running.labels(model).set(running)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from llmsup.supervisor.core.requests import InvalidRequest
@@ -79,9 +79,12 @@ def item_text(item: Any) -> str:
     return item if isinstance(item, str) else json.dumps(item)
 
 
-def check(spec: PipelineSpec, pools: list[str], functions: Collection[str] = ()) -> PipelineSpec:
-    """The spec if it can run: unique names, known ``after`` steps, no cycle, placeholders and map sources among a
-    step's ``after``, affinity to one of them, a known pool, a registered function."""
+def check(spec: PipelineSpec, pools: list[str], functions: Collection[str] = (),
+          function_pools: Sequence[str] = ()) -> PipelineSpec:
+    """The spec if it can run, its function steps placed: unique names, known ``after`` steps, no cycle,
+    placeholders and map sources among a step's ``after``, affinity to one of them, a known pool, a registered
+    function. ``pools``: the model pools (names and served names), ``function_pools``: the pools that run
+    functions (a step with ``fn`` runs there: in the first unless it names one; a step without runs on a model)."""
     names = spec.names()
     if not 1 <= len(names) <= MAX_STEPS:
         raise InvalidRequest(f"a pipeline has 1 to {MAX_STEPS} steps")
@@ -92,13 +95,35 @@ def check(spec: PipelineSpec, pools: list[str], functions: Collection[str] = ())
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InvalidRequest(f"step names must be unique: {', '.join(dupes)}")
+    spec = replace(spec, steps=tuple(place(step, pools, function_pools) for step in spec.steps))
     for step in spec.steps:
-        _check_step(step, set(names), pools)
+        _check_step(step, set(names), [*pools, *function_pools])
         if step.fn is not None and step.fn not in functions:
             raise InvalidRequest(f"step {step.name!r}: no function {step.fn!r}; registered: "
                                  f"{', '.join(sorted(functions)) or 'none (llmsup serve --function NAME=module:callable)'}")
     _check_acyclic(spec)
     return spec
+
+
+def place(step: StepSpec, pools: Sequence[str], function_pools: Sequence[str]) -> StepSpec:
+    """A function step in a pool that runs functions (the first unless it names one), a prompt step on a model."""
+    where = f"step {step.name!r}"
+    if step.fn is None:
+        if step.pool is not None and step.pool in function_pools and step.pool not in pools:
+            raise InvalidRequest(f"{where}: pool {step.pool!r} runs functions (backend python): name one with fn, "
+                                 f"or a model's pool: {', '.join(pools) or 'none'}")
+        if step.pool is None and not [p for p in pools if p not in function_pools]:
+            raise InvalidRequest(f"{where}: this server runs functions only: the step names one with fn")
+        return step
+    if not function_pools:
+        raise InvalidRequest(f"{where}: fn {step.fn!r} needs a pool of backend python "
+                             "(llmsup serve --pool name=io,backend=python)")
+    if step.pool is None:
+        return replace(step, pool=function_pools[0])
+    if step.pool not in function_pools:
+        raise InvalidRequest(f"{where}: pool {step.pool!r} runs a model; fn steps run in a pool of backend python: "
+                             f"{', '.join(function_pools)}")
+    return step
 
 
 def _check_step(step: StepSpec, names: set[str], pools: list[str]) -> None:

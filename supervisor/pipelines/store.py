@@ -88,7 +88,13 @@ ENDED_SQL = "('succeeded','failed','timed_out','cancelled')"
 
 
 class SQLitePipelineStore:
-    """One SQLite file (WAL, ``synchronous=FULL``: a pipeline's record survives a power loss), 0600."""
+    """One SQLite file (WAL), 0600. A new pipeline and an ended one are written with ``synchronous=FULL`` (they
+    survive a power loss: the client was told it exists, or how it ended); the changes between with ``NORMAL`` (no
+    fsync: a power loss may take the latest of them back, and the pipeline then goes on from an older record. That
+    is safe because its steps' jobs carry idempotency keys: a step submitted again finds the job it made when that
+    job's record survived, and a job's end is always synced, so a step that succeeded is never run again; a job
+    lost with the power is run again, as a running job is after a restart). A later FULL commit syncs the earlier
+    writes with it."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
@@ -99,7 +105,8 @@ class SQLitePipelineStore:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA secure_delete=ON")  # deleted steps' text is zeroed, not left in free pages
+        self._db.execute("PRAGMA synchronous=NORMAL")  # FULL for the writes that must survive a power loss
         self._db.executescript(SCHEMA)
         row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM pipelines").fetchone()
         self._seq = int(row[0])
@@ -108,6 +115,7 @@ class SQLitePipelineStore:
         key = None if p.idempotency_key is None else scoped_key(p.owner, p.idempotency_key)
         with self._lock:
             self._seq += 1
+            self._db.execute("PRAGMA synchronous=FULL")
             try:
                 self._db.execute("INSERT INTO pipelines (id, seq, status, owner, idempotency_key, data) "
                                  "VALUES (?, ?, ?, ?, ?, ?)",
@@ -117,12 +125,20 @@ class SQLitePipelineStore:
                 if row is None:
                     raise
                 raise DuplicatePipeline(Pipeline.from_dict(json.loads(row[0]))) from None
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
         return p
 
     def put(self, p: Pipeline) -> None:
         with self._lock:
-            self._db.execute("UPDATE pipelines SET status = ?, data = ? WHERE id = ?",
-                             (p.status.value, json.dumps(p.to_dict()), p.id))
+            if p.status.terminal:
+                self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._db.execute("UPDATE pipelines SET status = ?, data = ? WHERE id = ?",
+                                 (p.status.value, json.dumps(p.to_dict()), p.id))
+            finally:
+                if p.status.terminal:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
 
     def get(self, pipeline_id: str) -> Pipeline | None:
         with self._lock:

@@ -7,7 +7,9 @@ import itertools
 from collections.abc import Iterable
 
 from llmsup.supervisor.core.jobs import TERMINAL, Job, JobStatus
-from llmsup.supervisor.store.protocol import PRUNE_BATCH, DuplicateKey, expires_at, ready_order, scoped_key
+from llmsup.supervisor.store.fairness import Turns
+from llmsup.supervisor.store.openjobs import OpenJobs
+from llmsup.supervisor.store.protocol import PRUNE_BATCH, DuplicateKey, expires_at, scoped_key
 
 
 class MemoryStore:
@@ -17,6 +19,8 @@ class MemoryStore:
         self._jobs: dict[str, Job] = {}
         self._keys: dict[str, str] = {}
         self._seq = itertools.count(1)
+        self._turns = Turns()  # fair turns (supervisor/store/fairness.py)
+        self.open = OpenJobs()  # queued and running: counts and the queue's order without a scan
 
     def add(self, job: Job) -> Job:
         key = scoped_key(job.owner, job.idempotency_key) if job.idempotency_key is not None else None
@@ -24,6 +28,7 @@ class MemoryStore:
             raise DuplicateKey(self._jobs[self._keys[key]])
         job = job.with_changes(seq=next(self._seq))
         self._jobs[job.id] = job
+        self.open.track(job, self._turns.take(job.owner, job.priority))
         if key is not None:
             self._keys[key] = job.id
         return job
@@ -32,6 +37,7 @@ class MemoryStore:
         if job.id not in self._jobs:
             raise KeyError(job.id)
         self._jobs[job.id] = job
+        self.open.track(job)
 
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
@@ -52,8 +58,9 @@ class MemoryStore:
         return jobs[offset : offset + limit]
 
     def next_queued(self, now: float, limit: int) -> builtins.list[Job]:
-        ready = [j for j in self._jobs.values() if j.status is JobStatus.QUEUED and j.not_before <= now]
-        return sorted(ready, key=ready_order)[:limit]
+        picked = self.open.next_queued(now, limit)
+        self._turns.read((j.priority, self.open.turn(j.id)) for j in picked)
+        return picked
 
     def counts(self) -> dict[JobStatus, int]:
         out = {s: 0 for s in JobStatus}
@@ -62,9 +69,13 @@ class MemoryStore:
         return out
 
     def count(self, status: JobStatus) -> int:
+        if not status.terminal:
+            return self.open.count(status)
         return sum(1 for j in self._jobs.values() if j.status is status)
 
     def count_owned(self, status: JobStatus, owner: str) -> int:
+        if not status.terminal:
+            return self.open.count_owned(status, owner)
         return sum(1 for j in self._jobs.values() if j.status is status and j.owner == owner)
 
     def expired(self, now: float, limit: int) -> builtins.list[Job]:

@@ -3,6 +3,7 @@
 - no ``expires_at`` column (first versions): added and filled from each record;
 - no ``finished_at`` column (before retention): added and filled from each record;
 - no ``error_detail`` column: added (the detail stays in each record too; the column lets operators query it);
+- no ``turn`` column (before fair shares between owners): added, 0 for every job;
 - version 0 -> 1: idempotency keys become per-owner (``owner/key``, ``/key`` without an owner). Version 0
   stored the web layer's form: ``owner/key`` for API-key users, the bare key for everyone else, so a key
   such as ``alice/k1`` sent without an owner could find alice's job. Each record keeps the key as its
@@ -38,6 +39,8 @@ def migrate(db: sqlite3.Connection, scoped_key: Callable[[str | None, str], str]
                        " WHERE status NOT IN ('queued', 'running')")
         if "error_detail" not in cols:
             db.execute("ALTER TABLE jobs ADD COLUMN error_detail TEXT")
+        if "turn" not in cols:  # fair shares: jobs queued before it keep their order, ahead of new ones
+            db.execute("ALTER TABLE jobs ADD COLUMN turn REAL NOT NULL DEFAULT 0")
         if version < 1:
             _scope_keys(db, scoped_key)
         db.execute(f"PRAGMA user_version={VERSION}")

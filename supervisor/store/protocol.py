@@ -63,7 +63,8 @@ class JobStore(Protocol):
         """Jobs newest first, optionally filtered by status and owner."""
 
     def next_queued(self, now: float, limit: int) -> builtins.list[Job]:
-        """Queued jobs ready to run at ``now``: highest priority first, FIFO within a priority."""
+        """Queued jobs ready to run at ``now``: highest priority first; within a priority, owners take turns (fair
+        shares: ``supervisor/store/fairness.py``), each owner's jobs in arrival order."""
 
     def counts(self) -> dict[JobStatus, int]:
         """Number of jobs in each status."""
@@ -94,5 +95,5 @@ def expires_at(job: Job) -> float:
 
 
 def ready_order(job: Job) -> tuple[int, int]:
-    """The order queued jobs start in: priority first, then arrival."""
+    """Priority first, then arrival (the order of one owner's queued jobs; owners take turns within a priority)."""
     return (-job.priority, job.seq)

@@ -142,25 +142,39 @@ function jobElapsed(j, now) {
   return j.status === "running" ? j.running_s + (now - j._at) / 1000 : j.running_s;
 }
 
+function engineCard(e, now) {
+  const busy = e.busy_s == null ? null : e.busy_s + (now - enginesAt) / 1000;
+  const pct = busy != null && e.deadline_s ? Math.min(100, (100 * busy) / e.deadline_s) : 0;
+  return el("div", { class: "card engine", "data-engine-id": e.id, "data-state": e.state, "data-pool": e.pool || "default" },
+    el("div", { class: "title" }, "engine " + e.id, el("span", { class: "state " + e.state }, e.state)),
+    el("div", { class: "kv" }, "job ", el("b", { class: "engine-job" }, e.job_id || "—")),
+    el("div", { class: "kv" }, "elapsed ",
+      elapsedSpan(busy, true, now),
+      e.deadline_s ? " / " + secs(e.deadline_s) : ""),
+    el("div", { class: "bar" }, el("div", { class: pct >= 100 ? "late" : "", style: "width:" + pct + "%" })),
+    el("div", { class: "kv" }, "jobs done ", el("b", { class: "jobs-done" }, String(e.jobs_done)),
+      " · RSS ", el("b", {}, Math.round(e.rss_mb) + " MB"), " · GPU ", el("b", {}, e.gpu || "cpu"),
+      e.gpu_mem_mb == null ? "" : el("b", { class: "gpu-mem" }, " " + Math.round(e.gpu_mem_mb) + " MB")),
+    el("div", { class: "kv" }, "pid " + e.pid + " · " + e.host + " · restarts " + e.restarts),
+    el("div", {}, el("button", { class: "restart", onclick: () => admin("POST",
+      "/admin/engines/" + e.id + "/restart", "restart engine " + e.id) }, "restart engine")));
+}
+
 function render() {
   const now = performance.now();
   const standbyLast = (e) => (e.state === "standby" ? 1 : 0);  // serving engines first, warm standbys after
-  const cards = [...engines].sort((a, b) => standbyLast(a) - standbyLast(b) || a.id - b.id).map((e) => {
-    const busy = e.busy_s == null ? null : e.busy_s + (now - enginesAt) / 1000;
-    const pct = busy != null && e.deadline_s ? Math.min(100, (100 * busy) / e.deadline_s) : 0;
-    return el("div", { class: "card engine", "data-engine-id": e.id, "data-state": e.state },
-      el("div", { class: "title" }, "engine " + e.id, el("span", { class: "state " + e.state }, e.state)),
-      el("div", { class: "kv" }, "job ", el("b", { class: "engine-job" }, e.job_id || "—")),
-      el("div", { class: "kv" }, "elapsed ",
-        elapsedSpan(busy, true, now),
-        e.deadline_s ? " / " + secs(e.deadline_s) : ""),
-      el("div", { class: "bar" }, el("div", { class: pct >= 100 ? "late" : "", style: "width:" + pct + "%" })),
-      el("div", { class: "kv" }, "jobs done ", el("b", { class: "jobs-done" }, String(e.jobs_done)),
-        " · RSS ", el("b", {}, Math.round(e.rss_mb) + " MB"), " · GPU ", el("b", {}, e.gpu || "cpu"),
-        e.gpu_mem_mb == null ? "" : el("b", { class: "gpu-mem" }, " " + Math.round(e.gpu_mem_mb) + " MB")),
-      el("div", { class: "kv" }, "pid " + e.pid + " · " + e.host + " · restarts " + e.restarts),
-      el("div", {}, el("button", { class: "restart", onclick: () => admin("POST",
-        "/admin/engines/" + e.id + "/restart", "restart engine " + e.id) }, "restart engine")));
+  const pools = [...new Set(engines.map((e) => e.pool || "default"))].sort();  // grouped by pool, by name
+  const poolOf = (e) => pools.indexOf(e.pool || "default");
+  const sorted = [...engines].sort((a, b) => poolOf(a) - poolOf(b) || standbyLast(a) - standbyLast(b) || a.id - b.id);
+  const cards = [];
+  sorted.forEach((e, i) => {
+    if (pools.length > 1 && (i === 0 || poolOf(sorted[i - 1]) !== poolOf(e))) {
+      const inPool = engines.filter((o) => poolOf(o) === poolOf(e));
+      cards.push(el("div", { class: "pool-title", "data-pool": e.pool || "default" }, "pool " + (e.pool || "default"),
+        el("span", { class: "kv" }, " · " + (e.backend || "?") + (e.model ? ": " + e.model : "") + " · " +
+          inPool.length + " engine" + (inPool.length === 1 ? "" : "s"))));
+    }
+    cards.push(engineCard(e, now));
   });
   const pending = starting.map((s) => el("div", { class: "card engine", "data-state": "starting" },
     el("div", { class: "title" }, "engine set " + s.engine_set, el("span", { class: "state starting" }, "starting")),
