@@ -18,7 +18,7 @@ request that is due (overdue or on the kill list) and keeps serving.
 Messages (``engines/messages.py``):
   supervisor -> engine, control socket: Submit | Abort | Stop (a message the loop cannot read is dropped,
                         counted, and logged once per kind of problem; the loop goes on)
-  engine -> supervisor: Hello on the control socket when the loop starts; on the token stream: TokenPiece
+  engine -> supervisor: Hello on the control socket when the loop starts and every HELLO_S; on the token stream: TokenPiece
                         per token, JobDone with each request's JobResult, EngineBeat every BEAT_S
 """
 
@@ -60,6 +60,7 @@ from llmsup.engines.stream import secure_client
 log = logging.getLogger("llmsup.engine")
 BEAT_S = 0.25
 IDLE_POLL_MS = 20
+HELLO_S = 1.0  # a hello again: where the supervisor sends this engine its requests (its connection now)
 TEST_HOOK = re.compile(r"\[llmsup:(stall|stall-nosigint)(?:=([0-9.]+))?\]")
 
 
@@ -87,7 +88,8 @@ class BatchServer:
         self.test_hooks = bool(config.get("test_hooks"))
         self.ctl: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         self.ctl.setsockopt(zmq.LINGER, 0)
-        self.ctl.setsockopt(zmq.IDENTITY, str(config["identity"]).encode())
+        if config.get("identity") is not None:  # a channel without keys names peers by it (tests of the wire)
+            self.ctl.setsockopt(zmq.IDENTITY, str(config["identity"]).encode())  # with keys: the key names this engine
         secure_client(self.ctl, rt.stream.keys if rt.stream is not None else None)  # the token stream's keys
         self.ctl.connect(config["control_address"])
         self.requests: dict[str, Request] = {}
@@ -98,6 +100,7 @@ class BatchServer:
         self.malformed = 0  # control messages that could not be read
         self._malformed_seen: set[str] = set()  # kinds of problem already logged
         self._last_beat = 0.0
+        self._last_hello = 0.0
 
     # messages out --------------------------------------------------------------------
     def _send(self, msg: Message) -> None:
@@ -119,6 +122,7 @@ class BatchServer:
     # the loop ------------------------------------------------------------------------
     def serve(self) -> dict[str, Any]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._last_hello = time.monotonic()
         self.ctl.send(encode(Hello(os.getpid())))
         while not self.stopping:
             try:
@@ -141,6 +145,12 @@ class BatchServer:
             with DeferredSigint():
                 outputs = self.backend.step()
             self._apply(outputs)
+        if now - self._last_hello >= HELLO_S:  # after a reconnect, the supervisor finds this engine on it by this
+            self._last_hello = now
+            try:
+                self.ctl.send(encode(Hello(os.getpid())), zmq.NOBLOCK)
+            except zmq.Again:  # not connected now: the next one
+                pass
         if now - self._last_beat >= BEAT_S:
             self._last_beat = now
             self._send(EngineBeat(self.rt.engine_id, len(self.requests), self.done, round(runtime.rss_mb(), 1),

@@ -13,7 +13,8 @@ Channels and who speaks on them:
   back on it only :class:`Hello`, when the engine's serving loop starts;
 - token stream (engine PUSH -> supervisor PULL): :class:`TaskStarted`, :class:`TokenPiece`, :class:`JobDone`,
   :class:`EngineBeat`;
-- a host's join agent (DEALER) on the control channel: :class:`HostBeat` in, :class:`HostOrder` out.
+- a host's join agent (DEALER) on the control channel: :class:`HostBeat` in, :class:`HostOrder` out (the first
+  beats, under the join file's key, carry the agent's own public key: ``enrolled`` answers that it is admitted).
 
 Each direction has one decoder: :func:`decode_for_engine` and :func:`decode_for_supervisor`.
 """
@@ -115,7 +116,8 @@ class JobResult:
 
 @dataclass(frozen=True)
 class Hello:
-    """A batched engine's serving loop is up (control channel; the DEALER identity names the engine)."""
+    """A batched engine's serving loop is up (control channel; the engine's own key names it). Said again every
+    second: after a reconnect, the supervisor learns the engine's new connection from it."""
 
     KIND: ClassVar[str] = "hello"
     pid: int
@@ -183,17 +185,20 @@ class HostBeat:
     engines: int  # serving engines the agent was asked for
     standby: int = 0  # standbys it keeps besides
     pids: tuple[int, ...] = ()  # its engine processes now (pids as that host numbers them)
+    agent_key: str = ""  # the agent's own CURVE public key (Z85): under the join file's key, a request to admit it
     version: int = PROTOCOL_VERSION
 
 
 @dataclass(frozen=True)
 class HostOrder:
     """To a join agent: kill these engine processes and start new ones in their place (``fence``: they were taken
-    out while the host was cut off), or stop every engine and exit (``stop``)."""
+    out while the host was cut off), or stop every engine and exit (``stop``: the server stops, or revoked this
+    host); ``enrolled``: the agent's own key is admitted, reconnect with it."""
 
     KIND: ClassVar[str] = "host-order"
     fence: tuple[int, ...] = ()
     stop: bool = False
+    enrolled: bool = False
     version: int = PROTOCOL_VERSION
 
 

@@ -25,7 +25,8 @@ __all__ = ["ControlPlane", "PageReader"]
 
 class ControlPlane(Protocol):
     """What the web app asks of the supervisor. Errors are the core's typed ones (``supervisor/core/requests.py``:
-    JobNotFound, InvalidRequest, QueueFull, EngineNotFound, EngineBusy; ``transitions.InvalidTransition``)."""
+    JobNotFound, InvalidRequest, QueueFull, EngineNotFound, EngineBusy, HostNotFound,
+    HostNotRevocable; ``transitions.InvalidTransition``)."""
 
     settings: Settings
     metrics: Metrics  # its registry (``/metrics``), history (``/v1/stats``), served model name
@@ -103,6 +104,11 @@ class ControlPlane(Protocol):
 
     def drain_engine(self, engine_id: int, drain: bool = True) -> None:
         """Let the engine finish its jobs and take no new ones (``drain=False``: undo)."""
+
+    def revoke_host(self, host: str) -> dict[str, Any]:
+        """Revoke a host (its key or name; HostNotFound, HostNotRevocable for the server's own): its engines leave
+        (their jobs run again elsewhere), its join agent is told to stop, its and its engines' keys are revoked.
+        Returns ``host``, ``host_key``, ``engines`` (ids taken out) and ``jobs`` (ids that were running there)."""
 
     # the model and figures ------------------------------------------------------------------------------------
     def model_facts(self, pool: str | None = None) -> builtins.list[dict[str, Any]]:

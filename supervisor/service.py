@@ -210,6 +210,9 @@ class Supervisor:
     def drain_engine(self, engine_id: int, drain: bool = True) -> None:
         self.core.drain_engine(engine_id, drain)
 
+    def revoke_host(self, host: str) -> dict[str, Any]:
+        return self.core.revoke_host(host, self.now())
+
     def update_gauges(self) -> None:
         self.core.update_gauges(self.now())
 
@@ -267,13 +270,14 @@ class Supervisor:
         self.stream_address = wires.stream.address
         self.cluster.channels = Channels(self.stream_address, wires.control.address, wires.keys)
         await self.cluster.start()
-        driver = ClusterDriver(s, self.cluster, self.ledger, self.report, wires.control, wires.gate)
+        driver = ClusterDriver(s, self.cluster, self.ledger, self.report, wires.control, wires.gate,
+                               lambda reason: self.metrics.refused_peers.labels(reason).inc())
         self.core.driver = driver
         self.core.configure_engines(dict(s.for_engines(), stream_address=self.stream_address,
                                          channel_keys=wires.keys.for_clients()),
                                     placement.visible_gpus() if self.cluster.local else 0)
         return [("token stream", wires.stream.run),
-                ("control channel", lambda: wires.control.receive(driver.on_hello, driver.on_host))]
+                ("control channel", lambda: wires.control.receive(driver.on_hello, driver.on_host, driver.on_enrol))]
 
     async def wait_for_engines(self, n: int, timeout: float) -> None:
         """Until ``n`` engines serve; ``TimeoutError`` once ``timeout`` has passed since the start and since the
@@ -389,7 +393,9 @@ class Supervisor:
         """A token stream message may come from this sender: an engine's own key, about that engine (its beat) or a
         job running on it. A job the core does not know is let through: the core drops it (late, or stale)."""
         engine_id = engine_of(sender)
-        if engine_id is None:  # the join file's key (join agents): nothing of theirs travels on the stream
+        if engine_id is None:  # the join file's key, or an agent's: nothing of theirs travels on the stream
+            return False
+        if self.wires is not None and not self.wires.gate.admits(sender):  # revoked: its old connection still delivers
             return False
         if isinstance(event, wire.EngineBeat):
             return event.engine_id == engine_id
@@ -420,9 +426,9 @@ def _make_wires(s: Settings, on_event: Callable[[StreamEvent], None], metrics: M
     context = zmq.asyncio.Context()
     keys = ChannelKeys.generate()
     bind, advertise = listen_addresses(s)
-    return Wires(context, keys, ChannelGate(context, keys),
-                 StreamReader(context, bind, on_event, metrics, keys, advertise, check=check),
-                 ControlChannel(context, bind, metrics, keys, advertise))
+    gate = ChannelGate(context, keys, metrics.refused_peers.labels("unknown_key").inc)
+    return Wires(context, keys, gate, StreamReader(context, bind, on_event, metrics, keys, advertise, check=check),
+                 ControlChannel(context, bind, metrics, keys, advertise, gate=gate))
 
 
 async def _wait_event(event: asyncio.Event, timeout: float) -> None:

@@ -56,6 +56,9 @@ class FakeDriver:
     def order_host(self, agent: str, fence: tuple[int, ...] = (), stop: bool = False) -> None:
         self.calls.append(("order_host", agent, (fence, stop)))
 
+    def revoke_host(self, host_key: str, agent: str, engine_ids: tuple[int, ...]) -> None:
+        self.calls.append(("revoke_host", host_key, (agent, engine_ids)))
+
     def identify(self, engine_id: int) -> None:
         self.calls.append(("identify", engine_id, None))
 

@@ -14,7 +14,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from llmsup.engines.messages import HostOrder, encode
+from llmsup.engines.messages import HostBeat, HostOrder, decode_for_supervisor, encode
 from llmsup.supervisor.cli.join import JoinAgent
 from llmsup.supervisor.cluster.joinfile import JoinFileError, JoinInfo
 from llmsup.supervisor.rundir import RunDirError
@@ -126,9 +126,9 @@ class Channel:
         port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.address = f"tcp://127.0.0.1:{port}"
 
-    async def beat_from(self) -> bytes:
-        identity, _ = await asyncio.wait_for(self.sock.recv_multipart(), 10)
-        return bytes(identity)
+    async def beat_from(self) -> HostBeat:
+        _, raw = await asyncio.wait_for(self.sock.recv_multipart(), 10)
+        return decode_for_supervisor(raw, expect=(HostBeat,))
 
 
 async def test_a_new_control_channel_in_the_join_file_gets_a_new_socket(tmp_path: Path) -> None:
@@ -140,10 +140,10 @@ async def test_a_new_control_channel_in_the_join_file_gets_a_new_socket(tmp_path
     agent = JoinAgent(JoinInfo.read(path), engines=0, work_dir=tmp_path / "work", join_file=path, beat_s=0.05)
     running = asyncio.ensure_future(agent.run())
     try:
-        assert await old.beat_from() == agent.identity.encode()
+        assert (await old.beat_from()).agent_key == agent.public_key
         JoinInfo(controller, "tcp://127.0.0.1:1", new.address, new.keys, 500, 5.0).write(path)
         agent._join_mtime = 0.0  # as if written later than it was read (mtime granularity)
-        assert await new.beat_from() == agent.identity.encode()  # the new address, with the new keys
+        assert (await new.beat_from()).agent_key == agent.public_key  # the new address, with the new keys
         assert agent.info.control_address == new.address
     finally:
         agent.stopping = True
@@ -184,3 +184,39 @@ def test_an_agent_of_one_pool_tells_its_engines_which(agent: JoinAgent, tmp_path
     assert "LLMSUP_POOL" not in agent._env(agent.slots[0])  # no --pool: the server's first pool
     pooled = JoinAgent(agent.info, engines=1, work_dir=tmp_path / "work2", pool="big")
     assert pooled._env(pooled.slots[0])["LLMSUP_POOL"] == "big"
+
+
+async def test_the_agent_is_admitted_and_then_beats_under_its_own_key(tmp_path: Path) -> None:
+    from llmsup.supervisor.cluster.control import ControlChannel
+    from llmsup.supervisor.cluster.curve import ChannelGate, ChannelKeys
+    from llmsup.supervisor.metrics.prometheus import Metrics
+
+    ctx = zmq.asyncio.Context()
+    keys = ChannelKeys.generate()
+    gate = ChannelGate(ctx, keys)
+    channel = ControlChannel(ctx, "tcp://127.0.0.1", Metrics(), keys, gate=gate)
+    beats: list[tuple[str, HostBeat]] = []
+    asked: list[str] = []
+
+    def enrol(beat: HostBeat) -> HostOrder | None:
+        asked.append(beat.agent_key)
+        return HostOrder(enrolled=True) if gate.admit_agent(beat.agent_key) else None
+
+    reading = asyncio.ensure_future(channel.receive(lambda eid, hello: None, lambda a, b: beats.append((a, b)), enrol))
+    path = tmp_path / "join.json"
+    JoinInfo({"registration": 1}, "tcp://127.0.0.1:1", channel.address, keys.for_clients(), 500, 5.0).write(path)
+    agent = JoinAgent(JoinInfo.read(path), engines=0, work_dir=tmp_path / "work", join_file=path, beat_s=0.05)
+    running = asyncio.ensure_future(agent.run())
+    try:
+        await eventually_async(lambda: len(beats) >= 3, timeout=10, what="beats under the agent's own key")
+        assert agent.enrolled and {a for a, _ in beats} == {"agent:1"} and asked[0] == agent.public_key
+        assert channel.order("agent:1", HostOrder(stop=True))  # reaches the agent on its own connection
+        await asyncio.wait_for(running, 10)
+    finally:
+        agent.stopping = True
+        await asyncio.wait_for(running, 10)
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
+        channel.close()
+        gate.close()
+        ctx.term()

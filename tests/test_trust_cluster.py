@@ -168,3 +168,57 @@ async def test_the_join_files_key_cannot_take_an_engines_connection_nor_settle_i
         forger.close(linger=0)
     finally:
         ctx.term()
+
+
+@pytest.mark.settings(engines=1, slots_per_engine=2, sim_token_s=0.02)
+async def test_a_second_agents_key_cannot_take_over_an_engines_connection_nor_settle_its_job(sup: Supervisor) -> None:
+    """A holder of join.json is admitted as a join agent with a key of its own; with that key it neither takes over
+    the engine's control connection (under its routing id, or by a hello) nor settles the engine's job."""
+    from llmsup.engines.messages import Hello, HostBeat, HostOrder, JobDone, JobResult, decode_for_engine, encode
+    from llmsup.engines.stream import secure_client
+    from llmsup.supervisor.core.jobs import JobStatus
+    from llmsup.supervisor.core.requests import JobRequest
+
+    (engine,) = sup.pool.serving()
+    assert (wires := sup.wires) is not None
+    shared = wires.keys.for_clients()  # what every holder of join.json has
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    own = {"server_public": shared["server_public"], "client_public": public, "client_secret": secret}
+    ctx = zmq.asyncio.Context()
+    socks: list[zmq.asyncio.Socket] = []
+
+    def connect(kind: int, keys: dict[str, str], address: str, identity: bytes | None = None) -> zmq.asyncio.Socket:
+        sock = ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if identity is not None:
+            sock.setsockopt(zmq.IDENTITY, identity)
+        secure_client(sock, keys)
+        sock.connect(address)
+        socks.append(sock)
+        return sock
+
+    try:
+        enrol = connect(zmq.DEALER, shared, wires.control.address)
+        await enrol.send(encode(HostBeat("evil", "evil|boot", 0, 0, agent_key=public)))
+        answer = decode_for_engine(await asyncio.wait_for(enrol.recv(), 10), expect=(HostOrder,))
+        assert answer == HostOrder(enrolled=True)  # admitted: a key of its own
+        route = wires.control.route(f"engine:{engine.id}")
+        assert route is not None
+        pretenders = [connect(zmq.DEALER, own, wires.control.address, identity=route),  # the engine's routing id
+                      connect(zmq.DEALER, own, wires.control.address)]
+        for pretender in pretenders:
+            await pretender.send(encode(Hello(pid=1)))
+        await eventually_async(lambda: malformed(sup, "control") >= 1, timeout=10, what="the agent key's hello dropped")
+        job = sup.submit(JobRequest("a long one", max_tokens=150)).job
+        run = await eventually_async(lambda: sup.core.job_side.running(job.id), timeout=10, what="the job running")
+        forger = connect(zmq.PUSH, own, wires.stream.address)  # settles the job with a result of its own
+        await forger.send(encode(JobDone(run.key, JobResult("completed", text="forged", tokens=1))))
+        await eventually_async(lambda: malformed(sup, "stream") >= 1, timeout=10, what="the forged result dropped")
+        done = await sup.wait(job.id, 30)
+        assert done.status is JobStatus.SUCCEEDED and "forged" not in done.output and done.tokens > 1
+        assert not [p for p in pretenders if await p.poll(100)]  # no Submit of the job reached a pretender
+        assert wires.control.route(f"engine:{engine.id}") == route  # the engine's connection is its own still
+    finally:
+        for sock in socks:
+            sock.close(linger=0)
+        ctx.term()

@@ -116,3 +116,16 @@ def test_hosts_list_the_servers_own_host_with_its_engines(server: Server) -> Non
         assert host["local"] and host["state"] == "up" and not host["agent"] and host["losses"] == 0
         assert sorted(host["engines"]) == sorted(e["id"] for e in engines(c, server))
         assert {e["host"] for e in host["engine_list"]} == {host["host"]}
+
+
+def test_revoking_a_host_needs_the_admin_token_a_known_host_and_not_the_servers_own(server: Server) -> None:
+    with server.client() as c:
+        own = c.get("/admin/hosts", headers=server.admin).json()["hosts"][0]
+        with server.client(keyed=False) as bare:
+            assert bare.post(f"/admin/hosts/{own['host']}/revoke").status_code == 401
+        missing = c.post("/admin/hosts/no-such-host/revoke", headers=server.admin)
+        assert missing.status_code == 404 and "no host 'no-such-host'" in missing.json()["error"]
+        for name in (own["host"], own["host_key"]):
+            refused = c.post(f"/admin/hosts/{name}/revoke", headers=server.admin)
+            assert refused.status_code == 409 and "server's own" in refused.json()["error"]
+        assert c.get("/admin/hosts", headers=server.admin).json()["hosts"][0]["state"] == "up"

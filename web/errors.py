@@ -18,6 +18,8 @@ from starlette.routing import Match
 from llmsup.supervisor.core.requests import (
     EngineBusy,
     EngineNotFound,
+    HostNotFound,
+    HostNotRevocable,
     InvalidRequest,
     JobNotFound,
     PoolNotFound,
@@ -130,6 +132,14 @@ def install(app: FastAPI) -> None:  # noqa: C901 - one exception handler per err
     @app.exception_handler(EngineNotFound)
     async def _no_engine(request: Request, exc: EngineNotFound) -> JSONResponse:
         return _error(request, 404, str(exc))
+
+    @app.exception_handler(HostNotFound)
+    async def _no_host(request: Request, exc: HostNotFound) -> JSONResponse:
+        return _error(request, 404, str(exc))
+
+    @app.exception_handler(HostNotRevocable)
+    async def _own_host(request: Request, exc: HostNotRevocable) -> JSONResponse:
+        return _error(request, 409, str(exc))
 
     @app.exception_handler(EngineBusy)
     async def _engine_busy(request: Request, exc: EngineBusy) -> JSONResponse:

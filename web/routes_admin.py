@@ -1,4 +1,4 @@
-"""Admin routes (bearer admin token): kill jobs, see and manage engines, see hosts."""
+"""Admin routes (bearer admin token): kill jobs, see and manage engines, see and revoke hosts."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from llmsup.web.schemas import (
     EngineOut,
     HostList,
     HostOut,
+    HostRevokedOut,
     JobOut,
     StartingEngineOut,
     errors,
@@ -72,6 +73,14 @@ async def list_hosts(sup: SupervisorDep) -> HostList:
     engines = {e.id: e for e in engine_list(sup).engines}
     return HostList(hosts=[HostOut(**view, engine_list=[engines[i] for i in view["engines"] if i in engines])
                            for view in sup.host_views()])
+
+
+@router.post("/hosts/{host}/revoke", response_model=HostRevokedOut, responses=errors(*AUTH, 404, 409))
+async def revoke_host(host: str, sup: SupervisorDep) -> HostRevokedOut:
+    """Revoke a host (its name, or its ``host_key`` where two share a name): its engines leave and their jobs run
+    again elsewhere (not charged an attempt), its join agent is told to stop, its and its engines' channel keys are
+    revoked, and nothing of that host is admitted again. The server's own host: 409."""
+    return HostRevokedOut(**sup.revoke_host(host))
 
 
 @router.get("/engines/{engine_id}", response_model=EngineOut, responses=errors(*AUTH, 404, 422))

@@ -160,7 +160,7 @@ class HostOut(BaseModel):
     host_key: str  # hostname + boot id
     local: bool  # the server's own host
     agent: bool  # its engines come from a join agent (``llmsup join``)
-    state: str  # up | lost
+    state: str  # up | lost | revoked
     gpus: int | None  # as its join agent reports them
     engines_wanted: int | None  # serving engines its join agent keeps
     standby_wanted: int | None
@@ -174,6 +174,13 @@ class HostOut(BaseModel):
 
 class HostList(BaseModel):
     hosts: list[HostOut]
+
+
+class HostRevokedOut(BaseModel):
+    host: str
+    host_key: str
+    engines: list[int]  # engines taken out (their keys revoked)
+    jobs: list[str]  # jobs that were running there: they run again elsewhere, not charged an attempt
 
 
 class EngineActionOut(BaseModel):

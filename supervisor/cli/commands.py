@@ -1,4 +1,4 @@
-"""The ``llmsup`` command: serve, submit, status, kill, engines, run-batch.
+"""The ``llmsup`` command: serve, submit, status, kill, engines, hosts, join, run-batch.
 
 ``llmsup serve [MODEL]`` takes one option per setting (generated from ``Settings`` by ``cli_options``; vLLM's
 names where they mean the same). The client commands print for people by default and the API's JSON with
@@ -280,6 +280,37 @@ def engines(as_json: JsonOpt = False, url: UrlOpt = None, run_dir: RunDirOpt = N
         _print_json(data)
     else:
         cli_output.print_engines(_console(), data)
+
+
+hosts_app = typer.Typer(no_args_is_help=True, help="Admin: the hosts engines run on (list, revoke).")
+app.add_typer(hosts_app, name="hosts")
+
+
+@hosts_app.command("list")
+def hosts_list(as_json: JsonOpt = False, url: UrlOpt = None, run_dir: RunDirOpt = None) -> None:
+    """Admin: every host, up, lost or revoked, with its engines."""
+    data = _call(url, run_dir, lambda client: client.hosts())
+    if as_json:
+        _print_json({"hosts": data})
+        return
+    for host in data:
+        typer.echo(f"{host['host']}  {host['state']}  engines {host['engines']}  key {host['host_key']}"
+                   f"{'  (this server)' if host['local'] else ''}")
+
+
+@hosts_app.command("revoke")
+def hosts_revoke(
+    host: Annotated[str, typer.Argument(help="its name, or its host_key (llmsup hosts list)")],
+    as_json: JsonOpt = False, url: UrlOpt = None, run_dir: RunDirOpt = None,
+) -> None:
+    """Admin: revoke a host. Its engines leave (their jobs run again elsewhere), its join agent is told to stop,
+    its and its engines' keys are revoked, and it is not admitted again (not even with a new agent)."""
+    data = _call(url, run_dir, lambda client: client.revoke_host(host))
+    if as_json:
+        _print_json(data)
+    else:
+        typer.echo(f"revoked {data['host']} ({data['host_key']}): engines {data['engines']} taken out, "
+                   f"{len(data['jobs'])} running jobs run again elsewhere")
 
 
 @app.command()

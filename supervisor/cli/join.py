@@ -4,10 +4,13 @@ Started on each host by whatever starts hosts there (a batch job, a pod, a syste
 ``<run-dir>/join.json``. It starts N IPyParallel engines (plus standbys if asked) that register with the server's
 controller, pinned to this host's GPUs by their host-local rank; keeps them alive (an engine that dies, or that
 the server killed, is started anew, with a backoff for one that keeps dying at start); and beats
-:class:`HostBeat` on the server's control channel (CURVE, the join file's keys): this host's name, GPUs and
-engine processes. The server answers with a :class:`HostOrder` when it must: ``fence`` the engines it took out
-while this host was cut off (they are killed and started anew: a job the server re-ran elsewhere must not go
-on here), or ``stop``. SIGTERM or SIGINT stops every engine and ends the agent.
+:class:`HostBeat` on the server's control channel: this host's name, GPUs and engine processes. It makes a CURVE key
+pair of its own at start (the secret never leaves this process): its first beats, under the join file's key, carry
+its public key; once the server answers ``enrolled`` it reconnects with its own key and beats under it (a join file
+that names another control channel: admitted anew). The server answers with a :class:`HostOrder` when it must:
+``fence`` the engines it took out while this host was cut off (they are killed and started anew: a job the server
+re-ran elsewhere must not go on here), or ``stop`` (the server stops, or an admin revoked this host). SIGTERM or
+SIGINT stops every engine and ends the agent.
 """
 
 from __future__ import annotations
@@ -96,7 +99,9 @@ class JoinAgent:
         self.slots = [EngineSlot(i, gpu, i >= self.engines) for i, gpu in enumerate(devices)]
         self.host = socket.gethostname()
         self.host_key = host_key()
-        self.identity = f"host:{self.host}:{os.getpid()}"
+        public, secret = zmq.curve_keypair()
+        self.public_key, self._secret_key = public.decode(), secret.decode()
+        self.enrolled = False  # the server admitted this agent's own key: it connects with it
         if self.beat_s <= 0:
             self.beat_s = min(1.0, self.info.host_loss_s / 4)
         self._join_mtime = self._mtime()
@@ -124,7 +129,9 @@ class JoinAgent:
         if info.controller != old.controller:
             log.warning("the server runs a new controller: replacing this host's engines")
             self.fence(tuple(pid for pid in (s.pid for s in self.slots) if pid is not None))
-        return (info.control_address, info.curve) != (old.control_address, old.curve)
+        changed = (info.control_address, info.curve) != (old.control_address, old.curve)
+        self.enrolled = self.enrolled and not changed  # another server (its keys): admitted anew
+        return changed
 
     # engines ------------------------------------------------------------------------------------
     def _env(self, slot: EngineSlot) -> dict[str, str]:
@@ -191,22 +198,35 @@ class JoinAgent:
     # the server -------------------------------------------------------------------------------------
     def beat(self) -> HostBeat:
         pids = tuple(pid for pid in (s.pid for s in self.slots) if pid is not None)
-        return HostBeat(self.host, self.host_key, self.gpus, self.engines, self.standby, pids)
+        return HostBeat(self.host, self.host_key, self.gpus, self.engines, self.standby, pids, self.public_key)
 
-    def on_order(self, raw: bytes) -> None:
+    def channel_keys(self) -> dict[str, str]:
+        """The keys to connect with: this agent's own once admitted, else the join file's (to be admitted)."""
+        if not self.enrolled:
+            return self.info.curve
+        return {"server_public": self.info.curve["server_public"], "client_public": self.public_key,
+                "client_secret": self._secret_key}
+
+    def on_order(self, raw: bytes) -> bool:
+        """Act on the server's order; True when the agent is to reconnect (its own key was admitted)."""
         try:
             order = decode_for_engine(raw, expect=(HostOrder,))
         except ProtocolError as exc:
             log.warning("dropped an unreadable message from the server: %s", exc)
-            return
+            return False
+        admitted = order.enrolled and not self.enrolled
+        if admitted:
+            log.info("the server admitted this agent's own key: reconnecting with it")
+            self.enrolled = True
         if order.fence:
             self.fence(order.fence)
         if order.stop:
             log.info("the server asked this host's engines to stop")
             self.stopping = True
+        return admitted
 
     async def run(self) -> None:
-        """Until SIGTERM / SIGINT or the server's stop order."""
+        """Until SIGTERM / SIGINT or the server's stop order (also the answer to an agent of a revoked host)."""
         # Engines run there (cwd, IPYTHONDIR): a directory another user made first, or may write, would run their
         # code as this agent. Refused as the server refuses such a run directory.
         prepare_run_dir(self.work_dir, "join work dir")
@@ -217,7 +237,7 @@ class JoinAgent:
         log.info("joining %s as %s with %d engines (%d standby), %d GPUs", self.info.control_address, self.host,
                  self.engines, self.standby, self.gpus)
         try:
-            while not self.stopping:  # a socket per control channel: made anew when the join file names another
+            while not self.stopping:  # a socket per control channel and key: made anew when either changes
                 sock = self._connect(ctx)
                 try:
                     await self._loop(sock)
@@ -228,16 +248,16 @@ class JoinAgent:
             ctx.term()
 
     def _connect(self, ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
-        sock = ctx.socket(zmq.DEALER)
+        sock = ctx.socket(zmq.DEALER)  # no identity: the server knows this agent by its key
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IDENTITY, self.identity.encode())
         sock.setsockopt(zmq.SNDHWM, 4)  # beats are worth sending fresh or not at all
-        secure_client(sock, self.info.curve)
+        secure_client(sock, self.channel_keys())
         sock.connect(self.info.control_address)
         return sock
 
     async def _loop(self, sock: zmq.asyncio.Socket) -> None:
-        """Beat and read orders until stopped, or until the join file names another control channel."""
+        """Beat and read orders until stopped, until the join file names another control channel, or until this
+        agent's own key is admitted (it reconnects with it)."""
         while not self.stopping:
             if self.refresh():
                 log.warning("the server's control channel is now %s: connecting there", self.info.control_address)
@@ -247,8 +267,8 @@ class JoinAgent:
             sent.add_done_callback(_beat_sent)  # future: its error (zmq.Again while the network is down) read
             if await sock.poll(int(self.beat_s * 1000)):
                 frames = await sock.recv_multipart()
-                if len(frames) == 1:
-                    self.on_order(frames[0])
+                if len(frames) == 1 and self.on_order(frames[0]):
+                    return
 
     def _stop_soon(self) -> None:
         log.info("stopping this host's engines")

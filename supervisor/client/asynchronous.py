@@ -255,6 +255,14 @@ class AsyncClient(AtEndpoint):
         """The supervisor's engines: id, host, pid, gpu, state, job_id, backend, model, rss_mb, ..."""
         return (await self.engine_list())["engines"]
 
+    async def hosts(self) -> list[dict[str, Any]]:
+        """``GET /admin/hosts``: every host with its engines, the server's own first."""
+        return (await self._request("GET", "/admin/hosts"))["hosts"]
+
+    async def revoke_host(self, host: str) -> dict[str, Any]:
+        """Revoke a host (its name or host_key): its engines leave, its join agent stops, its keys are revoked."""
+        return await self._request("POST", f"/admin/hosts/{quote(host, safe='')}/revoke")
+
     async def interrupt_engine(self, engine_id: int) -> list[str]:
         return (await self._request("POST", f"/admin/engines/{engine_id}/interrupt"))["jobs"]
 

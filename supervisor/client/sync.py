@@ -208,6 +208,14 @@ class Client(AtEndpoint):
         """The supervisor's engines: id, host, pid, gpu, state, job_id, backend, model, rss_mb, ..."""
         return self._run(self.core.engines())
 
+    def hosts(self) -> list[dict[str, Any]]:
+        """``GET /admin/hosts``: every host with its engines, the server's own first."""
+        return self._run(self.core.hosts())
+
+    def revoke_host(self, host: str) -> dict[str, Any]:
+        """Revoke a host (its name or host_key): its engines leave, its join agent stops, its keys are revoked."""
+        return self._run(self.core.revoke_host(host))
+
     def interrupt_engine(self, engine_id: int) -> list[str]:
         return self._run(self.core.interrupt_engine(engine_id))
 

@@ -1,19 +1,28 @@
 """CURVE security for llmsup's own channels (the token stream and the control channel), as IPyParallel's.
 
 Both channels are CurveZMQ servers: traffic is encrypted, and a ZAP handler on the supervisor's zmq context
-lets in only peers that hold a key it knows: the shared client key pair written to the join file (join agents), and
-one key pair per engine, made when the supervisor initialises that engine and handed to it over IPyParallel's own
-CURVE-encrypted channel. The handler names each peer by its key (ZAP's User-Id: ``engine:<id>``, or ``shared``), so
-the readers check every message against its sender (``sender_of``): an engine speaks for itself only, and a holder of
-the join file speaks for no engine. An engine's key is revoked when it leaves. A peer without a known key fails the
-handshake: it gets nothing and its bytes never reach a reader loop. ``ZAP_ENFORCE_DOMAIN`` makes a socket refuse
-every peer while no handler answers, so there is no window before the handler starts.
+lets in only peers that hold a key it knows, and names each peer by its key (ZAP's User-Id), so the readers check
+every message against its sender (``sender_of``):
+
+- ``shared``: the client key pair written to the join file. It speaks for no engine and no host: a join agent uses
+  it only to be admitted with a key pair of its own (its beat carries its public key; the secret never leaves its
+  host).
+- ``agent:<n>``: one join agent's own key (``admit_agent``), bound to the host it first beats for.
+- ``engine:<id>``: one engine's own key pair, made when the supervisor initialises that engine and handed to it
+  over IPyParallel's own CURVE-encrypted channel.
+
+A key is revoked when its engine leaves, or when an admin revokes its host; a revoked key is refused at the
+handshake from then on, and the readers drop what still arrives on a connection it made before (``admits``). A
+peer without a known key fails the handshake: it gets nothing and its bytes never reach a reader loop.
+``ZAP_ENFORCE_DOMAIN`` makes a socket refuse every peer while no handler answers, so there is no window before the
+handler starts.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +31,10 @@ import zmq.utils.z85
 
 log = logging.getLogger("llmsup.curve")
 ZAP_DOMAIN = "llmsup"
-SHARED = "shared"  # the sender name of the join file's key (join agents)
+SHARED = "shared"  # the sender name of the join file's key (join agents asking to be admitted)
 ENGINE = "engine:"  # the sender name of an engine's own key: engine:<id>
+AGENT = "agent:"  # the sender name of a join agent's own key: agent:<n>
+MAX_AGENT_KEYS = 10_000  # agent keys admitted at once: a holder of the join file cannot grow the table forever
 
 
 def sender_of(frame: zmq.Frame) -> str | None:
@@ -88,10 +99,14 @@ class ChannelGate:
 
     ENDPOINT = "inproc://zeromq.zap.01"
 
-    def __init__(self, ctx: zmq.Context[Any], keys: ChannelKeys) -> None:
+    def __init__(self, ctx: zmq.Context[Any], keys: ChannelKeys, on_refused: Callable[[], None] | None = None) -> None:
         self.keys = keys
         self._senders: dict[bytes, str] = {zmq.utils.z85.decode(keys.client_public.encode()): SHARED}
+        self._revoked: set[str] = set()  # sender names whose keys were revoked: their old connections are not heard
+        self._revoked_keys: set[bytes] = set()  # never admitted again
+        self._agents = 0
         self.refused = 0
+        self.on_refused = on_refused  # counts each refusal (called in the handler's thread)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(ctx.underlying)  # a blocking view of the same context
         self._sock = self._ctx.socket(zmq.REP)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -119,6 +134,8 @@ class ChannelGate:
         sender = self._senders.get(frames[6]) if mechanism == b"CURVE" and len(frames) == 7 else None
         if sender is None:
             self.refused += 1
+            if self.on_refused is not None:
+                self.on_refused()
             if self.refused == 1:
                 log.warning("refused a peer on llmsup's channels: unknown CURVE key (further refusals are not logged)")
             return [version, request_id, b"400", b"unknown key", b"", b""]
@@ -131,15 +148,41 @@ class ChannelGate:
         return {"server_public": self.keys.server_public, "client_public": public.decode(),
                 "client_secret": secret.decode()}
 
+    def admit_agent(self, public: str) -> str | None:
+        """Admit a join agent's own public key (Z85) from now on; its sender name (the same for a key admitted
+        already), or None for a key that is malformed, revoked, or one too many."""
+        try:
+            key = zmq.utils.z85.decode(public.encode("ascii"))
+        except (ValueError, UnicodeError):
+            return None
+        known = self._senders.get(key)
+        if known is not None:
+            return known if known.startswith(AGENT) else None
+        if len(key) != 32 or key in self._revoked_keys or \
+                sum(name.startswith(AGENT) for name in self._senders.values()) >= MAX_AGENT_KEYS:
+            return None
+        self._agents += 1
+        name = f"{AGENT}{self._agents}"
+        self._senders[key] = name
+        return name
+
+    def admits(self, sender: str) -> bool:
+        """False for a sender whose key was revoked (its connection made before may still deliver)."""
+        return sender not in self._revoked
+
     def revoke_engines(self) -> None:
-        """Admit no engine's own key any more (a new controller: its engines get new ones)."""
+        """Admit no engine's own key any more (a new controller: its engines get new ones and reuse the ids)."""
         for key in [k for k, name in list(self._senders.items()) if name.startswith(ENGINE)]:
             self._senders.pop(key, None)
+        self._revoked = {name for name in self._revoked if not name.startswith(ENGINE)}
 
     def revoke(self, sender: str) -> None:
-        """Admit that sender's keys no more (new connections; one made already stays until it drops)."""
+        """Admit that sender's keys no more: a new connection fails the handshake, and what an old one still
+        delivers is dropped by the readers (``admits``); the key is never admitted again."""
+        self._revoked.add(sender)
         for key in [k for k, name in list(self._senders.items()) if name == sender]:
             self._senders.pop(key, None)
+            self._revoked_keys.add(key)
 
     def close(self) -> None:
         self._stopped.set()

@@ -35,8 +35,10 @@ Sink = Callable[[ev.Report], None]
 
 class ClusterDriver:
     def __init__(self, settings: Settings, cluster: ClusterManager, ledger: ProcessLedger, sink: Sink,
-                 control: ControlChannel | None, gate: ChannelGate | None = None) -> None:
+                 control: ControlChannel | None, gate: ChannelGate | None = None,
+                 refused: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        self.refused = refused or (lambda reason: None)  # counts a refused peer or claim, by reason
         self.gate = gate  # each engine gets a key pair of its own on llmsup's channels (None: no keys)
         self.cluster = cluster
         self.ledger = ledger
@@ -46,6 +48,7 @@ class ClusterDriver:
         self._known: set[int] = set()
         self._launched: set[str] = set()  # engine sets started here
         self._agents: set[str] = set()  # join agents heard on the control channel
+        self._revoked_hosts: set[str] = set()  # host keys an admin revoked: their agents are admitted no more
         self._serving: dict[int, asyncio.Future[Any]] = {}  # batched engines' serving tasks
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -183,8 +186,7 @@ class ClusterDriver:
 
     def start_serving(self, engine: Engine) -> None:
         assert self.control is not None
-        config = {"identity": self.control.route_for(engine.id), "control_address": self.control.address,
-                  "test_hooks": self.settings.engine_test_hooks}
+        config = {"control_address": self.control.address, "test_hooks": self.settings.engine_test_hooks}
         fut = self._apply(engine.id, batch.serve, config)
         self._serving[engine.id] = fut
         generation = self._generation
@@ -208,9 +210,39 @@ class ClusterDriver:
         self._agents.add(agent)
         self.sink(ev.HostHeard(agent, beat.host, beat.host_key, beat.gpus, beat.engines, beat.standby, beat.pids))
 
+    def on_enrol(self, beat: HostBeat) -> HostOrder | None:
+        """A join agent asks (under the join file's key) that its own key be admitted: its answer, None for none."""
+        if beat.host_key in self._revoked_hosts:
+            self.refused("revoked")
+            log.warning("refused the join agent of revoked host %s (%s): told to stop", beat.host, beat.host_key)
+            return HostOrder(stop=True)
+        if self.gate is None:
+            return None
+        agent = self.gate.admit_agent(beat.agent_key)
+        if agent is None:
+            self.refused("claim")
+            log.warning("refused the key of the join agent of %s: malformed, revoked, or too many agents", beat.host)
+            return None
+        log.info("admitted the join agent of %s as %s", beat.host, agent)
+        return HostOrder(enrolled=True)
+
     def order_host(self, agent: str, fence: tuple[int, ...] = (), stop: bool = False) -> None:
         if self.control is None or not self.control.order(agent, HostOrder(fence, stop)):
             log.warning("join agent %s not reachable for its order (fence %s, stop %s)", agent, list(fence), stop)
+
+    def revoke_host(self, host_key: str, agent: str, engine_ids: tuple[int, ...]) -> None:
+        """An admin revoked the host: its agent is told to stop, then its keys and its engines' are revoked (a new
+        connection with one fails the handshake; what an old one still delivers is dropped), and no agent of that
+        host is admitted again."""
+        self._revoked_hosts.add(host_key)
+        if agent:
+            self.order_host(agent, stop=True)  # queued on its connection, which the revocation does not close
+            self._agents.discard(agent)
+        for name in ([agent] if agent else []) + [f"{ENGINE}{eid}" for eid in engine_ids]:
+            if self.gate is not None:
+                self.gate.revoke(name)
+            if self.control is not None:
+                self.control.forget_peer(name)
 
     # jobs --------------------------------------------------------------------------------------
     def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float | None) -> None:

@@ -20,11 +20,11 @@ MAX_LOGGED = 1000  # distinct (peer, problem) pairs remembered; past that, only 
 class MalformedLog:
     def __init__(self, counter: Counter, channel: str) -> None:
         self.channel = channel
-        self._count = counter.labels(channel)
+        self._counter = counter  # its child looked up at each count: a cleared counter keeps counting
         self._logged: set[tuple[str, str]] = set()
 
     def reject(self, peer: str, error: ProtocolError) -> None:
-        self._count.inc()
+        self._counter.labels(self.channel).inc()
         key = (peer, error.problem)
         if key in self._logged or len(self._logged) >= MAX_LOGGED:
             return

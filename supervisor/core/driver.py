@@ -61,6 +61,10 @@ class EngineDriver(Protocol):
     def order_host(self, agent: str, fence: tuple[int, ...] = (), stop: bool = False) -> None:
         """Tell a host's join agent to replace these engine processes (``fence``), or to stop every engine."""
 
+    def revoke_host(self, host_key: str, agent: str, engine_ids: tuple[int, ...]) -> None:
+        """An admin revoked the host: tell its agent to stop, revoke its and these engines' keys, and admit nothing
+        of that host again."""
+
     def retire(self, engine: Engine, release: bool) -> None:
         """Take a gone engine's process away: release its backend first if asked, stop its engine set
         (EngineRetired once its devices are free for a replacement)."""
@@ -113,6 +117,9 @@ class NotStarted:
         self._refuse()
 
     def order_host(self, agent: str, fence: tuple[int, ...] = (), stop: bool = False) -> None:
+        self._refuse()
+
+    def revoke_host(self, host_key: str, agent: str, engine_ids: tuple[int, ...]) -> None:
         self._refuse()
 
     def retire(self, engine: Engine, release: bool) -> None:

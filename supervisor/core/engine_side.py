@@ -246,6 +246,9 @@ class EngineSide:
 
     def _adopt(self, engine_id: int, ident: ev.EngineIdentity, now: Now) -> None:
         launch = self.pool.launches.pop(ident.engine_set, None)
+        if self.hosts.is_revoked(ident.host_key):  # never loaded: it gets no key and no job
+            log.warning("engine %d registered from revoked host %s: not taken", engine_id, ident.host)
+            return
         if launch is None and ident.pool and ident.pool not in self.plans:
             log.warning("engine %d says pool %r, which this server does not run (pools: %s): it serves the first",
                         engine_id, ident.pool, ", ".join(self.plans))
@@ -399,7 +402,7 @@ class EngineSide:
         if not engine.set_id:
             log.warning("%s gone: whoever started it (its host's join agent, or the cluster's owner) replaces it",
                         engine.tag())
-        elif self.driver.can_launch and not self.shared.stopping:
+        elif self.driver.can_launch and not self.shared.stopping and not self.hosts.is_revoked(engine.host_key):
             self.launch(engine.gpu, now, restarts=engine.restarts + 1, host=engine.launched_on, pool=engine.pool)
 
     def check_beats(self, now: Now) -> None:

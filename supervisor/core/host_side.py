@@ -11,6 +11,12 @@ place, engines this server launched are launched anew). Their keys die with them
 from the lost host finds no job and is dropped, so no job ends twice. When the host is heard again, its engines
 that were taken out are *fenced*: its agent kills them and starts new ones in their place (an old job must not go
 on there), and the new engines register as any engine does.
+
+A join agent beats under a key of its own (``supervisor/cluster/curve.py``), and is bound to the first host it
+beats for: a beat for another host, or for a host whose own agent still beats, is refused, logged and counted
+(``llmsup_refused_peers_total{reason="claim"}``). An admin can *revoke* a host (``revoke``): its engines leave as
+a lost host's do (their jobs run again elsewhere, not charged an attempt), its agent is told to stop, its and its
+engines' keys are revoked, and nothing of that host is admitted again (its agent, its engines' registrations).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from llmsup.supervisor.core.jobs import JobStatus
 from llmsup.supervisor.core.now import Now
 from llmsup.supervisor.core.outcomes import Settlement, lost
 from llmsup.supervisor.core.parts import EnginesPort, JobsPort, Shared
+from llmsup.supervisor.core.requests import HostNotFound, HostNotRevocable
 
 if TYPE_CHECKING:
     from llmsup.supervisor.core.running import RunningJob
@@ -49,12 +56,13 @@ class Host:
     lost_at: float | None = None  # monotonic: when it was taken as lost (None: it is not)
     losses: int = 0
     fenced: dict[int, Engine] = field(default_factory=dict)  # engines taken out while it was cut off, still to kill
+    revoked: bool = False  # by an admin: nothing of it is admitted again
 
     def view(self, engines: list[Engine], now: float, local: bool) -> dict[str, Any]:
         last = self.last_heard(engines)
         return {
             "host": self.name, "host_key": self.key, "local": local, "agent": bool(self.agent),
-            "state": "lost" if self.lost_at is not None else "up", "gpus": self.gpus,
+            "state": "revoked" if self.revoked else "lost" if self.lost_at is not None else "up", "gpus": self.gpus,
             "engines_wanted": self.engines_wanted if self.agent else None,
             "standby_wanted": self.standby_wanted if self.agent else None,
             "silent_s": round(now - last, 3) if last is not None else None, "losses": self.losses,
@@ -80,6 +88,7 @@ class HostSide:
         self.pool = shared.pool
         self.hosts: dict[str, Host] = {}
         self._hosts_checked_at: float | None = None
+        self._refusals_logged: set[tuple[str, str]] = set()
 
     def host(self, key: str, name: str) -> Host:
         host = self.hosts.get(key)
@@ -92,10 +101,36 @@ class HostSide:
 
     def agent_engines_wanted(self) -> int:
         """Serving engines the join agents of the hosts that are up keep."""
-        return sum(h.engines_wanted for h in self.hosts.values() if h.agent and h.lost_at is None)
+        return sum(h.engines_wanted for h in self.hosts.values() if h.agent and h.lost_at is None and not h.revoked)
+
+    def is_revoked(self, host_key: str) -> bool:
+        host = self.hosts.get(host_key)
+        return host is not None and host.revoked
 
     # reports ------------------------------------------------------------------------------------
+    def _claim_refused(self, event: ev.HostHeard, now: Now) -> str | None:
+        """Why this agent may not beat for this host (None: it may)."""
+        host = self.hosts.get(event.host_key)
+        if host is not None and host.revoked:
+            return "revoked"
+        if any(h.agent == event.agent and h.key != event.host_key for h in self.hosts.values()):
+            return "claim"  # an agent speaks for the one host it first beat for
+        if host is None or not host.agent or host.agent == event.agent or host.lost_at is not None:
+            return None
+        # another agent holds the host: a new one takes it over only once the old one has fallen silent
+        silent = host.heard_at is None or now.mono - host.heard_at > self.settings.host_loss_timeout_s
+        return None if silent else "claim"
+
     def on_host_heard(self, event: ev.HostHeard, now: Now) -> None:
+        refused = self._claim_refused(event, now)
+        if refused is not None:
+            self.shared.metrics.refused_peers.labels(refused).inc()
+            if (event.agent, refused) not in self._refusals_logged and len(self._refusals_logged) < 1000:
+                self._refusals_logged.add((event.agent, refused))
+                log.warning("refused a beat of join agent %s for host %s (%s): %s", event.agent, event.host,
+                            event.host_key, "the host is revoked" if refused == "revoked" else
+                            "that key belongs to another host's agent, or the host's own agent still beats")
+            return
         host = self.host(event.host_key, event.host)
         if host.agent != event.agent:
             log.info("host %s joined: agent %s, %d engines (%d standby), %d GPUs", event.host, event.agent,
@@ -156,7 +191,7 @@ class HostSide:
                         now.mono - previous)
             return
         for host in list(self.hosts.values()):
-            if host.key == self.shared.driver.local_key or host.lost_at is not None:
+            if host.key == self.shared.driver.local_key or host.lost_at is not None or host.revoked:
                 continue
             engines = [e for e in self.engines_on(host) if e.state not in GONE]
             last = host.last_heard(engines)
@@ -181,15 +216,52 @@ class HostSide:
                     self.jobs.settle(run, self._cut_off(run, host, now.mono), now)
             self.engines.gone(engine, "host_lost", release=False, now=now)
 
-    def _cut_off(self, run: RunningJob, host: Host, now: float) -> Settlement:
-        """A job on a lost host: past its deadline (or being cancelled) it ends with what it streamed; else it
-        runs again elsewhere, not charged an attempt."""
+    def _cut_off(self, run: RunningJob, host: Host, now: float, how: str = "lost") -> Settlement:
+        """A job on a lost (or revoked) host: past its deadline (or being cancelled) it ends with what it streamed;
+        else it runs again elsewhere, not charged an attempt."""
         if run.escalation is None and now < run.deadline_at:
-            return lost(run, f"host {host.name} lost", self.settings.max_attempts, charge=False)
+            return lost(run, f"host {host.name} {how}", self.settings.max_attempts, charge=False)
         reason = run.interrupt_reason or JobStatus.TIMED_OUT
         what = f"deadline of {run.job.deadline_s}s passed" if reason is JobStatus.TIMED_OUT else run.cancel_note
-        return Settlement(reason, run.text, len(run.pieces), f"{what}; host {host.name} lost before the engine answered",
-                          extras=run.streamed_extras())
+        return Settlement(reason, run.text, len(run.pieces), f"{what}; host {host.name} {how} before the engine "
+                          "answered", extras=run.streamed_extras())
+
+    def find(self, name: str) -> Host:
+        """A host by its key, else by its name (HostNotFound; a name two hosts share: give the key)."""
+        for engine in self.pool:  # hosts seen only through engines
+            self.host(engine.host_key, engine.host)
+        if name in self.hosts:
+            return self.hosts[name]
+        named = [h for h in self.hosts.values() if h.name == name]
+        if len(named) != 1:
+            raise HostNotFound(name, ambiguous=len(named) > 1)
+        return named[0]
+
+    def revoke(self, name: str, now: Now) -> tuple[Host, list[int], list[str]]:
+        """Revoke a host: its engines leave (their jobs run again elsewhere, not charged), its agent is told to stop,
+        its and its engines' keys are revoked, and nothing of it is admitted again. Returns the host, its engines
+        taken out and the jobs that were running there."""
+        host = self.find(name)
+        if host.key == self.shared.driver.local_key:
+            raise HostNotRevocable(host.name)
+        ids = tuple(e.id for e in self.engines_on(host))
+        agent = host.agent
+        log.warning("host %s (%s) revoked: %d engines taken out, its agent %s told to stop, their keys revoked",
+                    host.name, host.key, len(ids), agent or "(none)")
+        host.revoked, host.agent, host.lost_at = True, "", None
+        host.fenced.clear()
+        driver = self.shared.driver
+        self.shared.drive("revoke host", None, lambda: driver.revoke_host(host.key, agent, ids))
+        jobs: list[str] = []
+        for engine in [e for e in self.engines_on(host) if e.state not in GONE]:
+            self.engines.take_out(engine, S.DEAD, f"host {host.name} revoked")
+            for job_id in list(engine.jobs):
+                run = self.jobs.running(job_id)
+                if run is not None:
+                    jobs.append(job_id)
+                    self.jobs.settle(run, self._cut_off(run, host, now.mono, "revoked"), now)
+            self.engines.gone(engine, "host_revoked", release=False, now=now)
+        return host, list(ids), jobs
 
     # standbys of join agents -----------------------------------------------------------------------
     def agent_wants_standby(self, engine: Engine) -> bool:

@@ -226,6 +226,11 @@ class SupervisorCore:
     def host_views(self, now: Now) -> builtins.list[dict[str, Any]]:
         return self.host_side.host_views(now)
 
+    def revoke_host(self, name: str, now: Now) -> dict[str, Any]:
+        """Revoke a host (by key or name): what was done, as the admin API answers it."""
+        host, engines, jobs = self.host_side.revoke(name, now)
+        return {"host": host.name, "host_key": host.key, "engines": engines, "jobs": jobs}
+
     # gauges -----------------------------------------------------------------------------------
     def update_gauges(self, now: Now) -> None:
         queued = self.store.count(JobStatus.QUEUED)  # indexed: this runs every health tick

@@ -105,6 +105,21 @@ class PoolNotFound(SupervisorError, KeyError):
         return self.args[0]
 
 
+class HostNotFound(SupervisorError, KeyError):
+    def __init__(self, host: str, ambiguous: bool = False) -> None:
+        super().__init__(f"several hosts are named {host!r}: give its host_key" if ambiguous else f"no host {host!r}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class HostNotRevocable(SupervisorError):
+    """The server's own host cannot be revoked."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(f"host {host!r} is the server's own: it cannot be revoked (stop the server instead)")
+
+
 class EngineBusy(SupervisorError):
     """An admin operation on an engine that is already being killed, recycled or restarted."""
 

@@ -188,6 +188,9 @@ class InProcessDriver:
     def order_host(self, agent: str, fence: tuple[int, ...] = (), stop: bool = False) -> None:
         log.warning("no join agents in-process: order to %s ignored", agent)
 
+    def revoke_host(self, host_key: str, agent: str, engine_ids: tuple[int, ...]) -> None:
+        log.warning("no keys in-process: revoking host %s revokes none", host_key)
+
     def retire(self, engine: Engine, release: bool) -> None:
         def retired() -> None:
             gone = self._engines.pop(engine.id, None)

@@ -79,6 +79,9 @@ class Metrics:
         self.malformed = Counter(
             "llmsup_malformed_messages", "Messages from engines that could not be read, dropped", ["channel"], registry=r
         )  # stream (token stream), control (batched engines' control channel)
+        self.refused_peers = Counter(
+            "llmsup_refused_peers", "Peers and claims refused on llmsup's channels", ["reason"], registry=r
+        )  # unknown_key (the handshake), revoked (a revoked host's agent), claim (a key claiming another's host)
         self.standby_promotions = Counter(
             "llmsup_standby_promotions", "Standby engines promoted in place of a killed, lost or recycled engine",
             registry=r,
