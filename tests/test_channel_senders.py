@@ -62,7 +62,7 @@ async def test_the_stream_names_each_sender_by_its_key() -> None:
         dropped = metrics.malformed.labels("stream")._value
         await eventually_async(lambda: dropped.get() == 3, timeout=10, what="the three others dropped")
         assert got.empty()
-        gate.revoke("engine:7")
+        gate.revoke_engine(7)
         await send(seven, EngineBeat(7))  # a new connection with a revoked key: the handshake fails
         await eventually_async(lambda: gate.refused >= 1, timeout=10, what="the revoked key refused")
     finally:
@@ -130,7 +130,7 @@ async def test_a_control_connection_is_found_by_its_engines_key_only() -> None:
         assert channel.send(3, Hello(pid=7))
         assert await asyncio.wait_for(again.recv(), 10) == encode(Hello(pid=7))
 
-        gate.revoke("engine:3")  # its old connections are not heard; a new one fails the handshake
+        gate.revoke_engine(3)  # its old connections are not heard; a new one fails the handshake
         before = dropped.get()
         await again.send(encode(Hello(pid=1)))
         await eventually_async(lambda: dropped.get() == before + 1, timeout=10, what="the revoked key's hello dropped")
@@ -187,6 +187,41 @@ async def test_an_agent_is_admitted_under_its_own_key_and_beats_only_under_it() 
         await dealers[-1].send(encode(beat))
         await eventually_async(lambda: gate.refused >= 1, timeout=10, what="the revoked key refused")
         assert beats.empty()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        for sock in dealers:
+            sock.close(linger=0)
+        channel.close()
+        gate.close()
+        ctx.term()
+
+
+async def test_an_engine_of_an_old_controller_does_not_speak_for_the_new_engine_of_its_id() -> None:
+    ctx = zmq.asyncio.Context()
+    keys = ChannelKeys.generate()
+    gate = ChannelGate(ctx, keys)
+    metrics = Metrics()
+    channel = ControlChannel(ctx, BIND, metrics, keys, gate=gate)
+    hellos: asyncio.Queue[int] = asyncio.Queue()
+    task = asyncio.ensure_future(channel.receive(lambda eid, hello: hellos.put_nowait(eid)))
+    dealers: list[zmq.asyncio.Socket] = []
+    try:
+        old = await dealer(ctx, channel.address, gate.engine_keys(3))
+        dealers.append(old)
+        await old.send(encode(Hello(pid=1)))
+        assert await asyncio.wait_for(hellos.get(), 10) == 3
+        gate.revoke_engines()  # a new controller: its engine 3 is another engine
+        channel.forget(3)
+        new = await dealer(ctx, channel.address, gate.engine_keys(3))
+        dealers.append(new)
+        await old.send(encode(Hello(pid=1)))  # the old engine 3, on the connection it made before
+        await eventually_async(lambda: metrics.malformed.labels("control")._value.get() == 1, timeout=10,
+                               what="the old engine's hello dropped")
+        await new.send(encode(Hello(pid=2)))
+        assert await asyncio.wait_for(hellos.get(), 10) == 3
+        assert channel.send(3, Hello(pid=0))
+        assert await asyncio.wait_for(new.recv(), 10) == encode(Hello(pid=0)) and not await old.poll(100)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

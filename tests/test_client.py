@@ -260,6 +260,12 @@ def test_cli_submit_wait_status_and_engines(env: Server) -> None:
     assert len(engines["engines"]) == 2 and "starting" in engines
     timed_out = llmsup("submit", "[sim:hang] runaway", "--deadline", "1", "--wait", "--json")
     assert timed_out.returncode == 3 and json.loads(timed_out.stdout)["status"] == "timed_out"
+    (own,) = json.loads(llmsup("hosts", "list", "--json").stdout)["hosts"]
+    assert own["local"] and own["state"] == "up" and own["host"] in llmsup("hosts", "list").stdout
+    refused = llmsup("hosts", "revoke", own["host"])  # the server's own host: refused, nothing changes
+    assert refused.returncode == 1 and "error 409" in refused.stderr and "server's own" in refused.stderr
+    missing = llmsup("hosts", "revoke", "no-such-host")
+    assert missing.returncode == 1 and "error 404: no host 'no-such-host'" in missing.stderr
 
 
 @ON_A_REAL_CLUSTER

@@ -8,8 +8,9 @@ every message against its sender (``sender_of``):
   it only to be admitted with a key pair of its own (its beat carries its public key; the secret never leaves its
   host).
 - ``agent:<n>``: one join agent's own key (``admit_agent``), bound to the host it first beats for.
-- ``engine:<id>``: one engine's own key pair, made when the supervisor initialises that engine and handed to it
-  over IPyParallel's own CURVE-encrypted channel.
+- ``engine:<id>/<controller>``: one engine's own key pair, made when the supervisor initialises that engine and
+  handed to it over IPyParallel's own CURVE-encrypted channel (a new controller numbers its engines from 0 again:
+  the old engine 3's name is not the new one's).
 
 A key is revoked when its engine leaves, or when an admin revokes its host; a revoked key is refused at the
 handshake from then on, and the readers drop what still arrives on a connection it made before (``admits``). A
@@ -32,7 +33,7 @@ import zmq.utils.z85
 log = logging.getLogger("llmsup.curve")
 ZAP_DOMAIN = "llmsup"
 SHARED = "shared"  # the sender name of the join file's key (join agents asking to be admitted)
-ENGINE = "engine:"  # the sender name of an engine's own key: engine:<id>
+ENGINE = "engine:"  # the sender name of an engine's own key: engine:<id>/<controller generation>
 AGENT = "agent:"  # the sender name of a join agent's own key: agent:<n>
 MAX_AGENT_KEYS = 10_000  # agent keys admitted at once: a holder of the join file cannot grow the table forever
 
@@ -48,7 +49,8 @@ def sender_of(frame: zmq.Frame) -> str | None:
 
 def engine_of(sender: str) -> int | None:
     """The engine id of an engine's sender name, else None."""
-    return int(sender[len(ENGINE):]) if sender.startswith(ENGINE) and sender[len(ENGINE):].isdigit() else None
+    number = sender[len(ENGINE):].partition("/")[0]
+    return int(number) if sender.startswith(ENGINE) and number.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class ChannelGate:
         self._revoked: set[str] = set()  # sender names whose keys were revoked: their old connections are not heard
         self._revoked_keys: set[bytes] = set()  # never admitted again
         self._agents = 0
+        self._engines: dict[int, str] = {}  # engine id -> the sender name of its key now
+        self._generation = 0  # of the controller: its engines' names carry it
         self.refused = 0
         self.on_refused = on_refused  # counts each refusal (called in the handler's thread)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(ctx.underlying)  # a blocking view of the same context
@@ -144,7 +148,9 @@ class ChannelGate:
     def engine_keys(self, engine_id: int) -> dict[str, str]:
         """A key pair of this engine's own (what it connects with, as ``channel_keys``), admitted from now on."""
         public, secret = zmq.curve_keypair()
-        self._senders[zmq.utils.z85.decode(public)] = f"{ENGINE}{engine_id}"
+        self.revoke_engine(engine_id)  # its earlier key, if it was given one
+        name = self._engines[engine_id] = f"{ENGINE}{engine_id}/{self._generation}"
+        self._senders[zmq.utils.z85.decode(public)] = name
         return {"server_public": self.keys.server_public, "client_public": public.decode(),
                 "client_secret": secret.decode()}
 
@@ -170,11 +176,17 @@ class ChannelGate:
         """False for a sender whose key was revoked (its connection made before may still deliver)."""
         return sender not in self._revoked
 
+    def revoke_engine(self, engine_id: int) -> None:
+        """Revoke the key this engine was given (``revoke``)."""
+        name = self._engines.pop(engine_id, None)
+        if name is not None:
+            self.revoke(name)
+
     def revoke_engines(self) -> None:
-        """Admit no engine's own key any more (a new controller: its engines get new ones and reuse the ids)."""
-        for key in [k for k, name in list(self._senders.items()) if name.startswith(ENGINE)]:
-            self._senders.pop(key, None)
-        self._revoked = {name for name in self._revoked if not name.startswith(ENGINE)}
+        """Revoke every engine's key (a new controller: its engines get new ones, under names of its own)."""
+        for engine_id in list(self._engines):
+            self.revoke_engine(engine_id)
+        self._generation += 1
 
     def revoke(self, sender: str) -> None:
         """Admit that sender's keys no more: a new connection fails the handshake, and what an old one still

@@ -19,7 +19,7 @@ from llmsup.engines.messages import Abort, Hello, HostBeat, HostOrder, JobSpec, 
 from llmsup.supervisor.aio import within
 from llmsup.supervisor.cluster import engine_start
 from llmsup.supervisor.cluster.control import ControlChannel
-from llmsup.supervisor.cluster.curve import ENGINE, ChannelGate
+from llmsup.supervisor.cluster.curve import ChannelGate
 from llmsup.supervisor.cluster.leftovers import ProcessLedger
 from llmsup.supervisor.cluster.manager import ClusterManager
 from llmsup.supervisor.cluster.signals import interrupt_main_thread, kill_group
@@ -105,7 +105,7 @@ class ClusterDriver:
         for eid in sorted(self._known - ids):
             self._known.discard(eid)
             if self.gate is not None:
-                self.gate.revoke(f"{ENGINE}{eid}")
+                self.gate.revoke_engine(eid)
             if self.control is not None:
                 self.control.forget(eid)
             self._report(ev.EngineUnregistered(eid))
@@ -238,11 +238,15 @@ class ClusterDriver:
         if agent:
             self.order_host(agent, stop=True)  # queued on its connection, which the revocation does not close
             self._agents.discard(agent)
-        for name in ([agent] if agent else []) + [f"{ENGINE}{eid}" for eid in engine_ids]:
-            if self.gate is not None:
-                self.gate.revoke(name)
-            if self.control is not None:
-                self.control.forget_peer(name)
+        if self.gate is not None:
+            for eid in engine_ids:
+                self.gate.revoke_engine(eid)
+            if agent:
+                self.gate.revoke(agent)
+        if self.control is not None:
+            for eid in engine_ids:
+                self.control.forget(eid)
+            self.control.forget_peer(agent)
 
     # jobs --------------------------------------------------------------------------------------
     def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float | None) -> None:
