@@ -49,6 +49,7 @@ class ClusterDriver:
         self._launched: set[str] = set()  # engine sets started here
         self._agents: set[str] = set()  # join agents heard on the control channel
         self._revoked_hosts: set[str] = set()  # host keys an admin revoked: their agents are admitted no more
+        self._refusals_logged: set[str] = set()
         self._serving: dict[int, asyncio.Future[Any]] = {}  # batched engines' serving tasks
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -214,17 +215,25 @@ class ClusterDriver:
         """A join agent asks (under the join file's key) that its own key be admitted: its answer, None for none."""
         if beat.host_key in self._revoked_hosts:
             self.refused("revoked")
-            log.warning("refused the join agent of revoked host %s (%s): told to stop", beat.host, beat.host_key)
+            self._log_once(f"revoked {beat.host_key}", "refused the join agent of revoked host %s (%s): told to stop",
+                           beat.host, beat.host_key)
             return HostOrder(stop=True)
         if self.gate is None:
             return None
         agent = self.gate.admit_agent(beat.agent_key)
         if agent is None:
             self.refused("claim")
-            log.warning("refused the key of the join agent of %s: malformed, revoked, or too many agents", beat.host)
+            self._log_once(f"key {beat.host_key}", "refused the key of the join agent of %s: malformed, revoked, or "
+                           "too many agents", beat.host)
             return None
         log.info("admitted the join agent of %s as %s", beat.host, agent)
         return HostOrder(enrolled=True)
+
+    def _log_once(self, what: str, message: str, *args: object) -> None:
+        """A refusal an agent may repeat at every beat: logged the first time (then only counted)."""
+        if what not in self._refusals_logged and len(self._refusals_logged) < 1000:
+            self._refusals_logged.add(what)
+            log.warning(message, *args)
 
     def order_host(self, agent: str, fence: tuple[int, ...] = (), stop: bool = False) -> None:
         if self.control is None or not self.control.order(agent, HostOrder(fence, stop)):
