@@ -86,7 +86,8 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_both(model: str, work: Path, plan: list[tuple[int, int]], args: argparse.Namespace,
-             results: dict[str, dict[int, dict[str, Any]]], info: dict[str, Any]) -> None:
+             results: dict[str, dict[int, dict[str, Any]]], info: dict[str, Any],
+             llmsup_env: dict[str, str] | None = None) -> None:
     """Both servers up (an idle one takes no CPU: measured 0% for vllm serve, ~0 for llmsup's engine loop);
     per concurrency the client runs against (a) and (b) in turn, ABBA, so that load drift hits both alike."""
     kinds = [k for k in ("vllm", "llmsup") if args.only in (None, k)]
@@ -95,7 +96,7 @@ def run_both(model: str, work: Path, plan: list[tuple[int, int]], args: argparse
         for kind in kinds:
             print(f"[{time.strftime('%H:%M:%S')}] starting {kind} (load {loadavg()})", flush=True)
             servers[kind] = VllmServe(model, work) if kind == "vllm" else LlmsupServe(
-                model, work, slots=args.slots, engine_threads=args.engine_threads)
+                model, work, slots=args.slots, engine_threads=args.engine_threads, extra_env=llmsup_env)
             info[kind] = {"start_s": servers[kind].wait_ready()}
             print(f"  {servers[kind].name} ready in {info[kind]['start_s']:.1f}s at {servers[kind].url}", flush=True)
         if "llmsup" in servers:

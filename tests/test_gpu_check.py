@@ -1,0 +1,97 @@
+"""``python -m bench.gpu_check`` in its CPU mode, as a user runs it: the checks that mean something without a GPU
+pass, the GPU-only ones are skipped with their reason, the markdown file is written, and nothing it started is left."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+MARK = "LLMSUP_GPU_CHECK_TEST"
+
+
+def left_behind(mark: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(MARK) == mark and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def rows(markdown: str) -> dict[str, list[str]]:
+    """The check table's rows by check name: [result, figure, detail]."""
+    out = {}
+    for line in markdown.split("\n\n", 2)[1].splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        out[cells[0]] = cells[1:]
+    return out
+
+
+@pytest.mark.real
+@pytest.mark.timeout(120)
+def test_cpu_mode_runs_the_checks_and_cleans_up(tmp_path: Path, tiny_model: str) -> None:  # noqa: F811
+    mark = uuid.uuid4().hex
+    out = tmp_path / "gpu-check.md"
+    argv = [sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--model", tiny_model, "--deadline-rounds",
+            "1", "--start-timeout", "60", "--out", str(out), "--work-dir", str(tmp_path / "work")]
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, MARK: mark}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, process_group=0)
+    try:
+        stdout, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        for p in left_behind(mark):  # none expected (asserted below); never leave one
+            p.kill()
+    text = stdout.decode(errors="replace")
+    assert proc.returncode == 0, text[-3000:]
+    table = rows(out.read_text())
+    for name in ("deadlines", "standby promotion", "stop (no process left)", "decode tok/s"):
+        assert table[name][0] == "pass", (name, table[name])
+    assert "ms after the deadline" in table["deadlines"][1]
+    assert "16: " in table["decode tok/s"][1] and "64: " in table["decode tok/s"][1]
+    assert table["placement"][0] == "skipped" and "no GPU" in table["placement"][2]
+    for name in ("vLLM vs vllm serve", "VLM image_url"):
+        assert table[name][0] == "skipped" and table[name][2], table[name]
+    assert "plain generate tok/s" in out.read_text()  # the decode table below the checks
+    assert not left_behind(mark)
+
+
+def test_unknown_check_is_refused() -> None:
+    from bench.gpu_check import parse
+
+    with pytest.raises(SystemExit) as info:
+        parse(["--only", "placement,warp-drive"])
+    assert info.value.code == 2
+    assert parse(["--skip", "vllm,vlm"]).skip == {"vllm", "vlm"}
+
+
+def test_placement_names_match_nvidia_smi_rows() -> None:
+    from bench.gpu_check_serve import Gpu, same_gpu
+
+    gpu = Gpu("2", "GPU-8f3a2b1c-0000-1111-2222-333344445555", 0.0)
+    assert same_gpu("2", gpu) and same_gpu("GPU-8f3a2b1c", gpu) and same_gpu(gpu.uuid, gpu)
+    assert not same_gpu("0", gpu) and not same_gpu("GPU-ffff", gpu)
+
+
+def test_the_check_image_is_a_png() -> None:
+    from PIL import Image
+
+    from bench.gpu_check_vlm import png
+
+    image = Image.open(io.BytesIO(png(8, 4, (1, 2, 3))))
+    assert image.size == (8, 4) and image.getpixel((7, 3)) == (1, 2, 3)
