@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -193,7 +194,7 @@ def run(args: argparse.Namespace) -> list[Check]:
     conc = [int(n) for n in args.vllm_concurrency.split(",")]
     prompts = [int(n) for n in args.vllm_prompts.split(",")]
     later: list[tuple[str, str, Callable[[], Check]]] = [
-        ("decode", "decode tok/s", lambda: decode_check(model, tokens, args.rounds or (3 if gpu_mode else 1),
+        ("decode", "decode tok/s", lambda: decode_check(model, tokens, args.rounds,
                                                         gpu_mode)),
         ("vllm", "vLLM vs vllm serve", lambda: vllm_check(model, work / "vllm", conc, prompts)),
         ("vlm", "VLM image_url", lambda: vlm_check(vlm_model(args.vlm_model) or "", work / "vlm",
@@ -202,11 +203,13 @@ def run(args: argparse.Namespace) -> list[Check]:
     for key, name, fn in later:
         if key in reasons:
             continue
+        t0 = time.monotonic()
         try:
             checks.append(fn())
         except Exception as e:  # noqa: BLE001 (the check fails; the others still run)
             checks.append(Check.failed(name, e))
-        print(f"  {checks[-1].name}: {checks[-1].status} {checks[-1].figure}", flush=True)
+        print(f"  {checks[-1].name}: {checks[-1].status} {checks[-1].figure} ({time.monotonic() - t0:.0f}s)",
+              flush=True)
     labels = {"placement": "placement", "deadlines": "deadlines", "standby": "standby promotion",
               "stop": "stop frees the GPU" if gpu_mode else "stop (no process left)", "decode": "decode tok/s",
               "vllm": "vLLM vs vllm serve", "vlm": "VLM image_url"}
@@ -235,7 +238,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="a model directory or id instead of the random Llama built here")
     p.add_argument("--size", choices=tuple(SIZES), default=None, help="the random Llama's size (GPU: 0.6b, CPU: tiny)")
     p.add_argument("--tokens", default=None, help="decode output lengths (GPU: 128,1000,4000; CPU: 16,64)")
-    p.add_argument("--rounds", type=int, default=None, help="decode rounds (GPU: 3, CPU: 1)")
+    p.add_argument("--rounds", type=int, default=1, help="decode rounds, after a warm-up round (each kind and length)")
     p.add_argument("--deadline", type=float, default=1.0, help="the runaways' deadline, seconds")
     p.add_argument("--deadline-rounds", type=int, default=3)
     p.add_argument("--vllm-concurrency", default="1,16")
@@ -254,8 +257,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every check's cleanup: its servers are stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     t0 = time.monotonic()
     checks = run(args)
     text = markdown(checks, args, time.monotonic() - t0)

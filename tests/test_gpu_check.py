@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from fixtures_models import models_run_dir_fixture, tiny_model_fixture  # noqa: F401
+from support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "LLMSUP_GPU_CHECK_TEST"
@@ -29,6 +30,13 @@ def left_behind(mark: str) -> list[psutil.Process]:
         except (psutil.Error, OSError):
             continue
     return found
+
+
+def cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
 
 
 def rows(markdown: str) -> dict[str, list[str]]:
@@ -69,6 +77,28 @@ def test_cpu_mode_runs_the_checks_and_cleans_up(tmp_path: Path, tiny_model: str)
         assert table[name][0] == "skipped" and table[name][2], table[name]
     assert "plain generate tok/s" in out.read_text()  # the decode table below the checks
     assert not left_behind(mark)
+
+
+@pytest.mark.real
+@pytest.mark.timeout(120)
+def test_sigterm_stops_the_servers_it_started(tmp_path: Path, tiny_model: str) -> None:  # noqa: F811
+    mark = uuid.uuid4().hex
+    argv = [sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--model", tiny_model, "--only", "deadlines",
+            "--deadline-rounds", "1000", "--start-timeout", "60", "--work-dir", str(tmp_path / "work")]
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, MARK: mark}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, process_group=0)
+    try:
+        eventually(lambda: any("serve" in cmdline(p) for p in left_behind(mark)), 60, "llmsup serve to start",
+                   interval=0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM
+        assert not left_behind(mark)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        for p in left_behind(mark):
+            p.kill()
 
 
 def test_unknown_check_is_refused() -> None:

@@ -108,3 +108,16 @@ def test_the_engine_hands_vllm_the_decoded_images() -> None:
     for url in ("file:///etc/hostname", "data:image/png;base64," + base64.b64encode(b"not a picture").decode()):
         with pytest.raises(RequestRejected):
             engine_prompt("x", GenParams(images=(url,)))
+
+
+def test_the_allowed_path_is_vllms_engine_flag(tmp_path: Path) -> None:
+    from llmsup.supervisor.cli.vllm_flags import installed, interpret
+    from llmsup.supervisor.settings import Settings
+    from llmsup.web.media import allowed_path
+
+    if installed():  # `llmsup serve --allowed-local-media-path DIR` is vLLM's own flag: an engine argument
+        assert interpret(["--allowed-local-media-path", str(tmp_path)]).engine_args == {
+            "allowed_local_media_path": str(tmp_path)}
+    settings = Settings(run_dir=tmp_path / "run", engine_args={"allowed_local_media_path": str(tmp_path / ".")})
+    assert allowed_path(settings.model_options()) == tmp_path.resolve()
+    assert allowed_path(Settings(run_dir=tmp_path / "run").model_options()) is None
