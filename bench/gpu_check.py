@@ -185,8 +185,9 @@ def run(args: argparse.Namespace) -> list[Check]:
     if any(n not in reasons for n in SERVE_CHECKS):
         engines = len(visible_gpus()) if gpu_mode else 1
         names = {"placement": "placement", "deadlines": "deadlines", "standby promotion": "standby"}
+        wanted = frozenset(n for n in SERVE_CHECKS if n not in reasons)
         for c in run_all(model, work / "serve", gpu_mode, engines, args.deadline_rounds, args.deadline,
-                         args.start_timeout):
+                         args.start_timeout, wanted):
             if names.get(c.name, "stop") not in reasons:
                 checks.append(c)
             print(f"  {c.name}: {c.status} {c.figure}", flush=True)
@@ -194,8 +195,7 @@ def run(args: argparse.Namespace) -> list[Check]:
     conc = [int(n) for n in args.vllm_concurrency.split(",")]
     prompts = [int(n) for n in args.vllm_prompts.split(",")]
     later: list[tuple[str, str, Callable[[], Check]]] = [
-        ("decode", "decode tok/s", lambda: decode_check(model, tokens, args.rounds,
-                                                        gpu_mode)),
+        ("decode", "decode tok/s", lambda: decode_check(model, tokens, args.rounds, gpu_mode)),
         ("vllm", "vLLM vs vllm serve", lambda: vllm_check(model, work / "vllm", conc, prompts)),
         ("vlm", "VLM image_url", lambda: vlm_check(vlm_model(args.vlm_model) or "", work / "vlm",
                                                     args.start_timeout)),

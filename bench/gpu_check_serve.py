@@ -245,17 +245,20 @@ def stop(serve: Serve, gpu_mode: bool = False) -> Check:
 
 
 def run_all(model: str, work: Path, gpu_mode: bool, engines: int, rounds: int, deadline_s: float,
-            start_timeout: float) -> list[Check]:
-    """The four checks on one server; a check that raises fails, the others still run; the server always stops."""
+            start_timeout: float, wanted: frozenset[str] = frozenset({"placement", "deadlines", "standby"})) -> list[Check]:
+    """The checks on one server (``wanted`` of placement, deadlines, standby; stop always); a check that raises
+    fails, the others still run; the server always stops."""
     try:
         serve = start(model, work, engines, start_timeout)
     except Exception as e:  # noqa: BLE001 (reported as the checks' failure; cancellation is BaseException)
         return [Check.failed(name, e) for name in ("placement", "deadlines", "standby promotion", "stop")]
     checks: list[Check] = []
     try:
-        for name, fn in (("placement", lambda: placement(serve, gpu_mode)),
-                         ("deadlines", lambda: deadlines(serve, rounds, deadline_s)),
-                         ("standby promotion", lambda: standby(serve))):
+        for key, name, fn in (("placement", "placement", lambda: placement(serve, gpu_mode)),
+                              ("deadlines", "deadlines", lambda: deadlines(serve, rounds, deadline_s)),
+                              ("standby", "standby promotion", lambda: standby(serve))):
+            if key not in wanted:
+                continue
             try:
                 checks.append(fn())
             except Exception as e:  # noqa: BLE001 (one check's failure; the next still runs)
