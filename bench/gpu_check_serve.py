@@ -216,8 +216,8 @@ def standby(serve: Serve) -> Check:
         serve.done(j, 60)
     lag = ts(nxt["started_at"]) - t_kill
     ok = nxt["status"] == "succeeded" and nxt["engine"] and nxt["engine"]["id"] != victim
-    detail = (f"engine {victim} killed while busy (its job: {killed['attempts']} attempts); the waiting job ran on "
-              f"engine {(nxt['engine'] or {}).get('id')} ({nxt['status']})")
+    detail = (f"engine {victim} killed while busy (its job then {killed['status']}, attempts: {killed['attempts']}); "
+              f"the waiting job ran on engine {(nxt['engine'] or {}).get('id')} ({nxt['status']})")
     return Check("standby promotion", PASS if ok else FAIL, f"{lag * 1000:.0f} ms kill -> next job start", detail)
 
 
