@@ -154,11 +154,20 @@ def start(model: str, work: Path, engines: int, start_timeout: float) -> Serve:
 def placement(serve: Serve, gpu_mode: bool) -> Check:
     """Each engine's GPU: as llmsup placed it, within the visible set, and where nvidia-smi sees its process."""
     engines = serve.engines()
-    listed = "; ".join(f"engine {e['id']} ({e['state']}) pid {e['pid']} gpu {e['gpu'] or 'cpu'}"
-                       + (f" {e['gpu_mem_mb']:.0f} MB" if e.get("gpu_mem_mb") else "") for e in engines)
     if not gpu_mode:
-        return Check("placement", SKIP, "", f"no GPU visible: engines on the CPU ({listed})")
-    visible, devices, apps = visible_gpus(), gpus(), gpu_apps()
+        return Check("placement", SKIP, "", f"no GPU visible: engines on the CPU ({engine_list(engines)})")
+    return judge_placement(engines, visible_gpus(), gpus(), gpu_apps())
+
+
+def engine_list(engines: list[dict[str, Any]]) -> str:
+    return "; ".join(f"engine {e['id']} ({e['state']}) pid {e['pid']} gpu {e['gpu'] or 'cpu'}"
+                     + (f" {e['gpu_mem_mb']:.0f} MB" if e.get("gpu_mem_mb") else "") for e in engines)
+
+
+def judge_placement(engines: list[dict[str, Any]], visible: list[str], devices: list[Gpu],
+                    apps: dict[int, tuple[str, float]]) -> Check:
+    """Every engine on visible GPUs only, serving engines on distinct GPUs while there are enough, and each engine's
+    process on its GPU where nvidia-smi lists the pid (not in another pid namespace)."""
     problems, seen = [], []
     for e in engines:
         names = [n for n in str(e["gpu"]).split(",") if n]
@@ -166,15 +175,16 @@ def placement(serve: Serve, gpu_mode: bool) -> Check:
             problems.append(f"engine {e['id']} on {e['gpu']!r}, not within the visible {visible}")
         app = apps.get(int(e["pid"]))
         if app is not None:
-            on = [g.index for g in devices if g.uuid == app[0]]
-            seen.append(f"pid {e['pid']} on GPU {','.join(on)}")
-            if names and not any(same_gpu(n, g) for n in names for g in devices if g.uuid == app[0]):
-                problems.append(f"engine {e['id']} placed on {e['gpu']} but nvidia-smi has its pid on GPU {on}")
+            on = [g for g in devices if g.uuid == app[0]]
+            seen.append(f"pid {e['pid']} on GPU {','.join(g.index for g in on)}")
+            if names and not any(same_gpu(n, g) for n in names for g in on):
+                problems.append(f"engine {e['id']} placed on {e['gpu']} but nvidia-smi has its pid on GPU "
+                                f"{','.join(g.index for g in on)}")
     serving = [e["gpu"] for e in engines if e["state"] != "standby"]
     if len(serving) <= len(visible) and len(set(serving)) < len(serving):
         problems.append(f"serving engines share a GPU while others are free: {serving}")
-    detail = listed + (f"; nvidia-smi: {', '.join(seen)}" if seen else "; nvidia-smi lists no engine pid "
-                       "(another pid namespace?)")
+    detail = engine_list(engines) + (f"; nvidia-smi: {', '.join(seen)}" if seen else "; nvidia-smi lists no engine "
+                                     "pid (another pid namespace?)")
     figure = ", ".join(f"e{e['id']}->{e['gpu']}" for e in engines)
     return Check("placement", FAIL if problems else PASS, figure, "; ".join(problems) or detail)
 

@@ -125,3 +125,38 @@ def test_the_check_image_is_a_png() -> None:
 
     image = Image.open(io.BytesIO(png(8, 4, (1, 2, 3))))
     assert image.size == (8, 4) and image.getpixel((7, 3)) == (1, 2, 3)
+
+
+SMI = """#!/bin/sh
+case "$1" in
+  --query-gpu=index,uuid,memory.used) printf '0, GPU-aaa0, 500\\n1, GPU-aaa1, 0\\n2, GPU-aaa2, 1870\\n3, GPU-aaa3, 1870\\n' ;;
+  --query-compute-apps=pid,gpu_uuid,used_memory) printf '101, GPU-aaa2, 1800\\n102, GPU-aaa3, 1800\\n7, GPU-aaa0, [N/A]\\n' ;;
+esac
+"""
+
+
+def test_gpu_placement_is_judged_against_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU host (here: a stand-in nvidia-smi on PATH): engines within CUDA_VISIBLE_DEVICES, each pid on its GPU."""
+    from bench.gpu_check_serve import FAIL, PASS, gpu_apps, gpus, judge_placement
+
+    (tmp_path / "nvidia-smi").write_text(SMI)
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    devices, apps = gpus(), gpu_apps()
+    assert [(g.index, g.uuid, g.used_mib) for g in devices][2] == ("2", "GPU-aaa2", 1870.0)
+    assert apps == {101: ("GPU-aaa2", 1800.0), 102: ("GPU-aaa3", 1800.0), 7: ("GPU-aaa0", 0.0)}
+
+    def engine(i: int, gpu: str, pid: int, state: str = "idle") -> dict:
+        return {"id": i, "gpu": gpu, "pid": pid, "state": state}
+
+    good = judge_placement([engine(0, "2", 101), engine(1, "3", 102)], ["2", "3"], devices, apps)
+    assert good.status == PASS and good.figure == "e0->2, e1->3" and "pid 101 on GPU 2" in good.detail
+    swapped = judge_placement([engine(0, "3", 101), engine(1, "2", 102)], ["2", "3"], devices, apps)
+    assert swapped.status == FAIL and "nvidia-smi has its pid on GPU 2" in swapped.detail
+    outside = judge_placement([engine(0, "0", 7)], ["2", "3"], devices, apps)
+    assert outside.status == FAIL and "not within the visible ['2', '3']" in outside.detail
+    shared = judge_placement([engine(0, "2", 101), engine(1, "2", 5)], ["2", "3"], devices, apps)
+    assert shared.status == FAIL and "share a GPU" in shared.detail
+    by_uuid = judge_placement([engine(0, "GPU-aaa2", 101), engine(1, "3", 9, "standby")], ["GPU-aaa2", "3"],
+                              devices, apps)
+    assert by_uuid.status == PASS, by_uuid.detail
