@@ -129,7 +129,7 @@ async def deadline_in_full_batch(server: LlmsupServe, args: argparse.Namespace) 
     fillers: list[dict[str, Any]] = []
     load_before = loadavg()
     limits = httpx.Limits(max_connections=args.fill + 16, max_keepalive_connections=args.fill + 16)
-    async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits, headers=server.headers) as http:
         async def completion(prompt: str, max_tokens: int | None, deadline: float) -> dict[str, Any]:
             resp = await http.post("/v1/completions", json={
                 "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
@@ -202,10 +202,11 @@ def report(results: dict[str, dict[int, dict[str, Any]]], info: dict[str, Any], 
                      f"{a['runs']}x{prompts}, {a['failed']}; {' '.join(a['loads'])}" if a else "-",
                      f"{b['runs']}x{prompts}, {b['failed']}; {' '.join(b['loads'])}" if b else "-", ""])
     threads = args.engine_threads or "default"
+    slots = args.slots or "vLLM's default max_num_seqs:"
     out.append(table(
         f"vllm bench serve: (a) bare vllm serve vs (b) llmsup serve, 1 engine, tiny model, random {INPUT_LEN}/"
         f"{OUTPUT_LEN} tokens, --ignore-eos ({DTYPE}, enforce_eager={ENFORCE_EAGER}, max_model_len {MAX_MODEL_LEN}; "
-        f"llmsup: {args.slots} slots, engine threads {threads}; {args.repeat} client runs each, interleaved ABBA, "
+        f"llmsup: {slots} slots, engine threads {threads}; {args.repeat} client runs each, interleaved ABBA, "
         f"pooled)",
         ["concurrency", "prompts", "metric", "(a) vllm serve", "(b) llmsup", "(b)/(a)"], rows))
     checks = []
