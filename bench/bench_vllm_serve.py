@@ -202,11 +202,11 @@ def report(results: dict[str, dict[int, dict[str, Any]]], info: dict[str, Any], 
                      f"{a['runs']}x{prompts}, {a['failed']}; {' '.join(a['loads'])}" if a else "-",
                      f"{b['runs']}x{prompts}, {b['failed']}; {' '.join(b['loads'])}" if b else "-", ""])
     threads = args.engine_threads or "default"
-    slots = args.slots or "vLLM's default max_num_seqs:"
+    slots = f"{args.slots} slots" if args.slots else "vLLM's default max_num_seqs"
     out.append(table(
         f"vllm bench serve: (a) bare vllm serve vs (b) llmsup serve, 1 engine, tiny model, random {INPUT_LEN}/"
         f"{OUTPUT_LEN} tokens, --ignore-eos ({DTYPE}, enforce_eager={ENFORCE_EAGER}, max_model_len {MAX_MODEL_LEN}; "
-        f"llmsup: {slots} slots, engine threads {threads}; {args.repeat} client runs each, interleaved ABBA, "
+        f"llmsup: {slots}, engine threads {threads}; {args.repeat} client runs each, interleaved ABBA, "
         f"pooled)",
         ["concurrency", "prompts", "metric", "(a) vllm serve", "(b) llmsup", "(b)/(a)"], rows))
     checks = []
