@@ -58,10 +58,11 @@ def image_facts(config: Any) -> dict[str, Any]:
 
     mm = config.multimodal_config
     limit = int(mm.get_limit_per_prompt("image")) if mm is not None else 0
-    cls = get_model_cls(config)
     try:
+        cls = get_model_cls(config)
         placeholders = [cls.get_placeholder_str("image", i) for i in range(1, min(limit, MAX_IMAGES) + 1)]
-    except ValueError:  # the model takes no images (another modality)
+    except Exception as exc:  # noqa: BLE001 (no images then: the model takes another modality, or vLLM cannot say)
+        log.info("vllm: the model takes no images here (%s: %s)", type(exc).__name__, exc)
         placeholders, limit = [], 0
     return {"max_images": limit, "image_placeholders": placeholders}
 
