@@ -185,7 +185,7 @@ def supervised(backend: str, model: str, work: Path, slots: int | None, threads:
     try:
         start_s = server.wait_ready()
         out: dict[str, Any] = {"start_s": start_s}
-        with httpx.Client(base_url=server.url, timeout=120) as http:
+        with httpx.Client(base_url=server.url, timeout=120, headers=server.headers) as http:
             one = lambda p: submit_and_wait(http, p, args.max_tokens)  # noqa: E731
             out["single"] = interleave(args.rounds, ps, lambda p: direct.run([p]), one)
             if backend == "transformers":

@@ -18,9 +18,11 @@ positions) is lowered to fit, and the table says so. The load average is printed
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from bench.servers import loadavg
@@ -80,8 +82,35 @@ def load_backends(model: str, gpu: str, dtype: str | None) -> dict[str, Any]:
     return backends
 
 
-def measure(model_path: str | None, counts: list[int], rounds: int, device: str, dtype: str | None) -> str:
-    """The table of tokens/s per kind and output length."""
+@dataclass
+class Decode:
+    """The runs of one measurement: tokens/s per (kind, output length), and what they ran on."""
+
+    runs: dict[tuple[str, int], list[float]]
+    kinds: list[str]
+    counts: list[int]  # asked
+    fitted: list[int]  # run (lowered to the model's context)
+    device: str
+    dtype: str
+    model: str
+    rounds: int
+
+    def median(self, kind: str, n: int) -> float:
+        return statistics.median(self.runs[(kind, n)])
+
+    def table(self) -> str:
+        headers = ["output tokens", *(f"{k} tok/s (min)" for k in self.kinds)]
+        rows: list[list[object]] = []
+        for asked, n in zip(self.counts, self.fitted):
+            label = str(n) if n == asked else f"{n} (asked {asked}: the model's context)"
+            rows.append([label, *(f"{self.median(k, n):.1f} ({min(self.runs[(k, n)]):.1f})" for k in self.kinds)])
+        title = (f"decode tok/s by output length, {self.device} ({self.dtype}, model {self.model}), {self.rounds} "
+                 f"rounds, load {loadavg()}")
+        return table(title, headers, rows)
+
+
+def collect(model_path: str | None, counts: list[int], rounds: int, device: str, dtype: str | None) -> Decode:
+    """tokens/s per kind and output length."""
     import torch
 
     from llmsup.engines.tinymodel import ensure_tiny_model
@@ -104,15 +133,18 @@ def measure(model_path: str | None, counts: list[int], rounds: int, device: str,
             runs.setdefault(("plain generate", n), []).append(n / plain_generate(plain_model, tokenizer, dev, n))
             for name, backend in backends.items():
                 runs.setdefault((name, n), []).append(n / llmsup_generate(backend, n))
-    kinds = ["plain generate", *backends]
-    headers = ["output tokens", *(f"{k} tok/s (min)" for k in kinds)]
-    rows: list[list[object]] = []
-    for asked, n in zip(counts, fitted):
-        label = str(n) if n == asked else f"{n} (asked {asked}: the model's context)"
-        rows.append([label, *(f"{statistics.median(runs[(k, n)]):.1f} ({min(runs[(k, n)]):.1f})" for k in kinds)])
-    title = (f"decode tok/s by output length, {dev} ({first.dtype}, model {model_path}), {rounds} rounds, load "
-             f"{loadavg()}")
-    return table(title, headers, rows)
+    result = Decode(runs, ["plain generate", *backends], counts, fitted, dev, first.dtype, model_path, rounds)
+    backends.clear()
+    del first, plain_model
+    gc.collect()
+    if use_gpu:
+        torch.cuda.empty_cache()
+    return result
+
+
+def measure(model_path: str | None, counts: list[int], rounds: int, device: str, dtype: str | None) -> str:
+    """The table of tokens/s per kind and output length."""
+    return collect(model_path, counts, rounds, device, dtype).table()
 
 
 def main() -> None:

@@ -86,7 +86,8 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_both(model: str, work: Path, plan: list[tuple[int, int]], args: argparse.Namespace,
-             results: dict[str, dict[int, dict[str, Any]]], info: dict[str, Any]) -> None:
+             results: dict[str, dict[int, dict[str, Any]]], info: dict[str, Any],
+             llmsup_env: dict[str, str] | None = None) -> None:
     """Both servers up (an idle one takes no CPU: measured 0% for vllm serve, ~0 for llmsup's engine loop);
     per concurrency the client runs against (a) and (b) in turn, ABBA, so that load drift hits both alike."""
     kinds = [k for k in ("vllm", "llmsup") if args.only in (None, k)]
@@ -95,7 +96,7 @@ def run_both(model: str, work: Path, plan: list[tuple[int, int]], args: argparse
         for kind in kinds:
             print(f"[{time.strftime('%H:%M:%S')}] starting {kind} (load {loadavg()})", flush=True)
             servers[kind] = VllmServe(model, work) if kind == "vllm" else LlmsupServe(
-                model, work, slots=args.slots, engine_threads=args.engine_threads)
+                model, work, slots=args.slots, engine_threads=args.engine_threads, extra_env=llmsup_env)
             info[kind] = {"start_s": servers[kind].wait_ready()}
             print(f"  {servers[kind].name} ready in {info[kind]['start_s']:.1f}s at {servers[kind].url}", flush=True)
         if "llmsup" in servers:
@@ -128,7 +129,7 @@ async def deadline_in_full_batch(server: LlmsupServe, args: argparse.Namespace) 
     fillers: list[dict[str, Any]] = []
     load_before = loadavg()
     limits = httpx.Limits(max_connections=args.fill + 16, max_keepalive_connections=args.fill + 16)
-    async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits, headers=server.headers) as http:
         async def completion(prompt: str, max_tokens: int | None, deadline: float) -> dict[str, Any]:
             resp = await http.post("/v1/completions", json={
                 "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
@@ -201,10 +202,11 @@ def report(results: dict[str, dict[int, dict[str, Any]]], info: dict[str, Any], 
                      f"{a['runs']}x{prompts}, {a['failed']}; {' '.join(a['loads'])}" if a else "-",
                      f"{b['runs']}x{prompts}, {b['failed']}; {' '.join(b['loads'])}" if b else "-", ""])
     threads = args.engine_threads or "default"
+    slots = f"{args.slots} slots" if args.slots else "vLLM's default max_num_seqs"
     out.append(table(
         f"vllm bench serve: (a) bare vllm serve vs (b) llmsup serve, 1 engine, tiny model, random {INPUT_LEN}/"
         f"{OUTPUT_LEN} tokens, --ignore-eos ({DTYPE}, enforce_eager={ENFORCE_EAGER}, max_model_len {MAX_MODEL_LEN}; "
-        f"llmsup: {args.slots} slots, engine threads {threads}; {args.repeat} client runs each, interleaved ABBA, "
+        f"llmsup: {slots}, engine threads {threads}; {args.repeat} client runs each, interleaved ABBA, "
         f"pooled)",
         ["concurrency", "prompts", "metric", "(a) vllm serve", "(b) llmsup", "(b)/(a)"], rows))
     checks = []

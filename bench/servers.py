@@ -27,13 +27,14 @@ ENFORCE_EAGER = True
 MAX_MODEL_LEN = 2048
 KV_CACHE_GIB = 1
 SEED = 0
+API_KEY = "bench-key"  # both servers require it (llmsup requires a key by default; bare vllm serve is given the same)
 free_port = live.free_port
 
 
 def base_env(cache_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
+        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", OPENAI_API_KEY=API_KEY,
         VLLM_CPU_KVCACHE_SPACE=str(KV_CACHE_GIB), VLLM_CACHE_ROOT=str(cache_dir / "vllm"),
         TORCHINDUCTOR_CACHE_DIR=str(cache_dir / "inductor"),
         PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
@@ -49,7 +50,8 @@ class Server:
     """A server process: ``wait_ready`` polls ``ready_path``; ``stop`` is SIGTERM to its group, then SIGKILL."""
 
     name = "server"
-    ready_path = "/v1/models"
+    ready_path = "/health"  # keyless
+    headers = {"Authorization": f"Bearer {API_KEY}"}  # for a client of its API (vllm bench serve: OPENAI_API_KEY)
 
     def __init__(self, process: live.ServerProcess) -> None:
         self.process = process
@@ -76,7 +78,7 @@ class VllmServe(Server):
         port = free_port()
         argv = [sys.executable, "-m", "bench.vllm_cli", "serve", model, "--port", str(port), "--host", "127.0.0.1",
                 "--dtype", DTYPE, "--max-model-len", str(MAX_MODEL_LEN), "--gpu-memory-utilization", "0.3",
-                "--seed", str(SEED), "--uvicorn-log-level", "warning"]
+                "--seed", str(SEED), "--uvicorn-log-level", "warning", "--api-key", API_KEY]
         if ENFORCE_EAGER:
             argv.append("--enforce-eager")
         env = base_env(work / "cache-vllm-serve")
@@ -101,7 +103,7 @@ class LlmsupServe(Server):
             env["LLMSUP_ENGINE_THREADS"] = str(engine_threads)
         env.update(extra_env or {})
         argv = [*live.LLMSUP, "serve", "--backend", backend, "--engines", "1", "--model", model, "--port", str(port),
-                "--run-dir", str(self.run_dir), "--log-level", "warning"]
+                "--run-dir", str(self.run_dir), "--log-level", "warning", "--api-key", API_KEY]
         if slots:
             argv += ["--slots-per-engine", str(slots)]
         super().__init__(live.spawn(self.name, argv, port, work / f"llmsup-serve{tag}.log", env, cwd=ROOT))

@@ -91,6 +91,7 @@ class GenParams:
     beam_width: int = 0  # above 0: beam search of this width (vLLM's), answering with the beam of rank beam_index
     beam_index: int = 0
     length_penalty: float = 1.0  # beam search: the score is the cumulative logprob / length ** length_penalty
+    images: tuple[str, ...] = ()  # a multimodal model's images, as base64 data URLs, in the prompt's order
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GenParams":
@@ -98,7 +99,7 @@ class GenParams:
         if "stop" in known:
             stop = known["stop"]
             known["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
-        for name in ("stop_token_ids", "prompt_token_ids", "allowed_token_ids"):
+        for name in ("stop_token_ids", "prompt_token_ids", "allowed_token_ids", "images"):
             if name in known:
                 known[name] = tuple(known[name])
         if "logit_bias" in known:

@@ -47,6 +47,26 @@ def _client_errors() -> tuple[type[BaseException], ...]:
     return (VLLMClientError, ValueError, TypeError)
 
 
+MAX_IMAGES = 32  # placeholders published for at most this many images a prompt (vLLM's default limit: 999)
+
+
+def image_facts(config: Any) -> dict[str, Any]:
+    """What the front end needs to put a multimodal model's images in a chat prompt as vLLM's server does: the most
+    images a prompt may carry (vLLM's ``limit_mm_per_prompt``) and the model's placeholder text for the i-th image
+    (``get_placeholder_str``; None where the model's chat template places its own)."""
+    from vllm.model_executor.model_loader import get_model_cls
+
+    mm = config.multimodal_config
+    limit = int(mm.get_limit_per_prompt("image")) if mm is not None else 0
+    try:
+        cls = get_model_cls(config)
+        placeholders = [cls.get_placeholder_str("image", i) for i in range(1, min(limit, MAX_IMAGES) + 1)]
+    except Exception as exc:  # noqa: BLE001 (no images then: the model takes another modality, or vLLM cannot say)
+        log.info("vllm: the model takes no images here (%s: %s)", type(exc).__name__, exc)
+        placeholders, limit = [], 0
+    return {"max_images": limit, "image_placeholders": placeholders}
+
+
 def lora_request(params: GenParams) -> Any:
     """vLLM's LoRARequest for a request that names an adapter, else None."""
     if not params.lora_name:
@@ -401,7 +421,8 @@ class VLLMBackend:
         seqs = getattr(scheduler, "max_num_seqs", None) or self.kwargs.get("max_num_seqs")
         return {"max_model_len": int(config.max_model_len), "max_logprobs": int(config.max_logprobs),
                 "vllm_version": str(vllm.__version__), "multimodal": bool(config.is_multimodal_model),
-                **({"max_num_seqs": int(seqs)} if seqs else {}), "sampling_defaults": from_vllm(self.llm)}
+                **({"max_num_seqs": int(seqs)} if seqs else {}), "sampling_defaults": from_vllm(self.llm),
+                **(image_facts(config) if config.is_multimodal_model else {})}
 
     def _chat_info(self) -> dict[str, Any]:
         from llmsup.engines.chat_template import chat_info

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from llmsup.engines.protocol import GenParams, Structured, TokenLogprob, TopLogprob, clamp_logprob
+from llmsup.engines.protocol import GenParams, RequestRejected, Structured, TokenLogprob, TopLogprob, clamp_logprob
 
 
 def structured_outputs(structured: Structured | None) -> Any:
@@ -65,8 +65,30 @@ def sampling_params(params: GenParams) -> Any:
 
 
 def engine_prompt(prompt: str, params: GenParams) -> Any:
-    """What ``add_request`` takes: the text, or the token ids when the request gave them."""
-    return {"prompt_token_ids": list(params.prompt_token_ids)} if params.prompt_token_ids else prompt
+    """What ``add_request`` takes: the text, or the token ids when the request gave them; with the request's
+    images (vLLM's ``multi_modal_data``) for a multimodal model."""
+    if not params.images:
+        return {"prompt_token_ids": list(params.prompt_token_ids)} if params.prompt_token_ids else prompt
+    given: dict[str, Any] = {"prompt_token_ids": list(params.prompt_token_ids)} if params.prompt_token_ids else {
+        "prompt": prompt}
+    return {**given, "multi_modal_data": {"image": load_images(params.images)}}
+
+
+def load_images(urls: Sequence[str]) -> list[Any]:
+    """The images of base64 data URLs, by vLLM's own loader (its errors are the request's: a 400). Nothing else is
+    loaded here: the front end turned any allowed file into a data URL, and an engine reads no path a request gives."""
+    from vllm.multimodal.media.connector import MediaConnector
+
+    connector = MediaConnector()  # no allowed local path: a file URL is vLLM's own refusal
+    images = []
+    for url in urls:
+        if not url.startswith("data:"):
+            raise RequestRejected("an engine takes images as base64 data URLs only")
+        try:
+            images.append(connector.fetch_image(url))
+        except (ValueError, RuntimeError, NotImplementedError, OSError) as exc:
+            raise RequestRejected(str(exc)) from None
+    return images
 
 
 def _one(token_id: int, position: dict[int, Any] | None, k: int) -> TokenLogprob:

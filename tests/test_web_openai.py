@@ -66,6 +66,15 @@ def test_chat_completion(oai: openai.OpenAI) -> None:
     assert resp.object == "chat.completion"
 
 
+def test_an_image_part_is_a_clear_400_on_a_text_backend(oai: openai.OpenAI) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.chat.completions.create(model="sim", max_tokens=4, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "what is it?"}, image]}])
+    assert "need a vision-language model served by the vllm backend" in err.value.message
+    assert "the sim backend, which takes text only" in err.value.message
+
+
 @pytest.mark.parametrize("server", ["inprocess", "real"], indirect=True)  # one HTTP contract, both servers
 def test_completion_stream_matches_the_job(oai: openai.OpenAI, server: Server) -> None:
     stream = oai.completions.create(

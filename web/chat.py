@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -25,7 +26,7 @@ from llmsup.engines.chat_template import chat_info
 from llmsup.supervisor.core.requests import InvalidRequest
 from llmsup.supervisor.port import ControlPlane
 from llmsup.web import tokens
-from llmsup.web.openai_schemas import ChatMessage
+from llmsup.web.openai_schemas import ChatMessage, TextPart
 
 log = logging.getLogger("llmsup.web")
 ContentFormat = Literal["auto", "string", "openai"]
@@ -45,6 +46,7 @@ class ChatInput:
     kwargs: dict[str, Any] = field(default_factory=dict)  # the request's chat_template_kwargs
     tools: list[dict[str, Any]] | None = None
     template: str | None = None  # the request's own chat_template
+    image_placeholders: tuple[str | None, ...] = ()  # the model's text for its 1st, 2nd... image (a chat with images)
 
 
 class ChatTemplate(Protocol):
@@ -78,7 +80,7 @@ class ModelTemplate:
 
         template = chat.template or self.source
         fmt = self.content_format if self.content_format != "auto" else detect_content_format(template)
-        conversation = build_conversation(chat.messages, fmt)
+        conversation = build_conversation(chat.messages, fmt, chat.image_placeholders)
         extra = {k: v for k, v in chat.kwargs.items() if k not in RESERVED_KWARGS}
         try:
             if self.tokenizer is not None:
@@ -116,18 +118,27 @@ def _LOOPS_OVER_CONTENT(template: str) -> bool:  # noqa: N802 - a fallback predi
     return re.search(r"for\s+\w+\s+in\s+\w+(\[['\"]content['\"]\]|\.content)", template) is not None
 
 
-def build_conversation(messages: Sequence[ChatMessage], content_format: str) -> list[dict[str, Any]]:
+def build_conversation(messages: Sequence[ChatMessage], content_format: str,
+                       image_placeholders: Sequence[str | None] = ()) -> list[dict[str, Any]]:
     """The messages as a chat template receives them (vLLM's conversion): text parts joined with newlines
-    (``string``) or kept as parts (``openai``); an assistant's tool-call arguments as objects; a tool message's
-    ``tool_call_id``; ``reasoning`` (also as ``reasoning_content``) on an assistant message."""
+    (``string``: a message's images as the model's placeholder texts before its text, unless the text holds them)
+    or kept as parts (``openai``: an image as ``{"type": "image"}`` where it stands); an assistant's tool-call
+    arguments as objects; a tool message's ``tool_call_id``; ``reasoning`` (also as ``reasoning_content``) on an
+    assistant message."""
     out: list[dict[str, Any]] = []
+    seen = 0  # images so far: the i-th image's placeholder is the model's i-th
     for m in messages:
         msg: dict[str, Any] = {"role": m.role}
         parts = m.parts()
+        images = m.images()
         if content_format == "openai" and m.role != "tool" and isinstance(m.content, list):
-            msg["content"] = [{"type": "text", "text": p} for p in parts]
+            msg["content"] = [{"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image"}
+                              for p in m.content]
+        elif images:
+            msg["content"] = with_placeholders("\n".join(parts), image_placeholders[seen:seen + images])
         else:
             msg["content"] = "\n".join(parts) if isinstance(m.content, list) else (m.content or "")
+        seen += images
         if m.role == "assistant":
             if m.tool_calls:
                 msg["tool_calls"] = [_template_call(c) for c in m.plain_tool_calls()]
@@ -139,6 +150,20 @@ def build_conversation(messages: Sequence[ChatMessage], content_format: str) -> 
             msg["name"] = m.name
         out.append(msg)
     return out
+
+
+def with_placeholders(text: str, placeholders: Sequence[str | None]) -> str:
+    """vLLM's rule for a message's images in ``string`` format: the placeholders the text does not already hold go
+    before it, one a line (more in the text than images: vLLM's 400)."""
+    counts = Counter(p for p in placeholders if p)
+    missing: list[str] = []
+    for placeholder, count in counts.items():
+        left = count - text.count(placeholder)
+        if left < 0:
+            raise InvalidRequest(f"Found more '{placeholder}' placeholders in input prompt than actual multimodal "
+                                 "data items.")
+        missing += [placeholder] * left
+    return "\n".join([*missing, text] if text else missing)
 
 
 def _template_call(call: dict[str, Any]) -> dict[str, Any]:

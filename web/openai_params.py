@@ -228,10 +228,11 @@ def _logit_bias(body: SamplingRequest, tok: Tokenizer | None) -> tuple[TokenBias
 async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingRequest, raw_prompts: list[str | list[int]],
                     checker: SchemaChecker, add_special_tokens: bool = True, prompt_logprobs: int | None = None,
                     forced: Structured | None = None, token_ids: bool = False,
-                    lora: dict[str, Any] | None = None) -> Plan:
+                    lora: dict[str, Any] | None = None, images: tuple[str, ...] = ()) -> Plan:
     """Check the request against the served model and build one job request per choice; ``forced``: a
     constraint that replaces the request's own (forced tool calls), ``token_ids``: the generated ids are needed
-    (the chat parsers read them) whether or not the client asked for them, ``lora``: the adapter's parameters.
+    (the chat parsers read them) whether or not the client asked for them, ``lora``: the adapter's parameters,
+    ``images``: a multimodal chat's images (data URLs) for the engines.
     What may take long (the schema check, tokenizing, decoding ids) runs off the loop, after the size checks that
     bound it."""
     pool = pool_for(sup, body.model)  # the model is checked: its pool, else the first
@@ -282,7 +283,7 @@ async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingReque
                 "structured": structured, "prompt_token_ids": prompt.token_ids,
                 "return_token_ids": bool(body.return_token_ids) or token_ids,
                 "include_stop_str_in_output": body.include_stop_str_in_output,
-                "skip_special_tokens": body.skip_special_tokens, **(lora or {}),
+                "skip_special_tokens": body.skip_special_tokens, **(lora or {}), "images": images or None,
                 **({"beam_width": n, "beam_index": j, "length_penalty": body.length_penalty} if beam else {}),
             }
             requests.append(JobRequest(

@@ -107,9 +107,16 @@ class JobOut(BaseModel):
             engine=EngineRefOut(**job.engine.__dict__) if job.engine else None, priority=job.priority,
             deadline_s=job.deadline_s, queue_timeout_s=job.queue_timeout_s, idempotency_key=job.idempotency_key,
             owner=job.owner, prompt_tokens=job.prompt_tokens, pipeline=job.pipeline, pool=job.pool,
-            params={k: (list(v) if isinstance(v, tuple) else v) for k, v in job.params.__dict__.items()},
+            params=_params(job),
             created_at=iso(job.created_at), started_at=iso(job.started_at), finished_at=iso(job.finished_at),
         )
+
+
+def _params(job: Job) -> dict[str, Any]:
+    """The job's parameters as JSON; its images (data URLs, up to megabytes each) by their size only."""
+    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in job.params.__dict__.items()}
+    params["images"] = [f"<image: a data URL of {len(url)} characters>" for url in job.params.images]
+    return params
 
 
 class JobList(BaseModel):

@@ -2,7 +2,8 @@
 vLLM's tool-call and reasoning parsers when the server names them (``web/chat_parsing.py``), streamed or whole.
 
 As vLLM's chat serving: a request's own ``chat_template`` only with ``trust_request_chat_template``; image
-content parts only for a multimodal model (else vLLM's message); tools reach the template; ``"required"`` and a
+content parts only for a multimodal model (else vLLM's message; ``web/media.py``), carried to the engines as data
+URLs with the model's placeholders in the prompt; tools reach the template; ``"required"`` and a
 named function are forced through the structured output the tool parser asks for; ``echo`` prepends the last
 message when it is the assistant's; ``finish_reason`` is ``tool_calls`` where vLLM's is.
 """
@@ -21,12 +22,13 @@ from llmsup.web.chat import ChatInput, render_chat, template_for
 from llmsup.web.chat_parsing import ParserNames, RequestParsing, Streamer, parsing_for
 from llmsup.web.errors import OpenAIHTTPError
 from llmsup.web.live import stream_slot
+from llmsup.web.media import chat_images
 from llmsup.web.openai_format import chat_logprobs, finish_reason, info, prompt_logprobs_out, usage
 from llmsup.web.openai_jobs import check_model, prompt_ids, response_id, stream, submit, wait_all
 from llmsup.web.openai_params import plan_jobs
 from llmsup.web.openai_responses import AssistantMessage, ChatChoice, ChatCompletionResponse
 from llmsup.web.openai_schemas import ChatCompletionRequest
-from llmsup.web.tokens import HFTokenizer, pool_for, served_model, tokenizer_for
+from llmsup.web.tokens import HFTokenizer, pool_for, pool_settings, served_model, tokenizer_for
 
 UNTRUSTED_TEMPLATE = ("Chat template is passed with request, but --trust-request-chat-template is not set. "
                       "Refused request with untrusted chat template.")
@@ -61,20 +63,20 @@ class ChatServing:
         hf = tok.tok if isinstance(tok, HFTokenizer) else None
         if body.chat_template is not None and not sup.settings.trust_request_chat_template:
             raise OpenAIHTTPError(400, UNTRUSTED_TEMPLATE, param="chat_template")
-        images = sum(m.images() for m in body.messages)
-        if images:  # vLLM's message for a text-only model; a vision model's images do not travel to engines yet
-            raise OpenAIHTTPError(400, "At most 0 image(s) may be provided in one prompt." if not (
-                served and served.multimodal) else "image content parts are not carried to the engines yet",
-                param="messages")
+        images = await chat_images(body.messages, served, pool_settings(sup, pool).model_options())
+        if images and body.use_beam_search:
+            raise OpenAIHTTPError(400, "beam search does not take images", param="use_beam_search")
         parsing = (await parsing_for(parser_names(sup), hf)).for_request(body)
         forced = parsing.structured() if parsing is not None else None
         chat = ChatInput(body.messages, body.add_generation_prompt, bool(body.continue_final_message),
-                         dict(body.chat_template_kwargs or {}), body.tool_dicts(), body.chat_template)
+                         dict(body.chat_template_kwargs or {}), body.tool_dicts(), body.chat_template,
+                         served.image_placeholders if images and served else ())
         check_messages_size(body, sup.settings.max_prompt_chars)
         prompt = await render_chat(template_for(sup, hf, pool), chat)
         plan = await plan_jobs(sup, self.principal, body, [prompt], request.app.state.schema_checker,
                                add_special_tokens=bool(body.add_special_tokens), forced=forced,
-                               token_ids=parsing is not None, lora=adapter.params() if adapter else None)
+                               token_ids=parsing is not None, lora=adapter.params() if adapter else None,
+                               images=images)
         release = stream_slot(request, self.principal) if body.stream else None
         jobs = submit(sup, plan, release)
         rid = response_id(request, body.request_id, "chatcmpl", jobs[0].id)

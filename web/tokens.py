@@ -106,6 +106,8 @@ class ServedModel:
     unsupported: dict[str, str] = field(default_factory=dict)
     vllm_version: str | None = None  # the engines' vLLM, when they run one
     multimodal: bool = False  # the model takes images (a vision-language model under vLLM)
+    max_images: int = 0  # the most images a prompt may carry (vLLM's limit_mm_per_prompt)
+    image_placeholders: tuple[str | None, ...] = ()  # the model's placeholder text for the 1st, 2nd... image
     sampling_defaults: dict[str, float] = field(default_factory=dict)  # the model's generation_config.json
     pooling: dict[str, Any] = field(default_factory=dict)  # vLLM: runner, supported_tasks, the pooler's facts
 
@@ -166,6 +168,8 @@ def served_model(sup: ControlPlane, pool: str | None = None) -> ServedModel | No
         unsupported=dict(first.get("unsupported") or {}),
         vllm_version=str(first["vllm_version"]) if first.get("vllm_version") else None,
         multimodal=bool(first.get("multimodal")),
+        max_images=int(first.get("max_images") or 0),
+        image_placeholders=tuple(first.get("image_placeholders") or ()),
         sampling_defaults=dict(first.get("sampling_defaults") or {}),
         pooling={key: first[key] for key in POOLING_FACTS if key in first},
     )
