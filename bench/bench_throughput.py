@@ -1,7 +1,8 @@
 """Throughput of short jobs through one supervisor: one table, side by side.
 
 A real ``llmsup serve --backend sim --sim-token-s 0 --engines 2 --standby 0`` (engines with 1 slot, then with 64),
-loaded by an async httpx generator in this process (``bench/httpload.py``) on the same cores, one-token jobs:
+loaded by an async generator in this process (``bench/httpload.py``, over ``bench/rawhttp.py``'s lean HTTP client, or
+httpx with ``--client httpx``) on the same cores, one-token jobs:
 
 - closed loop: ``clients`` (1, 64, 256) each sending one job after another for ``--seconds``, through
   ``POST /v1/completions`` and through ``POST /v1/jobs`` + ``GET /v1/jobs/{id}?wait_s``;
@@ -30,10 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import ipyparallel as ipp
 
-from bench.httpload import RETRIES, CpuMeter, Route, client, closed_loop, fetch_all, one_job, submit_batch, submit_many
+from bench import httpload
+from bench.httpload import RETRIES, CpuMeter, Http, Route, client, closed_loop, fetch_all, one_job, submit_batch, submit_many
 from bench.servers import loadavg
 from bench.stats import summary_ms, table
 from llmsup.engines import runtime
@@ -71,7 +72,7 @@ def cpu_cells(meter: CpuMeter, jobs: int) -> list[object]:
     return [meter.supervisor * 1000 / jobs, meter.whole * 1000 / jobs, meter.generator * 1000 / jobs]
 
 
-async def idle(http: httpx.AsyncClient, timeout: float = 600) -> None:
+async def idle(http: Http, timeout: float = 600) -> None:
     """Until the server's queue is empty and nothing runs (polled on /metrics)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -205,7 +206,7 @@ async def main(seconds: float, clients: list[int], drains: list[int], batch: boo
                 server.stop()
         rows += missing_rows()
         print(table(f"One-token jobs, sim backend (0 s/token), 2 engines, {seconds:g} s per closed-loop point; "
-                    f"load average {' -> '.join(loads)}", HEADERS, rows))
+                    f"{httpload.CLIENT[0]} client; load average {' -> '.join(loads)}", HEADERS, rows))
         if RETRIES[0]:
             print(f"({RETRIES[0]} requests sent again after a keep-alive connection closed under them)")
     finally:
@@ -219,6 +220,8 @@ if __name__ == "__main__":
     parser.add_argument("--drain", type=int, action="append", help="jobs queued at once (repeatable; 250 10000)")
     parser.add_argument("--slots", type=int, action="append", help="slots per engine (repeatable; 1 64)")
     parser.add_argument("--batch", action="store_true", help="drain also through POST /v1/jobs:batch")
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw", help="the load generator's HTTP client")
     args = parser.parse_args()
+    httpload.CLIENT[0] = args.client
     asyncio.run(main(args.seconds, args.clients or [1, 64, 256], args.drain or [250, 10_000], args.batch,
                      args.slots or [1, 64]))
