@@ -16,8 +16,9 @@ supervisor sends SIGINT; the loop catches ``KeyboardInterrupt``, settles every
 request that is due (overdue or on the kill list) and keeps serving.
 
 Messages (``engines/messages.py``):
-  supervisor -> engine, control socket: Submit | Abort | Stop (a message the loop cannot read is dropped,
-                        counted, and logged once per kind of problem; the loop goes on)
+  supervisor -> engine, control socket: Submit | Abort | Stop, one a frame, a message of one or more frames
+                        (a frame the loop cannot read is dropped, counted, and logged once per kind of problem; the
+                        loop goes on)
   engine -> supervisor: Hello on the control socket when the loop starts; on the token stream: TokenPiece
                         per token, JobDone with each request's JobResult, EngineBeat every BEAT_S
 """
@@ -152,19 +153,18 @@ class BatchServer:
                 frames = self.ctl.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                if len(frames) != 1:
-                    raise ProtocolError("frames", f"{len(frames)} frames, a message is one")
-                op = decode_for_engine(frames[0], expect=CONTROL_OPS)
-            except ProtocolError as exc:
-                self._reject(exc)
-                continue
-            if isinstance(op, Submit):
-                self._submit(op)
-            elif isinstance(op, Abort) and op.key in self.requests:
-                self.kill[op.key] = op.reason
-            elif isinstance(op, Stop):
-                self.stopping = True
+            for frame in frames:  # a frame an op (the supervisor sends a turn's submits in one message)
+                try:
+                    op = decode_for_engine(frame, expect=CONTROL_OPS)
+                except ProtocolError as exc:
+                    self._reject(exc)
+                    continue
+                if isinstance(op, Submit):
+                    self._submit(op)
+                elif isinstance(op, Abort) and op.key in self.requests:
+                    self.kill[op.key] = op.reason
+                elif isinstance(op, Stop):
+                    self.stopping = True
 
     def _reject(self, exc: ProtocolError) -> None:
         """Drop a control message this loop cannot read; log each kind of problem once."""

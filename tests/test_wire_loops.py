@@ -193,6 +193,19 @@ async def test_control_channel_drops_garbage_and_keeps_reading(zctx: zmq.asyncio
         assert decode_for_engine(await asyncio.wait_for(engine.recv(), 10)) == Abort("job-1#1", "cancelled")
         assert decode_for_engine(await asyncio.wait_for(engine.recv(), 10)) == Stop()
         assert not channel.send(8, Stop())  # 8: not connected
+        # a turn's queued ops go out in one message per engine, in order, before any later op to that engine
+        failed: list[str] = []
+        channel.queue(7, Submit("job-2#1", "a", 1.0), lambda: failed.append("job-2#1"))
+        channel.queue(7, Submit("job-3#1", "b", 1.0), lambda: failed.append("job-3#1"))
+        channel.queue(8, Submit("job-4#1", "c", 1.0), lambda: failed.append("job-4#1"))
+        assert channel.send(7, Abort("job-2#1", "cancelled"))
+        frames = await asyncio.wait_for(engine.recv_multipart(), 10)
+        assert [decode_for_engine(f) for f in frames] == [Submit("job-2#1", "a", 1.0), Submit("job-3#1", "b", 1.0)]
+        assert decode_for_engine(await asyncio.wait_for(engine.recv(), 10)) == Abort("job-2#1", "cancelled")
+        channel.queue(7, Submit("job-5#1", "d", 1.0), lambda: failed.append("job-5#1"))
+        channel.flush()
+        assert decode_for_engine(await asyncio.wait_for(engine.recv(), 10)) == Submit("job-5#1", "d", 1.0)
+        assert failed == ["job-4#1"]  # engine 8 is not connected: its submit is reported, not dropped silently
     finally:
         loop_task.cancel()
         await asyncio.gather(loop_task, return_exceptions=True)
@@ -232,23 +245,26 @@ def test_batched_engine_loop_survives_unreadable_control_messages(sim_runtime: z
         assert router.poll(10_000)
         identity, _ = router.recv_multipart()
         garbage = [frames for frames, problem in GARBAGE if problem != "frames"]
-        garbage += [[encode(Hello(1))], [encode(TokenPiece("k", 0, "x"))], [encode(Stop()), encode(Stop())],
+        garbage += [[encode(Hello(1))], [encode(TokenPiece("k", 0, "x"))],
                     [encode(Submit("k", "p", 1.0)).replace(b"\"deadline_s\":1.0", b"\"deadline_s\":\"1\"")],
                     [encode(Submit("k", "p", 1.0)).replace(b",\"deadline_s\":1.0", b"")],
                     [plain_submit_of_version(PROTOCOL_VERSION + 1)]]
         for frames in garbage:
             router.send_multipart([identity, *frames])
-        router.send_multipart([identity, encode(Submit("job-9#1", "one two three", 5.0, GenParams(max_tokens=3)))])
-        done = next_event(server, sim_runtime, JobDone)
-        assert done.key == "job-9#1"
-        assert done.result.outcome == "completed" and done.result.text == "one two three " and done.result.tokens == 3
-        assert server.malformed == len(garbage) and not server.stopping
+        # a turn's submits in one message, a frame each; an unreadable frame among them is dropped alone
+        router.send_multipart([identity, encode(Submit("job-9#1", "one two three", 5.0, GenParams(max_tokens=3))),
+                               b"{}", encode(Submit("job-9#2", "four", 5.0, GenParams(max_tokens=1)))])
+        done = {d.key: d for d in (next_event(server, sim_runtime, JobDone) for _ in range(2))}
+        assert done["job-9#1"].result.outcome == "completed" and done["job-9#1"].result.tokens == 3
+        assert done["job-9#1"].result.text == "one two three "
+        assert done["job-9#2"].result.outcome == "completed" and done["job-9#2"].result.text == "four "
+        assert server.malformed == len(garbage) + 1 and not server.stopping
         server._last_beat = 0.0  # the next turn beats, carrying the count
-        assert next_event(server, sim_runtime, EngineBeat).malformed == len(garbage)
+        assert next_event(server, sim_runtime, EngineBeat).malformed == len(garbage) + 1
         logged = [r.getMessage() for r in caplog.records if "unreadable control message" in r.getMessage()]
         problems = [re.search(r"message \((.+?):", line).group(1) for line in logged]  # type: ignore[union-attr]
         assert sorted(problems) == sorted({"not json", "not an object", "unknown kind", "version", "bad field",
-                                           "missing field", "frames"})  # once per kind of problem
+                                           "missing field"})  # once per kind of problem
         router.send_multipart([identity, encode(Stop())])
         end = time.monotonic() + 10
         while not server.stopping and time.monotonic() < end:

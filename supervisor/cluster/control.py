@@ -3,7 +3,9 @@
 Each batched engine's serving loop (engines/batch.py) connects a DEALER whose
 identity is its engine id and a secret (``route_for``) and says :class:`Hello` on it; :class:`Submit`,
 :class:`Abort` and :class:`Stop` go out here; tokens and results come back on
-the shared token stream. A host's join agent (``llmsup join``) connects a DEALER
+the shared token stream. The submits of one event-loop turn to one engine go out in one message, a frame each
+(``queue``): one send per engine and turn, not per job; any other op to that engine sends them first, in order.
+A host's join agent (``llmsup join``) connects a DEALER
 whose identity starts with ``host:`` and beats :class:`HostBeat` on it; its
 :class:`HostOrder` s go out here. A message that cannot be read is dropped,
 counted and logged once per peer and problem; the loop goes on. With keys, the
@@ -79,6 +81,8 @@ class ControlChannel:
                  advertise: str | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.malformed = MalformedLog(metrics.malformed, "control")
         self._routes: dict[int, str] = {}  # engine id -> the identity it connects under (route_for)
+        # identity -> this turn's ops for it (encoded) and what to call if they cannot be sent
+        self._outbox: dict[str, tuple[list[bytes], list[Callable[[], None]]]] = {}
         self.sock = ctx.socket(zmq.ROUTER)
         limit_frames(self.sock, max_message_bytes)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown or gone engine is an error, not a silent drop
@@ -102,19 +106,44 @@ class ControlChannel:
         self._routes.pop(engine_id, None)
 
     def send(self, engine_id: int, op: ControlOp) -> bool:
-        """Send one control op to a batched engine; False if it is not connected."""
-        return self._send(self._routes.get(engine_id, str(engine_id)), encode(op))
+        """Send one control op to a batched engine (after what is queued for it); False if it is not connected."""
+        identity = self._routes.get(engine_id, str(engine_id))
+        if identity in self._outbox:
+            self._flush_one(identity, self._outbox.pop(identity))
+        return self._send(identity, [encode(op)])
+
+    def queue(self, engine_id: int, op: ControlOp, failed: Callable[[], None]) -> None:
+        """Send ``op`` at the end of this turn with the turn's other ops to that engine, in one message;
+        ``failed()`` if that engine turns out not to be connected then."""
+        identity = self._routes.get(engine_id, str(engine_id))
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self.flush)
+        frames, callbacks = self._outbox.setdefault(identity, ([], []))
+        frames.append(encode(op))
+        callbacks.append(failed)
+
+    def flush(self) -> None:
+        """Send what is queued (each engine's ops in one message)."""
+        outbox, self._outbox = self._outbox, {}
+        for identity, pending in outbox.items():
+            self._flush_one(identity, pending)
+
+    def _flush_one(self, identity: str, pending: tuple[list[bytes], list[Callable[[], None]]]) -> None:
+        frames, callbacks = pending
+        if not self._send(identity, frames):
+            for failed in callbacks:
+                failed()
 
     def order(self, agent: str, op: HostOrder) -> bool:
         """Send an order to a join agent (by the identity it beats under); False if it is not connected."""
-        return self._send(agent, encode(op))
+        return self._send(agent, [encode(op)])
 
-    def _send(self, identity: str, frame: bytes) -> bool:
+    def _send(self, identity: str, frames: list[bytes]) -> bool:
         # A non-blocking send on an asyncio socket is tried at once and its Future comes back done, holding the
         # error of a peer that is not connected (ROUTER_MANDATORY): read it there, or it is lost.
         # (pyzmq annotates the result as an Awaitable; an asyncio socket's send returns an asyncio Future)
         sent = cast("asyncio.Future[zmq.MessageTracker | None]",
-                    self.sock.send_multipart([identity.encode(), frame], flags=zmq.NOBLOCK))
+                    self.sock.send_multipart([identity.encode(), *frames], flags=zmq.NOBLOCK))
         if not sent.done():  # queued behind another send: its outcome is only logged
             sent.add_done_callback(lambda fut: _log_failure(identity, fut))
             return True
