@@ -9,6 +9,9 @@ httpx with ``--client httpx``) on the same cores, one-token jobs:
 - drain: 250 and 10,000 jobs submitted at once (64 connections), the time until the last is done;
 - the peers' dispatch workload: 20 warm-up, 300 sequential round trips (``POST /v1/completions``), then 2,000
   submitted together and every result fetched (64 connections);
+- deadlines under load (64-slot engines): jobs sent at 80% of the 64-client rate measured just before, one in 50 a
+  runaway with a 0.5 s deadline; from each runaway's deadline to its end (its slot free) and to the next start on
+  its engine;
 - raw IPyParallel ``apply`` on the same engines (64 in flight), the rate llmsup's 1-slot engines are held to;
 - Celery and Ray: listed as missing unless installed.
 
@@ -29,12 +32,26 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import ipyparallel as ipp
 
 from bench import httpload
-from bench.httpload import RETRIES, CpuMeter, Http, Route, client, closed_loop, fetch_all, one_job, submit_batch, submit_many
+from bench.httpload import (
+    RETRIES,
+    CpuMeter,
+    Http,
+    Route,
+    client,
+    closed_loop,
+    fetch_all,
+    one_job,
+    open_loop,
+    records,
+    submit_batch,
+    submit_many,
+)
 from bench.servers import loadavg
 from bench.stats import summary_ms, table
 from llmsup.engines import runtime
@@ -170,6 +187,41 @@ async def raw_ipp_row(server: Server, seconds: float, in_flight: int = 64) -> li
             "", "", "", "", ""]
 
 
+def _ts(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+async def deadline_rows(server: Server, max_rate: float, seconds: float, runaway_every: int = 50,
+                        deadline_s: float = 0.5) -> list[list[object]]:
+    """Runaways mixed into a flood at 80% of ``max_rate``: how late their slots come free and are used again."""
+    rate = 0.8 * max_rate
+    async with client(server.url, 256) as http:
+        meter = server.meter()
+        meter.start()
+        short, runaways = await open_loop(http, rate, seconds, runaway_every, deadline_s)
+        done = await records(http, short + runaways, 64)
+        meter.stop()
+        await idle(http)
+    starts: dict[int, list[float]] = {}
+    for r in done[:len(short)]:
+        assert r["status"] == "succeeded", r
+        starts.setdefault(r["engine"]["id"], []).append(_ts(r["started_at"]))
+    ended, restarted = [], []
+    for r in done[len(short):]:
+        assert r["status"] == "timed_out", r
+        due = _ts(r["started_at"]) + deadline_s
+        ended.append(_ts(r["finished_at"]) - due)
+        later = [t for t in starts.get(r["engine"]["id"], []) if t >= _ts(r["finished_at"])]
+        if later:
+            restarted.append(min(later) - due)
+    e, n = summary_ms(ended), summary_ms(restarted)
+    label = f"deadlines under load: 1 in {runaway_every} a runaway ({deadline_s:g} s), {rate:.0f} jobs/s offered"
+    return [[label + ", deadline -> timed out", server.label, "POST /v1/jobs, then GET ?wait_s", 256,
+             len(done), len(done) / seconds, e["p50"], e["p99"], *cpu_cells(meter, len(done))],
+            [label + ", deadline -> next start on its engine", server.label, "", "", len(restarted), "",
+             n["p50"], n["p99"], "", "", ""]]
+
+
 def missing_rows() -> list[list[object]]:
     rows: list[list[object]] = []
     for name, module in (("Celery", "celery"), ("Ray", "ray")):
@@ -193,7 +245,11 @@ async def main(seconds: float, clients: list[int], drains: list[int], batch: boo
         for slots in slots_list:
             server = Server(base, slots)
             try:
-                rows += progress(await loop_rows(server, seconds, clients))
+                loops = progress(await loop_rows(server, seconds, clients))
+                rows += loops
+                if slots > 1:
+                    best = max(float(r[5]) for r in loops if r[2] == ROUTES["completions"])  # type: ignore[arg-type]
+                    rows += progress(await deadline_rows(server, best, max(seconds, 5.0)))
                 if slots > 1:
                     rows += progress(await drain_rows(server, drains, batch=False))
                     if batch:

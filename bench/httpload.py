@@ -174,3 +174,45 @@ class CpuMeter:
         self.supervisor = self._cpu(self.server) - server0
         self.whole = sum(cpu - tree0.get(pid, 0.0) for pid, cpu in self._tree().items())
         self.generator = self._cpu(self.me) - me0
+
+
+# a runaway: the sim generates until its deadline, 50 tokens a second (a GPU's decode rate; at the sim's 0 s a token
+# it would send a token every turn of the engine's loop, a flood no real engine sends)
+RUNAWAY = {"prompt": "spin [sim:hang] [sim:slow=0.02]", "max_tokens": 100_000}
+
+
+async def open_loop(http: Http, rate: float, seconds: float, runaway_every: int,
+                    deadline_s: float) -> tuple[list[str], list[str]]:
+    """Jobs through ``POST /v1/jobs`` at ``rate`` a second for ``seconds`` (each sent at its time, whatever the
+    server's answers to the earlier ones), one in ``runaway_every`` a runaway with ``deadline_s``; the ids of
+    the short jobs and of the runaways."""
+    short: list[str] = []
+    runaways: list[str] = []
+    start = time.perf_counter()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def send(runaway: bool) -> None:
+        resp = await http.post("/v1/jobs", json={**RUNAWAY, "deadline_s": deadline_s} if runaway else BODY)
+        assert resp.status_code == 202, resp.text
+        (runaways if runaway else short).append(resp.json()["id"])
+
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(send(i % runaway_every == runaway_every - 1)))
+    await asyncio.gather(*tasks)
+    return short, runaways
+
+
+async def records(http: Http, ids: list[str], concurrency: int) -> list[dict[str, Any]]:
+    """Each job's record once it has ended (long-polls)."""
+    async def one(i: int) -> dict[str, Any]:
+        while True:
+            resp = await http.get(f"/v1/jobs/{ids[i]}", params={"wait_s": 30})
+            assert resp.status_code == 200, resp.text
+            record: dict[str, Any] = resp.json()
+            if record["status"] not in ("queued", "running"):
+                return record
+
+    return await bounded(len(ids), concurrency, one)
