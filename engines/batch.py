@@ -20,7 +20,8 @@ Messages (``engines/messages.py``):
                         (a frame the loop cannot read is dropped, counted, and logged once per kind of problem; the
                         loop goes on)
   engine -> supervisor: Hello on the control socket when the loop starts; on the token stream: TokenPiece
-                        per token, JobDone with each request's JobResult, EngineBeat every BEAT_S
+                        per token, JobDone with each request's JobResult, EngineBeat every BEAT_S (a turn's
+                        messages in one zmq message, a frame each)
 """
 
 from __future__ import annotations
@@ -133,6 +134,17 @@ class BatchServer:
         return {"served": self.done, "interrupts": self.interrupts, "pid": os.getpid()}
 
     def _turn(self) -> None:
+        """One turn: new ops, due deadlines, a step of every request; what it sends goes in one message."""
+        stream = self.rt.stream
+        if stream is not None:
+            stream.hold()
+        try:
+            self._turn_inner()
+        finally:
+            if stream is not None:
+                stream.flush()
+
+    def _turn_inner(self) -> None:
         timeout = 0 if self.requests else IDLE_POLL_MS
         if self.ctl.poll(timeout):
             self._drain()
