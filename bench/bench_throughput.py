@@ -1,13 +1,17 @@
 """Throughput of short jobs through one supervisor: one table, side by side.
 
 A real ``llmsup serve --backend sim --sim-token-s 0 --engines 2 --standby 0`` (engines with 1 slot, then with 64),
-loaded by an async httpx generator in this process (``bench/httpload.py``) on the same cores, one-token jobs:
+loaded by an async generator in this process (``bench/httpload.py``, over ``bench/rawhttp.py``'s lean HTTP client, or
+httpx with ``--client httpx``) on the same cores, one-token jobs:
 
 - closed loop: ``clients`` (1, 64, 256) each sending one job after another for ``--seconds``, through
   ``POST /v1/completions`` and through ``POST /v1/jobs`` + ``GET /v1/jobs/{id}?wait_s``;
 - drain: 250 and 10,000 jobs submitted at once (64 connections), the time until the last is done;
 - the peers' dispatch workload: 20 warm-up, 300 sequential round trips (``POST /v1/completions``), then 2,000
   submitted together and every result fetched (64 connections);
+- deadlines under load (64-slot engines): jobs sent at 80% of the 64-client rate measured just before, one in 50 a
+  runaway with a 0.5 s deadline; from each runaway's deadline to its end (its slot free) and to the next start on
+  its engine;
 - raw IPyParallel ``apply`` on the same engines (64 in flight), the rate llmsup's 1-slot engines are held to;
 - Celery and Ray: listed as missing unless installed.
 
@@ -28,12 +32,26 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
-import httpx
 import ipyparallel as ipp
 
-from bench.httpload import RETRIES, CpuMeter, Route, client, closed_loop, fetch_all, one_job, submit_batch, submit_many
+from bench import httpload
+from bench.httpload import (
+    RETRIES,
+    CpuMeter,
+    Http,
+    Route,
+    client,
+    closed_loop,
+    fetch_all,
+    one_job,
+    open_loop,
+    records,
+    submit_batch,
+    submit_many,
+)
 from bench.servers import loadavg
 from bench.stats import summary_ms, table
 from llmsup.engines import runtime
@@ -71,7 +89,7 @@ def cpu_cells(meter: CpuMeter, jobs: int) -> list[object]:
     return [meter.supervisor * 1000 / jobs, meter.whole * 1000 / jobs, meter.generator * 1000 / jobs]
 
 
-async def idle(http: httpx.AsyncClient, timeout: float = 600) -> None:
+async def idle(http: Http, timeout: float = 600) -> None:
     """Until the server's queue is empty and nothing runs (polled on /metrics)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -169,6 +187,41 @@ async def raw_ipp_row(server: Server, seconds: float, in_flight: int = 64) -> li
             "", "", "", "", ""]
 
 
+def _ts(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+async def deadline_rows(server: Server, max_rate: float, seconds: float, runaway_every: int = 50,
+                        deadline_s: float = 0.5) -> list[list[object]]:
+    """Runaways mixed into a flood at 80% of ``max_rate``: how late their slots come free and are used again."""
+    rate = 0.8 * max_rate
+    async with client(server.url, 256) as http:
+        meter = server.meter()
+        meter.start()
+        short, runaways = await open_loop(http, rate, seconds, runaway_every, deadline_s)
+        done = await records(http, short + runaways, 64)
+        meter.stop()
+        await idle(http)
+    starts: dict[int, list[float]] = {}
+    for r in done[:len(short)]:
+        assert r["status"] == "succeeded", r
+        starts.setdefault(r["engine"]["id"], []).append(_ts(r["started_at"]))
+    ended, restarted = [], []
+    for r in done[len(short):]:
+        assert r["status"] == "timed_out", r
+        due = _ts(r["started_at"]) + deadline_s
+        ended.append(_ts(r["finished_at"]) - due)
+        later = [t for t in starts.get(r["engine"]["id"], []) if t >= _ts(r["finished_at"])]
+        if later:
+            restarted.append(min(later) - due)
+    e, n = summary_ms(ended), summary_ms(restarted)
+    label = f"deadlines under load: 1 in {runaway_every} a runaway ({deadline_s:g} s), {rate:.0f} jobs/s offered"
+    return [[label + ", deadline -> timed out", server.label, "POST /v1/jobs, then GET ?wait_s", 256,
+             len(done), len(done) / seconds, e["p50"], e["p99"], *cpu_cells(meter, len(done))],
+            [label + ", deadline -> next start on its engine", server.label, "", "", len(restarted), "",
+             n["p50"], n["p99"], "", "", ""]]
+
+
 def missing_rows() -> list[list[object]]:
     rows: list[list[object]] = []
     for name, module in (("Celery", "celery"), ("Ray", "ray")):
@@ -192,7 +245,11 @@ async def main(seconds: float, clients: list[int], drains: list[int], batch: boo
         for slots in slots_list:
             server = Server(base, slots)
             try:
-                rows += progress(await loop_rows(server, seconds, clients))
+                loops = progress(await loop_rows(server, seconds, clients))
+                rows += loops
+                if slots > 1:
+                    best = max(float(r[5]) for r in loops if r[2] == ROUTES["completions"])  # type: ignore[arg-type]
+                    rows += progress(await deadline_rows(server, best, max(seconds, 5.0)))
                 if slots > 1:
                     rows += progress(await drain_rows(server, drains, batch=False))
                     if batch:
@@ -205,7 +262,7 @@ async def main(seconds: float, clients: list[int], drains: list[int], batch: boo
                 server.stop()
         rows += missing_rows()
         print(table(f"One-token jobs, sim backend (0 s/token), 2 engines, {seconds:g} s per closed-loop point; "
-                    f"load average {' -> '.join(loads)}", HEADERS, rows))
+                    f"{httpload.CLIENT[0]} client; load average {' -> '.join(loads)}", HEADERS, rows))
         if RETRIES[0]:
             print(f"({RETRIES[0]} requests sent again after a keep-alive connection closed under them)")
     finally:
@@ -219,6 +276,8 @@ if __name__ == "__main__":
     parser.add_argument("--drain", type=int, action="append", help="jobs queued at once (repeatable; 250 10000)")
     parser.add_argument("--slots", type=int, action="append", help="slots per engine (repeatable; 1 64)")
     parser.add_argument("--batch", action="store_true", help="drain also through POST /v1/jobs:batch")
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw", help="the load generator's HTTP client")
     args = parser.parse_args()
+    httpload.CLIENT[0] = args.client
     asyncio.run(main(args.seconds, args.clients or [1, 64, 256], args.drain or [250, 10_000], args.batch,
                      args.slots or [1, 64]))

@@ -16,10 +16,12 @@ supervisor sends SIGINT; the loop catches ``KeyboardInterrupt``, settles every
 request that is due (overdue or on the kill list) and keeps serving.
 
 Messages (``engines/messages.py``):
-  supervisor -> engine, control socket: Submit | Abort | Stop (a message the loop cannot read is dropped,
-                        counted, and logged once per kind of problem; the loop goes on)
-  engine -> supervisor: Hello on the control socket when the loop starts and every HELLO_S; on the token stream: TokenPiece
-                        per token, JobDone with each request's JobResult, EngineBeat every BEAT_S
+  supervisor -> engine, control socket: Submit | Abort | Stop, one a frame, a message of one or more frames
+                        (a frame the loop cannot read is dropped, counted, and logged once per kind of problem; the
+                        loop goes on)
+  engine -> supervisor: Hello on the control socket when the loop starts and every HELLO_S; on the token stream:
+                        TokenPiece per token, JobDone with each request's JobResult, EngineBeat every BEAT_S (a
+                        turn's messages in one zmq message, a frame each)
 """
 
 from __future__ import annotations
@@ -136,6 +138,17 @@ class BatchServer:
         return {"served": self.done, "interrupts": self.interrupts, "pid": os.getpid()}
 
     def _turn(self) -> None:
+        """One turn: new ops, due deadlines, a step of every request; what it sends goes in one message."""
+        stream = self.rt.stream
+        if stream is not None:
+            stream.hold()
+        try:
+            self._turn_inner()
+        finally:
+            if stream is not None:
+                stream.flush()
+
+    def _turn_inner(self) -> None:
         timeout = 0 if self.requests else IDLE_POLL_MS
         if self.ctl.poll(timeout):
             self._drain()
@@ -162,19 +175,18 @@ class BatchServer:
                 frames = self.ctl.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                if len(frames) != 1:
-                    raise ProtocolError("frames", f"{len(frames)} frames, a message is one")
-                op = decode_for_engine(frames[0], expect=CONTROL_OPS)
-            except ProtocolError as exc:
-                self._reject(exc)
-                continue
-            if isinstance(op, Submit):
-                self._submit(op)
-            elif isinstance(op, Abort) and op.key in self.requests:
-                self.kill[op.key] = op.reason
-            elif isinstance(op, Stop):
-                self.stopping = True
+            for frame in frames:  # a frame an op (the supervisor sends a turn's submits in one message)
+                try:
+                    op = decode_for_engine(frame, expect=CONTROL_OPS)
+                except ProtocolError as exc:
+                    self._reject(exc)
+                    continue
+                if isinstance(op, Submit):
+                    self._submit(op)
+                elif isinstance(op, Abort) and op.key in self.requests:
+                    self.kill[op.key] = op.reason
+                elif isinstance(op, Stop):
+                    self.stopping = True
 
     def _reject(self, exc: ProtocolError) -> None:
         """Drop a control message this loop cannot read; log each kind of problem once."""

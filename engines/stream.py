@@ -1,9 +1,10 @@
 """Token stream from an engine to the supervisor over a pyzmq PUSH socket.
 
-Each message is one frame holding one typed message of ``engines/messages.py``
+Each frame holds one typed message of ``engines/messages.py``
 (a :class:`TokenPiece` per generated token, with its id and logprob when the request
 asked for them, :class:`TaskStarted`, and from batched engines :class:`JobDone`
-and :class:`EngineBeat`). Sends never block:
+and :class:`EngineBeat`); a zmq message holds one frame, or, from a batched engine's
+turn (``hold`` ... ``flush``), every frame of that turn. Sends never block:
 if the supervisor is gone or slow past the high-water mark, messages are
 dropped; an unbatched job's final output always comes back as its task's
 return value.
@@ -42,9 +43,27 @@ class TokenStream:
         self.address = address
         self.keys = keys
 
+        self._held: list[bytes] | None = None
+
     def send(self, msg: Message) -> None:
+        if self._held is not None:
+            self._held.append(encode(msg))
+        else:
+            self._send([encode(msg)])
+
+    def hold(self) -> None:
+        """Keep what is sent until ``flush``, then send it as one message (a frame each)."""
+        if self._held is None:
+            self._held = []
+
+    def flush(self) -> None:
+        frames, self._held = self._held, None
+        if frames:
+            self._send(frames)
+
+    def _send(self, frames: list[bytes]) -> None:
         try:
-            self._sock.send(encode(msg), flags=zmq.NOBLOCK)
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.Again:
             pass
 

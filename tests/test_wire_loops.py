@@ -73,9 +73,6 @@ GARBAGE: list[tuple[list[bytes], str]] = [
     ([encode(EngineBeat(1)).replace(b"\"rss_mb\":0.0", b"\"rss_mb\":NaN")], "bad field"),
     ([encode(JobDone("k", JobResult("completed"))).replace(b"\"completed\"", b"\"finished\"")], "bad field"),
     ([GOOD_PIECE.replace(b",\"seq\":0", b"")], "missing field"),
-    ([b"job-1#1", b"0", b"hello "], "frames"),  # the frames of the earlier untyped stream
-    ([b"", b"beat", b"{}"], "frames"),
-    ([GOOD_PIECE, GOOD_PIECE], "frames"),
 ]
 # messages the engines' token stream must not carry (fine elsewhere)
 NOT_ON_THE_STREAM: list[tuple[list[bytes], str]] = [
@@ -119,10 +116,13 @@ async def test_token_stream_drops_garbage_and_keeps_reading(zctx: zmq.asyncio.Co
                 JobDone("job-1#1", JobResult("completed", "hello ", 1, "length"))]
         for msg in good:
             await push.send(encode(msg))
-        got = [await asyncio.wait_for(events.get(), 10) for _ in good]  # one PUSH -> PULL pipe: in order
-        assert got == good
+        # a batched engine's turn: its events in one message, a frame each; an unreadable frame is dropped alone
+        turn = [TokenPiece("job-2#1", 0, "a "), JobDone("job-2#1", JobResult("completed", "a ", 1, "length"))]
+        await push.send_multipart([encode(turn[0]), b"job-1#1", encode(turn[1])])
+        got = [await asyncio.wait_for(events.get(), 10) for _ in good + turn]  # one PUSH -> PULL pipe: in order
+        assert got == good + turn
         assert not loop_task.done()
-        assert counted(metrics, "stream") == 2 * len(GARBAGE + NOT_ON_THE_STREAM)
+        assert counted(metrics, "stream") == 2 * len(GARBAGE + NOT_ON_THE_STREAM) + 1
         logged = dropped_logs(caplog, "stream")
         assert len(logged) == len({problem for _, problem in GARBAGE + NOT_ON_THE_STREAM})  # once per (peer, problem)
         assert all("from 127.0.0.1" in line for line in logged)
@@ -172,7 +172,7 @@ async def test_control_channel_drops_garbage_and_keeps_reading(zctx: zmq.asyncio
         sock.setsockopt(zmq.IDENTITY, identity)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(channel.address)
-    garbage = [frames for frames, problem in GARBAGE if problem != "frames"]
+    garbage = [frames for frames, _problem in GARBAGE]
     garbage += [[encode(TokenPiece("k", 0, "x"))], [encode(Submit("k", "p", 1.0))], [encode(Hello(1)), b"extra"],
                 [b""] * 3]
     try:
@@ -193,6 +193,19 @@ async def test_control_channel_drops_garbage_and_keeps_reading(zctx: zmq.asyncio
         assert decode_for_engine(await asyncio.wait_for(engine.recv(), 10)) == Abort("job-1#1", "cancelled")
         assert decode_for_engine(await asyncio.wait_for(engine.recv(), 10)) == Stop()
         assert not channel.send(8, Stop())  # 8: not connected
+        # a turn's queued ops go out in one message per engine, in order, before any later op to that engine
+        failed: list[str] = []
+        channel.queue(7, Submit("job-2#1", "a", 1.0), lambda: failed.append("job-2#1"))
+        channel.queue(7, Submit("job-3#1", "b", 1.0), lambda: failed.append("job-3#1"))
+        channel.queue(8, Submit("job-4#1", "c", 1.0), lambda: failed.append("job-4#1"))
+        assert channel.send(7, Abort("job-2#1", "cancelled"))
+        frames = await asyncio.wait_for(engine.recv_multipart(), 10)
+        assert [decode_for_engine(f) for f in frames] == [Submit("job-2#1", "a", 1.0), Submit("job-3#1", "b", 1.0)]
+        assert decode_for_engine(await asyncio.wait_for(engine.recv(), 10)) == Abort("job-2#1", "cancelled")
+        channel.queue(7, Submit("job-5#1", "d", 1.0), lambda: failed.append("job-5#1"))
+        channel.flush()
+        assert decode_for_engine(await asyncio.wait_for(engine.recv(), 10)) == Submit("job-5#1", "d", 1.0)
+        assert failed == ["job-4#1"]  # engine 8 is not connected: its submit is reported, not dropped silently
     finally:
         loop_task.cancel()
         await asyncio.gather(loop_task, return_exceptions=True)
@@ -231,24 +244,27 @@ def test_batched_engine_loop_survives_unreadable_control_messages(sim_runtime: z
         server.ctl.send(encode(Hello(os.getpid())))  # what serve() says first: the ROUTER learns the route
         assert router.poll(10_000)
         identity, _ = router.recv_multipart()
-        garbage = [frames for frames, problem in GARBAGE if problem != "frames"]
-        garbage += [[encode(Hello(1))], [encode(TokenPiece("k", 0, "x"))], [encode(Stop()), encode(Stop())],
+        garbage = [frames for frames, _problem in GARBAGE]
+        garbage += [[encode(Hello(1))], [encode(TokenPiece("k", 0, "x"))],
                     [encode(Submit("k", "p", 1.0)).replace(b"\"deadline_s\":1.0", b"\"deadline_s\":\"1\"")],
                     [encode(Submit("k", "p", 1.0)).replace(b",\"deadline_s\":1.0", b"")],
                     [plain_submit_of_version(PROTOCOL_VERSION + 1)]]
         for frames in garbage:
             router.send_multipart([identity, *frames])
-        router.send_multipart([identity, encode(Submit("job-9#1", "one two three", 5.0, GenParams(max_tokens=3)))])
-        done = next_event(server, sim_runtime, JobDone)
-        assert done.key == "job-9#1"
-        assert done.result.outcome == "completed" and done.result.text == "one two three " and done.result.tokens == 3
-        assert server.malformed == len(garbage) and not server.stopping
+        # a turn's submits in one message, a frame each; an unreadable frame among them is dropped alone
+        router.send_multipart([identity, encode(Submit("job-9#1", "one two three", 5.0, GenParams(max_tokens=3))),
+                               b"{}", encode(Submit("job-9#2", "four", 5.0, GenParams(max_tokens=1)))])
+        done = {d.key: d for d in (next_event(server, sim_runtime, JobDone) for _ in range(2))}
+        assert done["job-9#1"].result.outcome == "completed" and done["job-9#1"].result.tokens == 3
+        assert done["job-9#1"].result.text == "one two three "
+        assert done["job-9#2"].result.outcome == "completed" and done["job-9#2"].result.text == "four "
+        assert server.malformed == len(garbage) + 1 and not server.stopping
         server._last_beat = 0.0  # the next turn beats, carrying the count
-        assert next_event(server, sim_runtime, EngineBeat).malformed == len(garbage)
+        assert next_event(server, sim_runtime, EngineBeat).malformed == len(garbage) + 1
         logged = [r.getMessage() for r in caplog.records if "unreadable control message" in r.getMessage()]
         problems = [re.search(r"message \((.+?):", line).group(1) for line in logged]  # type: ignore[union-attr]
         assert sorted(problems) == sorted({"not json", "not an object", "unknown kind", "version", "bad field",
-                                           "missing field", "frames"})  # once per kind of problem
+                                           "missing field"})  # once per kind of problem
         router.send_multipart([identity, encode(Stop())])
         end = time.monotonic() + 10
         while not server.stopping and time.monotonic() < end:
@@ -259,15 +275,22 @@ def test_batched_engine_loop_survives_unreadable_control_messages(sim_runtime: z
         router.close(linger=0)
 
 
+_UNREAD: dict[int, list[object]] = {}  # events of a turn's message not yet asked for, per serving loop
+
+
 def next_event(server: BatchServer, pull: zmq.Socket, kind: type[E]) -> E:
-    """Turn the serving loop until an event of ``kind`` comes out of its token stream."""
+    """Turn the serving loop until an event of ``kind`` comes out of its token stream (a turn's events come in
+    one message, a frame each: the others are kept for the next call)."""
+    unread = _UNREAD.setdefault(id(server), [])
     end = time.monotonic() + 10
     while time.monotonic() < end:
+        for i, event in enumerate(unread):
+            if isinstance(event, kind):
+                del unread[i]
+                return event
         server._turn()
         while pull.poll(0):
-            event = decode_for_supervisor(pull.recv())
-            if isinstance(event, kind):
-                return event
+            unread += [decode_for_supervisor(frame) for frame in pull.recv_multipart()]
     raise AssertionError(f"no {kind.__name__} from the serving loop in 10 s")
 
 

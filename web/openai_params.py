@@ -32,6 +32,11 @@ from llmsup.web.openai_schemas import CompletionRequest, SamplingRequest
 from llmsup.web.schema_check import SchemaChecker, SchemaTooComplex
 from llmsup.web.tokens import HFTokenizer, ServedModel, Tokenizer, pool_for, served_model, tokenizer_for
 
+# Prompts up to this many characters (or token ids) in all are read on the event loop, longer ones in a worker
+# thread: a fast tokenizer takes ~0.34 us a character, the hop to a thread and back ~80 us (docs/benchmarks.md,
+# "Throughput of short jobs"), so 256 characters cost about what the hop does.
+INLINE_PROMPT_CHARS = 256
+
 
 @dataclass(frozen=True)
 class PromptIn:
@@ -258,8 +263,11 @@ async def plan_jobs(sup: ControlPlane, principal: Principal, body: SamplingReque
     bias = _logit_bias(body, tok)
     priority = -(body.priority or 0)  # vLLM: lower runs first; llmsup: higher runs first
     check_priority(s, priority, principal.admin, vllm_scale=True)
-    prompts = await asyncio.to_thread(
-        lambda: [_prompt(p, body, tok, model, add_special_tokens, s.max_prompt_chars) for p in raw_prompts])
+    def read() -> list[PromptIn]:
+        return [_prompt(p, body, tok, model, add_special_tokens, s.max_prompt_chars) for p in raw_prompts]
+
+    # short prompts on the loop (a worker thread's hop costs more than tokenizing them), long ones off it
+    prompts = read() if sum(len(p) for p in raw_prompts) <= INLINE_PROMPT_CHARS else await asyncio.to_thread(read)
     wanted_prompt_lps = _whole_vocabulary(body.prompt_logprobs if body.prompt_logprobs is not None else prompt_logprobs,
                                           tok)
     wanted_lps = _whole_vocabulary(body.sample_logprobs(), tok)

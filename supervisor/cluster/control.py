@@ -13,6 +13,9 @@ reconnects is found on its new one; there is no ``ROUTER_HANDOVER``, and no iden
 hello is taken from that engine's own key only, a join agent's beat from its own key only; under the join file's
 key a beat is only a request to admit the agent's own key (``on_enrol``). Without keys, a peer is named by the
 DEALER identity it sets.
+
+The submits of one event-loop turn to one engine go out in one message, a frame each (``queue``): one send
+per engine and turn, not per job; any other op to that engine sends them first, in order.
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ class ControlChannel:
         self.malformed = MalformedLog(metrics.malformed, "control")
         self.gate = gate  # tells senders whose keys were revoked (their old connections may still deliver)
         self._routes: dict[str, bytes] = {}  # peer (engine:<id>, agent:<n>, or a keyless identity) -> its connection
+        # peer -> this turn's ops for it (encoded) and what to call if they cannot be sent
+        self._outbox: dict[str, tuple[list[bytes], list[Callable[[], None]]]] = {}
         self.sock = ctx.socket(zmq.ROUTER)
         limit_frames(self.sock, max_message_bytes)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown or gone peer is an error, not a silent drop
@@ -105,14 +110,38 @@ class ControlChannel:
         self._routes.pop(peer, None)
 
     def send(self, engine_id: int, op: ControlOp) -> bool:
-        """Send one control op to a batched engine; False if it is not connected."""
-        return self._send(f"engine:{engine_id}", encode(op))
+        """Send one control op to a batched engine (after what is queued for it); False if it is not connected."""
+        peer = f"engine:{engine_id}"
+        if peer in self._outbox:
+            self._flush_one(peer, self._outbox.pop(peer))
+        return self._send(peer, [encode(op)])
+
+    def queue(self, engine_id: int, op: ControlOp, failed: Callable[[], None]) -> None:
+        """Send ``op`` at the end of this turn with the turn's other ops to that engine, in one message;
+        ``failed()`` if that engine turns out not to be connected then."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self.flush)
+        frames, callbacks = self._outbox.setdefault(f"engine:{engine_id}", ([], []))
+        frames.append(encode(op))
+        callbacks.append(failed)
+
+    def flush(self) -> None:
+        """Send what is queued (each engine's ops in one message)."""
+        outbox, self._outbox = self._outbox, {}
+        for peer, pending in outbox.items():
+            self._flush_one(peer, pending)
+
+    def _flush_one(self, peer: str, pending: tuple[list[bytes], list[Callable[[], None]]]) -> None:
+        frames, callbacks = pending
+        if not self._send(peer, frames):
+            for failed in callbacks:
+                failed()
 
     def order(self, agent: str, op: HostOrder) -> bool:
         """Send an order to a join agent (by its sender name); False if it is not connected."""
-        return self._send(agent, encode(op))
+        return self._send(agent, [encode(op)])
 
-    def _send(self, peer: str, frame: bytes, route: bytes | None = None) -> bool:
+    def _send(self, peer: str, frames: list[bytes], route: bytes | None = None) -> bool:
         route = route if route is not None else self._routes.get(peer)
         if route is None:
             log.warning("control message to %s not sent: not connected", peer)
@@ -121,7 +150,7 @@ class ControlChannel:
         # error of a peer that is not connected (ROUTER_MANDATORY): read it there, or it is lost.
         # (pyzmq annotates the result as an Awaitable; an asyncio socket's send returns an asyncio Future)
         sent = cast("asyncio.Future[zmq.MessageTracker | None]",
-                    self.sock.send_multipart([route, frame], flags=zmq.NOBLOCK))
+                    self.sock.send_multipart([route, *frames], flags=zmq.NOBLOCK))
         if not sent.done():  # queued behind another send: its outcome is only logged
             sent.add_done_callback(lambda fut: _log_failure(peer, fut))
             return True
@@ -174,7 +203,7 @@ class ControlChannel:
             log.exception("admitting the join agent of %s failed", beat.host)
             return
         if answer is not None:
-            self._send(f"the join agent of {beat.host} (join file's key)", encode(answer), route)
+            self._send(f"the join agent of {beat.host} (join file's key)", [encode(answer)], route)
 
     def close(self) -> None:
         self.sock.close(linger=0)

@@ -261,9 +261,13 @@ class ClusterDriver:
     def dispatch(self, engine: Engine, key: str, spec: JobSpec, deadline_s: float | None) -> None:
         if engine.batched:
             assert self.control is not None
-            if not self.control.send(engine.id, Submit(key, spec.prompt, deadline_s, spec.params)):
-                self._report(ev.JobReply(key, error=ev.TaskFailure("unreachable", f"engine {engine.id} not reachable on its "
-                                                                      "control channel"), dispatched=False))
+            engine_id = engine.id
+
+            def unreachable() -> None:
+                self._report(ev.JobReply(key, error=ev.TaskFailure("unreachable", f"engine {engine_id} not reachable on "
+                                                                      "its control channel"), dispatched=False))
+
+            self.control.queue(engine_id, Submit(key, spec.prompt, deadline_s, spec.params), unreachable)
             return
         try:
             fut = self._apply(engine.id, runtime.run_job, messages.plain(spec))

@@ -36,10 +36,8 @@ def peer_of(frame: zmq.Frame) -> str:
         return "unknown"
 
 
-def decode_frames(frames: list[zmq.Frame]) -> StreamEvent:
-    if len(frames) != 1:
-        raise ProtocolError("frames", f"{len(frames)} frames, a message is one")
-    return decode_for_supervisor(frames[0].bytes, expect=STREAM_EVENTS)
+def decode_frame(frame: zmq.Frame) -> StreamEvent:
+    return decode_for_supervisor(frame.bytes, expect=STREAM_EVENTS)
 
 
 class StreamReader:
@@ -61,26 +59,31 @@ class StreamReader:
     async def run(self) -> None:
         """Read until cancelled. A receive that finds messages waiting returns without giving the event loop a
         turn: after a backlog (many engines beating, the loop held up), reading it all in one go would hold up
-        the timers and dispatch for as long; so the loop gets a turn every YIELD_EVERY messages."""
+        the timers and dispatch for as long; so the loop gets a turn every YIELD_EVERY events (a message holds one or more)."""
         read = 0
         while True:
             frames = await self.sock.recv_multipart(copy=False)
-            read += 1
-            if read % YIELD_EVERY == 0:
+            read += len(frames)
+            if read >= YIELD_EVERY:
+                read = 0
                 await asyncio.sleep(0)
-            try:
-                event = decode_frames(frames)
-            except ProtocolError as exc:
-                self.malformed.reject(peer_of(frames[0]), exc)
-                continue
             sender = sender_of(frames[0])
-            if self.check is not None and sender is not None and not self.check(event, sender):
-                self.malformed.reject(sender, ProtocolError("sender", f"{type(event).__name__} is not {sender}'s to send"))
-                continue
-            try:
-                self.on_event(event)
-            except Exception:  # a failing sink is a bug to log, not a reason to stop the stream
-                log.exception("handling %s from the token stream failed", type(event).__name__)
+            for frame in frames:  # a frame an event (a batched engine sends a turn's events in one message)
+                self._one(frame, sender)
+
+    def _one(self, frame: zmq.Frame, sender: str | None) -> None:
+        try:
+            event = decode_frame(frame)
+        except ProtocolError as exc:
+            self.malformed.reject(peer_of(frame), exc)
+            return
+        if self.check is not None and sender is not None and not self.check(event, sender):
+            self.malformed.reject(sender, ProtocolError("sender", f"{type(event).__name__} is not {sender}'s to send"))
+            return
+        try:
+            self.on_event(event)
+        except Exception:  # a failing sink is a bug to log, not a reason to stop the stream
+            log.exception("handling %s from the token stream failed", type(event).__name__)
 
     def close(self) -> None:
         self.sock.close(linger=0)

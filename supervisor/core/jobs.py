@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
@@ -90,6 +91,10 @@ class Job:
         data["status"] = self.status.value
         return data
 
+    def to_json(self) -> str:
+        """``json.dumps(self.to_dict())``, without ``asdict``'s deep copy (a tenth of the store's cost per job)."""
+        return _ENCODER.encode(self)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Job":
         data = dict(data)
@@ -106,3 +111,20 @@ class Job:
 
     def with_changes(self, **changes: Any) -> "Job":
         return replace(self, **changes)
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(value: object) -> object:
+    """A nested record as the JSON encoder asks for it: its fields by name (in declaration order, as ``asdict``)."""
+    cls = type(value)
+    names = _FIELDS.get(cls)
+    if names is None:
+        if not hasattr(cls, "__dataclass_fields__"):
+            raise TypeError(f"{cls.__name__} is not JSON serializable")
+        names = _FIELDS[cls] = tuple(f.name for f in fields(value))  # type: ignore[arg-type]
+    return {name: getattr(value, name) for name in names}
+
+
+_ENCODER = json.JSONEncoder(default=_plain)  # a str Enum (the status) encodes as its value

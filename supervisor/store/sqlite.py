@@ -177,7 +177,7 @@ class SQLiteStore:
 
     @staticmethod
     def _row(job: Job) -> tuple[object, ...]:
-        return (job.status.value, job.priority, job.not_before, expires_at(job), job.owner, json.dumps(job.to_dict()),
+        return (job.status.value, job.priority, job.not_before, expires_at(job), job.owner, job.to_json(),
                 job.finished_at if job.status.terminal else None, job.error_detail)
 
     def add(self, job: Job) -> Job:
