@@ -4,7 +4,7 @@ and a pipeline that loses an engine, then a host, under a running step.
 Affinity: three slow steps after ``a``, each with affinity to it, queued together when ``a`` succeeds: the first runs
 on a's engine (free: ``placement`` "engine"); the second waits ``affinity_wait_s`` for a's engine, which stays busy,
 then runs on the other engine of a's host ("host"); the third waits as long, then runs on the other host (a's host
-is full: "anywhere"). Engine loss: the engine of a running step is SIGKILLed;
+is full: "anywhere"). A step whose engine frees within the wait runs there. Engine loss: the engine of a running step is SIGKILLed;
 the step's job runs again elsewhere, the pipeline succeeds and no step that had succeeded runs again. Host loss: the
 host of a running step is cut off the network; once it is taken as lost the step's job runs again on the other host,
 with the same outcome. The tests share one supervisor and run in this order (the last one cuts the host off).
@@ -118,6 +118,28 @@ async def test_affinity_runs_on_the_engine_else_its_host_else_anywhere(two_hosts
         assert far.placement == "anywhere" and far.engine["host"] != a.engine["host"]
         affinity = {j.affinity.id for j in jobs_of(sup, done)[1:] if j.affinity is not None}
         assert affinity == {a.engine["id"]}  # each follower's job asked for a's engine
+
+
+async def test_affinity_waits_for_its_engine_when_it_frees_within_the_wait(two_hosts: TwoHosts) -> None:
+    """A step whose engine is busy with a sibling waits for it (here up to 30 s, so that no load on this machine
+    makes it fall back) and runs there as soon as the sibling ends, while three other engines are free."""
+    sup = two_hosts.sup
+    before = sup.settings.affinity_wait_s
+    sup.settings.affinity_wait_s = 30.0
+    try:
+        done = await ended(sup, create(sup, StepSpec("a", "x y z", max_tokens=3),
+                                       StepSpec("first", "{{a}} " + SLOW, after=("a",), affinity="a", max_tokens=10),
+                                       StepSpec("then", "{{a}}", after=("a",), affinity="a", max_tokens=3)))
+    finally:
+        sup.settings.affinity_wait_s = before
+    assert done.status is PipelineStatus.SUCCEEDED, done
+    a, first, then = done.steps
+    assert a.engine is not None and first.placement == then.placement == "engine"
+    first_job, then_job = jobs_of(sup, done)[1:]
+    assert first_job.engine is not None and then_job.engine is not None
+    assert first_job.engine.id == then_job.engine.id == a.engine["id"]
+    assert then_job.started_at is not None and first_job.finished_at is not None
+    assert then_job.started_at >= first_job.finished_at  # it waited for the engine, not for a free one
 
 
 async def test_a_pipeline_survives_the_loss_of_its_running_steps_engine(two_hosts: TwoHosts) -> None:
