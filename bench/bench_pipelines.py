@@ -2,9 +2,10 @@
 
 One server with a sim pool of 2 engines and a pool of 1 ``backend=python`` engine running a registered ``echo``
 function. Latency, one client at a time (submit, then long-poll until it ended): a plain job (``POST /v1/jobs``), a
-1-step pipeline (the same prompt as its one step), a 1-step function pipeline (``fn: echo``), a 3-step chain.
-Throughput, ``--clients`` concurrent clients each doing the same in a loop. Celery (chain / chord) and Ray (task
-graph) equivalents run only when those packages are installed; else their rows say missing.
+1-step pipeline (the same prompt as its one step), a 1-step function pipeline (``fn: echo``), a 3-step chain, a map
+of 10 items and its merge. Throughput, ``--clients`` concurrent clients each doing the same in a loop. Celery (chain,
+chord) and Ray (task graph) equivalents of the chain and the map run when those packages are installed, else their
+rows say which is missing (``bench/pipeline_peers.py``).
 
     .venv/bin/python -m bench.bench_pipelines [--runs 200] [--clients 16] [--total 400]
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from bench.pipeline_peers import peer_rows
 from bench.servers import loadavg
 from bench.stats import summary_ms, table
 from tests.support import live
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
 HEADERS = ["what", "clients", "n", "p50 ms", "p99 ms", "per s"]
 One = Callable[[httpx.AsyncClient], Awaitable[None]]
+FAN = 10  # items of the map case (and of Celery's chord, Ray's fan-out)
 
 
 def echo(value: Any) -> Any:
@@ -63,6 +65,9 @@ CASES: list[tuple[str, One]] = [
         {"name": "a", "prompt": "x", "max_tokens": 1},
         {"name": "b", "prompt": "{{a}}", "after": ["a"], "max_tokens": 1},
         {"name": "c", "prompt": "{{b}}", "after": ["b"], "max_tokens": 1}])),
+    (f"map of {FAN} + merge pipeline", lambda http: pipeline(http, [
+        {"name": "m", "prompt": "{{item}}", "map": [str(i) for i in range(FAN)], "max_tokens": 1},
+        {"name": "merge", "prompt": "{{m}}", "after": ["m"], "max_tokens": 1}])),
 ]
 
 
@@ -116,17 +121,6 @@ def store_writes(tmp: Path, n: int = 500) -> list[list[object]]:
     return rows
 
 
-def others() -> list[list[object]]:
-    """Celery and Ray equivalents: only with those installed (and a broker for Celery); else said missing."""
-    rows: list[list[object]] = []
-    for name, module, what in (("Celery", "celery", "chain of 3 / chord"), ("Ray", "ray", "task graph of 3")):
-        if importlib.util.find_spec(module) is None:
-            rows.append([f"{name} {what}", "-", 0, "missing", "missing", f"missing ({module} not installed)"])
-        else:
-            rows.append([f"{name} {what}", "-", 0, "not run", "not run", "installed: run it beside a broker"])
-    return rows
-
-
 async def main(runs: int, clients: int, total: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="llmsup-bench-pipelines-"))
     writes = store_writes(tmp)
@@ -147,7 +141,9 @@ async def main(runs: int, clients: int, total: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     base = seq[0][3]
     print(table(f"Pipelines over plain jobs (sim 0 s/token, 2 sim engines + 1 python engine; load {loadavg()})",
-                HEADERS, [*seq, *par, *others()]))
+                HEADERS, [*seq, *par]))
+    print(table(f"The same shapes on Celery and Ray, in this process (load {loadavg()})", HEADERS,
+                peer_rows(runs, clients, total, FAN)))
     print(table("A pipeline record's write (SQLite, WAL, the run directory's disk)", HEADERS, writes))
     for name, _, _, p50, _, _ in seq[1:]:
         print(f"overhead of {name} over a plain job (p50, one client): {float(str(p50)) - float(str(base)):.2f} ms")

@@ -44,6 +44,10 @@ class JobFields(BaseSettings):
                               "costs one)", json_schema_extra=cli(JOBS))
     retry_backoff_s: float = Field(0.2, ge=0, description="first retry delay; doubles per attempt",
                                    json_schema_extra=cli(JOBS))
+    affinity_wait_s: float = Field(
+        0.5, ge=0, le=60, description="a job with affinity (a pipeline step's) waits up to this long, from its "
+        "submission, for the engine it names to free a slot, before it runs on another engine of that host, else any; "
+        "0: no wait", json_schema_extra=cli(JOBS))
     # watchdog
     interrupt_grace_s: float = Field(0.25, gt=0, description="SIGINT -> no-op probe",
                                      json_schema_extra=cli(JOBS, "--interrupt-grace"))

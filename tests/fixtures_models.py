@@ -88,6 +88,44 @@ def tiny_lora_fixture(tiny_model: str, models_run_dir: pathlib.Path) -> str:
 
 
 
+def build_tiny_second_model(model_dir: str, out_dir: str) -> str:
+    """A second tiny causal LM, unlike the tiny model in its config (2 layers, hidden 128, a context of 512 tokens)
+    and its random weights (another seed), with the tiny model's tokenizer: a second model to serve beside the first.
+    Built once; returns its directory."""
+    if os.path.isfile(os.path.join(out_dir, "config.json")):
+        return out_dir
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig.from_pretrained(model_dir)
+    config.num_hidden_layers, config.hidden_size, config.intermediate_size = 2, 128, 256
+    config.num_attention_heads = config.num_key_value_heads = 2
+    config.max_position_embeddings = 512
+    torch.manual_seed(4242)
+    parent = pathlib.Path(out_dir).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tiny-second-", dir=parent)
+    try:
+        model = LlamaForCausalLM(config)
+        model.generation_config = GenerationConfig.from_pretrained(model_dir)
+        model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(model_dir, local_files_only=True).save_pretrained(tmp)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+@pytest.fixture(scope="session", name="tiny_model_b")
+def tiny_model_b_fixture(tiny_model: str, models_run_dir: pathlib.Path) -> str:
+    """A second tiny model (``build_tiny_second_model``), built once per session; returns its directory."""
+    return build_tiny_second_model(tiny_model, str(models_run_dir / "models" / "tiny-llama-b"))
+
+
 def build_tiny_embedder(model_dir: str, out_dir: str) -> str:
     """The tiny model as a Matryoshka embedding model (``engines.tinymodel.ensure_tiny_embedder``)."""
     return ensure_tiny_embedder(model_dir, out_dir)

@@ -12,6 +12,7 @@ import heapq
 import itertools
 import logging
 from collections import Counter
+from collections.abc import Iterator
 
 from llmsup.engines.messages import JobResult, JobSpec
 from llmsup.supervisor.core import joblog, ladder, outcomes
@@ -202,9 +203,14 @@ class JobSide:
         if free <= 0 or self.shared.stopping:
             return 0
         started, full = 0, set()  # full: pools with no free slot left
+        held: set[str] = set()  # jobs waiting for the busy engine they name
         several = len(self.shared.pool_names) > 1  # jobs of a full pool must not hold up the others'
-        for job in self.store.next_queued(now.wall, free + QUEUE_LOOKAHEAD if several else free):
+        for job in self._queued(now, free, several, held):
             if job.pool in full:
+                continue
+            if job.affinity is not None and now.wall < job.created_at + self.settings.affinity_wait_s \
+                    and pool.affinity_busy(job.affinity, job.pool):
+                held.add(job.id)  # its engine may free a slot within the wait: the jobs behind it go first
                 continue
             engine = pool.pick(job.lost_engines, job.affinity, job.pool)
             if engine is None:
@@ -217,6 +223,16 @@ class JobSide:
             if started >= free:
                 break
         return started
+
+    def _queued(self, now: Now, free: int, several: bool, held: set[str]) -> Iterator[Job]:
+        """The queued jobs to place, in order: ``free`` of them (several pools: a lookahead more), then, when some
+        of those were held for their affinity engine, the ones behind them."""
+        window = free + QUEUE_LOOKAHEAD if several else free
+        first = self.store.next_queued(now.wall, window)
+        yield from first
+        if held and len(first) == window:
+            yield from (j for j in self.store.next_queued(now.wall, window + QUEUE_LOOKAHEAD) if j.id not in held
+                        and j.id not in self._running)
 
     def _start(self, job: Job, engine: Engine, now: Now) -> None:
         job = transition(job, R, now.wall, engine=engine.ref, error=None)

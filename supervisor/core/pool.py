@@ -50,6 +50,15 @@ class EnginePool:
     def on_host(self, host_key: str) -> int:
         return sum(1 for e in self.engines.values() if e.host_key == host_key)
 
+    def affinity_busy(self, affinity: EngineRef | None, pool: str) -> bool:
+        """The engine ``affinity`` names serves ``pool`` and has no free slot now (one may free soon: worth a
+        short wait)."""
+        if affinity is None:
+            return False
+        engine = self.engines.get(affinity.id)
+        return engine is not None and engine.host == affinity.host and engine.pool == pool \
+            and engine.state in SERVING and engine.free_slots == 0
+
     def pick(self, avoid: Iterable[int] = (), affinity: EngineRef | None = None,
              pool: str = "default") -> Engine | None:
         """The least-loaded engine of ``pool`` with a free slot, preferring engines not in ``avoid``; with an
