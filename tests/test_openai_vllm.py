@@ -70,7 +70,9 @@ def test_chat_logprobs_streaming_and_not(oai: openai.OpenAI) -> None:
                                               stream=True, extra_body={"ignore_eos": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
     tokens = [t.token for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.content]
-    assert "".join(tokens) == "".join(c.choices[0].delta.content or "" for c in chunks)
+    # sampled (temperature 1.0 by default): a token that is part of a UTF-8 character is U+FFFD in the text
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert "".join(tokens).replace("\ufffd", "") == streamed.replace("\ufffd", "")
     assert len(tokens) == 6 and chunks[-1].choices[0].finish_reason == "length"
 
 
