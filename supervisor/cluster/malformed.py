@@ -21,6 +21,7 @@ class MalformedLog:
     def __init__(self, counter: Counter, channel: str) -> None:
         self.channel = channel
         self._counter = counter  # its child looked up at each count: a cleared counter keeps counting
+        counter.labels(channel)  # exported from the start, at zero
         self._logged: set[tuple[str, str]] = set()
 
     def reject(self, peer: str, error: ProtocolError) -> None:
