@@ -101,6 +101,11 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+# errors of the control plane that map to one status each, their message as it is
+STATUS_OF: dict[type[Exception], int] = {JobNotFound: 404, PoolNotFound: 404, EngineNotFound: 404, HostNotFound: 404,
+                                         HostNotRevocable: 409, EngineBusy: 409}
+
+
 def install(app: FastAPI) -> None:  # noqa: C901 - one exception handler per error class, registered together
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -121,29 +126,11 @@ def install(app: FastAPI) -> None:  # noqa: C901 - one exception handler per err
     async def _openai(request: Request, exc: OpenAIHTTPError) -> JSONResponse:
         return _error(request, exc.status, exc.message, headers=exc.headers, param=exc.param, code=exc.code)
 
-    @app.exception_handler(JobNotFound)
-    async def _no_job(request: Request, exc: JobNotFound) -> JSONResponse:
-        return _error(request, 404, str(exc))
+    async def _by_status(request: Request, exc: Exception) -> JSONResponse:
+        return _error(request, STATUS_OF[type(exc)], str(exc))
 
-    @app.exception_handler(PoolNotFound)
-    async def _no_pool(request: Request, exc: PoolNotFound) -> JSONResponse:
-        return _error(request, 404, str(exc))
-
-    @app.exception_handler(EngineNotFound)
-    async def _no_engine(request: Request, exc: EngineNotFound) -> JSONResponse:
-        return _error(request, 404, str(exc))
-
-    @app.exception_handler(HostNotFound)
-    async def _no_host(request: Request, exc: HostNotFound) -> JSONResponse:
-        return _error(request, 404, str(exc))
-
-    @app.exception_handler(HostNotRevocable)
-    async def _own_host(request: Request, exc: HostNotRevocable) -> JSONResponse:
-        return _error(request, 409, str(exc))
-
-    @app.exception_handler(EngineBusy)
-    async def _engine_busy(request: Request, exc: EngineBusy) -> JSONResponse:
-        return _error(request, 409, str(exc))
+    for error_class in STATUS_OF:
+        app.add_exception_handler(error_class, _by_status)
 
     @app.exception_handler(InvalidRequest)
     async def _bad(request: Request, exc: InvalidRequest) -> JSONResponse:
